@@ -1,0 +1,137 @@
+"""Broker administration through RabbitMQ's management HTTP API.
+
+Used by ``hostbus broker setup`` / ``enroll`` and by the test fixture that gives each
+test run its own vhost. The HTTP API rather than ``rabbitmqctl`` because it works from
+the console's machine (no shell on the broker, no Erlang cookie), each call is one HTTP
+request (milliseconds, where each ``rabbitmqctl`` run starts an Erlang VM: about
+half a second here), and the whole topology is imported from one definitions file in one call.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+from hostbus import names, topology
+from hostbus.errors import BrokerRefused, ConnectionFailed
+
+DEFAULT_ADMIN_URL = "http://guest:guest@127.0.0.1:15672"
+
+
+class BrokerAdmin:
+    def __init__(self, admin_url: str = DEFAULT_ADMIN_URL, *, timeout: float = 10.0) -> None:
+        parts = urlsplit(admin_url)
+        if parts.scheme not in ("http", "https"):
+            raise ConnectionFailed(
+                f"admin URL {admin_url!r} must be http(s)://user:pass@host:15672"
+            )
+        self.base = f"{parts.scheme}://{parts.hostname}:{parts.port or 15672}"
+        user = unquote(parts.username or "guest")
+        password = unquote(parts.password or "guest")
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        self._auth = f"Basic {token}"
+        self.user = user
+        self.timeout = timeout
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req.add_header("Authorization", self._auth)
+        req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")[:300]
+            if exc.code == 401:
+                raise ConnectionFailed(
+                    f"management API at {self.base} refused user {self.user!r}: "
+                    "check the admin URL's credentials (an administrator is needed)"
+                ) from None
+            raise BrokerRefused(f"{method} {path} failed: HTTP {exc.code} {detail}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise ConnectionFailed(
+                f"cannot reach the RabbitMQ management API at {self.base} ({exc}). "
+                "Enable it with `rabbitmq-plugins enable rabbitmq_management` "
+                "(./run.sh does this) or pass --admin-url."
+            ) from None
+        return json.loads(raw) if raw else None
+
+    @staticmethod
+    def _q(name: str) -> str:
+        return quote(name, safe="")
+
+    # -- vhosts --
+    def create_vhost(self, vhost: str) -> None:
+        self._call("PUT", f"/api/vhosts/{self._q(vhost)}", {})
+        self._call(
+            "PUT", f"/api/permissions/{self._q(vhost)}/{self._q(self.user)}",
+            {"configure": ".*", "write": ".*", "read": ".*"},
+        )
+
+    def delete_vhost(self, vhost: str) -> None:
+        try:
+            self._call("DELETE", f"/api/vhosts/{self._q(vhost)}")
+        except BrokerRefused as exc:
+            if "404" not in str(exc):
+                raise
+
+    def vhost_exists(self, vhost: str) -> bool:
+        try:
+            self._call("GET", f"/api/vhosts/{self._q(vhost)}")
+        except BrokerRefused as exc:
+            if "404" in str(exc):
+                return False
+            raise
+        return True
+
+    # -- topology --
+    def setup(self, vhost: str) -> dict[str, int]:
+        """Create the vhost and import the hostbus topology. Idempotent."""
+        self.create_vhost(vhost)
+        defs = topology.definitions()
+        self._call("POST", f"/api/definitions/{self._q(vhost)}", defs)
+        return {k: len(defs.get(k, [])) for k in ("exchanges", "queues", "bindings", "policies")}
+
+    def enroll_host(self, vhost: str, host_id: str, agents: list[str]) -> list[str]:
+        """Create a host's durable queue and its bindings. Idempotent; returns the keys."""
+        queue = names.host_queue(host_id)
+        for ex in (names.REQUEST_EXCHANGE,):
+            try:
+                self._call("GET", f"/api/exchanges/{self._q(vhost)}/{self._q(ex)}")
+            except BrokerRefused:
+                raise BrokerRefused(
+                    f"vhost {vhost!r} has no exchange {ex!r}: run `hostbus broker setup` first"
+                ) from None
+        self._call("PUT", f"/api/queues/{self._q(vhost)}/{self._q(queue)}",
+                   {"durable": True, "auto_delete": False, "arguments": {}})
+        keys = []
+        existing = {
+            (b["source"], b["routing_key"])
+            for b in self._call("GET", f"/api/queues/{self._q(vhost)}/{self._q(queue)}/bindings")
+        }
+        for exchange, key in topology.host_bindings(host_id, agents):
+            keys.append(key)
+            if (exchange, key) in existing:
+                continue
+            self._call(
+                "POST",
+                f"/api/bindings/{self._q(vhost)}/e/{self._q(exchange)}/q/{self._q(queue)}",
+                {"routing_key": key, "arguments": {}},
+            )
+        # Agents no longer enabled stop receiving requests.
+        for source, key in existing:
+            if source == names.REQUEST_EXCHANGE and key not in keys:
+                self._call(
+                    "DELETE",
+                    f"/api/bindings/{self._q(vhost)}/e/{self._q(source)}/q/{self._q(queue)}/"
+                    f"{self._q(key)}",
+                )
+        return keys
+
+    def queue_info(self, vhost: str, queue: str) -> dict[str, Any]:
+        return self._call("GET", f"/api/queues/{self._q(vhost)}/{self._q(queue)}")

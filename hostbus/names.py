@@ -1,0 +1,88 @@
+"""Names on the bus: host ids, agent names, routing keys and queue names (DESIGN section 2).
+
+Every routing key and queue name hostbus uses is built here, so the topology has one
+definition on the Python side (``broker_config/definitions.json`` is the other).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import uuid
+
+REQUEST_EXCHANGE = "hostbus.request"
+EVENT_EXCHANGE = "hostbus.event"
+REPLY_EXCHANGE = "hostbus.reply"
+PROVISION_EXCHANGE = "hostbus.provision"
+DEAD_EXCHANGE = "hostbus.dead"
+
+BUILTIN_AGENT = "agent"
+BROADCAST = "_all"
+
+HOST_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+AGENT_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+# Event and method names: dotted lowercase words ("domain.lifecycle", "metrics").
+DOTTED_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31}){0,7}$")
+# Queues a reply may be routed to: hostbus reply queues and applications' own queues.
+REPLY_TO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
+
+
+def validate_host_id(host_id: str) -> str:
+    if not isinstance(host_id, str) or not HOST_ID_RE.match(host_id):
+        raise ValueError(
+            f"invalid host id {host_id!r}: use 1-63 characters of a-z, 0-9, '_' and '-', "
+            "starting with a letter or digit (no dots: dots separate routing-key words)"
+        )
+    return host_id
+
+
+def validate_agent_name(name: str) -> str:
+    if not isinstance(name, str) or not AGENT_NAME_RE.match(name):
+        raise ValueError(
+            f"invalid agent name {name!r}: use a lowercase letter then up to 31 of a-z, 0-9, '_'"
+        )
+    return name
+
+
+def default_host_id() -> str:
+    """The short host name, lowercased, with anything not allowed replaced by '-'."""
+    short = socket.gethostname().split(".", 1)[0].lower()
+    cleaned = re.sub(r"[^a-z0-9_-]", "-", short).lstrip("-_")[:63]
+    return cleaned or "localhost"
+
+
+def host_queue(host_id: str) -> str:
+    return f"hostbus.host.{host_id}"
+
+
+def request_key(agent: str, host_id: str | None) -> str:
+    """Routing key of a request: directed to one host, or broadcast when host_id is None."""
+    return f"{agent}.{host_id if host_id is not None else BROADCAST}"
+
+
+def event_key(agent: str, host_id: str, event: str) -> str:
+    return f"{agent}.{host_id}.{event}"
+
+
+def new_reply_queue() -> str:
+    return f"hostbus.reply.{uuid.uuid4().hex}"
+
+
+def subscription_queue(name: str | None = None) -> str:
+    return f"hostbus.sub.{name or uuid.uuid4().hex}"
+
+
+def topic_matches(pattern: str, key: str) -> bool:
+    """AMQP topic matching: '*' is exactly one word, '#' is zero or more words."""
+    return _match(pattern.split("."), key.split("."))
+
+
+def _match(pattern: list[str], words: list[str]) -> bool:
+    if not pattern:
+        return not words
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":
+        return any(_match(rest, words[i:]) for i in range(len(words) + 1))
+    if not words:
+        return False
+    return (head == "*" or head == words[0]) and _match(rest, words[1:])

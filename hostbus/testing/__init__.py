@@ -1,0 +1,1 @@
+"""hostbus test helpers: a pytest plugin with a throwaway vhost per run."""

@@ -1,0 +1,401 @@
+"""AMQP 0-9-1 transport on pika.
+
+One ``pika.BlockingConnection`` lives on one I/O thread and is touched by nothing else
+(pika is not thread-safe). Other threads append work to a deque and wake the loop with
+``add_callback_threadsafe``. Everything this transport declared or consumed is kept as
+data (``_TopologyItem``) and replayed after a reconnect; reconnects back off
+exponentially with jitter, capped. The first connection is not retried: it fails fast
+with a message that says what to fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pika
+import pika.exceptions as pex
+from pika.adapters.blocking_connection import BlockingChannel
+
+from hostbus import names
+from hostbus.errors import BrokerRefused, ConnectionFailed, HostbusError, TransportClosed
+from hostbus.transport.base import Delivery, Handler, Properties, Transport, parse_url
+
+log = logging.getLogger(__name__)
+
+Task = Callable[[BlockingChannel], Any]
+
+
+@dataclass
+class _TopologyItem:
+    """Something to (re)declare and consume after every (re)connect."""
+
+    queue: str
+    handler: Handler
+    auto_ack: bool
+    declare: bool = False  # declare the queue (reply and subscription queues)
+    exclusive: bool = False
+    durable: bool = False
+    bindings: tuple[tuple[str, str], ...] = ()  # (exchange, routing key)
+
+
+def _to_pika(props: Properties, persistent: bool) -> pika.BasicProperties:
+    return pika.BasicProperties(
+        message_id=props.message_id,
+        correlation_id=props.correlation_id,
+        reply_to=props.reply_to,
+        content_type=props.content_type,
+        type=props.type,
+        user_id=props.user_id,
+        timestamp=props.timestamp,
+        expiration=props.expiration,
+        headers=props.headers or None,
+        delivery_mode=2 if persistent else 1,
+    )
+
+
+def _from_pika(p: pika.BasicProperties) -> Properties:
+    return Properties(
+        message_id=p.message_id,
+        correlation_id=p.correlation_id,
+        reply_to=p.reply_to,
+        content_type=p.content_type,
+        type=p.type,
+        user_id=p.user_id,
+        timestamp=p.timestamp,
+        expiration=p.expiration,
+        headers=dict(p.headers) if p.headers else {},
+    )
+
+
+def translate_error(exc: BaseException, where: str) -> HostbusError:
+    """Turn a pika exception into a hostbus error whose message says what to do."""
+    if isinstance(exc, HostbusError):
+        return exc
+    if isinstance(exc, pex.ChannelClosedByBroker):
+        return BrokerRefused(f"broker refused {exc.reply_code}: {exc.reply_text}")
+    text = repr(exc)
+    if isinstance(exc, pex.ProbableAuthenticationError | pex.AuthenticationError) or (
+        "ACCESS_REFUSED" in text and "Login" in text
+    ):
+        return ConnectionFailed(
+            f"{where}: the broker refused the user name or password (ACCESS_REFUSED). "
+            "Check the credentials in the broker URL."
+        )
+    if isinstance(exc, pex.ProbableAccessDeniedError) or "NOT_ALLOWED" in text or (
+        "vhost" in text and "not found" in text
+    ):
+        return ConnectionFailed(
+            f"{where}: the virtual host does not exist or this user may not use it. "
+            "Create it with `hostbus broker setup --vhost NAME` (as an administrator)."
+        )
+    if "ConnectionRefusedError" in text or "Connection refused" in text:
+        return ConnectionFailed(
+            f"{where}: connection refused. Is RabbitMQ running and listening there? "
+            "(`./run.sh demo` installs and starts it on this machine)"
+        )
+    if isinstance(exc, pex.AMQPConnectionError | OSError):
+        return ConnectionFailed(f"{where}: cannot connect: {exc!r}")
+    return HostbusError(f"{where}: {exc!r}")
+
+
+class PikaTransport(Transport):
+    def __init__(
+        self,
+        url: str,
+        *,
+        connection_name: str = "hostbus",
+        heartbeat: int = 30,
+        connect_timeout: float = 5.0,
+        prefetch: int = 64,
+        reconnect: bool = True,
+        max_backoff: float = 30.0,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
+        super().__init__()
+        self.url = parse_url(url)
+        self.user = self.url.user
+        self._name = connection_name
+        self._heartbeat = heartbeat
+        self._connect_timeout = connect_timeout
+        self._prefetch = prefetch
+        self._reconnect = reconnect
+        self._max_backoff = max_backoff
+        self._tls_context = tls_context
+        self._tasks: deque[tuple[Task, Future[Any] | None]] = deque()
+        self._lock = threading.Lock()
+        self._wake_scheduled = False
+        self._conn: pika.BlockingConnection | None = None
+        self._ch: BlockingChannel | None = None
+        self._topology: list[_TopologyItem] = []
+        self._stopping = threading.Event()
+        self._ready = threading.Event()
+        self._start_error: HostbusError | None = None
+        self._thread: threading.Thread | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="hostbus-amqp091-io", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(self._connect_timeout + 5):
+            self._stopping.set()
+            raise ConnectionFailed(f"{self.url.redacted()}: no answer within the connect timeout")
+        if self._start_error is not None:
+            raise self._start_error
+
+    def close(self) -> None:
+        if self._thread is None or self._stopping.is_set():
+            return
+        try:
+            self.flush(timeout=5)
+        except HostbusError:
+            pass
+        self._stopping.set()
+        self._wake()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+
+    def _params(self) -> pika.ConnectionParameters:
+        ssl_options = None
+        if self.url.scheme == "amqps":
+            ctx = self._tls_context or ssl.create_default_context()
+            ssl_options = pika.SSLOptions(ctx, server_hostname=self.url.host)
+        return pika.ConnectionParameters(
+            host=self.url.host,
+            port=self.url.port,
+            virtual_host=self.url.vhost,
+            credentials=pika.PlainCredentials(self.url.user, self.url.password),
+            heartbeat=self._heartbeat,
+            blocked_connection_timeout=60,
+            socket_timeout=self._connect_timeout,
+            stack_timeout=self._connect_timeout + 2,
+            connection_attempts=1,
+            ssl_options=ssl_options,
+            client_properties={"connection_name": self._name},
+        )
+
+    def _open(self) -> None:
+        self._conn = pika.BlockingConnection(self._params())
+        self._open_channel()
+
+    def _open_channel(self) -> None:
+        assert self._conn is not None
+        ch = self._conn.channel()
+        ch.basic_qos(prefetch_count=self._prefetch)
+        self._ch = ch
+        for item in self._topology:
+            self._apply(ch, item)
+
+    def _apply(self, ch: BlockingChannel, item: _TopologyItem) -> None:
+        if item.declare:
+            ch.queue_declare(
+                item.queue, durable=item.durable, exclusive=item.exclusive,
+                auto_delete=not item.durable,
+            )
+            for exchange, key in item.bindings:
+                ch.queue_bind(item.queue, exchange, routing_key=key)
+        handler = item.handler
+
+        def on_message(
+            channel: BlockingChannel, method: Any, props: pika.BasicProperties, body: bytes
+        ) -> None:
+            delivery = Delivery(
+                body, _from_pika(props), method.exchange, method.routing_key, method.redelivered
+            )
+            try:
+                handler(delivery)
+            except Exception:  # a handler bug must not take the I/O thread down
+                log.exception("message handler for queue %s failed", item.queue)
+            if not item.auto_ack:
+                channel.basic_ack(method.delivery_tag)
+
+        ch.basic_consume(item.queue, on_message, auto_ack=item.auto_ack, exclusive=item.exclusive)
+
+    def _run(self) -> None:
+        where = self.url.redacted()
+        attempt = 0
+        first = True
+        while not self._stopping.is_set():
+            try:
+                self._open()
+            except Exception as exc:
+                err = translate_error(exc, where)
+                if first or not self._reconnect:
+                    self._start_error = err
+                    self._ready.set()
+                    return
+                delay = min(self._max_backoff, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)
+                attempt += 1
+                log.warning("reconnect to %s failed (%s); next try in %.1fs", where, err, delay)
+                self._stopping.wait(delay)
+                continue
+            if not first:
+                log.info("reconnected to %s; %d consumers restored", where, len(self._topology))
+            first, attempt = False, 0
+            self._ready.set()
+            try:
+                self._serve()
+            except (pex.AMQPConnectionError, pex.ConnectionClosed, pex.StreamLostError,
+                    OSError) as exc:
+                self._ch = None
+                if self._stopping.is_set():
+                    break
+                log.warning("lost the connection to %s: %r", where, exc)
+                for callback in self._lost_callbacks:
+                    try:
+                        callback(exc)
+                    except Exception:
+                        log.exception("connection-lost callback failed")
+                if not self._reconnect:
+                    break
+        self._shutdown()
+
+    def _serve(self) -> None:
+        assert self._conn is not None
+        with self._lock:
+            self._wake_scheduled = False
+        while not self._stopping.is_set():
+            self._drain()
+            self._conn.process_data_events(time_limit=1.0)
+            if self._ch is None or self._ch.is_closed:
+                # The broker closed the channel (a publish to a missing exchange, a
+                # forbidden routing key): say so and carry on with a fresh channel.
+                log.error("the broker closed the channel; reopening it and its consumers")
+                self._open_channel()
+        self._drain()
+
+    def _shutdown(self) -> None:
+        pending = list(self._tasks)
+        self._tasks.clear()
+        for _, fut in pending:
+            if fut is not None and not fut.done():
+                fut.set_exception(TransportClosed("the transport was closed"))
+        try:
+            if self._conn is not None and self._conn.is_open:
+                self._conn.close()
+        except Exception:  # closing a broken connection may fail; nothing to do then
+            log.debug("error while closing the connection", exc_info=True)
+
+    # ------------------------------------------------------------- task hand-off
+    def _wake_callback(self) -> None:
+        with self._lock:
+            self._wake_scheduled = False
+        self._drain()
+
+    def _wake(self) -> None:
+        with self._lock:
+            if self._wake_scheduled or self._conn is None:
+                return
+            self._wake_scheduled = True
+        try:
+            self._conn.add_callback_threadsafe(self._wake_callback)
+        except Exception:  # connection closed: tasks run after the reconnect
+            with self._lock:
+                self._wake_scheduled = False
+
+    def _submit(self, task: Task, *, wait: bool) -> Any:
+        if self._stopping.is_set():
+            raise TransportClosed("the transport is closed")
+        fut: Future[Any] | None = Future() if wait else None
+        on_io_thread = threading.current_thread() is self._thread
+        self._tasks.append((task, fut))
+        if on_io_thread:
+            self._drain()
+        else:
+            self._wake()
+        if fut is None:
+            return None
+        try:
+            return fut.result(timeout=self._connect_timeout + 10)
+        except TimeoutError:
+            raise TransportClosed("the broker did not answer in time") from None
+
+    def _drain(self) -> None:
+        while self._tasks and self._ch is not None:
+            task, fut = self._tasks.popleft()
+            try:
+                result = task(self._ch)
+            except pex.ChannelClosedByBroker as exc:
+                err = translate_error(exc, self.url.redacted())
+                if fut is not None:
+                    fut.set_exception(err)
+                else:
+                    log.error("%s", err)
+                self._open_channel()
+                continue
+            except Exception as exc:
+                if fut is not None:
+                    fut.set_exception(translate_error(exc, self.url.redacted()))
+                    continue
+                raise
+            if fut is not None:
+                fut.set_result(result)
+
+    # ------------------------------------------------------------------ the API
+    def publish(
+        self, exchange: str, routing_key: str, body: bytes, properties: Properties,
+        *, persistent: bool = False,
+    ) -> None:
+        if properties.user_id is None:
+            properties = replace(properties, user_id=self.user)
+        pika_props = _to_pika(properties, persistent)
+
+        def task(ch: BlockingChannel) -> None:
+            ch.basic_publish(exchange, routing_key, body, pika_props)
+
+        self._submit(task, wait=False)
+
+    def _add(self, item: _TopologyItem) -> None:
+        def task(ch: BlockingChannel) -> None:
+            self._apply(ch, item)
+            self._topology.append(item)
+
+        self._submit(task, wait=True)
+
+    def consume(self, queue: str, handler: Handler) -> None:
+        self._add(_TopologyItem(queue, handler, auto_ack=False))
+
+    def open_reply_queue(self, handler: Handler) -> str:
+        name = names.new_reply_queue()
+        self._add(_TopologyItem(
+            name, handler, auto_ack=True, declare=True, exclusive=True,
+            bindings=((names.REPLY_EXCHANGE, name),),
+        ))
+        return name
+
+    def subscribe(
+        self, patterns: list[str], handler: Handler, *, name: str | None = None,
+        durable: bool = False,
+    ) -> str:
+        qname = names.subscription_queue(name)
+        self._add(_TopologyItem(
+            qname, handler, auto_ack=not durable, declare=True, exclusive=not durable,
+            durable=durable, bindings=tuple((names.EVENT_EXCHANGE, p) for p in patterns),
+        ))
+        return qname
+
+    def queue_exists(self, queue: str) -> bool:
+        """Passive declare: needs no configure permission."""
+
+        def task(ch: BlockingChannel) -> bool:
+            ch.queue_declare(queue, passive=True)
+            return True
+
+        try:
+            return bool(self._submit(task, wait=True))
+        except BrokerRefused as exc:
+            if "NOT_FOUND" in str(exc):
+                return False
+            raise
+
+    def flush(self, timeout: float = 5.0) -> None:
+        if self._thread is None or threading.current_thread() is self._thread:
+            return
+        self._submit(lambda ch: None, wait=True)

@@ -1,0 +1,157 @@
+"""The transport interface every backend implements, and the neutral message types.
+
+A transport owns one connection and one I/O thread. Handlers run on that thread and must
+return quickly (hand real work to a worker). Every public method is safe to call from any
+thread: work is handed to the I/O thread, never done on the caller's.
+
+Names given to a transport are the logical names of DESIGN section 2 (exchanges and
+queues); a backend maps them onto its protocol's addresses.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from hostbus.errors import ConfigError
+
+
+@dataclass(slots=True)
+class Properties:
+    message_id: str | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    content_type: str | None = None
+    type: str | None = None
+    user_id: str | None = None
+    timestamp: int | None = None  # seconds since the epoch (AMQP 0-9-1 precision)
+    expiration: str | None = None  # TTL in milliseconds, as a decimal string
+    headers: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Delivery:
+    body: bytes
+    properties: Properties
+    exchange: str
+    routing_key: str
+    redelivered: bool = False
+
+
+Handler = Callable[[Delivery], None]
+
+
+class Transport(abc.ABC):
+    """A connection to the broker with one I/O thread."""
+
+    #: The broker user name; the broker checks it against ``user_id`` on every publish.
+    user: str
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Connect. The first connection fails fast with ``ConnectionFailed``."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Flush what was published, then disconnect. Idempotent."""
+
+    @abc.abstractmethod
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: Properties,
+        *,
+        persistent: bool = False,
+    ) -> None:
+        """Hand a message to the I/O thread. ``user_id`` defaults to ``self.user``."""
+
+    @abc.abstractmethod
+    def consume(self, queue: str, handler: Handler) -> None:
+        """Consume an existing queue (declared by ``broker setup``/``enroll``).
+
+        Raises ``BrokerRefused`` when the queue does not exist or may not be read.
+        """
+
+    @abc.abstractmethod
+    def open_reply_queue(self, handler: Handler) -> str:
+        """Create this process's reply queue, bound to ``hostbus.reply``; return its name."""
+
+    @abc.abstractmethod
+    def subscribe(
+        self, patterns: list[str], handler: Handler, *, name: str | None = None,
+        durable: bool = False,
+    ) -> str:
+        """Bind a subscription queue to ``hostbus.event``; return the queue name."""
+
+    @abc.abstractmethod
+    def queue_exists(self, queue: str) -> bool:
+        """Whether a queue exists (a passive check: needs no configure permission)."""
+
+    @abc.abstractmethod
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until everything published so far has been handed to the broker."""
+
+    def on_connection_lost(self, callback: Callable[[Exception], None]) -> None:
+        """Register a callback run (on the I/O thread) when the connection drops."""
+        self._lost_callbacks.append(callback)
+
+    def __init__(self) -> None:
+        self._lost_callbacks: list[Callable[[Exception], None]] = []
+
+    def __enter__(self) -> Transport:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerURL:
+    scheme: str
+    host: str
+    port: int
+    user: str
+    password: str
+    vhost: str
+
+    def redacted(self) -> str:
+        return f"{self.scheme}://{self.user}@{self.host}:{self.port}/{self.vhost}"
+
+
+def parse_url(url: str) -> BrokerURL:
+    """Parse ``amqp[s]://user:pass@host:port/vhost``; the vhost defaults to ``hostbus``."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("amqp", "amqps", "memory"):
+        raise ConfigError(
+            f"broker URL {url!r} has scheme {parts.scheme!r}; use amqp:// or amqps://"
+        )
+    default_port = 5671 if parts.scheme == "amqps" else 5672
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    try:
+        port = parts.port or default_port
+    except ValueError as exc:
+        raise ConfigError(f"broker URL {url!r}: {exc}") from None
+    return BrokerURL(
+        scheme=parts.scheme,
+        host=parts.hostname or "127.0.0.1",
+        port=port,
+        user=unquote(parts.username or "guest"),
+        password=unquote(parts.password or "guest"),
+        vhost=unquote(path) or "hostbus",
+    )
+
+
+def connect(url: str, **options: Any) -> Transport:
+    """Build (not start) the transport for ``url``."""
+    parsed = parse_url(url)
+    if parsed.scheme == "memory":
+        raise ConfigError("memory:// transports are built directly: MemoryTransport(broker)")
+    from hostbus.transport.amqp091 import PikaTransport
+
+    return PikaTransport(url, **options)

@@ -1,0 +1,217 @@
+"""An in-process broker and transport for unit tests: no network, same semantics.
+
+``MemoryBroker`` routes like RabbitMQ (topic, direct and fanout exchanges; unroutable
+messages are dropped; a publish to a missing exchange is refused). Each
+``MemoryTransport`` has its own I/O thread, so handler threading matches the real
+transports and tests exercise the same hand-offs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from hostbus import names, topology
+from hostbus.errors import BrokerRefused, TransportClosed
+from hostbus.transport.base import Delivery, Handler, Properties, Transport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Queue:
+    name: str
+    exclusive_owner: MemoryTransport | None = None
+    messages: deque[Delivery] = field(default_factory=deque)
+    consumers: list[tuple[MemoryTransport, Handler]] = field(default_factory=list)
+    _rr: itertools.count = field(default_factory=itertools.count)
+
+
+class MemoryBroker:
+    """A broker in memory, pre-loaded with the hostbus topology."""
+
+    def __init__(self, *, load_topology: bool = True) -> None:
+        self._lock = threading.RLock()
+        self.exchanges: dict[str, str] = {}
+        self.queues: dict[str, _Queue] = {}
+        self.bindings: list[tuple[str, str, str]] = []  # (exchange, key, queue)
+        self.published: list[tuple[str, str, Delivery]] = []  # every accepted publish
+        if load_topology:
+            defs = topology.definitions()
+            for ex in defs["exchanges"]:
+                self.declare_exchange(ex["name"], ex["type"])
+            for q in defs["queues"]:
+                self.declare_queue(q["name"])
+            for b in defs["bindings"]:
+                self.bind(b["source"], b["routing_key"], b["destination"])
+
+    # -- administration (what `broker setup` / `enroll` do on RabbitMQ) --
+    def declare_exchange(self, name: str, kind: str) -> None:
+        with self._lock:
+            self.exchanges[name] = kind
+
+    def declare_queue(self, name: str, owner: MemoryTransport | None = None) -> None:
+        with self._lock:
+            self.queues.setdefault(name, _Queue(name, owner))
+
+    def delete_queue(self, name: str) -> None:
+        with self._lock:
+            self.queues.pop(name, None)
+            self.bindings = [b for b in self.bindings if b[2] != name]
+
+    def bind(self, exchange: str, key: str, queue_name: str) -> None:
+        with self._lock:
+            if (exchange, key, queue_name) not in self.bindings:
+                self.bindings.append((exchange, key, queue_name))
+
+    def enroll(self, host_id: str, agents: list[str]) -> None:
+        """Create a host's queue and bindings, as ``hostbus broker enroll`` does."""
+        q = names.host_queue(host_id)
+        self.declare_queue(q)
+        for exchange, key in topology.host_bindings(host_id, agents):
+            self.bind(exchange, key, q)
+
+    # -- routing --
+    def route(self, exchange: str, delivery: Delivery) -> None:
+        with self._lock:
+            kind = self.exchanges.get(exchange)
+            if kind is None:
+                raise BrokerRefused(f"NOT_FOUND - no exchange '{exchange}'")
+            self.published.append((exchange, delivery.routing_key, delivery))
+            targets: list[str] = []
+            for ex, key, qname in self.bindings:
+                if ex != exchange or qname in targets:
+                    continue
+                if (
+                    kind == "fanout"
+                    or (kind == "direct" and key == delivery.routing_key)
+                    or (kind == "topic" and names.topic_matches(key, delivery.routing_key))
+                ):
+                    targets.append(qname)
+            for qname in targets:
+                q = self.queues.get(qname)
+                if q is None:
+                    continue
+                if q.consumers:
+                    transport, handler = q.consumers[next(q._rr) % len(q.consumers)]
+                    transport._deliver(handler, replace(delivery))
+                else:
+                    q.messages.append(replace(delivery))
+
+    def add_consumer(self, queue_name: str, transport: MemoryTransport, handler: Handler) -> None:
+        with self._lock:
+            q = self.queues.get(queue_name)
+            if q is None:
+                raise BrokerRefused(f"NOT_FOUND - no queue '{queue_name}'")
+            if q.exclusive_owner not in (None, transport):
+                raise BrokerRefused(f"RESOURCE_LOCKED - queue '{queue_name}' is exclusive")
+            q.consumers.append((transport, handler))
+            while q.messages:
+                transport._deliver(handler, q.messages.popleft())
+
+    def drop_transport(self, transport: MemoryTransport) -> None:
+        with self._lock:
+            for qname, q in list(self.queues.items()):
+                q.consumers = [c for c in q.consumers if c[0] is not transport]
+                if q.exclusive_owner is transport:
+                    self.delete_queue(qname)
+
+
+class MemoryTransport(Transport):
+    """A transport connected to a ``MemoryBroker``."""
+
+    def __init__(self, broker: MemoryBroker, *, user: str = "guest") -> None:
+        super().__init__()
+        self.broker = broker
+        self.user = user
+        self._work: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="hostbus-memory-io", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            task = self._work.get()
+            if task is None:
+                return
+            try:
+                task()
+            except Exception:  # a handler bug must not kill the I/O thread
+                log.exception("handler failed on the memory transport")
+            finally:
+                self._work.task_done()
+
+    def _deliver(self, handler: Handler, delivery: Delivery) -> None:
+        if not self._closed:
+            self._work.put(lambda: handler(delivery))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        self.broker.drop_transport(self)
+        self._work.put(None)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def _check_open(self) -> None:
+        if self._closed or self._thread is None:
+            raise TransportClosed("the memory transport is not started or already closed")
+
+    def publish(
+        self, exchange: str, routing_key: str, body: bytes, properties: Properties,
+        *, persistent: bool = False,
+    ) -> None:
+        self._check_open()
+        if properties.user_id is None:
+            properties = replace(properties, user_id=self.user)
+        elif properties.user_id != self.user:
+            raise BrokerRefused(
+                f"PRECONDITION_FAILED - user_id property set to '{properties.user_id}' "
+                f"but authenticated user was '{self.user}'"
+            )
+        self.broker.route(exchange, Delivery(bytes(body), properties, exchange, routing_key))
+
+    def consume(self, queue: str, handler: Handler) -> None:
+        self._check_open()
+        self.broker.add_consumer(queue, self, handler)
+
+    def open_reply_queue(self, handler: Handler) -> str:
+        self._check_open()
+        name = names.new_reply_queue()
+        self.broker.declare_queue(name, owner=self)
+        self.broker.bind(names.REPLY_EXCHANGE, name, name)
+        self.broker.add_consumer(name, self, handler)
+        return name
+
+    def subscribe(
+        self, patterns: list[str], handler: Handler, *, name: str | None = None,
+        durable: bool = False,
+    ) -> str:
+        self._check_open()
+        qname = names.subscription_queue(name or uuid.uuid4().hex)
+        self.broker.declare_queue(qname, owner=None if durable else self)
+        for pattern in patterns:
+            self.broker.bind(names.EVENT_EXCHANGE, pattern, qname)
+        self.broker.add_consumer(qname, self, handler)
+        return qname
+
+    def queue_exists(self, queue: str) -> bool:
+        return queue in self.broker.queues
+
+    def flush(self, timeout: float = 5.0) -> None:
+        # Routing is synchronous; what remains is work queued for this I/O thread.
+        if self._thread is not None and threading.current_thread() is not self._thread:
+            done = threading.Event()
+            self._work.put(done.set)
+            done.wait(timeout)
