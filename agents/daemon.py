@@ -1,0 +1,146 @@
+"""``hostbus-agent --config FILE``: the per-host daemon.
+
+Exit codes: 0 stopped cleanly, 1 configuration error, 2 cannot connect to the broker,
+3 the broker refused us (for example: this host is not enrolled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+from agents import registry
+from agents.runtime import AgentRuntime
+from hostbus import __version__, config, names
+from hostbus.errors import BrokerRefused, ConfigError, ConnectionFailed, SchemaError
+
+log = logging.getLogger("hostbus.agent")
+
+DEFAULTS: dict[str, Any] = {
+    "broker": {
+        "url": "amqp://guest:guest@127.0.0.1:5672/hostbus",
+        "connect_timeout": 5.0,
+        "heartbeat": 30,
+    },
+    "agent": {
+        "host_id": "",
+        "agents": ["host"],
+        "heartbeat_interval": 10.0,
+        "max_message_bytes": 1048576,
+        "workers": 4,
+        "log_level": "info",
+        "facts": {},
+    },
+}
+
+
+def all_defaults() -> dict[str, Any]:
+    merged = dict(DEFAULTS)
+    for name in registry.AGENT_MODULES:
+        merged[name] = registry.load_module(name).CONFIG_DEFAULTS
+    return merged
+
+
+def load_config(path: str | None) -> dict[str, Any]:
+    return config.load(all_defaults(), path, free_form=("agent.facts",))
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # pika narrates every connection step at INFO; its warnings and errors still show.
+    logging.getLogger("pika").setLevel(logging.WARNING)
+
+
+def build_runtime(cfg: dict[str, Any], transport: Any) -> AgentRuntime:
+    host_id = cfg["agent"]["host_id"] or names.default_host_id()
+    names.validate_host_id(host_id)
+    agents = []
+    for name in cfg["agent"]["agents"]:
+        if name == names.BUILTIN_AGENT:
+            continue
+        module = registry.load_module(name)
+        agents.append(module.create(cfg[name], host_id=host_id))
+    return AgentRuntime(
+        transport, host_id, agents,
+        heartbeat_interval=float(cfg["agent"]["heartbeat_interval"]),
+        intervals={name: cfg[name] for name in cfg["agent"]["agents"] if name in cfg},
+        max_message_bytes=int(cfg["agent"]["max_message_bytes"]),
+        workers=int(cfg["agent"]["workers"]),
+        facts=cfg["agent"]["facts"],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hostbus-agent",
+        description="The hostbus agent daemon: serves this host's agents over the broker.",
+        epilog="Every setting can also come from the environment, e.g. HOSTBUS_BROKER_URL, "
+               "HOSTBUS_AGENT_HOST_ID, HOSTBUS_AGENT_AGENTS=host. See etc/agent.toml.",
+    )
+    parser.add_argument("--config", "-c", metavar="FILE", help="TOML config file")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help="overrides [agent] log_level")
+    parser.add_argument("--version", action="version", version=f"hostbus-agent {__version__}")
+    args = parser.parse_args(argv)
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"hostbus-agent: {exc}", file=sys.stderr)
+        return 1
+    setup_logging(args.log_level or cfg["agent"]["log_level"])
+
+    from hostbus.transport.amqp091 import PikaTransport
+    from hostbus.transport.base import parse_url
+
+    try:
+        url = parse_url(cfg["broker"]["url"])
+        host_id = cfg["agent"]["host_id"] or names.default_host_id()
+        transport = PikaTransport(
+            cfg["broker"]["url"], connection_name=f"hostbus-agent {host_id}",
+            heartbeat=int(cfg["broker"]["heartbeat"]),
+            connect_timeout=float(cfg["broker"]["connect_timeout"]),
+        )
+        runtime = build_runtime(cfg, transport)
+    except (ConfigError, SchemaError, ValueError) as exc:
+        log.error("%s", exc)
+        return 1
+    log.info("hostbus-agent %s starting: host %s, agents %s, broker %s", __version__,
+             runtime.host_id, ", ".join(runtime.agent_names), url.redacted())
+    try:
+        transport.start()
+        runtime.start()
+    except ConnectionFailed as exc:
+        log.error("%s", exc)
+        return 2
+    except BrokerRefused as exc:
+        log.error("%s", exc)
+        transport.close()
+        return 3
+
+    stop_reason: list[str] = []
+    stopped = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop_reason.append(signal.Signals(signum).name)
+        stopped.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stopped.wait(1.0):
+        pass
+    log.info("received %s, going offline", stop_reason[0])
+    runtime.stop(stop_reason[0])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""How a request is checked and acted on: one delivery in, at most one reply out.
+
+The order is fixed and cheapest-first: size and properties, JSON, envelope schema,
+target (is it for this host?), deadline, agent, method, arguments, policy, and only
+then the call. Any refusal becomes an error reply with a documented code; nothing
+refused is executed; nothing raised here escapes to the transport.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from agents.base import Agent, CallContext
+from agents.policy import AllowAll, Policy
+from hostbus.envelope import (
+    Reply,
+    Request,
+    error_reply,
+    parse_request,
+    usable_reply_to,
+)
+from hostbus.errors import ErrorCode, RemoteError
+from hostbus.names import BUILTIN_AGENT
+from hostbus.schema import AgentSchema
+from hostbus.transport.base import Delivery
+
+log = logging.getLogger("hostbus.dispatch")
+
+
+@dataclass
+class Outcome:
+    """What the dispatcher decided: the reply to send (if any) and where."""
+
+    reply: Reply | None
+    reply_to: str | None
+    request: Request | None = None
+    executed: bool = False
+
+
+@dataclass
+class HostedAgent:
+    agent: Agent
+    schema: AgentSchema
+    methods: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    wants_ctx: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.methods = self.agent.methods()
+        self.wants_ctx = {n for n, fn in self.methods.items()
+                          if "ctx" in inspect.signature(fn).parameters}
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        host_id: str,
+        agents: dict[str, HostedAgent],
+        *,
+        facts: Callable[[], dict[str, Any]],
+        policy: Policy | None = None,
+        max_message_bytes: int = 1 << 20,
+        check_results: bool = False,
+    ) -> None:
+        self.host_id = host_id
+        self.agents = agents
+        self.facts = facts
+        self.policy: Policy = policy or AllowAll()
+        self.max_message_bytes = max_message_bytes
+        self.check_results = check_results
+
+    def handle(self, delivery: Delivery) -> Outcome:
+        started = time.perf_counter()
+        reply_to = usable_reply_to(delivery.properties)
+        correlation = delivery.properties.message_id
+        if not isinstance(correlation, str):
+            correlation = None
+        try:
+            request = parse_request(delivery, max_bytes=self.max_message_bytes)
+        except RemoteError as err:
+            log.warning("rejected message %s from %s: %s %s", correlation,
+                        delivery.properties.user_id or "-", err.code.value, err.message)
+            return Outcome(self._error(BUILTIN_AGENT, None, err, correlation, started), reply_to)
+        try:
+            return self._handle_request(request, started)
+        except Exception:  # last line of defence: a bug here must not reach the transport
+            log.exception("dispatcher failed on request %s", request.message_id)
+            err = RemoteError(ErrorCode.INTERNAL, "the agent failed while handling the request")
+            return Outcome(self._error(request.agent, request.method, err,
+                                       request.message_id, started), request.reply_to, request)
+
+    def _handle_request(self, request: Request, started: float) -> Outcome:
+        rid, agent_name, method_name = request.message_id, request.agent, request.method
+
+        def refuse(err: RemoteError) -> Outcome:
+            log.warning("refused %s %s.%s from %s: %s %s", rid, agent_name, method_name,
+                        request.user_id or "-", err.code.value, err.message)
+            return Outcome(self._error(agent_name, method_name, err, rid, started),
+                           request.reply_to, request)
+
+        bfilter = request.broadcast_filter
+        if bfilter is not None:
+            if not self.matches(bfilter):
+                return Outcome(None, None, request)  # a broadcast for others: stay silent
+        elif request.host != self.host_id:
+            return refuse(RemoteError(
+                ErrorCode.BAD_MESSAGE,
+                f"target.host is {request.host!r} but this is host {self.host_id!r}; "
+                f"the routing key must be '<agent>.{request.host}'",
+            ))
+        if datetime.now(UTC) > request.deadline:
+            return refuse(RemoteError(
+                ErrorCode.EXPIRED,
+                f"deadline {request.deadline.isoformat()} passed before the request could run",
+            ))
+        hosted = self.agents.get(agent_name)
+        if hosted is None:
+            return refuse(RemoteError(
+                ErrorCode.UNKNOWN_AGENT,
+                f"agent {agent_name!r} is not enabled on host {self.host_id!r}; "
+                f"enabled: {', '.join(sorted(self.agents))}",
+            ))
+        spec = hosted.schema.methods.get(method_name)
+        fn = hosted.methods.get(method_name)
+        if spec is None or fn is None:
+            return refuse(RemoteError(
+                ErrorCode.UNKNOWN_METHOD,
+                f"agent {agent_name!r} has no method {method_name!r}; "
+                f"methods: {', '.join(sorted(hosted.schema.methods))}",
+            ))
+        try:
+            args = spec.validate_args(request.args)
+        except RemoteError as err:
+            return refuse(err)
+        decision = self.policy.decide(request, spec)
+        if not decision.allowed:
+            code = ErrorCode.APPROVAL_REQUIRED if decision.requires_approval else \
+                ErrorCode.UNAUTHORIZED
+            return refuse(RemoteError(code, decision.reason, {"rule": decision.rule}))
+        if method_name in hosted.wants_ctx:
+            args = {**args, "ctx": CallContext(rid, request.user_id, agent_name, method_name)}
+        try:
+            result = fn(**args)
+            if not isinstance(result, dict):
+                raise TypeError(f"{agent_name}.{method_name} returned {type(result).__name__}, "
+                                "not a dict")
+            if self.check_results:
+                spec.result_validator.validate(result)
+        except RemoteError as err:
+            log.info("%s %s.%s from %s: %s %s", rid, agent_name, method_name, request.user_id,
+                     err.code.value, err.message)
+            out = Outcome(self._error(agent_name, method_name, err, rid, started),
+                          request.reply_to, request)
+            out.executed = True
+            return out
+        except Exception as exc:
+            log.exception("%s %s.%s raised", rid, agent_name, method_name)
+            err = RemoteError(ErrorCode.INTERNAL, f"{agent_name}.{method_name} failed: "
+                              f"{type(exc).__name__}: {exc}")
+            out = Outcome(self._error(agent_name, method_name, err, rid, started),
+                          request.reply_to, request)
+            out.executed = True
+            return out
+        elapsed = (time.perf_counter() - started) * 1000
+        log.info("%s %s.%s from %s: ok in %.1f ms", rid, agent_name, method_name,
+                 request.user_id, elapsed)
+        reply = Reply(host=self.host_id, agent=agent_name, method=method_name, status="ok",
+                      result=result, correlation_id=rid, elapsed_ms=elapsed)
+        return Outcome(reply, request.reply_to, request, executed=True)
+
+    def matches(self, bfilter: dict[str, Any]) -> bool:
+        """Whether this daemon answers a broadcast with this filter."""
+        pattern = bfilter.get("host")
+        if pattern is not None and not fnmatch.fnmatchcase(self.host_id, pattern):
+            return False
+        agent = bfilter.get("agent")
+        if agent is not None and agent not in self.agents:
+            return False
+        wanted = bfilter.get("facts")
+        if wanted:
+            facts = self.facts()
+            for key, value in wanted.items():
+                if key not in facts or _fact_str(facts[key]) != _fact_str(value):
+                    return False
+        return True
+
+    def _error(self, agent: str, method: str | None, err: RemoteError, correlation: str | None,
+               started: float) -> Reply:
+        return error_reply(self.host_id, agent, method, err, correlation,
+                           (time.perf_counter() - started) * 1000)
+
+
+def _fact_str(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

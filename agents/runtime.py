@@ -1,0 +1,187 @@
+"""The agent runtime: one daemon, one connection, several agents.
+
+Where a message enters: the transport hands each delivery from the host's queue to
+``_on_delivery`` (on the I/O thread), which passes it to a worker; the worker runs the
+``Dispatcher`` (checks, then the call) and publishes the reply. Events from agents and
+the runtime's own lifecycle events (online, heartbeat, offline) go out through
+``emit``, numbered per agent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from agents.base import Agent, check_agent_against_schema
+from agents.builtin import BuiltinAgent, RuntimeInfo
+from agents.dispatch import Dispatcher, HostedAgent
+from agents.policy import Policy
+from hostbus import __version__, names
+from hostbus.envelope import Event, now_rfc3339
+from hostbus.errors import BrokerRefused, SchemaError
+from hostbus.schema import load_agent_schema
+from hostbus.transport.base import Delivery, Transport
+
+log = logging.getLogger("hostbus.agent")
+
+
+class AgentRuntime:
+    def __init__(
+        self,
+        transport: Transport,
+        host_id: str,
+        agents: list[Agent],
+        *,
+        heartbeat_interval: float = 10.0,
+        intervals: dict[str, dict[str, Any]] | None = None,
+        max_message_bytes: int = 1 << 20,
+        workers: int = 4,
+        policy: Policy | None = None,
+        facts: dict[str, Any] | None = None,
+        check_results: bool = False,
+    ) -> None:
+        names.validate_host_id(host_id)
+        self.transport = transport
+        self.host_id = host_id
+        self.epoch = uuid.uuid4().hex[:16]
+        self.started_at = now_rfc3339()
+        self._started_mono = time.monotonic()
+        self.heartbeat_interval = heartbeat_interval
+        self._intervals = intervals or {}
+        self._extra_facts = dict(facts or {})
+        self._seq: dict[str, int] = {}
+        self._seq_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._inflight = threading.BoundedSemaphore(max(1, workers) * 16)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers),
+                                        thread_name_prefix="hostbus-worker")
+        self.requests_handled = 0
+
+        self.hosted: dict[str, HostedAgent] = {}
+        info = RuntimeInfo(host_id, self.epoch, self.started_at, self.hosted, self.facts)
+        for agent in [BuiltinAgent(info), *agents]:
+            schema = load_agent_schema(agent.name)
+            check_agent_against_schema(agent, schema)
+            agent.attach(self.emit)
+            self.hosted[agent.name] = HostedAgent(agent, schema)
+        self.dispatcher = Dispatcher(
+            host_id, self.hosted, facts=self.facts, policy=policy,
+            max_message_bytes=max_message_bytes, check_results=check_results,
+        )
+
+    @property
+    def agent_names(self) -> list[str]:
+        return sorted(n for n in self.hosted if n != names.BUILTIN_AGENT)
+
+    def facts(self) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for hosted in self.hosted.values():
+            merged.update(hosted.agent.facts())
+        merged.update(self._extra_facts)  # configured facts win
+        return merged
+
+    # ------------------------------------------------------------------ events
+    def emit(self, agent: str, event: str, data: dict[str, Any]) -> None:
+        hosted = self.hosted.get(agent)
+        if hosted is None or event not in hosted.schema.events:
+            raise SchemaError(f"event {agent}.{event} is not declared in the agent's schema")
+        with self._seq_lock:
+            seq = self._seq.get(agent, 0) + 1
+            self._seq[agent] = seq
+        ev = Event(host=self.host_id, agent=agent, event=event, data=data, seq=seq,
+                   epoch=self.epoch)
+        body, props = ev.encode()
+        self.transport.publish(names.EVENT_EXCHANGE, ev.routing_key(), body, props)
+
+    # -------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        queue = names.host_queue(self.host_id)
+        if not self.transport.queue_exists(queue):
+            raise BrokerRefused(
+                f"queue {queue} does not exist, so this host is not enrolled. Run "
+                f"`hostbus broker enroll {self.host_id} --agents {','.join(self.agent_names)}`"
+            )
+        for hosted in self.hosted.values():
+            hosted.agent.start()
+        self.transport.consume(queue, self._on_delivery)
+        self.emit(names.BUILTIN_AGENT, "online", {
+            "agents": self.agent_names, "version": __version__, "epoch": self.epoch,
+            "facts": self.facts(),
+        })
+        log.info("online as host %s with agents %s (epoch %s)", self.host_id,
+                 ", ".join(self.agent_names) or "none", self.epoch)
+        self._every(self.heartbeat_interval, self._heartbeat, "heartbeat")
+        for hosted in self.hosted.values():
+            settings = self._intervals.get(hosted.agent.name, {})
+            for setting, task in hosted.agent.periodic_tasks():
+                interval = float(settings.get(setting, 0) or 0)
+                if interval > 0:
+                    self._every(interval, task, f"{hosted.agent.name}.{task.__name__}")
+
+    def stop(self, reason: str = "stopped") -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._pool.shutdown(wait=True, cancel_futures=False)
+        try:
+            self.emit(names.BUILTIN_AGENT, "offline", {"reason": reason})
+        except Exception:
+            log.warning("could not announce going offline", exc_info=True)
+        for hosted in self.hosted.values():
+            try:
+                hosted.agent.stop()
+            except Exception:
+                log.exception("agent %s failed to stop cleanly", hosted.agent.name)
+        self.transport.close()
+        log.info("offline (%s); handled %d requests", reason, self.requests_handled)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stop.wait(timeout)
+
+    # ---------------------------------------------------------------- requests
+    def _on_delivery(self, delivery: Delivery) -> None:
+        self._inflight.acquire()  # back-pressure: stop reading when workers are swamped
+        try:
+            self._pool.submit(self._serve, delivery)
+        except RuntimeError:  # pool shut down: we are stopping
+            self._inflight.release()
+
+    def _serve(self, delivery: Delivery) -> None:
+        try:
+            outcome = self.dispatcher.handle(delivery)
+            self.requests_handled += 1
+            if outcome.reply is not None and outcome.reply_to is not None:
+                body, props = outcome.reply.encode()
+                self.transport.publish(names.REPLY_EXCHANGE, outcome.reply_to, body, props)
+        except Exception:
+            log.exception("failed to serve a delivery")
+        finally:
+            self._inflight.release()
+
+    # ---------------------------------------------------------------- periodic
+    def _heartbeat(self) -> None:
+        self.emit(names.BUILTIN_AGENT, "heartbeat", {
+            "agents": self.agent_names, "version": __version__, "epoch": self.epoch,
+            "uptime_s": round(time.monotonic() - self._started_mono, 1),
+            "interval_s": self.heartbeat_interval, "requests": self.requests_handled,
+        })
+
+    def _every(self, interval: float, task: Callable[[], None], label: str) -> None:
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    task()
+                except Exception:
+                    log.exception("periodic task %s failed", label)
+
+        thread = threading.Thread(target=loop, name=f"hostbus-{label}", daemon=True)
+        thread.start()
+        self._threads.append(thread)

@@ -1,0 +1,229 @@
+"""The three message kinds of DESIGN section 3: building them and reading them back.
+
+Reading is strict and ordered cheapest-first (size, properties, JSON, schema, deadline)
+so hostile input is refused early; every refusal is a ``RemoteError`` with a documented
+code and a message that names the field and the fix.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hostbus import codec, names
+from hostbus.errors import ErrorCode, RemoteError
+from hostbus.schema import envelope_validator
+from hostbus.transport.base import Delivery, Properties
+
+REQUEST_TYPE = "hostbus.request/1"
+REPLY_TYPE = "hostbus.reply/1"
+EVENT_TYPE = "hostbus.event/1"
+
+
+def now_rfc3339(moment: datetime | None = None) -> str:
+    moment = moment or datetime.now(UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_rfc3339(text: str, what: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise RemoteError(ErrorCode.BAD_MESSAGE, f"{what} {text!r} is not an RFC 3339 time") from None
+    if moment.tzinfo is None:
+        raise RemoteError(
+            ErrorCode.BAD_MESSAGE, f"{what} {text!r} has no time zone; append 'Z' for UTC"
+        )
+    return moment
+
+
+# ------------------------------------------------------------------------ requests
+@dataclass(slots=True)
+class Request:
+    agent: str
+    method: str
+    args: dict[str, Any]
+    target: dict[str, Any]
+    deadline: datetime
+    message_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    reply_to: str | None = None
+    user_id: str | None = None  # set by the broker-validated property on receipt
+
+    @property
+    def host(self) -> str | None:
+        return self.target.get("host")
+
+    @property
+    def broadcast_filter(self) -> dict[str, Any] | None:
+        return self.target.get("filter", {}) if self.target.get("all") else None
+
+    def routing_key(self) -> str:
+        return names.request_key(self.agent, self.host)
+
+    def encode(self) -> tuple[bytes, Properties]:
+        body = codec.encode({
+            "v": 1, "agent": self.agent, "method": self.method, "args": self.args,
+            "target": self.target, "deadline": now_rfc3339(self.deadline),
+        })
+        ttl_ms = max(1, int((self.deadline - datetime.now(UTC)).total_seconds() * 1000))
+        props = Properties(
+            message_id=self.message_id, reply_to=self.reply_to,
+            content_type=codec.CONTENT_TYPE, type=REQUEST_TYPE,
+            timestamp=int(time.time()), expiration=str(ttl_ms),
+        )
+        return body, props
+
+
+def new_request(
+    agent: str, method: str, args: dict[str, Any] | None = None, *,
+    host: str | None = None, filter: dict[str, Any] | None = None,
+    timeout: float = 10.0, reply_to: str | None = None,
+) -> Request:
+    """A request to one host (``host``) or a broadcast (``host=None``, optional filter)."""
+    target: dict[str, Any] = {"host": host} if host is not None else {"all": True}
+    if host is None and filter:
+        target["filter"] = filter
+    return Request(
+        agent=agent, method=method, args=dict(args or {}), target=target,
+        deadline=datetime.now(UTC) + timedelta(seconds=timeout), reply_to=reply_to,
+    )
+
+
+def usable_reply_to(props: Properties) -> str | None:
+    """The reply_to property if it is a name we may route to; otherwise None."""
+    rt = props.reply_to
+    if isinstance(rt, str) and names.REPLY_TO_RE.match(rt):
+        return rt
+    return None
+
+
+def parse_request(delivery: Delivery, *, max_bytes: int) -> Request:
+    props = delivery.properties
+    if len(delivery.body) > max_bytes:
+        codec.decode_object(delivery.body, max_bytes=max_bytes)  # raises too_large
+    if props.content_type != codec.CONTENT_TYPE:
+        raise RemoteError(
+            ErrorCode.BAD_MESSAGE,
+            f"content_type is {props.content_type!r}; requests must be sent as "
+            f"{codec.CONTENT_TYPE!r}",
+        )
+    if props.type != REQUEST_TYPE:
+        raise RemoteError(
+            ErrorCode.BAD_MESSAGE,
+            f"type property is {props.type!r}; requests must carry type {REQUEST_TYPE!r}",
+        )
+    if not props.message_id:
+        raise RemoteError(ErrorCode.BAD_MESSAGE, "message_id property is missing; set a uuid4")
+    body = codec.decode_object(delivery.body, max_bytes=max_bytes)
+    envelope_validator("request").validate(body)
+    return Request(
+        agent=body["agent"], method=body["method"], args=body["args"], target=body["target"],
+        deadline=parse_rfc3339(body["deadline"], "deadline"), message_id=props.message_id,
+        reply_to=usable_reply_to(props), user_id=props.user_id,
+    )
+
+
+# ------------------------------------------------------------------------- replies
+@dataclass(slots=True)
+class Reply:
+    host: str
+    agent: str
+    status: str  # ok | error | pending
+    method: str | None = None
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    elapsed_ms: float | None = None
+    correlation_id: str | None = None
+    user_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def error_code(self) -> str | None:
+        return self.error["code"] if self.error else None
+
+    def to_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"v": 1, "host": self.host, "agent": self.agent,
+                                "status": self.status}
+        if self.method is not None:
+            body["method"] = self.method
+        if self.result is not None:
+            body["result"] = self.result
+        if self.error is not None:
+            body["error"] = self.error
+        if self.elapsed_ms is not None:
+            body["elapsed_ms"] = round(self.elapsed_ms, 3)
+        return body
+
+    def encode(self) -> tuple[bytes, Properties]:
+        props = Properties(
+            message_id=str(uuid.uuid4()), correlation_id=self.correlation_id,
+            content_type=codec.CONTENT_TYPE, type=REPLY_TYPE,
+        )
+        return codec.encode(self.to_body()), props
+
+
+def error_reply(
+    host: str, agent: str, method: str | None, err: RemoteError,
+    correlation_id: str | None, elapsed_ms: float | None = None,
+) -> Reply:
+    return Reply(host=host, agent=agent, method=method, status="error", error=err.to_wire(),
+                 correlation_id=correlation_id, elapsed_ms=elapsed_ms)
+
+
+def parse_reply(delivery: Delivery) -> Reply:
+    body = codec.decode_object(delivery.body, what="reply body")
+    envelope_validator("reply").validate(body)
+    return Reply(
+        host=body["host"], agent=body["agent"], status=body["status"],
+        method=body.get("method"), result=body.get("result"), error=body.get("error"),
+        elapsed_ms=body.get("elapsed_ms"),
+        correlation_id=delivery.properties.correlation_id,
+        user_id=delivery.properties.user_id,
+    )
+
+
+# -------------------------------------------------------------------------- events
+@dataclass(slots=True)
+class Event:
+    host: str
+    agent: str
+    event: str
+    data: dict[str, Any]
+    seq: int
+    epoch: str
+    time: str = field(default_factory=now_rfc3339)
+    user_id: str | None = None
+
+    def routing_key(self) -> str:
+        return names.event_key(self.agent, self.host, self.event)
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.agent}.{self.event}"
+
+    def to_body(self) -> dict[str, Any]:
+        return {"v": 1, "host": self.host, "agent": self.agent, "event": self.event,
+                "time": self.time, "seq": self.seq, "epoch": self.epoch, "data": self.data}
+
+    def encode(self) -> tuple[bytes, Properties]:
+        props = Properties(
+            message_id=str(uuid.uuid4()), content_type=codec.CONTENT_TYPE, type=EVENT_TYPE,
+            timestamp=int(time.time()),
+        )
+        return codec.encode(self.to_body()), props
+
+
+def parse_event(delivery: Delivery) -> Event:
+    body = codec.decode_object(delivery.body, what="event body")
+    envelope_validator("event").validate(body)
+    return Event(
+        host=body["host"], agent=body["agent"], event=body["event"], data=body["data"],
+        seq=body["seq"], epoch=body["epoch"], time=body["time"],
+        user_id=delivery.properties.user_id,
+    )
