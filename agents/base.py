@@ -127,6 +127,15 @@ class Agent:
         return found
 
 
+def as_text(value: Any) -> str:
+    """How filters compare values: as text, booleans as true/false, None as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def check_agent_against_schema(agent: Agent, schema: AgentSchema) -> None:
     """Refuse an agent whose code and schema disagree; the message lists every mismatch."""
     problems: list[str] = []

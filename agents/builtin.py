@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agents.base import Agent, method
+from agents.base import Agent, as_text, method
 from hostbus import __version__
 from hostbus.errors import ErrorCode, RemoteError
 from hostbus.names import BUILTIN_AGENT
@@ -85,9 +85,7 @@ class BuiltinAgent(Agent):
 def _matches(obj: dict[str, Any], where: dict[str, Any]) -> bool:
     """Equality compared as text; a value with '*' or '?' is a glob."""
     for key, wanted in where.items():
-        have = obj.get(key)
-        have_s = "" if have is None else (str(have).lower() if isinstance(have, bool) else str(have))
-        wanted_s = str(wanted).lower() if isinstance(wanted, bool) else str(wanted)
+        have_s, wanted_s = as_text(obj.get(key)), as_text(wanted)
         if any(c in wanted_s for c in "*?["):
             if not fnmatch.fnmatchcase(have_s, wanted_s):
                 return False

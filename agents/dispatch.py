@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from agents.base import Agent, CallContext
+from agents.base import Agent, CallContext, as_text
 from agents.policy import AllowAll, Policy
 from hostbus.envelope import (
     Reply,
@@ -186,7 +186,7 @@ class Dispatcher:
         if wanted:
             facts = self.facts()
             for key, value in wanted.items():
-                if key not in facts or _fact_str(facts[key]) != _fact_str(value):
+                if key not in facts or as_text(facts[key]) != as_text(value):
                     return False
         return True
 
@@ -194,9 +194,3 @@ class Dispatcher:
                started: float) -> Reply:
         return error_reply(self.host_id, agent, method, err, correlation,
                            (time.perf_counter() - started) * 1000)
-
-
-def _fact_str(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)

@@ -32,7 +32,9 @@ def parse_rfc3339(text: str, what: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise RemoteError(ErrorCode.BAD_MESSAGE, f"{what} {text!r} is not an RFC 3339 time") from None
+        raise RemoteError(
+            ErrorCode.BAD_MESSAGE, f"{what} {text!r} is not an RFC 3339 time"
+        ) from None
     if moment.tzinfo is None:
         raise RemoteError(
             ErrorCode.BAD_MESSAGE, f"{what} {text!r} has no time zone; append 'Z' for UTC"

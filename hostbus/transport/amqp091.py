@@ -10,6 +10,7 @@ with a message that says what to fix.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import ssl
@@ -153,10 +154,8 @@ class PikaTransport(Transport):
     def close(self) -> None:
         if self._thread is None or self._stopping.is_set():
             return
-        try:
+        with contextlib.suppress(HostbusError):
             self.flush(timeout=5)
-        except HostbusError:
-            pass
         self._stopping.set()
         self._wake()
         if self._thread is not threading.current_thread():

@@ -1,0 +1,670 @@
+"""The ``hostbus`` command line: a thin layer over ``console.client``.
+
+Exit codes (every command):
+  0 all ok    1 some hosts failed    2 usage error    3 nothing discovered / no target
+  4 some hosts did not reply (takes precedence over 1)    5 cannot reach the broker
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from console.args import ArgumentError, method_help, parse_pairs, parse_where
+from console.client import Console, FanoutResult, HostResult, method_spec
+from hostbus import __version__, config, names
+from hostbus.errors import ConfigError, ConnectionFailed, HostbusError, RemoteError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOTHING, EXIT_NO_REPLY, EXIT_CONNECT = 0, 1, 2, 3, 4, 5
+
+CONSOLE_DEFAULTS: dict[str, Any] = {
+    "broker": {"url": "amqp://guest:guest@127.0.0.1:5672/hostbus", "connect_timeout": 5.0},
+    "console": {"timeout": 10.0, "idle": 0.3, "admin_url": "http://guest:guest@127.0.0.1:15672"},
+}
+USER_CONFIG = Path.home() / ".config" / "hostbus" / "console.toml"
+
+EPILOG = """\b
+Exit codes: 0 all ok, 1 some failed, 2 usage error, 3 nothing discovered,
+4 some hosts did not reply, 5 cannot reach the broker.
+Configuration: --config FILE, else ~/.config/hostbus/console.toml if present;
+environment: HOSTBUS_BROKER_URL, HOSTBUS_CONSOLE_TIMEOUT, ... (see etc/console.toml).
+"""
+
+
+def fail(message: str, code: int) -> NoReturn:
+    click.echo(f"hostbus: {message}", err=True)
+    sys.exit(code)
+
+
+class State:
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self._console: Console | None = None
+
+    @property
+    def url(self) -> str:
+        return self.cfg["broker"]["url"]
+
+    def console(self, *, validate: bool = True) -> Console:
+        if self._console is None:
+            try:
+                self._console = Console.connect(
+                    self.url, connect_timeout=float(self.cfg["broker"]["connect_timeout"]),
+                    validate=validate,
+                )
+            except ConnectionFailed as exc:
+                fail(f"cannot connect: {exc}", EXIT_CONNECT)
+            except HostbusError as exc:
+                fail(f"broker error: {exc}", EXIT_CONNECT)
+        return self._console
+
+    def close(self) -> None:
+        if self._console is not None:
+            self._console.close()
+
+
+def _out() -> Any:
+    from rich.console import Console as RichConsole
+
+    # Piped output is read by people in pagers and logs: give tables room.
+    width = None if sys.stdout.isatty() else 200
+    return RichConsole(highlight=False, soft_wrap=False, width=width)
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print JSON for scripts instead of tables.")(fn)
+
+
+def discovery_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--where", "-w", multiple=True, metavar="FACT=VALUE",
+                      help="Only hosts with this fact (repeatable; all must match).")(fn)
+    fn = click.option("--idle", type=float, default=None, metavar="S",
+                      help="Stop discovery this long after the last reply (default 0.3).")(fn)
+    fn = click.option("--timeout", "-t", type=float, default=None, metavar="S",
+                      help="Give up after this many seconds (default 10).")(fn)
+    return fn
+
+
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--url", envvar="HOSTBUS_BROKER_URL", metavar="URL",
+              help="Broker URL amqp://user:pass@host:port/vhost (env HOSTBUS_BROKER_URL).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE",
+              envvar="HOSTBUS_CONSOLE_CONFIG", help="Console config file (TOML).")
+@click.version_option(__version__, prog_name="hostbus")
+@click.pass_context
+def cli(ctx: click.Context, url: str | None, config_file: str | None) -> None:
+    """Manage hosts and their VMs through the hostbus message bus.
+
+    \b
+    Start here:
+      hostbus agents                      who is out there
+      hostbus call host.identify -H web01 ask one host
+      hostbus call host.metrics --all     ask every host
+      hostbus query host.disk --where fstype=ext4
+      hostbus watch 'host.*.alert'        follow events
+      hostbus schema host.processes       what a method takes
+    """
+    path = config_file or (str(USER_CONFIG) if USER_CONFIG.exists() else None)
+    try:
+        cfg = config.load(CONSOLE_DEFAULTS, path)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+    if url:
+        cfg["broker"]["url"] = url
+    state = State(cfg)
+    ctx.obj = state
+    ctx.call_on_close(state.close)
+
+
+def _timeout(state: State, value: float | None) -> float:
+    return float(value if value is not None else state.cfg["console"]["timeout"])
+
+
+def _progress(
+    total: int, label: str, enabled: bool
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    """A progress bar on stderr for people (not for pipes or --json)."""
+    if not enabled or total < 2 or not sys.stderr.isatty():
+        return (lambda: None), (lambda: None)
+    from rich.console import Console as RichConsole
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    progress = Progress("[progress.description]{task.description}", BarColumn(),
+                        MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=RichConsole(stderr=True), transient=True)
+    task = progress.add_task(label, total=total)
+    progress.start()
+    return (lambda: progress.advance(task)), progress.stop
+
+
+def _select_hosts(state: State, console: Console, hosts: tuple[str, ...], all_hosts: bool,
+                  where: tuple[str, ...], agent: str | None, timeout: float | None,
+                  idle: float | None, as_json: bool) -> list[str]:
+    """-H names are used as given; -H globs, --all and --where go through discovery."""
+    try:
+        facts = parse_where(where)
+    except ArgumentError as exc:
+        fail(str(exc), EXIT_USAGE)
+    exact = [h for h in hosts if not any(c in h for c in "*?[")]
+    globs = [h for h in hosts if h not in exact]
+    for h in exact:
+        try:
+            names.validate_host_id(h)
+        except ValueError as exc:
+            fail(str(exc), EXIT_USAGE)
+    if not hosts and not all_hosts:
+        fail("say which hosts: -H HOST (repeatable, globs allowed) or --all "
+             "[--where FACT=VALUE]", EXIT_USAGE)
+    if exact and not globs and not all_hosts and not facts:
+        return exact
+    bfilter: dict[str, Any] = {}
+    if agent:
+        bfilter["agent"] = agent
+    if facts:
+        bfilter["facts"] = facts
+    infos = console.discover(filter=bfilter, timeout=_timeout(state, timeout),
+                             idle=float(idle if idle is not None else state.cfg["console"]["idle"]))
+    found = [i.host for i in infos]
+    if globs:
+        found = [h for h in found if any(fnmatch.fnmatchcase(h, g) for g in globs)]
+    selected = list(dict.fromkeys([*exact, *found]))
+    if not selected:
+        if as_json:
+            _emit_json({"results": [], "summary": {"hosts": 0, "ok": 0, "failed": 0,
+                                                   "no_reply": 0}})
+        fail("no matching hosts answered discovery (is an agent running? try `hostbus agents`)",
+             EXIT_NOTHING)
+    return selected
+
+
+def _exit_for(result: FanoutResult) -> int:
+    s = result.summary
+    if s["hosts"] == 0:
+        return EXIT_NOTHING
+    if s["no_reply"]:
+        return EXIT_NO_REPLY
+    if s["failed"]:
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------- discovery
+@cli.command(epilog=EPILOG)
+@click.option("-H", "--host", "hosts", multiple=True, metavar="GLOB",
+              help="Only hosts whose id matches (repeatable).")
+@click.option("--agent", "-a", metavar="NAME", help="Only daemons hosting this agent.")
+@discovery_options
+@json_option
+@click.pass_obj
+def agents(state: State, hosts: tuple[str, ...], agent: str | None, where: tuple[str, ...],
+           idle: float | None, timeout: float | None, as_json: bool) -> None:
+    """Discover the running agents (broadcast ping) and list them.
+
+    Stops as soon as no reply has come for --idle seconds, not after a fixed wait.
+    """
+    infos = _discover(state, hosts, agent, where, idle, timeout)
+    if as_json:
+        _emit_json({"agents": [i.to_dict() for i in infos], "count": len(infos)})
+    else:
+        from console.render import agents_table
+
+        out = _out()
+        if infos:
+            out.print(agents_table(infos))
+        out.print(f"{len(infos)} host{'s' if len(infos) != 1 else ''} answered")
+    if not infos:
+        if not as_json:
+            click.echo("hostbus: no agent answered. Start one with `hostbus-agent --config "
+                       "FILE` (after `hostbus broker enroll HOST`).", err=True)
+        sys.exit(EXIT_NOTHING)
+
+
+def _discover(state: State, hosts: tuple[str, ...], agent: str | None, where: tuple[str, ...],
+              idle: float | None, timeout: float | None) -> list[Any]:
+    try:
+        facts = parse_where(where)
+    except ArgumentError as exc:
+        fail(str(exc), EXIT_USAGE)
+    bfilter: dict[str, Any] = {}
+    if len(hosts) == 1:
+        bfilter["host"] = hosts[0]
+    if agent:
+        bfilter["agent"] = agent
+    if facts:
+        bfilter["facts"] = facts
+    console = state.console()
+    exact = [h for h in hosts if not any(c in h for c in "*?[")]
+    infos = console.discover(
+        filter=bfilter, timeout=_timeout(state, timeout),
+        idle=float(idle if idle is not None else state.cfg["console"]["idle"]),
+        expect=exact if len(exact) == len(hosts) else (),
+    )
+    if len(hosts) > 1:
+        infos = [i for i in infos if any(fnmatch.fnmatchcase(i.host, g) for g in hosts)]
+    return infos
+
+
+@cli.command(epilog=EPILOG)
+@click.option("-H", "--host", "hosts", multiple=True, metavar="GLOB",
+              help="Only hosts whose id matches (repeatable).")
+@discovery_options
+@json_option
+@click.pass_obj
+def ping(state: State, hosts: tuple[str, ...], where: tuple[str, ...], idle: float | None,
+         timeout: float | None, as_json: bool) -> None:
+    """Ping agents and show each one's round trip.
+
+    With exact -H names, stops as soon as all of them answered; exits 4 when some did not.
+    """
+    infos = _discover(state, hosts, None, where, idle, timeout)
+    exact = [h for h in hosts if not any(c in h for c in "*?[")]
+    missing = sorted(set(exact) - {i.host for i in infos})
+    if as_json:
+        _emit_json({"replies": [{"host": i.host, "rtt_ms": round(i.rtt_ms, 3), "epoch": i.epoch}
+                                for i in infos], "missing": missing})
+    else:
+        out = _out()
+        for info in infos:
+            out.print(f"{info.host:<24} [green]ok[/green]  {info.rtt_ms:7.2f} ms")
+        for host in missing:
+            out.print(f"{host:<24} [yellow]no reply[/yellow]")
+        out.print(f"{len(infos)} answered, {len(missing)} missing")
+    if missing:
+        sys.exit(EXIT_NO_REPLY)
+    if not infos:
+        sys.exit(EXIT_NOTHING)
+
+
+# ------------------------------------------------------------------------- calls
+def _split(target: str, what: str) -> tuple[str, str]:
+    agent, sep, rest = target.partition(".")
+    if not sep or not agent or not rest:
+        fail(f"{target!r}: expected {what}, e.g. host.identify", EXIT_USAGE)
+    return agent, rest
+
+
+@cli.command(add_help_option=False, epilog=EPILOG)
+@click.argument("target", required=False, metavar="AGENT.METHOD")
+@click.argument("pairs", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("-H", "--host", "hosts", multiple=True, metavar="HOST",
+              help="Target host (repeatable; a glob goes through discovery).")
+@click.option("--all", "all_hosts", is_flag=True, help="Every host that has the agent.")
+@click.option("--batch", type=int, default=0, metavar="N",
+              help="At most N requests outstanding at once (default: all).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before a dangerous method.")
+@click.option("--no-validate", is_flag=True,
+              help="Send even if the local schema does not know the method or arguments.")
+@discovery_options
+@json_option
+@click.option("--help", "-h", "show_help", is_flag=True,
+              help="Show this help; with AGENT.METHOD, the method's own help.")
+@click.pass_context
+def call(ctx: click.Context, target: str | None, pairs: tuple[str, ...], hosts: tuple[str, ...],
+         all_hosts: bool, batch: int, yes: bool, no_validate: bool, where: tuple[str, ...],
+         idle: float | None, timeout: float | None, as_json: bool, show_help: bool) -> None:
+    """Call AGENT.METHOD on one host, a list, or every matching host.
+
+    \b
+    Arguments are KEY=VALUE, typed by the method's schema (KEY:=JSON for raw JSON):
+      hostbus call host.identify -H web01
+      hostbus call host.processes name='python*' limit=5 --all --where role=web
+      hostbus call host.processes --help      (the method's arguments)
+    """
+    state: State = ctx.obj
+    if show_help or target is None:
+        if target is not None:
+            agent, method = _split(target, "AGENT.METHOD")
+            try:
+                click.echo(method_help(agent, method_spec(agent, method)))
+            except RemoteError as exc:
+                fail(exc.message, EXIT_USAGE)
+            click.echo("\nUsage: hostbus call AGENT.METHOD [KEY=VALUE]... (-H HOST | --all)")
+        else:
+            click.echo(ctx.get_help())
+        ctx.exit(EXIT_OK if show_help else EXIT_USAGE)
+    agent, method = _split(target, "AGENT.METHOD")
+    spec = None
+    try:
+        spec = method_spec(agent, method)
+    except RemoteError as exc:
+        if not no_validate:
+            fail(exc.message, EXIT_USAGE)
+    try:
+        args = parse_pairs(pairs, spec)
+        if spec is not None and not no_validate:
+            import copy
+
+            spec.validate_args(copy.deepcopy(args))
+    except ArgumentError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except RemoteError as exc:
+        fail(f"{exc.message} (see `hostbus call {target} --help`)", EXIT_USAGE)
+    console = state.console(validate=not no_validate)
+    selected = _select_hosts(state, console, hosts, all_hosts, where, agent, timeout, idle,
+                             as_json)
+    if spec is not None and spec.dangerous and not yes:
+        if not sys.stdin.isatty():
+            fail(f"{target} is dangerous; pass --yes to run it on {len(selected)} host(s)",
+                 EXIT_USAGE)
+        shown = ", ".join(selected[:5]) + (" ..." if len(selected) > 5 else "")
+        if not click.confirm(f"{target} is dangerous. Run it on {len(selected)} host(s): "
+                             f"{shown}?"):
+            fail("cancelled", EXIT_USAGE)
+    result = _run_fanout(state, console, agent, method, args, selected, timeout, batch, as_json)
+    sys.exit(_exit_for(result))
+
+
+def _run_fanout(state: State, console: Console, agent: str, method: str, args: dict[str, Any],
+                hosts: list[str], timeout: float | None, batch: int,
+                as_json: bool) -> FanoutResult:
+    advance, stop = _progress(len(hosts), f"{agent}.{method}", not as_json)
+
+    def on_result(res: HostResult) -> None:
+        advance()
+
+    try:
+        result = console.fanout(agent, method, args, hosts, timeout=_timeout(state, timeout),
+                                batch=batch, on_result=on_result)
+    except RemoteError as exc:
+        stop()
+        fail(exc.message, EXIT_USAGE)
+    except HostbusError as exc:
+        stop()
+        fail(str(exc), EXIT_CONNECT)
+    stop()
+    if as_json:
+        _emit_json({"agent": agent, "method": method,
+                    "results": [r.to_dict() for r in result.results],
+                    "summary": result.summary})
+    else:
+        from console.render import print_fanout
+
+        print_fanout(_out(), agent, method, result)
+    return result
+
+
+@cli.command(epilog=EPILOG)
+@click.argument("target", metavar="AGENT.CLASS")
+@click.option("-H", "--host", "hosts", multiple=True, metavar="HOST",
+              help="Only these hosts (default: every host that has the agent).")
+@click.option("--filter", "-f", "filters", multiple=True, metavar="FIELD=VALUE",
+              help="Only objects whose field matches (globs allowed; repeatable).")
+@click.option("--limit", type=click.IntRange(1, 10000), default=1000,
+              help="At most this many objects per host.")
+@discovery_options
+@json_option
+@click.pass_obj
+def query(state: State, target: str, hosts: tuple[str, ...], filters: tuple[str, ...],
+          limit: int, where: tuple[str, ...], idle: float | None, timeout: float | None,
+          as_json: bool) -> None:
+    """List the objects of one class across hosts, e.g. `hostbus query host.disk`.
+
+    --filter selects objects (mountpoint=/var, name='nginx*'); --where selects hosts by fact.
+    """
+    agent, class_name = _split(target, "AGENT.CLASS")
+    try:
+        obj_filter = parse_where(filters)
+    except ArgumentError as exc:
+        fail(str(exc).replace("--where", "--filter"), EXIT_USAGE)
+    console = state.console()
+    from hostbus.schema import available_agents, load_agent_schema
+
+    if agent in available_agents():
+        schema = load_agent_schema(agent)
+        spec = schema.classes.get(class_name)
+        if spec is None:
+            fail(f"agent {agent!r} has no object class {class_name!r}; classes: "
+                 f"{', '.join(sorted(schema.classes)) or 'none'}", EXIT_USAGE)
+        unknown = sorted(set(obj_filter) - set(spec.fields))
+        if unknown:
+            fail(f"{class_name} has no field {unknown[0]!r}; fields: "
+                 f"{', '.join(sorted(spec.fields))}", EXIT_USAGE)
+        columns = list(spec.fields)
+    else:
+        columns = None
+    selected = _select_hosts(state, console, hosts, not hosts, where, agent, timeout, idle,
+                             as_json)
+    advance, stop = _progress(len(selected), f"query {target}", not as_json)
+    try:
+        result = console.query(agent, class_name, where=obj_filter, hosts=selected, limit=limit,
+                               timeout=_timeout(state, timeout), on_result=lambda r: advance())
+    except RemoteError as exc:
+        stop()
+        fail(exc.message, EXIT_USAGE)
+    stop()
+    rows = [{"host": r.host, **obj} for r in result.results if r.reply and r.reply.result
+            for obj in r.reply.result["objects"]]
+    if as_json:
+        _emit_json({"agent": agent, "class_name": class_name, "objects": rows,
+                    "results": [{k: v for k, v in r.to_dict().items() if k != "result"}
+                                for r in result.results],
+                    "summary": result.summary})
+    else:
+        from console.render import objects_table, print_host_result, print_summary
+
+        out = _out()
+        if rows:
+            out.print(objects_table(rows, ["host", *(columns or [])] if columns else None))
+        for r in result.results:
+            if r.status != "ok":
+                print_host_result(out, r)
+        print_summary(out, result)
+    sys.exit(_exit_for(result))
+
+
+# ------------------------------------------------------------------------ events
+@cli.command(epilog=EPILOG)
+@click.argument("patterns", nargs=-1, metavar="[PATTERN]...")
+@click.option("--count", "-n", type=int, default=0, help="Stop after N events.")
+@click.option("--duration", "-d", type=float, default=0, metavar="S",
+              help="Stop after S seconds.")
+@click.option("--name", metavar="NAME",
+              help="Use the named, durable subscription queue hostbus.sub.NAME "
+                   "(events are kept while you are away).")
+@json_option
+@click.pass_obj
+def watch(state: State, patterns: tuple[str, ...], count: int, duration: float,
+          name: str | None, as_json: bool) -> None:
+    """Print events as they arrive, until Ctrl-C, --count or --duration.
+
+    \b
+    PATTERN is an AMQP topic pattern on <agent>.<host>.<event> (default '#'):
+      hostbus watch 'host.*.alert'          every host's alerts
+      hostbus watch 'agent.#'               online, heartbeat, offline
+      hostbus watch 'host.web01.#' -n 5     five events from web01
+    Gaps in an agent's sequence numbers and agent restarts are reported.
+    """
+    console = state.console()
+    done = threading.Event()
+    seen = [0]
+    lock = threading.Lock()
+    from console.render import event_line
+
+    def on_event(ev: Any, note: str | None) -> None:
+        with lock:
+            if done.is_set():
+                return
+            if as_json:
+                line = {**ev.to_body(), **({"note": note} if note else {})}
+                click.echo(json.dumps(line, separators=(",", ":")))
+            else:
+                if note:
+                    click.echo(f"! {note}", err=True)
+                click.echo(event_line(ev))
+            seen[0] += 1
+            if count and seen[0] >= count:
+                done.set()
+
+    try:
+        queue_name = console.subscribe(list(patterns) or ["#"], on_event, name=name,
+                                       durable=name is not None)
+    except HostbusError as exc:
+        fail(str(exc), EXIT_CONNECT)
+    if not as_json:
+        click.echo(f"watching {' '.join(patterns) or '#'} on {queue_name} "
+                   "(Ctrl-C to stop)", err=True)
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    started = time.monotonic()
+    while not done.wait(0.2):
+        if duration and time.monotonic() - started >= duration:
+            break
+    done.set()
+    if not as_json:
+        click.echo(f"{seen[0]} event{'s' if seen[0] != 1 else ''}", err=True)
+
+
+# ------------------------------------------------------------------------ schema
+@cli.command(epilog=EPILOG)
+@click.argument("target", required=False, metavar="[AGENT[.METHOD]]")
+@json_option
+def schema(target: str | None, as_json: bool) -> None:
+    """Show the contract: agents, their methods, object classes and events."""
+    from hostbus.schema import available_agents, load_agent_schema
+
+    if target is None:
+        rows = [{"agent": a, "version": load_agent_schema(a).version,
+                 "description": load_agent_schema(a).description} for a in available_agents()]
+        if as_json:
+            _emit_json({"agents": rows})
+        else:
+            from console.render import objects_table
+
+            _out().print(objects_table(rows))
+        return
+    agent, _, method = target.partition(".")
+    if agent not in available_agents():
+        fail(f"no schema for agent {agent!r}; known: {', '.join(available_agents())}",
+             EXIT_USAGE)
+    sch = load_agent_schema(agent)
+    if method:
+        spec = sch.methods.get(method)
+        if spec is None:
+            fail(f"agent {agent!r} has no method {method!r}; methods: "
+                 f"{', '.join(sorted(sch.methods))}", EXIT_USAGE)
+        if as_json:
+            _emit_json(sch.raw["methods"][method])
+        else:
+            click.echo(method_help(agent, spec))
+        return
+    if as_json:
+        _emit_json(sch.raw)
+        return
+    from console.render import objects_table
+
+    out = _out()
+    out.print(f"[bold]{agent}[/bold] {sch.version}: {sch.description}")
+    out.print(objects_table(
+        [{"method": m.name, "dangerous": "yes" if m.dangerous else "",
+          "description": m.description} for m in sch.methods.values()], title="methods"))
+    if sch.classes:
+        out.print(objects_table(
+            [{"class": c.name, "key": c.key, "fields": ", ".join(c.fields)}
+             for c in sch.classes.values()], title="object classes (hostbus query)"))
+    out.print(objects_table(
+        [{"event": f"{agent}.{e.name}", "routing key": f"{agent}.<host>.{e.name}",
+          "description": e.description} for e in sch.events.values()], title="events"))
+
+
+# ------------------------------------------------------------------------ broker
+@cli.group()
+def broker() -> None:
+    """Set up the broker: topology, and a queue per host (management HTTP API)."""
+
+
+def _admin(state: State, admin_url: str | None) -> Any:
+    from hostbus.broker_admin import BrokerAdmin
+
+    try:
+        return BrokerAdmin(admin_url or state.cfg["console"]["admin_url"])
+    except HostbusError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+def _vhost(state: State, vhost: str | None) -> str:
+    from hostbus.transport.base import parse_url
+
+    return vhost or parse_url(state.url).vhost
+
+
+admin_option = click.option("--admin-url", envvar="HOSTBUS_CONSOLE_ADMIN_URL", metavar="URL",
+                            help="Management API, http://user:pass@host:15672 (an "
+                                 "administrator).")
+vhost_option = click.option("--vhost", metavar="NAME",
+                            help="Virtual host (default: the broker URL's, 'hostbus').")
+
+
+@broker.command()
+@admin_option
+@vhost_option
+@json_option
+@click.pass_obj
+def setup(state: State, admin_url: str | None, vhost: str | None, as_json: bool) -> None:
+    """Create the vhost and apply broker_config/definitions.json (idempotent)."""
+    name = _vhost(state, vhost)
+    try:
+        counts = _admin(state, admin_url).setup(name)
+    except ConnectionFailed as exc:
+        fail(str(exc), EXIT_CONNECT)
+    except HostbusError as exc:
+        fail(str(exc), EXIT_FAILED)
+    if as_json:
+        _emit_json({"vhost": name, **counts})
+    else:
+        click.echo(f"vhost {name}: {counts['exchanges']} exchanges, {counts['queues']} queues, "
+                   f"{counts['bindings']} bindings, {counts['policies']} policies applied")
+
+
+@broker.command()
+@click.argument("host")
+@click.option("--agents", default="host", show_default=True, metavar="A,B",
+              help="Agents this host runs (comma-separated).")
+@admin_option
+@vhost_option
+@json_option
+@click.pass_obj
+def enroll(state: State, host: str, agents: str, admin_url: str | None, vhost: str | None,
+           as_json: bool) -> None:
+    """Create HOST's queue and its bindings for the given agents (idempotent)."""
+    agent_list = [a.strip() for a in agents.split(",") if a.strip()]
+    try:
+        names.validate_host_id(host)
+        for a in agent_list:
+            names.validate_agent_name(a)
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+    name = _vhost(state, vhost)
+    try:
+        keys = _admin(state, admin_url).enroll_host(name, host, agent_list)
+    except ConnectionFailed as exc:
+        fail(str(exc), EXIT_CONNECT)
+    except HostbusError as exc:
+        fail(str(exc), EXIT_FAILED)
+    if as_json:
+        _emit_json({"vhost": name, "host": host, "queue": names.host_queue(host),
+                    "routing_keys": keys})
+    else:
+        click.echo(f"host {host} enrolled in vhost {name}: queue {names.host_queue(host)} "
+                   f"bound to {', '.join(keys)}")
+
+
+def main() -> None:
+    cli(prog_name="hostbus")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,374 @@
+"""The console library: discovery, calls, fan-out, queries and event subscriptions.
+
+The CLI is a thin layer over this module; programs use it directly:
+
+    with Console.connect("amqp://guest:guest@127.0.0.1:5672/hostbus") as console:
+        hosts = console.discover(filter={"facts": {"role": "web"}})
+        result = console.fanout("host", "identify", {}, [h.host for h in hosts])
+
+The console never waits a fixed time when it can stop earlier: discovery ends when every
+expected host answered or when no reply came for an idle window; a fan-out ends when
+every host answered or at its timeout.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hostbus import names
+from hostbus.envelope import Event, Reply, new_request, parse_event, parse_reply
+from hostbus.errors import ErrorCode, HostbusError, RemoteError, SchemaError
+from hostbus.schema import MethodSpec, available_agents, load_agent_schema
+from hostbus.transport.base import Delivery, Transport
+
+log = logging.getLogger("hostbus.console")
+
+_LOST = object()  # put into waiting queues when the connection drops
+
+
+@dataclass
+class HostResult:
+    host: str
+    reply: Reply | None  # None: no reply before the timeout
+    elapsed_ms: float | None = None  # round trip seen by the console
+
+    @property
+    def status(self) -> str:
+        if self.reply is None:
+            return "no_reply"
+        return "ok" if self.reply.ok else "error"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"host": self.host, "status": self.status}
+        if self.reply is not None:
+            if self.reply.result is not None:
+                out["result"] = self.reply.result
+            if self.reply.error is not None:
+                out["error"] = self.reply.error
+            out["agent_ms"] = self.reply.elapsed_ms
+        if self.elapsed_ms is not None:
+            out["rtt_ms"] = round(self.elapsed_ms, 3)
+        return out
+
+
+@dataclass
+class FanoutResult:
+    results: list[HostResult]
+    elapsed_ms: float
+
+    def by_status(self, status: str) -> list[HostResult]:
+        return [r for r in self.results if r.status == status]
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return {"hosts": len(self.results), "ok": len(self.by_status("ok")),
+                "failed": len(self.by_status("error")),
+                "no_reply": len(self.by_status("no_reply")),
+                "elapsed_ms": round(self.elapsed_ms, 1)}
+
+
+@dataclass
+class AgentInfo:
+    """One daemon's answer to discovery."""
+
+    host: str
+    agents: list[str]
+    version: str
+    epoch: str
+    started: str
+    facts: dict[str, Any]
+    rtt_ms: float
+
+    @classmethod
+    def from_reply(cls, reply: Reply, rtt_ms: float) -> AgentInfo:
+        r = reply.result or {}
+        return cls(host=reply.host, agents=list(r.get("agents", [])),
+                   version=str(r.get("version", "")), epoch=str(r.get("epoch", "")),
+                   started=str(r.get("started", "")), facts=dict(r.get("facts", {})),
+                   rtt_ms=rtt_ms)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"host": self.host, "agents": self.agents, "version": self.version,
+                "epoch": self.epoch, "started": self.started, "facts": self.facts,
+                "rtt_ms": round(self.rtt_ms, 3)}
+
+
+@dataclass
+class Sequencer:
+    """Follows (epoch, seq) per host and agent; tells gaps, restarts and duplicates."""
+
+    last: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
+
+    def check(self, ev: Event) -> str | None:
+        key = (ev.host, ev.agent)
+        prev = self.last.get(key)
+        if prev is None or prev[0] != ev.epoch or ev.seq > prev[1]:
+            self.last[key] = (ev.epoch, ev.seq)
+        if prev is None:
+            return None
+        epoch, seq = prev
+        if epoch != ev.epoch:
+            return f"{ev.host}/{ev.agent} restarted (epoch {epoch} -> {ev.epoch})"
+        if ev.seq == seq + 1:
+            return None
+        if ev.seq > seq + 1:
+            missing = ev.seq - seq - 1
+            return (f"gap: {missing} event{'s' if missing > 1 else ''} from "
+                    f"{ev.host}/{ev.agent} missing (seq {seq + 1}..{ev.seq - 1})")
+        return f"duplicate or out-of-order event from {ev.host}/{ev.agent} (seq {ev.seq})"
+
+
+def method_spec(agent: str, method: str) -> MethodSpec:
+    """The schema of ``agent.method``; raises a ``RemoteError`` naming what exists."""
+    if agent not in available_agents():
+        raise RemoteError(
+            ErrorCode.UNKNOWN_AGENT,
+            f"no schema for agent {agent!r}; known agents: {', '.join(available_agents())}",
+        )
+    schema = load_agent_schema(agent)
+    spec = schema.methods.get(method)
+    if spec is None:
+        raise RemoteError(
+            ErrorCode.UNKNOWN_METHOD,
+            f"agent {agent!r} has no method {method!r}; methods: "
+            f"{', '.join(sorted(schema.methods))}",
+        )
+    return spec
+
+
+class Console:
+    def __init__(self, transport: Transport, *, validate: bool = True) -> None:
+        self.transport = transport
+        self.validate = validate
+        self._pending: dict[str, queue.Queue[Any]] = {}
+        self._lock = threading.Lock()
+        self._reply_queue: str | None = None
+        self._lost: Exception | None = None
+
+    @classmethod
+    def connect(cls, url: str, *, connect_timeout: float = 5.0, **kwargs: Any) -> Console:
+        from hostbus.transport.amqp091 import PikaTransport
+
+        transport = PikaTransport(url, connection_name="hostbus-console",
+                                  connect_timeout=connect_timeout, reconnect=True)
+        transport.start()
+        console = cls(transport, **kwargs)
+        try:
+            console.open()
+        except Exception:
+            transport.close()
+            raise
+        return console
+
+    def open(self) -> None:
+        self.transport.on_connection_lost(self._on_lost)
+        self._reply_queue = self.transport.open_reply_queue(self._on_reply)
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self) -> Console:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- plumbing
+    def _on_reply(self, delivery: Delivery) -> None:
+        try:
+            reply = parse_reply(delivery)
+        except RemoteError as err:
+            log.warning("ignored a malformed reply: %s", err.message)
+            return
+        with self._lock:
+            waiting = self._pending.get(reply.correlation_id or "")
+        if waiting is not None:
+            waiting.put((reply, time.perf_counter()))
+
+    def _on_lost(self, exc: Exception) -> None:
+        self._lost = exc
+        with self._lock:
+            waiting = list(self._pending.values())
+        for q in waiting:
+            q.put(_LOST)
+
+    def check_args(self, agent: str, method: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Validate before sending (a copy: defaults stay the agent's business)."""
+        if self.validate:
+            method_spec(agent, method).validate_args(copy.deepcopy(args))
+        return args
+
+    def _send(self, agent: str, method: str, args: dict[str, Any], *, host: str | None,
+              timeout: float, bfilter: dict[str, Any] | None, waiting: queue.Queue[Any]) -> str:
+        if self._lost is not None:
+            raise HostbusError(f"the broker connection was lost: {self._lost!r}")
+        req = new_request(agent, method, args, host=host, filter=bfilter, timeout=timeout,
+                          reply_to=self._reply_queue)
+        with self._lock:
+            self._pending[req.message_id] = waiting
+        body, props = req.encode()
+        self.transport.publish(names.REQUEST_EXCHANGE, req.routing_key(), body, props)
+        return req.message_id
+
+    def _forget(self, ids: Iterable[str]) -> None:
+        with self._lock:
+            for mid in ids:
+                self._pending.pop(mid, None)
+
+    # ------------------------------------------------------------------- calls
+    def call(self, agent: str, method: str, args: dict[str, Any] | None = None, *,
+             host: str, timeout: float = 10.0) -> HostResult:
+        """One request to one host."""
+        return self.fanout(agent, method, args or {}, [host], timeout=timeout).results[0]
+
+    def fanout(
+        self, agent: str, method: str, args: dict[str, Any], hosts: list[str], *,
+        timeout: float = 10.0, batch: int = 0,
+        on_result: Callable[[HostResult], None] | None = None,
+    ) -> FanoutResult:
+        """Send to each host (at most ``batch`` outstanding; 0 = all at once) and collect
+        replies concurrently until all answered or ``timeout`` passed since the last send."""
+        for host in hosts:
+            names.validate_host_id(host)
+        self.check_args(agent, method, args)
+        started = time.perf_counter()
+        waiting: queue.Queue[Any] = queue.Queue()
+        todo = list(dict.fromkeys(hosts))
+        window = batch if batch > 0 else len(todo)
+        sent: dict[str, tuple[str, float]] = {}  # message id -> (host, send time)
+        results: dict[str, HostResult] = {}
+        next_i = 0
+        deadline = time.monotonic() + timeout
+
+        def send_more() -> None:
+            nonlocal next_i, deadline
+            while next_i < len(todo) and len(sent) - len(results) < window:
+                host = todo[next_i]
+                next_i += 1
+                mid = self._send(agent, method, args, host=host, timeout=timeout,
+                                 bfilter=None, waiting=waiting)
+                sent[mid] = (host, time.perf_counter())
+                deadline = time.monotonic() + timeout
+
+        try:
+            send_more()
+            while len(results) < len(todo):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = waiting.get(timeout=remaining)
+                except queue.Empty:
+                    break
+                if item is _LOST:
+                    raise HostbusError(f"the broker connection was lost: {self._lost!r}")
+                reply, at = item
+                origin = sent.get(reply.correlation_id)
+                if origin is None or origin[0] in results:
+                    continue
+                host, t0 = origin
+                res = HostResult(host, reply, (at - t0) * 1000)
+                results[host] = res
+                if on_result is not None:
+                    on_result(res)
+                send_more()
+        finally:
+            self._forget(sent)
+        ordered = []
+        for host in todo:
+            res = results.get(host) or HostResult(host, None)
+            if host not in results and on_result is not None:
+                on_result(res)
+            ordered.append(res)
+        return FanoutResult(ordered, (time.perf_counter() - started) * 1000)
+
+    # --------------------------------------------------------------- discovery
+    def discover(
+        self, *, filter: dict[str, Any] | None = None, timeout: float = 5.0,
+        idle: float = 0.3, first_reply_wait: float = 1.0, expect: Iterable[str] = (),
+        on_reply: Callable[[AgentInfo], None] | None = None,
+    ) -> list[AgentInfo]:
+        """Broadcast ``agent.ping`` and collect the answers.
+
+        Stops at the first of: every host in ``expect`` answered; ``idle`` seconds with
+        no reply after the last one (``first_reply_wait`` before the first); ``timeout``.
+        """
+        expected = set(expect)
+        waiting: queue.Queue[Any] = queue.Queue()
+        started = time.perf_counter()
+        hard_stop = time.monotonic() + timeout
+        mid = self._send(names.BUILTIN_AGENT, "ping", {}, host=None, timeout=timeout,
+                         bfilter=filter or None, waiting=waiting)
+        found: dict[str, AgentInfo] = {}
+        try:
+            window_end = time.monotonic() + max(idle, first_reply_wait)
+            while True:
+                if expected and expected <= set(found):
+                    break
+                now = time.monotonic()
+                remaining = min(window_end, hard_stop) - now
+                if remaining <= 0:
+                    break
+                try:
+                    item = waiting.get(timeout=remaining)
+                except queue.Empty:
+                    break
+                if item is _LOST:
+                    raise HostbusError(f"the broker connection was lost: {self._lost!r}")
+                reply, at = item
+                if not reply.ok or reply.host in found:
+                    continue
+                info = AgentInfo.from_reply(reply, (at - started) * 1000)
+                found[reply.host] = info
+                if on_reply is not None:
+                    on_reply(info)
+                window_end = time.monotonic() + idle
+        finally:
+            self._forget([mid])
+        return sorted(found.values(), key=lambda a: a.host)
+
+    def query(
+        self, agent: str, class_name: str, *, where: dict[str, Any] | None = None,
+        hosts: list[str], limit: int = 1000, timeout: float = 10.0,
+        on_result: Callable[[HostResult], None] | None = None,
+    ) -> FanoutResult:
+        schema = load_agent_schema(agent) if agent in available_agents() else None
+        if self.validate and schema is not None and class_name not in schema.classes:
+            raise RemoteError(
+                ErrorCode.UNKNOWN_METHOD,
+                f"agent {agent!r} has no object class {class_name!r}; classes: "
+                f"{', '.join(sorted(schema.classes)) or 'none'}",
+            )
+        args = {"agent": agent, "class_name": class_name, "where": where or {}, "limit": limit}
+        return self.fanout(names.BUILTIN_AGENT, "query", args, hosts, timeout=timeout,
+                           on_result=on_result)
+
+    # ------------------------------------------------------------------ events
+    def subscribe(
+        self, patterns: list[str], handler: Callable[[Event, str | None], None], *,
+        name: str | None = None, durable: bool = False,
+    ) -> str:
+        """Call ``handler(event, note)`` for each event; ``note`` reports gaps, restarts
+        and duplicates. Runs on the transport's I/O thread: keep the handler short."""
+        for pattern in patterns:
+            if not pattern or len(pattern) > 255:
+                raise SchemaError(f"invalid event pattern {pattern!r}")
+        sequencer = Sequencer()
+
+        def on_event(delivery: Delivery) -> None:
+            try:
+                ev = parse_event(delivery)
+            except RemoteError as err:
+                log.warning("ignored a malformed event on %s: %s", delivery.routing_key,
+                            err.message)
+                return
+            handler(ev, sequencer.check(ev))
+
+        return self.transport.subscribe(patterns, on_event, name=name, durable=durable)

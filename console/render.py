@@ -1,0 +1,126 @@
+"""Human output: tables and result blocks (rich). Scripts use ``--json`` instead."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Console as RichConsole
+from rich.table import Table
+
+from console.client import AgentInfo, FanoutResult, HostResult
+from hostbus.envelope import Event
+
+STATUS_STYLE = {"ok": "green", "error": "red", "no_reply": "yellow"}
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list) and all(not isinstance(v, dict | list) for v in value):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def _flatten(prefix: str, value: dict[str, Any], out: dict[str, Any]) -> None:
+    for key, item in value.items():
+        name = f"{prefix}{key}"
+        if isinstance(item, dict) and item:
+            _flatten(f"{name}.", item, out)
+        else:
+            out[name] = item
+
+
+def objects_table(rows: list[dict[str, Any]], columns: list[str] | None = None,
+                  title: str | None = None) -> Table:
+    cols = columns or list(dict.fromkeys(k for row in rows for k in row))
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for col in cols:
+        # One line per object: long values (command lines) are cut, not wrapped.
+        table.add_column(col, overflow="ellipsis", no_wrap=True, max_width=48,
+                         min_width=min(len(col), 12))
+    for row in rows:
+        table.add_row(*(_cell(row.get(c)) for c in cols))
+    return table
+
+
+def print_result(out: RichConsole, result: dict[str, Any]) -> None:
+    """Scalars and nested tables as aligned key/value lines; lists of objects as tables."""
+    flat: dict[str, Any] = {}
+    lists: dict[str, list[dict[str, Any]]] = {}
+    for key, value in result.items():
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            lists[key] = value
+        elif isinstance(value, dict) and value:
+            _flatten(f"{key}.", value, flat)
+        else:
+            flat[key] = value
+    if flat:
+        width = max(len(k) for k in flat)
+        for key, value in flat.items():
+            out.print(f"  [bold]{key:<{width}}[/bold]  {_cell(value)}", highlight=False)
+    for key, rows in lists.items():
+        out.print(objects_table(rows, title=f"  {key} ({len(rows)})"))
+
+
+def print_fanout(out: RichConsole, agent: str, method: str, result: FanoutResult) -> None:
+    for res in result.results:
+        print_host_result(out, res)
+    print_summary(out, result)
+
+
+def print_host_result(out: RichConsole, res: HostResult) -> None:
+    style = STATUS_STYLE[res.status]
+    rtt = f"  {res.elapsed_ms:.1f} ms" if res.elapsed_ms is not None else ""
+    out.print(f"[bold]{res.host}[/bold]  [{style}]{res.status}[/{style}]{rtt}", highlight=False)
+    if res.reply is None:
+        out.print("  no reply before the timeout", style="yellow")
+    elif res.reply.error is not None:
+        err = res.reply.error
+        out.print(f"  {err['code']}: {err['message']}", style="red", highlight=False)
+    elif res.reply.result is not None:
+        print_result(out, res.reply.result)
+
+
+def print_summary(out: RichConsole, result: FanoutResult) -> None:
+    s = result.summary
+    out.print(
+        f"{s['hosts']} host{'s' if s['hosts'] != 1 else ''}: [green]{s['ok']} ok[/green], "
+        f"[red]{s['failed']} failed[/red], [yellow]{s['no_reply']} no reply[/yellow] "
+        f"in {s['elapsed_ms']:.1f} ms", highlight=False,
+    )
+
+
+def agents_table(infos: list[AgentInfo]) -> Table:
+    table = Table(header_style="bold")
+    for col in ("host", "agents", "version", "started", "facts", "rtt ms"):
+        table.add_column(col, overflow="fold", no_wrap=col != "facts")
+    for info in infos:
+        facts = " ".join(f"{k}={v}" for k, v in sorted(info.facts.items()))
+        table.add_row(info.host, ", ".join(info.agents), info.version, info.started, facts,
+                      f"{info.rtt_ms:.1f}")
+    return table
+
+
+def event_line(ev: Event) -> str:
+    d = ev.data
+    summary: str
+    if ev.full_name == "host.metrics":
+        summary = (f"cpu {d.get('cpu_percent')}%  mem {d.get('memory', {}).get('percent')}%  "
+                   f"load {_cell(d.get('load'))}")
+    elif ev.full_name == "host.alert":
+        where = f" {d['resource']}" if d.get("resource") else ""
+        level = d["raise_at"] if d["state"] == "raised" else d["clear_at"]
+        summary = f"{d['state'].upper()} {d['metric']}{where} = {d['value']} (level {level})"
+    elif ev.full_name == "agent.heartbeat":
+        summary = f"up {d.get('uptime_s')} s, {d.get('requests', 0)} requests, " \
+                  f"agents {_cell(d.get('agents'))}"
+    else:
+        summary = json.dumps(d, separators=(",", ":"))
+    if len(summary) > 160:
+        summary = summary[:157] + "..."
+    return f"{ev.time}  {ev.host}  {ev.full_name}  #{ev.seq}  {summary}"
