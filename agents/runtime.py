@@ -24,7 +24,7 @@ from agents.policy import Policy
 from hostbus import __version__, names
 from hostbus.envelope import Event, now_rfc3339
 from hostbus.errors import BrokerRefused, SchemaError
-from hostbus.schema import load_agent_schema
+from hostbus.schema import AgentSchema, load_agent_schema
 from hostbus.transport.base import Delivery, Transport
 
 log = logging.getLogger("hostbus.agent")
@@ -44,7 +44,10 @@ class AgentRuntime:
         policy: Policy | None = None,
         facts: dict[str, Any] | None = None,
         check_results: bool = False,
+        schemas: dict[str, AgentSchema] | None = None,
     ) -> None:
+        """``schemas`` supplies schemas not shipped in ``schemas/agents`` (test agents,
+        third-party agents); the shipped files are used otherwise."""
         names.validate_host_id(host_id)
         self.transport = transport
         self.host_id = host_id
@@ -66,7 +69,7 @@ class AgentRuntime:
         self.hosted: dict[str, HostedAgent] = {}
         info = RuntimeInfo(host_id, self.epoch, self.started_at, self.hosted, self.facts)
         for agent in [BuiltinAgent(info), *agents]:
-            schema = load_agent_schema(agent.name)
+            schema = (schemas or {}).get(agent.name) or load_agent_schema(agent.name)
             check_agent_against_schema(agent, schema)
             agent.attach(self.emit)
             self.hosted[agent.name] = HostedAgent(agent, schema)

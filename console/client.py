@@ -25,7 +25,7 @@ from typing import Any
 from hostbus import names
 from hostbus.envelope import Event, Reply, new_request, parse_event, parse_reply
 from hostbus.errors import ErrorCode, HostbusError, RemoteError, SchemaError
-from hostbus.schema import MethodSpec, available_agents, load_agent_schema
+from hostbus.schema import AgentSchema, MethodSpec, available_agents, load_agent_schema
 from hostbus.transport.base import Delivery, Transport
 
 log = logging.getLogger("hostbus.console")
@@ -125,14 +125,17 @@ class Sequencer:
         return f"duplicate or out-of-order event from {ev.host}/{ev.agent} (seq {ev.seq})"
 
 
-def method_spec(agent: str, method: str) -> MethodSpec:
-    """The schema of ``agent.method``; raises a ``RemoteError`` naming what exists."""
-    if agent not in available_agents():
+def method_spec(agent: str, method: str,
+                extra: dict[str, AgentSchema] | None = None) -> MethodSpec:
+    """The schema of ``agent.method``; raises a ``RemoteError`` naming what exists.
+    ``extra`` holds schemas not shipped in ``schemas/agents``."""
+    known = {**dict.fromkeys(available_agents()), **(extra or {})}
+    if agent not in known:
         raise RemoteError(
             ErrorCode.UNKNOWN_AGENT,
-            f"no schema for agent {agent!r}; known agents: {', '.join(available_agents())}",
+            f"no schema for agent {agent!r}; known agents: {', '.join(sorted(known))}",
         )
-    schema = load_agent_schema(agent)
+    schema = (extra or {}).get(agent) or load_agent_schema(agent)
     spec = schema.methods.get(method)
     if spec is None:
         raise RemoteError(
@@ -144,9 +147,11 @@ def method_spec(agent: str, method: str) -> MethodSpec:
 
 
 class Console:
-    def __init__(self, transport: Transport, *, validate: bool = True) -> None:
+    def __init__(self, transport: Transport, *, validate: bool = True,
+                 schemas: dict[str, AgentSchema] | None = None) -> None:
         self.transport = transport
         self.validate = validate
+        self.schemas = dict(schemas or {})
         self._pending: dict[str, queue.Queue[Any]] = {}
         self._lock = threading.Lock()
         self._reply_queue: str | None = None
@@ -202,7 +207,7 @@ class Console:
     def check_args(self, agent: str, method: str, args: dict[str, Any]) -> dict[str, Any]:
         """Validate before sending (a copy: defaults stay the agent's business)."""
         if self.validate:
-            method_spec(agent, method).validate_args(copy.deepcopy(args))
+            method_spec(agent, method, self.schemas).validate_args(copy.deepcopy(args))
         return args
 
     def _send(self, agent: str, method: str, args: dict[str, Any], *, host: str | None,
@@ -339,7 +344,8 @@ class Console:
         hosts: list[str], limit: int = 1000, timeout: float = 10.0,
         on_result: Callable[[HostResult], None] | None = None,
     ) -> FanoutResult:
-        schema = load_agent_schema(agent) if agent in available_agents() else None
+        schema = self.schemas.get(agent) or (
+            load_agent_schema(agent) if agent in available_agents() else None)
         if self.validate and schema is not None and class_name not in schema.classes:
             raise RemoteError(
                 ErrorCode.UNKNOWN_METHOD,

@@ -1,0 +1,95 @@
+"""The contract stays in one piece: schemas, code, docs, packaging and broker topology."""
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from agents import registry
+from agents.base import check_agent_against_schema
+from hostbus import names, topology
+from hostbus.errors import ErrorCode
+from hostbus.schema import available_agents, envelope_schema, load_agent_schema
+
+ROOT = Path(__file__).resolve().parents[2]
+META = json.loads((ROOT / "schemas" / "agent.schema.json").read_text())
+
+
+@pytest.mark.parametrize("agent", available_agents())
+def test_every_agent_schema_follows_the_meta_schema(agent):
+    doc = json.loads((ROOT / "schemas" / "agents" / f"{agent}.json").read_text())
+    jsonschema.validate(doc, META)
+    assert doc["agent"] == agent
+
+
+@pytest.mark.parametrize("agent", available_agents())
+def test_every_example_in_an_agent_schema_is_valid(agent):
+    schema = load_agent_schema(agent)
+    for spec in schema.methods.values():
+        assert spec.examples, f"{agent}.{spec.name} has no example"
+        for example in spec.examples:
+            spec.validate_args(dict(example["args"]))
+            spec.result_validator.validate(example["result"])
+    for spec in schema.events.values():
+        assert spec.examples, f"{agent}.{spec.name} event has no example"
+        for example in spec.examples:
+            spec.data_validator.validate(example)
+
+
+@pytest.mark.parametrize("kind", ["request", "reply", "event"])
+def test_envelope_examples_are_valid(kind):
+    schema = envelope_schema(kind)
+    jsonschema.Draft7Validator.check_schema(schema)
+    for example in schema["examples"]:
+        jsonschema.validate(example, schema)
+
+
+def test_error_codes_agree_in_code_schema_and_docs():
+    in_code = {c.value for c in ErrorCode}
+    in_schema = set(envelope_schema("reply")["properties"]["error"]["properties"]["code"]["enum"])
+    docs = (ROOT / "docs" / "errors.md").read_text()
+    in_docs = set(re.findall(r"^\| `([a-z_]+)` \|", docs, re.M))
+    assert in_code == in_schema == in_docs
+
+
+def test_every_agent_module_is_packaged_has_a_schema_and_defaults():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packaged = set(project["tool"]["setuptools"]["packages"])
+    for name, module_name in registry.AGENT_MODULES.items():
+        assert module_name in packaged, f"{module_name} missing from pyproject packages"
+        assert name in available_agents(), f"no schemas/agents/{name}.json"
+        module = registry.load_module(name)
+        assert isinstance(module.CONFIG_DEFAULTS, dict)
+    for folder in ("hostbus", "agents", "console"):
+        for init in (ROOT / folder).rglob("__init__.py"):
+            package = ".".join(init.parent.relative_to(ROOT).parts)
+            assert package in packaged, f"package {package} is not listed in pyproject.toml"
+
+
+def test_the_host_agent_code_matches_its_schema():
+    from tests.fakes import make_host_agent
+
+    agent, _, _ = make_host_agent()
+    check_agent_against_schema(agent, load_agent_schema("host"))
+
+
+def test_broker_definitions_match_the_names_the_code_uses():
+    defs = topology.definitions()
+    exchanges = {e["name"]: e["type"] for e in defs["exchanges"]}
+    assert exchanges == {names.REQUEST_EXCHANGE: "topic", names.EVENT_EXCHANGE: "topic",
+                         names.REPLY_EXCHANGE: "direct", names.PROVISION_EXCHANGE: "direct",
+                         names.DEAD_EXCHANGE: "fanout"}
+    queues = {q["name"]: q["arguments"] for q in defs["queues"]}
+    assert queues["hostbus.provision"]["x-queue-type"] == "quorum"
+    assert queues["hostbus.provision"]["x-dead-letter-exchange"] == names.DEAD_EXCHANGE
+    patterns = {p["pattern"] for p in defs["policies"]}
+    assert r"^hostbus\.reply\." in patterns  # unused reply queues expire
+
+
+def test_host_bindings_cover_directed_broadcast_and_the_builtin_agent():
+    assert topology.host_bindings("web01", ["host"]) == [
+        ("hostbus.request", "agent.web01"), ("hostbus.request", "agent._all"),
+        ("hostbus.request", "host.web01"), ("hostbus.request", "host._all")]

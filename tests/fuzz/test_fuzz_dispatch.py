@@ -1,0 +1,86 @@
+"""Whatever arrives, the dispatcher answers or stays silent; it never raises and never
+executes anything that should have been refused."""
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agents.dispatch import Dispatcher, HostedAgent
+from hostbus.envelope import REQUEST_TYPE
+from hostbus.schema import envelope_validator, load_agent_schema
+from hostbus.transport.base import Delivery, Properties
+from tests.fakes import PROBE_SCHEMA, ProbeAgent, make_host_agent
+
+ERROR_CODES = set(envelope_validator("reply").schema["properties"]["error"]["properties"]
+                  ["code"]["enum"])
+
+
+def build():
+    probe = ProbeAgent()
+    host, _, power = make_host_agent("web01")
+    hosted = {"probe": HostedAgent(probe, PROBE_SCHEMA),
+              "host": HostedAgent(host, load_agent_schema("host"))}
+    return Dispatcher("web01", hosted, facts=lambda: {"os": "linux"},
+                      max_message_bytes=4096), probe, power
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+hostile_text = st.sampled_from(["a'; rm -rf /", "</name><devices>", "$(reboot)", "../../etc",
+                                "web01\x00", "x" * 300, "", "*", "#", "agent._all"])
+names_ = hostile_text | st.text(max_size=40) | st.sampled_from(["host", "probe", "agent"])
+methods = hostile_text | st.sampled_from(["reboot", "shutdown", "echo", "boom", "ping"])
+
+
+@st.composite
+def request_bodies(draw):
+    body = {"v": draw(st.sampled_from([1, 1, 1, 2, "1", None])),
+            "agent": draw(names_), "method": draw(methods),
+            "args": draw(st.dictionaries(st.sampled_from(["delay_s", "reason", "text", "times",
+                                                          "x"]) | st.text(max_size=5),
+                                         json_values, max_size=3) | json_values),
+            "target": draw(st.sampled_from([{"host": "web01"}, {"host": "other"},
+                                            {"all": True}, {"all": True, "filter": {}}, {}])
+                           | json_values),
+            "deadline": draw(st.sampled_from([
+                (datetime.now(UTC) + timedelta(seconds=30)).isoformat(),
+                "2000-01-01T00:00:00Z", "soon"]) | st.text(max_size=30))}
+    for key in draw(st.lists(st.sampled_from(list(body)), max_size=2)):
+        body.pop(key, None)
+    return json.dumps(body).encode()
+
+
+bodies = request_bodies() | st.binary(max_size=300) | \
+    st.builds(lambda v: json.dumps(v).encode(), json_values)
+properties = st.builds(
+    Properties,
+    message_id=st.none() | st.text(max_size=40),
+    reply_to=st.none() | hostile_text | st.just("hostbus.reply.fuzz"),
+    content_type=st.sampled_from(["application/json", "application/json", "text/plain", None]),
+    type=st.sampled_from([REQUEST_TYPE, REQUEST_TYPE, "hostbus.request/2", None]),
+    user_id=st.none() | st.text(max_size=10),
+)
+
+
+@given(body=bodies, props=properties)
+def test_the_dispatcher_never_raises_and_refusals_never_run(body, props):
+    dispatcher, probe, power = build()
+    outcome = dispatcher.handle(Delivery(body, props, "hostbus.request", "host.web01"))
+    reply = outcome.reply
+    if reply is None:
+        assert not outcome.executed
+        return
+    assert reply.status in ("ok", "error")
+    if reply.status == "error":
+        assert reply.error["code"] in ERROR_CODES
+        if not outcome.executed:
+            assert probe.executed == [] and power.calls == []
+    envelope_validator("reply").validate(reply.to_body())
+    # A dangerous call only ever runs with arguments its schema allows.
+    for action, delay, reason in power.calls:
+        assert action in ("reboot", "shutdown") and 0 <= delay <= 86400 and len(reason) <= 200
