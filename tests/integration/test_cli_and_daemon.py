@@ -1,0 +1,153 @@
+"""The real entry points as subprocesses: hostbus-agent and the hostbus CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Waiter
+
+pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
+
+
+def run_cli(rabbitmq, *args, timeout=60):
+    env = {**os.environ, "HOSTBUS_BROKER_URL": rabbitmq.url}
+    return subprocess.run([str(BIN / "hostbus"), *args], capture_output=True, text=True,
+                          env=env, timeout=timeout, check=False)
+
+
+@pytest.fixture
+def daemon(rabbitmq, tmp_path):
+    """Start hostbus-agent from a config file, as an operator would."""
+    procs = []
+
+    def start(host_id=None, enroll=True, extra=""):
+        host_id = host_id or f"it-{uuid.uuid4().hex[:8]}"
+        if enroll:
+            rabbitmq.enroll(host_id, ["host"])
+        cfg = tmp_path / f"{host_id}.toml"
+        cfg.write_text(
+            f'[broker]\nurl = "{rabbitmq.url}"\n'
+            f'[agent]\nhost_id = "{host_id}"\nheartbeat_interval = 0.5\n'
+            f'[agent.facts]\nsuite = "cli"\n'
+            f'[host]\nmetrics_interval = 0.5\npower_control = "dry-run"\n{extra}'
+        )
+        proc = subprocess.Popen([str(BIN / "hostbus-agent"), "--config", str(cfg)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append(proc)
+        return host_id, proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_the_daemon_goes_online_serves_the_cli_and_goes_offline_on_sigterm(
+        rabbitmq, console, daemon):
+    waiter = Waiter()
+    console.subscribe(["agent.#"], waiter)
+    host, proc = daemon()
+    waiter.wait_for(lambda e: e.host == host and e.event == "online")
+
+    agents = run_cli(rabbitmq, "agents", "--where", "suite=cli", "--json")
+    assert agents.returncode == 0, agents.stderr
+    listed = json.loads(agents.stdout)
+    assert host in [a["host"] for a in listed["agents"]]
+
+    ident = run_cli(rabbitmq, "call", "host.identify", "-H", host, "--json")
+    assert ident.returncode == 0, ident.stderr
+    out = json.loads(ident.stdout)
+    assert out["results"][0]["status"] == "ok"
+    assert out["results"][0]["result"]["host_id"] == host
+    assert out["summary"] == {**out["summary"], "hosts": 1, "ok": 1, "failed": 0,
+                              "no_reply": 0}
+
+    human = run_cli(rabbitmq, "call", "host.processes", "limit=2", "-H", host)
+    assert human.returncode == 0 and "1 host: 1 ok" in human.stdout
+
+    query = run_cli(rabbitmq, "query", "host.disk", "-H", host, "--json")
+    assert query.returncode == 0
+    assert any(o["mountpoint"] == "/" for o in json.loads(query.stdout)["objects"])
+
+    watch = run_cli(rabbitmq, "watch", f"agent.{host}.heartbeat", "-n", "2", "--json")
+    assert watch.returncode == 0
+    beats = [json.loads(line) for line in watch.stdout.splitlines()]
+    assert [b["event"] for b in beats] == ["heartbeat", "heartbeat"]
+    assert beats[1]["seq"] == beats[0]["seq"] + 1
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    offline = waiter.wait_for(lambda e: e.host == host and e.event == "offline")
+    assert offline.data == {"reason": "SIGTERM"}
+    log = proc.stderr.read()
+    assert f"online as host {host}" in log and "offline (SIGTERM)" in log
+
+
+def test_exit_codes_say_what_happened(rabbitmq, daemon, console):
+    waiter = Waiter()
+    console.subscribe(["agent.#"], waiter)
+    host, _ = daemon()
+    waiter.wait_for(lambda e: e.host == host and e.event == "online")
+
+    missing = run_cli(rabbitmq, "call", "host.identify", "-H", host, "-H", "it-ghost",
+                      "--timeout", "1", "--json")
+    assert missing.returncode == 4
+    statuses = {r["host"]: r["status"] for r in json.loads(missing.stdout)["results"]}
+    assert statuses == {host: "ok", "it-ghost": "no_reply"}
+
+    failed = run_cli(rabbitmq, "call", "host.services", "-H", host, "--json")
+    if json.loads(failed.stdout)["results"][0]["status"] == "error":  # no systemd here
+        assert failed.returncode == 1
+
+    nothing = run_cli(rabbitmq, "agents", "--where", "suite=nosuchsuite", "--json")
+    assert nothing.returncode == 3 and json.loads(nothing.stdout)["count"] == 0
+
+    bad_arg = run_cli(rabbitmq, "call", "host.processes", "limit=many", "-H", host)
+    assert bad_arg.returncode == 2 and "limit='many': expected integer" in bad_arg.stderr
+
+    dangerous = run_cli(rabbitmq, "call", "host.reboot", "-H", host)
+    assert dangerous.returncode == 2 and "pass --yes" in dangerous.stderr
+
+    env = {**os.environ, "HOSTBUS_BROKER_URL": "amqp://guest:guest@127.0.0.1:1/hostbus"}
+    down = subprocess.run([str(BIN / "hostbus"), "agents"], capture_output=True, text=True,
+                          env=env, timeout=30, check=False)
+    assert down.returncode == 5 and "connection refused" in down.stderr
+
+
+def test_an_unenrolled_host_is_told_how_to_enroll(daemon):
+    host, proc = daemon(enroll=False)
+    assert proc.wait(timeout=30) == 3
+    assert f"hostbus broker enroll {host} --agents host" in proc.stderr.read()
+
+
+def test_a_config_mistake_is_named_and_the_daemon_does_not_start(daemon):
+    _, proc = daemon(extra="[host.alerts]\ncpu_percnt = { raise = 1, clear = 0 }\n")
+    assert proc.wait(timeout=30) == 1
+    assert "unknown key 'host.alerts.cpu_percnt'" in proc.stderr.read()
+
+
+def test_broker_setup_and_enroll_are_idempotent(rabbitmq):
+    for _ in range(2):
+        setup = run_cli(rabbitmq, "broker", "setup", "--vhost", rabbitmq.vhost, "--json")
+        assert setup.returncode == 0, setup.stderr
+        assert json.loads(setup.stdout)["exchanges"] == 5
+    host = f"it-{uuid.uuid4().hex[:8]}"
+    for _ in range(2):
+        enroll = run_cli(rabbitmq, "broker", "enroll", host, "--agents", "host", "--json")
+        assert enroll.returncode == 0, enroll.stderr
+    assert json.loads(enroll.stdout)["routing_keys"] == [
+        f"agent.{host}", "agent._all", f"host.{host}", "host._all"]
+    bindings = rabbitmq.admin._call(
+        "GET", f"/api/queues/{rabbitmq.vhost}/hostbus.host.{host}/bindings")
+    assert sorted(b["routing_key"] for b in bindings if b["source"] == "hostbus.request") == \
+        sorted([f"agent.{host}", "agent._all", f"host.{host}", "host._all"])
+    bad = run_cli(rabbitmq, "broker", "enroll", "Bad.Host")
+    assert bad.returncode == 2 and "no dots" in bad.stderr
