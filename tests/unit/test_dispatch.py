@@ -53,25 +53,26 @@ def test_schema_defaults_are_applied_before_the_call(setup):
     assert dispatcher.handle(deliver(request(args={"text": "z"}))).reply.result == {"text": "z"}
 
 
-@pytest.mark.parametrize(("body", "props", "code"), [
-    (b"not json", {}, "bad_message"),
-    (b"\x00\x01\x02", {}, "bad_message"),
-    (b"{" + b" " * 5000 + b"}", {}, "too_large"),
-    (request(), {"content_type": "application/xml"}, "bad_message"),
-    (request(), {"type": "hostbus.request/9"}, "bad_message"),
-    ({"v": 1, "agent": "probe"}, {}, "bad_message"),
-    (request(args={"text": 5}), {}, "invalid_args"),
-    (request(args={"text": "x", "times": 99}), {}, "invalid_args"),
-    (request(args={"text": "x", "rm": "-rf /"}), {}, "invalid_args"),
-    (request(args={}), {}, "invalid_args"),
-    (request(agent="nosuch"), {}, "unknown_agent"),
-    (request(method="nosuch"), {}, "unknown_method"),
-    (request(deadline_s=-1), {}, "expired"),
-    (request(target={"host": "db01"}), {}, "bad_message"),
+# Bodies are built when the test runs (a lambda), so their deadlines are fresh.
+@pytest.mark.parametrize(("make_body", "props", "code"), [
+    (lambda: b"not json", {}, "bad_message"),
+    (lambda: b"\x00\x01\x02", {}, "bad_message"),
+    (lambda: b"{" + b" " * 5000 + b"}", {}, "too_large"),
+    (lambda: request(), {"content_type": "application/xml"}, "bad_message"),
+    (lambda: request(), {"type": "hostbus.request/9"}, "bad_message"),
+    (lambda: {"v": 1, "agent": "probe"}, {}, "bad_message"),
+    (lambda: request(args={"text": 5}), {}, "invalid_args"),
+    (lambda: request(args={"text": "x", "times": 99}), {}, "invalid_args"),
+    (lambda: request(args={"text": "x", "rm": "-rf /"}), {}, "invalid_args"),
+    (lambda: request(args={}), {}, "invalid_args"),
+    (lambda: request(agent="nosuch"), {}, "unknown_agent"),
+    (lambda: request(method="nosuch"), {}, "unknown_method"),
+    (lambda: request(deadline_s=-1), {}, "expired"),
+    (lambda: request(target={"host": "db01"}), {}, "bad_message"),
 ])
-def test_refusals_carry_their_code_and_nothing_runs(setup, body, props, code):
+def test_refusals_carry_their_code_and_nothing_runs(setup, make_body, props, code):
     dispatcher, probe, power = setup
-    out = dispatcher.handle(deliver(body, **props))
+    out = dispatcher.handle(deliver(make_body(), **props))
     assert out.reply.status == "error"
     assert out.reply.error["code"] == code
     assert out.reply.error["message"]

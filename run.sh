@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# hostbus: the one entry script. On a fresh Debian or Ubuntu machine it installs what is
+# missing (RabbitMQ from the distribution, a Python >= 3.11 virtual environment), starts
+# what is stopped, and then:
+#   ./run.sh demo    broker + an agent for this host + the console showing it working
+#   ./run.sh test    the whole test suite (what .ci/run runs)
+#   ./run.sh stop    stop the agent the demo started
+# Run as root, or as a user with sudo.
+set -euo pipefail
+
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+RUN_DIR="$ROOT/.run"
+VENV="$ROOT/.venv"
+AMQP_URL="${HOSTBUS_BROKER_URL:-amqp://guest:guest@127.0.0.1:5672/hostbus}"
+ADMIN_URL="${HOSTBUS_CONSOLE_ADMIN_URL:-http://guest:guest@127.0.0.1:15672}"
+
+say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+die() { printf 'run.sh: %s\n' "$*" >&2; exit 1; }
+
+if [ "$(id -u)" -eq 0 ]; then SUDO=(); else
+  command -v sudo >/dev/null || die "not root and sudo is missing: run as root"
+  SUDO=(sudo)
+fi
+
+APT_UPDATED=
+apt_install() {
+  command -v apt-get >/dev/null || die "apt-get not found: install $* by hand (Debian/Ubuntu expected)"
+  if [ -z "$APT_UPDATED" ]; then
+    say "apt-get update"
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+    APT_UPDATED=1
+  fi
+  say "installing $*"
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
+}
+
+# ------------------------------------------------------------------------ Python
+pick_python() {
+  for py in python3.13 python3.12 python3.11 python3; do
+    if command -v "$py" >/dev/null && "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+       && "$py" -c 'import venv, ensurepip' 2>/dev/null; then
+      command -v "$py"; return 0
+    fi
+  done
+  return 1
+}
+
+ensure_python() {
+  PYTHON=$(pick_python) || {
+    if apt-cache show python3.11-venv >/dev/null 2>&1 || { apt_install python3 python3-venv; false; }; then
+      apt_install python3.11 python3.11-venv
+    fi
+    PYTHON=$(pick_python) || apt_install python3 python3-venv
+    PYTHON=$(pick_python) || die "no Python >= 3.11 with venv could be installed"
+  }
+  local stamp="$VENV/.hostbus-installed"
+  local want; want=$(cat pyproject.toml | sha256sum | cut -c1-16)
+  if [ ! -x "$VENV/bin/python" ]; then
+    say "creating the virtual environment .venv ($("$PYTHON" --version))"
+    "$PYTHON" -m venv "$VENV"
+  fi
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    say "installing hostbus and its test tools into .venv"
+    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+    "$VENV/bin/python" -m pip install -q -e ".[test]"
+    echo "$want" > "$stamp"
+  fi
+}
+
+# ---------------------------------------------------------------------- RabbitMQ
+broker_up() { "${SUDO[@]}" rabbitmq-diagnostics -q ping >/dev/null 2>&1; }
+
+http_ok() { "$VENV/bin/python" - "$1" <<'PY'
+import sys, urllib.request, base64
+from urllib.parse import urlsplit
+u = urlsplit(sys.argv[1])
+req = urllib.request.Request(f"{u.scheme}://{u.hostname}:{u.port}/api/overview")
+req.add_header("Authorization", "Basic " + base64.b64encode(f"{u.username}:{u.password}".encode()).decode())
+try:
+    urllib.request.urlopen(req, timeout=2).read()
+except Exception:
+    sys.exit(1)
+PY
+}
+
+wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
+  local limit=$1 what=$2; shift 2
+  local i=0
+  until "$@"; do
+    i=$((i + 1))
+    [ "$i" -ge "$limit" ] && die "$what did not come up within ${limit}s"
+    sleep 1
+  done
+}
+
+ensure_rabbitmq() {
+  if ! command -v rabbitmq-server >/dev/null && [ ! -x /usr/sbin/rabbitmq-server ]; then
+    apt_install rabbitmq-server
+  fi
+  if ! broker_up; then
+    say "starting RabbitMQ"
+    if [ -d /run/systemd/system ]; then
+      "${SUDO[@]}" systemctl start rabbitmq-server
+    else
+      "${SUDO[@]}" rabbitmq-server -detached
+    fi
+    wait_for 90 "RabbitMQ" broker_up
+    STARTED_BROKER=1
+  fi
+  if ! "${SUDO[@]}" rabbitmq-plugins list -e -m 2>/dev/null | grep -qx rabbitmq_management; then
+    say "enabling the RabbitMQ management plugin (broker setup uses its HTTP API)"
+    "${SUDO[@]}" rabbitmq-plugins enable rabbitmq_management >/dev/null
+  fi
+  wait_for 60 "the RabbitMQ management API" http_ok "$ADMIN_URL"
+}
+
+# -------------------------------------------------------------------------- agent
+agent_pid() { cat "$RUN_DIR/agent.pid" 2>/dev/null || true; }
+
+stop_agent() {
+  local pid; pid=$(agent_pid)
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid"
+    for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    echo "stopped the hostbus agent (pid $pid)"
+  fi
+  rm -f "$RUN_DIR/agent.pid"
+}
+
+demo() {
+  ensure_python
+  ensure_rabbitmq
+  local hb="$VENV/bin/hostbus"
+  export HOSTBUS_BROKER_URL="$AMQP_URL" HOSTBUS_CONSOLE_ADMIN_URL="$ADMIN_URL"
+  HOST_ID=$("$VENV/bin/python" -c 'from hostbus.names import default_host_id; print(default_host_id())')
+
+  say "hostbus broker setup"
+  "$hb" broker setup
+  say "hostbus broker enroll $HOST_ID --agents host"
+  "$hb" broker enroll "$HOST_ID" --agents host
+
+  say "starting hostbus-agent --config etc/demo-agent.toml (log: .run/agent.log)"
+  mkdir -p "$RUN_DIR"
+  stop_agent >/dev/null
+  HOSTBUS_AGENT_HOST_ID="$HOST_ID" nohup "$VENV/bin/hostbus-agent" --config etc/demo-agent.toml \
+    >"$RUN_DIR/agent.log" 2>&1 &
+  echo $! > "$RUN_DIR/agent.pid"
+  wait_for 30 "the agent" grep -q "online as host" "$RUN_DIR/agent.log"
+
+  say "hostbus agents"
+  "$hb" agents
+  say "hostbus query host.disk"
+  "$hb" query host.disk
+  say "hostbus call host.identify -H $HOST_ID"
+  "$hb" call host.identify -H "$HOST_ID"
+  say "hostbus call host.processes sort=memory limit=5 --all"
+  "$hb" call host.processes sort=memory limit=5 --all
+  say "hostbus watch --duration 6   (heartbeats and metrics as they happen)"
+  "$hb" watch --duration 6
+
+  cat <<MSG
+
+The agent keeps running (pid $(agent_pid), log .run/agent.log). Try:
+  source .venv/bin/activate
+  hostbus --help
+  hostbus call host.metrics -H $HOST_ID --json
+  hostbus watch 'host.*.alert'
+Stop the agent with:   ./run.sh stop
+MSG
+  if [ -n "${STARTED_BROKER:-}" ]; then
+    echo "RabbitMQ was started by this script; stop it with: ${SUDO[*]:-}${SUDO:+ }rabbitmqctl stop"
+  fi
+}
+
+run_tests() {
+  ensure_python
+  ensure_rabbitmq
+  cd "$ROOT"
+  say "ruff check"
+  "$VENV/bin/ruff" check .
+  say "pytest (unit, contract, fuzz, integration against RabbitMQ)"
+  "$VENV/bin/python" -m pytest "$@"
+}
+
+case "${1:-}" in
+  demo) shift; demo "$@" ;;
+  test) shift; run_tests "$@" ;;
+  stop) stop_agent ;;
+  *) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
