@@ -7,6 +7,7 @@ checkout on ``sys.path``) they are the top-level folders of the repository.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -15,6 +16,7 @@ from pathlib import Path
 _REPO = Path(__file__).resolve().parent.parent
 
 
+@functools.cache
 def data_dir(kind: str) -> Traversable:
     """``kind`` is ``schemas`` or ``broker_config``."""
     if importlib.util.find_spec(f"hostbus.{kind}") is not None:

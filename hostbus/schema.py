@@ -148,9 +148,15 @@ def _read_json(*parts: str) -> dict[str, Any]:
         raise SchemaError(f"schema file {'/'.join(parts)} is not valid JSON: {exc}") from None
 
 
-def available_agents() -> list[str]:
+@functools.cache
+def _agent_files() -> tuple[str, ...]:
     folder = data_dir("schemas").joinpath("agents")
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+    return tuple(sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json")))
+
+
+def available_agents() -> list[str]:
+    """Agents with a schema file shipped in ``schemas/agents``."""
+    return list(_agent_files())
 
 
 @functools.cache

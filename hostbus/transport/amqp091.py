@@ -262,7 +262,8 @@ class PikaTransport(Transport):
             self._wake_scheduled = False
         while not self._stopping.is_set():
             self._drain()
-            self._conn.process_data_events(time_limit=1.0)
+            # Blocks until I/O or a hand-off (close() hands one off too): no timer churn.
+            self._conn.process_data_events(time_limit=None)
             if self._ch is None or self._ch.is_closed:
                 # The broker closed the channel (a publish to a missing exchange, a
                 # forbidden routing key): say so and carry on with a fresh channel.
@@ -318,10 +319,15 @@ class PikaTransport(Transport):
 
     def _drain(self) -> None:
         while self._tasks and self._ch is not None:
+            if self._ch.is_closed:
+                # Closed by the broker since the last pass (a refused publish): the
+                # broker logged why; reopen before running more work on it.
+                log.error("the broker closed the channel; reopening it and its consumers")
+                self._open_channel()
             task, fut = self._tasks.popleft()
             try:
                 result = task(self._ch)
-            except pex.ChannelClosedByBroker as exc:
+            except (pex.ChannelClosed, pex.ChannelWrongStateError) as exc:
                 err = translate_error(exc, self.url.redacted())
                 if fut is not None:
                     fut.set_exception(err)

@@ -84,3 +84,37 @@ def test_a_host_that_does_not_answer_is_reported_as_no_reply(console, start_agen
     result = console.fanout("host", "identify", {}, [runtime.host_id, "it-ghost"], timeout=1.0)
     assert {r.host: r.status for r in result.results} == {runtime.host_id: "ok",
                                                           "it-ghost": "no_reply"}
+
+
+def test_a_refused_publish_does_not_stop_the_transport(rabbitmq):
+    """The broker closes the channel on a bad publish; consumers carry on."""
+    import threading
+
+    from hostbus.transport.amqp091 import PikaTransport
+    from hostbus.transport.base import Properties
+
+    transport = PikaTransport(rabbitmq.url)
+    transport.start()
+    got = []
+    arrived = threading.Event()
+
+    def on_message(delivery):
+        got.append(delivery.body)
+        arrived.set()
+
+    queue = transport.open_reply_queue(on_message)
+    try:
+        transport.publish("no.such.exchange", "x", b"{}", Properties())
+        # A publish racing the broker's Channel.Close is dropped (fire-and-forget; the
+        # reliability work adds confirms), so retry until one gets through...
+        for attempt in range(5):
+            transport.publish("hostbus.reply", queue, b'{"n": %d}' % attempt, Properties())
+            if arrived.wait(2):
+                break
+        assert arrived.is_set(), "the consumer stopped after a refused publish"
+        # ...then the transport is back to normal: every publish arrives.
+        arrived.clear()
+        transport.publish("hostbus.reply", queue, b'{"steady": true}', Properties())
+        assert arrived.wait(10) and got[-1] == b'{"steady": true}'
+    finally:
+        transport.close()
