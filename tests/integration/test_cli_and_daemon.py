@@ -151,3 +151,27 @@ def test_broker_setup_and_enroll_are_idempotent(rabbitmq):
         sorted([f"agent.{host}", "agent._all", f"host.{host}", "host._all"])
     bad = run_cli(rabbitmq, "broker", "enroll", "Bad.Host")
     assert bad.returncode == 2 and "no dots" in bad.stderr
+
+
+def test_the_readme_examples_work_without_hostbus(rabbitmq, daemon, console):
+    """examples/raw_*.py use only pika and the documented contract."""
+    waiter = Waiter()
+    console.subscribe(["agent.#"], waiter)
+    host, _ = daemon()
+    waiter.wait_for(lambda e: e.host == host and e.event == "online")
+    root = Path(__file__).resolve().parents[2]
+    for script in ("raw_call.py", "raw_events.py"):
+        assert "import hostbus" not in (root / "examples" / script).read_text()
+    call = subprocess.run(
+        [sys.executable, str(root / "examples" / "raw_call.py"), "--url", rabbitmq.url,
+         "--host", host, "host.processes", '{"limit": 2}'],
+        capture_output=True, text=True, timeout=30, check=False)
+    assert call.returncode == 0, call.stderr
+    reply = json.loads(call.stdout)
+    assert reply["status"] == "ok" and len(reply["result"]["processes"]) == 2
+    events = subprocess.run(
+        [sys.executable, str(root / "examples" / "raw_events.py"), f"agent.{host}.heartbeat",
+         "--url", rabbitmq.url, "--count", "2"],
+        capture_output=True, text=True, timeout=30, check=False)
+    assert events.returncode == 0, events.stderr
+    assert events.stdout.count(f"agent.{host}.heartbeat") == 2

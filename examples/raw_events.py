@@ -1,0 +1,32 @@
+"""Print hostbus events with a plain AMQP client (no hostbus code). Usage:
+
+    python examples/raw_events.py 'host.*.alert' --count 5
+"""
+
+import argparse
+import json
+
+import pika
+
+parser = argparse.ArgumentParser()
+parser.add_argument("patterns", nargs="*", default=["#"],
+                    help="topic patterns on <agent>.<host>.<event>")
+parser.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/hostbus")
+parser.add_argument("--count", type=int, default=10)
+opts = parser.parse_args()
+
+conn = pika.BlockingConnection(pika.URLParameters(opts.url))
+channel = conn.channel()
+# Subscription queues are named hostbus.sub.<something>; exclusive ones vanish with us.
+queue = channel.queue_declare("hostbus.sub.raw-example", exclusive=True).method.queue
+for pattern in opts.patterns:
+    channel.queue_bind(queue, "hostbus.event", routing_key=pattern)
+
+seen = 0
+for method, _props, payload in channel.consume(queue, auto_ack=True):
+    event = json.loads(payload)
+    print(method.routing_key, event["seq"], json.dumps(event["data"])[:100])
+    seen += 1
+    if seen >= opts.count:
+        break
+conn.close()
