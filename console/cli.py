@@ -63,6 +63,8 @@ class State:
                 )
             except ConnectionFailed as exc:
                 fail(f"cannot connect: {exc}", EXIT_CONNECT)
+            except ConfigError as exc:
+                fail(str(exc), EXIT_USAGE)
             except HostbusError as exc:
                 fail(f"broker error: {exc}", EXIT_CONNECT)
         return self._console
@@ -92,9 +94,11 @@ def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 def discovery_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--where", "-w", multiple=True, metavar="FACT=VALUE",
                       help="Only hosts with this fact (repeatable; all must match).")(fn)
-    fn = click.option("--idle", type=float, default=None, metavar="S",
+    fn = click.option("--idle", type=click.FloatRange(0, min_open=True), default=None,
+                      metavar="S",
                       help="Stop discovery this long after the last reply (default 0.3).")(fn)
-    fn = click.option("--timeout", "-t", type=float, default=None, metavar="S",
+    fn = click.option("--timeout", "-t", type=click.FloatRange(0, min_open=True), default=None,
+                      metavar="S",
                       help="Give up after this many seconds (default 10).")(fn)
     return fn
 
@@ -114,7 +118,7 @@ def cli(ctx: click.Context, url: str | None, config_file: str | None) -> None:
       hostbus agents                      who is out there
       hostbus call host.identify -H web01 ask one host
       hostbus call host.metrics --all     ask every host
-      hostbus query host.disk --where fstype=ext4
+      hostbus query host.disk --filter fstype=ext4
       hostbus watch 'host.*.alert'        follow events
       hostbus schema host.processes       what a method takes
     """
@@ -303,7 +307,7 @@ def _split(target: str, what: str) -> tuple[str, str]:
 @click.option("-H", "--host", "hosts", multiple=True, metavar="HOST",
               help="Target host (repeatable; a glob goes through discovery).")
 @click.option("--all", "all_hosts", is_flag=True, help="Every host that has the agent.")
-@click.option("--batch", type=int, default=0, metavar="N",
+@click.option("--batch", type=click.IntRange(0), default=0, metavar="N",
               help="At most N requests outstanding at once (default: all).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before a dangerous method.")
 @click.option("--no-validate", is_flag=True,
@@ -411,9 +415,13 @@ def _run_fanout(state: State, console: Console, agent: str, method: str, args: d
 def query(state: State, target: str, hosts: tuple[str, ...], filters: tuple[str, ...],
           limit: int, where: tuple[str, ...], idle: float | None, timeout: float | None,
           as_json: bool) -> None:
-    """List the objects of one class across hosts, e.g. `hostbus query host.disk`.
+    """List the objects of one class (AGENT.CLASS) across hosts.
 
-    --filter selects objects (mountpoint=/var, name='nginx*'); --where selects hosts by fact.
+    \b
+      hostbus query host.disk                       every host's file systems
+      hostbus query host.process --filter name='python*' -H web01
+      hostbus query host.disk --where role=db       only hosts with that fact
+    --filter selects objects by field (globs allowed); --where selects hosts by fact.
     """
     agent, class_name = _split(target, "AGENT.CLASS")
     try:
@@ -469,8 +477,8 @@ def query(state: State, target: str, hosts: tuple[str, ...], filters: tuple[str,
 # ------------------------------------------------------------------------ events
 @cli.command(epilog=EPILOG)
 @click.argument("patterns", nargs=-1, metavar="[PATTERN]...")
-@click.option("--count", "-n", type=int, default=0, help="Stop after N events.")
-@click.option("--duration", "-d", type=float, default=0, metavar="S",
+@click.option("--count", "-n", type=click.IntRange(0), default=0, help="Stop after N events.")
+@click.option("--duration", "-d", type=click.FloatRange(0), default=0, metavar="S",
               help="Stop after S seconds.")
 @click.option("--name", metavar="NAME",
               help="Use the named, durable subscription queue hostbus.sub.NAME "

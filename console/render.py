@@ -17,6 +17,8 @@ STATUS_STYLE = {"ok": "green", "error": "red", "no_reply": "yellow"}
 def _cell(value: Any) -> str:
     if value is None:
         return ""
+    if value == []:
+        return "(none)"
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, list) and all(not isinstance(v, dict | list) for v in value):

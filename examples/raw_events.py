@@ -22,11 +22,9 @@ queue = channel.queue_declare("hostbus.sub.raw-example", exclusive=True).method.
 for pattern in opts.patterns:
     channel.queue_bind(queue, "hostbus.event", routing_key=pattern)
 
-seen = 0
-for method, _props, payload in channel.consume(queue, auto_ack=True):
+for seen, (method, _props, payload) in enumerate(channel.consume(queue, auto_ack=True), 1):
     event = json.loads(payload)
     print(method.routing_key, event["seq"], json.dumps(event["data"])[:100])
-    seen += 1
     if seen >= opts.count:
         break
 conn.close()

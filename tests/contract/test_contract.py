@@ -93,3 +93,24 @@ def test_host_bindings_cover_directed_broadcast_and_the_builtin_agent():
     assert topology.host_bindings("web01", ["host"]) == [
         ("hostbus.request", "agent.web01"), ("hostbus.request", "agent._all"),
         ("hostbus.request", "host.web01"), ("hostbus.request", "host._all")]
+
+
+def test_the_wheel_ships_every_package_and_data_file(tmp_path):
+    """An editable install hides packaging mistakes; build the real wheel."""
+    import subprocess
+    import sys
+    import zipfile
+
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
+                           str(tmp_path), str(ROOT)], capture_output=True, text=True,
+                          check=False, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    wheel = next(tmp_path.glob("hostbus-*.whl"))
+    files = set(zipfile.ZipFile(wheel).namelist())
+    expected = {f"hostbus/{p.relative_to(ROOT)}" for p in (ROOT / "schemas").rglob("*.json")}
+    expected |= {f"hostbus/broker_config/{n}"
+                 for n in ("definitions.json", "rabbitmq.conf", "enabled_plugins")}
+    for module_name in registry.AGENT_MODULES.values():
+        expected.add(module_name.replace(".", "/") + "/__init__.py")
+    assert expected <= files, sorted(expected - files)
+    assert not any(f.startswith("tests/") for f in files)
