@@ -47,15 +47,15 @@ pick_python() {
 }
 
 ensure_python() {
-  PYTHON=$(pick_python) || {
-    if apt-cache show python3.11-venv >/dev/null 2>&1 || { apt_install python3 python3-venv; false; }; then
+  if ! PYTHON=$(pick_python); then
+    apt_install python3 python3-venv            # Debian 12, Ubuntu 24.04: 3.11 or newer
+    if ! PYTHON=$(pick_python); then            # Ubuntu 22.04: python3 is 3.10
       apt_install python3.11 python3.11-venv
+      PYTHON=$(pick_python) || die "could not install Python >= 3.11 with venv"
     fi
-    PYTHON=$(pick_python) || apt_install python3 python3-venv
-    PYTHON=$(pick_python) || die "no Python >= 3.11 with venv could be installed"
-  }
+  fi
   local stamp="$VENV/.hostbus-installed"
-  local want; want=$(cat pyproject.toml | sha256sum | cut -c1-16)
+  local want; want=$(sha256sum < pyproject.toml | cut -c1-16)
   if [ ! -x "$VENV/bin/python" ]; then
     say "creating the virtual environment .venv ($("$PYTHON" --version))"
     "$PYTHON" -m venv "$VENV"
