@@ -222,6 +222,19 @@ class Console:
         self.transport.publish(names.REQUEST_EXCHANGE, req.routing_key(), body, props)
         return req.message_id
 
+    def _next_reply(self, waiting: queue.Queue[Any], until: float) -> tuple[Reply, float] | None:
+        """The next (reply, arrival time), or None once ``until`` (monotonic) has passed."""
+        remaining = until - time.monotonic()
+        if remaining <= 0:
+            return None
+        try:
+            item = waiting.get(timeout=remaining)
+        except queue.Empty:
+            return None
+        if item is _LOST:
+            raise HostbusError(f"the broker connection was lost: {self._lost!r}")
+        return item
+
     def _forget(self, ids: Iterable[str]) -> None:
         with self._lock:
             for mid in ids:
@@ -265,15 +278,9 @@ class Console:
         try:
             send_more()
             while len(results) < len(todo):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                item = self._next_reply(waiting, deadline)
+                if item is None:
                     break
-                try:
-                    item = waiting.get(timeout=remaining)
-                except queue.Empty:
-                    break
-                if item is _LOST:
-                    raise HostbusError(f"the broker connection was lost: {self._lost!r}")
                 reply, at = item
                 origin = sent.get(reply.correlation_id)
                 if origin is None or origin[0] in results:
@@ -317,16 +324,9 @@ class Console:
             while True:
                 if expected and expected <= set(found):
                     break
-                now = time.monotonic()
-                remaining = min(window_end, hard_stop) - now
-                if remaining <= 0:
+                item = self._next_reply(waiting, min(window_end, hard_stop))
+                if item is None:
                     break
-                try:
-                    item = waiting.get(timeout=remaining)
-                except queue.Empty:
-                    break
-                if item is _LOST:
-                    raise HostbusError(f"the broker connection was lost: {self._lost!r}")
                 reply, at = item
                 if not reply.ok or reply.host in found:
                     continue

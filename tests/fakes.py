@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import threading
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -171,3 +173,29 @@ class ProbeAgent(Agent):
     def whoami(self, ctx: Any) -> dict[str, Any]:
         self.executed.append("whoami")
         return {"caller": ctx.caller, "request_id": ctx.request_id}
+
+
+class EventCollector:
+    """A subscription handler that keeps (event, note) pairs; tests wait on a condition
+    instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, str | None]] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, event: Any, note: str | None) -> None:
+        with self._cond:
+            self.events.append((event, note))
+            self._cond.notify_all()
+
+    def wait_until(self, predicate: Callable[[list[tuple[Any, str | None]]], bool],
+                   timeout: float = 15.0) -> list[tuple[Any, str | None]]:
+        with self._cond:
+            assert self._cond.wait_for(lambda: predicate(self.events), timeout), \
+                [e.full_name for e, _ in self.events]
+            return list(self.events)
+
+    def wait_for(self, predicate: Callable[[Any], bool], timeout: float = 15.0) -> Any:
+        """The first event matching ``predicate``, once it has arrived."""
+        events = self.wait_until(lambda evs: any(predicate(e) for e, _ in evs), timeout)
+        return next(e for e, _ in events if predicate(e))

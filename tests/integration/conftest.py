@@ -1,4 +1,3 @@
-import threading
 import uuid
 
 import pytest
@@ -11,25 +10,6 @@ from console.client import Console
 from hostbus.transport.amqp091 import PikaTransport
 
 pytestmark = pytest.mark.integration
-
-
-class Waiter:
-    """Collects events from a subscription; tests wait on a condition, never sleep."""
-
-    def __init__(self):
-        self.events = []
-        self._cond = threading.Condition()
-
-    def __call__(self, ev, note):
-        with self._cond:
-            self.events.append((ev, note))
-            self._cond.notify_all()
-
-    def wait_for(self, predicate, timeout=15.0):
-        with self._cond:
-            ok = self._cond.wait_for(lambda: any(predicate(e) for e, _ in self.events), timeout)
-            assert ok, f"no matching event among {[e.full_name for e, _ in self.events]}"
-            return next(e for e, _ in self.events if predicate(e))
 
 
 @pytest.fixture

@@ -4,14 +4,14 @@ import pytest
 
 from agents.host.alerts import Threshold
 from hostbus.schema import load_agent_schema
-from tests.integration.conftest import Waiter
+from tests.fakes import EventCollector
 
 pytestmark = pytest.mark.integration
 HOST = load_agent_schema("host")
 
 
 def test_an_agent_comes_online_and_is_discovered(console, start_agent):
-    waiter = Waiter()
+    waiter = EventCollector()
     console.subscribe(["agent.*.online"], waiter)
     runtime, _ = start_agent(facts={"role": "it-online"})
     online = waiter.wait_for(lambda e: e.host == runtime.host_id)
@@ -64,7 +64,7 @@ def test_every_object_class_can_be_queried(console, start_agent):
 
 
 def test_metrics_and_alert_events_reach_a_subscriber(console, start_agent):
-    waiter = Waiter()
+    waiter = EventCollector()
     console.subscribe(["host.*.metrics", "host.*.alert"], waiter)
     # Levels every sample crosses: the first sample raises the alert.
     runtime, _ = start_agent(metrics_interval=0.2,

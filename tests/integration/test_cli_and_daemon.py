@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Waiter
+from tests.fakes import EventCollector
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -52,7 +52,7 @@ def daemon(rabbitmq, tmp_path):
 
 def test_the_daemon_goes_online_serves_the_cli_and_goes_offline_on_sigterm(
         rabbitmq, console, daemon):
-    waiter = Waiter()
+    waiter = EventCollector()
     console.subscribe(["agent.#"], waiter)
     host, proc = daemon()
     waiter.wait_for(lambda e: e.host == host and e.event == "online")
@@ -92,7 +92,7 @@ def test_the_daemon_goes_online_serves_the_cli_and_goes_offline_on_sigterm(
 
 
 def test_exit_codes_say_what_happened(rabbitmq, daemon, console):
-    waiter = Waiter()
+    waiter = EventCollector()
     console.subscribe(["agent.#"], waiter)
     host, _ = daemon()
     waiter.wait_for(lambda e: e.host == host and e.event == "online")
@@ -155,7 +155,7 @@ def test_broker_setup_and_enroll_are_idempotent(rabbitmq):
 
 def test_the_readme_examples_work_without_hostbus(rabbitmq, daemon, console):
     """examples/raw_*.py use only pika and the documented contract."""
-    waiter = Waiter()
+    waiter = EventCollector()
     console.subscribe(["agent.#"], waiter)
     host, _ = daemon()
     waiter.wait_for(lambda e: e.host == host and e.event == "online")

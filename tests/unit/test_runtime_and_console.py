@@ -1,7 +1,5 @@
 """The agent runtime and the console library together, over the in-memory broker."""
 
-import threading
-
 import pytest
 
 from agents.base import Agent, method
@@ -10,28 +8,7 @@ from console.client import Console, Sequencer
 from hostbus.envelope import Event
 from hostbus.errors import BrokerRefused, RemoteError, SchemaError
 from hostbus.transport.memory import MemoryTransport
-from tests.fakes import PROBE_SCHEMA, ProbeAgent, make_host_agent
-
-
-class Collector:
-    """Collects events and lets a test wait for a condition instead of sleeping."""
-
-    def __init__(self):
-        self.events: list[tuple[Event, str | None]] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, ev, note):
-        with self._cond:
-            self.events.append((ev, note))
-            self._cond.notify_all()
-
-    def wait_for(self, predicate, timeout=5.0):
-        with self._cond:
-            assert self._cond.wait_for(lambda: predicate(self.events), timeout), self.events
-        return self.events
-
-    def names(self):
-        return [e.full_name for e, _ in self.events]
+from tests.fakes import PROBE_SCHEMA, EventCollector, ProbeAgent, make_host_agent
 
 
 @pytest.fixture
@@ -52,7 +29,7 @@ def fleet(memory_broker):
     ct.start()
     console = Console(ct, schemas={"probe": PROBE_SCHEMA})
     console.open()
-    collector = Collector()
+    collector = EventCollector()
     console.subscribe(["#"], collector)
     for rt, _, _ in runtimes:
         rt.start()
@@ -64,7 +41,7 @@ def fleet(memory_broker):
 
 def test_agents_announce_themselves_and_are_discovered(fleet):
     console, _, collector = fleet
-    collector.wait_for(lambda evs: sum(e.full_name == "agent.online" for e, _ in evs) == 2)
+    collector.wait_until(lambda evs: sum(e.full_name == "agent.online" for e, _ in evs) == 2)
     found = console.discover(idle=0.2, first_reply_wait=2.0)
     assert [a.host for a in found] == ["web01", "web02"]
     assert found[0].agents == ["host", "probe"]
@@ -136,7 +113,7 @@ def test_dangerous_methods_reach_the_injected_power_controller(fleet):
 
 def test_heartbeats_are_numbered_and_offline_is_announced(fleet):
     _console, runtimes, collector = fleet
-    evs = collector.wait_for(lambda evs: sum(e.full_name == "agent.heartbeat" and
+    evs = collector.wait_until(lambda evs: sum(e.full_name == "agent.heartbeat" and
                                              e.host == "web01" for e, _ in evs) >= 2)
     beats = [e for e, _ in evs if e.host == "web01" and e.agent == "agent"]
     assert [e.seq for e in beats] == list(range(1, len(beats) + 1))
@@ -144,7 +121,7 @@ def test_heartbeats_are_numbered_and_offline_is_announced(fleet):
     beat = next(e for e in beats if e.event == "heartbeat")
     assert beat.data["agents"] == ["host", "probe"] and beat.epoch == runtimes[0][0].epoch
     runtimes[0][0].stop("maintenance")
-    collector.wait_for(lambda evs: any(e.full_name == "agent.offline" for e, _ in evs))
+    collector.wait_until(lambda evs: any(e.full_name == "agent.offline" for e, _ in evs))
     off = next(e for e, _ in collector.events if e.full_name == "agent.offline")
     assert off.data == {"reason": "maintenance"}
 
