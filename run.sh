@@ -61,11 +61,24 @@ ensure_python() {
     "$PYTHON" -m venv "$VENV"
   fi
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    ensure_build_deps
     say "installing hostbus and its test tools into .venv"
     "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
     "$VENV/bin/python" -m pip install -q -e ".[test]"
     echo "$want" > "$stamp"
   fi
+}
+
+# The libvirt bindings are compiled against the system's libvirt on install.
+ensure_build_deps() {
+  local need=()
+  { command -v pkg-config >/dev/null && pkg-config --exists libvirt; } || need+=(libvirt-dev pkg-config)
+  command -v gcc >/dev/null || need+=(gcc)
+  "$PYTHON" - <<'PY' || need+=("$(basename "$PYTHON")-dev")
+import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))
+PY
+  [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
 }
 
 # ---------------------------------------------------------------------- RabbitMQ

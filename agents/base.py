@@ -101,6 +101,10 @@ class Agent:
         """Facts this agent contributes to discovery filters (``--where os=linux``)."""
         return {}
 
+    def heartbeat_status(self) -> dict[str, Any] | None:
+        """What this agent adds to each heartbeat (capacity for placement, say)."""
+        return None
+
     def start(self) -> None:
         """Called once the runtime is connected, before requests are served."""
 

@@ -46,7 +46,7 @@ def all_defaults() -> dict[str, Any]:
 
 
 def load_config(path: str | None) -> dict[str, Any]:
-    return config.load(all_defaults(), path, free_form=("agent.facts",))
+    return config.load(all_defaults(), path, free_form=("agent.facts", "virt.templates"))
 
 
 def setup_logging(level: str) -> None:

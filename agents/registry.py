@@ -14,6 +14,7 @@ from hostbus.errors import ConfigError
 
 AGENT_MODULES: dict[str, str] = {
     "host": "agents.host",
+    "virt": "agents.virt",
 }
 
 

@@ -171,11 +171,23 @@ class AgentRuntime:
 
     # ---------------------------------------------------------------- periodic
     def _heartbeat(self) -> None:
-        self.emit(names.BUILTIN_AGENT, "heartbeat", {
+        data: dict[str, Any] = {
             "agents": self.agent_names, "version": __version__, "epoch": self.epoch,
             "uptime_s": round(time.monotonic() - self._started_mono, 1),
             "interval_s": self.heartbeat_interval, "requests": self.requests_handled,
-        })
+        }
+        status = {}
+        for name, hosted in self.hosted.items():
+            try:
+                extra = hosted.agent.heartbeat_status()
+            except Exception:
+                log.exception("agent %s failed to report its heartbeat status", name)
+                continue
+            if extra:
+                status[name] = extra
+        if status:
+            data["status"] = status
+        self.emit(names.BUILTIN_AGENT, "heartbeat", data)
 
     def _every(self, interval: float, task: Callable[[], None], label: str) -> None:
         def loop() -> None:
