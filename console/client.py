@@ -18,6 +18,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,8 +26,14 @@ from typing import Any
 from hostbus import names
 from hostbus.envelope import Event, Reply, new_request, parse_event, parse_reply
 from hostbus.errors import ErrorCode, HostbusError, RemoteError, SchemaError
-from hostbus.schema import AgentSchema, MethodSpec, available_agents, load_agent_schema
-from hostbus.transport.base import Delivery, Transport
+from hostbus.schema import (
+    AgentSchema,
+    MethodSpec,
+    available_agents,
+    envelope_validator,
+    load_agent_schema,
+)
+from hostbus.transport.base import Delivery, Properties, Transport
 
 log = logging.getLogger("hostbus.console")
 
@@ -355,6 +362,33 @@ class Console:
         args = {"agent": agent, "class_name": class_name, "where": where or {}, "limit": limit}
         return self.fanout(names.BUILTIN_AGENT, "query", args, hosts, timeout=timeout,
                            on_result=on_result)
+
+    # ------------------------------------------------------------ provisioning
+    def provision(self, body: dict[str, Any], *, request_id: str | None = None,
+                  timeout: float = 300.0, wait: bool = True) -> tuple[str, Reply | None]:
+        """Post a provisioning request (persistent) and, with ``wait``, return its reply
+        (None if none came within ``timeout``). The request id is the idempotency key:
+        posting the same id again never makes more VMs."""
+        from hostbus import codec
+
+        envelope_validator("provision").validate(copy.deepcopy(body))
+        rid = request_id or str(uuid.uuid4())
+        waiting: queue.Queue[Any] = queue.Queue()
+        with self._lock:
+            self._pending[rid] = waiting
+        props = Properties(message_id=rid, reply_to=self._reply_queue,
+                           content_type=codec.CONTENT_TYPE, type="hostbus.provision/1",
+                           timestamp=int(time.time()))
+        try:
+            self.transport.publish(names.PROVISION_EXCHANGE, "provision", codec.encode(body),
+                                   props, persistent=True)
+            if not wait:
+                self.transport.flush()
+                return rid, None
+            item = self._next_reply(waiting, time.monotonic() + timeout)
+            return rid, item[0] if item else None
+        finally:
+            self._forget([rid])
 
     # ------------------------------------------------------------------ events
     def subscribe(

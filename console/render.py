@@ -118,6 +118,10 @@ def event_line(ev: Event) -> str:
         where = f" {d['resource']}" if d.get("resource") else ""
         level = d["raise_at"] if d["state"] == "raised" else d["clear_at"]
         summary = f"{d['state'].upper()} {d['metric']}{where} = {d['value']} (level {level})"
+    elif ev.agent == "provision" and ev.event == "progress":
+        summary = f"{d['vm']} on {d['host']} ({d['step']}/{d['total']})  request {d['request_id']}"
+    elif ev.agent == "provision" and ev.event == "failed":
+        summary = f"request {d['request_id']} failed: {d['code']}: {d['reason']}"
     elif ev.full_name == "agent.heartbeat":
         summary = f"up {d.get('uptime_s')} s, {d.get('requests', 0)} requests, " \
                   f"agents {_cell(d.get('agents'))}"

@@ -41,6 +41,7 @@ class _TopologyItem:
     queue: str
     handler: Handler
     auto_ack: bool
+    manual_ack: bool = False  # the handler settles each delivery itself
     declare: bool = False  # declare the queue (reply and subscription queues)
     exclusive: bool = False
     durable: bool = False
@@ -208,14 +209,38 @@ class PikaTransport(Transport):
             delivery = Delivery(
                 body, _from_pika(props), method.exchange, method.routing_key, method.redelivered
             )
+            if item.manual_ack:
+                delivery.ack, delivery.nack = self._settlers(channel, method.delivery_tag)
             try:
                 handler(delivery)
             except Exception:  # a handler bug must not take the I/O thread down
                 log.exception("message handler for queue %s failed", item.queue)
-            if not item.auto_ack:
+            if not item.auto_ack and not item.manual_ack:
                 channel.basic_ack(method.delivery_tag)
 
         ch.basic_consume(item.queue, on_message, auto_ack=item.auto_ack, exclusive=item.exclusive)
+
+    def _settlers(
+        self, channel: BlockingChannel, tag: int
+    ) -> tuple[Callable[[], None], Callable[[bool], None]]:
+        """ack/nack for one delivery, safe to call from any thread. A delivery tag only
+        means something on its own channel: after a reconnect the broker redelivers the
+        message anyway, so settling it on a newer channel is skipped."""
+
+        def settle(ack: bool, requeue: bool) -> None:
+            def task(ch: BlockingChannel) -> None:
+                if ch is not channel or channel.is_closed:
+                    log.info("delivery %d belonged to a closed channel; the broker "
+                             "redelivers it", tag)
+                    return
+                if ack:
+                    ch.basic_ack(tag)
+                else:
+                    ch.basic_nack(tag, requeue=requeue)
+
+            self._submit(task, wait=False)
+
+        return (lambda: settle(True, False)), (lambda requeue=False: settle(False, requeue))
 
     def _run(self) -> None:
         where = self.url.redacted()
@@ -364,8 +389,8 @@ class PikaTransport(Transport):
 
         self._submit(task, wait=True)
 
-    def consume(self, queue: str, handler: Handler) -> None:
-        self._add(_TopologyItem(queue, handler, auto_ack=False))
+    def consume(self, queue: str, handler: Handler, *, manual_ack: bool = False) -> None:
+        self._add(_TopologyItem(queue, handler, auto_ack=False, manual_ack=manual_ack))
 
     def open_reply_queue(self, handler: Handler) -> str:
         name = names.new_reply_queue()

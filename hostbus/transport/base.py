@@ -32,6 +32,10 @@ class Properties:
     headers: dict[str, Any] = field(default_factory=dict)
 
 
+def _settled(requeue: bool = False) -> None:
+    """What ack/nack do for a delivery that was acknowledged on receipt."""
+
+
 @dataclass(slots=True)
 class Delivery:
     body: bytes
@@ -39,6 +43,10 @@ class Delivery:
     exchange: str
     routing_key: str
     redelivered: bool = False
+    #: With ``consume(..., manual_ack=True)``: settle the message, from any thread.
+    #: ``nack(requeue=False)`` dead-letters it where the queue has a dead-letter exchange.
+    ack: Callable[[], None] = field(default=_settled, repr=False)
+    nack: Callable[[bool], None] = field(default=_settled, repr=False)
 
 
 Handler = Callable[[Delivery], None]
@@ -71,10 +79,14 @@ class Transport(abc.ABC):
         """Hand a message to the I/O thread. ``user_id`` defaults to ``self.user``."""
 
     @abc.abstractmethod
-    def consume(self, queue: str, handler: Handler) -> None:
+    def consume(self, queue: str, handler: Handler, *, manual_ack: bool = False) -> None:
         """Consume an existing queue (declared by ``broker setup``/``enroll``).
 
-        Raises ``BrokerRefused`` when the queue does not exist or may not be read.
+        By default a message is acknowledged once the handler returns. With
+        ``manual_ack`` the handler (or a worker it hands the delivery to) must call
+        ``delivery.ack()`` or ``delivery.nack(requeue)``; until then the broker holds the
+        message and redelivers it if this process dies. Raises ``BrokerRefused`` when the
+        queue does not exist or may not be read.
         """
 
     @abc.abstractmethod

@@ -24,10 +24,15 @@ from hostbus.transport.base import Delivery, Handler, Properties, Transport
 log = logging.getLogger(__name__)
 
 
+def _noop(*_args: object) -> None:
+    """Settling a message that needs no settling."""
+
+
 @dataclass
 class _Queue:
     name: str
     exclusive_owner: MemoryTransport | None = None
+    dead_letter_exchange: str | None = None
     messages: deque[Delivery] = field(default_factory=deque)
     consumers: list[tuple[MemoryTransport, Handler]] = field(default_factory=list)
     _rr: itertools.count = field(default_factory=itertools.count)
@@ -48,6 +53,8 @@ class MemoryBroker:
                 self.declare_exchange(ex["name"], ex["type"])
             for q in defs["queues"]:
                 self.declare_queue(q["name"])
+                self.queues[q["name"]].dead_letter_exchange = q["arguments"].get(
+                    "x-dead-letter-exchange")
             for b in defs["bindings"]:
                 self.bind(b["source"], b["routing_key"], b["destination"])
 
@@ -103,6 +110,24 @@ class MemoryBroker:
                     transport._deliver(handler, replace(delivery))
                 else:
                     q.messages.append(replace(delivery))
+
+    def dead_letter(self, queue_name: str, delivery: Delivery) -> None:
+        """What RabbitMQ does with a message rejected without requeue."""
+        q = self.queues.get(queue_name)
+        if q is not None and q.dead_letter_exchange:
+            self.route(q.dead_letter_exchange, replace(delivery, ack=_noop, nack=_noop))
+
+    def requeue(self, queue_name: str, delivery: Delivery) -> None:
+        with self._lock:
+            q = self.queues.get(queue_name)
+            if q is None:
+                return
+            again = replace(delivery, redelivered=True)
+            if q.consumers:
+                transport, handler = q.consumers[next(q._rr) % len(q.consumers)]
+                transport._deliver(handler, again)
+            else:
+                q.messages.appendleft(again)
 
     def add_consumer(self, queue_name: str, transport: MemoryTransport, handler: Handler) -> None:
         with self._lock:
@@ -182,9 +207,23 @@ class MemoryTransport(Transport):
             )
         self.broker.route(exchange, Delivery(bytes(body), properties, exchange, routing_key))
 
-    def consume(self, queue: str, handler: Handler) -> None:
+    def consume(self, queue: str, handler: Handler, *, manual_ack: bool = False) -> None:
         self._check_open()
-        self.broker.add_consumer(queue, self, handler)
+        if not manual_ack:
+            self.broker.add_consumer(queue, self, handler)
+            return
+        broker = self.broker
+
+        def with_settlers(delivery: Delivery) -> None:
+            def nack(requeue: bool = False) -> None:
+                if requeue:
+                    broker.requeue(queue, delivery)
+                else:
+                    broker.dead_letter(queue, delivery)
+
+            handler(replace(delivery, ack=_noop, nack=nack))
+
+        self.broker.add_consumer(queue, self, with_settlers)
 
     def open_reply_queue(self, handler: Handler) -> str:
         self._check_open()

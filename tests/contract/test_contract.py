@@ -39,7 +39,7 @@ def test_every_example_in_an_agent_schema_is_valid(agent):
             spec.data_validator.validate(example)
 
 
-@pytest.mark.parametrize("kind", ["request", "reply", "event"])
+@pytest.mark.parametrize("kind", ["request", "reply", "event", "provision"])
 def test_envelope_examples_are_valid(kind):
     schema = envelope_schema(kind)
     jsonschema.Draft7Validator.check_schema(schema)

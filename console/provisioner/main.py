@@ -1,0 +1,113 @@
+"""``hostbus provisioner --config FILE``: run the provisioning service until SIGTERM.
+
+Exit codes: 0 stopped cleanly, 1 configuration error, 2 cannot reach the broker,
+3 the broker refused (for example: not enrolled, or no `broker setup`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from agents.daemon import setup_logging
+from agents.runtime import AgentRuntime
+from console.client import Console
+from console.provisioner.agent import ProvisionAgent
+from console.provisioner.service import Provisioner, Quotas, consume_requests
+from console.provisioner.store import RequestStore
+from hostbus import __version__, config, names
+from hostbus.errors import BrokerRefused, ConfigError, ConnectionFailed, HostbusError
+
+log = logging.getLogger("hostbus.provisioner")
+
+DEFAULTS: dict[str, Any] = {
+    "broker": {"url": "amqp://guest:guest@127.0.0.1:5672/hostbus", "connect_timeout": 5.0},
+    "provisioner": {
+        "host_id": "provisioner",
+        "state_dir": "",
+        "call_timeout": 60.0,
+        "discovery_idle": 0.3,
+        "heartbeat_interval": 10.0,
+        "log_level": "info",
+    },
+    "quotas": {"default_max_vms": 20, "owners": {}},
+}
+
+
+def state_dir(configured: str) -> Path:
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "hostbus"
+
+
+def load_config(path: str | None) -> dict[str, Any]:
+    return config.load(DEFAULTS, path, free_form=("quotas.owners",))
+
+
+def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
+    try:
+        cfg = load_config(config_path)
+        pcfg = cfg["provisioner"]
+        host_id = names.validate_host_id(pcfg["host_id"])
+        owners = {str(k): int(v) for k, v in cfg["quotas"]["owners"].items()}
+    except (ConfigError, ValueError) as exc:
+        print(f"hostbus provisioner: {exc}")
+        return 1
+    setup_logging(pcfg["log_level"])
+    from hostbus.transport.amqp091 import PikaTransport
+
+    store = RequestStore(state_dir(pcfg["state_dir"]) / "provisioner.db")
+    url = cfg["broker"]["url"]
+    timeout = float(cfg["broker"]["connect_timeout"])
+    # One request at a time off the provisioning queue (prefetch 1); calls to the virt
+    # agents go over a second connection so replies never wait behind a busy worker.
+    agent_transport = PikaTransport(url, connection_name=f"hostbus-provisioner {host_id}",
+                                    connect_timeout=timeout, prefetch=1)
+    agent = ProvisionAgent(store)
+    try:
+        agent_transport.start()
+        console = Console.connect(url, connect_timeout=timeout)
+    except ConnectionFailed as exc:
+        log.error("%s", exc)
+        return 2
+    runtime = AgentRuntime(agent_transport, host_id, [agent],
+                           heartbeat_interval=float(pcfg["heartbeat_interval"]))
+    provisioner = Provisioner(
+        console=console, store=store, agent=agent, host_id=host_id,
+        quotas=Quotas(int(cfg["quotas"]["default_max_vms"]), owners),
+        call_timeout=float(pcfg["call_timeout"]), discovery_idle=float(pcfg["discovery_idle"]),
+    )
+    try:
+        runtime.start()
+        consume_requests(agent_transport, provisioner.on_message)
+    except (BrokerRefused, HostbusError) as exc:
+        log.error("%s", exc)
+        console.close()
+        agent_transport.close()
+        return 3
+    log.info("hostbus provisioner %s serving %s as %s (state in %s)", __version__,
+             "hostbus.provision", host_id, store.path)
+    stopped = stop or threading.Event()
+    reason: list[str] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        reason.append(signal.Signals(signum).name)
+        stopped.set()
+
+    if stop is None:
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    while not stopped.wait(1.0):
+        pass
+    log.info("stopping (%s); the request in progress, if any, is finished first",
+             reason[0] if reason else "asked to")
+    provisioner.close()
+    runtime.stop(reason[0] if reason else "stopped")
+    console.close()
+    store.close()
+    return 0

@@ -1,0 +1,298 @@
+"""Where a provisioning message enters (``Provisioner.on_message``) and how it is carried
+out (``Provisioner.process``), one request at a time on a worker thread.
+
+A message is acknowledged only when its work is finished. After a crash the broker
+redelivers it and the work resumes: VM names are derived from the request id and looked
+up across the fleet before anything is placed, so a VM defined before the crash is
+adopted, never duplicated; the durable store remembers whether the reply was sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from console.client import Console
+from console.provisioner.agent import ProvisionAgent
+from console.provisioner.placement import Candidate, place
+from console.provisioner.store import RequestStore
+from hostbus import codec, names
+from hostbus.envelope import Reply
+from hostbus.errors import ErrorCode, HostbusError, RemoteError
+from hostbus.schema import envelope_validator
+from hostbus.transport.base import Delivery
+
+log = logging.getLogger("hostbus.provisioner")
+
+PROVISION_TYPE = "hostbus.provision/1"
+PROVISION_QUEUE = "hostbus.provision"
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """How many VMs an owner may have (completed requests count). The security work
+    replaces this with the policy engine (templates, hours, groups)."""
+
+    default_max_vms: int
+    owners: dict[str, int]
+
+    def check(self, owner: str, have: int, asking: int) -> None:
+        limit = self.owners.get(owner, self.default_max_vms)
+        if have + asking > limit:
+            raise RemoteError(ErrorCode.UNAUTHORIZED,
+                              f"owner {owner} has {have} VMs of a quota of {limit}; this "
+                              f"request asks for {asking} more", {"rule": "quota"})
+
+
+class Provisioner:
+    def __init__(self, *, console: Console, store: RequestStore, agent: ProvisionAgent,
+                 host_id: str, quotas: Quotas, call_timeout: float = 60.0,
+                 discovery_idle: float = 0.3) -> None:
+        self.console = console
+        self.store = store
+        self.agent = agent
+        self.host_id = host_id
+        self.quotas = quotas
+        self.call_timeout = call_timeout
+        self.discovery_idle = discovery_idle
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hostbus-provision")
+        self.idle = threading.Event()
+        self.idle.set()
+
+    def on_message(self, delivery: Delivery) -> None:
+        """On the transport's I/O thread: hand over, never block it."""
+        self.idle.clear()
+        self._pool.submit(self.process, delivery)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ a job
+    def process(self, delivery: Delivery) -> None:
+        rid = delivery.properties.message_id or ""
+        try:
+            self._process(delivery, rid)
+        except Exception:
+            # A bug or a broker glitch: give the message back; the quorum queue's
+            # delivery limit dead-letters it if this keeps happening.
+            log.exception("provisioning request %s failed unexpectedly; requeued", rid)
+            delivery.nack(True)
+        finally:
+            self.idle.set()
+
+    def _process(self, delivery: Delivery, rid: str) -> None:
+        reply_to = delivery.properties.reply_to
+        try:
+            body = self._read(delivery, rid)
+        except RemoteError as err:
+            log.warning("dead-lettering provisioning message %s: %s", rid or "(no id)",
+                        err.message)
+            self.agent.emit("failed", {"request_id": rid or "unknown", "code": err.code.value,
+                                       "reason": err.message})
+            self._reply(reply_to, rid or None, error=err)
+            delivery.nack(False)
+            return
+        count = int(body.get("count", 1))
+        record = self.store.get(rid)
+        if record is not None and record.status != "accepted":
+            # Finished before a crash that came before the acknowledgement.
+            log.info("request %s was already %s; settling it", rid, record.status)
+            if not record.replied:
+                self._finish_reply(reply_to, record.request_id, record.to_dict(),
+                                   record.error)
+            if record.status == "completed":
+                delivery.ack()
+            else:
+                delivery.nack(False)
+            return
+        try:
+            if record is None:
+                self.quotas.check(body["owner"], self.store.vms_owned(body["owner"]), count)
+                record = self.store.accept(rid, body["owner"], body["template"], count)
+                log.info("accepted %s: %d x %s for %s", rid, count, body["template"],
+                         body["owner"])
+                self.agent.emit("accepted", {"request_id": rid, "owner": body["owner"],
+                                             "template": body["template"], "count": count})
+            else:
+                log.info("resuming %s after a redelivery", rid)
+            vms = self._carry_out(rid, body, record.plan)
+        except RemoteError as err:
+            log.warning("request %s failed: %s %s", rid, err.code.value, err.message)
+            if self.store.get(rid) is None:
+                self.store.accept(rid, body["owner"], body["template"], count)
+            self.store.fail(rid, err.to_wire())
+            self.agent.emit("failed", {"request_id": rid, "code": err.code.value,
+                                       "reason": err.message})
+            self._finish_reply(reply_to, rid, None, err.to_wire())
+            delivery.nack(False)
+            return
+        self.store.complete(rid, vms)
+        self.agent.emit("completed", {"request_id": rid, "vms": vms})
+        log.info("completed %s: %s", rid, ", ".join(f"{v['name']}@{v['host']}" for v in vms))
+        record = self.store.get(rid)
+        assert record is not None
+        self._finish_reply(reply_to, rid, record.to_dict(), None)
+        delivery.ack()
+
+    def _read(self, delivery: Delivery, rid: str) -> dict[str, Any]:
+        props = delivery.properties
+        if not rid:
+            raise RemoteError(ErrorCode.BAD_MESSAGE, "message_id is missing: set a uuid4; it "
+                              "is the request id and the idempotency key")
+        if props.content_type != codec.CONTENT_TYPE or props.type != PROVISION_TYPE:
+            raise RemoteError(ErrorCode.BAD_MESSAGE, f"content_type must be "
+                              f"{codec.CONTENT_TYPE!r} and type {PROVISION_TYPE!r}; got "
+                              f"{props.content_type!r} and {props.type!r}")
+        body = codec.decode_object(delivery.body, max_bytes=64 * 1024)
+        envelope_validator("provision").validate(body)
+        if body.get("name") and body.get("count", 1) != 1:
+            raise RemoteError(ErrorCode.BAD_MESSAGE,
+                              "name is for one VM; use name_prefix for count > 1")
+        return body
+
+    # --------------------------------------------------------------- the work
+    def vm_names(self, rid: str, body: dict[str, Any]) -> list[str]:
+        if body.get("name"):
+            return [body["name"]]
+        prefix = body.get("name_prefix") or body["template"]
+        short = "".join(c for c in rid.lower() if c.isalnum())[:8] or "req"
+        return [f"{prefix}-{short}-{n}" for n in range(1, int(body.get("count", 1)) + 1)]
+
+    def _carry_out(self, rid: str, body: dict[str, Any], plan: dict[str, str]) -> list[dict]:
+        wanted = self.vm_names(rid, body)
+        hosts = self._virt_hosts(body.get("constraints", {}))
+        existing = self._existing(hosts, set(wanted))
+        ours = set(plan)  # VMs an earlier attempt of this request placed
+        for name, host in existing.items():
+            if body.get("name") and name not in ours:
+                raise RemoteError(ErrorCode.CONFLICT,
+                                  f"a VM named {name} already exists on {host}")
+            plan[name] = host
+        missing = [n for n in wanted if n not in plan]
+        if missing:
+            plan.update(place(missing, template=body["template"], vcpus=body.get("vcpus"),
+                              memory_mib=body.get("memory_mib"),
+                              candidates=self._candidates(hosts)))
+        self.store.save_plan(rid, plan)  # before any VM is defined
+        created: list[tuple[str, str]] = []
+        vms = []
+        try:
+            for step, name in enumerate(wanted, 1):
+                host = plan[name]
+                if name in existing:
+                    result = self._ensure_running(name, host)
+                else:
+                    args = {"name": name, "template": body["template"], "start": True}
+                    for key in ("vcpus", "memory_mib"):
+                        if body.get(key):
+                            args[key] = body[key]
+                    result = self._call("domain.define", args, host)
+                    created.append((name, host))
+                state = result.get("state", "running")
+                vms.append({"name": name, "host": host, "state": state})
+                self.agent.emit("progress", {"request_id": rid, "vm": name, "host": host,
+                                             "step": step, "total": len(wanted)})
+        except RemoteError:
+            self._roll_back(created)
+            raise
+        return vms
+
+    def _call(self, method: str, args: dict[str, Any], host: str) -> dict[str, Any]:
+        res = self.console.call("virt", method, args, host=host, timeout=self.call_timeout)
+        if res.reply is None:
+            raise RemoteError(ErrorCode.TIMEOUT, f"virt host {host} did not answer "
+                              f"{method} within {self.call_timeout:g} s")
+        if not res.reply.ok:
+            err = res.reply.error or {}
+            raise RemoteError(err.get("code", "failed"), f"{method} on {host}: "
+                              f"{err.get('message', 'failed')}", err.get("details"))
+        return res.reply.result or {}
+
+    def _ensure_running(self, name: str, host: str) -> dict[str, Any]:
+        """A VM an earlier attempt defined: start it unless it already runs."""
+        try:
+            return self._call("domain.start", {"name": name}, host)
+        except RemoteError as err:
+            if err.code is ErrorCode.CONFLICT:  # already running: what we want
+                return {"state": "running"}
+            raise
+
+    def _roll_back(self, created: list[tuple[str, str]]) -> None:
+        for name, host in reversed(created):
+            for method, args in (("domain.destroy", {"name": name}),
+                                 ("domain.undefine", {"name": name, "remove_storage": True})):
+                try:
+                    self._call(method, args, host)
+                except RemoteError as err:
+                    log.info("roll back %s of %s on %s: %s", method, name, host, err.message)
+
+    def _virt_hosts(self, constraints: dict[str, Any]) -> list[str]:
+        bfilter: dict[str, Any] = {"agent": "virt"}
+        if constraints.get("facts"):
+            bfilter["facts"] = constraints["facts"]
+        found = [a.host for a in self.console.discover(filter=bfilter,
+                                                       idle=self.discovery_idle)]
+        allowed = constraints.get("hosts")
+        return [h for h in found if allowed is None or h in allowed]
+
+    def _existing(self, hosts: list[str], wanted: set[str]) -> dict[str, str]:
+        """Wanted VM names that already exist somewhere: name -> host."""
+        if not hosts:
+            return {}
+        found: dict[str, str] = {}
+        result = self.console.query("virt", "domain", hosts=hosts, timeout=self.call_timeout)
+        for res in result.results:
+            if res.reply is None or not res.reply.ok:
+                raise RemoteError(ErrorCode.TIMEOUT, f"virt host {res.host} did not list its "
+                                  "domains; cannot rule out a duplicate, so not placing")
+            for obj in (res.reply.result or {}).get("objects", []):
+                if obj["name"] in wanted:
+                    found[obj["name"]] = res.host
+        return found
+
+    def _candidates(self, hosts: list[str]) -> list[Candidate]:
+        if not hosts:
+            return []
+        nodes = self.console.fanout("virt", "node.info", {}, hosts, timeout=self.call_timeout)
+        tpls = self.console.fanout("virt", "template.list", {}, hosts,
+                                   timeout=self.call_timeout)
+        catalogs = {r.host: {t["name"]: t for t in r.reply.result["templates"]}
+                    for r in tpls.results if r.reply is not None and r.reply.ok}
+        out = []
+        for res in nodes.results:
+            if res.reply is None or not res.reply.ok or res.host not in catalogs:
+                continue
+            node = res.reply.result or {}
+            out.append(Candidate(res.host, int(node["unallocated_memory_bytes"]),
+                                 int(node["free_vcpus"]), catalogs[res.host]))
+        return out
+
+    # ---------------------------------------------------------------- replies
+    def _finish_reply(self, reply_to: str | None, rid: str, result: dict[str, Any] | None,
+                      error: dict[str, Any] | None) -> None:
+        err = RemoteError(error["code"], error["message"], error.get("details")) \
+            if error else None
+        self._reply(reply_to, rid, result=result, error=err)
+        self.store.mark_replied(rid)
+
+    def _reply(self, reply_to: str | None, rid: str | None, *,
+               result: dict[str, Any] | None = None, error: RemoteError | None = None) -> None:
+        if not reply_to or not names.REPLY_TO_RE.match(reply_to):
+            return
+        reply = Reply(host=self.host_id, agent="provision", method="submit",
+                      status="error" if error else "ok", result=None if error else result,
+                      error=error.to_wire() if error else None, correlation_id=rid)
+        body, props = reply.encode()
+        self.console.transport.publish(names.REPLY_EXCHANGE, reply_to, body, props)
+
+
+def consume_requests(transport: Any, on_message: Callable[[Delivery], None]) -> None:
+    try:
+        transport.consume(PROVISION_QUEUE, on_message, manual_ack=True)
+    except HostbusError as exc:
+        raise HostbusError(f"cannot consume {PROVISION_QUEUE}: {exc}. Run `hostbus broker "
+                           "setup` first.") from None

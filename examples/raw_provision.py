@@ -1,0 +1,47 @@
+"""Ask hostbus for VMs with a plain AMQP client: no hostbus code, only the README and
+schemas/envelope/provision.v1.json. Usage:
+
+    python examples/raw_provision.py --template web --count 2 --owner alice
+"""
+
+import argparse
+import json
+import sys
+import uuid
+
+import pika
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/hostbus")
+parser.add_argument("--template", required=True)
+parser.add_argument("--count", type=int, default=1)
+parser.add_argument("--owner", required=True)
+parser.add_argument("--request-id", default=str(uuid.uuid4()),
+                    help="the idempotency key: sending the same id twice makes VMs once")
+parser.add_argument("--timeout", type=float, default=120)
+opts = parser.parse_args()
+
+conn = pika.BlockingConnection(pika.URLParameters(opts.url))
+channel = conn.channel()
+reply_queue = f"hostbus.reply.{uuid.uuid4().hex}"
+channel.queue_declare(reply_queue, exclusive=True)
+channel.queue_bind(reply_queue, "hostbus.reply", routing_key=reply_queue)
+
+body = {"v": 1, "template": opts.template, "count": opts.count, "owner": opts.owner}
+channel.basic_publish(
+    exchange="hostbus.provision",
+    routing_key="provision",
+    body=json.dumps(body).encode(),
+    properties=pika.BasicProperties(
+        message_id=opts.request_id, reply_to=reply_queue, content_type="application/json",
+        type="hostbus.provision/1", delivery_mode=2,
+    ),
+)
+print(f"posted request {opts.request_id}", file=sys.stderr)
+for _method, props, payload in channel.consume(reply_queue, inactivity_timeout=opts.timeout):
+    if payload is None:
+        sys.exit(f"no reply within {opts.timeout} s")
+    if props.correlation_id == opts.request_id:
+        reply = json.loads(payload)
+        print(json.dumps(reply, indent=2))
+        sys.exit(0 if reply["status"] == "ok" else 1)

@@ -1,0 +1,201 @@
+"""Provisioning end to end on the real broker: a plain AMQP client, the provisioner as a
+real process, and a virt agent on libvirt's test driver."""
+
+import copy
+import json
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import pika
+import pytest
+
+from agents import virt
+from agents.runtime import AgentRuntime
+from agents.virt.agent import VirtAgent
+from hostbus.transport.amqp091 import PikaTransport
+from tests.fakes import EventCollector
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+class GatedVirtAgent(VirtAgent):
+    """Defines the VM, then holds the reply until the test opens the gate: the window in
+    which a provisioner crash leaves a VM behind without knowing it."""
+
+    gate: threading.Event
+
+    def domain_define(self, name, template, xml, vcpus, memory_mib, start):
+        result = super().domain_define(name, template, xml, vcpus, memory_mib, start)
+        self.gate.wait(60)
+        return result
+
+
+@pytest.fixture
+def virt_host(rabbitmq):
+    started = []
+
+    def start(gated=False):
+        host_id = f"kvm-{uuid.uuid4().hex[:8]}"
+        rabbitmq.enroll(host_id, ["virt"])
+        transport = PikaTransport(rabbitmq.url)
+        transport.start()
+        cfg = copy.deepcopy(virt.CONFIG_DEFAULTS)
+        cfg["stats_interval"] = 0
+        plain = virt.create(cfg, host_id=host_id)
+        agent = plain
+        if gated:
+            agent = GatedVirtAgent(cfg, host_id=host_id, conn=plain.conn,
+                                   templates=plain.templates)
+            agent.gate = threading.Event()
+        runtime = AgentRuntime(transport, host_id, [agent], heartbeat_interval=3600)
+        runtime.start()
+        started.append((runtime, agent))
+        return host_id, agent
+
+    yield start
+    for runtime, agent in started:
+        if isinstance(agent, GatedVirtAgent):
+            agent.gate.set()
+        runtime.stop("test over")
+        agent.conn.close()
+
+
+@pytest.fixture
+def provisioner(rabbitmq, tmp_path):
+    procs = []
+    host_id = f"prov-{uuid.uuid4().hex[:6]}"
+    rabbitmq.enroll(host_id, ["provision"])
+    cfg = tmp_path / "provisioner.toml"
+    cfg.write_text(f'[broker]\nurl = "{rabbitmq.url}"\n[provisioner]\nhost_id = "{host_id}"\n'
+                   f'state_dir = "{tmp_path / "state"}"\ncall_timeout = 30.0\n'
+                   f'heartbeat_interval = 3600.0\n')
+
+    def start():
+        proc = subprocess.Popen([str(BIN / "hostbus"), "provisioner", "--config", str(cfg)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        procs.append(proc)
+        return proc
+
+    start.host_id = host_id
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def wait_online(console, host_id):
+    events = EventCollector()
+    console.subscribe([f"agent.{host_id}.online"], events)
+    return events
+
+
+def test_a_plain_amqp_client_gets_running_vms_and_events(rabbitmq, console, virt_host,
+                                                          provisioner):
+    online = wait_online(console, provisioner.host_id)
+    host_id, agent = virt_host()
+    provisioner()
+    online.wait_for(lambda e: True, timeout=30)
+    progress = EventCollector()
+    console.subscribe(["provision.#"], progress)
+    rid = str(uuid.uuid4())
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "raw_provision.py"), "--url", rabbitmq.url,
+         "--template", "web", "--count", "2", "--owner", "carol", "--request-id", rid],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    reply = json.loads(done.stdout)
+    assert reply["status"] == "ok" and reply["agent"] == "provision"
+    vms = reply["result"]["vms"]
+    assert [v["host"] for v in vms] == [host_id, host_id]
+    running = {d["name"]: d["state"] for d in agent.domain_objects()}
+    assert {v["name"]: "running" for v in vms} == running
+    progress.wait_for(lambda e: e.event == "completed" and e.data["request_id"] == rid)
+    ours = [e.event for e, _ in progress.events if e.data.get("request_id") == rid]
+    assert ours == ["accepted", "progress", "progress", "completed"]
+
+
+def test_a_killed_provisioner_finishes_the_job_once(rabbitmq, console, virt_host,
+                                                    provisioner):
+    online = wait_online(console, provisioner.host_id)
+    host_id, agent = virt_host(gated=True)
+    first = provisioner()
+    online.wait_for(lambda e: True, timeout=30)
+    lifecycle = EventCollector()
+    console.subscribe([f"virt.{host_id}.domain.lifecycle"], lifecycle)
+
+    conn = pika.BlockingConnection(pika.URLParameters(rabbitmq.url))
+    ch = conn.channel()
+    reply_queue = f"hostbus.reply.kill-{uuid.uuid4().hex[:8]}"
+    ch.queue_declare(reply_queue, exclusive=True)
+    ch.queue_bind(reply_queue, "hostbus.reply", routing_key=reply_queue)
+    rid = str(uuid.uuid4())
+    ch.basic_publish("hostbus.provision", "provision", json.dumps(
+        {"v": 1, "template": "web", "owner": "dave"}).encode(), pika.BasicProperties(
+        message_id=rid, reply_to=reply_queue, content_type="application/json",
+        type="hostbus.provision/1", delivery_mode=2))
+
+    # The VM is defined and the provisioner waits for the agent's answer: kill it now.
+    lifecycle.wait_for(lambda e: e.data["event"] == "defined", timeout=60)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    online2 = EventCollector()
+    console.subscribe([f"agent.{provisioner.host_id}.online"], online2)
+    provisioner()
+    online2.wait_for(lambda e: True, timeout=30)
+    agent.gate.set()
+
+    replies = []
+    for _m, props, body in ch.consume(reply_queue, inactivity_timeout=90):
+        assert body is not None, "no reply after the restart"
+        replies.append((props.correlation_id, json.loads(body)))
+        break
+    ch.cancel()
+    assert replies[0][0] == rid and replies[0][1]["status"] == "ok"
+    assert [d["name"] for d in agent.domain_objects()] == [f"web-{rid.replace('-', '')[:8]}-1"]
+    # The provisioner takes one request at a time, so once a later request has been
+    # handled, this one is settled: any second reply would be in the queue by then.
+    failures = EventCollector()
+    console.subscribe([f"provision.{provisioner.host_id}.failed"], failures)
+    barrier = f"barrier-{uuid.uuid4().hex[:6]}"
+    ch.basic_publish("hostbus.provision", "provision", b"{}", pika.BasicProperties(
+        message_id=barrier, content_type="application/json", type="hostbus.provision/1"))
+    failures.wait_for(lambda e: e.data["request_id"] == barrier, timeout=60)
+    status = console.call("provision", "status", {"request_id": rid},
+                          host=provisioner.host_id)
+    assert status.reply.result["status"] == "completed"
+    method, _, _ = ch.basic_get(reply_queue, auto_ack=True)
+    assert method is None, "a second reply was sent"
+    conn.close()
+
+
+def test_a_poison_message_lands_in_dead_letters_with_its_reason(rabbitmq, console,
+                                                                provisioner):
+    online = wait_online(console, provisioner.host_id)
+    provisioner()
+    online.wait_for(lambda e: True, timeout=30)
+    failures = EventCollector()
+    console.subscribe(["provision.*.failed"], failures)
+    conn = pika.BlockingConnection(pika.URLParameters(rabbitmq.url))
+    ch = conn.channel()
+    rid = f"poison-{uuid.uuid4().hex[:8]}"
+    ch.basic_publish("hostbus.provision", "provision", b'{"v": 1, "template": "</x>"}',
+                     pika.BasicProperties(message_id=rid, content_type="application/json",
+                                          type="hostbus.provision/1", delivery_mode=2))
+    failed = failures.wait_for(lambda e: e.data["request_id"] == rid)
+    assert "template" in failed.data["reason"] or "owner" in failed.data["reason"]
+    for method, props, _body in ch.consume("hostbus.dead", inactivity_timeout=30):
+        assert method is not None, "the poison message never reached hostbus.dead"
+        ch.basic_ack(method.delivery_tag)
+        if props.message_id == rid:
+            death = props.headers["x-death"][0]
+            assert death["reason"] == "rejected" and death["queue"] == "hostbus.provision"
+            break
+    ch.cancel()
+    conn.close()
