@@ -4,7 +4,7 @@
 # what is stopped, and then:
 #   ./run.sh demo    broker + an agent for this host + the console showing it working
 #   ./run.sh test    the whole test suite (what .ci/run runs)
-#   ./run.sh stop    stop the agent the demo started
+#   ./run.sh stop    stop the agent and provisioner the demo started
 # Run as root, or as a user with sudo.
 set -euo pipefail
 
@@ -128,17 +128,54 @@ ensure_rabbitmq() {
   wait_for 60 "the RabbitMQ management API" http_ok "$ADMIN_URL"
 }
 
-# -------------------------------------------------------------------------- agent
-agent_pid() { cat "$RUN_DIR/agent.pid" 2>/dev/null || true; }
+# -------------------------------------------------------------------- hypervisor
+# The tests drive one real QEMU domain (software emulation) through libvirtd.
+libvirtd_up() { "${SUDO[@]}" virsh -c qemu:///system uri >/dev/null 2>&1; }
 
-stop_agent() {
-  local pid; pid=$(agent_pid)
+ensure_hypervisor() {
+  local need=()
+  command -v libvirtd >/dev/null || [ -x /usr/sbin/libvirtd ] || need+=(libvirt-daemon-system)
+  command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+  [ ${#need[@]} -eq 0 ] || apt_install --no-install-recommends "${need[@]}"
+  # udev hands /dev/kvm to group kvm (which Debian's libvirt-qemu user is in); containers
+  # often leave it root-only, and then libvirt re-probes QEMU on every call: about 40 s
+  # to define a domain instead of milliseconds.
+  if [ -e /dev/kvm ] && [ "$(stat -c %G /dev/kvm)" != kvm ] && getent group kvm >/dev/null; then
+    say "giving /dev/kvm to group kvm (mode 0660), as udev does"
+    "${SUDO[@]}" chgrp kvm /dev/kvm && "${SUDO[@]}" chmod 0660 /dev/kvm
+  fi
+  if ! libvirtd_up; then
+    say "starting libvirtd and virtlogd"
+    if [ -d /run/systemd/system ]; then
+      "${SUDO[@]}" systemctl start virtlogd libvirtd
+    else
+      pgrep -x virtlogd >/dev/null || "${SUDO[@]}" /usr/sbin/virtlogd -d
+      pgrep -x libvirtd >/dev/null || "${SUDO[@]}" /usr/sbin/libvirtd -d
+    fi
+    wait_for 60 "libvirtd" libvirtd_up
+  fi
+}
+
+# -------------------------------------------------------------------------- agent
+pid_of() { cat "$RUN_DIR/$1.pid" 2>/dev/null || true; }
+
+stop_one() {  # stop_one NAME: SIGTERM what the demo started, wait for it to go
+  local pid; pid=$(pid_of "$1")
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid"
-    for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    echo "stopped the hostbus agent (pid $pid)"
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    echo "stopped the $1 (pid $pid)"
   fi
-  rm -f "$RUN_DIR/agent.pid"
+  rm -f "$RUN_DIR/$1.pid"
+}
+
+stop_demo() { stop_one provisioner; stop_one agent; }
+
+start_bg() {  # start_bg NAME READY-TEXT COMMAND...
+  local name=$1 ready=$2; shift 2
+  nohup "$@" >"$RUN_DIR/$name.log" 2>&1 &
+  echo $! > "$RUN_DIR/$name.pid"
+  wait_for 60 "the $name (see .run/$name.log)" grep -q "$ready" "$RUN_DIR/$name.log"
 }
 
 demo() {
@@ -150,16 +187,18 @@ demo() {
 
   say "hostbus broker setup"
   "$hb" broker setup
-  say "hostbus broker enroll $HOST_ID --agents host"
-  "$hb" broker enroll "$HOST_ID" --agents host
+  say "hostbus broker enroll $HOST_ID --agents host,virt   (and the provisioner)"
+  "$hb" broker enroll "$HOST_ID" --agents host,virt
+  "$hb" broker enroll provisioner --agents provision
 
-  say "starting hostbus-agent --config etc/demo-agent.toml (log: .run/agent.log)"
   mkdir -p "$RUN_DIR"
-  stop_agent >/dev/null
-  HOSTBUS_AGENT_HOST_ID="$HOST_ID" nohup "$VENV/bin/hostbus-agent" --config etc/demo-agent.toml \
-    >"$RUN_DIR/agent.log" 2>&1 &
-  echo $! > "$RUN_DIR/agent.pid"
-  wait_for 30 "the agent" grep -q "online as host" "$RUN_DIR/agent.log"
+  stop_demo >/dev/null
+  say "starting hostbus-agent --config etc/demo-agent.toml (log: .run/agent.log)"
+  HOSTBUS_AGENT_HOST_ID="$HOST_ID" start_bg agent "online as host" \
+    "$VENV/bin/hostbus-agent" --config etc/demo-agent.toml
+  say "starting hostbus provisioner (log: .run/provisioner.log)"
+  HOSTBUS_PROVISIONER_STATE_DIR="$RUN_DIR/provisioner" start_bg provisioner "serving" \
+    "$hb" provisioner --config etc/provisioner.toml
 
   say "hostbus agents"
   "$hb" agents
@@ -167,19 +206,24 @@ demo() {
   "$hb" query host.disk
   say "hostbus call host.identify -H $HOST_ID"
   "$hb" call host.identify -H "$HOST_ID"
-  say "hostbus call host.processes sort=memory limit=5 --all"
-  "$hb" call host.processes sort=memory limit=5 --all
-  say "hostbus watch --duration 6   (heartbeats and metrics as they happen)"
+  say "hostbus call virt.node.info -H $HOST_ID   (libvirt's test driver)"
+  "$hb" call virt.node.info -H "$HOST_ID"
+  say "hostbus provision submit -T web -n 2 --owner demo   (one message; no host named)"
+  "$hb" provision submit -T web -n 2 --owner demo
+  say "hostbus query virt.domain"
+  "$hb" query virt.domain
+  say "hostbus watch --duration 6   (heartbeats, metrics, VM stats as they happen)"
   "$hb" watch --duration 6
 
   cat <<MSG
 
-The agent keeps running (pid $(agent_pid), log .run/agent.log). Try:
+The agent and the provisioner keep running (logs in .run/). Try:
   source .venv/bin/activate
   hostbus --help
-  hostbus call host.metrics -H $HOST_ID --json
-  hostbus watch 'host.*.alert'
-Stop the agent with:   ./run.sh stop
+  hostbus call virt.domain.suspend name=<a VM above> -H $HOST_ID
+  hostbus watch 'virt.*.domain.lifecycle' 'provision.#'
+  hostbus provision list
+Stop them with:   ./run.sh stop
 MSG
   if [ -n "${STARTED_BROKER:-}" ]; then
     echo "RabbitMQ was started by this script; stop it with: ${SUDO[*]:-}${SUDO:+ }rabbitmqctl stop"
@@ -189,6 +233,7 @@ MSG
 run_tests() {
   ensure_python
   ensure_rabbitmq
+  ensure_hypervisor
   cd "$ROOT"
   say "ruff check"
   "$VENV/bin/ruff" check .
@@ -199,6 +244,6 @@ run_tests() {
 case "${1:-}" in
   demo) shift; demo "$@" ;;
   test) shift; run_tests "$@" ;;
-  stop) stop_agent ;;
+  stop) stop_demo ;;
   *) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -118,6 +118,15 @@ def event_line(ev: Event) -> str:
         where = f" {d['resource']}" if d.get("resource") else ""
         level = d["raise_at"] if d["state"] == "raised" else d["clear_at"]
         summary = f"{d['state'].upper()} {d['metric']}{where} = {d['value']} (level {level})"
+    elif ev.full_name == "virt.domain.lifecycle":
+        summary = f"{d['name']} {d['event']} ({d['detail']})"
+    elif ev.full_name == "virt.domain.stats":
+        doms = d.get("domains", [])
+        summary = f"{len(doms)} running domain{'s' if len(doms) != 1 else ''}: " + \
+            ", ".join(x["name"] for x in doms[:8]) + (" ..." if len(doms) > 8 else "")
+    elif ev.agent == "provision" and ev.event == "completed":
+        summary = f"request {d['request_id']} completed: " + \
+            ", ".join(f"{v['name']}@{v['host']}" for v in d["vms"])
     elif ev.agent == "provision" and ev.event == "progress":
         summary = f"{d['vm']} on {d['host']} ({d['step']}/{d['total']})  request {d['request_id']}"
     elif ev.agent == "provision" and ev.event == "failed":
