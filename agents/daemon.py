@@ -113,6 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, SchemaError, ValueError) as exc:
         log.error("%s", exc)
         return 1
+    except ModuleNotFoundError as exc:
+        log.error("an enabled agent needs the Python module %r, which is not installed "
+                  "(for the virt agent: pip install 'hostbus[virt]')", exc.name)
+        return 1
+    except ConnectionError as exc:  # the hypervisor, for the virt agent
+        log.error("%s", exc)
+        return 2
     log.info("hostbus-agent %s starting: host %s, agents %s, broker %s", __version__,
              runtime.host_id, ", ".join(runtime.agent_names), url.redacted())
     try:
