@@ -32,13 +32,20 @@ F = TypeVar("F", bound=Callable[..., Any])
 _METHOD = "__hostbus_method__"
 _OBJECTS = "__hostbus_objects__"
 _PERIODIC = "__hostbus_periodic__"
+_INLINE = "__hostbus_inline__"
 
 
-def method(name: str | None = None) -> Callable[[F], F]:
-    """Expose a method. ``name`` defaults to the function name with '__' read as '.'."""
+def method(name: str | None = None, *, inline: bool = False) -> Callable[[F], F]:
+    """Expose a method. ``name`` defaults to the function name with '__' read as '.'.
+
+    ``inline`` methods are quick and never block (``ping``): they run on the transport's
+    I/O thread instead of waiting for a worker, so they answer even when every worker
+    is busy with slow work.
+    """
 
     def mark(fn: F) -> F:
         setattr(fn, _METHOD, name or fn.__name__.replace("__", "."))
+        setattr(fn, _INLINE, inline)
         return fn
 
     return mark
@@ -114,6 +121,9 @@ class Agent:
     # -- introspection used by the runtime --
     def methods(self) -> dict[str, Callable[..., Any]]:
         return self._marked(_METHOD)
+
+    def inline_methods(self) -> set[str]:
+        return {name for name, fn in self.methods().items() if getattr(fn, _INLINE, False)}
 
     def object_providers(self) -> dict[str, Callable[[], list[dict[str, Any]]]]:
         return self._marked(_OBJECTS)

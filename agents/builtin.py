@@ -35,14 +35,14 @@ class BuiltinAgent(Agent):
     def _agent_names(self) -> list[str]:
         return sorted(n for n in self.info.hosted if n != BUILTIN_AGENT)
 
-    @method()
+    @method(inline=True)
     def ping(self) -> dict[str, Any]:
         return {
             "host": self.info.host_id, "agents": self._agent_names(), "version": __version__,
             "epoch": self.info.epoch, "started": self.info.started, "facts": self.info.facts(),
         }
 
-    @method()
+    @method(inline=True)
     def describe(self) -> dict[str, Any]:
         agents = {}
         for name, hosted in sorted(self.info.hosted.items()):

@@ -45,16 +45,30 @@ class Outcome:
 
 
 @dataclass
+class Checked:
+    """A request that passed every check and may run: what ``run`` needs."""
+
+    request: Request
+    fn: Callable[..., Any]
+    args: dict[str, Any]
+    spec: Any
+    inline: bool
+    started: float
+
+
+@dataclass
 class HostedAgent:
     agent: Agent
     schema: AgentSchema
     methods: dict[str, Callable[..., Any]] = field(default_factory=dict)
     wants_ctx: set[str] = field(default_factory=set)
+    inline: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.methods = self.agent.methods()
         self.wants_ctx = {n for n, fn in self.methods.items()
                           if "ctx" in inspect.signature(fn).parameters}
+        self.inline = self.agent.inline_methods()
 
 
 class Dispatcher:
@@ -76,6 +90,13 @@ class Dispatcher:
         self.check_results = check_results
 
     def handle(self, delivery: Delivery) -> Outcome:
+        """Check and run in one go (the runtime splits the two across threads)."""
+        checked = self.check(delivery)
+        return checked if isinstance(checked, Outcome) else self.run(checked)
+
+    def check(self, delivery: Delivery) -> Outcome | Checked:
+        """Every check, cheapest first. An Outcome is a refusal (or silence) to send as
+        is; a Checked request may run. Never raises."""
         started = time.perf_counter()
         reply_to = usable_reply_to(delivery.properties)
         correlation = delivery.properties.message_id
@@ -88,14 +109,14 @@ class Dispatcher:
                         delivery.properties.user_id or "-", err.code.value, err.message)
             return Outcome(self._error(BUILTIN_AGENT, None, err, correlation, started), reply_to)
         try:
-            return self._handle_request(request, started)
+            return self._check_request(request, started)
         except Exception:  # last line of defence: a bug here must not reach the transport
             log.exception("dispatcher failed on request %s", request.message_id)
             err = RemoteError(ErrorCode.INTERNAL, "the agent failed while handling the request")
             return Outcome(self._error(request.agent, request.method, err,
                                        request.message_id, started), request.reply_to, request)
 
-    def _handle_request(self, request: Request, started: float) -> Outcome:
+    def _check_request(self, request: Request, started: float) -> Outcome | Checked:
         rid, agent_name, method_name = request.message_id, request.agent, request.method
 
         def refuse(err: RemoteError) -> Outcome:
@@ -145,31 +166,34 @@ class Dispatcher:
             return refuse(RemoteError(code, decision.reason, {"rule": decision.rule}))
         if method_name in hosted.wants_ctx:
             args = {**args, "ctx": CallContext(rid, request.user_id, agent_name, method_name)}
+        return Checked(request, fn, args, spec, method_name in hosted.inline, started)
+
+    def run(self, checked: Checked) -> Outcome:
+        """Act on a checked request. Never raises: failures become error replies."""
+        request, started = checked.request, checked.started
+        rid, agent_name, method_name = request.message_id, request.agent, request.method
         try:
-            result = fn(**args)
+            result = checked.fn(**checked.args)
             if not isinstance(result, dict):
                 raise TypeError(f"{agent_name}.{method_name} returned {type(result).__name__}, "
                                 "not a dict")
             if self.check_results:
-                spec.result_validator.validate(result)
+                checked.spec.result_validator.validate(result)
         except RemoteError as err:
-            log.info("%s %s.%s from %s: %s %s", rid, agent_name, method_name, request.user_id,
-                     err.code.value, err.message)
-            out = Outcome(self._error(agent_name, method_name, err, rid, started),
-                          request.reply_to, request)
-            out.executed = True
-            return out
+            log.info("%s %s.%s from %s: %s %s", rid, agent_name, method_name,
+                     request.user_id or "-", err.code.value, err.message)
+            return Outcome(self._error(agent_name, method_name, err, rid, started),
+                           request.reply_to, request, executed=True)
         except Exception as exc:
             log.exception("%s %s.%s raised", rid, agent_name, method_name)
             err = RemoteError(ErrorCode.INTERNAL, f"{agent_name}.{method_name} failed: "
                               f"{type(exc).__name__}: {exc}")
-            out = Outcome(self._error(agent_name, method_name, err, rid, started),
-                          request.reply_to, request)
-            out.executed = True
-            return out
+            return Outcome(self._error(agent_name, method_name, err, rid, started),
+                           request.reply_to, request, executed=True)
         elapsed = (time.perf_counter() - started) * 1000
-        log.info("%s %s.%s from %s: ok in %.1f ms", rid, agent_name, method_name,
-                 request.user_id, elapsed)
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s %s.%s from %s: ok in %.1f ms", rid, agent_name, method_name,
+                     request.user_id or "-", elapsed)
         reply = Reply(host=self.host_id, agent=agent_name, method=method_name, status="ok",
                       result=result, correlation_id=rid, elapsed_ms=elapsed)
         return Outcome(reply, request.reply_to, request, executed=True)

@@ -14,12 +14,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 from agents.base import Agent, check_agent_against_schema
 from agents.builtin import BuiltinAgent, RuntimeInfo
-from agents.dispatch import Dispatcher, HostedAgent
+from agents.dispatch import Checked, Dispatcher, HostedAgent, Outcome
 from agents.policy import Policy
 from hostbus import __version__, names
 from hostbus.envelope import Event, now_rfc3339
@@ -45,9 +45,13 @@ class AgentRuntime:
         facts: dict[str, Any] | None = None,
         check_results: bool = False,
         schemas: dict[str, AgentSchema] | None = None,
+        executor: Executor | None = None,
     ) -> None:
         """``schemas`` supplies schemas not shipped in ``schemas/agents`` (test agents,
-        third-party agents); the shipped files are used otherwise."""
+        third-party agents); the shipped files are used otherwise. ``executor`` shares
+        one worker pool among many runtimes in a process (simulated fleets in
+        benchmarks); by default each runtime has its own. ``heartbeat_interval`` 0 sends
+        no heartbeats."""
         names.validate_host_id(host_id)
         self.transport = transport
         self.host_id = host_id
@@ -62,8 +66,9 @@ class AgentRuntime:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._inflight = threading.BoundedSemaphore(max(1, workers) * 16)
-        self._pool = ThreadPoolExecutor(max_workers=max(1, workers),
-                                        thread_name_prefix="hostbus-worker")
+        self._own_pool = executor is None
+        self._pool: Executor = executor or ThreadPoolExecutor(
+            max_workers=max(1, workers), thread_name_prefix="hostbus-worker")
         self.requests_handled = 0
 
         self.hosted: dict[str, HostedAgent] = {}
@@ -119,7 +124,8 @@ class AgentRuntime:
         })
         log.info("online as host %s with agents %s (epoch %s)", self.host_id,
                  ", ".join(self.agent_names) or "none", self.epoch)
-        self._every(self.heartbeat_interval, self._heartbeat, "heartbeat")
+        if self.heartbeat_interval > 0:
+            self._every(self.heartbeat_interval, self._heartbeat, "heartbeat")
         for hosted in self.hosted.values():
             settings = self._intervals.get(hosted.agent.name, {})
             for setting, task in hosted.agent.periodic_tasks():
@@ -127,13 +133,14 @@ class AgentRuntime:
                 if interval > 0:
                     self._every(interval, task, f"{hosted.agent.name}.{task.__name__}")
 
-    def stop(self, reason: str = "stopped") -> None:
+    def stop(self, reason: str = "stopped", *, close_transport: bool = True) -> None:
         if self._stop.is_set():
             return
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=5)
-        self._pool.shutdown(wait=True, cancel_futures=False)
+        if self._own_pool:
+            self._pool.shutdown(wait=True, cancel_futures=False)
         try:
             self.emit(names.BUILTIN_AGENT, "offline", {"reason": reason})
         except Exception:
@@ -143,7 +150,8 @@ class AgentRuntime:
                 hosted.agent.stop()
             except Exception:
                 log.exception("agent %s failed to stop cleanly", hosted.agent.name)
-        self.transport.close()
+        if close_transport:
+            self.transport.close()
         log.info("offline (%s); handled %d requests", reason, self.requests_handled)
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -151,23 +159,36 @@ class AgentRuntime:
 
     # ---------------------------------------------------------------- requests
     def _on_delivery(self, delivery: Delivery) -> None:
+        """On the I/O thread: every check runs here (microseconds, bounded), so refusals
+        never wait behind slow work; inline methods run here too. The rest goes to a
+        worker."""
+        checked = self.dispatcher.check(delivery)
+        if isinstance(checked, Outcome):
+            self._answer(checked)
+            return
+        if checked.inline:
+            self._answer(self.dispatcher.run(checked))
+            return
         self._inflight.acquire()  # back-pressure: stop reading when workers are swamped
         try:
-            self._pool.submit(self._serve, delivery)
+            self._pool.submit(self._serve, checked)
         except RuntimeError:  # pool shut down: we are stopping
             self._inflight.release()
 
-    def _serve(self, delivery: Delivery) -> None:
+    def _serve(self, checked: Checked) -> None:
         try:
-            outcome = self.dispatcher.handle(delivery)
+            self._answer(self.dispatcher.run(checked))
+        finally:
+            self._inflight.release()
+
+    def _answer(self, outcome: Outcome) -> None:
+        try:
             self.requests_handled += 1
             if outcome.reply is not None and outcome.reply_to is not None:
                 body, props = outcome.reply.encode()
                 self.transport.publish(names.REPLY_EXCHANGE, outcome.reply_to, body, props)
         except Exception:
-            log.exception("failed to serve a delivery")
-        finally:
-            self._inflight.release()
+            log.exception("failed to send a reply")
 
     # ---------------------------------------------------------------- periodic
     def _heartbeat(self) -> None:

@@ -854,6 +854,72 @@ def provision_list(state: State, owner: str | None, status: str | None, limit: i
     click.echo(f"{len(rows)} request{'s' if len(rows) != 1 else ''}")
 
 
+# ------------------------------------------------------------------------- bench
+@cli.command(epilog=EPILOG)
+@click.option("--quick", is_flag=True, help="Small sizes: a smoke run of every benchmark.")
+@click.option("--only", multiple=True,
+              type=click.Choice(["call", "fanout", "events", "provisioning", "footprint"]),
+              help="Run only these (repeatable). Default: all.")
+@click.option("--calls", type=click.IntRange(10), help="Round trips per side (2000).")
+@click.option("--agents", metavar="N,N,...",
+              help="Simulated agent counts for broadcast ping (100,1000,5000).")
+@click.option("--events", "n_events", type=click.IntRange(100), help="Events (20000).")
+@click.option("--idle", "idle_s", type=click.FloatRange(1), help="Idle agent seconds (60).")
+@click.option("--png", type=click.Path(dir_okay=False), metavar="PATH",
+              help="Write a chart (latency distribution, scaling with N) to PATH.")
+@admin_option
+@json_option
+@click.pass_obj
+def bench(state: State, quick: bool, only: tuple[str, ...], calls: int | None,
+          agents: str | None, n_events: int | None, idle_s: float | None, png: str | None,
+          admin_url: str | None, as_json: bool) -> None:
+    """Measure hostbus against raw pika on this broker, in a throwaway vhost.
+
+    Call round trips, broadcast ping to N simulated agents (the real dispatch path),
+    event throughput, provisioning on libvirt's test driver, and one real agent's
+    memory and CPU against a bare Python floor. Takes a few minutes (--quick: seconds).
+    """
+    from benchmarks import report
+    from benchmarks.run import ALL, Plan, run
+    from hostbus.transport.base import parse_url
+
+    plan = Plan.quick() if quick else Plan()
+    if only:
+        plan.only = tuple(only)
+    else:
+        plan.only = ALL
+    if calls:
+        plan.calls = calls
+    if agents:
+        try:
+            plan.agents = [int(x) for x in agents.split(",") if x.strip()]
+        except ValueError:
+            fail(f"--agents {agents!r}: expected numbers like 100,1000", EXIT_USAGE)
+    if n_events:
+        plan.events = n_events
+    if idle_s:
+        plan.idle_s = idle_s
+    url = parse_url(state.url)
+    amqp = f"{url.scheme}://{url.user}:{url.password}@{url.host}:{url.port}"
+    try:
+        results = run(plan, amqp=amqp, admin_url=admin_url or state.cfg["console"]["admin_url"])
+    except ConnectionFailed as exc:
+        fail(str(exc), EXIT_CONNECT)
+    if png:
+        report.chart(results, png)
+    shown = {k: v for k, v in results.items()}
+    if "call" in shown:
+        shown["call"] = {k: v for k, v in shown["call"].items() if k != "samples"}
+    if as_json:
+        shown["targets"] = [{"what": w, "measured": m, "target": t, "met": ok}
+                            for w, m, t, ok in report.checks(results)]
+        _emit_json(shown)
+    else:
+        click.echo(report.text(results))
+        if png:
+            click.echo(f"\nchart: {png}")
+
+
 def main() -> None:
     cli(prog_name="hostbus")
 

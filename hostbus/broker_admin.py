@@ -37,14 +37,20 @@ class BrokerAdmin:
         self.user = user
         self.timeout = timeout
 
-    def _call(self, method: str, path: str, body: Any = None) -> Any:
+    def _call(self, method: str, path: str, body: Any = None, *,
+              timeout: float | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base + path, data=data, method=method)
         req.add_header("Authorization", self._auth)
         req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
                 raw = resp.read()
+        except TimeoutError:
+            raise BrokerRefused(
+                f"{method} {path}: the management API did not answer within "
+                f"{timeout or self.timeout:g} s (a busy or overloaded broker)"
+            ) from None
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")[:300]
             if exc.code == 401:
@@ -75,7 +81,7 @@ class BrokerAdmin:
 
     def delete_vhost(self, vhost: str) -> None:
         try:
-            self._call("DELETE", f"/api/vhosts/{self._q(vhost)}")
+            self._call("DELETE", f"/api/vhosts/{self._q(vhost)}", timeout=120)
         except BrokerRefused as exc:
             if "404" not in str(exc):
                 raise
@@ -132,6 +138,22 @@ class BrokerAdmin:
                     f"{self._q(key)}",
                 )
         return keys
+
+    def enroll_many(self, vhost: str, hosts: list[str], agents: list[str]) -> None:
+        """Enroll many hosts in one definitions import (simulated fleets: thousands of
+        hosts in one HTTP call instead of several each)."""
+        for start in range(0, len(hosts), 500):  # an import of 500 takes about a second
+            queues, bindings = [], []
+            for host_id in hosts[start:start + 500]:
+                queue = names.host_queue(host_id)
+                queues.append({"name": queue, "durable": True, "auto_delete": False,
+                               "arguments": {}})
+                bindings += [{"source": exchange, "destination": queue,
+                              "destination_type": "queue", "routing_key": key,
+                              "arguments": {}}
+                             for exchange, key in topology.host_bindings(host_id, agents)]
+            self._call("POST", f"/api/definitions/{self._q(vhost)}",
+                       {"queues": queues, "bindings": bindings}, timeout=120)
 
     def queue_info(self, vhost: str, queue: str) -> dict[str, Any]:
         return self._call("GET", f"/api/queues/{self._q(vhost)}/{self._q(queue)}")

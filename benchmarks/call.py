@@ -1,0 +1,123 @@
+"""Call round trip: hostbus against raw pika request/reply, in the same run.
+
+- raw: a pika server thread echoes on the default exchange (the floor);
+- raw, hostbus topology: the same echo through a durable queue bound to a topic
+  exchange, manual acks, replies through a direct exchange (what hostbus asks of the
+  broker, without hostbus);
+- hostbus: Console.call -> AgentRuntime (envelope, schema validation, policy hook,
+  worker thread) -> reply, for the built-in agent's `ping`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from typing import Any
+
+import pika
+
+from agents.runtime import AgentRuntime
+from benchmarks.harness import Bench, summary
+from console.client import Console
+from hostbus.transport.amqp091 import PikaTransport
+
+
+def raw_round_trips(url: str, n: int, *, hostbus_topology: bool = False) -> list[float]:
+    ready, stop = threading.Event(), threading.Event()
+    server_queue = "bench.raw.server"
+    host = f"raw{uuid.uuid4().hex[:6]}"
+
+    def server() -> None:
+        conn = pika.BlockingConnection(pika.URLParameters(url))
+        ch = conn.channel()
+        if hostbus_topology:
+            ch.basic_qos(prefetch_count=64)
+            queue = f"hostbus.host.{host}"
+            ch.queue_declare(queue, durable=True, auto_delete=True)
+            ch.queue_bind(queue, "hostbus.request", routing_key=f"agent.{host}")
+        else:
+            queue = ch.queue_declare(server_queue, exclusive=True).method.queue
+
+        def on_request(channel: Any, method: Any, props: Any, body: bytes) -> None:
+            exchange = "hostbus.reply" if hostbus_topology else ""
+            channel.basic_publish(exchange, props.reply_to, body,
+                                  pika.BasicProperties(correlation_id=props.correlation_id))
+            if hostbus_topology:
+                channel.basic_ack(method.delivery_tag)
+
+        ch.basic_consume(queue, on_request, auto_ack=not hostbus_topology)
+        ready.set()
+        while not stop.is_set():
+            conn.process_data_events(time_limit=0.2)
+        conn.close()
+
+    thread = threading.Thread(target=server, daemon=True)
+    thread.start()
+    ready.wait(10)
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    ch = conn.channel()
+    reply_q = f"hostbus.reply.{uuid.uuid4().hex}"
+    ch.queue_declare(reply_q, exclusive=True)
+    if hostbus_topology:
+        ch.queue_bind(reply_q, "hostbus.reply", routing_key=reply_q)
+    box: list[bytes] = []
+    ch.basic_consume(reply_q, lambda c, m, p, b: box.append(b), auto_ack=True)
+    exchange, key = ("hostbus.request", f"agent.{host}") if hostbus_topology else \
+        ("", server_queue)
+    payload = json.dumps({"v": 1, "method": "ping"}).encode()
+    samples = []
+    for _ in range(n):
+        box.clear()
+        started = time.perf_counter()
+        ch.basic_publish(exchange, key, payload,
+                         pika.BasicProperties(reply_to=reply_q, correlation_id="x"))
+        while not box:
+            conn.process_data_events(time_limit=None)
+        samples.append((time.perf_counter() - started) * 1000)
+    conn.close()
+    stop.set()
+    thread.join(5)
+    return samples
+
+
+def hostbus_round_trips(bench: Bench, n: int) -> list[float]:
+    host = f"bench{uuid.uuid4().hex[:6]}"
+    bench.admin.enroll_host(bench.vhost, host, [])
+    transport = PikaTransport(bench.url, connection_name="bench agent")
+    transport.start()
+    runtime = AgentRuntime(transport, host, [], heartbeat_interval=0)
+    runtime.start()
+    console = Console.connect(bench.url)
+    samples = []
+    try:
+        for _ in range(n):
+            started = time.perf_counter()
+            res = console.call("agent", "ping", {}, host=host, timeout=5)
+            samples.append((time.perf_counter() - started) * 1000)
+            if res.status != "ok":
+                raise RuntimeError(f"benchmark call failed: {res.to_dict()}")
+    finally:
+        console.close()
+        runtime.stop("benchmark over")
+    return samples
+
+
+def run(bench: Bench, n: int) -> dict[str, Any]:
+    warm = max(50, n // 20)
+    out: dict[str, Any] = {}
+    samples: dict[str, list[float]] = {}
+    for label, fn in (("raw_pika", lambda k: raw_round_trips(bench.url, k)),
+                      ("raw_pika_hostbus_topology",
+                       lambda k: raw_round_trips(bench.url, k, hostbus_topology=True)),
+                      ("hostbus", lambda k: hostbus_round_trips(bench, k))):
+        fn(warm)
+        samples[label] = fn(n)
+        out[label] = summary(samples[label])
+    out["samples"] = {k: [round(x, 4) for x in v] for k, v in samples.items()}
+    out["ratio_p50"] = round(out["hostbus"]["p50"] / out["raw_pika"]["p50"], 2)
+    out["ratio_p99"] = round(out["hostbus"]["p99"] / out["raw_pika"]["p99"], 2)
+    out["ratio_p50_vs_same_topology"] = round(
+        out["hostbus"]["p50"] / out["raw_pika_hostbus_topology"]["p50"], 2)
+    return out

@@ -1,0 +1,106 @@
+"""One real `hostbus-agent` process: resident memory (RSS, USS) and CPU at idle with the
+default intervals, and under a storm of calls, against the floor: a bare Python process
+that only imports the same libraries, measured in the same run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from benchmarks.harness import Bench, progress
+from console.client import Console
+
+# The libraries a host agent loads (the floor imports exactly these).
+HOST_LIBS = ["pika", "psutil", "ssl", "orjson", "fastjsonschema", "tomllib", "logging",
+             "concurrent.futures", "uuid", "platform", "socket"]
+VIRT_LIBS = [*HOST_LIBS, "libvirt", "xml.etree.ElementTree", "sqlite3"]
+
+
+def _mem(proc: psutil.Process) -> dict[str, float]:
+    info = proc.memory_full_info()
+    return {"rss_mb": round(info.rss / 2**20, 1), "uss_mb": round(info.uss / 2**20, 1)}
+
+
+def _cpu_percent(proc: psutil.Process, seconds: float) -> float:
+    before = proc.cpu_times()
+    time.sleep(seconds)  # measuring over an interval is the point
+    after = proc.cpu_times()
+    used = (after.user - before.user) + (after.system - before.system)
+    return round(100 * used / seconds, 2)
+
+
+def floor(libs: list[str]) -> dict[str, float]:
+    code = "import " + ", ".join(libs) + "; import sys; sys.stdout.write('ready\\n'); " \
+           "sys.stdout.flush(); sys.stdin.read()"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        proc.stdout.readline()
+        return _mem(psutil.Process(proc.pid))
+    finally:
+        proc.stdin.close()
+        proc.wait(10)
+
+
+def agent(bench: Bench, agents: list[str], idle_s: float, storm_s: float) -> dict[str, Any]:
+    host = f"fp{uuid.uuid4().hex[:6]}"
+    bench.admin.enroll_host(bench.vhost, host, agents)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "agent.toml"
+        cfg.write_text(f'[broker]\nurl = "{bench.url}"\n[agent]\nhost_id = "{host}"\n'
+                       f'agents = {agents!r}\nlog_level = "warning"\n'.replace("'", '"'))
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "hostbus-agent"),
+                                 "--config", str(cfg)], stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "HOSTBUS_BROKER_URL": bench.url})
+        ps = psutil.Process(proc.pid)
+        console = Console.connect(bench.url)
+        try:
+            found = console.discover(expect=[host], timeout=30, first_reply_wait=30)
+            if not found:
+                raise RuntimeError(f"the agent did not come up: {proc.stderr.read()[:500]}")
+            progress(f"agent {'+'.join(agents)}: idle for {idle_s:g} s")
+            idle_cpu = _cpu_percent(ps, idle_s)
+            idle_mem = _mem(ps)
+            progress(f"agent {'+'.join(agents)}: call storm for {storm_s:g} s")
+            stop = threading.Event()
+            calls = [0]
+
+            def storm() -> None:
+                while not stop.is_set():
+                    console.call("host", "metrics", {}, host=host, timeout=5)
+                    calls[0] += 1
+
+            thread = threading.Thread(target=storm, daemon=True)
+            thread.start()
+            storm_cpu = _cpu_percent(ps, storm_s)
+            stop.set()
+            thread.join(10)
+            storm_mem = _mem(ps)
+        finally:
+            console.close()
+            proc.terminate()
+            proc.wait(10)
+    return {"idle": {"cpu_percent": idle_cpu, **idle_mem, "seconds": idle_s},
+            "storm": {"cpu_percent": storm_cpu, **storm_mem, "seconds": storm_s,
+                      "calls_per_s": round(calls[0] / storm_s)}}
+
+
+def run(bench: Bench, idle_s: float, storm_s: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for label, agents, libs in (("host", ["host"], HOST_LIBS),
+                                ("host+virt", ["host", "virt"], VIRT_LIBS)):
+        base = floor(libs)
+        measured = agent(bench, agents, idle_s, storm_s)
+        measured["floor"] = base
+        measured["rss_over_floor"] = round(measured["idle"]["rss_mb"] / base["rss_mb"], 2)
+        out[label] = measured
+    return out

@@ -1,0 +1,124 @@
+"""Turning results into a readable table and a PNG chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+TARGETS = {
+    "call_p50_ms": 1.0, "call_ratio_p50": 2.5, "fanout_1000_return_ms": 1000.0,
+    "events_per_s": 10000.0, "events_ratio": 0.6, "idle_cpu_percent": 1.0,
+    "rss_over_floor": 1.25,
+}
+
+
+def checks(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """(what, measured, target, met) for every target the results speak to."""
+    rows: list[tuple[str, str, str, bool]] = []
+    call = results.get("call")
+    if call:
+        p50 = call["hostbus"]["p50"]
+        rows.append(("call round trip p50", f"{p50:.3f} ms", "<= 1.0 ms", p50 <= 1.0))
+        rows.append(("call p50 / raw pika p50", f"{call['ratio_p50']}x", "<= 2.5x",
+                     call["ratio_p50"] <= 2.5))
+    for item in results.get("fanout", []):
+        if item["agents"] == 1000:
+            ms = item["return_ms_idle_window"]
+            rows.append(("1,000 agents: all replies, command returned",
+                         f"{item['replies']} replies, {ms:.0f} ms", "all, <= 1000 ms",
+                         item["all_replied"] and ms <= 1000))
+    events = results.get("events")
+    if events:
+        rows.append(("events into one subscriber", f"{events['hostbus_per_s']}/s",
+                     ">= 10000/s", events["hostbus_per_s"] >= 10000))
+        rows.append(("events / raw pika", f"{events['ratio']}x", ">= 0.6x",
+                     events["ratio"] >= 0.6))
+    for label, fp in results.get("footprint", {}).items():
+        rows.append((f"idle agent CPU ({label})", f"{fp['idle']['cpu_percent']}%", "< 1%",
+                     fp["idle"]["cpu_percent"] < 1))
+        rows.append((f"idle agent RSS / floor ({label})",
+                     f"{fp['idle']['rss_mb']} / {fp['floor']['rss_mb']} MB = "
+                     f"{fp['rss_over_floor']}x", "<= 1.25x", fp["rss_over_floor"] <= 1.25))
+    return rows
+
+
+def text(results: dict[str, Any]) -> str:
+    lines = [f"hostbus bench ({results['meta']['when']}, {results['meta']['cpus']} cpus, "
+             f"RabbitMQ {results['meta'].get('broker', '?')})", ""]
+    call = results.get("call")
+    if call:
+        lines.append("call round trip (ms)        p50      p90      p99")
+        for key, label in (("raw_pika", "raw pika"),
+                           ("raw_pika_hostbus_topology", "raw pika, hostbus topology"),
+                           ("hostbus", "hostbus")):
+            r = call[key]
+            lines.append(f"  {label:26} {r['p50']:7.3f}  {r['p90']:7.3f}  {r['p99']:7.3f}")
+        lines.append("")
+    if results.get("fanout"):
+        lines.append("broadcast ping    replies  last reply  returned (expected)  "
+                     "returned (idle)  replies/s")
+        for f in results["fanout"]:
+            lines.append(
+                f"  {f['agents']:>6} agents  {f['replies']:>6}  {f['last_reply_ms']:>8.0f} ms"
+                f"  {f['return_ms_expected_hosts']:>12.0f} ms     "
+                f"{f['return_ms_idle_window']:>8.0f} ms  {f['replies_per_s'] or 0:>9.0f}")
+        lines.append("")
+    events = results.get("events")
+    if events:
+        lines.append(f"events: hostbus {events['hostbus_per_s']}/s, raw pika "
+                     f"{events['raw_pika_per_s']}/s ({events['events']} events)")
+    prov = results.get("provisioning")
+    if prov:
+        lines.append(f"provisioning (test driver): {prov['requests']} requests in "
+                     f"{prov['elapsed_s']} s = {prov['requests_per_s']}/s")
+    for label, fp in results.get("footprint", {}).items():
+        lines.append(f"agent {label}: idle {fp['idle']['cpu_percent']}% cpu, RSS "
+                     f"{fp['idle']['rss_mb']} MB (floor {fp['floor']['rss_mb']}), USS "
+                     f"{fp['idle']['uss_mb']} MB; storm {fp['storm']['calls_per_s']} calls/s "
+                     f"at {fp['storm']['cpu_percent']}% cpu, RSS {fp['storm']['rss_mb']} MB")
+    lines += ["", "targets"]
+    for what, measured, target, met in checks(results):
+        lines.append(f"  {'ok  ' if met else 'MISS'} {what}: {measured} (target {target})")
+    return "\n".join(lines)
+
+
+def chart(results: dict[str, Any], path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    call = results.get("call") or {}
+    samples = call.get("samples", {})
+    for key, label in (("raw_pika", "raw pika"), ("raw_pika_hostbus_topology",
+                                                  "raw pika, hostbus topology"),
+                       ("hostbus", "hostbus")):
+        data = sorted(samples.get(key, []))
+        if data:
+            left.plot(data, [i / len(data) * 100 for i in range(len(data))], label=label)
+    left.set_xlabel("call round trip (ms)")
+    left.set_ylabel("percentile")
+    left.set_title("Latency distribution")
+    left.legend()
+    left.grid(alpha=0.3)
+    fan = results.get("fanout", [])
+    if fan:
+        xs = [f["agents"] for f in fan]
+        right.plot(xs, [f["last_reply_ms"] for f in fan], "o-", label="last reply")
+        right.plot(xs, [f["return_ms_expected_hosts"] for f in fan], "s-",
+                   label="returned (all expected answered)")
+        right.plot(xs, [f["return_ms_idle_window"] for f in fan], "^-",
+                   label="returned (idle window)")
+        right.set_xscale("log")
+        right.set_xticks(xs)
+        right.set_xticklabels([f"{x:,}" for x in xs])
+        right.minorticks_off()
+        right.set_xlabel("simulated agents")
+        right.set_ylabel("ms")
+        right.set_title("Broadcast ping: scaling with N")
+        right.legend()
+        right.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

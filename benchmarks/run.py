@@ -1,0 +1,59 @@
+"""`hostbus bench`: run the benchmarks, each against its raw-client baseline."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from benchmarks import call, events, fanout, footprint, provisioning
+from benchmarks.harness import bench_vhost, progress
+from hostbus.envelope import now_rfc3339
+
+ALL = ("call", "fanout", "events", "provisioning", "footprint")
+
+
+@dataclass
+class Plan:
+    calls: int = 2000
+    agents: list[int] = field(default_factory=lambda: [100, 1000, 5000])
+    events: int = 20000
+    provision_requests: int = 30
+    idle_s: float = 60.0
+    storm_s: float = 10.0
+    only: tuple[str, ...] = ALL
+
+    @classmethod
+    def quick(cls) -> Plan:
+        return cls(calls=200, agents=[10, 50], events=1000, provision_requests=3, idle_s=2.0,
+                   storm_s=1.0)
+
+
+def run(plan: Plan, *, amqp: str, admin_url: str) -> dict[str, Any]:
+    results: dict[str, Any] = {"meta": {"when": now_rfc3339(), "cpus": os.cpu_count(),
+                                        "python": platform.python_version(),
+                                        "plan": plan.__dict__ | {"only": list(plan.only)}}}
+    with bench_vhost(amqp, admin_url) as bench:
+        try:
+            overview = bench.admin._call("GET", "/api/overview")
+            results["meta"]["broker"] = overview.get("rabbitmq_version")
+        except Exception:  # the version is a nicety
+            results["meta"]["broker"] = None
+        started = time.perf_counter()
+        if "call" in plan.only:
+            progress(f"call round trips: {plan.calls} each, raw and hostbus")
+            results["call"] = call.run(bench, plan.calls)
+        if "fanout" in plan.only:
+            results["fanout"] = fanout.run(bench, plan.agents)
+        if "events" in plan.only:
+            progress(f"events: {plan.events}, raw and hostbus")
+            results["events"] = events.run(bench, plan.events)
+        if "provisioning" in plan.only:
+            progress(f"provisioning: {plan.provision_requests} requests")
+            results["provisioning"] = provisioning.run(bench, plan.provision_requests)
+        if "footprint" in plan.only:
+            results["footprint"] = footprint.run(bench, plan.idle_s, plan.storm_s)
+        results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
+    return results
