@@ -83,6 +83,26 @@ class AgentRuntime:
             max_message_bytes=max_message_bytes, check_results=check_results,
         )
 
+    @classmethod
+    def serve(cls, url: str, host_id: str, agents: list[Agent], *,
+              connection_name: str | None = None, prefetch: int = 64,
+              **options: Any) -> AgentRuntime:
+        """Connect to ``url`` over AMQP 0-9-1 and start serving: for embedding a runtime
+        in a program (services, tests, benchmarks). ``options`` are the constructor's.
+        The host must be enrolled. ``stop()`` closes the connection."""
+        from hostbus.transport.amqp091 import PikaTransport
+
+        transport = PikaTransport(url, connection_name=connection_name or f"hostbus {host_id}",
+                                  prefetch=prefetch)
+        transport.start()
+        try:
+            runtime = cls(transport, host_id, agents, **options)
+            runtime.start()
+        except Exception:
+            transport.close()
+            raise
+        return runtime
+
     @property
     def agent_names(self) -> list[str]:
         return sorted(n for n in self.hosted if n != names.BUILTIN_AGENT)

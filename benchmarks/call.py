@@ -21,7 +21,6 @@ import pika
 from agents.runtime import AgentRuntime
 from benchmarks.harness import Bench, summary
 from console.client import Console
-from hostbus.transport.amqp091 import PikaTransport
 
 
 def raw_round_trips(url: str, n: int, *, hostbus_topology: bool = False) -> list[float]:
@@ -85,10 +84,7 @@ def raw_round_trips(url: str, n: int, *, hostbus_topology: bool = False) -> list
 def hostbus_round_trips(bench: Bench, n: int) -> list[float]:
     host = f"bench{uuid.uuid4().hex[:6]}"
     bench.admin.enroll_host(bench.vhost, host, [])
-    transport = PikaTransport(bench.url, connection_name="bench agent")
-    transport.start()
-    runtime = AgentRuntime(transport, host, [], heartbeat_interval=0)
-    runtime.start()
+    runtime = AgentRuntime.serve(bench.url, host, [], heartbeat_interval=0)
     console = Console.connect(bench.url)
     samples = []
     try:

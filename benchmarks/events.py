@@ -16,7 +16,6 @@ from agents.runtime import AgentRuntime
 from benchmarks.harness import Bench
 from hostbus import codec
 from hostbus.envelope import Event
-from hostbus.transport.amqp091 import PikaTransport
 
 DATA = {"agents": [], "version": "bench", "epoch": "e", "uptime_s": 1.0, "interval_s": 1.0,
         "requests": 0}
@@ -99,10 +98,7 @@ def raw_rate(url: str, n: int) -> float:
 def hostbus_rate(bench: Bench, n: int) -> float:
     host = f"ev{uuid.uuid4().hex[:6]}"
     bench.admin.enroll_host(bench.vhost, host, [])
-    transport = PikaTransport(bench.url, connection_name="bench event source")
-    transport.start()
-    runtime = AgentRuntime(transport, host, [], heartbeat_interval=0)
-    runtime.start()
+    runtime = AgentRuntime.serve(bench.url, host, [], heartbeat_interval=0)
 
     def publish() -> None:
         for _ in range(n):

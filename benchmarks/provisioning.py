@@ -18,7 +18,6 @@ from console.client import Console
 from console.provisioner.agent import ProvisionAgent
 from console.provisioner.service import Provisioner, Quotas, consume_requests
 from console.provisioner.store import RequestStore
-from hostbus.transport.amqp091 import PikaTransport
 
 
 def run(bench: Bench, requests: int) -> dict[str, Any]:
@@ -28,28 +27,22 @@ def run(bench: Bench, requests: int) -> dict[str, Any]:
         for i in range(2):
             host = f"pvirt{i}-{uuid.uuid4().hex[:4]}"
             bench.admin.enroll_host(bench.vhost, host, ["virt"])
-            transport = PikaTransport(bench.url)
-            transport.start()
             cfg = copy.deepcopy(virt.CONFIG_DEFAULTS)
             cfg["stats_interval"] = 0
-            agent = virt.create(cfg, host_id=host)
-            runtime = AgentRuntime(transport, host, [agent], heartbeat_interval=0)
-            runtime.start()
-            started_objs.append(runtime)
+            started_objs.append(AgentRuntime.serve(
+                bench.url, host, [virt.create(cfg, host_id=host)], heartbeat_interval=0))
         prov_id = f"prov-{uuid.uuid4().hex[:4]}"
         bench.admin.enroll_host(bench.vhost, prov_id, ["provision"])
         store = RequestStore(Path(tmp.name) / "p.db")
-        ptransport = PikaTransport(bench.url, prefetch=1)
-        ptransport.start()
         pagent = ProvisionAgent(store)
-        pruntime = AgentRuntime(ptransport, prov_id, [pagent], heartbeat_interval=0)
-        pruntime.start()
+        pruntime = AgentRuntime.serve(bench.url, prov_id, [pagent], prefetch=1,
+                                      heartbeat_interval=0)
         started_objs.append(pruntime)
         pconsole = Console.connect(bench.url)
         provisioner = Provisioner(console=pconsole, store=store, agent=pagent,
                                   host_id=prov_id, quotas=Quotas(10**6, {}),
                                   discovery_idle=0.05)
-        consume_requests(ptransport, provisioner.on_message)
+        consume_requests(pruntime.transport, provisioner.on_message)
 
         client = Console.connect(bench.url)
         started_objs += [client, provisioner, pconsole]

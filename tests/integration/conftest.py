@@ -7,7 +7,6 @@ from agents.host.power import RecordingPower
 from agents.host.services import Systemd
 from agents.runtime import AgentRuntime
 from console.client import Console
-from hostbus.transport.amqp091 import PikaTransport
 
 pytestmark = pytest.mark.integration
 
@@ -31,16 +30,14 @@ def start_agent(rabbitmq):
 
         host_id = f"it-{uuid.uuid4().hex[:8]}"
         rabbitmq.enroll(host_id, ["host"])
-        transport = PikaTransport(rabbitmq.url, connection_name=f"test agent {host_id}")
-        transport.start()
         power = RecordingPower()
         host = HostAgent({"metrics_interval": metrics_interval}, host_id=host_id, ps=psutil,
                          power=power, services=Systemd(),
                          alerts=alerts or {"cpu_percent": Threshold(90, 80)})
-        runtime = AgentRuntime(transport, host_id, [host], heartbeat_interval=heartbeat,
-                               intervals={"host": {"metrics_interval": metrics_interval}},
-                               facts=facts or {}, check_results=True)
-        runtime.start()
+        runtime = AgentRuntime.serve(
+            rabbitmq.url, host_id, [host], heartbeat_interval=heartbeat,
+            intervals={"host": {"metrics_interval": metrics_interval}}, facts=facts or {},
+            check_results=True)
         started.append(runtime)
         return runtime, power
 

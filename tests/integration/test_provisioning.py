@@ -16,7 +16,6 @@ import pytest
 from agents import virt
 from agents.runtime import AgentRuntime
 from agents.virt.agent import VirtAgent
-from hostbus.transport.amqp091 import PikaTransport
 from tests.fakes import EventCollector
 
 pytestmark = pytest.mark.integration
@@ -43,8 +42,6 @@ def virt_host(rabbitmq):
     def start(gated=False):
         host_id = f"kvm-{uuid.uuid4().hex[:8]}"
         rabbitmq.enroll(host_id, ["virt"])
-        transport = PikaTransport(rabbitmq.url)
-        transport.start()
         cfg = copy.deepcopy(virt.CONFIG_DEFAULTS)
         cfg["stats_interval"] = 0
         plain = virt.create(cfg, host_id=host_id)
@@ -53,8 +50,7 @@ def virt_host(rabbitmq):
             agent = GatedVirtAgent(cfg, host_id=host_id, conn=plain.conn,
                                    templates=plain.templates)
             agent.gate = threading.Event()
-        runtime = AgentRuntime(transport, host_id, [agent], heartbeat_interval=3600)
-        runtime.start()
+        runtime = AgentRuntime.serve(rabbitmq.url, host_id, [agent], heartbeat_interval=3600)
         started.append((runtime, agent))
         return host_id, agent
 

@@ -15,7 +15,6 @@ import pytest
 
 from agents import virt
 from agents.runtime import AgentRuntime
-from hostbus.transport.amqp091 import PikaTransport
 from tests.fakes import EventCollector
 
 pytestmark = pytest.mark.integration
@@ -67,11 +66,8 @@ def test_a_real_qemu_domain_through_the_agent(rabbitmq, console, hypervisor):
     cfg = copy.deepcopy(virt.CONFIG_DEFAULTS)
     cfg.update(uri=hypervisor, domain_type="qemu", stats_interval=0, templates={})
     agent = virt.create(cfg, host_id=host_id)
-    transport = PikaTransport(rabbitmq.url)
-    transport.start()
-    runtime = AgentRuntime(transport, host_id, [agent], heartbeat_interval=3600,
-                           intervals={"virt": cfg}, check_results=True)
-    runtime.start()
+    runtime = AgentRuntime.serve(rabbitmq.url, host_id, [agent], heartbeat_interval=3600,
+                                 intervals={"virt": cfg}, check_results=True)
     events = EventCollector()
     console.subscribe([f"virt.{host_id}.domain.lifecycle"], events)
     name = f"hostbus-it-{uuid.uuid4().hex[:6]}"

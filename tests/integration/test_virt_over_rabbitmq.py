@@ -8,7 +8,6 @@ import pytest
 from agents import virt
 from agents.runtime import AgentRuntime
 from hostbus.schema import load_agent_schema
-from hostbus.transport.amqp091 import PikaTransport
 from tests.fakes import EventCollector
 
 pytestmark = pytest.mark.integration
@@ -19,14 +18,11 @@ SCHEMA = load_agent_schema("virt")
 def virt_host(rabbitmq):
     host_id = f"kvm-{uuid.uuid4().hex[:8]}"
     rabbitmq.enroll(host_id, ["virt"])
-    transport = PikaTransport(rabbitmq.url)
-    transport.start()
     cfg = copy.deepcopy(virt.CONFIG_DEFAULTS)
     cfg["stats_interval"] = 0.2
     agent = virt.create(cfg, host_id=host_id)
-    runtime = AgentRuntime(transport, host_id, [agent], heartbeat_interval=0.3,
-                           intervals={"virt": cfg}, check_results=True)
-    runtime.start()
+    runtime = AgentRuntime.serve(rabbitmq.url, host_id, [agent], heartbeat_interval=0.3,
+                                 intervals={"virt": cfg}, check_results=True)
     yield host_id
     runtime.stop("test over")
     agent.conn.close()
