@@ -724,6 +724,8 @@ def provision_submit(state: State, template: str, count: int, name: str | None,
       hostbus provision submit -T db --name orders-db --where rack=b12
     Exit codes: 0 the VMs run, 1 the request failed, 4 no reply within --timeout.
     """
+    if name and count != 1:
+        fail("--name is for one VM; use --prefix with --count", EXIT_USAGE)
     body: dict[str, Any] = {"v": 1, "template": template, "count": count, "owner": owner}
     for key, value in (("name", name), ("name_prefix", prefix), ("vcpus", vcpus),
                        ("memory_mib", memory_mib)):

@@ -148,10 +148,10 @@ class Provisioner:
                               f"{codec.CONTENT_TYPE!r} and type {PROVISION_TYPE!r}; got "
                               f"{props.content_type!r} and {props.type!r}")
         body = codec.decode_object(delivery.body, max_bytes=64 * 1024)
-        envelope_validator("provision").validate(body)
-        if body.get("name") and body.get("count", 1) != 1:
-            raise RemoteError(ErrorCode.BAD_MESSAGE,
+        if body.get("name") and body.get("count", 1) != 1:  # before the schema says it
+            raise RemoteError(ErrorCode.BAD_MESSAGE,  # less clearly
                               "name is for one VM; use name_prefix for count > 1")
+        envelope_validator("provision").validate(body)
         return body
 
     # --------------------------------------------------------------- the work
