@@ -188,8 +188,10 @@ demo() {
   say "hostbus broker setup"
   "$hb" broker setup
   say "hostbus broker enroll $HOST_ID --agents host,virt   (and the provisioner)"
-  "$hb" broker enroll "$HOST_ID" --agents host,virt
-  "$hb" broker enroll provisioner --agents provision
+  # The demo runs everything as guest (loopback only); a real host gets a broker user of
+  # its own: hostbus broker enroll HOST --agents host,virt (writes HOST.toml, mode 0600).
+  "$hb" broker enroll "$HOST_ID" --agents host,virt --no-user
+  "$hb" broker enroll provisioner --agents provision --no-user
 
   mkdir -p "$RUN_DIR"
   stop_demo >/dev/null

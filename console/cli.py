@@ -483,7 +483,7 @@ def query(state: State, target: str, hosts: tuple[str, ...], filters: tuple[str,
 @click.option("--duration", "-d", type=click.FloatRange(0), default=0, metavar="S",
               help="Stop after S seconds.")
 @click.option("--name", metavar="NAME",
-              help="Use the named, durable subscription queue hostbus.sub.NAME "
+              help="Use the named, durable subscription queue hostbus.sub.USER.NAME "
                    "(events are kept while you are away).")
 @json_option
 @click.pass_obj
@@ -639,17 +639,87 @@ def setup(state: State, admin_url: str | None, vhost: str | None, as_json: bool)
                    f"{counts['bindings']} bindings, {counts['policies']} policies applied")
 
 
+def _identity_url(state: State, user: str, password: str, broker_url: str | None) -> str:
+    """The URL an enrolled identity connects with: the console's broker (or
+    --broker-url), with the new user's credentials."""
+    from urllib.parse import quote
+
+    from hostbus.transport.base import parse_url
+
+    base = parse_url(broker_url or state.url)
+    return (f"{base.scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{base.host}:"
+            f"{base.port}/{quote(base.vhost, safe='')}")
+
+
+def _write_secret_file(path: str, text: str, force: bool) -> None:
+    """Create the file with mode 0600 from the start (it holds a password)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        fail(f"{path} exists; pass --force to replace it (the old password stops working "
+             "anyway)", EXIT_USAGE)
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc}", EXIT_FAILED)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(path, 0o600)
+
+
+def _check_writable(path: str, force: bool) -> None:
+    """Before any user is created: a refusal later would leave a user nobody can use."""
+    if os.path.exists(path) and not force:
+        fail(f"{path} exists; pass --force to replace it (the old password stops working "
+             "anyway)", EXIT_USAGE)
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.access(parent, os.W_OK):
+        fail(f"cannot write {path}: {parent} is not writable", EXIT_USAGE)
+
+
+def _enroll_identity(state: State, kind: str, name: str, admin_url: str | None,
+                     vhost: str | None) -> tuple[str, str]:
+    try:
+        password = _admin(state, admin_url).create_identity(_vhost(state, vhost), kind, name)
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except ConnectionFailed as exc:
+        fail(str(exc), EXIT_CONNECT)
+    except HostbusError as exc:
+        fail(str(exc), EXIT_FAILED)
+    return name, password
+
+
+config_out_option = click.option("--config-out", "-o", metavar="FILE",
+                                  help="Where to write the ready config (mode 0600). "
+                                       "Default: ./NAME.toml")
+force_option = click.option("--force", is_flag=True, help="Replace an existing file.")
+broker_url_option = click.option("--broker-url", metavar="URL",
+                                 help="The broker as this identity will reach it "
+                                      "(default: the console's, e.g. amqps://broker:5671/hostbus).")
+
+
 @broker.command()
 @click.argument("host")
 @click.option("--agents", default="host", show_default=True, metavar="A,B",
               help="Agents this host runs (comma-separated).")
+@click.option("--no-user", is_flag=True,
+              help="Only the queue and bindings; no broker user (for a shared account).")
+@config_out_option
+@force_option
+@broker_url_option
 @admin_option
 @vhost_option
 @json_option
 @click.pass_obj
-def enroll(state: State, host: str, agents: str, admin_url: str | None, vhost: str | None,
+def enroll(state: State, host: str, agents: str, no_user: bool, config_out: str | None,
+           force: bool, broker_url: str | None, admin_url: str | None, vhost: str | None,
            as_json: bool) -> None:
-    """Create HOST's queue and its bindings for the given agents (idempotent)."""
+    """Create HOST's queue and bindings, and its own broker user (idempotent).
+
+    The user may read only HOST's queue and publish only events for HOST and replies;
+    it cannot publish requests or configure anything. A ready agent config with its
+    password is written to --config-out (mode 0600).
+    """
     agent_list = [a.strip() for a in agents.split(",") if a.strip()]
     try:
         names.validate_host_id(host)
@@ -664,12 +734,104 @@ def enroll(state: State, host: str, agents: str, admin_url: str | None, vhost: s
         fail(str(exc), EXIT_CONNECT)
     except HostbusError as exc:
         fail(str(exc), EXIT_FAILED)
+    out: dict[str, Any] = {"vhost": name, "host": host, "queue": names.host_queue(host),
+                           "routing_keys": keys}
+    if not no_user:
+        _check_writable(config_out or f"{host}.toml", force)
+        _, password = _enroll_identity(state, "agent", host, admin_url, vhost)
+        path = config_out or f"{host}.toml"
+        _write_secret_file(path, (
+            f"# hostbus-agent configuration for host {host}, written by "
+            f"`hostbus broker enroll`.\n# It holds this host's broker password: keep it "
+            f"mode 0600. Every other setting is in etc/agent.toml.\n\n"
+            f'[broker]\nurl = "{_identity_url(state, host, password, broker_url)}"\n\n'
+            f'[agent]\nhost_id = "{host}"\nagents = {json.dumps(agent_list)}\n'), force)
+        out |= {"user": host, "config": path}
     if as_json:
-        _emit_json({"vhost": name, "host": host, "queue": names.host_queue(host),
-                    "routing_keys": keys})
+        _emit_json(out)
     else:
         click.echo(f"host {host} enrolled in vhost {name}: queue {names.host_queue(host)} "
                    f"bound to {', '.join(keys)}")
+        if not no_user:
+            click.echo(f"broker user {host} created; agent config written to {out['config']} "
+                       "(mode 0600): hostbus-agent --config " + out["config"])
+
+
+def _enroll_named(state: State, kind: str, name: str, config_out: str | None, force: bool,
+                  broker_url: str | None, admin_url: str | None, vhost: str | None,
+                  as_json: bool, what: str) -> None:
+    path = config_out or f"{name}.toml"
+    _check_writable(path, force)
+    _, password = _enroll_identity(state, kind, name, admin_url, vhost)
+    url = _identity_url(state, name, password, broker_url)
+    _write_secret_file(path, (
+        f"# hostbus {kind} configuration for {name}, written by `hostbus broker "
+        f"enroll-{kind}`.\n# It holds the broker password: keep it mode 0600.\n"
+        f"# {what}\n\n[broker]\nurl = \"{url}\"\n"), force)
+    if as_json:
+        _emit_json({"user": name, "kind": kind, "vhost": _vhost(state, vhost), "config": path})
+    else:
+        click.echo(f"broker user {name} ({kind}) created; config written to {path} (mode 0600)")
+
+
+@broker.command("enroll-console")
+@click.argument("name")
+@config_out_option
+@force_option
+@broker_url_option
+@admin_option
+@vhost_option
+@json_option
+@click.pass_obj
+def enroll_console(state: State, name: str, config_out: str | None, force: bool,
+                   broker_url: str | None, admin_url: str | None, vhost: str | None,
+                   as_json: bool) -> None:
+    """Create a console's broker user: it may send requests and provisioning requests,
+    and declare and read its own reply and subscription queues (hostbus.reply.NAME.*,
+    hostbus.sub.NAME.*). Use the written file with `hostbus --config FILE`."""
+    _enroll_named(state, "console", name, config_out, force, broker_url, admin_url, vhost,
+                  as_json, "Use it with: hostbus --config THIS_FILE ...")
+
+
+@broker.command("enroll-app")
+@click.argument("name")
+@config_out_option
+@force_option
+@broker_url_option
+@admin_option
+@vhost_option
+@json_option
+@click.pass_obj
+def enroll_app(state: State, name: str, config_out: str | None, force: bool,
+               broker_url: str | None, admin_url: str | None, vhost: str | None,
+               as_json: bool) -> None:
+    """Create an application's broker user: it may post provisioning requests and read
+    its own reply queue (hostbus.reply.NAME.*, bound to hostbus.reply), nothing else."""
+    _enroll_named(state, "app", name, config_out, force, broker_url, admin_url, vhost,
+                  as_json, f"Post to exchange hostbus.provision; reply queue "
+                           f"hostbus.reply.{name}.<anything>.")
+
+
+@broker.command()
+@click.argument("name")
+@admin_option
+@json_option
+@click.pass_obj
+def revoke(state: State, name: str, admin_url: str | None, as_json: bool) -> None:
+    """Delete an identity's broker user; its connections are closed at once. (A host's
+    queue stays: `broker enroll` it again to give it a new password.)"""
+    try:
+        existed = _admin(state, admin_url).revoke(name)
+    except ConnectionFailed as exc:
+        fail(str(exc), EXIT_CONNECT)
+    except HostbusError as exc:
+        fail(str(exc), EXIT_FAILED)
+    if as_json:
+        _emit_json({"user": name, "revoked": existed})
+    elif existed:
+        click.echo(f"broker user {name} revoked")
+    else:
+        fail(f"there is no broker user {name}", EXIT_NOTHING)
 
 
 # ------------------------------------------------------------------ provisioning

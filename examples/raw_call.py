@@ -21,10 +21,12 @@ parser.add_argument("args", nargs="?", default="{}", help="JSON object of argume
 opts = parser.parse_args()
 agent, method = opts.target.split(".", 1)
 
-conn = pika.BlockingConnection(pika.URLParameters(opts.url))
+params = pika.URLParameters(opts.url)
+conn = pika.BlockingConnection(params)
 channel = conn.channel()
-# A reply queue of our own, bound to the reply exchange under its own name.
-reply_queue = f"hostbus.reply.{uuid.uuid4().hex}"
+# A reply queue of our own, named after our broker user (what an enrolled identity may
+# declare), bound to the reply exchange under its own name.
+reply_queue = f"hostbus.reply.{params.credentials.username}.{uuid.uuid4().hex}"
 channel.queue_declare(reply_queue, exclusive=True)
 channel.queue_bind(reply_queue, "hostbus.reply", routing_key=reply_queue)
 

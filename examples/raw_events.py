@@ -15,10 +15,12 @@ parser.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/hostbus"
 parser.add_argument("--count", type=int, default=10)
 opts = parser.parse_args()
 
-conn = pika.BlockingConnection(pika.URLParameters(opts.url))
+params = pika.URLParameters(opts.url)
+conn = pika.BlockingConnection(params)
 channel = conn.channel()
-# Subscription queues are named hostbus.sub.<something>; exclusive ones vanish with us.
-queue = channel.queue_declare("hostbus.sub.raw-example", exclusive=True).method.queue
+# Subscription queues are hostbus.sub.<broker user>.<name>; exclusive ones vanish with us.
+queue = f"hostbus.sub.{params.credentials.username}.raw-example"
+channel.queue_declare(queue, exclusive=True)
 for pattern in opts.patterns:
     channel.queue_bind(queue, "hostbus.event", routing_key=pattern)
 

@@ -21,9 +21,12 @@ parser.add_argument("--request-id", default=str(uuid.uuid4()),
 parser.add_argument("--timeout", type=float, default=120)
 opts = parser.parse_args()
 
-conn = pika.BlockingConnection(pika.URLParameters(opts.url))
+params = pika.URLParameters(opts.url)
+conn = pika.BlockingConnection(params)
 channel = conn.channel()
-reply_queue = f"hostbus.reply.{uuid.uuid4().hex}"
+# Named after our broker user: `hostbus broker enroll-app NAME` lets NAME declare
+# hostbus.reply.NAME.* and nothing else.
+reply_queue = f"hostbus.reply.{params.credentials.username}.{uuid.uuid4().hex}"
 channel.queue_declare(reply_queue, exclusive=True)
 channel.queue_bind(reply_queue, "hostbus.reply", routing_key=reply_queue)
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import secrets
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -20,6 +23,42 @@ from hostbus import names, topology
 from hostbus.errors import BrokerRefused, ConnectionFailed
 
 DEFAULT_ADMIN_URL = "http://guest:guest@127.0.0.1:15672"
+
+IDENTITY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")  # like host ids: no dots
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One identity's rights in a vhost (RabbitMQ's three regexes) plus its topic
+    permissions on hostbus.event. Verified by tests/integration/test_broker_security.py."""
+
+    configure: str
+    write: str
+    read: str
+    event_write: str = "^$"  # routing keys it may publish events with
+    event_read: str = ".*"
+
+
+def grant_for(kind: str, name: str) -> Grant:
+    n = re.escape(name)
+    if kind == "agent":
+        # No configure right; reads only its own queue; writes events (for its own host
+        # only, by topic permission) and replies.
+        return Grant(configure="^$", write=r"^hostbus\.(event|reply)$",
+                     read=rf"^hostbus\.host\.{n}$", event_write=rf"^[a-z][a-z0-9_]*\.{n}\.")
+    if kind == "console":
+        # Requests and provisioning; its own reply and subscription queues (declare,
+        # bind, read); events and replies to read.
+        own = rf"hostbus\.(reply|sub)\.{n}\..*"
+        return Grant(configure=rf"^{own}$",
+                     write=rf"^(hostbus\.(request|provision)|{own})$",
+                     read=rf"^(hostbus\.(reply|event)|{own})$")
+    if kind == "app":
+        # Provisioning requests and its own reply queue, nothing else.
+        own = rf"hostbus\.reply\.{n}\..*"
+        return Grant(configure=rf"^{own}$", write=rf"^(hostbus\.provision|{own})$",
+                     read=rf"^(hostbus\.reply|{own})$")
+    raise ValueError(f"unknown identity kind {kind!r}: agent, console or app")
 
 
 class BrokerAdmin:
@@ -154,6 +193,35 @@ class BrokerAdmin:
                              for exchange, key in topology.host_bindings(host_id, agents)]
             self._call("POST", f"/api/definitions/{self._q(vhost)}",
                        {"queues": queues, "bindings": bindings}, timeout=120)
+
+    # -- identities --
+    def create_identity(self, vhost: str, kind: str, name: str,
+                        password: str | None = None) -> str:
+        """Create (or reset) the broker user ``name`` with the rights of ``kind``;
+        return its password (generated unless given)."""
+        if not IDENTITY_RE.match(name):
+            raise ValueError(f"invalid identity name {name!r}: use 1-63 of a-z 0-9 _ -, "
+                             "starting with a letter or digit (no dots)")
+        grant = grant_for(kind, name)
+        password = password or secrets.token_urlsafe(24)
+        self._call("PUT", f"/api/users/{self._q(name)}",
+                   {"password": password, "tags": f"hostbus-{kind}"})
+        self._call("PUT", f"/api/permissions/{self._q(vhost)}/{self._q(name)}",
+                   {"configure": grant.configure, "write": grant.write, "read": grant.read})
+        self._call("PUT", f"/api/topic-permissions/{self._q(vhost)}/{self._q(name)}",
+                   {"exchange": names.EVENT_EXCHANGE, "write": grant.event_write,
+                    "read": grant.event_read})
+        return password
+
+    def revoke(self, name: str) -> bool:
+        """Delete the user (its connections close). Returns whether it existed."""
+        try:
+            self._call("DELETE", f"/api/users/{self._q(name)}")
+        except BrokerRefused as exc:
+            if "404" in str(exc):
+                return False
+            raise
+        return True
 
     def queue_info(self, vhost: str, queue: str) -> dict[str, Any]:
         return self._call("GET", f"/api/queues/{self._q(vhost)}/{self._q(queue)}")

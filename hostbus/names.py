@@ -64,12 +64,15 @@ def event_key(agent: str, host_id: str, event: str) -> str:
     return f"{agent}.{host_id}.{event}"
 
 
-def new_reply_queue() -> str:
-    return f"hostbus.reply.{uuid.uuid4().hex}"
+def new_reply_queue(user: str) -> str:
+    """Reply queues carry their owner's user name, so broker permissions can confine
+    each identity to its own: hostbus.reply.<user>.<random>."""
+    return f"hostbus.reply.{user}.{uuid.uuid4().hex}"
 
 
-def subscription_queue(name: str | None = None) -> str:
-    return f"hostbus.sub.{name or uuid.uuid4().hex}"
+def subscription_queue(user: str, name: str | None = None) -> str:
+    """hostbus.sub.<user>.<name> (a random name for a transient subscription)."""
+    return f"hostbus.sub.{user}.{name or uuid.uuid4().hex}"
 
 
 def topic_matches(pattern: str, key: str) -> bool:

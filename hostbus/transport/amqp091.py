@@ -425,7 +425,7 @@ class PikaTransport(Transport):
         self._add(_TopologyItem(queue, handler, auto_ack=False, manual_ack=manual_ack))
 
     def open_reply_queue(self, handler: Handler) -> str:
-        name = names.new_reply_queue()
+        name = names.new_reply_queue(self.user)
         self._add(_TopologyItem(
             name, handler, auto_ack=True, declare=True, exclusive=True,
             bindings=((names.REPLY_EXCHANGE, name),),
@@ -436,7 +436,7 @@ class PikaTransport(Transport):
         self, patterns: list[str], handler: Handler, *, name: str | None = None,
         durable: bool = False,
     ) -> str:
-        qname = names.subscription_queue(name)
+        qname = names.subscription_queue(self.user, name)
         self._add(_TopologyItem(
             qname, handler, auto_ack=not durable, declare=True, exclusive=not durable,
             durable=durable, bindings=tuple((names.EVENT_EXCHANGE, p) for p in patterns),

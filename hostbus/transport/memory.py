@@ -12,7 +12,6 @@ import itertools
 import logging
 import queue
 import threading
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -227,7 +226,7 @@ class MemoryTransport(Transport):
 
     def open_reply_queue(self, handler: Handler) -> str:
         self._check_open()
-        name = names.new_reply_queue()
+        name = names.new_reply_queue(self.user)
         self.broker.declare_queue(name, owner=self)
         self.broker.bind(names.REPLY_EXCHANGE, name, name)
         self.broker.add_consumer(name, self, handler)
@@ -238,7 +237,7 @@ class MemoryTransport(Transport):
         durable: bool = False,
     ) -> str:
         self._check_open()
-        qname = names.subscription_queue(name or uuid.uuid4().hex)
+        qname = names.subscription_queue(self.user, name)
         self.broker.declare_queue(qname, owner=None if durable else self)
         for pattern in patterns:
             self.broker.bind(names.EVENT_EXCHANGE, pattern, qname)

@@ -141,7 +141,8 @@ def test_broker_setup_and_enroll_are_idempotent(rabbitmq):
         assert json.loads(setup.stdout)["exchanges"] == 5
     host = f"it-{uuid.uuid4().hex[:8]}"
     for _ in range(2):
-        enroll = run_cli(rabbitmq, "broker", "enroll", host, "--agents", "host", "--json")
+        enroll = run_cli(rabbitmq, "broker", "enroll", host, "--agents", "host", "--no-user",
+                         "--json")
         assert enroll.returncode == 0, enroll.stderr
     assert json.loads(enroll.stdout)["routing_keys"] == [
         f"agent.{host}", "agent._all", f"host.{host}", "host._all"]
