@@ -182,6 +182,7 @@ class Console:
 
     def open(self) -> None:
         self.transport.on_connection_lost(self._on_lost)
+        self.transport.on_connection_restored(self._on_restored)
         self._reply_queue = self.transport.open_reply_queue(self._on_reply)
 
     def close(self) -> None:
@@ -204,6 +205,9 @@ class Console:
             waiting = self._pending.get(reply.correlation_id or "")
         if waiting is not None:
             waiting.put((reply, time.perf_counter()))
+
+    def _on_restored(self) -> None:
+        self._lost = None
 
     def _on_lost(self, exc: Exception) -> None:
         self._lost = exc

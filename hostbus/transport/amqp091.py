@@ -278,6 +278,11 @@ class PikaTransport(Transport):
                 continue
             if not first:
                 log.info("reconnected to %s; %d consumers restored", where, len(self._topology))
+                for restored in self._restored_callbacks:
+                    try:
+                        restored()
+                    except Exception:
+                        log.exception("connection-restored callback failed")
             first, attempt = False, 0
             self._ready.set()
             try:

@@ -112,8 +112,14 @@ class Transport(abc.ABC):
         """Register a callback run (on the I/O thread) when the connection drops."""
         self._lost_callbacks.append(callback)
 
+    def on_connection_restored(self, callback: Callable[[], None]) -> None:
+        """Register a callback run (on the I/O thread) after a reconnect, once every
+        consumer and queue this transport had has been restored."""
+        self._restored_callbacks.append(callback)
+
     def __init__(self) -> None:
         self._lost_callbacks: list[Callable[[Exception], None]] = []
+        self._restored_callbacks: list[Callable[[], None]] = []
 
     def __enter__(self) -> Transport:
         self.start()

@@ -1,0 +1,89 @@
+"""The broker goes away and comes back (RabbitMQ's application stopped and started, so
+every connection is closed): calls in flight fail at once with a clear error, and
+agents and consoles reconnect by themselves and serve again."""
+
+import os
+import shutil
+import subprocess
+import threading
+import uuid
+
+import pytest
+
+from agents.runtime import AgentRuntime
+from console.client import Console
+from hostbus.errors import HostbusError
+
+pytestmark = pytest.mark.integration
+
+
+def rabbitmqctl(*args):
+    return subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+@pytest.fixture
+def broker_control():
+    if shutil.which("rabbitmqctl") is None or os.geteuid() != 0:
+        message = "restarting RabbitMQ needs rabbitmqctl and root"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    yield rabbitmqctl
+    rabbitmqctl("start_app")  # whatever happened, leave the broker running
+    rabbitmqctl("await_startup")
+
+
+@pytest.fixture(autouse=True)
+def management_api_back(rabbitmq):
+    """Later tests use the management API, which listens again a little after AMQP."""
+    yield
+    for _ in range(150):  # a service start has no event to await: bounded polling
+        try:
+            if rabbitmq.admin.vhost_exists(rabbitmq.vhost):
+                return
+        except HostbusError:
+            pass
+        threading.Event().wait(0.2)
+    pytest.fail("the RabbitMQ management API did not come back within 30 s")
+
+
+def test_agents_and_consoles_reconnect_and_in_flight_calls_fail_fast(rabbitmq,
+                                                                    broker_control):
+    host = f"rc-{uuid.uuid4().hex[:6]}"
+    rabbitmq.enroll(host, [])
+    runtime = AgentRuntime.serve(rabbitmq.url, host, [], heartbeat_interval=0)
+    console = Console.connect(rabbitmq.url)
+    try:
+        assert console.call("agent", "ping", host=host).status == "ok"
+        restored = {"agent": threading.Event(), "console": threading.Event()}
+        runtime.transport.on_connection_restored(restored["agent"].set)
+        console.transport.on_connection_restored(restored["console"].set)
+        lost = threading.Event()
+        console.transport.on_connection_lost(lambda exc: lost.set())
+
+        # A call waiting on a host that will never answer, when the broker goes away.
+        outcome = {}
+
+        def waiting_call():
+            try:
+                outcome["result"] = console.call("agent", "ping", host="rc-ghost", timeout=60)
+            except HostbusError as exc:
+                outcome["error"] = str(exc)
+
+        caller = threading.Thread(target=waiting_call)
+        caller.start()
+        assert broker_control("stop_app").returncode == 0
+        assert lost.wait(30), "the console never noticed the broker going away"
+        caller.join(30)
+        assert not caller.is_alive(), "an in-flight call hung when the broker went away"
+        assert "connection was lost" in outcome.get("error", ""), outcome
+
+        assert broker_control("start_app").returncode == 0
+        assert restored["agent"].wait(90) and restored["console"].wait(90)
+        again = console.call("agent", "ping", host=host, timeout=10)
+        assert again.status == "ok", "the agent does not serve after reconnecting"
+        assert again.reply.result["epoch"] == runtime.epoch  # same process, same epoch
+    finally:
+        console.close()
+        runtime.stop("test over")
