@@ -14,6 +14,8 @@ import threading
 from typing import Any
 
 from agents import registry
+from agents.audit import AuditLog
+from agents.policy import DiscoveryOnly, Policy, RulesPolicy
 from agents.runtime import AgentRuntime
 from hostbus import __version__, config, names
 from hostbus.errors import BrokerRefused, ConfigError, ConnectionFailed, SchemaError
@@ -34,6 +36,10 @@ DEFAULTS: dict[str, Any] = {
         "workers": 4,
         "log_level": "info",
         "facts": {},
+    },
+    "security": {
+        "policy": "",
+        "audit_log": "",
     },
 }
 
@@ -59,9 +65,23 @@ def setup_logging(level: str) -> None:
     logging.getLogger("pika").setLevel(logging.WARNING)
 
 
-def build_runtime(cfg: dict[str, Any], transport: Any) -> AgentRuntime:
+def build_runtime(cfg: dict[str, Any], transport: Any,
+                  config_path: str | None = None) -> AgentRuntime:
     host_id = cfg["agent"]["host_id"] or names.default_host_id()
     names.validate_host_id(host_id)
+    policy: Policy
+    if cfg["security"]["policy"]:
+        policy = RulesPolicy.load(config.resolve(cfg["security"]["policy"], config_path),
+                                  host_id)
+        log.info("policy: %d rules from %s (default deny)", len(policy.rules),
+                 cfg["security"]["policy"])
+    else:
+        policy = DiscoveryOnly()
+        log.warning("no [security] policy file: only discovery is answered; every other "
+                    "request is refused (see etc/policy.toml)")
+    audit_path = (config.resolve(cfg["security"]["audit_log"], config_path)
+                  if cfg["security"]["audit_log"]
+                  else config.default_state_dir() / f"audit-{host_id}.jsonl")
     agents = []
     for name in cfg["agent"]["agents"]:
         if name == names.BUILTIN_AGENT:
@@ -75,6 +95,8 @@ def build_runtime(cfg: dict[str, Any], transport: Any) -> AgentRuntime:
         max_message_bytes=int(cfg["agent"]["max_message_bytes"]),
         workers=int(cfg["agent"]["workers"]),
         facts=cfg["agent"]["facts"],
+        policy=policy,
+        audit=AuditLog(audit_path),
     )
 
 
@@ -109,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             heartbeat=int(cfg["broker"]["heartbeat"]),
             connect_timeout=float(cfg["broker"]["connect_timeout"]),
         )
-        runtime = build_runtime(cfg, transport)
+        runtime = build_runtime(cfg, transport, args.config)
     except (ConfigError, SchemaError, ValueError) as exc:
         log.error("%s", exc)
         return 1
@@ -120,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConnectionError as exc:  # the hypervisor, for the virt agent
         log.error("%s", exc)
         return 2
-    log.info("hostbus-agent %s starting: host %s, agents %s, broker %s", __version__,
-             runtime.host_id, ", ".join(runtime.agent_names), url.redacted())
+    log.info("hostbus-agent %s starting: host %s, agents %s, broker %s, audit log %s",
+             __version__, runtime.host_id, ", ".join(runtime.agent_names), url.redacted(),
+             runtime.audit.path if runtime.audit else "none")
     try:
         transport.start()
         runtime.start()

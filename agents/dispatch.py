@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agents.base import Agent, CallContext, as_text
-from agents.policy import AllowAll, Policy
+from agents.policy import AllowAll, Decision, Policy
 from hostbus.envelope import (
     Reply,
     Request,
@@ -42,6 +42,7 @@ class Outcome:
     reply_to: str | None
     request: Request | None = None
     executed: bool = False
+    decision: Decision | None = None  # the policy's, when the request got that far
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Checked:
     spec: Any
     inline: bool
     started: float
+    decision: Decision
 
 
 @dataclass
@@ -163,10 +165,12 @@ class Dispatcher:
         if not decision.allowed:
             code = ErrorCode.APPROVAL_REQUIRED if decision.requires_approval else \
                 ErrorCode.UNAUTHORIZED
-            return refuse(RemoteError(code, decision.reason, {"rule": decision.rule}))
+            refused = refuse(RemoteError(code, decision.reason, {"rule": decision.rule}))
+            refused.decision = decision
+            return refused
         if method_name in hosted.wants_ctx:
             args = {**args, "ctx": CallContext(rid, request.user_id, agent_name, method_name)}
-        return Checked(request, fn, args, spec, method_name in hosted.inline, started)
+        return Checked(request, fn, args, spec, method_name in hosted.inline, started, decision)
 
     def run(self, checked: Checked) -> Outcome:
         """Act on a checked request. Never raises: failures become error replies."""
@@ -183,20 +187,21 @@ class Dispatcher:
             log.info("%s %s.%s from %s: %s %s", rid, agent_name, method_name,
                      request.user_id or "-", err.code.value, err.message)
             return Outcome(self._error(agent_name, method_name, err, rid, started),
-                           request.reply_to, request, executed=True)
+                           request.reply_to, request, executed=True, decision=checked.decision)
         except Exception as exc:
             log.exception("%s %s.%s raised", rid, agent_name, method_name)
             err = RemoteError(ErrorCode.INTERNAL, f"{agent_name}.{method_name} failed: "
                               f"{type(exc).__name__}: {exc}")
             return Outcome(self._error(agent_name, method_name, err, rid, started),
-                           request.reply_to, request, executed=True)
+                           request.reply_to, request, executed=True, decision=checked.decision)
         elapsed = (time.perf_counter() - started) * 1000
         if log.isEnabledFor(logging.INFO):
             log.info("%s %s.%s from %s: ok in %.1f ms", rid, agent_name, method_name,
                      request.user_id or "-", elapsed)
         reply = Reply(host=self.host_id, agent=agent_name, method=method_name, status="ok",
                       result=result, correlation_id=rid, elapsed_ms=elapsed)
-        return Outcome(reply, request.reply_to, request, executed=True)
+        return Outcome(reply, request.reply_to, request, executed=True,
+                       decision=checked.decision)
 
     def matches(self, bfilter: dict[str, Any]) -> bool:
         """Whether this daemon answers a broadcast with this filter."""

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
+from agents.audit import AuditLog, args_digest
 from agents.base import Agent, check_agent_against_schema
 from agents.builtin import BuiltinAgent, RuntimeInfo
 from agents.dispatch import Checked, Dispatcher, HostedAgent, Outcome
@@ -46,6 +47,7 @@ class AgentRuntime:
         check_results: bool = False,
         schemas: dict[str, AgentSchema] | None = None,
         executor: Executor | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         """``schemas`` supplies schemas not shipped in ``schemas/agents`` (test agents,
         third-party agents); the shipped files are used otherwise. ``executor`` shares
@@ -70,6 +72,7 @@ class AgentRuntime:
         self._pool: Executor = executor or ThreadPoolExecutor(
             max_workers=max(1, workers), thread_name_prefix="hostbus-worker")
         self.requests_handled = 0
+        self.audit = audit
 
         self.hosted: dict[str, HostedAgent] = {}
         info = RuntimeInfo(host_id, self.epoch, self.started_at, self.hosted, self.facts)
@@ -202,6 +205,8 @@ class AgentRuntime:
             self._inflight.release()
 
     def _answer(self, outcome: Outcome) -> None:
+        if self.audit is not None and (outcome.reply is not None or outcome.executed):
+            self._audit(outcome)
         try:
             self.requests_handled += 1
             if outcome.reply is not None and outcome.reply_to is not None:
@@ -209,6 +214,23 @@ class AgentRuntime:
                 self.transport.publish(names.REPLY_EXCHANGE, outcome.reply_to, body, props)
         except Exception:
             log.exception("failed to send a reply")
+
+    def _audit(self, outcome: Outcome) -> None:
+        assert self.audit is not None
+        req, reply, decision = outcome.request, outcome.reply, outcome.decision
+        self.audit.write({
+            "host": self.host_id,
+            "request_id": req.message_id if req else (reply.correlation_id if reply else None),
+            "caller": req.user_id if req else None,
+            "call": f"{req.agent}.{req.method}" if req else None,
+            "args_digest": args_digest(req.args) if req else None,
+            "decision": ("allowed" if decision.allowed else "denied") if decision
+            else "refused",
+            "rule": decision.rule if decision else None,
+            "outcome": "ok" if reply is not None and reply.ok else (
+                reply.error_code if reply is not None else "ok"),
+            "executed": outcome.executed,
+        })
 
     # ---------------------------------------------------------------- periodic
     def _heartbeat(self) -> None:

@@ -56,8 +56,11 @@ def agent(bench: Bench, agents: list[str], idle_s: float, storm_s: float) -> dic
     bench.admin.enroll_host(bench.vhost, host, agents)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "agent.toml"
+        (Path(tmp) / "policy.toml").write_text('[[rule]]\nname = "bench"\nallow = true\n')
         cfg.write_text(f'[broker]\nurl = "{bench.url}"\n[agent]\nhost_id = "{host}"\n'
-                       f'agents = {agents!r}\nlog_level = "warning"\n'.replace("'", '"'))
+                       f'agents = {agents!r}\nlog_level = "warning"\n'
+                       f'[security]\npolicy = "policy.toml"\naudit_log = "audit.jsonl"\n'
+                       .replace("'", '"'))
         proc = subprocess.Popen([str(Path(sys.executable).parent / "hostbus-agent"),
                                  "--config", str(cfg)], stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "HOSTBUS_BROKER_URL": bench.url})

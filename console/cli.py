@@ -1018,6 +1018,56 @@ def provision_list(state: State, owner: str | None, status: str | None, limit: i
     click.echo(f"{len(rows)} request{'s' if len(rows) != 1 else ''}")
 
 
+# ------------------------------------------------------------------------ policy
+@cli.group()
+def policy() -> None:
+    """Check what an agent's policy file allows, without sending anything."""
+
+
+@policy.command("check", epilog=EPILOG)
+@click.argument("caller")
+@click.argument("target", metavar="AGENT.METHOD")
+@click.argument("pairs", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--policy", "policy_file", required=True, type=click.Path(dir_okay=False),
+              metavar="FILE", help="The rules file the agent uses.")
+@click.option("--host", default="web01", show_default=True,
+              help="The host the agent runs on (for rules with hosts = [...]).")
+@json_option
+def policy_check(caller: str, target: str, pairs: tuple[str, ...], policy_file: str,
+                 host: str, as_json: bool) -> None:
+    """Explain which rule decides CALLER's AGENT.METHOD call, and why the rules before it
+    did not apply. Arguments are typed and defaulted by the method's schema, as the
+    agent sees them. Exit 0 allowed, 1 denied (or needs approval)."""
+    from agents.policy import RulesPolicy
+
+    agent, method = _split(target, "AGENT.METHOD")
+    try:
+        spec = method_spec(agent, method)
+        args = spec.validate_args(parse_pairs(pairs, spec))
+        rules = RulesPolicy.load(policy_file, names.validate_host_id(host))
+    except (ArgumentError, ValueError) as exc:
+        fail(str(exc), EXIT_USAGE)
+    except RemoteError as exc:
+        fail(exc.message, EXIT_USAGE)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+    decision, trail = rules.explain(caller, agent, method, args, host)
+    verdict = ("needs approval" if decision.requires_approval else
+               "allowed" if decision.allowed else "denied")
+    if as_json:
+        _emit_json({"caller": caller, "call": target, "host": host, "args": args,
+                    "decision": verdict, "rule": decision.rule, "reason": decision.reason,
+                    "groups": sorted(rules.groups_of(caller)),
+                    "trail": [{"rule": r, "result": why} for r, why in trail]})
+    else:
+        groups = ", ".join(sorted(rules.groups_of(caller))) or "none"
+        click.echo(f"{caller} (groups: {groups}) {target} on {host}: {verdict.upper()}")
+        click.echo(f"  {decision.reason}")
+        for rule_name, why in trail:
+            click.echo(f"  - {rule_name}: {why}")
+    sys.exit(EXIT_OK if decision.allowed else EXIT_FAILED)
+
+
 # ------------------------------------------------------------------------- bench
 @cli.command(epilog=EPILOG)
 @click.option("--quick", is_flag=True, help="Small sizes: a smoke run of every benchmark.")

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from rich.console import Console as RichConsole
+from rich.markup import escape
 from rich.table import Table
 
 from console.client import AgentInfo, FanoutResult, HostResult
@@ -15,6 +16,12 @@ STATUS_STYLE = {"ok": "green", "error": "red", "no_reply": "yellow"}
 
 
 def _cell(value: Any) -> str:
+    """Any value as display text, escaped: it comes from agents, and rich would read
+    "[...]" in it as markup."""
+    return escape(_text(value))
+
+
+def _text(value: Any) -> str:
     if value is None:
         return ""
     if value == []:
@@ -64,9 +71,10 @@ def print_result(out: RichConsole, result: dict[str, Any]) -> None:
     if flat:
         width = max(len(k) for k in flat)
         for key, value in flat.items():
-            out.print(f"  [bold]{key:<{width}}[/bold]  {_cell(value)}", highlight=False)
+            out.print(f"  [bold]{escape(key):<{width}}[/bold]  {_cell(value)}",
+                      highlight=False)
     for key, rows in lists.items():
-        out.print(objects_table(rows, title=f"  {key} ({len(rows)})"))
+        out.print(objects_table(rows, title=f"  {escape(key)} ({len(rows)})"))
 
 
 def print_fanout(out: RichConsole, agent: str, method: str, result: FanoutResult) -> None:
@@ -78,12 +86,14 @@ def print_fanout(out: RichConsole, agent: str, method: str, result: FanoutResult
 def print_host_result(out: RichConsole, res: HostResult) -> None:
     style = STATUS_STYLE[res.status]
     rtt = f"  {res.elapsed_ms:.1f} ms" if res.elapsed_ms is not None else ""
-    out.print(f"[bold]{res.host}[/bold]  [{style}]{res.status}[/{style}]{rtt}", highlight=False)
+    out.print(f"[bold]{escape(res.host)}[/bold]  [{style}]{res.status}[/{style}]{rtt}",
+              highlight=False)
     if res.reply is None:
         out.print("  no reply before the timeout", style="yellow")
     elif res.reply.error is not None:
         err = res.reply.error
-        out.print(f"  {err['code']}: {err['message']}", style="red", highlight=False)
+        out.print(f"  {escape(str(err['code']))}: {escape(str(err['message']))}", style="red",
+                  highlight=False)
     elif res.reply.result is not None:
         print_result(out, res.reply.result)
 
@@ -103,8 +113,8 @@ def agents_table(infos: list[AgentInfo]) -> Table:
         table.add_column(col, overflow="fold", no_wrap=col != "facts")
     for info in infos:
         facts = " ".join(f"{k}={v}" for k, v in sorted(info.facts.items()))
-        table.add_row(info.host, ", ".join(info.agents), info.version, info.started, facts,
-                      f"{info.rtt_ms:.1f}")
+        table.add_row(*(escape(x) for x in (info.host, ", ".join(info.agents), info.version,
+                                             info.started, facts)), f"{info.rtt_ms:.1f}")
     return table
 
 
@@ -138,4 +148,4 @@ def event_line(ev: Event) -> str:
         summary = json.dumps(d, separators=(",", ":"))
     if len(summary) > 160:
         summary = summary[:157] + "..."
-    return f"{ev.time}  {ev.host}  {ev.full_name}  #{ev.seq}  {summary}"
+    return f"{ev.time}  {ev.host}  {ev.full_name}  #{ev.seq}  {summary}"  # printed plain

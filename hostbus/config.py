@@ -42,6 +42,21 @@ def load(
     return config
 
 
+def default_state_dir() -> Path:
+    """Where hostbus keeps state it must not lose: $XDG_STATE_HOME/hostbus, or
+    ~/.local/state/hostbus."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "hostbus"
+
+
+def resolve(path: str, relative_to: str | Path | None) -> Path:
+    """A path from a config file: relative ones are relative to that file's folder."""
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute() or relative_to is None:
+        return candidate
+    return Path(relative_to).resolve().parent / candidate
+
+
 def _merge(into: dict[str, Any], data: dict[str, Any], source: str, path: tuple[str, ...],
            free_form: tuple[str, ...]) -> None:
     for key, value in data.items():

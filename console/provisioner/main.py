@@ -7,7 +7,6 @@ Exit codes: 0 stopped cleanly, 1 configuration error, 2 cannot reach the broker,
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 from pathlib import Path
@@ -39,10 +38,7 @@ DEFAULTS: dict[str, Any] = {
 
 
 def state_dir(configured: str) -> Path:
-    if configured:
-        return Path(configured)
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "hostbus"
+    return Path(configured) if configured else config.default_state_dir()
 
 
 def load_config(path: str | None) -> dict[str, Any]:

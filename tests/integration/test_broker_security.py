@@ -128,9 +128,13 @@ def test_enrolled_agent_and_console_work_with_their_own_users(rabbitmq, enroll, 
     online = EventCollector()
     console.subscribe([f"agent.{host}.online"], online)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOSTBUS_")}
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'[[rule]]\nname = "operator"\ncallers = ["{operator}"]\nallow = true\n')
     proc = subprocess.Popen([str(BIN / "hostbus-agent"), "--config", str(agent_cfg)],
                             stderr=subprocess.PIPE, text=True,
-                            env={**env, "HOSTBUS_HOST_POWER_CONTROL": "dry-run"})
+                            env={**env, "HOSTBUS_HOST_POWER_CONTROL": "dry-run",
+                                 "HOSTBUS_SECURITY_POLICY": str(policy),
+                                 "HOSTBUS_SECURITY_AUDIT_LOG": str(tmp_path / "audit.jsonl")})
     try:
         event = online.wait_for(lambda e: True, timeout=30)
         assert event.user_id == host  # the broker checked who published it

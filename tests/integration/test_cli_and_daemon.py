@@ -27,15 +27,19 @@ def daemon(rabbitmq, tmp_path):
     """Start hostbus-agent from a config file, as an operator would."""
     procs = []
 
-    def start(host_id=None, enroll=True, extra=""):
+    def start(host_id=None, enroll=True, extra="", policy=True):
         host_id = host_id or f"it-{uuid.uuid4().hex[:8]}"
         if enroll:
             rabbitmq.enroll(host_id, ["host"])
+        rules = tmp_path / "policy.toml"
+        rules.write_text('[[rule]]\nname = "tests may do anything"\nallow = true\n')
         cfg = tmp_path / f"{host_id}.toml"
         cfg.write_text(
             f'[broker]\nurl = "{rabbitmq.url}"\n'
             f'[agent]\nhost_id = "{host_id}"\nheartbeat_interval = 0.5\n'
             f'[agent.facts]\nsuite = "cli"\n'
+            f'[security]\npolicy = "{"policy.toml" if policy else ""}"\n'
+            f'audit_log = "audit-{host_id}.jsonl"\n'
             f'[host]\nmetrics_interval = 0.5\npower_control = "dry-run"\n{extra}'
         )
         proc = subprocess.Popen([str(BIN / "hostbus-agent"), "--config", str(cfg)],
@@ -176,3 +180,26 @@ def test_the_readme_examples_work_without_hostbus(rabbitmq, daemon, console):
         capture_output=True, text=True, timeout=30, check=False)
     assert events.returncode == 0, events.stderr
     assert events.stdout.count(f"agent.{host}.heartbeat") == 2
+
+
+def test_an_agent_without_a_policy_answers_discovery_only_and_audits(rabbitmq, daemon,
+                                                                     console, tmp_path):
+    events = EventCollector()
+    console.subscribe(["agent.#"], events)
+    host, proc = daemon(extra="", policy=False)
+    events.wait_for(lambda e: e.host == host and e.event == "online")
+    assert console.discover(expect=[host], filter={"host": host})  # discovery: yes
+    refused = console.call("host", "identify", host=host)
+    if refused.reply is None:
+        proc.terminate()
+        pytest.fail(f"no reply; the agent said: {proc.communicate(timeout=30)[1][-2000:]}")
+    assert refused.reply.error["code"] == "unauthorized"
+    assert "[security] policy" in refused.reply.error["message"]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    records = [json.loads(line) for line in
+               (tmp_path / f"audit-{host}.jsonl").read_text().splitlines()]
+    identify = [r for r in records if r["call"] == "host.identify"]
+    assert identify and identify[0]["decision"] == "denied"
+    assert identify[0]["rule"] == "no-policy" and identify[0]["caller"] == "guest"
+    assert not identify[0]["executed"]

@@ -74,3 +74,24 @@ def test_the_entry_points_are_installed():
                                else "agents.daemon", "--help"], capture_output=True, text=True,
                               check=False)
         assert done.returncode == 0 and expected in done.stdout
+
+
+def test_text_from_agents_is_printed_literally_not_as_markup():
+    import io
+
+    from rich.console import Console as RichConsole
+
+    from console.client import HostResult
+    from console.render import print_host_result
+    from hostbus.envelope import Reply
+
+    buf = io.StringIO()
+    out = RichConsole(file=buf, width=200, color_system=None)
+    reply = Reply(host="web01", agent="host", status="error",
+                  error={"code": "unauthorized", "message": "set [security] policy [/] [red]x"})
+    print_host_result(out, HostResult("web01", reply, 1.0))
+    ok = Reply(host="web01", agent="host", status="ok", result={"name": "[bold]sneaky[/bold]"})
+    print_host_result(out, HostResult("web01", ok, 1.0))
+    text = buf.getvalue()
+    assert "set [security] policy [/] [red]x" in text
+    assert "[bold]sneaky[/bold]" in text
