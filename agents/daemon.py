@@ -19,6 +19,7 @@ from agents.policy import DiscoveryOnly, Policy, RulesPolicy
 from agents.runtime import AgentRuntime
 from hostbus import __version__, config, names
 from hostbus.errors import BrokerRefused, ConfigError, ConnectionFailed, SchemaError
+from hostbus.signing import ReplayGuard, Verifier
 
 log = logging.getLogger("hostbus.agent")
 
@@ -40,6 +41,9 @@ DEFAULTS: dict[str, Any] = {
     "security": {
         "policy": "",
         "audit_log": "",
+        "trusted_keys": "",
+        "clock_skew_s": 30.0,
+        "max_deadline_s": 600.0,
     },
 }
 
@@ -88,8 +92,18 @@ def build_runtime(cfg: dict[str, Any], transport: Any,
             continue
         module = registry.load_module(name)
         agents.append(module.create(cfg[name], host_id=host_id))
+    verifier = None
+    if cfg["security"]["trusted_keys"]:
+        verifier = Verifier.from_folder(config.resolve(cfg["security"]["trusted_keys"],
+                                                       config_path))
+        log.info("signatures required; trusted keys: %s", ", ".join(sorted(verifier.trusted))
+                 or "none")
+    else:
+        log.warning("no [security] trusted_keys: request signatures are not checked")
+    replay = ReplayGuard(float(cfg["security"]["clock_skew_s"]),
+                         float(cfg["security"]["max_deadline_s"]))
     return AgentRuntime(
-        transport, host_id, agents,
+        transport, host_id, agents, verifier=verifier, replay=replay,
         heartbeat_interval=float(cfg["agent"]["heartbeat_interval"]),
         intervals={name: cfg[name] for name in cfg["agent"]["agents"] if name in cfg},
         max_message_bytes=int(cfg["agent"]["max_message_bytes"]),

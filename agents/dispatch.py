@@ -29,6 +29,7 @@ from hostbus.envelope import (
 from hostbus.errors import ErrorCode, RemoteError
 from hostbus.names import BUILTIN_AGENT
 from hostbus.schema import AgentSchema
+from hostbus.signing import ReplayGuard, Verifier
 from hostbus.transport.base import Delivery
 
 log = logging.getLogger("hostbus.dispatch")
@@ -83,6 +84,8 @@ class Dispatcher:
         policy: Policy | None = None,
         max_message_bytes: int = 1 << 20,
         check_results: bool = False,
+        verifier: Verifier | None = None,
+        replay: ReplayGuard | None = None,
     ) -> None:
         self.host_id = host_id
         self.agents = agents
@@ -90,6 +93,8 @@ class Dispatcher:
         self.policy: Policy = policy or AllowAll()
         self.max_message_bytes = max_message_bytes
         self.check_results = check_results
+        self.verifier = verifier  # None: signatures are not required
+        self.replay = replay or ReplayGuard()
 
     def handle(self, delivery: Delivery) -> Outcome:
         """Check and run in one go (the runtime splits the two across threads)."""
@@ -110,6 +115,16 @@ class Dispatcher:
             log.warning("rejected message %s from %s: %s %s", correlation,
                         delivery.properties.user_id or "-", err.code.value, err.message)
             return Outcome(self._error(BUILTIN_AGENT, None, err, correlation, started), reply_to)
+        if self.verifier is not None:
+            try:
+                self.verifier.verify(delivery.exchange, delivery.routing_key,
+                                     delivery.properties, delivery.body)
+            except RemoteError as err:
+                log.warning("refused %s from %s: %s %s", request.message_id,
+                            request.user_id or "-", err.code.value, err.message)
+                return Outcome(self._error(request.agent, request.method, err,
+                                           request.message_id, started), request.reply_to,
+                               request)
         try:
             return self._check_request(request, started)
         except Exception:  # last line of defence: a bug here must not reach the transport
@@ -142,6 +157,10 @@ class Dispatcher:
                 ErrorCode.EXPIRED,
                 f"deadline {request.deadline.isoformat()} passed before the request could run",
             ))
+        try:
+            self.replay.check(rid, request.deadline.timestamp())
+        except RemoteError as err:
+            return refuse(err)
         hosted = self.agents.get(agent_name)
         if hosted is None:
             return refuse(RemoteError(

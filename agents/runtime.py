@@ -26,6 +26,7 @@ from hostbus import __version__, names
 from hostbus.envelope import Event, now_rfc3339
 from hostbus.errors import BrokerRefused, SchemaError
 from hostbus.schema import AgentSchema, load_agent_schema
+from hostbus.signing import ReplayGuard, Verifier
 from hostbus.transport.base import Delivery, Transport
 
 log = logging.getLogger("hostbus.agent")
@@ -48,6 +49,8 @@ class AgentRuntime:
         schemas: dict[str, AgentSchema] | None = None,
         executor: Executor | None = None,
         audit: AuditLog | None = None,
+        verifier: Verifier | None = None,
+        replay: ReplayGuard | None = None,
     ) -> None:
         """``schemas`` supplies schemas not shipped in ``schemas/agents`` (test agents,
         third-party agents); the shipped files are used otherwise. ``executor`` shares
@@ -84,6 +87,7 @@ class AgentRuntime:
         self.dispatcher = Dispatcher(
             host_id, self.hosted, facts=self.facts, policy=policy,
             max_message_bytes=max_message_bytes, check_results=check_results,
+            verifier=verifier, replay=replay,
         )
 
     @classmethod

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 import time
 import uuid
@@ -21,6 +22,8 @@ import pika
 from agents.runtime import AgentRuntime
 from benchmarks.harness import Bench, summary
 from console.client import Console
+from hostbus.signing import Signer, Verifier, generate, read_public_key
+from hostbus.transport.base import parse_url
 
 
 def raw_round_trips(url: str, n: int, *, hostbus_topology: bool = False) -> list[float]:
@@ -81,11 +84,18 @@ def raw_round_trips(url: str, n: int, *, hostbus_topology: bool = False) -> list
     return samples
 
 
-def hostbus_round_trips(bench: Bench, n: int) -> list[float]:
+def hostbus_round_trips(bench: Bench, n: int, *, signed: bool = False) -> list[float]:
     host = f"bench{uuid.uuid4().hex[:6]}"
     bench.admin.enroll_host(bench.vhost, host, [])
-    runtime = AgentRuntime.serve(bench.url, host, [], heartbeat_interval=0)
-    console = Console.connect(bench.url)
+    verifier, signer = None, None
+    if signed:  # Ed25519: the console signs, the agent verifies, both in this run
+        with tempfile.TemporaryDirectory() as folder:
+            user = parse_url(bench.url).user
+            key_path, pub_path = generate(user, folder)
+            signer = Signer.load(key_path)
+            verifier = Verifier(dict([read_public_key(pub_path)]))
+    runtime = AgentRuntime.serve(bench.url, host, [], heartbeat_interval=0, verifier=verifier)
+    console = Console.connect(bench.url, signer=signer)
     samples = []
     try:
         for _ in range(n):
@@ -107,7 +117,8 @@ def run(bench: Bench, n: int) -> dict[str, Any]:
     for label, fn in (("raw_pika", lambda k: raw_round_trips(bench.url, k)),
                       ("raw_pika_hostbus_topology",
                        lambda k: raw_round_trips(bench.url, k, hostbus_topology=True)),
-                      ("hostbus", lambda k: hostbus_round_trips(bench, k))):
+                      ("hostbus", lambda k: hostbus_round_trips(bench, k)),
+                      ("hostbus_signed", lambda k: hostbus_round_trips(bench, k, signed=True))):
         fn(warm)
         samples[label] = fn(n)
         out[label] = summary(samples[label])
@@ -116,4 +127,6 @@ def run(bench: Bench, n: int) -> dict[str, Any]:
     out["ratio_p99"] = round(out["hostbus"]["p99"] / out["raw_pika"]["p99"], 2)
     out["ratio_p50_vs_same_topology"] = round(
         out["hostbus"]["p50"] / out["raw_pika_hostbus_topology"]["p50"], 2)
+    out["signed_over_unsigned_p50"] = round(out["hostbus_signed"]["p50"] / out["hostbus"]["p50"],
+                                            2)
     return out

@@ -21,6 +21,9 @@ def checks(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
         rows.append(("call round trip p50", f"{p50:.3f} ms", "<= 1.0 ms", p50 <= 1.0))
         rows.append(("call p50 / raw pika p50", f"{call['ratio_p50']}x", "<= 2.5x",
                      call["ratio_p50"] <= 2.5))
+        if "signed_over_unsigned_p50" in call:
+            ratio = call["signed_over_unsigned_p50"]
+            rows.append(("signed call p50 / unsigned", f"{ratio}x", "< 2x", ratio < 2))
     for item in results.get("fanout", []):
         if item["agents"] == 1000:
             ms = item["return_ms_idle_window"]
@@ -50,7 +53,10 @@ def text(results: dict[str, Any]) -> str:
         lines.append("call round trip (ms)        p50      p90      p99")
         for key, label in (("raw_pika", "raw pika"),
                            ("raw_pika_hostbus_topology", "raw pika, hostbus topology"),
-                           ("hostbus", "hostbus")):
+                           ("hostbus", "hostbus"),
+                           ("hostbus_signed", "hostbus, signed (Ed25519)")):
+            if key not in call:
+                continue
             r = call[key]
             lines.append(f"  {label:26} {r['p50']:7.3f}  {r['p90']:7.3f}  {r['p99']:7.3f}")
         lines.append("")

@@ -31,6 +31,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOTHING, EXIT_NO_REPLY, EXIT_CONNECT = 0,
 CONSOLE_DEFAULTS: dict[str, Any] = {
     "broker": {"url": "amqp://guest:guest@127.0.0.1:5672/hostbus", "connect_timeout": 5.0},
     "console": {"timeout": 10.0, "idle": 0.3, "admin_url": "http://guest:guest@127.0.0.1:15672"},
+    "security": {"signing_key": ""},
 }
 USER_CONFIG = Path.home() / ".config" / "hostbus" / "console.toml"
 
@@ -48,8 +49,9 @@ def fail(message: str, code: int) -> NoReturn:
 
 
 class State:
-    def __init__(self, cfg: dict[str, Any]) -> None:
+    def __init__(self, cfg: dict[str, Any], config_path: str | None = None) -> None:
         self.cfg = cfg
+        self.config_path = config_path
         self._console: Console | None = None
 
     @property
@@ -58,10 +60,19 @@ class State:
 
     def console(self, *, validate: bool = True) -> Console:
         if self._console is None:
+            signer = None
+            if self.cfg["security"]["signing_key"]:
+                from hostbus.signing import Signer
+
+                try:
+                    signer = Signer.load(config.resolve(self.cfg["security"]["signing_key"],
+                                                        self.config_path))
+                except ConfigError as exc:
+                    fail(str(exc), EXIT_USAGE)
             try:
                 self._console = Console.connect(
                     self.url, connect_timeout=float(self.cfg["broker"]["connect_timeout"]),
-                    validate=validate,
+                    validate=validate, signer=signer,
                 )
             except ConnectionFailed as exc:
                 fail(f"cannot connect: {exc}", EXIT_CONNECT)
@@ -131,7 +142,7 @@ def cli(ctx: click.Context, url: str | None, config_file: str | None) -> None:
         fail(str(exc), EXIT_USAGE)
     if url:
         cfg["broker"]["url"] = url
-    state = State(cfg)
+    state = State(cfg, path)
     ctx.obj = state
     ctx.call_on_close(state.close)
 
@@ -1016,6 +1027,46 @@ def provision_list(state: State, owner: str | None, status: str | None, limit: i
              "updated": r["updated"]} for r in result["requests"]]
     _out().print(objects_table(rows))
     click.echo(f"{len(rows)} request{'s' if len(rows) != 1 else ''}")
+
+
+# -------------------------------------------------------------------------- keys
+@cli.group()
+def keys() -> None:
+    """Ed25519 keys for signing requests."""
+
+
+@keys.command("generate")
+@click.argument("name")
+@click.option("--out", "folder", default=".", show_default=True, type=click.Path(),
+              help="Folder for NAME.key (private, mode 0600) and NAME.pub.")
+@json_option
+def keys_generate(name: str, folder: str, as_json: bool) -> None:
+    """Make a key pair for the identity NAME (its broker user name).
+
+    \b
+    The console signs with NAME.key:   [security] signing_key = "NAME.key"
+    Agents that should obey NAME get NAME.pub in their trusted keys folder:
+                                       [security] trusted_keys = "/etc/hostbus/trusted"
+    """
+    from hostbus.broker_admin import IDENTITY_RE
+    from hostbus.signing import generate
+
+    if not IDENTITY_RE.match(name):
+        fail(f"invalid name {name!r}: use the identity's broker user name (a-z 0-9 _ -)",
+             EXIT_USAGE)
+    try:
+        key_path, pub_path = generate(name, folder)
+    except FileExistsError:
+        fail(f"{folder}/{name}.key exists; a key is not overwritten (move it away first)",
+             EXIT_USAGE)
+    except OSError as exc:
+        fail(f"cannot write to {folder}: {exc}", EXIT_FAILED)
+    if as_json:
+        _emit_json({"name": name, "private": str(key_path), "public": str(pub_path)})
+    else:
+        click.echo(f"private key {key_path} (mode 0600): keep it on {name}'s machine only")
+        click.echo(f"public key  {pub_path}: copy it into the trusted keys folder of each "
+                   "agent that should obey it")
 
 
 # ------------------------------------------------------------------------ policy

@@ -33,6 +33,7 @@ from hostbus.schema import (
     envelope_validator,
     load_agent_schema,
 )
+from hostbus.signing import Signer
 from hostbus.transport.base import Delivery, Properties, Transport
 
 log = logging.getLogger("hostbus.console")
@@ -155,8 +156,10 @@ def method_spec(agent: str, method: str,
 
 class Console:
     def __init__(self, transport: Transport, *, validate: bool = True,
-                 schemas: dict[str, AgentSchema] | None = None) -> None:
+                 schemas: dict[str, AgentSchema] | None = None,
+                 signer: Signer | None = None) -> None:
         self.transport = transport
+        self.signer = signer
         self.validate = validate
         self.schemas = dict(schemas or {})
         self._specs: dict[tuple[str, str], MethodSpec] = {}
@@ -234,6 +237,9 @@ class Console:
         with self._lock:
             self._pending[req.message_id] = waiting
         body, props = req.encode()
+        if self.signer is not None:
+            props.user_id = self.transport.user  # signed, so it must be set before
+            self.signer.sign(names.REQUEST_EXCHANGE, req.routing_key(), props, body)
         self.transport.publish(names.REQUEST_EXCHANGE, req.routing_key(), body, props)
         return req.message_id
 

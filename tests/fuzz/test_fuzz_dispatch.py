@@ -84,3 +84,27 @@ def test_the_dispatcher_never_raises_and_refusals_never_run(body, props):
     # A dangerous call only ever runs with arguments its schema allows.
     for action, delay, reason in power.calls:
         assert action in ("reboot", "shutdown") and 0 <= delay <= 86400 and len(reason) <= 200
+
+
+@given(body=bodies, props=properties)
+def test_with_signatures_required_nothing_unsigned_ever_runs(body, props):
+    """Random messages carry no valid signature: every one is refused, none runs."""
+    dispatcher, probe, power = build()
+    dispatcher.verifier = VERIFIER
+    outcome = dispatcher.handle(Delivery(body, props, "hostbus.request", "host.web01"))
+    assert not outcome.executed and probe.executed == [] and power.calls == []
+    if outcome.reply is not None:
+        assert outcome.reply.error["code"] in ERROR_CODES
+
+
+def _verifier():
+    import tempfile
+
+    from hostbus.signing import Verifier, generate, read_public_key
+
+    with tempfile.TemporaryDirectory() as folder:
+        _, pub = generate("trusted", folder)
+        return Verifier({"mallory": read_public_key(pub)[1]})
+
+
+VERIFIER = _verifier()

@@ -1,6 +1,7 @@
 """The dispatcher's checks, cheapest first; nothing refused is ever executed."""
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -26,7 +27,8 @@ def setup():
 
 
 def deliver(body, **props):
-    base = {"message_id": "req-1", "content_type": "application/json", "type": REQUEST_TYPE,
+    base = {"message_id": f"req-{uuid.uuid4().hex}", "content_type": "application/json",
+            "type": REQUEST_TYPE,
             "reply_to": "hostbus.reply.t", "user_id": "alice"}
     base.update(props)
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -44,7 +46,7 @@ def test_a_good_request_runs_and_replies_ok(setup):
     dispatcher, probe, _ = setup
     out = dispatcher.handle(deliver(request(args={"text": "ab", "times": 2})))
     assert out.reply.ok and out.reply.result == {"text": "abab"}
-    assert out.reply_to == "hostbus.reply.t" and out.reply.correlation_id == "req-1"
+    assert out.reply_to == "hostbus.reply.t" and out.reply.correlation_id.startswith("req-")
     assert probe.executed == ["echo"]
 
 
@@ -132,7 +134,8 @@ def test_a_failing_method_gives_internal_and_a_wire_error_passes_through(setup):
 
 def test_methods_asking_for_ctx_see_the_broker_validated_caller(setup):
     dispatcher, _, _ = setup
-    out = dispatcher.handle(deliver(request(method="whoami", args={}), user_id="bob"))
+    out = dispatcher.handle(deliver(request(method="whoami", args={}), user_id="bob",
+                                    message_id="req-1"))
     assert out.reply.result == {"caller": "bob", "request_id": "req-1"}
 
 

@@ -1,4 +1,5 @@
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -90,7 +91,7 @@ def request(method, args, user="mallory"):
             "target": {"host": "web01"},
             "deadline": (datetime.now(UTC) + timedelta(seconds=30)).isoformat()}
     return Delivery(json.dumps(body).encode(), Properties(
-        message_id=f"r-{method}", reply_to="hostbus.reply.t.x",
+        message_id=f"r-{method}-{uuid.uuid4().hex[:8]}", reply_to="hostbus.reply.t.x",
         content_type="application/json", type=REQUEST_TYPE, user_id=user),
         "hostbus.request", "host.web01")
 

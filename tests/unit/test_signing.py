@@ -1,0 +1,133 @@
+"""Signed requests: the agent verifies before anything else it does, refuses with
+bad_signature or replayed, and executes nothing it refused."""
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from agents.dispatch import Dispatcher, HostedAgent
+from hostbus import names
+from hostbus.envelope import new_request
+from hostbus.errors import RemoteError
+from hostbus.schema import load_agent_schema
+from hostbus.signing import SIG_HEADER, ReplayGuard, Signer, Verifier, generate, read_public_key
+from hostbus.transport.base import Delivery
+from tests.fakes import make_host_agent
+
+
+@pytest.fixture
+def keys(tmp_path):
+    made = {}
+    for name in ("alice", "eve"):
+        key_path, pub_path = generate(name, tmp_path)
+        made[name] = (Signer.load(key_path), read_public_key(pub_path)[1])
+    return made
+
+
+@pytest.fixture
+def setup(keys):
+    agent, _, power = make_host_agent("web01")
+    dispatcher = Dispatcher("web01", {"host": HostedAgent(agent, load_agent_schema("host"))},
+                            facts=dict, verifier=Verifier({"alice": keys["alice"][1]}))
+    return dispatcher, power
+
+
+def signed(signer, *, user="alice", method="reboot", args=None, deadline_s=10.0,
+           routing_key=None, tamper=None):
+    req = new_request("host", method, args if args is not None else {"delay_s": 60},
+                      host="web01", timeout=deadline_s, reply_to="hostbus.reply.alice.x")
+    body, props = req.encode()
+    props.user_id = user
+    key = routing_key or req.routing_key()
+    if signer is not None:
+        signer.sign(names.REQUEST_EXCHANGE, req.routing_key(), props, body)
+    if tamper == "body":
+        body = body.replace(b'"delay_s":60', b'"delay_s":0')
+    return Delivery(body, props, names.REQUEST_EXCHANGE, key)
+
+
+def test_a_request_signed_by_its_senders_trusted_key_runs(setup, keys):
+    dispatcher, power = setup
+    out = dispatcher.handle(signed(keys["alice"][0]))
+    assert out.reply.ok and power.calls == [("reboot", 60, "requested through hostbus")]
+
+
+@pytest.mark.parametrize(("make", "fragment"), [
+    (lambda k: signed(None), "not signed"),
+    (lambda k: signed(k["alice"][0], tamper="body"), "does not match"),
+    (lambda k: signed(k["alice"][0], routing_key="host._all"), "does not match"),
+    (lambda k: signed(k["eve"][0]), "does not match alice's trusted key"),
+    (lambda k: signed(k["eve"][0], user="eve"), "trusts no key for 'eve'"),
+    (lambda k: signed(k["alice"][0], user=""), "no user_id"),
+])
+def test_unsigned_forged_and_untrusted_requests_are_refused(setup, keys, make, fragment):
+    dispatcher, power = setup
+    out = dispatcher.handle(make(keys))
+    assert out.reply.error["code"] == "bad_signature"
+    assert fragment in out.reply.error["message"]
+    assert power.calls == []
+
+
+def test_a_garbled_signature_header_is_a_bad_signature_not_a_crash(setup, keys):
+    dispatcher, power = setup
+    delivery = signed(keys["alice"][0])
+    delivery.properties.headers[SIG_HEADER] = "%%% not base64"
+    assert dispatcher.handle(delivery).reply.error["code"] == "bad_signature"
+    delivery.properties.headers[SIG_HEADER] = 12345
+    assert dispatcher.handle(delivery).reply.error["code"] == "bad_signature"
+    assert power.calls == []
+
+
+def test_a_replayed_request_is_refused_and_runs_once(setup, keys):
+    dispatcher, power = setup
+    delivery = signed(keys["alice"][0])
+    first = dispatcher.handle(delivery)
+    again = dispatcher.handle(delivery)
+    assert first.reply.ok and again.reply.error["code"] == "replayed"
+    assert len(power.calls) == 1
+
+
+def test_a_signed_request_cannot_stay_valid_for_long(setup, keys):
+    dispatcher, power = setup
+    out = dispatcher.handle(signed(keys["alice"][0], deadline_s=86400))
+    assert out.reply.error["code"] == "bad_message" and "ahead" in out.reply.error["message"]
+    assert power.calls == []
+
+
+def test_the_replay_guard_forgets_ids_after_their_deadline():
+    guard = ReplayGuard(skew_s=0, max_ahead_s=600)
+    past = (datetime.now(UTC) - timedelta(seconds=1)).timestamp()
+    guard.check("old", past)
+    guard._next_prune = 0  # prune on the next check
+    guard.check("new", past + 100)
+    assert "old" not in guard._seen
+    with pytest.raises(RemoteError, match="already received"):
+        guard.check("new", past + 100)
+
+
+def test_the_console_signs_what_it_sends(memory_broker, keys):
+    from agents.runtime import AgentRuntime
+    from console.client import Console
+    from hostbus.transport.memory import MemoryTransport
+
+    memory_broker.enroll("web01", ["host"])
+    agent_t = MemoryTransport(memory_broker, user="web01")
+    agent_t.start()
+    agent, _, power = make_host_agent("web01")
+    runtime = AgentRuntime(agent_t, "web01", [agent], heartbeat_interval=0,
+                           verifier=Verifier({"alice": keys["alice"][1]}))
+    runtime.start()
+    results = {}
+    for who, signer in (("alice", keys["alice"][0]), ("unsigned", None)):
+        t = MemoryTransport(memory_broker, user="alice")
+        t.start()
+        console = Console(t, signer=signer)
+        console.open()
+        results[who] = console.call("host", "identify", host="web01")
+        console.close()
+    runtime.stop("test over")
+    assert power.calls == []  # identify only
+    assert results["alice"].status == "ok"
+    assert results["unsigned"].reply.error["code"] == "bad_signature"
+    assert json.loads(json.dumps(results["alice"].reply.result))["host_id"] == "web01"
