@@ -785,15 +785,20 @@ def _enroll_named(state: State, kind: str, name: str, config_out: str | None, fo
         click.echo(f"broker user {name} ({kind}) created; config written to {path} (mode 0600)")
 
 
-@broker.command("enroll-console")
-@click.argument("name")
-@config_out_option
-@force_option
-@broker_url_option
-@admin_option
-@vhost_option
-@json_option
-@click.pass_obj
+def identity_command(name: str) -> Callable[[Callable[..., Any]], Any]:
+    """The options every enroll-* command for a named identity takes."""
+
+    def wrap(fn: Callable[..., Any]) -> Any:
+        for option in (click.pass_obj, json_option, vhost_option, admin_option,
+                       broker_url_option, force_option, config_out_option,
+                       click.argument("name"), broker.command(name)):
+            fn = option(fn)
+        return fn
+
+    return wrap
+
+
+@identity_command("enroll-console")
 def enroll_console(state: State, name: str, config_out: str | None, force: bool,
                    broker_url: str | None, admin_url: str | None, vhost: str | None,
                    as_json: bool) -> None:
@@ -804,15 +809,7 @@ def enroll_console(state: State, name: str, config_out: str | None, force: bool,
                   as_json, "Use it with: hostbus --config THIS_FILE ...")
 
 
-@broker.command("enroll-app")
-@click.argument("name")
-@config_out_option
-@force_option
-@broker_url_option
-@admin_option
-@vhost_option
-@json_option
-@click.pass_obj
+@identity_command("enroll-app")
 def enroll_app(state: State, name: str, config_out: str | None, force: bool,
                broker_url: str | None, admin_url: str | None, vhost: str | None,
                as_json: bool) -> None:
