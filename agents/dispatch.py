@@ -115,17 +115,17 @@ class Dispatcher:
             log.warning("rejected message %s from %s: %s %s", correlation,
                         delivery.properties.user_id or "-", err.code.value, err.message)
             return Outcome(self._error(BUILTIN_AGENT, None, err, correlation, started), reply_to)
-        if self.verifier is not None:
-            try:
-                self.verifier.verify(delivery.exchange, delivery.routing_key,
-                                     delivery.properties, delivery.body)
-            except RemoteError as err:
-                log.warning("refused %s from %s: %s %s", request.message_id,
-                            request.user_id or "-", err.code.value, err.message)
-                return Outcome(self._error(request.agent, request.method, err,
-                                           request.message_id, started), request.reply_to,
-                               request)
         try:
+            if self.verifier is not None:
+                try:
+                    self.verifier.verify(delivery.exchange, delivery.routing_key,
+                                         delivery.properties, delivery.body)
+                except RemoteError as err:
+                    log.warning("refused %s from %s: %s %s", request.message_id,
+                                request.user_id or "-", err.code.value, err.message)
+                    return Outcome(self._error(request.agent, request.method, err,
+                                               request.message_id, started),
+                                   request.reply_to, request)
             return self._check_request(request, started)
         except Exception:  # last line of defence: a bug here must not reach the transport
             log.exception("dispatcher failed on request %s", request.message_id)
