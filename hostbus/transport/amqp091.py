@@ -26,8 +26,21 @@ import pika.exceptions as pex
 from pika.adapters.blocking_connection import BlockingChannel
 
 from hostbus import names
-from hostbus.errors import BrokerRefused, ConnectionFailed, HostbusError, TransportClosed
-from hostbus.transport.base import Delivery, Handler, Properties, Transport, parse_url
+from hostbus.errors import (
+    BrokerRefused,
+    ConfigError,
+    ConnectionFailed,
+    HostbusError,
+    TransportClosed,
+)
+from hostbus.transport.base import (
+    Delivery,
+    Handler,
+    Properties,
+    Transport,
+    parse_url,
+    split_urls,
+)
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +151,14 @@ class PikaTransport(Transport):
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__()
-        self.url = parse_url(url)
+        self.urls = [parse_url(u) for u in split_urls(url)]
+        self.url = self.urls[0]
+        if len({(u.user, u.vhost) for u in self.urls}) > 1:
+            raise ConfigError("all broker URLs must have the same user and vhost (they are "
+                              "nodes of one cluster)")
         self.user = self.url.user
+        self._first = 0  # where the next connection attempt starts in self.urls
+        self.connected_to = ""
         self._name = connection_name
         self._heartbeat = heartbeat
         self._connect_timeout = connect_timeout
@@ -178,16 +197,23 @@ class PikaTransport(Transport):
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
 
-    def _params(self) -> pika.ConnectionParameters:
+    def _params(self) -> list[pika.ConnectionParameters]:
+        """One set of parameters per broker; pika tries them in turn. After a reconnect
+        the list starts where the last working node was, so a dead node is not retried
+        first every time."""
+        order = self.urls[self._first:] + self.urls[:self._first]
+        return [self._params_for(u) for u in order]
+
+    def _params_for(self, url: Any) -> pika.ConnectionParameters:
         ssl_options = None
-        if self.url.scheme == "amqps":
+        if url.scheme == "amqps":
             ctx = self._tls_context or ssl.create_default_context()
-            ssl_options = pika.SSLOptions(ctx, server_hostname=self.url.host)
+            ssl_options = pika.SSLOptions(ctx, server_hostname=url.host)
         return pika.ConnectionParameters(
-            host=self.url.host,
-            port=self.url.port,
-            virtual_host=self.url.vhost,
-            credentials=pika.PlainCredentials(self.url.user, self.url.password),
+            host=url.host,
+            port=url.port,
+            virtual_host=url.vhost,
+            credentials=pika.PlainCredentials(url.user, url.password),
             heartbeat=self._heartbeat,
             blocked_connection_timeout=60,
             socket_timeout=self._connect_timeout,
@@ -199,6 +225,12 @@ class PikaTransport(Transport):
 
     def _open(self) -> None:
         self._conn = pika.BlockingConnection(self._params())
+        params = self._conn._impl.params  # the node that answered
+        self.connected_to = f"{params.host}:{params.port}"
+        for i, url in enumerate(self.urls):
+            if (url.host, url.port) == (params.host, params.port):
+                # If this node goes away, the next attempt starts with the one after it.
+                self._first = (i + 1) % len(self.urls)
         self._open_channel()
 
     def _open_channel(self) -> None:

@@ -142,9 +142,19 @@ class BrokerURL:
         return f"{self.scheme}://{self.user}@{self.host}:{self.port}/{self.vhost}"
 
 
+def split_urls(urls: str) -> list[str]:
+    """Several brokers (a cluster) are given as one string, separated by commas; they are
+    tried in turn."""
+    found = [u.strip() for u in urls.split(",") if u.strip()]
+    if not found:
+        raise ConfigError("the broker URL is empty; give amqp://user:pass@host:port/vhost")
+    return found
+
+
 def parse_url(url: str) -> BrokerURL:
-    """Parse ``amqp[s]://user:pass@host:port/vhost``; the vhost defaults to ``hostbus``."""
-    parts = urlsplit(url)
+    """Parse ``amqp[s]://user:pass@host:port/vhost`` (the first, if several are given);
+    the vhost defaults to ``hostbus``."""
+    parts = urlsplit(split_urls(url)[0])
     if parts.scheme not in ("amqp", "amqps", "memory"):
         raise ConfigError(
             f"broker URL {url!r} has scheme {parts.scheme!r}; use amqp:// or amqps://"

@@ -87,3 +87,19 @@ def test_agents_and_consoles_reconnect_and_in_flight_calls_fail_fast(rabbitmq,
     finally:
         console.close()
         runtime.stop("test over")
+
+
+def test_several_broker_urls_are_tried_in_turn(rabbitmq):
+    host = f"rc-{uuid.uuid4().hex[:6]}"
+    rabbitmq.enroll(host, [])
+    dead = rabbitmq.url.replace(":5672/", ":1/") if ":5672/" in rabbitmq.url else None
+    if dead is None:
+        pytest.skip("the test broker URL has no explicit :5672 port to replace")
+    runtime = AgentRuntime.serve(f"{dead}, {rabbitmq.url}", host, [], heartbeat_interval=0)
+    console = Console.connect(f"{dead},{rabbitmq.url}")
+    try:
+        assert runtime.transport.connected_to.endswith(":5672")
+        assert console.call("agent", "ping", host=host).status == "ok"
+    finally:
+        console.close()
+        runtime.stop("test over")
