@@ -36,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
         "max_message_bytes": 1048576,
         "workers": 4,
         "log_level": "info",
+        "state_dir": "",
         "facts": {},
     },
     "security": {
@@ -83,9 +84,10 @@ def build_runtime(cfg: dict[str, Any], transport: Any,
         policy = DiscoveryOnly()
         log.warning("no [security] policy file: only discovery is answered; every other "
                     "request is refused (see etc/policy.toml)")
+    state = (config.resolve(cfg["agent"]["state_dir"], config_path)
+             if cfg["agent"]["state_dir"] else config.default_state_dir())
     audit_path = (config.resolve(cfg["security"]["audit_log"], config_path)
-                  if cfg["security"]["audit_log"]
-                  else config.default_state_dir() / f"audit-{host_id}.jsonl")
+                  if cfg["security"]["audit_log"] else state / f"audit-{host_id}.jsonl")
     agents = []
     for name in cfg["agent"]["agents"]:
         if name == names.BUILTIN_AGENT:
@@ -101,7 +103,8 @@ def build_runtime(cfg: dict[str, Any], transport: Any,
     else:
         log.warning("no [security] trusted_keys: request signatures are not checked")
     replay = ReplayGuard(float(cfg["security"]["clock_skew_s"]),
-                         float(cfg["security"]["max_deadline_s"]))
+                         float(cfg["security"]["max_deadline_s"]),
+                         path=state / f"recent-{host_id}.db")
     return AgentRuntime(
         transport, host_id, agents, verifier=verifier, replay=replay,
         heartbeat_interval=float(cfg["agent"]["heartbeat_interval"]),

@@ -213,9 +213,13 @@ class AgentRuntime:
             self._audit(outcome)
         try:
             self.requests_handled += 1
-            if outcome.reply is not None and outcome.reply_to is not None:
+            if outcome.reply is not None:
                 body, props = outcome.reply.encode()
-                self.transport.publish(names.REPLY_EXCHANGE, outcome.reply_to, body, props)
+                if outcome.request is not None:
+                    self.dispatcher.replay.remember_reply(outcome.request.message_id, body)
+                if outcome.reply_to is not None:
+                    self.transport.publish(names.REPLY_EXCHANGE, outcome.reply_to, body,
+                                           props)
         except Exception:
             log.exception("failed to send a reply")
 

@@ -37,6 +37,7 @@ def daemon(rabbitmq, tmp_path):
         cfg.write_text(
             f'[broker]\nurl = "{rabbitmq.url}"\n'
             f'[agent]\nhost_id = "{host_id}"\nheartbeat_interval = 0.5\n'
+            f'state_dir = "state"\n'
             f'[agent.facts]\nsuite = "cli"\n'
             f'[security]\npolicy = "{"policy.toml" if policy else ""}"\n'
             f'audit_log = "audit-{host_id}.jsonl"\n'
@@ -203,3 +204,49 @@ def test_an_agent_without_a_policy_answers_discovery_only_and_audits(rabbitmq, d
     assert identify and identify[0]["decision"] == "denied"
     assert identify[0]["rule"] == "no-policy" and identify[0]["caller"] == "guest"
     assert not identify[0]["executed"]
+
+
+def test_a_request_repeated_after_an_agent_restart_does_not_run_twice(rabbitmq, daemon,
+                                                                      console):
+    import pika
+
+    from hostbus import names
+    from hostbus.envelope import new_request
+
+    events = EventCollector()
+    console.subscribe(["agent.#"], events)
+    host, first = daemon()
+    events.wait_for(lambda e: e.host == host and e.event == "online")
+    conn = pika.BlockingConnection(pika.URLParameters(rabbitmq.url))
+    ch = conn.channel()
+    reply_q = f"hostbus.reply.guest.{uuid.uuid4().hex[:8]}"
+    ch.queue_declare(reply_q, exclusive=True)
+    ch.queue_bind(reply_q, "hostbus.reply", routing_key=reply_q)
+    req = new_request("host", "reboot", {"delay_s": 60}, host=host, timeout=120,
+                      reply_to=reply_q)
+    body, props = req.encode()
+    pika_props = pika.BasicProperties(message_id=props.message_id, reply_to=reply_q,
+                                      content_type=props.content_type, type=props.type)
+
+    def send_and_read():
+        ch.basic_publish(names.REQUEST_EXCHANGE, req.routing_key(), body, pika_props)
+        for _m, _p, raw in ch.consume(reply_q, inactivity_timeout=20):
+            ch.cancel()
+            assert raw is not None, "no reply"
+            return json.loads(raw)
+        return None
+
+    assert send_and_read()["status"] == "ok"
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(30) == 0
+    epoch = next(e for e, _ in events.events if e.host == host and e.event == "online").epoch
+    host, second = daemon(host_id=host, enroll=False)  # same state folder
+    events.wait_for(lambda e: e.host == host and e.event == "online" and e.epoch != epoch)
+    repeat = send_and_read()
+    conn.close()
+    assert repeat["error"]["code"] == "replayed"
+    assert repeat["error"]["details"]["earlier_reply"]["status"] == "ok"
+    second.send_signal(signal.SIGTERM)
+    second.wait(30)
+    logs = first.stderr.read() + second.stderr.read()
+    assert logs.count("would reboot") == 1, "the repeated request ran again"

@@ -131,3 +131,30 @@ def test_the_console_signs_what_it_sends(memory_broker, keys):
     assert results["alice"].status == "ok"
     assert results["unsigned"].reply.error["code"] == "bad_signature"
     assert json.loads(json.dumps(results["alice"].reply.result))["host_id"] == "web01"
+
+
+def test_a_repeat_gets_the_earlier_reply_even_after_a_restart(tmp_path, keys):
+    future = (datetime.now(UTC) + timedelta(seconds=60)).timestamp()
+    guard = ReplayGuard(path=tmp_path / "recent.db")
+    guard.check("r1", future)
+    with pytest.raises(RemoteError, match="still being handled"):
+        guard.check("r1", future)
+    guard.remember_reply("r1", b'{"v":1,"status":"ok","result":{"done":true}}')
+    restarted = ReplayGuard(path=tmp_path / "recent.db")  # a new agent process
+    with pytest.raises(RemoteError) as info:
+        restarted.check("r1", future)
+    assert info.value.code.value == "replayed"
+    assert info.value.details["earlier_reply"]["result"] == {"done": True}
+    restarted.check("r2", future)  # new ids are fine
+
+
+def test_a_retried_request_does_not_run_twice_and_learns_the_outcome(setup, keys):
+    dispatcher, power = setup
+    delivery = signed(keys["alice"][0])
+    first = dispatcher.handle(delivery)
+    body, _ = first.reply.encode()
+    dispatcher.replay.remember_reply(first.request.message_id, body)
+    again = dispatcher.handle(delivery)
+    assert again.reply.error["code"] == "replayed"
+    assert again.reply.error["details"]["earlier_reply"]["status"] == "ok"
+    assert len(power.calls) == 1
