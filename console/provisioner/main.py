@@ -12,7 +12,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from agents.audit import AuditLog
 from agents.daemon import setup_logging
+from agents.policy import RulesPolicy
 from agents.runtime import AgentRuntime
 from console.client import Console
 from console.provisioner.agent import ProvisionAgent
@@ -32,6 +34,8 @@ DEFAULTS: dict[str, Any] = {
         "discovery_idle": 0.3,
         "heartbeat_interval": 10.0,
         "log_level": "info",
+        "policy": "",
+        "audit_log": "",
     },
     "quotas": {"default_max_vms": 20, "owners": {}},
 }
@@ -73,10 +77,24 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
         return 2
     runtime = AgentRuntime(agent_transport, host_id, [agent],
                            heartbeat_interval=float(pcfg["heartbeat_interval"]))
+    policy = None
+    if pcfg["policy"]:
+        try:
+            policy = RulesPolicy.load(config.resolve(pcfg["policy"], config_path), host_id)
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return 1
+        log.info("provisioning policy: %d rules (default deny)", len(policy.rules))
+    else:
+        log.warning("no [provisioner] policy: every enrolled sender may provision, within "
+                    "its quota")
+    audit = AuditLog(config.resolve(pcfg["audit_log"], config_path) if pcfg["audit_log"]
+                     else store.path.parent / f"audit-{host_id}.jsonl")
     provisioner = Provisioner(
         console=console, store=store, agent=agent, host_id=host_id,
         quotas=Quotas(int(cfg["quotas"]["default_max_vms"]), owners),
         call_timeout=float(pcfg["call_timeout"]), discovery_idle=float(pcfg["discovery_idle"]),
+        policy=policy, audit=audit,
     )
     try:
         runtime.start()

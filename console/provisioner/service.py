@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from agents.audit import AuditLog, args_digest
+from agents.policy import RulesPolicy
 from console.client import Console
 from console.provisioner.agent import ProvisionAgent
 from console.provisioner.placement import Candidate, place
@@ -51,7 +53,13 @@ class Quotas:
 class Provisioner:
     def __init__(self, *, console: Console, store: RequestStore, agent: ProvisionAgent,
                  host_id: str, quotas: Quotas, call_timeout: float = 60.0,
-                 discovery_idle: float = 0.3) -> None:
+                 discovery_idle: float = 0.3, policy: RulesPolicy | None = None,
+                 audit: AuditLog | None = None) -> None:
+        """``policy`` decides who may ask for what, with the agents' rules engine: the
+        caller is the message's broker-checked user_id, the call ``provision.submit``, and
+        the arguments the request's fields (template, count, owner, vcpus, ...)."""
+        self.policy = policy
+        self.audit = audit
         self.console = console
         self.store = store
         self.agent = agent
@@ -97,6 +105,7 @@ class Provisioner:
             delivery.nack(False)
             return
         count = int(body.get("count", 1))
+        caller = delivery.properties.user_id or ""
         record = self.store.get(rid)
         if record is not None and record.status != "accepted":
             # Finished before a crash that came before the acknowledgement.
@@ -111,6 +120,7 @@ class Provisioner:
             return
         try:
             if record is None:
+                self._authorize(rid, caller, body)
                 self.quotas.check(body["owner"], self.store.vms_owned(body["owner"]), count)
                 record = self.store.accept(rid, body["owner"], body["template"], count)
                 log.info("accepted %s: %d x %s for %s", rid, count, body["template"],
@@ -128,8 +138,10 @@ class Provisioner:
             self.agent.emit("failed", {"request_id": rid, "code": err.code.value,
                                        "reason": err.message})
             self._finish_reply(reply_to, rid, None, err.to_wire())
+            self._audit(rid, caller, body, "failed", err.code.value)
             delivery.nack(False)
             return
+        self._audit(rid, caller, body, "completed", "ok")
         self.store.complete(rid, vms)
         self.agent.emit("completed", {"request_id": rid, "vms": vms})
         log.info("completed %s: %s", rid, ", ".join(f"{v['name']}@{v['host']}" for v in vms))
@@ -137,6 +149,26 @@ class Provisioner:
         assert record is not None
         self._finish_reply(reply_to, rid, record.to_dict(), None)
         delivery.ack()
+
+    def _authorize(self, rid: str, caller: str, body: dict[str, Any]) -> None:
+        if self.policy is None:
+            return
+        args = {k: v for k, v in body.items() if k != "v"}
+        decision, _ = self.policy.explain(caller, "provision", "submit", args, self.host_id)
+        self._audit(rid, caller, body, "allowed" if decision.allowed else "denied",
+                    decision.rule)
+        if not decision.allowed:
+            code = ErrorCode.APPROVAL_REQUIRED if decision.requires_approval else \
+                ErrorCode.UNAUTHORIZED
+            raise RemoteError(code, decision.reason, {"rule": decision.rule})
+
+    def _audit(self, rid: str, caller: str, body: dict[str, Any], what: str,
+               detail: str) -> None:
+        if self.audit is not None:
+            self.audit.write({"host": self.host_id, "request_id": rid, "caller": caller,
+                              "call": "provision.submit", "owner": body.get("owner"),
+                              "args_digest": args_digest(body), "event": what,
+                              "detail": detail})
 
     def _read(self, delivery: Delivery, rid: str) -> dict[str, Any]:
         props = delivery.properties

@@ -226,3 +226,30 @@ def test_status_and_list_through_the_provision_agent(fleet):
     assert missing.reply.error["code"] == "not_found"
     listed = prov.console.call("provision", "list", {"owner": "big"}, host="provisioner")
     assert [r["request_id"] for r in listed.reply.result["requests"]] == ["66666666-ffff"]
+
+
+def test_the_provisioning_policy_decides_on_sender_and_request(fleet, tmp_path):
+    from agents.audit import AuditLog
+    from agents.policy import RulesPolicy
+
+    prov, agents, _, received, _ = fleet
+    rules = tmp_path / "policy.toml"
+    rules.write_text('[[rule]]\nname = "alice: up to 2 web VMs"\ncallers = ["alice"]\n'
+                     'args = { template = { one_of = ["web"] }, count = { max = 2 } }\n'
+                     'allow = true\n')
+    prov.policy = RulesPolicy.load(rules, "provisioner")
+    prov.audit = AuditLog(tmp_path / "audit.jsonl")
+    outcomes = []
+    for user, body in (("alice", request(count=1)), ("alice", request(template="db")),
+                       ("alice", request(count=3)), ("mallory", request(count=1))):
+        msg = Settled(body, f"pol-{uuid.uuid4().hex[:8]}", user_id=user)
+        prov.process(msg.delivery)
+        outcomes.append((msg.outcome, received()[-1]["status"],
+                         (received()[-1].get("error") or {}).get("code")))
+    assert outcomes == [("ack", "ok", None), ("dead", "error", "unauthorized"),
+                        ("dead", "error", "unauthorized"), ("dead", "error", "unauthorized")]
+    assert len(domains(agents)) == 1
+    events = [json.loads(line)["event"] for line in
+              (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert events == ["allowed", "completed", "denied", "failed", "denied", "failed",
+                      "denied", "failed"]
