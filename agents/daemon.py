@@ -19,7 +19,7 @@ from agents.policy import DiscoveryOnly, Policy, RulesPolicy
 from agents.runtime import AgentRuntime
 from hostbus import __version__, config, names
 from hostbus.errors import BrokerRefused, ConfigError, ConnectionFailed, SchemaError
-from hostbus.signing import ReplayGuard, Verifier
+from hostbus.replay import ReplayGuard
 
 log = logging.getLogger("hostbus.agent")
 
@@ -96,6 +96,8 @@ def build_runtime(cfg: dict[str, Any], transport: Any,
         agents.append(module.create(cfg[name], host_id=host_id))
     verifier = None
     if cfg["security"]["trusted_keys"]:
+        from hostbus.signing import Verifier  # cryptography, only where it is needed
+
         verifier = Verifier.from_folder(config.resolve(cfg["security"]["trusted_keys"],
                                                        config_path))
         log.info("signatures required; trusted keys: %s", ", ".join(sorted(verifier.trusted))

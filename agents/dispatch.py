@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agents.base import Agent, CallContext, as_text
 from agents.policy import AllowAll, Decision, Policy
@@ -28,9 +28,12 @@ from hostbus.envelope import (
 )
 from hostbus.errors import ErrorCode, RemoteError
 from hostbus.names import BUILTIN_AGENT
+from hostbus.replay import ReplayGuard
 from hostbus.schema import AgentSchema
-from hostbus.signing import ReplayGuard, Verifier
 from hostbus.transport.base import Delivery
+
+if TYPE_CHECKING:
+    from hostbus.signing import Verifier
 
 log = logging.getLogger("hostbus.dispatch")
 

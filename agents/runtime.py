@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agents.audit import AuditLog, args_digest
 from agents.base import Agent, check_agent_against_schema
@@ -25,9 +25,12 @@ from agents.policy import Policy
 from hostbus import __version__, names
 from hostbus.envelope import Event, now_rfc3339
 from hostbus.errors import BrokerRefused, SchemaError
+from hostbus.replay import ReplayGuard
 from hostbus.schema import AgentSchema, load_agent_schema
-from hostbus.signing import ReplayGuard, Verifier
 from hostbus.transport.base import Delivery, Transport
+
+if TYPE_CHECKING:
+    from hostbus.signing import Verifier
 
 log = logging.getLogger("hostbus.agent")
 

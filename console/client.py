@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hostbus import names
 from hostbus.envelope import Event, Reply, new_request, parse_event, parse_reply
@@ -33,8 +33,10 @@ from hostbus.schema import (
     envelope_validator,
     load_agent_schema,
 )
-from hostbus.signing import Signer
 from hostbus.transport.base import Delivery, Properties, Transport
+
+if TYPE_CHECKING:
+    from hostbus.signing import Signer
 
 log = logging.getLogger("hostbus.console")
 

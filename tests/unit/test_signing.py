@@ -9,8 +9,9 @@ from agents.dispatch import Dispatcher, HostedAgent
 from hostbus import names
 from hostbus.envelope import new_request
 from hostbus.errors import RemoteError
+from hostbus.replay import ReplayGuard
 from hostbus.schema import load_agent_schema
-from hostbus.signing import SIG_HEADER, ReplayGuard, Signer, Verifier, generate, read_public_key
+from hostbus.signing import SIG_HEADER, Signer, Verifier, generate, read_public_key
 from hostbus.transport.base import Delivery
 from tests.fakes import make_host_agent
 
