@@ -139,13 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     setup_logging(args.log_level or cfg["agent"]["log_level"])
 
-    from hostbus.transport.amqp091 import PikaTransport
-    from hostbus.transport.base import parse_url
+    from hostbus.transport.base import connect, parse_url
 
     try:
         url = parse_url(cfg["broker"]["url"])
         host_id = cfg["agent"]["host_id"] or names.default_host_id()
-        transport = PikaTransport(
+        transport = connect(
             cfg["broker"]["url"], connection_name=f"hostbus-agent {host_id}",
             heartbeat=int(cfg["broker"]["heartbeat"]),
             connect_timeout=float(cfg["broker"]["connect_timeout"]),

@@ -27,7 +27,7 @@ from hostbus.envelope import Event, now_rfc3339
 from hostbus.errors import BrokerRefused, SchemaError
 from hostbus.replay import ReplayGuard
 from hostbus.schema import AgentSchema, load_agent_schema
-from hostbus.transport.base import Delivery, Transport
+from hostbus.transport.base import Delivery, Transport, connect
 
 if TYPE_CHECKING:
     from hostbus.signing import Verifier
@@ -69,6 +69,7 @@ class AgentRuntime:
         self.heartbeat_interval = heartbeat_interval
         self._intervals = intervals or {}
         self._extra_facts = dict(facts or {})
+        self._facts: dict[str, Any] | None = None
         self._seq: dict[str, int] = {}
         self._seq_lock = threading.Lock()
         self._stop = threading.Event()
@@ -97,13 +98,11 @@ class AgentRuntime:
     def serve(cls, url: str, host_id: str, agents: list[Agent], *,
               connection_name: str | None = None, prefetch: int = 64,
               **options: Any) -> AgentRuntime:
-        """Connect to ``url`` over AMQP 0-9-1 and start serving: for embedding a runtime
-        in a program (services, tests, benchmarks). ``options`` are the constructor's.
-        The host must be enrolled. ``stop()`` closes the connection."""
-        from hostbus.transport.amqp091 import PikaTransport
-
-        transport = PikaTransport(url, connection_name=connection_name or f"hostbus {host_id}",
-                                  prefetch=prefetch)
+        """Connect to ``url`` and start serving: for embedding a runtime in a program
+        (services, tests, benchmarks). ``options`` are the constructor's. The host must
+        be enrolled. ``stop()`` closes the connection."""
+        transport = connect(url, connection_name=connection_name or f"hostbus {host_id}",
+                            prefetch=prefetch)
         transport.start()
         try:
             runtime = cls(transport, host_id, agents, **options)
@@ -118,11 +117,15 @@ class AgentRuntime:
         return sorted(n for n in self.hosted if n != names.BUILTIN_AGENT)
 
     def facts(self) -> dict[str, Any]:
-        merged: dict[str, Any] = {}
-        for hosted in self.hosted.values():
-            merged.update(hosted.agent.facts())
-        merged.update(self._extra_facts)  # configured facts win
-        return merged
+        """Collected once: facts describe the host for the daemon's life, and pings are
+        answered on the I/O thread, where asking libvirt every time would not belong."""
+        if self._facts is None:
+            merged: dict[str, Any] = {}
+            for hosted in self.hosted.values():
+                merged.update(hosted.agent.facts())
+            merged.update(self._extra_facts)  # configured facts win
+            self._facts = merged
+        return self._facts
 
     # ------------------------------------------------------------------ events
     def emit(self, agent: str, event: str, data: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from agents.runtime import AgentRuntime
 from benchmarks.harness import Bench, progress
 from console.client import Console
-from hostbus.transport.amqp091 import PikaTransport
+from hostbus.transport.base import Transport, connect
 
 PER_CONNECTION = 500
 
@@ -26,11 +26,10 @@ class SimulatedFleet:
         self.hosts = [f"{self.prefix}-{i:05d}" for i in range(n)]
         bench.admin.enroll_many(bench.vhost, self.hosts, [])
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sim-worker")
-        self.transports: list[PikaTransport] = []
+        self.transports: list[Transport] = []
         self.runtimes: list[AgentRuntime] = []
         for start in range(0, n, PER_CONNECTION):
-            transport = PikaTransport(bench.url, connection_name="simulated agents",
-                                      prefetch=16)
+            transport = connect(bench.url, connection_name="simulated agents", prefetch=16)
             transport.start()
             self.transports.append(transport)
             for host in self.hosts[start:start + PER_CONNECTION]:

@@ -7,6 +7,7 @@ Exit codes (every command):
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import os
@@ -15,7 +16,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -168,7 +169,7 @@ def _progress(
     return (lambda: progress.advance(task)), progress.stop
 
 
-def _select_hosts(state: State, console: Console, hosts: tuple[str, ...], all_hosts: bool,
+def _select_hosts(state: State, hosts: tuple[str, ...], all_hosts: bool,
                   where: tuple[str, ...], agent: str | None, timeout: float | None,
                   idle: float | None, as_json: bool) -> list[str]:
     """-H names are used as given; -H globs, --all and --where go through discovery."""
@@ -188,17 +189,8 @@ def _select_hosts(state: State, console: Console, hosts: tuple[str, ...], all_ho
              "[--where FACT=VALUE]", EXIT_USAGE)
     if exact and not globs and not all_hosts and not facts:
         return exact
-    bfilter: dict[str, Any] = {}
-    if agent:
-        bfilter["agent"] = agent
-    if facts:
-        bfilter["facts"] = facts
-    infos = console.discover(filter=bfilter, timeout=_timeout(state, timeout),
-                             idle=float(idle if idle is not None else state.cfg["console"]["idle"]))
-    found = [i.host for i in infos]
-    if globs:
-        found = [h for h in found if any(fnmatch.fnmatchcase(h, g) for g in globs)]
-    selected = list(dict.fromkeys([*exact, *found]))
+    infos = _discover(state, tuple(globs), agent, where, idle, timeout)
+    selected = list(dict.fromkeys([*exact, *(i.host for i in infos)]))
     if not selected:
         if as_json:
             _emit_json({"results": [], "summary": {"hosts": 0, "ok": 0, "failed": 0,
@@ -371,7 +363,7 @@ def call(ctx: click.Context, target: str | None, pairs: tuple[str, ...], hosts: 
     except RemoteError as exc:
         fail(f"{exc.message} (see `hostbus call {target} --help`)", EXIT_USAGE)
     console = state.console(validate=not no_validate)
-    selected = _select_hosts(state, console, hosts, all_hosts, where, agent, timeout, idle,
+    selected = _select_hosts(state, hosts, all_hosts, where, agent, timeout, idle,
                              as_json)
     if spec is not None and spec.dangerous and not yes:
         if not sys.stdin.isatty():
@@ -410,7 +402,7 @@ def _run_fanout(state: State, console: Console, agent: str, method: str, args: d
     else:
         from console.render import print_fanout
 
-        print_fanout(_out(), agent, method, result)
+        print_fanout(_out(), result)
     return result
 
 
@@ -457,7 +449,7 @@ def query(state: State, target: str, hosts: tuple[str, ...], filters: tuple[str,
         columns = list(spec.fields)
     else:
         columns = None
-    selected = _select_hosts(state, console, hosts, not hosts, where, agent, timeout, idle,
+    selected = _select_hosts(state, hosts, not hosts, where, agent, timeout, idle,
                              as_json)
     advance, stop = _progress(len(selected), f"query {target}", not as_json)
     try:
@@ -607,6 +599,15 @@ def broker() -> None:
     """Set up the broker: topology, and a queue per host (management HTTP API)."""
 
 
+@contextlib.contextmanager
+def admin_errors() -> Iterator[None]:
+    """What a management-API failure means for the exit code."""
+    try:
+        yield
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
 def _admin(state: State, admin_url: str | None) -> Any:
     from hostbus.broker_admin import BrokerAdmin
 
@@ -637,12 +638,8 @@ vhost_option = click.option("--vhost", metavar="NAME",
 def setup(state: State, admin_url: str | None, vhost: str | None, as_json: bool) -> None:
     """Create the vhost and apply broker_config/definitions.json (idempotent)."""
     name = _vhost(state, vhost)
-    try:
+    with admin_errors():
         counts = _admin(state, admin_url).setup(name)
-    except ConnectionFailed as exc:
-        fail(str(exc), EXIT_CONNECT)
-    except HostbusError as exc:
-        fail(str(exc), EXIT_FAILED)
     if as_json:
         _emit_json({"vhost": name, **counts})
     else:
@@ -689,14 +686,8 @@ def _check_writable(path: str, force: bool) -> None:
 
 def _enroll_identity(state: State, kind: str, name: str, admin_url: str | None,
                      vhost: str | None) -> tuple[str, str]:
-    try:
+    with admin_errors():
         password = _admin(state, admin_url).create_identity(_vhost(state, vhost), kind, name)
-    except ValueError as exc:
-        fail(str(exc), EXIT_USAGE)
-    except ConnectionFailed as exc:
-        fail(str(exc), EXIT_CONNECT)
-    except HostbusError as exc:
-        fail(str(exc), EXIT_FAILED)
     return name, password
 
 
@@ -732,19 +723,12 @@ def enroll(state: State, host: str, agents: str, no_user: bool, config_out: str 
     password is written to --config-out (mode 0600).
     """
     agent_list = [a.strip() for a in agents.split(",") if a.strip()]
-    try:
+    name = _vhost(state, vhost)
+    with admin_errors():  # a bad name is a usage error, like the broker's refusal
         names.validate_host_id(host)
         for a in agent_list:
             names.validate_agent_name(a)
-    except ValueError as exc:
-        fail(str(exc), EXIT_USAGE)
-    name = _vhost(state, vhost)
-    try:
         keys = _admin(state, admin_url).enroll_host(name, host, agent_list)
-    except ConnectionFailed as exc:
-        fail(str(exc), EXIT_CONNECT)
-    except HostbusError as exc:
-        fail(str(exc), EXIT_FAILED)
     out: dict[str, Any] = {"vhost": name, "host": host, "queue": names.host_queue(host),
                            "routing_keys": keys}
     if not no_user:
@@ -828,12 +812,8 @@ def enroll_app(state: State, name: str, config_out: str | None, force: bool,
 def revoke(state: State, name: str, admin_url: str | None, as_json: bool) -> None:
     """Delete an identity's broker user; its connections are closed at once. (A host's
     queue stays: `broker enroll` it again to give it a new password.)"""
-    try:
+    with admin_errors():
         existed = _admin(state, admin_url).revoke(name)
-    except ConnectionFailed as exc:
-        fail(str(exc), EXIT_CONNECT)
-    except HostbusError as exc:
-        fail(str(exc), EXIT_FAILED)
     if as_json:
         _emit_json({"user": name, "revoked": existed})
     elif existed:

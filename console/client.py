@@ -33,7 +33,7 @@ from hostbus.schema import (
     envelope_validator,
     load_agent_schema,
 )
-from hostbus.transport.base import Delivery, Properties, Transport
+from hostbus.transport.base import Delivery, Properties, Transport, connect
 
 if TYPE_CHECKING:
     from hostbus.signing import Signer
@@ -172,10 +172,8 @@ class Console:
 
     @classmethod
     def connect(cls, url: str, *, connect_timeout: float = 5.0, **kwargs: Any) -> Console:
-        from hostbus.transport.amqp091 import PikaTransport
-
-        transport = PikaTransport(url, connection_name="hostbus-console",
-                                  connect_timeout=connect_timeout, reconnect=True)
+        transport = connect(url, connection_name="hostbus-console",
+                            connect_timeout=connect_timeout, reconnect=True)
         transport.start()
         console = cls(transport, **kwargs)
         try:

@@ -77,7 +77,7 @@ def print_result(out: RichConsole, result: dict[str, Any]) -> None:
         out.print(objects_table(rows, title=f"  {escape(key)} ({len(rows)})"))
 
 
-def print_fanout(out: RichConsole, agent: str, method: str, result: FanoutResult) -> None:
+def print_fanout(out: RichConsole, result: FanoutResult) -> None:
     for res in result.results:
         print_host_result(out, res)
     print_summary(out, result)

@@ -106,6 +106,16 @@ class BrokerAdmin:
             ) from None
         return json.loads(raw) if raw else None
 
+    def _exists(self, method: str, path: str, *, timeout: float | None = None) -> bool:
+        """Run a call for which 404 is an answer ("not there"), not an error."""
+        try:
+            self._call(method, path, timeout=timeout)
+        except BrokerRefused as exc:
+            if "HTTP 404" in str(exc):
+                return False
+            raise
+        return True
+
     @staticmethod
     def _q(name: str) -> str:
         return quote(name, safe="")
@@ -119,20 +129,10 @@ class BrokerAdmin:
         )
 
     def delete_vhost(self, vhost: str) -> None:
-        try:
-            self._call("DELETE", f"/api/vhosts/{self._q(vhost)}", timeout=120)
-        except BrokerRefused as exc:
-            if "404" not in str(exc):
-                raise
+        self._exists("DELETE", f"/api/vhosts/{self._q(vhost)}", timeout=120)
 
     def vhost_exists(self, vhost: str) -> bool:
-        try:
-            self._call("GET", f"/api/vhosts/{self._q(vhost)}")
-        except BrokerRefused as exc:
-            if "404" in str(exc):
-                return False
-            raise
-        return True
+        return self._exists("GET", f"/api/vhosts/{self._q(vhost)}")
 
     # -- topology --
     def setup(self, vhost: str) -> dict[str, int]:
@@ -145,13 +145,10 @@ class BrokerAdmin:
     def enroll_host(self, vhost: str, host_id: str, agents: list[str]) -> list[str]:
         """Create a host's durable queue and its bindings. Idempotent; returns the keys."""
         queue = names.host_queue(host_id)
-        for ex in (names.REQUEST_EXCHANGE,):
-            try:
-                self._call("GET", f"/api/exchanges/{self._q(vhost)}/{self._q(ex)}")
-            except BrokerRefused:
-                raise BrokerRefused(
-                    f"vhost {vhost!r} has no exchange {ex!r}: run `hostbus broker setup` first"
-                ) from None
+        ex = names.REQUEST_EXCHANGE
+        if not self._exists("GET", f"/api/exchanges/{self._q(vhost)}/{self._q(ex)}"):
+            raise BrokerRefused(
+                f"vhost {vhost!r} has no exchange {ex!r}: run `hostbus broker setup` first")
         self._call("PUT", f"/api/queues/{self._q(vhost)}/{self._q(queue)}",
                    {"durable": True, "auto_delete": False, "arguments": {}})
         keys = []
@@ -215,13 +212,4 @@ class BrokerAdmin:
 
     def revoke(self, name: str) -> bool:
         """Delete the user (its connections close). Returns whether it existed."""
-        try:
-            self._call("DELETE", f"/api/users/{self._q(name)}")
-        except BrokerRefused as exc:
-            if "404" in str(exc):
-                return False
-            raise
-        return True
-
-    def queue_info(self, vhost: str, queue: str) -> dict[str, Any]:
-        return self._call("GET", f"/api/queues/{self._q(vhost)}/{self._q(queue)}")
+        return self._exists("DELETE", f"/api/users/{self._q(name)}")

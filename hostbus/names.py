@@ -21,8 +21,6 @@ BROADCAST = "_all"
 
 HOST_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 AGENT_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-# Event and method names: dotted lowercase words ("domain.lifecycle", "metrics").
-DOTTED_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31}){0,7}$")
 # Queues a reply may be routed to: hostbus reply queues and applications' own queues.
 REPLY_TO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
 

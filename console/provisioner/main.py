@@ -59,15 +59,15 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
         print(f"hostbus provisioner: {exc}")
         return 1
     setup_logging(pcfg["log_level"])
-    from hostbus.transport.amqp091 import PikaTransport
+    from hostbus.transport.base import connect
 
     store = RequestStore(state_dir(pcfg["state_dir"]) / "provisioner.db")
     url = cfg["broker"]["url"]
     timeout = float(cfg["broker"]["connect_timeout"])
     # One request at a time off the provisioning queue (prefetch 1); calls to the virt
     # agents go over a second connection so replies never wait behind a busy worker.
-    agent_transport = PikaTransport(url, connection_name=f"hostbus-provisioner {host_id}",
-                                    connect_timeout=timeout, prefetch=1)
+    agent_transport = connect(url, connection_name=f"hostbus-provisioner {host_id}",
+                              connect_timeout=timeout, prefetch=1)
     agent = ProvisionAgent(store)
     try:
         agent_transport.start()

@@ -38,10 +38,6 @@ class TestBroker:
     def enroll(self, host_id: str, agents: list[str]) -> None:
         self.admin.enroll_host(self.vhost, host_id, agents)
 
-    def url_as(self, user: str, password: str) -> str:
-        scheme, rest = self.amqp.split("://", 1)
-        return f"{scheme}://{user}:{password}@{rest.split('@', 1)[-1]}/{self.vhost}"
-
 
 @pytest.fixture
 def memory_broker() -> MemoryBroker:

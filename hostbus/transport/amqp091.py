@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import pika
 import pika.exceptions as pex
@@ -53,8 +53,9 @@ class _TopologyItem:
 
     queue: str
     handler: Handler
-    auto_ack: bool
-    manual_ack: bool = False  # the handler settles each delivery itself
+    # "broker": the broker forgets a message once sent (replies, transient events);
+    # "after_handler": acked when the handler returns; "handler": the handler settles it.
+    ack: Literal["broker", "after_handler", "handler"]
     declare: bool = False  # declare the queue (reply and subscription queues)
     exclusive: bool = False
     durable: bool = False
@@ -257,16 +258,17 @@ class PikaTransport(Transport):
             delivery = Delivery(
                 body, _from_pika(props), method.exchange, method.routing_key, method.redelivered
             )
-            if item.manual_ack:
+            if item.ack == "handler":
                 delivery.ack, delivery.nack = self._settlers(channel, method.delivery_tag)
             try:
                 handler(delivery)
             except Exception:  # a handler bug must not take the I/O thread down
                 log.exception("message handler for queue %s failed", item.queue)
-            if not item.auto_ack and not item.manual_ack:
+            if item.ack == "after_handler":
                 channel.basic_ack(method.delivery_tag)
 
-        ch.basic_consume(item.queue, on_message, auto_ack=item.auto_ack, exclusive=item.exclusive)
+        ch.basic_consume(item.queue, on_message, auto_ack=item.ack == "broker",
+                         exclusive=item.exclusive)
 
     def _settlers(
         self, channel: BlockingChannel, tag: int
@@ -459,12 +461,13 @@ class PikaTransport(Transport):
         self._submit(task, wait=True)
 
     def consume(self, queue: str, handler: Handler, *, manual_ack: bool = False) -> None:
-        self._add(_TopologyItem(queue, handler, auto_ack=False, manual_ack=manual_ack))
+        self._add(_TopologyItem(queue, handler,
+                                ack="handler" if manual_ack else "after_handler"))
 
     def open_reply_queue(self, handler: Handler) -> str:
         name = names.new_reply_queue(self.user)
         self._add(_TopologyItem(
-            name, handler, auto_ack=True, declare=True, exclusive=True,
+            name, handler, ack="broker", declare=True, exclusive=True,
             bindings=((names.REPLY_EXCHANGE, name),),
         ))
         return name
@@ -475,7 +478,8 @@ class PikaTransport(Transport):
     ) -> str:
         qname = names.subscription_queue(self.user, name)
         self._add(_TopologyItem(
-            qname, handler, auto_ack=not durable, declare=True, exclusive=not durable,
+            qname, handler, ack="after_handler" if durable else "broker", declare=True,
+            exclusive=not durable,
             durable=durable, bindings=tuple((names.EVENT_EXCHANGE, p) for p in patterns),
         ))
         return qname
