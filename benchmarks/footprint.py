@@ -21,8 +21,8 @@ from console.client import Console
 
 # The libraries a host agent loads (the floor imports exactly these).
 HOST_LIBS = ["pika", "psutil", "ssl", "orjson", "fastjsonschema", "tomllib", "logging",
-             "concurrent.futures", "uuid", "platform", "socket"]
-VIRT_LIBS = [*HOST_LIBS, "libvirt", "xml.etree.ElementTree", "sqlite3"]
+             "concurrent.futures", "uuid", "platform", "socket", "sqlite3"]
+VIRT_LIBS = [*HOST_LIBS, "libvirt", "xml.etree.ElementTree"]
 
 
 def _mem(proc: psutil.Process) -> dict[str, float]:

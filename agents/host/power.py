@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import subprocess
 import threading
 from dataclasses import dataclass, field
@@ -24,6 +23,8 @@ class SystemPower:
     sent first)."""
 
     def schedule(self, action: str, delay_s: int, reason: str) -> None:
+        import shutil  # here, not at import: only hosts that really power off need it
+
         cmd = shutil.which("systemctl") if action in ("reboot", "shutdown") else None
         binary = shutil.which("shutdown")
         if cmd is None and binary is None:
