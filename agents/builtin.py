@@ -7,12 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agents.base import Agent, as_text, method
+from agents.base import Agent, CallContext, as_text, method
 from hostbus import __version__
 from hostbus.errors import ErrorCode, RemoteError
 from hostbus.names import BUILTIN_AGENT
 
 if TYPE_CHECKING:
+    from agents.approvals import Approvals, Parked
     from agents.dispatch import HostedAgent
 
 
@@ -23,6 +24,12 @@ class RuntimeInfo:
     started: str
     hosted: dict[str, HostedAgent]
     facts: Callable[[], dict[str, Any]]
+    approvals: Approvals | None = None
+    #: Runs an approved request (or refuses a denied one with the reason given),
+    #: answers its requester, returns the reply body.
+    release: Callable[[Parked, str], dict[str, Any]] | None = None
+    #: Tells requesters and watchers about approvals that expired.
+    expire: Callable[[], None] | None = None
 
 
 class BuiltinAgent(Agent):
@@ -80,6 +87,39 @@ class BuiltinAgent(Agent):
         found = [obj for obj in provider() if _matches(obj, where)]
         return {"agent": agent, "class_name": class_name, "total": len(found),
                 "objects": found[:limit]}
+
+    # -------------------------------------------------------------- approvals
+    def _approvals(self) -> Approvals:
+        if self.info.approvals is None:
+            raise RemoteError(ErrorCode.UNSUPPORTED,
+                              f"host {self.info.host_id} takes no approvals: it checks no "
+                              "signatures ([security] trusted_keys is not set)")
+        if self.info.expire is not None:
+            self.info.expire()
+        return self.info.approvals
+
+    @method()
+    def approvals(self, state: str) -> dict[str, Any]:
+        desk = self._approvals()
+        found = desk.store.list(include_decided=state == "all")
+        return {"host": self.info.host_id,
+                "approvals": [dict(p.to_wire(), host=self.info.host_id) for p in found]}
+
+    @method()
+    def approve(self, approval_id: str, digest: str, ctx: CallContext) -> dict[str, Any]:
+        parked = self._approvals().take(approval_id, digest, ctx.caller or "")
+        assert self.info.release is not None
+        reply = self.info.release(parked, "")
+        return {"approval_id": approval_id, "request_id": parked.request_id,
+                "call": parked.call, "requester": parked.requester, "reply": reply}
+
+    @method()
+    def deny(self, approval_id: str, reason: str, ctx: CallContext) -> dict[str, Any]:
+        parked = self._approvals().deny(approval_id, ctx.caller or "")
+        assert self.info.release is not None
+        self.info.release(parked, reason)  # tells the requester it was denied
+        return {"approval_id": approval_id, "request_id": parked.request_id,
+                "call": parked.call, "requester": parked.requester, "reason": reason}
 
 
 def _matches(obj: dict[str, Any], where: dict[str, Any]) -> bool:

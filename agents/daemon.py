@@ -45,6 +45,8 @@ DEFAULTS: dict[str, Any] = {
         "trusted_keys": "",
         "clock_skew_s": 30.0,
         "max_deadline_s": 600.0,
+        "approval_ttl_s": 3600.0,
+        "signing_key": "",
     },
 }
 
@@ -94,21 +96,31 @@ def build_runtime(cfg: dict[str, Any], transport: Any,
             continue
         module = registry.load_module(name)
         agents.append(module.create(cfg[name], host_id=host_id))
-    verifier = None
-    if cfg["security"]["trusted_keys"]:
+    sec = cfg["security"]
+    verifier = approvals = signer = None
+    if sec["trusted_keys"]:
+        from agents.approvals import Approvals, ApprovalStore
         from hostbus.signing import Verifier  # cryptography, only where it is needed
 
-        verifier = Verifier.from_folder(config.resolve(cfg["security"]["trusted_keys"],
-                                                       config_path))
+        verifier = Verifier.from_folder(config.resolve(sec["trusted_keys"], config_path))
         log.info("signatures required; trusted keys: %s", ", ".join(sorted(verifier.trusted))
                  or "none")
+        approvals = Approvals(ApprovalStore(state / f"approvals-{host_id}.db",
+                                            float(sec["approval_ttl_s"])), verifier)
     else:
-        log.warning("no [security] trusted_keys: request signatures are not checked")
+        log.warning("no [security] trusted_keys: request signatures are not checked, and "
+                    "requests that need approval are refused")
+    if sec["signing_key"]:
+        from hostbus.signing import Signer
+
+        signer = Signer.load(config.resolve(sec["signing_key"], config_path))
+        log.info("replies and events are signed with %s", sec["signing_key"])
     replay = ReplayGuard(float(cfg["security"]["clock_skew_s"]),
                          float(cfg["security"]["max_deadline_s"]),
                          path=state / f"recent-{host_id}.db")
     return AgentRuntime(
-        transport, host_id, agents, verifier=verifier, replay=replay,
+        transport, host_id, agents, verifier=verifier, replay=replay, approvals=approvals,
+        signer=signer,
         heartbeat_interval=float(cfg["agent"]["heartbeat_interval"]),
         intervals={name: cfg[name] for name in cfg["agent"]["agents"] if name in cfg},
         max_message_bytes=int(cfg["agent"]["max_message_bytes"]),

@@ -33,6 +33,7 @@ from hostbus.schema import AgentSchema
 from hostbus.transport.base import Delivery
 
 if TYPE_CHECKING:
+    from agents.approvals import Approvals, Parked
     from hostbus.signing import Verifier
 
 log = logging.getLogger("hostbus.dispatch")
@@ -47,6 +48,8 @@ class Outcome:
     request: Request | None = None
     executed: bool = False
     decision: Decision | None = None  # the policy's, when the request got that far
+    parked: Parked | None = None  # set when the request now waits for an approval
+    approved_by: str | None = None  # set when it ran after an approval
 
 
 @dataclass
@@ -89,6 +92,7 @@ class Dispatcher:
         check_results: bool = False,
         verifier: Verifier | None = None,
         replay: ReplayGuard | None = None,
+        approvals: Approvals | None = None,
     ) -> None:
         self.host_id = host_id
         self.agents = agents
@@ -98,6 +102,7 @@ class Dispatcher:
         self.check_results = check_results
         self.verifier = verifier  # None: signatures are not required
         self.replay = replay or ReplayGuard()
+        self.approvals = approvals  # None: requests that need approval are only refused
 
     def handle(self, delivery: Delivery) -> Outcome:
         """Check and run in one go (the runtime splits the two across threads)."""
@@ -129,21 +134,22 @@ class Dispatcher:
                     return Outcome(self._error(request.agent, request.method, err,
                                                request.message_id, started),
                                    request.reply_to, request)
-            return self._check_request(request, started)
+            return self._check_request(request, started, delivery)
         except Exception:  # last line of defence: a bug here must not reach the transport
             log.exception("dispatcher failed on request %s", request.message_id)
             err = RemoteError(ErrorCode.INTERNAL, "the agent failed while handling the request")
             return Outcome(self._error(request.agent, request.method, err,
                                        request.message_id, started), request.reply_to, request)
 
-    def _check_request(self, request: Request, started: float) -> Outcome | Checked:
+    def _check_request(self, request: Request, started: float,
+                       delivery: Delivery) -> Outcome | Checked:
         rid, agent_name, method_name = request.message_id, request.agent, request.method
 
-        def refuse(err: RemoteError) -> Outcome:
+        def refuse(err: RemoteError, decision: Decision | None = None) -> Outcome:
             log.warning("refused %s %s.%s from %s: %s %s", rid, agent_name, method_name,
                         request.user_id or "-", err.code.value, err.message)
             return Outcome(self._error(agent_name, method_name, err, rid, started),
-                           request.reply_to, request)
+                           request.reply_to, request, decision=decision)
 
         bfilter = request.broadcast_filter
         if bfilter is not None:
@@ -162,37 +168,76 @@ class Dispatcher:
             ))
         try:
             self.replay.check(rid, request.deadline.timestamp())
+            checked = self.prepare(request, started)
         except RemoteError as err:
             return refuse(err)
+        decision = checked.decision
+        if decision.allowed:
+            return checked
+        if not decision.requires_approval:
+            return refuse(RemoteError(ErrorCode.UNAUTHORIZED, decision.reason,
+                                      {"rule": decision.rule}), decision)
+        if self.approvals is None or request.broadcast_filter is not None:
+            why = ("a broadcast cannot be approved; call the host directly"
+                   if self.approvals is not None else
+                   "this agent cannot take approvals because it checks no signatures; set "
+                   "[security] trusted_keys in its config")
+            return refuse(RemoteError(ErrorCode.APPROVAL_REQUIRED,
+                                      f"{decision.reason}, but {why}",
+                                      {"rule": decision.rule}), decision)
+        parked = self.approvals.park(delivery, request, decision.rule)
+        outcome = refuse(RemoteError(
+            ErrorCode.APPROVAL_REQUIRED,
+            f"{decision.reason}; parked as approval {parked.approval_id} until "
+            f"{parked.to_wire()['expires']}. Another person approves it with `hostbus "
+            f"approvals approve {parked.approval_id}`",
+            {"rule": decision.rule, "approval_id": parked.approval_id,
+             "expires": parked.to_wire()["expires"], "digest": parked.digest},
+        ), decision)
+        outcome.parked = parked
+        return outcome
+
+    def prepare(self, request: Request, started: float) -> Checked:
+        """Agent, method, arguments and the policy's decision (not acted on here: a
+        refusal and a parked request differ). Raises ``RemoteError``."""
+        agent_name, method_name = request.agent, request.method
         hosted = self.agents.get(agent_name)
         if hosted is None:
-            return refuse(RemoteError(
+            raise RemoteError(
                 ErrorCode.UNKNOWN_AGENT,
                 f"agent {agent_name!r} is not enabled on host {self.host_id!r}; "
                 f"enabled: {', '.join(sorted(self.agents))}",
-            ))
+            )
         spec = hosted.schema.methods.get(method_name)
         fn = hosted.methods.get(method_name)
         if spec is None or fn is None:
-            return refuse(RemoteError(
+            raise RemoteError(
                 ErrorCode.UNKNOWN_METHOD,
                 f"agent {agent_name!r} has no method {method_name!r}; "
                 f"methods: {', '.join(sorted(hosted.schema.methods))}",
-            ))
-        try:
-            args = spec.validate_args(request.args)
-        except RemoteError as err:
-            return refuse(err)
+            )
+        args = spec.validate_args(request.args)
         decision = self.policy.decide(request, spec)
-        if not decision.allowed:
-            code = ErrorCode.APPROVAL_REQUIRED if decision.requires_approval else \
-                ErrorCode.UNAUTHORIZED
-            refused = refuse(RemoteError(code, decision.reason, {"rule": decision.rule}))
-            refused.decision = decision
-            return refused
         if method_name in hosted.wants_ctx:
-            args = {**args, "ctx": CallContext(rid, request.user_id, agent_name, method_name)}
-        return Checked(request, fn, args, spec, method_name in hosted.inline, started, decision)
+            args = {**args, "ctx": CallContext(request.message_id, request.user_id,
+                                               agent_name, method_name)}
+        return Checked(request, fn, args, spec, method_name in hosted.inline, started,
+                       decision)
+
+    def prepare_approved(self, parked: Parked) -> Checked:
+        """A parked request that an approver released: parsed from its stored bytes and
+        checked again (the policy may have changed while it waited). Raises
+        ``RemoteError``."""
+        request = parse_request(parked.delivery(), max_bytes=self.max_message_bytes)
+        checked = self.prepare(request, time.perf_counter())
+        decision = checked.decision
+        if not (decision.allowed or decision.requires_approval):
+            raise RemoteError(ErrorCode.UNAUTHORIZED,
+                              f"the policy no longer allows {parked.call}: {decision.reason}",
+                              {"rule": decision.rule})
+        checked.decision = Decision(True, decision.rule,
+                                    f"{decision.reason}; approved by {parked.decided_by}")
+        return checked
 
     def run(self, checked: Checked) -> Outcome:
         """Act on a checked request. Never raises: failures become error replies."""

@@ -21,16 +21,17 @@ from agents.audit import AuditLog, args_digest
 from agents.base import Agent, check_agent_against_schema
 from agents.builtin import BuiltinAgent, RuntimeInfo
 from agents.dispatch import Checked, Dispatcher, HostedAgent, Outcome
-from agents.policy import Policy
+from agents.policy import Decision, Policy
 from hostbus import __version__, names
-from hostbus.envelope import Event, now_rfc3339
-from hostbus.errors import BrokerRefused, SchemaError
+from hostbus.envelope import Event, error_reply, now_rfc3339, parse_request
+from hostbus.errors import BrokerRefused, ErrorCode, RemoteError, SchemaError
 from hostbus.replay import ReplayGuard
 from hostbus.schema import AgentSchema, load_agent_schema
 from hostbus.transport.base import Delivery, Transport, connect
 
 if TYPE_CHECKING:
-    from hostbus.signing import Verifier
+    from agents.approvals import Approvals, Parked
+    from hostbus.signing import Signer, Verifier
 
 log = logging.getLogger("hostbus.agent")
 
@@ -54,12 +55,15 @@ class AgentRuntime:
         audit: AuditLog | None = None,
         verifier: Verifier | None = None,
         replay: ReplayGuard | None = None,
+        approvals: Approvals | None = None,
+        signer: Signer | None = None,
     ) -> None:
         """``schemas`` supplies schemas not shipped in ``schemas/agents`` (test agents,
         third-party agents); the shipped files are used otherwise. ``executor`` shares
         one worker pool among many runtimes in a process (simulated fleets in
         benchmarks); by default each runtime has its own. ``heartbeat_interval`` 0 sends
-        no heartbeats."""
+        no heartbeats. ``approvals`` parks requests that need a second person's approval
+        (it needs ``verifier``). ``signer`` signs every reply and event."""
         names.validate_host_id(host_id)
         self.transport = transport
         self.host_id = host_id
@@ -80,9 +84,13 @@ class AgentRuntime:
             max_workers=max(1, workers), thread_name_prefix="hostbus-worker")
         self.requests_handled = 0
         self.audit = audit
+        self.signer = signer
+        if approvals is not None and verifier is None:
+            raise ValueError("approvals need signature checks: pass a verifier too")
 
         self.hosted: dict[str, HostedAgent] = {}
-        info = RuntimeInfo(host_id, self.epoch, self.started_at, self.hosted, self.facts)
+        info = RuntimeInfo(host_id, self.epoch, self.started_at, self.hosted, self.facts,
+                           approvals, self._release, self._expire_approvals)
         for agent in [BuiltinAgent(info), *agents]:
             schema = (schemas or {}).get(agent.name) or load_agent_schema(agent.name)
             check_agent_against_schema(agent, schema)
@@ -91,7 +99,7 @@ class AgentRuntime:
         self.dispatcher = Dispatcher(
             host_id, self.hosted, facts=self.facts, policy=policy,
             max_message_bytes=max_message_bytes, check_results=check_results,
-            verifier=verifier, replay=replay,
+            verifier=verifier, replay=replay, approvals=approvals,
         )
 
     @classmethod
@@ -138,7 +146,13 @@ class AgentRuntime:
         ev = Event(host=self.host_id, agent=agent, event=event, data=data, seq=seq,
                    epoch=self.epoch)
         body, props = ev.encode()
-        self.transport.publish(names.EVENT_EXCHANGE, ev.routing_key(), body, props)
+        self._publish(names.EVENT_EXCHANGE, ev.routing_key(), body, props)
+
+    def _publish(self, exchange: str, routing_key: str, body: bytes, props: Any) -> None:
+        if self.signer is not None:
+            props.user_id = self.transport.user  # signed, so it must be set before
+            self.signer.sign(exchange, routing_key, props, body)
+        self.transport.publish(exchange, routing_key, body, props)
 
     # -------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -159,6 +173,10 @@ class AgentRuntime:
                  ", ".join(self.agent_names) or "none", self.epoch)
         if self.heartbeat_interval > 0:
             self._every(self.heartbeat_interval, self._heartbeat, "heartbeat")
+        if self.dispatcher.approvals is not None:
+            ttl = self.dispatcher.approvals.store.ttl_s
+            self._every(min(60.0, max(1.0, ttl / 10)), self._expire_approvals,
+                        "approval-expiry")
         for hosted in self.hosted.values():
             settings = self._intervals.get(hosted.agent.name, {})
             for setting, task in hosted.agent.periodic_tasks():
@@ -224,10 +242,68 @@ class AgentRuntime:
                 if outcome.request is not None:
                     self.dispatcher.replay.remember_reply(outcome.request.message_id, body)
                 if outcome.reply_to is not None:
-                    self.transport.publish(names.REPLY_EXCHANGE, outcome.reply_to, body,
-                                           props)
+                    self._publish(names.REPLY_EXCHANGE, outcome.reply_to, body, props)
         except Exception:
             log.exception("failed to send a reply")
+        if outcome.parked is not None:
+            parked = outcome.parked
+            self.emit(names.BUILTIN_AGENT, "approval.pending", {
+                "approval_id": parked.approval_id, "requester": parked.requester,
+                "call": parked.call, "expires": parked.to_wire()["expires"],
+                "rule": parked.rule})
+
+    # --------------------------------------------------------------- approvals
+    def _release(self, parked: Parked, reason: str) -> dict[str, Any]:
+        """On a worker, for ``agent.approve`` or ``agent.deny``: run the parked request
+        (approved) or refuse it (denied), answer its requester at its own reply queue
+        with its own correlation id, and return the reply body."""
+        if parked.state == "approved":
+            try:
+                outcome = self.dispatcher.run(self.dispatcher.prepare_approved(parked))
+            except RemoteError as err:  # the policy or the keys changed while it waited
+                outcome = self._refusal(parked, err)
+        else:
+            outcome = self._refusal(parked, RemoteError(
+                ErrorCode.UNAUTHORIZED,
+                f"{parked.decided_by} denied approval {parked.approval_id}"
+                + (f": {reason}" if reason else "")))
+        outcome.approved_by = parked.decided_by if parked.state == "approved" else None
+        outcome.reply_to = (parked.properties or {}).get("reply_to")
+        self._answer(outcome)
+        assert outcome.reply is not None
+        status = "ok" if outcome.reply.ok else (outcome.reply.error_code or "error")
+        assert self.dispatcher.approvals is not None
+        self.dispatcher.approvals.store.record_outcome(parked.approval_id, status)
+        self.emit(names.BUILTIN_AGENT, "approval.decided", {
+            "approval_id": parked.approval_id, "requester": parked.requester,
+            "call": parked.call, "decision": parked.state, "by": parked.decided_by,
+            "outcome": status})
+        return outcome.reply.to_body()
+
+    def _refusal(self, parked: Parked, err: RemoteError) -> Outcome:
+        agent, _, method = parked.call.partition(".")
+        try:
+            request = parse_request(parked.delivery(),
+                                    max_bytes=self.dispatcher.max_message_bytes)
+        except RemoteError:
+            request = None
+        reply = error_reply(self.host_id, agent, method, err, parked.request_id)
+        return Outcome(reply, (parked.properties or {}).get("reply_to"), request,
+                       decision=Decision(False, parked.rule, err.message))
+
+    def _expire_approvals(self) -> None:
+        """Tells each requester whose approval ran out, and watchers, once."""
+        approvals = self.dispatcher.approvals
+        if approvals is None:
+            return
+        for parked in approvals.store.expire_due():
+            self._answer(self._refusal(parked, RemoteError(
+                ErrorCode.EXPIRED,
+                f"nobody approved {parked.call} ({parked.approval_id}) before "
+                f"{parked.to_wire()['expires']}; ask again if it is still needed")))
+            self.emit(names.BUILTIN_AGENT, "approval.decided", {
+                "approval_id": parked.approval_id, "requester": parked.requester,
+                "call": parked.call, "decision": "expired", "outcome": "expired"})
 
     def _audit(self, outcome: Outcome) -> None:
         assert self.audit is not None
@@ -244,6 +320,7 @@ class AgentRuntime:
             "outcome": "ok" if reply is not None and reply.ok else (
                 reply.error_code if reply is not None else "ok"),
             "executed": outcome.executed,
+            **({"approved_by": outcome.approved_by} if outcome.approved_by else {}),
         })
 
     # ---------------------------------------------------------------- periodic

@@ -32,7 +32,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOTHING, EXIT_NO_REPLY, EXIT_CONNECT = 0,
 CONSOLE_DEFAULTS: dict[str, Any] = {
     "broker": {"url": "amqp://guest:guest@127.0.0.1:5672/hostbus", "connect_timeout": 5.0},
     "console": {"timeout": 10.0, "idle": 0.3, "admin_url": "http://guest:guest@127.0.0.1:15672"},
-    "security": {"signing_key": ""},
+    "security": {"signing_key": "", "agent_keys": ""},
 }
 USER_CONFIG = Path.home() / ".config" / "hostbus" / "console.toml"
 
@@ -61,19 +61,24 @@ class State:
 
     def console(self, *, validate: bool = True) -> Console:
         if self._console is None:
-            signer = None
-            if self.cfg["security"]["signing_key"]:
-                from hostbus.signing import Signer
+            signer = agent_keys = None
+            sec = self.cfg["security"]
+            if sec["signing_key"] or sec["agent_keys"]:
+                from hostbus.signing import Signer, Verifier
 
                 try:
-                    signer = Signer.load(config.resolve(self.cfg["security"]["signing_key"],
-                                                        self.config_path))
+                    if sec["signing_key"]:
+                        signer = Signer.load(config.resolve(sec["signing_key"],
+                                                            self.config_path))
+                    if sec["agent_keys"]:
+                        agent_keys = Verifier.from_folder(config.resolve(sec["agent_keys"],
+                                                                         self.config_path))
                 except ConfigError as exc:
                     fail(str(exc), EXIT_USAGE)
             try:
                 self._console = Console.connect(
                     self.url, connect_timeout=float(self.cfg["broker"]["connect_timeout"]),
-                    validate=validate, signer=signer,
+                    validate=validate, signer=signer, agent_keys=agent_keys,
                 )
             except ConnectionFailed as exc:
                 fail(f"cannot connect: {exc}", EXIT_CONNECT)
@@ -1007,6 +1012,159 @@ def provision_list(state: State, owner: str | None, status: str | None, limit: i
 
 
 # -------------------------------------------------------------------------- keys
+# --------------------------------------------------------------------- approvals
+@cli.group()
+def approvals() -> None:
+    """The two-person rule: requests that wait for someone else's approval.
+
+    \b
+    A policy rule with requires_approval = true parks a request on its host and
+    answers approval_required with an approval id. Another person, whose key the
+    agent trusts and whom the policy allows to call agent.approve, releases it:
+      hostbus approvals list
+      hostbus approvals approve 3f9c1a7be402
+      hostbus approvals deny 3f9c1a7be402 --reason "not during the sale"
+    The approval is signed with your [security] signing_key and bound to the exact
+    request listed; the agent checks both signatures before the request runs.
+    """
+
+
+approval_hosts_option = click.option(
+    "-H", "--host", "hosts", multiple=True, metavar="GLOB",
+    help="Only these hosts (repeatable, globs allowed; default: every host).")
+
+
+def _approvals_on(state: State, hosts: tuple[str, ...], which: str,
+                  timeout: float | None) -> tuple[list[dict[str, Any]], FanoutResult]:
+    selected = _select_hosts(state, hosts, not hosts, (), None, timeout, None, False)
+    try:
+        return state.console().approvals(selected, state=which, timeout=_timeout(state, timeout))
+    except HostbusError as exc:
+        fail(str(exc), EXIT_CONNECT)
+
+
+@approvals.command("list", epilog=EPILOG)
+@approval_hosts_option
+@click.option("--all", "every_state", is_flag=True,
+              help="Also approved, denied and expired ones (last 7 days).")
+@click.option("--timeout", "-t", type=click.FloatRange(0, min_open=True), default=None)
+@json_option
+@click.pass_obj
+def approvals_list(state: State, hosts: tuple[str, ...], every_state: bool,
+                   timeout: float | None, as_json: bool) -> None:
+    """List parked requests, oldest first, with what each would run."""
+    found, result = _approvals_on(state, hosts, "all" if every_state else "pending", timeout)
+    if as_json:
+        _emit_json({"approvals": found, "summary": result.summary,
+                    "errors": [r.to_dict() for r in result.results if r.status != "ok"]})
+    else:
+        from console.render import objects_table
+
+        out = _out()
+        if found:
+            out.print(objects_table(found, ["approval_id", "host", "requester", "call", "args",
+                                            "expires", "state", "decided_by", "outcome"]))
+        else:
+            out.print("no approvals " + ("" if every_state else "pending ") +
+                      f"on {len(result.results)} host(s)")
+        for r in result.results:
+            if r.status != "ok":
+                why = r.reply.error["message"] if r.reply and r.reply.error else "no reply"
+                click.echo(f"hostbus: {r.host}: {why}", err=True)
+    sys.exit(_exit_for(result))
+
+
+def _find_approval(state: State, approval_id: str, hosts: tuple[str, ...],
+                   timeout: float | None) -> dict[str, Any]:
+    found, _ = _approvals_on(state, hosts, "all", timeout)
+    matches = [a for a in found if a["approval_id"] == approval_id]
+    if not matches:
+        fail(f"no approval {approval_id} on any host that answered (see `hostbus approvals "
+             "list --all`)", EXIT_NOTHING)
+    approval = matches[0]
+    if approval["state"] != "pending":
+        fail(f"approval {approval_id} was already {approval['state']}"
+             + (f" by {approval['decided_by']}" if approval.get("decided_by") else ""),
+             EXIT_FAILED)
+    return approval
+
+
+def _decide(state: State, approval: dict[str, Any], verb: str, reason: str,
+            timeout: float | None, as_json: bool) -> None:
+    console = state.console()
+    if console.signer is None:
+        fail("an approval must be signed: set [security] signing_key in the console's "
+             "config (hostbus keys generate NAME)", EXIT_USAGE)
+    try:
+        res = (console.approve(approval, timeout=_timeout(state, timeout)) if verb == "approve"
+               else console.deny(approval, reason, timeout=_timeout(state, timeout)))
+    except HostbusError as exc:
+        fail(str(exc), EXIT_CONNECT)
+    if as_json:
+        _emit_json(res.to_dict())
+    elif res.reply is None:
+        click.echo(f"hostbus: {approval['host']} did not answer within the timeout", err=True)
+    elif not res.reply.ok:
+        from console.render import print_fanout
+
+        print_fanout(_out(), FanoutResult([res], res.elapsed_ms or 0.0))
+    else:
+        released = (res.reply.result or {}).get("reply", {})
+        if verb == "deny":
+            click.echo(f"denied {approval['approval_id']}: {approval['call']} by "
+                       f"{approval['requester']} on {approval['host']} will not run")
+        elif released.get("status") == "ok":
+            click.echo(f"approved {approval['approval_id']}: {approval['call']} ran on "
+                       f"{approval['host']}")
+            from console.render import print_result
+
+            print_result(_out(), released.get("result") or {})
+        else:
+            err = released.get("error") or {}
+            click.echo(f"approved {approval['approval_id']}, but {approval['call']} failed: "
+                       f"{err.get('code')}: {err.get('message')}", err=True)
+            sys.exit(EXIT_FAILED)
+    if res.reply is None:
+        sys.exit(EXIT_NO_REPLY)
+    released_ok = (res.reply.result or {}).get("reply", {}).get("status", "ok") == "ok"
+    sys.exit(EXIT_OK if res.reply.ok and released_ok else EXIT_FAILED)
+
+
+@approvals.command("approve", epilog=EPILOG)
+@click.argument("approval_id")
+@approval_hosts_option
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--timeout", "-t", type=click.FloatRange(0, min_open=True), default=None)
+@json_option
+@click.pass_obj
+def approvals_approve(state: State, approval_id: str, hosts: tuple[str, ...], yes: bool,
+                      timeout: float | None, as_json: bool) -> None:
+    """Approve APPROVAL_ID: the parked request runs now, once."""
+    approval = _find_approval(state, approval_id, hosts, timeout)
+    summary = (f"{approval['requester']} asks to run {approval['call']} "
+               f"{json.dumps(approval['args'], separators=(',', ':'))} on {approval['host']}")
+    if not yes:
+        if not sys.stdin.isatty():
+            fail(f"{summary}; pass --yes to approve it", EXIT_USAGE)
+        if not click.confirm(f"{summary}. Approve?"):
+            fail("cancelled", EXIT_USAGE)
+    _decide(state, approval, "approve", "", timeout, as_json)
+
+
+@approvals.command("deny", epilog=EPILOG)
+@click.argument("approval_id")
+@click.option("--reason", "-r", default="", help="Told to the requester.")
+@approval_hosts_option
+@click.option("--timeout", "-t", type=click.FloatRange(0, min_open=True), default=None)
+@json_option
+@click.pass_obj
+def approvals_deny(state: State, approval_id: str, reason: str, hosts: tuple[str, ...],
+                   timeout: float | None, as_json: bool) -> None:
+    """Deny APPROVAL_ID: the parked request never runs; its requester is told why."""
+    approval = _find_approval(state, approval_id, hosts, timeout)
+    _decide(state, approval, "deny", reason, timeout, as_json)
+
+
 @cli.group()
 def keys() -> None:
     """Ed25519 keys for signing requests."""

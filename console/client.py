@@ -36,7 +36,7 @@ from hostbus.schema import (
 from hostbus.transport.base import Delivery, Properties, Transport, connect
 
 if TYPE_CHECKING:
-    from hostbus.signing import Signer
+    from hostbus.signing import Signer, Verifier
 
 log = logging.getLogger("hostbus.console")
 
@@ -159,9 +159,14 @@ def method_spec(agent: str, method: str,
 class Console:
     def __init__(self, transport: Transport, *, validate: bool = True,
                  schemas: dict[str, AgentSchema] | None = None,
-                 signer: Signer | None = None) -> None:
+                 signer: Signer | None = None, agent_keys: Verifier | None = None) -> None:
+        """``signer`` signs requests. With ``agent_keys`` every reply and event must be
+        signed by the key trusted for its sender, and name that sender as its host: a
+        reply that fails counts only if nothing genuine arrives, as ``bad_signature``;
+        an event that fails is dropped (logged)."""
         self.transport = transport
         self.signer = signer
+        self.agent_keys = agent_keys
         self.validate = validate
         self.schemas = dict(schemas or {})
         self._specs: dict[tuple[str, str], MethodSpec] = {}
@@ -204,10 +209,33 @@ class Console:
         except RemoteError as err:
             log.warning("ignored a malformed reply: %s", err.message)
             return
+        if self.agent_keys is not None:
+            why = self._unverified(delivery, reply.host, "reply")
+            if why is not None:
+                log.warning("a reply claiming host %s failed verification: %s", reply.host, why)
+                reply = Reply(host=reply.host, agent=reply.agent, method=reply.method,
+                              status="error", error={"code": ErrorCode.BAD_SIGNATURE.value,
+                                                     "message": why},
+                              correlation_id=reply.correlation_id, user_id=reply.user_id,
+                              rejected=True)
         with self._lock:
             waiting = self._pending.get(reply.correlation_id or "")
         if waiting is not None:
             waiting.put((reply, time.perf_counter()))
+
+    def _unverified(self, delivery: Delivery, host: str, what: str) -> str | None:
+        """None if ``host`` signed this message, else why not."""
+        assert self.agent_keys is not None
+        try:
+            signer = self.agent_keys.verify(delivery.exchange, delivery.routing_key,
+                                            delivery.properties, delivery.body, what=what,
+                                            who="this console")
+        except RemoteError as err:
+            return err.message
+        if signer != host:
+            return (f"the {what} names host {host!r} but was sent and signed by {signer!r}; "
+                    "a host may only speak for itself")
+        return None
 
     def _on_restored(self) -> None:
         self._lost = None
@@ -284,6 +312,7 @@ class Console:
         window = batch if batch > 0 else len(todo)
         sent: dict[str, tuple[str, float]] = {}  # message id -> (host, send time)
         results: dict[str, HostResult] = {}
+        rejected: dict[str, HostResult] = {}  # failed verification: used if nothing better
         next_i = 0
         deadline = time.monotonic() + timeout
 
@@ -309,6 +338,9 @@ class Console:
                     continue
                 host, t0 = origin
                 res = HostResult(host, reply, (at - t0) * 1000)
+                if reply.rejected:
+                    rejected.setdefault(host, res)
+                    continue
                 results[host] = res
                 if on_result is not None:
                     on_result(res)
@@ -317,7 +349,7 @@ class Console:
             self._forget(sent)
         ordered = []
         for host in todo:
-            res = results.get(host) or HostResult(host, None)
+            res = results.get(host) or rejected.get(host) or HostResult(host, None)
             if host not in results and on_result is not None:
                 on_result(res)
             ordered.append(res)
@@ -381,6 +413,31 @@ class Console:
         return self.fanout(names.BUILTIN_AGENT, "query", args, hosts, timeout=timeout,
                            on_result=on_result)
 
+    # --------------------------------------------------------------- approvals
+    def approvals(self, hosts: list[str], *, state: str = "pending",
+                  timeout: float = 10.0) -> tuple[list[dict[str, Any]], FanoutResult]:
+        """Parked requests on ``hosts`` (each with its ``host``), oldest first, and the
+        fan-out behind them (hosts that failed or did not answer are in it)."""
+        result = self.fanout(names.BUILTIN_AGENT, "approvals", {"state": state}, hosts,
+                             timeout=timeout)
+        found = [a for r in result.by_status("ok")
+                 for a in (r.reply.result or {}).get("approvals", []) if r.reply]
+        return sorted(found, key=lambda a: a["created"]), result
+
+    def approve(self, approval: dict[str, Any], *, timeout: float = 60.0) -> HostResult:
+        """Approve one parked request as listed by ``approvals``: the digest in it binds
+        the approval to that exact request. Sign with a key of your own (``signer``)."""
+        return self.call(names.BUILTIN_AGENT, "approve",
+                         {"approval_id": approval["approval_id"],
+                          "digest": approval["digest"]},
+                         host=approval["host"], timeout=timeout)
+
+    def deny(self, approval: dict[str, Any], reason: str = "", *,
+             timeout: float = 10.0) -> HostResult:
+        return self.call(names.BUILTIN_AGENT, "deny",
+                         {"approval_id": approval["approval_id"], "reason": reason},
+                         host=approval["host"], timeout=timeout)
+
     # ------------------------------------------------------------ provisioning
     def provision(self, body: dict[str, Any], *, request_id: str | None = None,
                   timeout: float = 300.0, wait: bool = True) -> tuple[str, Reply | None]:
@@ -427,6 +484,11 @@ class Console:
                 log.warning("ignored a malformed event on %s: %s", delivery.routing_key,
                             err.message)
                 return
+            if self.agent_keys is not None:
+                why = self._unverified(delivery, ev.host, "event")
+                if why is not None:
+                    log.warning("dropped event %s from %s: %s", ev.full_name, ev.host, why)
+                    return
             handler(ev, sequencer.check(ev))
 
         return self.transport.subscribe(patterns, on_event, name=name, durable=durable)

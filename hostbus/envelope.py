@@ -140,6 +140,8 @@ class Reply:
     elapsed_ms: float | None = None
     correlation_id: str | None = None
     user_id: str | None = None
+    #: Console side: the reply failed signature checks and this error stands in for it.
+    rejected: bool = False
 
     @property
     def ok(self) -> bool:

@@ -13,6 +13,7 @@ Key files: ``NAME.key`` (PKCS#8 PEM, mode 0600) and ``NAME.pub`` (one line:
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 from pathlib import Path
 
@@ -32,6 +33,12 @@ def signing_input(exchange: str, routing_key: str, props: Properties, body: byte
               props.user_id or "", props.reply_to or "", props.correlation_id or ""]
     header = "\n".join(fields).encode()
     return b"hostbus-sig-v1\n" + header + b"\n" + len(body).to_bytes(8, "big") + body
+
+
+def request_digest(exchange: str, routing_key: str, props: Properties, body: bytes) -> str:
+    """What an approval is bound to: everything the requester's signature covers."""
+    return "sha256:" + hashlib.sha256(signing_input(exchange, routing_key, props,
+                                                    body)).hexdigest()
 
 
 class Signer:
@@ -83,7 +90,9 @@ def read_public_key(path: str | Path) -> tuple[str, Ed25519PublicKey]:
 
 
 class Verifier:
-    """Checks request signatures against the keys an agent trusts (one per identity)."""
+    """Checks signatures against trusted keys, one per identity: agents check requests
+    and approvals against console and approver keys; consoles check replies and events
+    against agent keys."""
 
     def __init__(self, trusted: dict[str, Ed25519PublicKey]) -> None:
         self.trusted = trusted
@@ -96,28 +105,29 @@ class Verifier:
         trusted = dict(read_public_key(p) for p in sorted(folder.glob("*.pub")))
         return cls(trusted)
 
-    def verify(self, exchange: str, routing_key: str, props: Properties, body: bytes) -> str:
+    def verify(self, exchange: str, routing_key: str, props: Properties, body: bytes, *,
+               what: str = "request", who: str = "this agent") -> str:
         """The signer's name, or a ``bad_signature`` error that says what is wrong."""
         user = props.user_id
         if not user:
-            raise RemoteError(ErrorCode.BAD_SIGNATURE, "the request has no user_id, so no "
+            raise RemoteError(ErrorCode.BAD_SIGNATURE, f"the {what} has no user_id, so no "
                               "key can vouch for it; set user_id to your broker user")
         key = self.trusted.get(user)
         if key is None:
             raise RemoteError(ErrorCode.BAD_SIGNATURE,
-                              f"this agent trusts no key for {user!r}; add {user}.pub to its "
+                              f"{who} trusts no key for {user!r}; add {user}.pub to its "
                               "trusted keys folder")
         raw = (props.headers or {}).get(SIG_HEADER)
         if not raw:
             raise RemoteError(ErrorCode.BAD_SIGNATURE,
-                              f"the request is not signed; sign it with {user}'s key "
-                              "([security] signing_key in the console's config)")
+                              f"the {what} is not signed; sign it with {user}'s key "
+                              "([security] signing_key in the sender's config)")
         try:
             text = raw if isinstance(raw, str | bytes) else b""
             signature = base64.b64decode(text, validate=True)
             key.verify(signature, signing_input(exchange, routing_key, props, body))
         except (InvalidSignature, ValueError):
             raise RemoteError(ErrorCode.BAD_SIGNATURE,
-                              f"the signature does not match {user}'s trusted key (the "
-                              "message was changed, or signed with another key)") from None
+                              f"the {what}'s signature does not match {user}'s trusted key "
+                              "(the message was changed, or signed with another key)") from None
         return user

@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
         "audit_log": "",
     },
     "quotas": {"default_max_vms": 20, "owners": {}},
+    "security": {"signing_key": ""},
 }
 
 
@@ -69,13 +70,22 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
     agent_transport = connect(url, connection_name=f"hostbus-provisioner {host_id}",
                               connect_timeout=timeout, prefetch=1)
     agent = ProvisionAgent(store)
+    signer = None
+    if cfg["security"]["signing_key"]:
+        from hostbus.signing import Signer
+
+        try:
+            signer = Signer.load(config.resolve(cfg["security"]["signing_key"], config_path))
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return 1
     try:
         agent_transport.start()
-        console = Console.connect(url, connect_timeout=timeout)
+        console = Console.connect(url, connect_timeout=timeout, signer=signer)
     except ConnectionFailed as exc:
         log.error("%s", exc)
         return 2
-    runtime = AgentRuntime(agent_transport, host_id, [agent],
+    runtime = AgentRuntime(agent_transport, host_id, [agent], signer=signer,
                            heartbeat_interval=float(pcfg["heartbeat_interval"]))
     policy = None
     if pcfg["policy"]:

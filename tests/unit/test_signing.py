@@ -158,3 +158,61 @@ def test_a_retried_request_does_not_run_twice_and_learns_the_outcome(setup, keys
     assert again.reply.error["code"] == "replayed"
     assert again.reply.error["details"]["earlier_reply"]["status"] == "ok"
     assert len(power.calls) == 1
+
+
+def test_signed_replies_and_events_are_checked_by_the_console(memory_broker, tmp_path):
+    """A console holding the agents' keys accepts what a host signed for itself and
+    nothing else: not another key's reply, not an event one host forged for another."""
+    from agents.runtime import AgentRuntime
+    from console.client import Console
+    from hostbus.envelope import Event
+    from hostbus.transport.memory import MemoryTransport
+    from tests.fakes import EventCollector
+
+    web01_key, web01_pub = generate("web01", tmp_path / "a")
+    web02_key, web02_pub = generate("web02", tmp_path / "b")
+    memory_broker.enroll("web01", ["host"])
+    agent_t = MemoryTransport(memory_broker, user="web01")
+    agent_t.start()
+    agent, _, _ = make_host_agent("web01")
+    runtime = AgentRuntime(agent_t, "web01", [agent], heartbeat_interval=0,
+                           signer=Signer.load(web01_key))
+    runtime.start()
+
+    def console_trusting(keys):
+        t = MemoryTransport(memory_broker, user="ops")
+        t.start()
+        c = Console(t, agent_keys=Verifier(dict(read_public_key(k) for k in keys)))
+        c.open()
+        return c
+
+    good = console_trusting([web01_pub, web02_pub])
+    wrong = Verifier({"web01": read_public_key(web02_pub)[1]})
+    fooled = console_trusting([])
+    fooled.agent_keys = wrong
+    try:
+        assert good.call("host", "identify", host="web01", timeout=5).status == "ok"
+        res = fooled.call("host", "identify", host="web01", timeout=1)
+        assert res.reply.error["code"] == "bad_signature"
+        assert "does not match web01's trusted key" in res.reply.error["message"]
+
+        seen = EventCollector()
+        good.subscribe(["host.#"], seen)
+        forger = MemoryTransport(memory_broker, user="web02")
+        forger.start()
+        forged = Event(host="web01", agent="host", event="alert", seq=1, epoch="x",
+                       data={"metric": "cpu_percent", "state": "raised"})
+        honest = Event(host="web02", agent="host", event="alert", seq=1, epoch="y",
+                       data={"metric": "cpu_percent", "state": "raised"})
+        for ev in (forged, honest):
+            body, props = ev.encode()
+            props.user_id = "web02"
+            Signer.load(web02_key).sign(names.EVENT_EXCHANGE, ev.routing_key(), props, body)
+            forger.publish(names.EVENT_EXCHANGE, ev.routing_key(), body, props)
+        got = seen.wait_for(lambda e: True)
+        assert got.host == "web02"  # the forged one, sent first, was dropped
+        assert [e.host for e, _ in seen.events] == ["web02"]
+    finally:
+        runtime.stop("test over")
+        good.close()
+        fooled.close()
