@@ -15,6 +15,9 @@ method globs, host globs, and argument constraints. The caller is the broker-val
     methods = ["reboot"]
     hosts = ["web*"]
     args = { delay_s = { min = 60 } }
+    hours = "08:00-18:00"          # optional: only in this window (end exclusive)
+    days = ["mon", "tue", "wed", "thu", "fri"]
+    timezone = "Europe/Berlin"     # of hours and days; default UTC
     allow = true
 """
 
@@ -24,6 +27,7 @@ import fnmatch
 import re
 import tomllib
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, time, tzinfo
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -91,6 +95,62 @@ class ArgRule:
         return None
 
 
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """When a rule applies: hours of the day (a window may wrap past midnight, as in
+    "22:00-06:00") and days of the week, in one time zone."""
+
+    start: time | None = None
+    end: time | None = None
+    days: tuple[str, ...] = DAYS
+    zone: tzinfo = UTC
+    text: str = "any time"
+
+    @classmethod
+    def parse(cls, hours: str | None, days: list[str] | None, zone: str | None) -> TimeWindow:
+        tz: tzinfo = UTC
+        if zone:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                tz = ZoneInfo(zone)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown timezone {zone!r} (e.g. \"UTC\", "
+                                 "\"Europe/Berlin\")") from None
+        start = end = None
+        if hours:
+            m = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", hours)
+            if not m or int(m[1]) > 24 or int(m[3]) > 24 or int(m[2]) > 59 or int(m[4]) > 59:
+                raise ValueError(f"hours {hours!r} is not like \"08:00-18:00\"")
+            start = time(int(m[1]) % 24, int(m[2]))
+            end = time(int(m[3]) % 24, int(m[4]))
+        wanted = tuple(d.lower()[:3] for d in (days or DAYS))
+        unknown = [d for d in wanted if d not in DAYS]
+        if unknown:
+            raise ValueError(f"unknown day {unknown[0]!r}; days are {', '.join(DAYS)}")
+        text = " ".join(filter(None, [hours, ",".join(wanted) if days else None,
+                                      zone if (hours or days) else None])) or "any time"
+        return cls(start, end, wanted, tz, text)
+
+    def why_not(self, moment: datetime) -> str | None:
+        local = moment.astimezone(self.zone)
+        if DAYS[local.weekday()] not in self.days:
+            return f"{DAYS[local.weekday()]} is outside {self.text}"
+        if self.start is not None and self.end is not None:
+            now = local.time().replace(tzinfo=None)
+            inside = (self.start <= now < self.end if self.start < self.end
+                      else now >= self.start or now < self.end)
+            if not inside:
+                return f"{now.strftime('%H:%M')} is outside {self.text}"
+        return None
+
+
+ANY_TIME = TimeWindow()
+
+
 @dataclass(frozen=True)
 class Rule:
     name: str
@@ -101,9 +161,10 @@ class Rule:
     hosts: tuple[str, ...] = ("*",)
     args: dict[str, ArgRule] = field(default_factory=dict)
     requires_approval: bool = False
+    when: TimeWindow = ANY_TIME
 
     def mismatch(self, caller: str, groups: set[str], agent: str, method: str, host: str,
-                 args: dict[str, Any]) -> str | None:
+                 args: dict[str, Any], at: datetime | None = None) -> str | None:
         """None if the rule applies to this request, else the first reason it does not."""
         who = {caller, *(f"group:{g}" for g in groups)}
         if not any(fnmatch.fnmatchcase(w, pattern) for w in who for pattern in self.callers):
@@ -117,11 +178,13 @@ class Rule:
         for name, constraint in self.args.items():
             if name in args and (why := constraint.check(name, args[name])) is not None:
                 return why
+        if self.when is not ANY_TIME:
+            return self.when.why_not(at or datetime.now(UTC))
         return None
 
 
 _RULE_KEYS = {"name", "allow", "callers", "agents", "methods", "hosts", "args",
-              "requires_approval"}
+              "requires_approval", "hours", "days", "timezone"}
 
 
 class RulesPolicy:
@@ -159,11 +222,17 @@ class RulesPolicy:
                         re.compile(rule_arg.pattern)
             except (AttributeError, re.error) as exc:
                 raise ConfigError(f"{where}: bad args constraint: {exc}") from None
+            try:
+                when = (TimeWindow.parse(raw.get("hours"), raw.get("days"), raw.get("timezone"))
+                        if {"hours", "days", "timezone"} & set(raw) else ANY_TIME)
+            except (ValueError, TypeError, AttributeError) as exc:
+                raise ConfigError(f"{where}: {exc}") from None
             rules.append(Rule(
                 name=str(raw.get("name", f"rule {i}")), allow=raw["allow"],
                 callers=tuple(raw.get("callers", ["*"])), agents=tuple(raw.get("agents", ["*"])),
                 methods=tuple(raw.get("methods", ["*"])), hosts=tuple(raw.get("hosts", ["*"])),
                 args=args, requires_approval=bool(raw.get("requires_approval", False)),
+                when=when,
             ))
         return cls(rules, groups, host_id)
 
@@ -171,13 +240,15 @@ class RulesPolicy:
         return {g for g, members in self.groups.items() if caller in members}
 
     def explain(self, caller: str, agent: str, method: str, args: dict[str, Any],
-                host: str | None = None) -> tuple[Decision, list[tuple[str, str]]]:
-        """The decision and, for each rule tried, why it did or did not apply."""
+                host: str | None = None, at: datetime | None = None,
+                ) -> tuple[Decision, list[tuple[str, str]]]:
+        """The decision and, for each rule tried, why it did or did not apply. ``at``
+        (default now) is the moment rules with hours or days are judged at."""
         host = host or self.host_id
         groups = self.groups_of(caller)
         trail = []
         for rule in self.rules:
-            why_not = rule.mismatch(caller, groups, agent, method, host, args)
+            why_not = rule.mismatch(caller, groups, agent, method, host, args, at)
             if why_not is None:
                 verdict = ("denies" if not rule.allow else
                            "allows, with a second person's approval" if rule.requires_approval

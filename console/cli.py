@@ -1218,9 +1218,12 @@ def policy() -> None:
               metavar="FILE", help="The rules file the agent uses.")
 @click.option("--host", default="web01", show_default=True,
               help="The host the agent runs on (for rules with hosts = [...]).")
+@click.option("--at", "at_text", metavar="TIME",
+              help="Judge rules with hours/days at this RFC 3339 time (default: now), "
+                   "e.g. 2026-11-21T22:30:00Z.")
 @json_option
 def policy_check(caller: str, target: str, pairs: tuple[str, ...], policy_file: str,
-                 host: str, as_json: bool) -> None:
+                 host: str, at_text: str | None, as_json: bool) -> None:
     """Explain which rule decides CALLER's AGENT.METHOD call, and why the rules before it
     did not apply. Arguments are typed and defaulted by the method's schema, as the
     agent sees them. Exit 0 allowed, 1 denied (or needs approval)."""
@@ -1237,7 +1240,15 @@ def policy_check(caller: str, target: str, pairs: tuple[str, ...], policy_file: 
         fail(exc.message, EXIT_USAGE)
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
-    decision, trail = rules.explain(caller, agent, method, args, host)
+    at = None
+    if at_text:
+        from hostbus.envelope import parse_rfc3339
+
+        try:
+            at = parse_rfc3339(at_text, "--at")
+        except RemoteError as exc:
+            fail(exc.message, EXIT_USAGE)
+    decision, trail = rules.explain(caller, agent, method, args, host, at)
     verdict = ("needs approval" if decision.requires_approval else
                "allowed" if decision.allowed else "denied")
     if as_json:

@@ -164,3 +164,44 @@ def test_the_audit_log_survives_rotation(tmp_path):
     audit.write({"n": 2})
     assert json.loads((tmp_path / "audit.jsonl.1").read_text())["n"] == 1
     assert json.loads((tmp_path / "audit.jsonl").read_text())["n"] == 2
+
+
+HOURS = """
+[[rule]]
+name = "reboots in the maintenance window"
+methods = ["reboot"]
+hours = "22:00-06:00"
+days = ["sat", "sun"]
+timezone = "Europe/Berlin"
+allow = true
+"""
+
+
+@pytest.mark.parametrize(("moment", "verdict", "why"), [
+    ("2026-11-21T21:30:00Z", True, None),              # Saturday 22:30 in Berlin
+    ("2026-11-22T04:59:00Z", True, None),              # Sunday 05:59, past midnight
+    ("2026-11-21T12:00:00Z", False, "13:00 is outside 22:00-06:00"),
+    ("2026-11-20T21:30:00Z", False, "fri is outside"),  # Friday night
+])
+def test_rules_with_hours_apply_only_inside_their_window(tmp_path, moment, verdict, why):
+    path = tmp_path / "p.toml"
+    path.write_text(HOURS)
+    rules = RulesPolicy.load(path, "web01")
+    decision, trail = rules.explain("alice", "host", "reboot", {}, "web01",
+                                    datetime.fromisoformat(moment))
+    assert decision.allowed is verdict
+    if why:
+        assert why in trail[0][1]
+
+
+@pytest.mark.parametrize(("extra", "fragment"), [
+    ('hours = "8-18"', "is not like"),
+    ('hours = "08:00-25:00"', "is not like"),
+    ('days = ["funday"]', "unknown day"),
+    ('timezone = "Mars/Olympus"', "unknown timezone"),
+])
+def test_bad_time_windows_are_config_errors(tmp_path, extra, fragment):
+    path = tmp_path / "p.toml"
+    path.write_text(f'[[rule]]\nname = "x"\nallow = true\n{extra}\n')
+    with pytest.raises(ConfigError, match=fragment):
+        RulesPolicy.load(path, "web01")
