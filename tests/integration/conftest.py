@@ -1,4 +1,10 @@
+import os
+import stat
+import subprocess
+import sys
+import tomllib
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +15,7 @@ from agents.runtime import AgentRuntime
 from console.client import Console
 
 pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
@@ -44,3 +51,30 @@ def start_agent(rabbitmq):
     yield start
     for runtime in started:
         runtime.stop("test over")
+
+
+@pytest.fixture
+def enroll(rabbitmq, tmp_path):
+    """Enroll identities through the CLI; revoke them afterwards (users are global)."""
+    made = []
+
+    def run(*args):
+        env = {**os.environ, "HOSTBUS_BROKER_URL": rabbitmq.url}
+        return subprocess.run([str(BIN / "hostbus"), *args], capture_output=True, text=True,
+                              env=env, timeout=60, check=False)
+
+    def make(kind, name, *extra):
+        path = tmp_path / f"{name}.toml"
+        command = {"agent": ["broker", "enroll", name, "--agents", "host"],
+                   "console": ["broker", "enroll-console", name],
+                   "app": ["broker", "enroll-app", name]}[kind]
+        done = run(*command, "-o", str(path), *extra)
+        assert done.returncode == 0, done.stderr
+        made.append(name)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        return path, tomllib.loads(path.read_text())["broker"]["url"]
+
+    make.run = run
+    yield make
+    for name in made:
+        rabbitmq.admin.revoke(name)

@@ -4,7 +4,6 @@ plain AMQP client and the enrolled credentials)."""
 
 import json
 import os
-import stat
 import subprocess
 import sys
 import tomllib
@@ -18,33 +17,6 @@ from tests.fakes import EventCollector
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture
-def enroll(rabbitmq, tmp_path):
-    """Enroll identities through the CLI; revoke them afterwards (users are global)."""
-    made = []
-
-    def run(*args):
-        env = {**os.environ, "HOSTBUS_BROKER_URL": rabbitmq.url}
-        return subprocess.run([str(BIN / "hostbus"), *args], capture_output=True, text=True,
-                              env=env, timeout=60, check=False)
-
-    def make(kind, name, *extra):
-        path = tmp_path / f"{name}.toml"
-        command = {"agent": ["broker", "enroll", name, "--agents", "host"],
-                   "console": ["broker", "enroll-console", name],
-                   "app": ["broker", "enroll-app", name]}[kind]
-        done = run(*command, "-o", str(path), *extra)
-        assert done.returncode == 0, done.stderr
-        made.append(name)
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        return path, tomllib.loads(path.read_text())["broker"]["url"]
-
-    make.run = run
-    yield make
-    for name in made:
-        rabbitmq.admin.revoke(name)
 
 
 def refusal(url, action):
