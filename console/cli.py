@@ -652,16 +652,40 @@ def setup(state: State, admin_url: str | None, vhost: str | None, as_json: bool)
                    f"{counts['bindings']} bindings, {counts['policies']} policies applied")
 
 
-def _identity_url(state: State, user: str, password: str, broker_url: str | None) -> str:
+def _identity_url(state: State, user: str, password: str, broker_url: str | None,
+                  tls: tuple[Path, Path, Path] | None = None) -> str:
     """The URL an enrolled identity connects with: the console's broker (or
-    --broker-url), with the new user's credentials."""
-    from urllib.parse import quote
+    --broker-url), with the new user's credentials: a password, or with ``tls`` (CA,
+    certificate, key) a client certificate (SASL EXTERNAL, amqps only)."""
+    from urllib.parse import quote, urlencode
 
     from hostbus.transport.base import parse_url
 
     base = parse_url(broker_url or state.url)
-    return (f"{base.scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{base.host}:"
-            f"{base.port}/{quote(base.vhost, safe='')}")
+    where = f"{base.host}:{base.port}/{quote(base.vhost, safe='')}"
+    if tls is None:
+        return f"{base.scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{where}"
+    query = urlencode({"cafile": tls[0], "certfile": tls[1], "keyfile": tls[2]})
+    return f"amqps://{quote(user, safe='')}@{where}?{query}"
+
+
+def _issue_client_cert(state: State, name: str, tls_dir: str | None,
+                       broker_url: str | None) -> tuple[Path, Path, Path] | None:
+    """Before any user is created: check the broker URL is amqps, then sign NAME's
+    certificate with the CA in ``tls_dir``."""
+    if tls_dir is None:
+        return None
+    from hostbus.devca import CA_CERT, issue
+    from hostbus.transport.base import parse_url
+
+    if parse_url(broker_url or state.url).scheme != "amqps":
+        fail("a client certificate needs TLS: give --broker-url amqps://BROKER:5671/VHOST",
+             EXIT_USAGE)
+    try:
+        cert, key = issue(tls_dir, name)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+    return Path(tls_dir).resolve() / CA_CERT, cert.resolve(), key.resolve()
 
 
 def _write_secret_file(path: str, text: str, force: bool) -> None:
@@ -690,9 +714,10 @@ def _check_writable(path: str, force: bool) -> None:
 
 
 def _enroll_identity(state: State, kind: str, name: str, admin_url: str | None,
-                     vhost: str | None) -> tuple[str, str]:
+                     vhost: str | None, certificate: bool = False) -> tuple[str, str]:
     with admin_errors():
-        password = _admin(state, admin_url).create_identity(_vhost(state, vhost), kind, name)
+        password = _admin(state, admin_url).create_identity(_vhost(state, vhost), kind, name,
+                                                            certificate=certificate)
     return name, password
 
 
@@ -703,6 +728,11 @@ force_option = click.option("--force", is_flag=True, help="Replace an existing f
 broker_url_option = click.option("--broker-url", metavar="URL",
                                  help="The broker as this identity will reach it "
                                       "(default: the console's, e.g. amqps://broker:5671/hostbus).")
+tls_dir_option = click.option(
+    "--tls-dir", metavar="DIR", type=click.Path(file_okay=False),
+    help="Authenticate with a client certificate instead of a password: sign NAME.pem "
+         "with the CA in DIR (hostbus broker dev-ca DIR) and create the user without a "
+         "password (SASL EXTERNAL over amqps).")
 
 
 @broker.command()
@@ -714,13 +744,14 @@ broker_url_option = click.option("--broker-url", metavar="URL",
 @config_out_option
 @force_option
 @broker_url_option
+@tls_dir_option
 @admin_option
 @vhost_option
 @json_option
 @click.pass_obj
 def enroll(state: State, host: str, agents: str, no_user: bool, config_out: str | None,
-           force: bool, broker_url: str | None, admin_url: str | None, vhost: str | None,
-           as_json: bool) -> None:
+           force: bool, broker_url: str | None, tls_dir: str | None, admin_url: str | None,
+           vhost: str | None, as_json: bool) -> None:
     """Create HOST's queue and bindings, and its own broker user (idempotent).
 
     The user may read only HOST's queue and publish only events for HOST and replies;
@@ -738,13 +769,15 @@ def enroll(state: State, host: str, agents: str, no_user: bool, config_out: str 
                            "routing_keys": keys}
     if not no_user:
         _check_writable(config_out or f"{host}.toml", force)
-        _, password = _enroll_identity(state, "agent", host, admin_url, vhost)
+        tls = _issue_client_cert(state, host, tls_dir, broker_url)
+        _, password = _enroll_identity(state, "agent", host, admin_url, vhost,
+                                       certificate=tls is not None)
         path = config_out or f"{host}.toml"
         _write_secret_file(path, (
             f"# hostbus-agent configuration for host {host}, written by "
-            f"`hostbus broker enroll`.\n# It holds this host's broker password: keep it "
+            f"`hostbus broker enroll`.\n# It holds this host's broker credentials: keep it "
             f"mode 0600. Every other setting is in etc/agent.toml.\n\n"
-            f'[broker]\nurl = "{_identity_url(state, host, password, broker_url)}"\n\n'
+            f'[broker]\nurl = "{_identity_url(state, host, password, broker_url, tls)}"\n\n'
             f'[agent]\nhost_id = "{host}"\nagents = {json.dumps(agent_list)}\n'), force)
         out |= {"user": host, "config": path}
     if as_json:
@@ -758,12 +791,14 @@ def enroll(state: State, host: str, agents: str, no_user: bool, config_out: str 
 
 
 def _enroll_named(state: State, kind: str, name: str, config_out: str | None, force: bool,
-                  broker_url: str | None, admin_url: str | None, vhost: str | None,
-                  as_json: bool, what: str) -> None:
+                  broker_url: str | None, tls_dir: str | None, admin_url: str | None,
+                  vhost: str | None, as_json: bool, what: str) -> None:
     path = config_out or f"{name}.toml"
     _check_writable(path, force)
-    _, password = _enroll_identity(state, kind, name, admin_url, vhost)
-    url = _identity_url(state, name, password, broker_url)
+    tls = _issue_client_cert(state, name, tls_dir, broker_url)
+    _, password = _enroll_identity(state, kind, name, admin_url, vhost,
+                                   certificate=tls is not None)
+    url = _identity_url(state, name, password, broker_url, tls)
     _write_secret_file(path, (
         f"# hostbus {kind} configuration for {name}, written by `hostbus broker "
         f"enroll-{kind}`.\n# It holds the broker password: keep it mode 0600.\n"
@@ -779,7 +814,7 @@ def identity_command(name: str) -> Callable[[Callable[..., Any]], Any]:
 
     def wrap(fn: Callable[..., Any]) -> Any:
         for option in (click.pass_obj, json_option, vhost_option, admin_option,
-                       broker_url_option, force_option, config_out_option,
+                       tls_dir_option, broker_url_option, force_option, config_out_option,
                        click.argument("name"), broker.command(name)):
             fn = option(fn)
         return fn
@@ -789,24 +824,69 @@ def identity_command(name: str) -> Callable[[Callable[..., Any]], Any]:
 
 @identity_command("enroll-console")
 def enroll_console(state: State, name: str, config_out: str | None, force: bool,
-                   broker_url: str | None, admin_url: str | None, vhost: str | None,
-                   as_json: bool) -> None:
+                   broker_url: str | None, tls_dir: str | None, admin_url: str | None,
+                   vhost: str | None, as_json: bool) -> None:
     """Create a console's broker user: it may send requests and provisioning requests,
     and declare and read its own reply and subscription queues (hostbus.reply.NAME.*,
     hostbus.sub.NAME.*). Use the written file with `hostbus --config FILE`."""
-    _enroll_named(state, "console", name, config_out, force, broker_url, admin_url, vhost,
-                  as_json, "Use it with: hostbus --config THIS_FILE ...")
+    _enroll_named(state, "console", name, config_out, force, broker_url, tls_dir, admin_url,
+                  vhost, as_json, "Use it with: hostbus --config THIS_FILE ...")
 
 
 @identity_command("enroll-app")
 def enroll_app(state: State, name: str, config_out: str | None, force: bool,
-               broker_url: str | None, admin_url: str | None, vhost: str | None,
-               as_json: bool) -> None:
+               broker_url: str | None, tls_dir: str | None, admin_url: str | None,
+               vhost: str | None, as_json: bool) -> None:
     """Create an application's broker user: it may post provisioning requests and read
     its own reply queue (hostbus.reply.NAME.*, bound to hostbus.reply), nothing else."""
-    _enroll_named(state, "app", name, config_out, force, broker_url, admin_url, vhost,
-                  as_json, f"Post to exchange hostbus.provision; reply queue "
+    _enroll_named(state, "app", name, config_out, force, broker_url, tls_dir, admin_url,
+                  vhost, as_json, f"Post to exchange hostbus.provision; reply queue "
                            f"hostbus.reply.{name}.<anything>.")
+
+
+@broker.command("dev-ca")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--broker-name", "broker_names", multiple=True, metavar="NAME",
+              help="A DNS name or IP address the broker is reached by (repeatable; "
+                   "default: localhost and 127.0.0.1).")
+@click.option("--client", "clients", multiple=True, metavar="USER",
+              help="Also sign a client certificate for this broker user (repeatable).")
+@json_option
+def dev_ca(folder: str, broker_names: tuple[str, ...], clients: tuple[str, ...],
+           as_json: bool) -> None:
+    """Mint a development CA in FOLDER (once), the broker's certificate, and client
+    certificates, for TLS and SASL EXTERNAL on a lab or test broker.
+
+    \b
+    Then point RabbitMQ at them (broker_config/rabbitmq-tls.conf shows how):
+      ssl_options.cacertfile = FOLDER/ca.pem
+      ssl_options.certfile   = FOLDER/broker.pem
+      ssl_options.keyfile    = FOLDER/broker.key
+    and enroll identities with certificates instead of passwords:
+      hostbus broker enroll web01 --tls-dir FOLDER --broker-url amqps://broker:5671/hostbus
+    Production brokers use the organisation's CA; the file layout is the same.
+    """
+    from hostbus.devca import CA_CERT, CA_KEY, create_ca, issue
+
+    made: dict[str, Any] = {"folder": folder}
+    try:
+        if not (Path(folder) / CA_KEY).exists():
+            create_ca(folder)
+            made["ca_created"] = True
+        made["ca"] = str(Path(folder) / CA_CERT)
+        made["broker"] = [str(p) for p in issue(
+            folder, "broker", server_names=list(broker_names) or ["localhost", "127.0.0.1"])]
+        made["clients"] = {c: [str(p) for p in issue(folder, names.validate_host_id(c))]
+                           for c in clients}
+    except (ConfigError, ValueError) as exc:
+        fail(str(exc), EXIT_USAGE)
+    if as_json:
+        _emit_json(made)
+        return
+    click.echo(f"CA {made['ca']}" + (" (new)" if made.get("ca_created") else " (existing)"))
+    click.echo(f"broker certificate {made['broker'][0]}, key {made['broker'][1]} (mode 0600)")
+    for client, (cert, key) in made["clients"].items():
+        click.echo(f"client {client}: {cert}, key {key} (mode 0600)")
 
 
 @broker.command()

@@ -193,16 +193,22 @@ class BrokerAdmin:
 
     # -- identities --
     def create_identity(self, vhost: str, kind: str, name: str,
-                        password: str | None = None) -> str:
+                        password: str | None = None, *, certificate: bool = False) -> str:
         """Create (or reset) the broker user ``name`` with the rights of ``kind``;
-        return its password (generated unless given)."""
+        return its password (generated unless given). With ``certificate`` the user has
+        no password at all: it can only log in with a TLS client certificate whose
+        common name is ``name`` (SASL EXTERNAL); "" is returned."""
         if not IDENTITY_RE.match(name):
             raise ValueError(f"invalid identity name {name!r}: use 1-63 of a-z 0-9 _ -, "
                              "starting with a letter or digit (no dots)")
         grant = grant_for(kind, name)
-        password = password or secrets.token_urlsafe(24)
-        self._call("PUT", f"/api/users/{self._q(name)}",
-                   {"password": password, "tags": f"hostbus-{kind}"})
+        if certificate:
+            password = ""
+            user: dict[str, str] = {"password_hash": "", "tags": f"hostbus-{kind}"}
+        else:
+            password = password or secrets.token_urlsafe(24)
+            user = {"password": password, "tags": f"hostbus-{kind}"}
+        self._call("PUT", f"/api/users/{self._q(name)}", user)
         self._call("PUT", f"/api/permissions/{self._q(vhost)}/{self._q(name)}",
                    {"configure": grant.configure, "write": grant.write, "read": grant.read})
         self._call("PUT", f"/api/topic-permissions/{self._q(vhost)}/{self._q(name)}",

@@ -34,6 +34,7 @@ from hostbus.errors import (
     TransportClosed,
 )
 from hostbus.transport.base import (
+    BrokerURL,
     Delivery,
     Handler,
     Properties,
@@ -119,7 +120,8 @@ def translate_error(exc: BaseException, where: str) -> HostbusError:
     ):
         return ConnectionFailed(
             f"{where}: the broker refused the user name or password (ACCESS_REFUSED). "
-            "Check the credentials in the broker URL."
+            "Check the credentials in the broker URL (with a client certificate: its "
+            "common name must be an enrolled broker user)."
         )
     if isinstance(exc, pex.ProbableAccessDeniedError) or "NOT_ALLOWED" in text or (
         "vhost" in text and "not found" in text
@@ -128,6 +130,23 @@ def translate_error(exc: BaseException, where: str) -> HostbusError:
             f"{where}: the virtual host does not exist or this user may not use it. "
             "Create it with `hostbus broker setup --vhost NAME` (as an administrator)."
         )
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        return ConnectionFailed(
+            f"{where}: the broker's TLS certificate does not verify (wrong CA, or it does "
+            "not name this host). Give the CA that signed it: amqps://...?cafile=ca.pem")
+    if "WRONG_VERSION_NUMBER" in text:
+        return ConnectionFailed(
+            f"{where}: that port does not speak TLS (is it the plain AMQP port? TLS is "
+            "usually 5671; or use amqp:// for a plain port)")
+    if "SSL" in text and ("alert" in text.lower() or "handshake" in text.lower()):
+        return ConnectionFailed(
+            f"{where}: the TLS handshake failed: {exc!r}. Does the broker trust the CA of "
+            "this client certificate, and is it a TLS port (5671)?")
+    if "EXTERNAL" in text or "auth mechanism" in text.lower():
+        return ConnectionFailed(
+            f"{where}: the broker does not offer SASL EXTERNAL: enable the "
+            "rabbitmq_auth_mechanism_ssl plugin and auth_mechanisms.N = EXTERNAL "
+            "(broker_config/rabbitmq-tls.conf)")
     if "ConnectionRefusedError" in text or "Connection refused" in text:
         return ConnectionFailed(
             f"{where}: connection refused. Is RabbitMQ running and listening there? "
@@ -136,6 +155,18 @@ def translate_error(exc: BaseException, where: str) -> HostbusError:
     if isinstance(exc, pex.AMQPConnectionError | OSError):
         return ConnectionFailed(f"{where}: cannot connect: {exc!r}")
     return HostbusError(f"{where}: {exc!r}")
+
+
+def tls_context(url: BrokerURL) -> ssl.SSLContext:
+    """Peer verification always on: the broker's certificate must chain to ``cafile``
+    (or the system's CAs) and name the host connected to."""
+    try:
+        ctx = ssl.create_default_context(cafile=url.cafile)
+        if url.certfile:
+            ctx.load_cert_chain(url.certfile, url.keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the TLS files of {url.redacted()}: {exc}") from None
+    return ctx
 
 
 class PikaTransport(Transport):
@@ -207,14 +238,17 @@ class PikaTransport(Transport):
 
     def _params_for(self, url: Any) -> pika.ConnectionParameters:
         ssl_options = None
+        credentials: Any = pika.PlainCredentials(url.user, url.password)
         if url.scheme == "amqps":
-            ctx = self._tls_context or ssl.create_default_context()
+            ctx = self._tls_context or tls_context(url)
             ssl_options = pika.SSLOptions(ctx, server_hostname=url.host)
+            if url.external:
+                credentials = pika.credentials.ExternalCredentials()
         return pika.ConnectionParameters(
             host=url.host,
             port=url.port,
             virtual_host=url.vhost,
-            credentials=pika.PlainCredentials(url.user, url.password),
+            credentials=credentials,
             heartbeat=self._heartbeat,
             blocked_connection_timeout=60,
             socket_timeout=self._connect_timeout,

@@ -13,8 +13,9 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from hostbus.errors import ConfigError
 
@@ -137,6 +138,16 @@ class BrokerURL:
     user: str
     password: str
     vhost: str
+    #: TLS (amqps): the CA that signed the broker's certificate (default: the system's),
+    #: and this identity's client certificate and key.
+    cafile: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+
+    @property
+    def external(self) -> bool:
+        """SASL EXTERNAL: the client certificate is the credential (no password given)."""
+        return self.certfile is not None and not self.password
 
     def redacted(self) -> str:
         return f"{self.scheme}://{self.user}@{self.host}:{self.port}/{self.vhost}"
@@ -151,9 +162,15 @@ def split_urls(urls: str) -> list[str]:
     return found
 
 
+TLS_KEYS = ("cafile", "certfile", "keyfile")
+
+
 def parse_url(url: str) -> BrokerURL:
     """Parse ``amqp[s]://user:pass@host:port/vhost`` (the first, if several are given);
-    the vhost defaults to ``hostbus``."""
+    the vhost defaults to ``hostbus``. TLS files go in the query:
+    ``amqps://web01@broker:5671/hostbus?cafile=ca.pem&certfile=web01.pem&keyfile=web01.key``
+    (a client certificate and no password means SASL EXTERNAL: the broker takes the
+    user from the certificate's common name, which must equal the user given)."""
     parts = urlsplit(split_urls(url)[0])
     if parts.scheme not in ("amqp", "amqps", "memory"):
         raise ConfigError(
@@ -165,13 +182,31 @@ def parse_url(url: str) -> BrokerURL:
         port = parts.port or default_port
     except ValueError as exc:
         raise ConfigError(f"broker URL {url!r}: {exc}") from None
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - set(TLS_KEYS))
+    if unknown:
+        raise ConfigError(f"broker URL option {unknown[0]!r} is unknown; known: "
+                          f"{', '.join(TLS_KEYS)}")
+    tls = {k: query[k][-1] for k in TLS_KEYS if k in query}
+    if tls and parts.scheme != "amqps":
+        raise ConfigError(f"broker URL gives {', '.join(tls)} but its scheme is "
+                          f"{parts.scheme}://; use amqps:// for TLS")
+    if ("certfile" in tls) != ("keyfile" in tls):
+        raise ConfigError("broker URL: give certfile and keyfile together (the client "
+                          "certificate and its key)")
+    for key, file in tls.items():
+        if not Path(file).is_file():
+            raise ConfigError(f"broker URL {key}={file}: no such file")
+    has_cert = "certfile" in tls
     return BrokerURL(
         scheme=parts.scheme,
         host=parts.hostname or "127.0.0.1",
         port=port,
         user=unquote(parts.username or "guest"),
-        password=unquote(parts.password or "guest"),
+        # With a client certificate and no password the certificate is the credential.
+        password=unquote(parts.password or ("" if has_cert else "guest")),
         vhost=unquote(path) or "hostbus",
+        cafile=tls.get("cafile"), certfile=tls.get("certfile"), keyfile=tls.get("keyfile"),
     )
 
 

@@ -1,0 +1,91 @@
+"""A RabbitMQ node of the tests' own, beside the machine's broker: its own node name,
+ports, data folder and configuration (TLS, or a cluster of several nodes sharing one
+Erlang cookie). Started and stopped by the test that needs it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+from pathlib import Path
+
+from hostbus.broker_admin import BrokerAdmin
+
+SBIN = Path("/usr/lib/rabbitmq/bin")  # Debian's; /usr/sbin's wrappers switch user
+
+
+def _tool(name: str) -> str:
+    path = SBIN / name
+    found = str(path) if path.exists() else shutil.which(name)
+    if not found:
+        raise RuntimeError(f"{name} not found: install rabbitmq-server (./run.sh test does)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RabbitNode:
+    def __init__(self, folder: Path, *, config: str = "", plugins: tuple[str, ...] = (),
+                 home: Path | None = None, name: str | None = None) -> None:
+        self.folder = folder
+        self.home = home or folder  # the Erlang cookie lives here; a cluster shares it
+        self.node = f"{name or 'hbtest-' + uuid.uuid4().hex[:6]}@localhost"
+        self.amqp_port, self.mgmt_port, self.dist_port = free_port(), free_port(), free_port()
+        self.config = config
+        self.plugins = ("rabbitmq_management", *plugins)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "HOME": str(self.home), "RABBITMQ_NODENAME": self.node,
+                "RABBITMQ_NODE_PORT": str(self.amqp_port),
+                "RABBITMQ_DIST_PORT": str(self.dist_port),
+                "RABBITMQ_CONFIG_FILE": str(self.folder / "rabbitmq"),
+                "RABBITMQ_MNESIA_BASE": str(self.folder / "mnesia"),
+                "RABBITMQ_LOG_BASE": str(self.folder / "log"),
+                "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.folder / "enabled_plugins"),
+                "RABBITMQ_PID_FILE": str(self.folder / "pid")}
+
+    @property
+    def admin(self) -> BrokerAdmin:
+        return BrokerAdmin(f"http://guest:guest@127.0.0.1:{self.mgmt_port}")
+
+    def url(self, vhost: str = "hostbus") -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/{vhost}"
+
+    def start(self, timeout: int = 120) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = {self.amqp_port}\n"
+            f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.mgmt_port}\n"
+            f"{self.config}\n")
+        (self.folder / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
+        subprocess.run([_tool("rabbitmq-server"), "-detached"], env=self.env, check=True,
+                       capture_output=True, timeout=30)
+        # `wait` follows the pid file until the node has booted (await_startup fails at
+        # once while the node is not yet registered).
+        self.ctl("wait", str(self.folder / "pid"), "--timeout", str(timeout),
+                 timeout=timeout + 10)
+
+    def ctl(self, *args: str, timeout: float = 60) -> str:
+        done = subprocess.run([_tool("rabbitmqctl"), "-n", self.node, *args], env=self.env,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+        if done.returncode != 0:
+            log = self.folder / "log" / f"{self.node}.log"
+            tail = log.read_text()[-3000:] if log.exists() else "(no log)"
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)} on {self.node} failed: "
+                               f"{done.stdout}{done.stderr}\n--- node log ---\n{tail}")
+        return done.stdout
+
+    def stop(self) -> None:
+        try:
+            self.ctl("stop", timeout=60)
+        except (RuntimeError, subprocess.TimeoutExpired):
+            pid = self.folder / "pid"
+            if pid.exists():
+                subprocess.run(["kill", "-9", pid.read_text().strip()], check=False)
