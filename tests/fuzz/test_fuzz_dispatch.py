@@ -108,3 +108,49 @@ def _verifier():
 
 
 VERIFIER = _verifier()
+
+
+def _signed_setup():
+    """Signatures required and valid (mallory's key is trusted), a policy that parks
+    every host call for approval, and an approval desk: the path a signed attacker
+    reaches. Nothing on the host may run without a second person."""
+    import tempfile
+
+    from agents.approvals import Approvals, ApprovalStore
+    from agents.policy import Rule, RulesPolicy
+    from hostbus.signing import Signer, Verifier, generate, read_public_key
+
+    folder = tempfile.mkdtemp()
+    key, pub = generate("mallory", folder)
+    verifier = Verifier({"mallory": read_public_key(pub)[1]})
+    return Signer.load(key), verifier, Approvals(ApprovalStore(None), verifier), RulesPolicy(
+        [Rule("park host calls", True, agents=("host", "probe"), requires_approval=True),
+         Rule("approvals", True, agents=("agent",))], {}, "web01")
+
+
+SIGNER, SIGNED_VERIFIER, APPROVALS, PARKING = _signed_setup()
+approve_args = st.fixed_dictionaries({
+    "approval_id": st.sampled_from(["000000000000", "zz", ""]) | st.text(max_size=14),
+    "digest": st.sampled_from(["sha256:" + "0" * 64, ""]) | st.text(max_size=71)})
+
+
+@given(body=bodies, props=properties, approve=approve_args, as_approval=st.booleans())
+def test_signed_requests_and_approvals_by_the_requester_never_run(body, props, approve,
+                                                                   as_approval):
+    from hostbus import names
+    from hostbus.envelope import new_request
+
+    dispatcher, probe, power = build()
+    dispatcher.verifier, dispatcher.policy = SIGNED_VERIFIER, PARKING
+    dispatcher.approvals = APPROVALS
+    routing_key = "host.web01"
+    if as_approval:  # the requester tries to approve something: never their own
+        req = new_request("agent", "approve", approve, host="web01", reply_to="hostbus.reply.x")
+        body, props = req.encode()
+        routing_key = req.routing_key()
+    props.user_id = "mallory"
+    SIGNER.sign(names.REQUEST_EXCHANGE, routing_key, props, body)
+    outcome = dispatcher.handle(Delivery(body, props, names.REQUEST_EXCHANGE, routing_key))
+    assert probe.executed == [] and power.calls == []
+    if outcome.reply is not None:
+        assert outcome.reply.error is None or outcome.reply.error["code"] in ERROR_CODES
