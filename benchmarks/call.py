@@ -84,18 +84,36 @@ def raw_round_trips(url: str, n: int, *, hostbus_topology: bool = False) -> list
     return samples
 
 
+class _ReplyKeys:
+    """The console checks that a reply's host is its signer; in this benchmark every
+    host runs as the one broker user, so the check is the signature alone."""
+
+    def __init__(self, verifier: Verifier, host: str) -> None:
+        self.verifier, self.host = verifier, host
+
+    def verify(self, *args: Any, **kwargs: Any) -> str:
+        self.verifier.verify(*args, **kwargs)
+        return self.host
+
+
 def hostbus_round_trips(bench: Bench, n: int, *, signed: bool = False) -> list[float]:
     host = f"bench{uuid.uuid4().hex[:6]}"
     bench.admin.enroll_host(bench.vhost, host, [])
-    verifier, signer = None, None
-    if signed:  # Ed25519: the console signs, the agent verifies, both in this run
+    verifier = signer = agent_keys = None
+    if signed:
+        # Ed25519 both ways, as a locked-down fleet runs: the console signs the request
+        # and the agent verifies it; the agent signs the reply and the console verifies
+        # it. Both ends run under one broker user here, so one key pair serves both.
         with tempfile.TemporaryDirectory() as folder:
             user = parse_url(bench.url).user
             key_path, pub_path = generate(user, folder)
             signer = Signer.load(key_path)
             verifier = Verifier(dict([read_public_key(pub_path)]))
-    runtime = AgentRuntime.serve(bench.url, host, [], heartbeat_interval=0, verifier=verifier)
-    console = Console.connect(bench.url, signer=signer)
+            agent_keys = _ReplyKeys(verifier, host)
+    runtime = AgentRuntime.serve(bench.url, host, [], heartbeat_interval=0, verifier=verifier,
+                                 signer=signer)
+    console = Console.connect(bench.url, signer=signer,
+                              agent_keys=agent_keys)  # type: ignore[arg-type]
     samples = []
     try:
         for _ in range(n):

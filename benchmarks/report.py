@@ -54,7 +54,7 @@ def text(results: dict[str, Any]) -> str:
         for key, label in (("raw_pika", "raw pika"),
                            ("raw_pika_hostbus_topology", "raw pika, hostbus topology"),
                            ("hostbus", "hostbus"),
-                           ("hostbus_signed", "hostbus, signed (Ed25519)")):
+                           ("hostbus_signed", "hostbus, signed both ways")):
             if key not in call:
                 continue
             r = call[key]
