@@ -60,10 +60,10 @@ class RabbitNode:
 
     def start(self, timeout: int = 120) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
+        # The node's own ports last: a later key wins, so a shipped file can go first.
         (self.folder / "rabbitmq.conf").write_text(
-            f"listeners.tcp.default = {self.amqp_port}\n"
-            f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.mgmt_port}\n"
-            f"{self.config}\n")
+            f"{self.config}\nlisteners.tcp.default = {self.amqp_port}\n"
+            f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.mgmt_port}\n")
         (self.folder / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
         subprocess.run([_tool("rabbitmq-server"), "-detached"], env=self.env, check=True,
                        capture_output=True, timeout=30)
