@@ -21,6 +21,7 @@ from agents.audit import AuditLog, args_digest
 from agents.base import Agent, check_agent_against_schema
 from agents.builtin import BuiltinAgent, RuntimeInfo
 from agents.dispatch import Checked, Dispatcher, HostedAgent, Outcome
+from agents.outbox import EventOutbox, Spool
 from agents.policy import Decision, Policy
 from hostbus import __version__, names
 from hostbus.envelope import Event, error_reply, now_rfc3339, parse_request
@@ -57,13 +58,15 @@ class AgentRuntime:
         replay: ReplayGuard | None = None,
         approvals: Approvals | None = None,
         signer: Signer | None = None,
+        spool: Spool | None = None,
     ) -> None:
         """``schemas`` supplies schemas not shipped in ``schemas/agents`` (test agents,
         third-party agents); the shipped files are used otherwise. ``executor`` shares
         one worker pool among many runtimes in a process (simulated fleets in
         benchmarks); by default each runtime has its own. ``heartbeat_interval`` 0 sends
         no heartbeats. ``approvals`` parks requests that need a second person's approval
-        (it needs ``verifier``). ``signer`` signs every reply and event."""
+        (it needs ``verifier``). ``signer`` signs every reply and event. ``spool`` keeps
+        events while the broker is away (in memory by default; the daemon's is a file)."""
         names.validate_host_id(host_id)
         self.transport = transport
         self.host_id = host_id
@@ -85,6 +88,7 @@ class AgentRuntime:
         self.requests_handled = 0
         self.audit = audit
         self.signer = signer
+        self.outbox = EventOutbox(transport, spool)
         if approvals is not None and verifier is None:
             raise ValueError("approvals need signature checks: pass a verifier too")
 
@@ -146,12 +150,18 @@ class AgentRuntime:
         ev = Event(host=self.host_id, agent=agent, event=event, data=data, seq=seq,
                    epoch=self.epoch)
         body, props = ev.encode()
-        self._publish(names.EVENT_EXCHANGE, ev.routing_key(), body, props)
+        key = ev.routing_key()
+        self._sign(names.EVENT_EXCHANGE, key, body, props)
+        self.outbox.send(names.EVENT_EXCHANGE, key, body, props,
+                         periodic=hosted.schema.events[event].periodic)
 
-    def _publish(self, exchange: str, routing_key: str, body: bytes, props: Any) -> None:
+    def _sign(self, exchange: str, routing_key: str, body: bytes, props: Any) -> None:
         if self.signer is not None:
             props.user_id = self.transport.user  # signed, so it must be set before
             self.signer.sign(exchange, routing_key, props, body)
+
+    def _publish(self, exchange: str, routing_key: str, body: bytes, props: Any) -> None:
+        self._sign(exchange, routing_key, body, props)
         self.transport.publish(exchange, routing_key, body, props)
 
     # -------------------------------------------------------------- lifecycle
@@ -165,6 +175,7 @@ class AgentRuntime:
         for hosted in self.hosted.values():
             hosted.agent.start()
         self.transport.consume(queue, self._on_delivery)
+        self.outbox.resume()
         self.emit(names.BUILTIN_AGENT, "online", {
             "agents": self.agent_names, "version": __version__, "epoch": self.epoch,
             "facts": self.facts(),
@@ -196,6 +207,8 @@ class AgentRuntime:
             self.emit(names.BUILTIN_AGENT, "offline", {"reason": reason})
         except Exception:
             log.warning("could not announce going offline", exc_info=True)
+        if not self.outbox.wait_confirmed(5.0):
+            log.warning("stopping with events unconfirmed by the broker (they may be lost)")
         for hosted in self.hosted.values():
             try:
                 hosted.agent.stop()
@@ -329,6 +342,7 @@ class AgentRuntime:
             "agents": self.agent_names, "version": __version__, "epoch": self.epoch,
             "uptime_s": round(time.monotonic() - self._started_mono, 1),
             "interval_s": self.heartbeat_interval, "requests": self.requests_handled,
+            "events": self.outbox.status(),
         }
         status = {}
         for name, hosted in self.hosted.items():

@@ -470,8 +470,9 @@ class Console:
         self, patterns: list[str], handler: Callable[[Event, str | None], None], *,
         name: str | None = None, durable: bool = False,
     ) -> str:
-        """Call ``handler(event, note)`` for each event; ``note`` reports gaps, restarts
-        and duplicates. Runs on the transport's I/O thread: keep the handler short."""
+        """Call ``handler(event, note)`` for each event, once: repeats (same agent epoch,
+        a sequence number already seen) are dropped. ``note`` reports gaps and restarts.
+        Runs on the transport's I/O thread: keep the handler short."""
         for pattern in patterns:
             if not pattern or len(pattern) > 255:
                 raise SchemaError(f"invalid event pattern {pattern!r}")
@@ -489,6 +490,12 @@ class Console:
                 if why is not None:
                     log.warning("dropped event %s from %s: %s", ev.full_name, ev.host, why)
                     return
-            handler(ev, sequencer.check(ev))
+            note = sequencer.check(ev)
+            if note is not None and note.startswith("duplicate"):
+                # At-least-once delivery: an agent resends what the broker may not have
+                # confirmed before a reconnect. The handler sees each event once.
+                log.debug("dropped a repeated event: %s", note)
+                return
+            handler(ev, note)
 
         return self.transport.subscribe(patterns, on_event, name=name, durable=durable)

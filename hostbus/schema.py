@@ -90,6 +90,7 @@ class EventSpec:
     description: str
     data: dict[str, Any]
     examples: list[dict[str, Any]] = field(default_factory=list)
+    periodic: bool = False
 
     @functools.cached_property
     def data_validator(self) -> Validator:
@@ -127,7 +128,8 @@ class AgentSchema:
             }
             events = {
                 e: EventSpec(name=e, description=spec.get("description", ""),
-                             data=spec["data"], examples=spec.get("examples", []))
+                             data=spec["data"], examples=spec.get("examples", []),
+                             periodic=bool(spec.get("periodic", False)))
                 for e, spec in doc.get("events", {}).items()
             }
             return cls(name, str(doc.get("version", "1")), doc.get("description", ""),

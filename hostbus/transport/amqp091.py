@@ -35,6 +35,7 @@ from hostbus.errors import (
 )
 from hostbus.transport.base import (
     BrokerURL,
+    Confirm,
     Delivery,
     Handler,
     Properties,
@@ -65,15 +66,19 @@ class _TopologyItem:
 
 @dataclass(frozen=True, slots=True)
 class _Publish:
-    """A fire-and-forget publish. pika's BlockingChannel.basic_publish writes and flushes
-    the socket for every message; on the I/O thread hostbus hands the frames to the
-    channel underneath and flushes once per batch (benchmarks/README.md has the figures).
-    """
+    """A publish. pika's BlockingChannel.basic_publish writes and flushes the socket for
+    every message; on the I/O thread hostbus hands the frames to the channel underneath
+    and flushes once per batch (benchmarks/README.md has the figures). With ``confirm``
+    it goes out on the confirm channel; ``generation`` is the connection it was meant
+    for: a publish that waited through a reconnect is reported failed, not sent, since
+    its sender has already been told the connection was lost."""
 
     exchange: str
     routing_key: str
     body: bytes
     properties: pika.BasicProperties
+    confirm: Confirm | None = None
+    generation: int = 0
 
     def __call__(self, ch: BlockingChannel) -> None:
         ch.basic_publish(self.exchange, self.routing_key, self.body, self.properties)
@@ -203,6 +208,13 @@ class PikaTransport(Transport):
         self._wake_scheduled = False
         self._conn: pika.BlockingConnection | None = None
         self._ch: BlockingChannel | None = None
+        # Publisher confirms live on a channel of their own, opened on first use, so
+        # replies and requests on the main channel carry no confirm traffic.
+        self._cch: BlockingChannel | None = None
+        self._confirms_used = False
+        self._unconfirmed: dict[int, Confirm] = {}
+        self._next_tag = 1
+        self._generation = 0
         self._topology: list[_TopologyItem] = []
         self._stopping = threading.Event()
         self._ready = threading.Event()
@@ -260,6 +272,8 @@ class PikaTransport(Transport):
 
     def _open(self) -> None:
         self._conn = pika.BlockingConnection(self._params())
+        self._generation += 1
+        self._cch = None
         params = self._conn._impl.params  # the node that answered
         self.connected_to = f"{params.host}:{params.port}"
         for i, url in enumerate(self.urls):
@@ -275,6 +289,40 @@ class PikaTransport(Transport):
         self._ch = ch
         for item in self._topology:
             self._apply(ch, item)
+
+    def _confirm_channel(self) -> BlockingChannel:
+        if self._cch is None or self._cch.is_closed:
+            assert self._conn is not None
+            self._fail_unconfirmed()  # delivery tags start again on a new channel
+            self._cch = self._conn.channel()
+            self._cch._impl.confirm_delivery(self._on_confirm)
+            self._next_tag = 1
+        return self._cch
+
+    def _on_confirm(self, frame: Any) -> None:
+        """Basic.Ack or Basic.Nack from the broker: one tag, or every tag up to it."""
+        method = frame.method
+        ok = isinstance(method, pika.spec.Basic.Ack)
+        if method.multiple:
+            tags = [t for t in self._unconfirmed if t <= method.delivery_tag]
+        else:
+            tags = [method.delivery_tag]
+        for tag in tags:
+            callback = self._unconfirmed.pop(tag, None)
+            if callback is not None:
+                self._report(callback, ok)
+
+    def _fail_unconfirmed(self) -> None:
+        pending, self._unconfirmed = self._unconfirmed, {}
+        for callback in pending.values():
+            self._report(callback, False)
+
+    @staticmethod
+    def _report(callback: Confirm, ok: bool) -> None:
+        try:
+            callback(ok)
+        except Exception:  # the sender's bug must not take the I/O thread down
+            log.exception("publish confirm callback failed")
 
     def _apply(self, ch: BlockingChannel, item: _TopologyItem) -> None:
         if item.declare:
@@ -357,8 +405,9 @@ class PikaTransport(Transport):
                 self._serve()
             except (pex.AMQPConnectionError, pex.ConnectionClosed, pex.StreamLostError,
                     OSError) as exc:
-                self._ch = None
+                self._ch = self._cch = None
                 if self._stopping.is_set():
+                    self._fail_unconfirmed()
                     break
                 log.warning("lost the connection to %s: %r", where, exc)
                 for callback in self._lost_callbacks:
@@ -366,6 +415,9 @@ class PikaTransport(Transport):
                         callback(exc)
                     except Exception:
                         log.exception("connection-lost callback failed")
+                # After the callbacks: a sender learns of the loss first, then of each
+                # publish it had in flight (which it has already set aside).
+                self._fail_unconfirmed()
                 if not self._reconnect:
                     break
         self._shutdown()
@@ -388,9 +440,12 @@ class PikaTransport(Transport):
     def _shutdown(self) -> None:
         pending = list(self._tasks)
         self._tasks.clear()
-        for _, fut in pending:
+        for task, fut in pending:
             if fut is not None and not fut.done():
                 fut.set_exception(TransportClosed("the transport was closed"))
+            if isinstance(task, _Publish) and task.confirm is not None:
+                self._report(task.confirm, False)
+        self._fail_unconfirmed()
         try:
             if self._conn is not None and self._conn.is_open:
                 self._conn.close()
@@ -451,6 +506,9 @@ class PikaTransport(Transport):
                 self._open_channel()
             task, fut = self._tasks.popleft()
             if isinstance(task, _Publish):
+                if task.confirm is not None:
+                    queued |= self._publish_confirmed(task)
+                    continue
                 try:
                     self._ch._impl.basic_publish(task.exchange, task.routing_key, task.body,
                                                  task.properties)
@@ -477,15 +535,38 @@ class PikaTransport(Transport):
                 fut.set_result(result)
         return queued
 
+    def _publish_confirmed(self, task: _Publish) -> bool:
+        assert task.confirm is not None
+        if task.generation != self._generation:
+            self._report(task.confirm, False)  # meant for a connection that is gone
+            return False
+        try:
+            ch = self._confirm_channel()
+            ch._impl.basic_publish(task.exchange, task.routing_key, task.body,
+                                   task.properties)
+        except Exception as exc:
+            log.error("publish to %s failed: %r", task.exchange, exc)
+            self._report(task.confirm, False)
+            return False
+        self._unconfirmed[self._next_tag] = task.confirm
+        self._next_tag += 1
+        return True
+
     # ------------------------------------------------------------------ the API
     def publish(
         self, exchange: str, routing_key: str, body: bytes, properties: Properties,
-        *, persistent: bool = False,
+        *, persistent: bool = False, confirm: Confirm | None = None,
     ) -> None:
         if properties.user_id is None:
             properties = replace(properties, user_id=self.user)
-        self._submit(_Publish(exchange, routing_key, body, _to_pika(properties, persistent)),
-                     wait=False)
+        task = _Publish(exchange, routing_key, body, _to_pika(properties, persistent),
+                        confirm, self._generation)
+        try:
+            self._submit(task, wait=False)
+        except TransportClosed:
+            if confirm is None:
+                raise
+            self._report(confirm, False)
 
     def _add(self, item: _TopologyItem) -> None:
         def task(ch: BlockingChannel) -> None:

@@ -51,6 +51,7 @@ class Delivery:
 
 
 Handler = Callable[[Delivery], None]
+Confirm = Callable[[bool], None]
 
 
 class Transport(abc.ABC):
@@ -76,8 +77,15 @@ class Transport(abc.ABC):
         properties: Properties,
         *,
         persistent: bool = False,
+        confirm: Confirm | None = None,
     ) -> None:
-        """Hand a message to the I/O thread. ``user_id`` defaults to ``self.user``."""
+        """Hand a message to the I/O thread. ``user_id`` defaults to ``self.user``.
+
+        With ``confirm`` the message goes out under publisher confirms, pipelined (many
+        in flight, no wait per message): ``confirm(True)`` runs on the I/O thread once
+        the broker has taken responsibility for it (written it to disk where the queue
+        is durable and the message persistent), ``confirm(False)`` if it refused it or
+        the connection dropped first; then the caller decides whether to send again."""
 
     @abc.abstractmethod
     def consume(self, queue: str, handler: Handler, *, manual_ack: bool = False) -> None:

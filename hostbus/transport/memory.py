@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 
 from hostbus import names, topology
 from hostbus.errors import BrokerRefused, TransportClosed
-from hostbus.transport.base import Delivery, Handler, Properties, Transport
+from hostbus.transport.base import Confirm, Delivery, Handler, Properties, Transport
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,21 @@ class MemoryTransport(Transport):
         self._work: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self.offline = False  # see lose_connection()
+
+    def lose_connection(self) -> None:
+        """Act as if the broker went away: publishes are lost (confirmed ones report
+        failure) until ``restore_connection``. Callbacks run on the I/O thread, as
+        with a real broker."""
+        self.offline = True
+        err = ConnectionError("memory broker: connection lost (simulated)")
+        for callback in self._lost_callbacks:
+            self._work.put(lambda cb=callback: cb(err))  # type: ignore[misc]
+
+    def restore_connection(self) -> None:
+        self.offline = False
+        for callback in self._restored_callbacks:
+            self._work.put(callback)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="hostbus-memory-io", daemon=True)
@@ -194,9 +209,13 @@ class MemoryTransport(Transport):
 
     def publish(
         self, exchange: str, routing_key: str, body: bytes, properties: Properties,
-        *, persistent: bool = False,
+        *, persistent: bool = False, confirm: Confirm | None = None,
     ) -> None:
         self._check_open()
+        if self.offline:
+            if confirm is not None:
+                self._work.put(lambda: confirm(False))
+            return
         if properties.user_id is None:
             properties = replace(properties, user_id=self.user)
         elif properties.user_id != self.user:
@@ -205,6 +224,8 @@ class MemoryTransport(Transport):
                 f"but authenticated user was '{self.user}'"
             )
         self.broker.route(exchange, Delivery(bytes(body), properties, exchange, routing_key))
+        if confirm is not None:
+            self._work.put(lambda: confirm(True))
 
     def consume(self, queue: str, handler: Handler, *, manual_ack: bool = False) -> None:
         self._check_open()

@@ -1,0 +1,221 @@
+"""Where events leave an agent: under publisher confirms while the broker is there, into
+a bounded spool on disk while it is not, and from the spool in order once it is back.
+
+An event counts as sent only when the broker confirmed it (pipelined: many in flight,
+no wait per event). Until then it is held in memory; if the connection drops, whatever
+is unconfirmed goes to the spool ahead of anything newer, keeping its number, so the
+order per agent survives. While the spool holds anything, new events join it at the
+back, and the spool drains through the same confirmed path, a window at a time; a row
+leaves the spool only when the broker has confirmed it, so events survive an agent
+restart during an outage too. A copy may reach the broker twice (sent, connection
+lost before its confirm): consumers drop repeats by (epoch, seq).
+
+When the spool is full, periodic samples (schema: ``"periodic": true``: metrics,
+heartbeats) are dropped, oldest first; other events (lifecycle, alerts, provisioning)
+are never dropped: they are kept beyond the limit, with a warning. The counts go into
+every heartbeat.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import sqlite3
+import threading
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import orjson
+
+from hostbus.transport.base import Properties, Transport
+
+log = logging.getLogger("hostbus.outbox")
+
+_PROPS = [f.name for f in fields(Properties)]
+
+
+@dataclass(slots=True)
+class Outgoing:
+    oid: int  # the outbox's own order; a respooled event keeps it
+    exchange: str
+    routing_key: str
+    body: bytes
+    props: Properties
+    periodic: bool = False
+    size: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.size = len(self.body) + 200  # properties and row overhead, roughly
+
+
+class Spool:
+    """Events waiting for the broker, in a SQLite file (in memory without a path)."""
+
+    def __init__(self, path: str | Path | None, max_bytes: int = 64 << 20) -> None:
+        self.max_bytes = max_bytes
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path) if path is not None else ":memory:",
+                                   check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # survives an agent crash
+        self._db.execute("CREATE TABLE IF NOT EXISTS spool (oid INTEGER PRIMARY KEY, "
+                         "periodic INTEGER, exchange TEXT, routing_key TEXT, props BLOB, "
+                         "body BLOB, size INTEGER)")
+        self.count, self.bytes = self._db.execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM spool").fetchone()
+        self.dropped = 0
+        self._warned = False
+
+    def max_oid(self) -> int:
+        return int(self._db.execute("SELECT coalesce(max(oid), 0) FROM spool").fetchone()[0])
+
+    def put(self, rec: Outgoing) -> bool:
+        """Store ``rec``, dropping periodic samples oldest first to stay in bounds;
+        False if ``rec`` itself was dropped."""
+        while self.bytes + rec.size > self.max_bytes:
+            row = self._db.execute("SELECT oid, size FROM spool WHERE periodic = 1 "
+                                   "ORDER BY oid LIMIT 1").fetchone()
+            if row is None:
+                break
+            self._delete(row[0], row[1])
+            self.dropped += 1
+        if self.bytes + rec.size > self.max_bytes:
+            if rec.periodic:
+                self.dropped += 1
+                return False
+            if not self._warned:
+                log.warning("the event spool is over its limit of %d bytes with events "
+                            "that are never dropped; keeping them", self.max_bytes)
+                self._warned = True
+        props = orjson.dumps({k: getattr(rec.props, k) for k in _PROPS})
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO spool VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (rec.oid, int(rec.periodic), rec.exchange, rec.routing_key, props, rec.body,
+             rec.size))
+        if cur.rowcount:
+            self.count += 1
+            self.bytes += rec.size
+        return True
+
+    def after(self, oid: int, limit: int) -> list[Outgoing]:
+        rows = self._db.execute(
+            "SELECT oid, periodic, exchange, routing_key, props, body FROM spool "
+            "WHERE oid > ? ORDER BY oid LIMIT ?", (oid, limit)).fetchall()
+        return [Outgoing(r[0], r[2], r[3], r[5], Properties(**orjson.loads(r[4])), bool(r[1]))
+                for r in rows]
+
+    def remove(self, oid: int) -> None:
+        row = self._db.execute("SELECT size FROM spool WHERE oid = ?", (oid,)).fetchone()
+        if row is not None:
+            self._delete(oid, row[0])
+
+    def _delete(self, oid: int, size: int) -> None:
+        self._db.execute("DELETE FROM spool WHERE oid = ?", (oid,))
+        self.count -= 1
+        self.bytes -= size
+        if self.count == 0:
+            self._warned = False
+
+
+class EventOutbox:
+    def __init__(self, transport: Transport, spool: Spool | None = None, *,
+                 window: int = 256) -> None:
+        self.transport = transport
+        self.spool = spool or Spool(None)
+        self.window = window
+        self.rejected = 0  # refused by the broker (a Basic.Nack): logged, not retried
+        self._lock = threading.RLock()
+        self._ids = itertools.count(self.spool.max_oid() + 1)
+        self._online = True
+        self._inflight: dict[int, Outgoing] = {}  # fast path: sent, not yet confirmed
+        self._draining: set[int] = set()  # spool rows sent, not yet confirmed
+        self._cursor = 0  # the last spool row sent in this pass
+        self._idle = threading.Condition(self._lock)
+        transport.on_connection_lost(self._on_lost)
+        transport.on_connection_restored(self._on_restored)
+        if self.spool.count:
+            log.info("%d events from before a restart wait in the spool", self.spool.count)
+
+    def send(self, exchange: str, routing_key: str, body: bytes, props: Properties, *,
+             periodic: bool = False) -> None:
+        with self._lock:
+            rec = Outgoing(next(self._ids), exchange, routing_key, body, props, periodic)
+            if self._online and not self.spool.count and not self._draining:
+                self._inflight[rec.oid] = rec
+                self._publish(rec)
+                return
+            self.spool.put(rec)
+            if self._online:
+                self._pump()
+
+    def status(self) -> dict[str, int]:
+        """For the heartbeat."""
+        with self._lock:
+            return {"spooled": self.spool.count, "dropped": self.spool.dropped,
+                    "rejected": self.rejected, "unconfirmed": len(self._inflight)}
+
+    def wait_confirmed(self, timeout: float) -> bool:
+        """Until every event sent so far is confirmed (or spooled): for a clean stop."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._inflight and not self._draining,
+                                       timeout)
+
+    # ------------------------------------------------------------------ inside
+    def _publish(self, rec: Outgoing) -> None:
+        self.transport.publish(rec.exchange, rec.routing_key, rec.body, rec.props,
+                               persistent=True,
+                               confirm=lambda ok, oid=rec.oid: self._confirmed(oid, ok))
+
+    def _confirmed(self, oid: int, ok: bool) -> None:
+        """On the I/O thread. A failure for an event still tracked while online is the
+        broker refusing it; failures after a lost connection were handled there."""
+        with self._lock:
+            rec = self._inflight.pop(oid, None)
+            drained = oid in self._draining
+            self._draining.discard(oid)
+            if ok and drained:
+                self.spool.remove(oid)
+            elif not ok and (rec is not None or drained) and self._online:
+                self.rejected += 1
+                log.error("the broker refused event %s (%s); it is not sent again",
+                          oid, rec.routing_key if rec else "from the spool")
+                if drained:
+                    self.spool.remove(oid)
+            if self._online and self.spool.count:
+                self._pump()
+            if not self._inflight and not self._draining:
+                self._idle.notify_all()
+
+    def _pump(self) -> None:
+        room = self.window - len(self._draining)
+        if room <= 0:
+            return
+        for rec in self.spool.after(self._cursor, room):
+            self._draining.add(rec.oid)
+            self._cursor = rec.oid
+            self._publish(rec)
+
+    def _on_lost(self, exc: Exception) -> None:
+        with self._lock:
+            self._online = False
+            for oid in sorted(self._inflight):
+                self.spool.put(self._inflight[oid])
+            if self._inflight:
+                log.info("broker connection lost: %d unconfirmed events kept in the spool "
+                         "(%d waiting in all)", len(self._inflight), self.spool.count)
+            self._inflight.clear()
+            self._draining.clear()  # still in the spool: sent again after the reconnect
+            self._cursor = 0
+            self._idle.notify_all()
+
+    def resume(self) -> None:
+        """Once the transport is connected: send what an earlier run left spooled."""
+        self._on_restored()
+
+    def _on_restored(self) -> None:
+        with self._lock:
+            self._online = True
+            if self.spool.count:
+                log.info("broker back: sending %d spooled events in order", self.spool.count)
+                self._pump()
