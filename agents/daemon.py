@@ -15,6 +15,7 @@ from typing import Any
 
 from agents import registry
 from agents.audit import AuditLog
+from agents.outbox import Spool
 from agents.policy import DiscoveryOnly, Policy, RulesPolicy
 from agents.runtime import AgentRuntime
 from hostbus import __version__, config, names
@@ -28,6 +29,7 @@ DEFAULTS: dict[str, Any] = {
         "url": "amqp://guest:guest@127.0.0.1:5672/hostbus",
         "connect_timeout": 5.0,
         "heartbeat": 30,
+        "wait_at_start": True,
     },
     "agent": {
         "host_id": "",
@@ -47,6 +49,9 @@ DEFAULTS: dict[str, Any] = {
         "max_deadline_s": 600.0,
         "approval_ttl_s": 3600.0,
         "signing_key": "",
+    },
+    "spool": {
+        "max_mb": 64.0,
     },
 }
 
@@ -115,12 +120,13 @@ def build_runtime(cfg: dict[str, Any], transport: Any,
 
         signer = Signer.load(config.resolve(sec["signing_key"], config_path))
         log.info("replies and events are signed with %s", sec["signing_key"])
+    spool = Spool(state / f"spool-{host_id}.db", int(float(cfg["spool"]["max_mb"]) * (1 << 20)))
     replay = ReplayGuard(float(cfg["security"]["clock_skew_s"]),
                          float(cfg["security"]["max_deadline_s"]),
                          path=state / f"recent-{host_id}.db")
     return AgentRuntime(
         transport, host_id, agents, verifier=verifier, replay=replay, approvals=approvals,
-        signer=signer,
+        signer=signer, spool=spool,
         heartbeat_interval=float(cfg["agent"]["heartbeat_interval"]),
         intervals={name: cfg[name] for name in cfg["agent"]["agents"] if name in cfg},
         max_message_bytes=int(cfg["agent"]["max_message_bytes"]),
@@ -160,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg["broker"]["url"], connection_name=f"hostbus-agent {host_id}",
             heartbeat=int(cfg["broker"]["heartbeat"]),
             connect_timeout=float(cfg["broker"]["connect_timeout"]),
+            wait_first=bool(cfg["broker"]["wait_at_start"]),
         )
         runtime = build_runtime(cfg, transport, args.config)
     except (ConfigError, SchemaError, ValueError) as exc:
@@ -175,10 +182,26 @@ def main(argv: list[str] | None = None) -> int:
     log.info("hostbus-agent %s starting: host %s, agents %s, broker %s, audit log %s",
              __version__, runtime.host_id, ", ".join(runtime.agent_names), url.redacted(),
              runtime.audit.path if runtime.audit else "none")
+    stop_reason: list[str] = []
+    stopped = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop_reason.append(signal.Signals(signum).name)
+        stopped.set()
+        if not started:
+            transport.close()  # ends a wait for the broker
+
+    started = False
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         transport.start()
         runtime.start()
+        started = True
     except ConnectionFailed as exc:
+        if stopped.is_set():
+            log.info("received %s before the broker was reached", stop_reason[0])
+            return 0
         log.error("%s", exc)
         return 2
     except BrokerRefused as exc:
@@ -186,15 +209,6 @@ def main(argv: list[str] | None = None) -> int:
         transport.close()
         return 3
 
-    stop_reason: list[str] = []
-    stopped = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        stop_reason.append(signal.Signals(signum).name)
-        stopped.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     while not stopped.wait(1.0):
         pass
     log.info("received %s, going offline", stop_reason[0])

@@ -144,16 +144,18 @@ class AgentRuntime:
         hosted = self.hosted.get(agent)
         if hosted is None or event not in hosted.schema.events:
             raise SchemaError(f"event {agent}.{event} is not declared in the agent's schema")
+        # Numbering and handing to the outbox in one step: events from several threads
+        # leave in the order of their numbers (consumers drop a number seen before).
         with self._seq_lock:
             seq = self._seq.get(agent, 0) + 1
             self._seq[agent] = seq
-        ev = Event(host=self.host_id, agent=agent, event=event, data=data, seq=seq,
-                   epoch=self.epoch)
-        body, props = ev.encode()
-        key = ev.routing_key()
-        self._sign(names.EVENT_EXCHANGE, key, body, props)
-        self.outbox.send(names.EVENT_EXCHANGE, key, body, props,
-                         periodic=hosted.schema.events[event].periodic)
+            ev = Event(host=self.host_id, agent=agent, event=event, data=data, seq=seq,
+                       epoch=self.epoch)
+            body, props = ev.encode()
+            key = ev.routing_key()
+            self._sign(names.EVENT_EXCHANGE, key, body, props)
+            self.outbox.send(names.EVENT_EXCHANGE, key, body, props,
+                             periodic=hosted.schema.events[event].periodic)
 
     def _sign(self, exchange: str, routing_key: str, body: bytes, props: Any) -> None:
         if self.signer is not None:
@@ -174,7 +176,7 @@ class AgentRuntime:
             )
         for hosted in self.hosted.values():
             hosted.agent.start()
-        self.transport.consume(queue, self._on_delivery)
+        self.transport.consume(queue, self._on_delivery, manual_ack=True)
         self.outbox.resume()
         self.emit(names.BUILTIN_AGENT, "online", {
             "agents": self.agent_names, "version": __version__, "epoch": self.epoch,
@@ -225,24 +227,29 @@ class AgentRuntime:
     def _on_delivery(self, delivery: Delivery) -> None:
         """On the I/O thread: every check runs here (microseconds, bounded), so refusals
         never wait behind slow work; inline methods run here too. The rest goes to a
-        worker."""
+        worker. A request is acknowledged only once answered: if this process dies
+        while a method runs, the broker hands the request to the next start, whose
+        recent-ids store answers it as interrupted instead of running it again."""
         checked = self.dispatcher.check(delivery)
         if isinstance(checked, Outcome):
             self._answer(checked)
+            delivery.ack()
             return
         if checked.inline:
             self._answer(self.dispatcher.run(checked))
+            delivery.ack()
             return
         self._inflight.acquire()  # back-pressure: stop reading when workers are swamped
         try:
-            self._pool.submit(self._serve, checked)
-        except RuntimeError:  # pool shut down: we are stopping
+            self._pool.submit(self._serve, checked, delivery)
+        except RuntimeError:  # pool shut down: we are stopping; the broker redelivers
             self._inflight.release()
 
-    def _serve(self, checked: Checked) -> None:
+    def _serve(self, checked: Checked, delivery: Delivery) -> None:
         try:
             self._answer(self.dispatcher.run(checked))
         finally:
+            delivery.ack()
             self._inflight.release()
 
     def _answer(self, outcome: Outcome) -> None:

@@ -30,6 +30,7 @@ class ReplayGuard:
         self._replies: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self._next_prune = 0.0
+        self._interrupted: set[str] = set()
         self._db: sqlite3.Connection | None = None
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -45,8 +46,11 @@ class ReplayGuard:
                              "expires REAL NOT NULL, reply BLOB)")
             now = time.time()
             self._db.execute("DELETE FROM seen WHERE expires <= ?", (now,))
-            for mid, expires in self._db.execute("SELECT id, expires FROM seen"):
+            for mid, expires, replied in self._db.execute(
+                    "SELECT id, expires, reply IS NOT NULL FROM seen"):
                 self._seen[mid] = expires
+                if not replied:  # the last run stopped before answering it
+                    self._interrupted.add(mid)
 
     def check(self, message_id: str, deadline_epoch: float) -> None:
         now = time.time()
@@ -57,6 +61,13 @@ class ReplayGuard:
         with self._lock:
             if now >= self._next_prune:
                 self._prune(now)
+            if message_id in self._interrupted:
+                self._interrupted.discard(message_id)
+                raise RemoteError(ErrorCode.FAILED,
+                                  f"request {message_id} was interrupted: the agent stopped "
+                                  "while it was running, and it is not run again. Check what "
+                                  "it did, then send a new request if needed",
+                                  {"interrupted": True})
             if message_id in self._seen:
                 earlier = self._earlier_reply(message_id)
                 details = {"earlier_reply": orjson.loads(earlier)} if earlier else {}

@@ -186,7 +186,11 @@ class PikaTransport(Transport):
         reconnect: bool = True,
         max_backoff: float = 30.0,
         tls_context: ssl.SSLContext | None = None,
+        wait_first: bool = False,
     ) -> None:
+        """``wait_first``: if the broker cannot be reached at start, keep trying (with
+        the reconnect backoff) instead of failing fast: for daemons that may start
+        before their broker. ``close()`` ends the wait."""
         super().__init__()
         self.urls = [parse_url(u) for u in split_urls(url)]
         self.url = self.urls[0]
@@ -203,6 +207,7 @@ class PikaTransport(Transport):
         self._reconnect = reconnect
         self._max_backoff = max_backoff
         self._tls_context = tls_context
+        self._wait_first = wait_first
         self._tasks: deque[tuple[Task, Future[Any] | None]] = deque()
         self._lock = threading.Lock()
         self._wake_scheduled = False
@@ -225,6 +230,11 @@ class PikaTransport(Transport):
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="hostbus-amqp091-io", daemon=True)
         self._thread.start()
+        if self._wait_first:
+            while not self._ready.wait(0.5):
+                if self._stopping.is_set():
+                    raise ConnectionFailed(f"{self.url.redacted()}: stopped while waiting for "
+                                           "the broker")
         if not self._ready.wait(self._connect_timeout + 5):
             self._stopping.set()
             raise ConnectionFailed(f"{self.url.redacted()}: no answer within the connect timeout")
@@ -234,8 +244,9 @@ class PikaTransport(Transport):
     def close(self) -> None:
         if self._thread is None or self._stopping.is_set():
             return
-        with contextlib.suppress(HostbusError):
-            self.flush(timeout=5)
+        if self._ready.is_set():  # not while still waiting for a first connection
+            with contextlib.suppress(HostbusError):
+                self.flush(timeout=5)
         self._stopping.set()
         self._wake()
         if self._thread is not threading.current_thread():
@@ -383,13 +394,14 @@ class PikaTransport(Transport):
                 self._open()
             except Exception as exc:
                 err = translate_error(exc, where)
-                if first or not self._reconnect:
+                if (first and not self._wait_first) or not self._reconnect:
                     self._start_error = err
                     self._ready.set()
                     return
                 delay = min(self._max_backoff, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)
                 attempt += 1
-                log.warning("reconnect to %s failed (%s); next try in %.1fs", where, err, delay)
+                log.warning("%s %s failed (%s); next try in %.1fs",
+                            "connecting to" if first else "reconnecting to", where, err, delay)
                 self._stopping.wait(delay)
                 continue
             if not first:
