@@ -167,21 +167,29 @@ class EventOutbox:
                                persistent=True,
                                confirm=lambda ok, oid=rec.oid: self._confirmed(oid, ok))
 
-    def _confirmed(self, oid: int, ok: bool) -> None:
-        """On the I/O thread. A failure for an event still tracked while online is the
-        broker refusing it; failures after a lost connection were handled there."""
+    def _confirmed(self, oid: int, ok: bool | None) -> None:
+        """On the I/O thread. True: sent. False: the broker refused it (not retried,
+        counted). None: unknown, the connection or channel went away first: it goes
+        (back) to the spool under its own number and is sent again in order."""
         with self._lock:
             rec = self._inflight.pop(oid, None)
             drained = oid in self._draining
             self._draining.discard(oid)
-            if ok and drained:
-                self.spool.remove(oid)
-            elif not ok and (rec is not None or drained) and self._online:
+            if rec is None and not drained:
+                pass  # set aside already, when the connection was lost
+            elif ok:
+                if drained:
+                    self.spool.remove(oid)
+            elif ok is False:
                 self.rejected += 1
                 log.error("the broker refused event %s (%s); it is not sent again",
                           oid, rec.routing_key if rec else "from the spool")
                 if drained:
                     self.spool.remove(oid)
+            else:
+                if rec is not None:
+                    self.spool.put(rec)
+                self._cursor = min(self._cursor, oid - 1)
             if self._online and self.spool.count:
                 self._pump()
             if not self._inflight and not self._draining:
@@ -191,10 +199,15 @@ class EventOutbox:
         room = self.window - len(self._draining)
         if room <= 0:
             return
-        for rec in self.spool.after(self._cursor, room):
-            self._draining.add(rec.oid)
+        for rec in self.spool.after(self._cursor, room + len(self._draining)):
             self._cursor = rec.oid
+            if rec.oid in self._draining:
+                continue  # already on its way
+            self._draining.add(rec.oid)
             self._publish(rec)
+            room -= 1
+            if room == 0:
+                break
 
     def _on_lost(self, exc: Exception) -> None:
         with self._lock:

@@ -211,6 +211,7 @@ class PikaTransport(Transport):
         self._tasks: deque[tuple[Task, Future[Any] | None]] = deque()
         self._lock = threading.Lock()
         self._wake_scheduled = False
+        self._in_drain = False
         self._conn: pika.BlockingConnection | None = None
         self._ch: BlockingChannel | None = None
         # Publisher confirms live on a channel of their own, opened on first use, so
@@ -326,10 +327,10 @@ class PikaTransport(Transport):
     def _fail_unconfirmed(self) -> None:
         pending, self._unconfirmed = self._unconfirmed, {}
         for callback in pending.values():
-            self._report(callback, False)
+            self._report(callback, None)
 
     @staticmethod
-    def _report(callback: Confirm, ok: bool) -> None:
+    def _report(callback: Confirm, ok: bool | None) -> None:
         try:
             callback(ok)
         except Exception:  # the sender's bug must not take the I/O thread down
@@ -456,7 +457,7 @@ class PikaTransport(Transport):
             if fut is not None and not fut.done():
                 fut.set_exception(TransportClosed("the transport was closed"))
             if isinstance(task, _Publish) and task.confirm is not None:
-                self._report(task.confirm, False)
+                self._report(task.confirm, None)
         self._fail_unconfirmed()
         try:
             if self._conn is not None and self._conn.is_open:
@@ -499,14 +500,26 @@ class PikaTransport(Transport):
             raise TransportClosed("the broker did not answer in time") from None
 
     def _drain(self) -> None:
-        queued = False
+        # Flushing runs pika's I/O loop, which may call back into hostbus (a publisher
+        # confirm that makes the outbox send more): such calls only queue their work,
+        # and this loop picks it up, so the stack never grows.
+        if self._in_drain:
+            return
+        self._in_drain = True
         try:
-            queued = self._drain_tasks()
+            while True:
+                queued = False
+                try:
+                    queued = self._drain_tasks()
+                finally:
+                    if queued and self._ch is not None and self._ch.is_open:
+                        # Publishes queued their frames without a flush each (see
+                        # _Publish); one flush writes the whole batch.
+                        self._conn._flush_output(lambda: True)  # type: ignore[union-attr]
+                if not self._tasks or self._ch is None:
+                    break
         finally:
-            if queued and self._ch is not None and self._ch.is_open:
-                # Publishes queued their frames without a flush each (see _Publish);
-                # one flush writes the whole batch.
-                self._conn._flush_output(lambda: True)  # type: ignore[union-attr]
+            self._in_drain = False
 
     def _drain_tasks(self) -> bool:
         queued = False
@@ -550,7 +563,7 @@ class PikaTransport(Transport):
     def _publish_confirmed(self, task: _Publish) -> bool:
         assert task.confirm is not None
         if task.generation != self._generation:
-            self._report(task.confirm, False)  # meant for a connection that is gone
+            self._report(task.confirm, None)  # meant for a connection that is gone
             return False
         try:
             ch = self._confirm_channel()
@@ -558,7 +571,7 @@ class PikaTransport(Transport):
                                    task.properties)
         except Exception as exc:
             log.error("publish to %s failed: %r", task.exchange, exc)
-            self._report(task.confirm, False)
+            self._report(task.confirm, None)
             return False
         self._unconfirmed[self._next_tag] = task.confirm
         self._next_tag += 1
@@ -578,7 +591,7 @@ class PikaTransport(Transport):
         except TransportClosed:
             if confirm is None:
                 raise
-            self._report(confirm, False)
+            self._report(confirm, None)
 
     def _add(self, item: _TopologyItem) -> None:
         def task(ch: BlockingChannel) -> None:

@@ -51,7 +51,10 @@ class Delivery:
 
 
 Handler = Callable[[Delivery], None]
-Confirm = Callable[[bool], None]
+#: Called once per confirmed publish: True the broker took it, False the broker refused
+#: it (Basic.Nack), None the outcome is unknown (the connection or channel went away
+#: first, or the publish waited through a reconnect): the sender may send it again.
+Confirm = Callable[[bool | None], None]
 
 
 class Transport(abc.ABC):
@@ -84,8 +87,8 @@ class Transport(abc.ABC):
         With ``confirm`` the message goes out under publisher confirms, pipelined (many
         in flight, no wait per message): ``confirm(True)`` runs on the I/O thread once
         the broker has taken responsibility for it (written it to disk where the queue
-        is durable and the message persistent), ``confirm(False)`` if it refused it or
-        the connection dropped first; then the caller decides whether to send again."""
+        is durable and the message persistent), ``confirm(False)`` if it refused it,
+        ``confirm(None)`` if the connection dropped first (see ``Confirm``)."""
 
     @abc.abstractmethod
     def consume(self, queue: str, handler: Handler, *, manual_ack: bool = False) -> None:

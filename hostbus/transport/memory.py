@@ -214,7 +214,7 @@ class MemoryTransport(Transport):
         self._check_open()
         if self.offline:
             if confirm is not None:
-                self._work.put(lambda: confirm(False))
+                self._work.put(lambda: confirm(None))
             return
         if properties.user_id is None:
             properties = replace(properties, user_id=self.user)

@@ -1,0 +1,153 @@
+"""Broker outages on a RabbitMQ node of the tests' own (so the machine's broker is never
+disturbed): an agent that starts before its broker, events across a broker restart,
+and an agent killed in the middle of a method."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from agents.runtime import AgentRuntime
+from console.client import Console
+from tests.fakes import EventCollector, make_host_agent
+from tests.rabbit_node import RabbitNode
+
+pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    made = RabbitNode(tmp_path_factory.mktemp("outage") / "node")
+    try:
+        made.start()
+    except (RuntimeError, subprocess.SubprocessError) as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"could not start a RabbitMQ node (CI=true: no skipping): {exc}")
+        pytest.skip(f"could not start a RabbitMQ node: {exc}")
+    made.admin.setup("hostbus")
+    yield made
+    made.stop()
+
+
+def restart(node: RabbitNode) -> None:
+    node.ctl("stop_app")
+    node.ctl("start_app")
+    node.ctl("await_startup")
+
+
+def host_id() -> str:
+    return f"out-{uuid.uuid4().hex[:6]}"
+
+
+def test_an_agent_started_before_its_broker_comes_online_by_itself(node, tmp_path):
+    host = host_id()
+    node.admin.enroll_host("hostbus", host, ["host"])
+    console = Console.connect(node.url())
+    seen = EventCollector()
+    console.subscribe([f"agent.{host}.online"], seen, name=f"wait-{host}", durable=True)
+    node.ctl("stop_app")  # the broker is down: nothing listens on its port
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOSTBUS_")}
+    proc = subprocess.Popen(
+        [str(BIN / "hostbus-agent")], stderr=subprocess.PIPE, text=True,
+        env={**env, "HOSTBUS_BROKER_URL": node.url(), "HOSTBUS_AGENT_HOST_ID": host,
+             "HOSTBUS_AGENT_STATE_DIR": str(tmp_path), "HOSTBUS_BROKER_CONNECT_TIMEOUT": "2"})
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # it says it is waiting, and keeps going
+            if "connecting to" in line and "next try in" in line:
+                break
+        assert proc.poll() is None, "the agent gave up instead of waiting"
+        node.ctl("start_app")
+        online = seen.wait_for(lambda e: True, timeout=90)
+        assert online.host == host
+        assert console.call("agent", "ping", host=host, timeout=10).status == "ok"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        console.close()
+
+
+def test_events_published_across_a_broker_restart_all_arrive_once_in_order(node):
+    host = host_id()
+    node.admin.enroll_host("hostbus", host, ["host"])
+    console = Console.connect(node.url())
+    seen = EventCollector()
+    console.subscribe([f"host.{host}.alert"], seen, name=f"steady-{host}", durable=True)
+    agent, _, _ = make_host_agent(host)
+    runtime = AgentRuntime.serve(node.url(), host, [agent], heartbeat_interval=0)
+    lost = threading.Event()
+    runtime.transport.on_connection_lost(lambda exc: lost.set())
+    halfway = threading.Event()
+
+    def publish() -> None:
+        for n in range(1000):
+            agent.emit("alert", {"metric": "cpu_percent", "state": "raised",
+                                 "value": float(n), "threshold": 90.0})
+            if n == 300:
+                halfway.set()
+            time.sleep(0.004)  # a steady rate: about 250 events a second
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    try:
+        assert halfway.wait(60)
+        restart(node)  # while the publisher keeps going
+        assert lost.is_set()  # the agent did lose its connection
+        publisher.join(120)
+        events = seen.wait_until(lambda evs: len(evs) >= 1000, timeout=120)
+        values = [e.data["value"] for e, _ in events]
+        assert values == [float(n) for n in range(1000)]  # all, once each, in order
+        status = runtime.outbox.status()
+        assert status["dropped"] == 0 and status["rejected"] == 0
+    finally:
+        publisher.join(120)
+        runtime.stop("test over")
+        console.close()
+
+
+def test_an_agent_killed_mid_method_does_not_run_it_again_and_says_so(node, tmp_path):
+    host = host_id()
+    node.admin.enroll_host("hostbus", host, ["slow"])
+    marker = tmp_path / "runs.txt"
+    command = [sys.executable, "-m", "tests.slow_agent", node.url(), host, str(tmp_path),
+               str(marker)]
+
+    def start() -> subprocess.Popen[str]:
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "serving"
+        return proc
+
+    from tests.slow_agent import SCHEMA
+
+    console = Console.connect(node.url(), schemas={"slow": SCHEMA})
+    started = EventCollector()
+    console.subscribe([f"slow.{host}.started"], started)
+    agent = start()
+    result: list = []
+    caller = threading.Thread(target=lambda: result.append(
+        console.call("slow", "work", {"seconds": 60}, host=host, timeout=90)))
+    caller.start()
+    try:
+        started.wait_for(lambda e: True, timeout=30)
+        agent.kill()  # SIGKILL, mid-method
+        agent.wait(30)
+        agent = start()  # the broker hands the unacknowledged request to the new run
+        caller.join(120)
+        [res] = result
+        assert res.reply is not None, "no reply: the caller was left waiting"
+        assert res.reply.error["code"] == "failed"
+        assert res.reply.error["details"] == {"interrupted": True}
+        assert len(marker.read_text().split()) == 1  # it ran once, never again
+    finally:
+        agent.kill()
+        agent.wait(30)
+        console.close()
