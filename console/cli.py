@@ -741,6 +741,10 @@ tls_dir_option = click.option(
               help="Agents this host runs (comma-separated).")
 @click.option("--no-user", is_flag=True,
               help="Only the queue and bindings; no broker user (for a shared account).")
+@click.option("--queue-type", type=click.Choice(["classic", "quorum"]), default="classic",
+              show_default=True,
+              help="quorum: the host's queue is replicated over a cluster's nodes and "
+                   "survives losing one (broker_config/cluster/README.md).")
 @config_out_option
 @force_option
 @broker_url_option
@@ -749,7 +753,8 @@ tls_dir_option = click.option(
 @vhost_option
 @json_option
 @click.pass_obj
-def enroll(state: State, host: str, agents: str, no_user: bool, config_out: str | None,
+def enroll(state: State, host: str, agents: str, no_user: bool, queue_type: str,
+           config_out: str | None,
            force: bool, broker_url: str | None, tls_dir: str | None, admin_url: str | None,
            vhost: str | None, as_json: bool) -> None:
     """Create HOST's queue and bindings, and its own broker user (idempotent).
@@ -764,7 +769,8 @@ def enroll(state: State, host: str, agents: str, no_user: bool, config_out: str 
         names.validate_host_id(host)
         for a in agent_list:
             names.validate_agent_name(a)
-        keys = _admin(state, admin_url).enroll_host(name, host, agent_list)
+        keys = _admin(state, admin_url).enroll_host(name, host, agent_list,
+                                                    queue_type=queue_type)
     out: dict[str, Any] = {"vhost": name, "host": host, "queue": names.host_queue(host),
                            "routing_keys": keys}
     if not no_user:

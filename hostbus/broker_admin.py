@@ -142,15 +142,24 @@ class BrokerAdmin:
         self._call("POST", f"/api/definitions/{self._q(vhost)}", defs)
         return {k: len(defs.get(k, [])) for k in ("exchanges", "queues", "bindings", "policies")}
 
-    def enroll_host(self, vhost: str, host_id: str, agents: list[str]) -> list[str]:
-        """Create a host's durable queue and its bindings. Idempotent; returns the keys."""
+    def enroll_host(self, vhost: str, host_id: str, agents: list[str], *,
+                    queue_type: str = "classic") -> list[str]:
+        """Create a host's durable queue and its bindings. Idempotent; returns the keys.
+        ``queue_type`` "quorum" replicates the queue over a cluster's nodes, so the
+        host's requests survive the loss of a node (broker_config/cluster/README.md)."""
+        if queue_type not in ("classic", "quorum"):
+            raise ValueError(f"queue type {queue_type!r}: classic or quorum")
         queue = names.host_queue(host_id)
         ex = names.REQUEST_EXCHANGE
         if not self._exists("GET", f"/api/exchanges/{self._q(vhost)}/{self._q(ex)}"):
             raise BrokerRefused(
                 f"vhost {vhost!r} has no exchange {ex!r}: run `hostbus broker setup` first")
         self._call("PUT", f"/api/queues/{self._q(vhost)}/{self._q(queue)}",
-                   {"durable": True, "auto_delete": False, "arguments": {}})
+                   {"durable": True, "auto_delete": False,
+                    # classic stays implicit: hosts enrolled before this option existed
+                    # must stay equivalent when enrolled again
+                    "arguments": {"x-queue-type": "quorum"} if queue_type == "quorum"
+                    else {}})
         keys = []
         existing = {
             (b["source"], b["routing_key"])

@@ -89,3 +89,35 @@ class RabbitNode:
             pid = self.folder / "pid"
             if pid.exists():
                 subprocess.run(["kill", "-9", pid.read_text().strip()], check=False)
+
+
+def start_cluster(folder: Path, size: int = 3, *, config: str = "") -> list[RabbitNode]:
+    """``size`` nodes on this machine, clustered: one Erlang cookie (a shared home),
+    distinct names and ports; the others join the first. Stops what it started if
+    anything fails."""
+    tag = uuid.uuid4().hex[:4]
+    home = folder / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    nodes = [RabbitNode(folder / f"n{i}", home=home, name=f"hbc{i}-{tag}", config=config)
+             for i in range(1, size + 1)]
+    started: list[RabbitNode] = []
+    try:
+        for node in nodes:
+            node.start()
+            started.append(node)
+        for node in nodes[1:]:
+            node.ctl("stop_app")
+            node.ctl("join_cluster", nodes[0].node)
+            node.ctl("start_app")
+            node.ctl("await_startup")
+    except BaseException:
+        for node in started:
+            node.stop()
+        raise
+    return nodes
+
+
+def kill(node: RabbitNode) -> None:
+    """SIGKILL the node's Erlang VM: a crash, not a clean stop."""
+    pid = (node.folder / "pid").read_text().strip()
+    subprocess.run(["kill", "-9", pid], check=True)

@@ -1,0 +1,139 @@
+"""A three-node RabbitMQ cluster started by the test on this machine: the node every
+component is connected to is killed while an agent publishes events and a provisioning
+request is in flight; all move to other nodes, and nothing is lost or done twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pika
+import pytest
+
+from agents import virt
+from agents.runtime import AgentRuntime
+from console.client import Console
+from tests.fakes import EventCollector, make_host_agent
+from tests.integration.test_provisioning import GatedVirtAgent
+from tests.rabbit_node import RabbitNode, kill, start_cluster
+
+pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    try:
+        nodes = start_cluster(tmp_path_factory.mktemp("cluster"))
+    except (RuntimeError, subprocess.SubprocessError) as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"could not start a RabbitMQ cluster (CI=true: no skipping): {exc}")
+        pytest.skip(f"could not start a RabbitMQ cluster: {exc}")
+    nodes[0].admin.setup("hostbus")  # after clustering: quorum queues span all three
+    yield nodes
+    for node in nodes:
+        node.stop()
+
+
+def test_killing_the_node_everything_is_on_loses_nothing(cluster: list[RabbitNode],
+                                                         tmp_path):
+    a, b, c = cluster
+    status = a.ctl("cluster_status")
+    assert b.node in status and c.node in status
+    tag = uuid.uuid4().hex[:6]
+    host, virt_host, prov = f"cl-{tag}", f"clv-{tag}", f"clp-{tag}"
+    for name, agents in ((host, ["host"]), (virt_host, ["virt"]), (prov, ["provision"])):
+        a.admin.enroll_host("hostbus", name, agents, queue_type="quorum")
+    urls = ",".join(n.url() for n in (a, b, c))  # a cluster: tried in turn
+    on_a = f"127.0.0.1:{a.amqp_port}"
+
+    agent, _, _ = make_host_agent(host)
+    runtime = AgentRuntime.serve(urls, host, [agent], heartbeat_interval=0)
+    moved = threading.Event()
+    runtime.transport.on_connection_restored(moved.set)
+    cfg = dict(virt.CONFIG_DEFAULTS, stats_interval=0)
+    plain = virt.create(cfg, host_id=virt_host)
+    virt_agent = GatedVirtAgent(cfg, host_id=virt_host, conn=plain.conn,
+                                templates=plain.templates)
+    virt_agent.gate = threading.Event()
+    virt_runtime = AgentRuntime.serve(urls, virt_host, [virt_agent], heartbeat_interval=0)
+    assert runtime.transport.connected_to == on_a == virt_runtime.transport.connected_to
+
+    console = Console.connect(c.url())  # a node that stays up
+    seen = EventCollector()
+    console.subscribe([f"host.{host}.alert"], seen, name=f"cl-{host}", durable=True)
+    watch = EventCollector()
+    console.subscribe([f"agent.{prov}.online", f"virt.{virt_host}.domain.lifecycle"], watch)
+    prov_cfg = tmp_path / "provisioner.toml"
+    prov_cfg.write_text(f'[broker]\nurl = "{urls}"\n[provisioner]\nhost_id = "{prov}"\n'
+                        f'state_dir = "{tmp_path / "state"}"\ncall_timeout = 30.0\n'
+                        f'heartbeat_interval = 3600.0\n')
+    provisioner = subprocess.Popen([str(BIN / "hostbus"), "provisioner", "--config",
+                                    str(prov_cfg)], stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+    halfway = threading.Event()
+
+    def publish() -> None:
+        for n in range(300):
+            agent.emit("alert", {"metric": "cpu_percent", "state": "raised",
+                                 "value": float(n), "threshold": 90.0})
+            if n == 100:
+                halfway.set()
+            time.sleep(0.01)  # a steady stream
+
+    publisher = threading.Thread(target=publish)
+    conn = pika.BlockingConnection(pika.URLParameters(c.url()))
+    try:
+        watch.wait_for(lambda e: e.event == "online", timeout=60)
+        ch = conn.channel()
+        reply_queue = f"hostbus.reply.guest.cl{tag}"
+        ch.queue_declare(reply_queue, exclusive=True)
+        ch.queue_bind(reply_queue, "hostbus.reply", routing_key=reply_queue)
+        rid = str(uuid.uuid4())
+        ch.basic_publish("hostbus.provision", "provision", json.dumps(
+            {"v": 1, "template": "web", "owner": "erin"}).encode(), pika.BasicProperties(
+            message_id=rid, reply_to=reply_queue, content_type="application/json",
+            type="hostbus.provision/1", delivery_mode=2))
+        # The VM is defined and the provisioner waits for the agent's answer.
+        watch.wait_for(lambda e: e.event == "domain.lifecycle"
+                       and e.data["event"] == "defined", timeout=60)
+        publisher.start()
+        assert halfway.wait(60)
+        kill(a)  # the node the agents and the provisioner are connected to
+        assert moved.wait(90), "the agent did not reconnect to another node"
+        assert runtime.transport.connected_to != on_a
+        virt_agent.gate.set()
+
+        publisher.join(120)
+        events = seen.wait_until(lambda evs: len(evs) >= 300, timeout=120)
+        assert [e.data["value"] for e, _ in events] == [float(n) for n in range(300)]
+        # Requests reach the hosts through their replicated queues, now led elsewhere.
+        assert console.call("agent", "ping", host=host, timeout=30).status == "ok"
+
+        # The provisioning request, posted before the crash, completes once.
+        for _m, props, body in ch.consume(reply_queue, inactivity_timeout=120):
+            assert body is not None, "no provisioning reply after the node was killed"
+            assert props.correlation_id == rid
+            assert json.loads(body)["status"] == "ok", body
+            break
+        ch.cancel()
+        names = [d["name"] for d in virt_agent.domain_objects()]
+        assert names == [f"web-{rid.replace('-', '')[:8]}-1"]
+    finally:
+        virt_agent.gate.set()
+        if publisher.is_alive():
+            publisher.join(120)
+        provisioner.terminate()
+        provisioner.wait(30)
+        runtime.stop("test over")
+        virt_runtime.stop("test over")
+        plain.conn.close()
+        console.close()
+        if conn.is_open:
+            conn.close()
