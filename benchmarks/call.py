@@ -96,9 +96,10 @@ class _ReplyKeys:
         return self.host
 
 
-def hostbus_round_trips(bench: Bench, n: int, *, signed: bool = False) -> list[float]:
+def hostbus_round_trips(bench: Bench, n: int, *, signed: bool = False,
+                        queue_type: str = "classic") -> list[float]:
     host = f"bench{uuid.uuid4().hex[:6]}"
-    bench.admin.enroll_host(bench.vhost, host, [])
+    bench.admin.enroll_host(bench.vhost, host, [], queue_type=queue_type)
     verifier = signer = agent_keys = None
     if signed:
         # Ed25519 both ways, as a locked-down fleet runs: the console signs the request
@@ -136,7 +137,9 @@ def run(bench: Bench, n: int) -> dict[str, Any]:
                       ("raw_pika_hostbus_topology",
                        lambda k: raw_round_trips(bench.url, k, hostbus_topology=True)),
                       ("hostbus", lambda k: hostbus_round_trips(bench, k)),
-                      ("hostbus_signed", lambda k: hostbus_round_trips(bench, k, signed=True))):
+                      ("hostbus_signed", lambda k: hostbus_round_trips(bench, k, signed=True)),
+                      ("hostbus_quorum", lambda k: hostbus_round_trips(
+                          bench, k, queue_type="quorum"))):
         fn(warm)
         samples[label] = fn(n)
         out[label] = summary(samples[label])
@@ -147,4 +150,6 @@ def run(bench: Bench, n: int) -> dict[str, Any]:
         out["hostbus"]["p50"] / out["raw_pika_hostbus_topology"]["p50"], 2)
     out["signed_over_unsigned_p50"] = round(out["hostbus_signed"]["p50"] / out["hostbus"]["p50"],
                                             2)
+    out["quorum_over_classic_p50"] = round(out["hostbus_quorum"]["p50"] / out["hostbus"]["p50"],
+                                           2)
     return out

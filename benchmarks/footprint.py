@@ -4,6 +4,7 @@ that only imports the same libraries, measured in the same run."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,47 +53,55 @@ def floor(libs: list[str]) -> dict[str, float]:
         proc.wait(10)
 
 
-def agent(bench: Bench, agents: list[str], idle_s: float, storm_s: float) -> dict[str, Any]:
+@contextlib.contextmanager
+def agent_process(bench: Bench, agents: list[str], *, extra: str = "",
+                  ) -> Iterator[tuple[str, psutil.Process, Console]]:
+    """A real hostbus-agent process serving ``agents``, online, and a console to it."""
     host = f"fp{uuid.uuid4().hex[:6]}"
     bench.admin.enroll_host(bench.vhost, host, agents)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "agent.toml"
         (Path(tmp) / "policy.toml").write_text('[[rule]]\nname = "bench"\nallow = true\n')
         cfg.write_text(f'[broker]\nurl = "{bench.url}"\n[agent]\nhost_id = "{host}"\n'
-                       f'agents = {agents!r}\nlog_level = "warning"\n'
+                       f'agents = {agents!r}\nlog_level = "warning"\nstate_dir = "{tmp}"\n'
+                       f'{extra}'
                        f'[security]\npolicy = "policy.toml"\naudit_log = "audit.jsonl"\n'
                        .replace("'", '"'))
         proc = subprocess.Popen([str(Path(sys.executable).parent / "hostbus-agent"),
                                  "--config", str(cfg)], stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "HOSTBUS_BROKER_URL": bench.url})
-        ps = psutil.Process(proc.pid)
         console = Console.connect(bench.url)
         try:
             found = console.discover(expect=[host], timeout=30, first_reply_wait=30)
             if not found:
                 raise RuntimeError(f"the agent did not come up: {proc.stderr.read()[:500]}")
-            progress(f"agent {'+'.join(agents)}: idle for {idle_s:g} s")
-            idle_cpu = _cpu_percent(ps, idle_s)
-            idle_mem = _mem(ps)
-            progress(f"agent {'+'.join(agents)}: call storm for {storm_s:g} s")
-            stop = threading.Event()
-            calls = [0]
-
-            def storm() -> None:
-                while not stop.is_set():
-                    console.call("host", "metrics", {}, host=host, timeout=5)
-                    calls[0] += 1
-
-            thread = threading.Thread(target=storm, daemon=True)
-            thread.start()
-            storm_cpu = _cpu_percent(ps, storm_s)
-            stop.set()
-            thread.join(10)
-            storm_mem = _mem(ps)
+            yield host, psutil.Process(proc.pid), console
         finally:
             console.close()
             proc.terminate()
             proc.wait(10)
+
+
+def agent(bench: Bench, agents: list[str], idle_s: float, storm_s: float) -> dict[str, Any]:
+    with agent_process(bench, agents) as (host, ps, console):
+        progress(f"agent {'+'.join(agents)}: idle for {idle_s:g} s")
+        idle_cpu = _cpu_percent(ps, idle_s)
+        idle_mem = _mem(ps)
+        progress(f"agent {'+'.join(agents)}: call storm for {storm_s:g} s")
+        stop = threading.Event()
+        calls = [0]
+
+        def storm() -> None:
+            while not stop.is_set():
+                console.call("host", "metrics", {}, host=host, timeout=5)
+                calls[0] += 1
+
+        thread = threading.Thread(target=storm, daemon=True)
+        thread.start()
+        storm_cpu = _cpu_percent(ps, storm_s)
+        stop.set()
+        thread.join(10)
+        storm_mem = _mem(ps)
     return {"idle": {"cpu_percent": idle_cpu, **idle_mem, "seconds": idle_s},
             "storm": {"cpu_percent": storm_cpu, **storm_mem, "seconds": storm_s,
                       "calls_per_s": round(calls[0] / storm_s)}}

@@ -42,6 +42,12 @@ def checks(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
         rows.append((f"idle agent RSS / floor ({label})",
                      f"{fp['idle']['rss_mb']} / {fp['floor']['rss_mb']} MB = "
                      f"{fp['rss_over_floor']}x", "<= 1.25x", fp["rss_over_floor"] <= 1.25))
+    soaked = results.get("soak")
+    if soaked:
+        after = soaked["after_warmup"]
+        rows.append((f"soak: agent RSS over {soaked['minutes']:g} min",
+                     f"{after['rss_growth_mb']:+} MB, {after['rss_slope_mb_per_min']:+} MB/min",
+                     "flat (< 1 MB)", soaked["flat"]))
     return rows
 
 
@@ -54,7 +60,8 @@ def text(results: dict[str, Any]) -> str:
         for key, label in (("raw_pika", "raw pika"),
                            ("raw_pika_hostbus_topology", "raw pika, hostbus topology"),
                            ("hostbus", "hostbus"),
-                           ("hostbus_signed", "hostbus, signed both ways")):
+                           ("hostbus_signed", "hostbus, signed both ways"),
+                           ("hostbus_quorum", "hostbus, quorum host queue")):
             if key not in call:
                 continue
             r = call[key]
@@ -82,6 +89,12 @@ def text(results: dict[str, Any]) -> str:
                      f"{fp['idle']['rss_mb']} MB (floor {fp['floor']['rss_mb']}), USS "
                      f"{fp['idle']['uss_mb']} MB; storm {fp['storm']['calls_per_s']} calls/s "
                      f"at {fp['storm']['cpu_percent']}% cpu, RSS {fp['storm']['rss_mb']} MB")
+    soaked = results.get("soak")
+    if soaked:
+        rss = [f"{x['rss_mb']:g}" for x in soaked["samples"]]
+        lines.append(f"soak: {soaked['minutes']:g} min, {soaked['calls_ok']} calls "
+                     f"({soaked['calls_failed']} failed), RSS MB every sample: "
+                     f"{' '.join(rss)}")
     lines += ["", "targets"]
     for what, measured, target, met in checks(results):
         lines.append(f"  {'ok  ' if met else 'MISS'} {what}: {measured} (target {target})")

@@ -8,11 +8,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks import call, events, fanout, footprint, provisioning
+from benchmarks import call, events, fanout, footprint, provisioning, soak
 from benchmarks.harness import bench_vhost, progress
 from hostbus.envelope import now_rfc3339
 
 ALL = ("call", "fanout", "events", "provisioning", "footprint")
+#: Runs only when asked for (--only soak): it takes minutes by design.
+EXTRA = ("soak",)
 
 
 @dataclass
@@ -23,6 +25,7 @@ class Plan:
     provision_requests: int = 30
     idle_s: float = 60.0
     storm_s: float = 10.0
+    soak_minutes: float = 5.0
     only: tuple[str, ...] = ALL
 
     @classmethod
@@ -55,5 +58,8 @@ def run(plan: Plan, *, amqp: str, admin_url: str) -> dict[str, Any]:
             results["provisioning"] = provisioning.run(bench, plan.provision_requests)
         if "footprint" in plan.only:
             results["footprint"] = footprint.run(bench, plan.idle_s, plan.storm_s)
+        if "soak" in plan.only:
+            progress(f"soak: one agent under steady load for {plan.soak_minutes:g} min")
+            results["soak"] = soak.run(bench, plan.soak_minutes)
         results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
     return results

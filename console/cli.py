@@ -1355,26 +1355,32 @@ def policy_check(caller: str, target: str, pairs: tuple[str, ...], policy_file: 
 @cli.command(epilog=EPILOG)
 @click.option("--quick", is_flag=True, help="Small sizes: a smoke run of every benchmark.")
 @click.option("--only", multiple=True,
-              type=click.Choice(["call", "fanout", "events", "provisioning", "footprint"]),
-              help="Run only these (repeatable). Default: all.")
+              type=click.Choice(["call", "fanout", "events", "provisioning", "footprint",
+                                 "soak"]),
+              help="Run only these (repeatable). Default: all but soak.")
 @click.option("--calls", type=click.IntRange(10), help="Round trips per side (2000).")
 @click.option("--agents", metavar="N,N,...",
               help="Simulated agent counts for broadcast ping (100,1000,5000).")
 @click.option("--events", "n_events", type=click.IntRange(100), help="Events (20000).")
 @click.option("--idle", "idle_s", type=click.FloatRange(1), help="Idle agent seconds (60).")
+@click.option("--soak-minutes", type=click.FloatRange(0.5), metavar="MIN",
+              help="Length of --only soak: one agent under steady load, memory sampled (5).")
 @click.option("--png", type=click.Path(dir_okay=False), metavar="PATH",
               help="Write a chart (latency distribution, scaling with N) to PATH.")
 @admin_option
 @json_option
 @click.pass_obj
 def bench(state: State, quick: bool, only: tuple[str, ...], calls: int | None,
-          agents: str | None, n_events: int | None, idle_s: float | None, png: str | None,
-          admin_url: str | None, as_json: bool) -> None:
+          agents: str | None, n_events: int | None, idle_s: float | None,
+          soak_minutes: float | None, png: str | None, admin_url: str | None,
+          as_json: bool) -> None:
     """Measure hostbus against raw pika on this broker, in a throwaway vhost.
 
     Call round trips, broadcast ping to N simulated agents (the real dispatch path),
     event throughput, provisioning on libvirt's test driver, and one real agent's
     memory and CPU against a bare Python floor. Takes a few minutes (--quick: seconds).
+    `--only soak --soak-minutes 10` runs one agent under steady load and reports
+    whether its memory stays flat.
     """
     from benchmarks import report
     from benchmarks.run import ALL, Plan, run
@@ -1396,6 +1402,8 @@ def bench(state: State, quick: bool, only: tuple[str, ...], calls: int | None,
         plan.events = n_events
     if idle_s:
         plan.idle_s = idle_s
+    if soak_minutes:
+        plan.soak_minutes = soak_minutes
     url = parse_url(state.url)
     amqp = f"{url.scheme}://{url.user}:{url.password}@{url.host}:{url.port}"
     try:

@@ -91,25 +91,31 @@ class RabbitNode:
                 subprocess.run(["kill", "-9", pid.read_text().strip()], check=False)
 
 
-def start_cluster(folder: Path, size: int = 3, *, config: str = "") -> list[RabbitNode]:
-    """``size`` nodes on this machine, clustered: one Erlang cookie (a shared home),
-    distinct names and ports; the others join the first. Stops what it started if
-    anything fails."""
+def start_cluster(folder: Path, size: int = 3) -> list[RabbitNode]:
+    """``size`` nodes on this machine, clustered with the shipped
+    broker_config/cluster/rabbitmq-cluster.conf (its node names replaced by these):
+    one Erlang cookie (a shared home), distinct names and ports. Stops what it started
+    if anything fails."""
+    from hostbus.resources import data_dir
+
     tag = uuid.uuid4().hex[:4]
     home = folder / "home"
     home.mkdir(parents=True, exist_ok=True)
-    nodes = [RabbitNode(folder / f"n{i}", home=home, name=f"hbc{i}-{tag}", config=config)
-             for i in range(1, size + 1)]
+    names = [f"hbc{i}-{tag}" for i in range(1, size + 1)]
+    config = (data_dir("broker_config") / "cluster" / "rabbitmq-cluster.conf").read_text()
+    for i, name in enumerate(names, 1):
+        config = config.replace(f"rabbit@mq{i}", f"{name}@localhost")
+    nodes = [RabbitNode(folder / f"n{i}", home=home, name=name, config=config)
+             for i, name in enumerate(names, 1)]
     started: list[RabbitNode] = []
     try:
         for node in nodes:
-            node.start()
+            node.start()  # each one after the first finds the others and joins them
             started.append(node)
-        for node in nodes[1:]:
-            node.ctl("stop_app")
-            node.ctl("join_cluster", nodes[0].node)
-            node.ctl("start_app")
-            node.ctl("await_startup")
+        running = nodes[0].ctl("cluster_status", "--formatter", "json")
+        missing = [n.node for n in nodes if n.node not in running.split("running_nodes")[1]]
+        if missing:
+            raise RuntimeError(f"nodes did not join the cluster: {missing}\n{running}")
     except BaseException:
         for node in started:
             node.stop()

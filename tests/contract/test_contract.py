@@ -109,7 +109,8 @@ def test_the_wheel_ships_every_package_and_data_file(tmp_path):
     files = set(zipfile.ZipFile(wheel).namelist())
     expected = {f"hostbus/{p.relative_to(ROOT)}" for p in (ROOT / "schemas").rglob("*.json")}
     expected |= {f"hostbus/broker_config/{n}"
-                 for n in ("definitions.json", "rabbitmq.conf", "enabled_plugins")}
+                 for n in ("definitions.json", "rabbitmq.conf", "enabled_plugins",
+                           "rabbitmq-tls.conf", "cluster/rabbitmq-cluster.conf")}
     for module_name in registry.AGENT_MODULES.values():
         expected.add(module_name.replace(".", "/") + "/__init__.py")
     assert expected <= files, sorted(expected - files)
