@@ -454,11 +454,23 @@ class Console:
         props = Properties(message_id=rid, reply_to=self._reply_queue,
                            content_type=codec.CONTENT_TYPE, type="hostbus.provision/1",
                            timestamp=int(time.time()))
+        confirmed: queue.Queue[bool | None] = queue.Queue()
         try:
+            # Confirmed before this returns: the broker has the request on disk (the
+            # quorum queue's majority, in a cluster), or the caller hears why not.
             self.transport.publish(names.PROVISION_EXCHANGE, "provision", codec.encode(body),
-                                   props, persistent=True)
+                                   props, persistent=True, confirm=confirmed.put)
+            try:
+                outcome = confirmed.get(timeout=30)
+            except queue.Empty:
+                outcome = None
+            if outcome is not True:
+                raise HostbusError(
+                    f"the broker did not take provisioning request {rid} ("
+                    + ("it refused it" if outcome is False else
+                       "the connection was lost before it confirmed")
+                    + "); post it again with the same request id: it will not be done twice")
             if not wait:
-                self.transport.flush()
                 return rid, None
             item = self._next_reply(waiting, time.monotonic() + timeout)
             return rid, item[0] if item else None

@@ -31,6 +31,9 @@ channel.queue_declare(reply_queue, exclusive=True)
 channel.queue_bind(reply_queue, "hostbus.reply", routing_key=reply_queue)
 
 body = {"v": 1, "template": opts.template, "count": opts.count, "owner": opts.owner}
+# Publisher confirms: basic_publish returns once the broker has the request on disk, and
+# raises if it refused it. On a lost connection, post again with the same message_id.
+channel.confirm_delivery()
 channel.basic_publish(
     exchange="hostbus.provision",
     routing_key="provision",
