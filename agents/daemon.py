@@ -73,8 +73,10 @@ def setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # pika narrates every connection step at INFO; its warnings and errors still show.
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    # pika narrates every connection step at INFO and logs a dropped connection as
+    # several ERRORs with tracebacks; the transport reports each in one line of its own
+    # ("lost the connection to ...", "reconnected to ..."), so only pika's worst shows.
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 
 def build_runtime(cfg: dict[str, Any], transport: Any,

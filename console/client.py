@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from hostbus import names
 from hostbus.envelope import Event, Reply, new_request, parse_event, parse_reply
-from hostbus.errors import ErrorCode, HostbusError, RemoteError, SchemaError
+from hostbus.errors import ConnectionLost, ErrorCode, HostbusError, RemoteError, SchemaError
 from hostbus.schema import (
     AgentSchema,
     MethodSpec,
@@ -174,6 +174,8 @@ class Console:
         self._lock = threading.Lock()
         self._reply_queue: str | None = None
         self._lost: Exception | None = None
+        self._connected = threading.Event()
+        self._connected.set()
 
     @classmethod
     def connect(cls, url: str, *, connect_timeout: float = 5.0, **kwargs: Any) -> Console:
@@ -239,8 +241,14 @@ class Console:
 
     def _on_restored(self) -> None:
         self._lost = None
+        self._connected.set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        """After a lost connection: wait until it is back (True) or ``timeout`` passed."""
+        return self._connected.wait(timeout)
 
     def _on_lost(self, exc: Exception) -> None:
+        self._connected.clear()
         self._lost = exc
         with self._lock:
             waiting = list(self._pending.values())
@@ -259,7 +267,7 @@ class Console:
     def _send(self, agent: str, method: str, args: dict[str, Any], *, host: str | None,
               timeout: float, bfilter: dict[str, Any] | None, waiting: queue.Queue[Any]) -> str:
         if self._lost is not None:
-            raise HostbusError(f"the broker connection was lost: {self._lost!r}")
+            raise ConnectionLost(f"the broker connection was lost: {self._lost!r}")
         req = new_request(agent, method, args, host=host, filter=bfilter, timeout=timeout,
                           reply_to=self._reply_queue)
         with self._lock:
@@ -281,7 +289,7 @@ class Console:
         except queue.Empty:
             return None
         if item is _LOST:
-            raise HostbusError(f"the broker connection was lost: {self._lost!r}")
+            raise ConnectionLost(f"the broker connection was lost: {self._lost!r}")
         return item
 
     def _forget(self, ids: Iterable[str]) -> None:

@@ -43,6 +43,11 @@ class ConnectionFailed(HostbusError):
     """The broker could not be reached or refused us; the message says which and why."""
 
 
+class ConnectionLost(HostbusError):
+    """The connection dropped while an operation waited on it; it is being restored.
+    What was sent may or may not have arrived: retry with the same ids."""
+
+
 class BrokerRefused(HostbusError):
     """The broker refused an operation (access refused, not found, precondition)."""
 

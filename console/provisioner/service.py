@@ -24,7 +24,7 @@ from console.provisioner.placement import Candidate, place
 from console.provisioner.store import RequestStore
 from hostbus import codec, names
 from hostbus.envelope import Reply
-from hostbus.errors import ErrorCode, HostbusError, RemoteError
+from hostbus.errors import ConnectionLost, ErrorCode, HostbusError, RemoteError
 from hostbus.schema import envelope_validator
 from hostbus.transport.base import Delivery
 
@@ -83,7 +83,19 @@ class Provisioner:
     def process(self, delivery: Delivery) -> None:
         rid = delivery.properties.message_id or ""
         try:
-            self._process(delivery, rid)
+            for attempt in range(1, 4):
+                try:
+                    self._process(delivery, rid)
+                    break
+                except ConnectionLost as exc:
+                    # The broker went away mid-job. Giving the message back now would
+                    # burn the queue's delivery limit while the connection is still
+                    # down; resume here once it is back (the job is idempotent, and if
+                    # the broker redelivers it too, the store settles the copy).
+                    log.warning("request %s: %s; resuming when the broker is back "
+                                "(attempt %d of 3)", rid, exc, attempt)
+                    if attempt == 3 or not self.console.wait_connected(120):
+                        raise
         except Exception:
             # A bug or a broker glitch: give the message back; the quorum queue's
             # delivery limit dead-letters it if this keeps happening.

@@ -19,7 +19,8 @@ from console.client import Console
 from tests.fakes import EventCollector, make_host_agent
 from tests.rabbit_node import RabbitNode
 
-pytestmark = pytest.mark.integration
+# Starting RabbitMQ nodes of their own takes 10 s or more each (counted in the timeout).
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
 

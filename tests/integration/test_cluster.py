@@ -23,7 +23,8 @@ from tests.fakes import EventCollector, make_host_agent
 from tests.integration.test_provisioning import GatedVirtAgent
 from tests.rabbit_node import RabbitNode, kill, start_cluster
 
-pytestmark = pytest.mark.integration
+# Starting RabbitMQ nodes of their own takes 10 s or more each (counted in the timeout).
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 BIN = Path(sys.executable).parent
 
 
@@ -74,8 +75,9 @@ def test_killing_the_node_everything_is_on_loses_nothing(cluster: list[RabbitNod
     prov_cfg.write_text(f'[broker]\nurl = "{urls}"\n[provisioner]\nhost_id = "{prov}"\n'
                         f'state_dir = "{tmp_path / "state"}"\ncall_timeout = 30.0\n'
                         f'heartbeat_interval = 3600.0\n')
+    prov_log = tmp_path / "provisioner.log"
     provisioner = subprocess.Popen([str(BIN / "hostbus"), "provisioner", "--config",
-                                    str(prov_cfg)], stdout=subprocess.PIPE,
+                                    str(prov_cfg)], stdout=prov_log.open("w"),
                                    stderr=subprocess.STDOUT, text=True)
     halfway = threading.Event()
 
@@ -118,7 +120,8 @@ def test_killing_the_node_everything_is_on_loses_nothing(cluster: list[RabbitNod
 
         # The provisioning request, posted before the crash, completes once.
         for _m, props, body in ch.consume(reply_queue, inactivity_timeout=120):
-            assert body is not None, "no provisioning reply after the node was killed"
+            assert body is not None, ("no provisioning reply after the node was killed; "
+                                      f"provisioner log:\n{prov_log.read_text()[-3000:]}")
             assert props.correlation_id == rid
             assert json.loads(body)["status"] == "ok", body
             break

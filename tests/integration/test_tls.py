@@ -18,7 +18,8 @@ from hostbus.errors import ConnectionFailed
 from tests.fakes import EventCollector
 from tests.rabbit_node import RabbitNode, free_port
 
-pytestmark = pytest.mark.integration
+# Starting RabbitMQ nodes of their own takes 10 s or more each (counted in the timeout).
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 BIN = Path(sys.executable).parent
 
 
