@@ -85,8 +85,12 @@ def text(results: dict[str, Any]) -> str:
         lines.append(f"provisioning (test driver): {prov['requests']} requests in "
                      f"{prov['elapsed_s']} s = {prov['requests_per_s']}/s")
     for label, fp in results.get("footprint", {}).items():
+        narrow = fp.get("floor_third_party_only", {})
         lines.append(f"agent {label}: idle {fp['idle']['cpu_percent']}% cpu, RSS "
-                     f"{fp['idle']['rss_mb']} MB (floor {fp['floor']['rss_mb']}), USS "
+                     f"{fp['idle']['rss_mb']} MB (floor {fp['floor']['rss_mb']} with the "
+                     f"{fp['floor'].get('modules', '?')} modules it loads; "
+                     f"{narrow.get('rss_mb', '?')} with {'+'.join(narrow.get('modules', []))}"
+                     f" alone), USS "
                      f"{fp['idle']['uss_mb']} MB; storm {fp['storm']['calls_per_s']} calls/s "
                      f"at {fp['storm']['cpu_percent']}% cpu, RSS {fp['storm']['rss_mb']} MB")
     soaked = results.get("soak")

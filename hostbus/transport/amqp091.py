@@ -315,14 +315,19 @@ class PikaTransport(Transport):
         """Basic.Ack or Basic.Nack from the broker: one tag, or every tag up to it."""
         method = frame.method
         ok = isinstance(method, pika.spec.Basic.Ack)
-        if method.multiple:
-            tags = [t for t in self._unconfirmed if t <= method.delivery_tag]
-        else:
-            tags = [method.delivery_tag]
-        for tag in tags:
-            callback = self._unconfirmed.pop(tag, None)
+        if not method.multiple:
+            callback = self._unconfirmed.pop(method.delivery_tag, None)
             if callback is not None:
                 self._report(callback, ok)
+            return
+        # Tags were added in increasing order: settle from the oldest up to this one
+        # without scanning the rest (thousands may be in flight).
+        pending = self._unconfirmed
+        while pending:
+            tag = next(iter(pending))
+            if tag > method.delivery_tag:
+                break
+            self._report(pending.pop(tag), ok)
 
     def _fail_unconfirmed(self) -> None:
         pending, self._unconfirmed = self._unconfirmed, {}
