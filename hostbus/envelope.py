@@ -7,6 +7,7 @@ code and a message that names the field and the fix.
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -21,6 +22,21 @@ from hostbus.transport.base import Delivery, Properties
 REQUEST_TYPE = "hostbus.request/1"
 REPLY_TYPE = "hostbus.reply/1"
 EVENT_TYPE = "hostbus.event/1"
+
+
+# Replies and events get their message ids from a Mersenne Twister seeded once from the
+# OS: same uuid4 format, no system call each. os.urandom costs 12 us a call on this VM,
+# a quarter of an event's publish (profiled). Request ids stay os.urandom-backed
+# uuid4s: they are replay-protection keys and should not be guessable.
+_ids = random.Random()
+
+
+def fast_uuid4() -> str:
+    n = _ids.getrandbits(128)
+    n = (n & ~(0xF << 76)) | (0x4 << 76)  # version 4
+    n = (n & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    h = f"{n:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def now_rfc3339(moment: datetime | None = None) -> str:
@@ -166,7 +182,7 @@ class Reply:
 
     def encode(self) -> tuple[bytes, Properties]:
         props = Properties(
-            message_id=str(uuid.uuid4()), correlation_id=self.correlation_id,
+            message_id=fast_uuid4(), correlation_id=self.correlation_id,
             content_type=codec.CONTENT_TYPE, type=REPLY_TYPE,
         )
         return codec.encode(self.to_body()), props
@@ -217,7 +233,7 @@ class Event:
 
     def encode(self) -> tuple[bytes, Properties]:
         props = Properties(
-            message_id=str(uuid.uuid4()), content_type=codec.CONTENT_TYPE, type=EVENT_TYPE,
+            message_id=fast_uuid4(), content_type=codec.CONTENT_TYPE, type=EVENT_TYPE,
             timestamp=int(time.time()),
         )
         return codec.encode(self.to_body()), props

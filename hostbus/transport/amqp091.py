@@ -18,7 +18,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import pika
@@ -588,7 +588,7 @@ class PikaTransport(Transport):
         *, persistent: bool = False, confirm: Confirm | None = None,
     ) -> None:
         if properties.user_id is None:
-            properties = replace(properties, user_id=self.user)
+            properties.user_id = self.user  # fresh per message; a copy cost 5 us
         task = _Publish(exchange, routing_key, body, _to_pika(properties, persistent),
                         confirm, self._generation)
         try:

@@ -135,3 +135,15 @@ def test_an_error_reply_without_its_error_object_is_malformed():
     bad = codec.encode({"v": 1, "host": "h", "agent": "a", "status": "error"})
     with pytest.raises(RemoteError):
         parse_reply(Delivery(bad, Properties(), "hostbus.reply", "q"))
+
+
+def test_reply_and_event_ids_are_uuid4s_and_do_not_repeat():
+    import uuid
+
+    from hostbus.envelope import fast_uuid4
+
+    ids = [fast_uuid4() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    parsed = [uuid.UUID(i) for i in ids]
+    assert all(u.version == 4 and u.variant == uuid.RFC_4122 for u in parsed)
+    assert [str(u) for u in parsed] == ids  # canonical text
