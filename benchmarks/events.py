@@ -115,8 +115,10 @@ def hostbus_rate(bench: Bench, n: int) -> float:
 
 
 def run(bench: Bench, n: int) -> dict[str, Any]:
-    raw_rate(bench.url, max(500, n // 10))
+    warm = max(500, n // 10)  # both sides warm up the same way
+    raw_rate(bench.url, warm)
     raw = raw_rate(bench.url, n)
+    hostbus_rate(bench, warm)
     hb = hostbus_rate(bench, n)
     return {"events": n, "raw_pika_per_s": round(raw), "hostbus_per_s": round(hb),
             "ratio": round(hb / raw, 2)}

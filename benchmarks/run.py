@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import time
@@ -50,9 +51,14 @@ def run(plan: Plan, *, amqp: str, admin_url: str) -> dict[str, Any]:
             results["call"] = call.run(bench, plan.calls)
         if "fanout" in plan.only:
             results["fanout"] = fanout.run(bench, plan.agents)
+        # Each benchmark starts from a clean heap: the simulated fleet leaves hundreds of
+        # thousands of objects in reference cycles, and the collector's passes over
+        # them halved the event rate measured next (10,446/s against 18,148/s alone).
+        gc.collect()
         if "events" in plan.only:
             progress(f"events: {plan.events}, raw and hostbus")
             results["events"] = events.run(bench, plan.events)
+        gc.collect()
         if "provisioning" in plan.only:
             progress(f"provisioning: {plan.provision_requests} requests")
             results["provisioning"] = provisioning.run(bench, plan.provision_requests)
