@@ -212,6 +212,8 @@ class PikaTransport(Transport):
         self._lock = threading.Lock()
         self._wake_scheduled = False
         self._in_drain = False
+        self._in_handler = False
+        self._frames_pending = False  # frames queued without a flush (acks)
         self._conn: pika.BlockingConnection | None = None
         self._ch: BlockingChannel | None = None
         # Publisher confirms live on a channel of their own, opened on first use, so
@@ -359,12 +361,19 @@ class PikaTransport(Transport):
             )
             if item.ack == "handler":
                 delivery.ack, delivery.nack = self._settlers(channel, method.delivery_tag)
+            # What the handler sends (a reply, an ack) is written after it returns, in
+            # one flush, instead of one socket write each.
+            self._in_handler = True
             try:
                 handler(delivery)
             except Exception:  # a handler bug must not take the I/O thread down
                 log.exception("message handler for queue %s failed", item.queue)
+            finally:
+                self._in_handler = False
             if item.ack == "after_handler":
-                channel.basic_ack(method.delivery_tag)
+                channel._impl.basic_ack(method.delivery_tag)
+                self._frames_pending = True
+            self._drain()
 
         ch.basic_consume(item.queue, on_message, auto_ack=item.ack == "broker",
                          exclusive=item.exclusive)
@@ -382,10 +391,11 @@ class PikaTransport(Transport):
                     log.info("delivery %d belonged to a closed channel; the broker "
                              "redelivers it", tag)
                     return
-                if ack:
-                    ch.basic_ack(tag)
+                if ack:  # the frame only: the drain flushes once for the batch
+                    ch._impl.basic_ack(tag)
                 else:
-                    ch.basic_nack(tag, requeue=requeue)
+                    ch._impl.basic_nack(tag, requeue=requeue)
+                self._frames_pending = True
 
             self._submit(task, wait=False)
 
@@ -494,7 +504,8 @@ class PikaTransport(Transport):
         on_io_thread = threading.current_thread() is self._thread
         self._tasks.append((task, fut))
         if on_io_thread:
-            self._drain()
+            if fut is not None or not self._in_handler:  # else drained after the handler
+                self._drain()
         else:
             self._wake()
         if fut is None:
@@ -515,7 +526,8 @@ class PikaTransport(Transport):
             while True:
                 queued = False
                 try:
-                    queued = self._drain_tasks()
+                    queued = self._drain_tasks() or self._frames_pending
+                    self._frames_pending = False
                 finally:
                     if queued and self._ch is not None and self._ch.is_open:
                         # Publishes queued their frames without a flush each (see
