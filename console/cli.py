@@ -876,6 +876,8 @@ def dev_ca(folder: str, broker_names: tuple[str, ...], clients: tuple[str, ...],
 
     made: dict[str, Any] = {"folder": folder}
     try:
+        for client in clients:  # before anything is written
+            names.validate_host_id(client)
         if not (Path(folder) / CA_KEY).exists():
             create_ca(folder)
             made["ca_created"] = True
@@ -1162,11 +1164,14 @@ def approvals_list(state: State, hosts: tuple[str, ...], every_state: bool,
 
 def _find_approval(state: State, approval_id: str, hosts: tuple[str, ...],
                    timeout: float | None) -> dict[str, Any]:
-    found, _ = _approvals_on(state, hosts, "all", timeout)
+    found, result = _approvals_on(state, hosts, "all", timeout)
     matches = [a for a in found if a["approval_id"] == approval_id]
     if not matches:
+        refused = sorted({r.reply.error["message"] for r in result.results
+                          if r.reply is not None and r.reply.error})
+        why = "".join(f"\n  {m}" for m in refused[:5])
         fail(f"no approval {approval_id} on any host that answered (see `hostbus approvals "
-             "list --all`)", EXIT_NOTHING)
+             f"list --all`)" + (f"; some hosts said:{why}" if why else ""), EXIT_NOTHING)
     approval = matches[0]
     if approval["state"] != "pending":
         fail(f"approval {approval_id} was already {approval['state']}"
