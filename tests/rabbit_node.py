@@ -8,11 +8,16 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from hostbus.broker_admin import BrokerAdmin
 
+T = TypeVar("T")
 SBIN = Path("/usr/lib/rabbitmq/bin")  # Debian's; /usr/sbin's wrappers switch user
 
 
@@ -127,3 +132,33 @@ def kill(node: RabbitNode) -> None:
     """SIGKILL the node's Erlang VM: a crash, not a clean stop."""
     pid = (node.folder / "pid").read_text().strip()
     subprocess.run(["kill", "-9", pid], check=True)
+
+
+def started(what: str, start: Callable[[], T]) -> T:
+    """``start()``, or the test is skipped (locally) or failed (CI=true: a missing
+    service fails the run, never skips it) with the reason."""
+    import pytest
+
+    try:
+        return start()
+    except (RuntimeError, subprocess.SubprocessError) as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"could not start {what} (CI=true: no skipping): {exc}")
+        pytest.skip(f"could not start {what}: {exc}")
+
+
+def steady_alerts(emit: Callable[[str, dict], None], count: int, *, every_s: float,
+                  mark_at: int) -> tuple[threading.Thread, threading.Event]:
+    """A thread that emits ``count`` numbered host.alert events at a steady rate, and an
+    event set once ``mark_at`` of them are out (when a test pulls the plug)."""
+    mark = threading.Event()
+
+    def run() -> None:
+        for n in range(count):
+            emit("alert", {"metric": "cpu_percent", "state": "raised", "value": float(n),
+                           "threshold": 90.0})
+            if n == mark_at:
+                mark.set()
+            time.sleep(every_s)  # the steady rate is the workload
+
+    return threading.Thread(target=run, name="steady-alerts"), mark

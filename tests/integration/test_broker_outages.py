@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 from agents.runtime import AgentRuntime
 from console.client import Console
 from tests.fakes import EventCollector, make_host_agent
-from tests.rabbit_node import RabbitNode
+from tests.rabbit_node import RabbitNode, started, steady_alerts
 
 # Starting RabbitMQ nodes of their own takes 10 s or more each (counted in the timeout).
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -28,12 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     made = RabbitNode(tmp_path_factory.mktemp("outage") / "node")
-    try:
-        made.start()
-    except (RuntimeError, subprocess.SubprocessError) as exc:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"could not start a RabbitMQ node (CI=true: no skipping): {exc}")
-        pytest.skip(f"could not start a RabbitMQ node: {exc}")
+    started("a RabbitMQ node", made.start)
     made.admin.setup("hostbus")
     yield made
     made.stop()
@@ -87,17 +81,8 @@ def test_events_published_across_a_broker_restart_all_arrive_once_in_order(node)
     runtime = AgentRuntime.serve(node.url(), host, [agent], heartbeat_interval=0)
     lost = threading.Event()
     runtime.transport.on_connection_lost(lambda exc: lost.set())
-    halfway = threading.Event()
-
-    def publish() -> None:
-        for n in range(1000):
-            agent.emit("alert", {"metric": "cpu_percent", "state": "raised",
-                                 "value": float(n), "threshold": 90.0})
-            if n == 300:
-                halfway.set()
-            time.sleep(0.004)  # a steady rate: about 250 events a second
-
-    publisher = threading.Thread(target=publish)
+    # About 250 events a second; the broker restarts after the 300th.
+    publisher, halfway = steady_alerts(agent.emit, 1000, every_s=0.004, mark_at=300)
     publisher.start()
     try:
         assert halfway.wait(60)

@@ -16,7 +16,7 @@ import pytest
 from console.client import Console
 from hostbus.errors import ConnectionFailed
 from tests.fakes import EventCollector
-from tests.rabbit_node import RabbitNode, free_port
+from tests.rabbit_node import RabbitNode, free_port, started
 
 # Starting RabbitMQ nodes of their own takes 10 s or more each (counted in the timeout).
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -47,12 +47,7 @@ auth_mechanisms.1 = EXTERNAL
 auth_mechanisms.2 = PLAIN
 ssl_cert_login_from = common_name
 """)
-    try:
-        node.start()
-    except (RuntimeError, subprocess.SubprocessError) as exc:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"could not start a TLS RabbitMQ node (CI=true: no skipping): {exc}")
-        pytest.skip(f"could not start a TLS RabbitMQ node: {exc}")
+    started("a TLS RabbitMQ node", node.start)
     admin = f"http://guest:guest@127.0.0.1:{node.mgmt_port}"
     done = hostbus("broker", "setup", "--admin-url", admin)
     assert done.returncode == 0, done.stderr
