@@ -183,11 +183,13 @@ def parse_url(url: str) -> BrokerURL:
     (a client certificate and no password means SASL EXTERNAL: the broker takes the
     user from the certificate's common name, which must equal the user given)."""
     parts = urlsplit(split_urls(url)[0])
-    if parts.scheme not in ("amqp", "amqps", "memory"):
+    if parts.scheme not in ("amqp", "amqps", "amqp10", "amqps10", "memory"):
         raise ConfigError(
-            f"broker URL {url!r} has scheme {parts.scheme!r}; use amqp:// or amqps://"
+            f"broker URL {url!r} has scheme {parts.scheme!r}; use amqp:// or amqps:// "
+            "(AMQP 0-9-1), amqp10:// or amqps10:// (AMQP 1.0)"
         )
-    default_port = 5671 if parts.scheme == "amqps" else 5672
+    tls_scheme = parts.scheme in ("amqps", "amqps10")
+    default_port = 5671 if tls_scheme else 5672
     path = parts.path[1:] if parts.path.startswith("/") else parts.path
     try:
         port = parts.port or default_port
@@ -199,9 +201,9 @@ def parse_url(url: str) -> BrokerURL:
         raise ConfigError(f"broker URL option {unknown[0]!r} is unknown; known: "
                           f"{', '.join(TLS_KEYS)}")
     tls = {k: query[k][-1] for k in TLS_KEYS if k in query}
-    if tls and parts.scheme != "amqps":
+    if tls and not tls_scheme:
         raise ConfigError(f"broker URL gives {', '.join(tls)} but its scheme is "
-                          f"{parts.scheme}://; use amqps:// for TLS")
+                          f"{parts.scheme}://; use amqps:// (or amqps10://) for TLS")
     if ("certfile" in tls) != ("keyfile" in tls):
         raise ConfigError("broker URL: give certfile and keyfile together (the client "
                           "certificate and its key)")
@@ -227,6 +229,13 @@ def connect(url: str, **options: Any) -> Transport:
     parsed = parse_url(url)
     if parsed.scheme == "memory":
         raise ConfigError("memory:// transports are built directly: MemoryTransport(broker)")
+    if parsed.scheme in ("amqp10", "amqps10"):
+        try:
+            from hostbus.transport.amqp10 import ProtonTransport
+        except ModuleNotFoundError:
+            raise ConfigError("amqp10:// needs python-qpid-proton: pip install "
+                              "'hostbus[amqp10]'") from None
+        return ProtonTransport(url, **options)
     from hostbus.transport.amqp091 import PikaTransport
 
     return PikaTransport(url, **options)

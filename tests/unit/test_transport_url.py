@@ -35,3 +35,21 @@ def test_bad_tls_options_say_what_to_fix(files, query, fragment):
     scheme = "amqp" if "use amqps" in fragment else "amqps"
     with pytest.raises(ConfigError, match=fragment):
         parse_url(f"{scheme}://web01@broker/hostbus?{query.format(f=files)}")
+
+
+def test_amqp10_urls_choose_the_proton_transport_and_take_the_same_options(files):
+    from hostbus.transport.addresses import RabbitMQv1
+    from hostbus.transport.amqp10 import ProtonTransport
+    from hostbus.transport.base import connect
+
+    url = parse_url(f"amqps10://web01@broker/hostbus?cafile={files}/ca.pem"
+                    f"&certfile={files}/web01.pem&keyfile={files}/web01.key")
+    assert url.port == 5671 and url.external
+    assert isinstance(connect("amqp10://u:p@broker:5672/hostbus"), ProtonTransport)
+    v1 = RabbitMQv1()
+    assert v1.send_to("hostbus.request", "host.web01") == "/exchange/hostbus.request/host.web01"
+    assert v1.queue("hostbus.host.web01") == "/amq/queue/hostbus.host.web01"
+    assert v1.route_of("/exchange/hostbus.event/host.web01.alert", None) == \
+        ("hostbus.event", "host.web01.alert")
+    assert v1.route_of(None, "host.web01.alert") == ("", "host.web01.alert")
+    assert v1.reply_to_name("/queue/hostbus.reply.ops.1") == "hostbus.reply.ops.1"

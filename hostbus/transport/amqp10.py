@@ -1,0 +1,432 @@
+"""The AMQP 1.0 transport (python-qpid-proton), behind the same interface as the pika one.
+
+Chosen by the URL scheme: ``amqp10://user:pass@host:5672/vhost`` (``amqps10://`` for
+TLS, with the same ``cafile``/``certfile``/``keyfile`` query as amqps). One proton
+``Container`` runs on one I/O thread; other threads hand it work through an
+``EventInjector`` (proton is not thread-safe). Addresses come from
+``hostbus.transport.addresses``.
+
+Every link has a session of its own: RabbitMQ answers a refused attach or publish by
+closing the session, and that must not take the consumers down with it. A refusal
+arrives as a session or link error carrying the broker's words; it is logged, kept in
+``last_refusal`` and reported to confirm callbacks as False, within milliseconds.
+
+Status (issue 5): same-protocol use (agents and consoles both on AMQP 1.0) on RabbitMQ
+3.10. Mixed fleets need the envelope changes in docs/amqp10-interop.md: RabbitMQ 3.10
+drops ``type``, headers (the signature) and, towards 1.0, ``user_id`` between protocols.
+Reconnection is not implemented yet: a lost connection is reported and stays lost.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from proton import Condition, Message, SSLDomain
+from proton.handlers import MessagingHandler
+from proton.reactor import ApplicationEvent, Container, EventInjector
+
+from hostbus import names
+from hostbus.errors import BrokerRefused, ConfigError, ConnectionFailed, TransportClosed
+from hostbus.transport.addresses import RabbitMQv1
+from hostbus.transport.base import (
+    Confirm,
+    Delivery,
+    Handler,
+    Properties,
+    Transport,
+    parse_url,
+    split_urls,
+)
+
+log = logging.getLogger(__name__)
+Task = Callable[[], Any]
+
+
+def _to_message(props: Properties, body: bytes, persistent: bool) -> Message:
+    msg = Message(body=body, inferred=True)  # one Data section: 0-9-1 peers get the bytes
+    msg.id = props.message_id
+    msg.correlation_id = props.correlation_id
+    msg.reply_to = props.reply_to
+    msg.content_type = props.content_type
+    if props.user_id:
+        msg.user_id = props.user_id.encode()
+    msg.durable = persistent
+    if props.timestamp:
+        msg.creation_time = float(props.timestamp)
+    app = dict(props.headers or {})
+    if props.type:
+        app["type"] = props.type  # no 1.0 field for it; see docs/amqp10-interop.md
+    msg.properties = app or None
+    return msg
+
+
+def _from_message(msg: Message) -> tuple[bytes, Properties]:
+    app = dict(msg.properties or {})
+    kind = app.pop("type", None)
+    user = msg.user_id.decode() if msg.user_id else None
+    stamp = int(msg.creation_time) if msg.creation_time else None
+    body = msg.body
+    props = Properties(
+        message_id=str(msg.id) if msg.id is not None else None,
+        correlation_id=str(msg.correlation_id) if msg.correlation_id is not None else None,
+        reply_to=RabbitMQv1.reply_to_name(msg.reply_to), content_type=msg.content_type,
+        type=kind if isinstance(kind, str) else None, user_id=user, timestamp=stamp,
+        headers={str(k): v for k, v in app.items()})
+    return bytes(body) if body is not None else b"", props
+
+
+def _describe(condition: Condition | None) -> str:
+    if condition is None:
+        return "closed by the broker"
+    return f"{condition.name}: {condition.description}"
+
+
+_names = itertools.count(1)
+
+
+def _key(delivery: Any) -> tuple[str, str]:
+    """proton hands out new wrapper objects for the same delivery: key by name and tag."""
+    return delivery.link.name, str(delivery.tag)
+
+
+class _Link:
+    """A consumer, kept to re-attach after the connection comes back."""
+
+    def __init__(self, source: str, handler: Handler, ack: str, credit: int) -> None:
+        self.name = f"hostbus-in-{next(_names)}"
+        self.source = source
+        self.handler = handler
+        self.ack = ack  # broker | after_handler | handler
+        self.credit = credit
+        self.receiver: Any = None
+        self.opened: Future[None] = Future()
+
+
+class ProtonTransport(Transport):
+    def __init__(self, url: str, *, connection_name: str = "hostbus", heartbeat: int = 30,
+                 connect_timeout: float = 5.0, prefetch: int = 64, reconnect: bool = True,
+                 max_backoff: float = 30.0, wait_first: bool = False, **_: Any) -> None:
+        super().__init__()
+        self.urls = [parse_url(u) for u in split_urls(url)]
+        self.url = self.urls[0]
+        self.user = self.url.user
+        self.addresses = RabbitMQv1()
+        self.last_refusal: tuple[str, str] | None = None
+        self._name = connection_name
+        self._heartbeat = heartbeat
+        self._connect_timeout = connect_timeout
+        self._prefetch = prefetch
+        self._tasks: deque[Task] = deque()
+        self._injector = EventInjector()
+        self._conn: Any = None
+        self._container: Container | None = None
+        self._senders: dict[str, Any] = {}
+        self._unsettled: dict[tuple[str, str], Confirm] = {}
+        self._links: list[_Link] = []
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self._start_error: Exception | None = None
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        self._container = Container(_Events(self))
+        self._container.selectable(self._injector)
+        self._thread = threading.Thread(target=self._container.run,
+                                        name="hostbus-amqp10-io", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(self._connect_timeout + 5):
+            self.close()
+            raise ConnectionFailed(f"{self.url.redacted()}: no answer within the connect "
+                                   "timeout (is the rabbitmq_amqp1_0 plugin enabled?)")
+        if self._start_error is not None:
+            raise self._start_error
+
+    def _connect(self, container: Container) -> None:
+        url = self.url
+        ssl = None
+        if url.scheme == "amqps10":
+            ssl = SSLDomain(SSLDomain.MODE_CLIENT)
+            ssl.set_peer_authentication(SSLDomain.VERIFY_PEER_NAME, url.cafile)
+            if url.certfile:
+                ssl.set_credentials(url.certfile, url.keyfile, None)
+        options: dict[str, Any] = {
+            "url": f"{'amqps' if ssl else 'amqp'}://{url.host}:{url.port}",
+            "virtual_host": f"vhost:{url.vhost}", "heartbeat": float(self._heartbeat),
+            "reconnect": False, "ssl_domain": ssl,
+            "sasl_enabled": True, "allowed_mechs": "EXTERNAL" if url.external else "PLAIN",
+        }
+        if not url.external:
+            options |= {"user": url.user, "password": url.password}
+        self._conn = container.connect(**options)
+
+    def close(self) -> None:
+        if self._thread is None or self._stopping.is_set():
+            return
+        self._stopping.set()
+
+        def stop() -> None:
+            pending, self._unsettled = self._unsettled, {}
+            for callback in pending.values():
+                callback(None)
+            if self._conn is not None:
+                self._conn.close()
+            assert self._container is not None
+            self._container.stop()
+
+        self._tasks.append(stop)
+        self._injector.trigger(ApplicationEvent("hostbus_task"))
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+
+    # ------------------------------------------------------------- hand-off
+    def _submit(self, task: Task, *, wait: bool = False, timeout: float | None = None) -> Any:
+        if self._stopping.is_set():
+            raise TransportClosed("the transport is closed")
+        fut: Future[Any] = Future()
+
+        def run() -> None:
+            try:
+                fut.set_result(task())
+            except Exception as exc:
+                fut.set_exception(exc)
+
+        self._tasks.append(run)
+        self._injector.trigger(ApplicationEvent("hostbus_task"))
+        if not wait:
+            return None
+        try:
+            return fut.result(timeout=timeout or self._connect_timeout + 10)
+        except TimeoutError:
+            raise TransportClosed("the broker did not answer in time") from None
+
+    def _drain(self) -> None:
+        while self._tasks:
+            task = self._tasks.popleft()
+            try:
+                task()
+            except Exception:  # one bad task must not stop the I/O thread
+                log.exception("AMQP 1.0 I/O task failed")
+
+    def _session(self) -> Any:
+        session = self._conn.session()
+        session.open()
+        return session
+
+    # ------------------------------------------------------------------ API
+    def publish(self, exchange: str, routing_key: str, body: bytes, properties: Properties,
+                *, persistent: bool = False, confirm: Confirm | None = None) -> None:
+        if properties.user_id is None:
+            properties.user_id = self.user
+        address = self.addresses.send_to(exchange, routing_key)
+        msg = _to_message(properties, body, persistent)
+        msg.address, msg.subject = address, routing_key  # receivers learn the route
+
+        def send() -> None:
+            sender = self._senders.get(address)
+            if sender is None:
+                assert self._container is not None
+                sender = self._container.create_sender(
+                    self._session(), address, name=f"hostbus-out-{next(_names)}")
+                self._senders[address] = sender
+            dlv = sender.send(msg)
+            if confirm is not None:
+                self._unsettled[_key(dlv)] = confirm
+
+        try:
+            self._submit(send)
+        except TransportClosed:
+            if confirm is None:
+                raise
+            confirm(None)
+
+    def _attach(self, link: _Link, *, wait: bool) -> None:
+        def attach() -> None:
+            assert self._container is not None
+            link.receiver = self._container.create_receiver(self._session(), link.source,
+                                                            name=link.name)
+            link.receiver.flow(link.credit)
+
+        self._submit(attach)
+        if wait:
+            try:
+                link.opened.result(timeout=self._connect_timeout + 5)
+            except TimeoutError:
+                raise BrokerRefused(f"{link.source}: the broker did not answer the "
+                                    "attach in time") from None
+
+    def _add(self, link: _Link) -> None:
+        self._links.append(link)
+        try:
+            self._attach(link, wait=True)
+        except BrokerRefused:
+            self._links.remove(link)
+            raise
+
+    def consume(self, queue: str, handler: Handler, *, manual_ack: bool = False) -> None:
+        self._add(_Link(self.addresses.queue(queue), handler,
+                        "handler" if manual_ack else "after_handler", self._prefetch))
+
+    def open_reply_queue(self, handler: Handler) -> str:
+        name = names.new_reply_queue(self.user)
+        self._add(_Link(self.addresses.bound(names.REPLY_EXCHANGE, name), handler,
+                        "broker", 1000))
+        return name
+
+    def subscribe(self, patterns: list[str], handler: Handler, *, name: str | None = None,
+                  durable: bool = False) -> str:
+        qname = names.subscription_queue(self.user, name)
+        if durable:
+            if not self.queue_exists(qname):
+                raise ConfigError(f"a durable subscription over AMQP 1.0 needs its queue "
+                                  f"{qname} made beforehand (AMQP 1.0 cannot bind queues)")
+            self._add(_Link(self.addresses.queue(qname), handler, "after_handler", 1000))
+            return qname
+        for pattern in patterns:
+            self._add(_Link(self.addresses.bound(names.EVENT_EXCHANGE, pattern), handler,
+                            "broker", 1000))
+        return qname
+
+    def queue_exists(self, queue: str) -> bool:
+        """Attach to the queue without credit, and let go: passive, as over 0-9-1."""
+        probe = _Link(self.addresses.queue(queue), lambda d: None, "handler", 0)
+        self._links.append(probe)
+        try:
+            self._attach(probe, wait=True)
+        except BrokerRefused:
+            return False
+        finally:
+            self._links.remove(probe)
+        self._submit(lambda: probe.receiver.close())
+        return True
+
+    def flush(self, timeout: float = 5.0) -> None:
+        if self._thread is not None and threading.current_thread() is not self._thread:
+            self._submit(lambda: None, wait=True, timeout=timeout)
+
+    # -------------------------------------------------- events (I/O thread)
+    def _deliver(self, link: _Link, event: Any) -> None:
+        msg = event.message
+        body, props = _from_message(msg)
+        dlv = event.delivery
+        receiver = event.receiver
+        exchange, routing_key = self.addresses.route_of(msg.address, msg.subject)
+        delivery = Delivery(body, props, exchange, routing_key, redelivered=False)
+        if link.ack == "handler":
+            def settle(ok: bool, requeue: bool = False) -> None:
+                def task() -> None:
+                    if ok:
+                        dlv.update(dlv.ACCEPTED)
+                    else:
+                        dlv.update(dlv.RELEASED if requeue else dlv.REJECTED)
+                    dlv.settle()
+                    receiver.flow(1)
+
+                self._submit(task)
+
+            delivery.ack = lambda: settle(True)
+            delivery.nack = lambda requeue=False: settle(False, requeue)
+        try:
+            link.handler(delivery)
+        except Exception:
+            log.exception("message handler for %s failed", link.source)
+        if link.ack != "handler":
+            dlv.update(dlv.ACCEPTED)
+            dlv.settle()
+            receiver.flow(1)
+
+    def _refused(self, link: Any, condition: Condition | None) -> None:
+        address = link.target.address if link.is_sender else link.source.address
+        reason = _describe(condition)
+        self.last_refusal = (address or "?", reason)
+        if link.is_sender:
+            log.error("the broker refused a publish to %s: %s", address, reason)
+            self._senders = {a: s for a, s in self._senders.items() if s.name != link.name}
+            for key in [k for k in self._unsettled if k[0] == link.name]:
+                self._unsettled.pop(key)(False)
+            return
+        for item in self._links:
+            if item.name == link.name and not item.opened.done():
+                item.opened.set_exception(BrokerRefused(f"{address}: {reason}"))
+                return
+        log.error("the broker closed the consumer on %s: %s", address, reason)
+
+
+class _Events(MessagingHandler):  # type: ignore[misc]
+    """proton's callbacks, all on the I/O thread, forwarded to the transport."""
+
+    def __init__(self, transport: ProtonTransport) -> None:
+        super().__init__(prefetch=0, auto_accept=False, auto_settle=True)
+        self.t = transport
+
+    def on_start(self, event: Any) -> None:
+        self.t._connect(event.container)
+
+    def on_connection_opened(self, event: Any) -> None:
+        self.t._ready.set()
+
+    def on_hostbus_task(self, event: Any) -> None:
+        self.t._drain()
+
+    def on_link_opened(self, event: Any) -> None:
+        for link in self.t._links:
+            if link.name == event.link.name and not link.opened.done():
+                link.opened.set_result(None)
+
+    def on_message(self, event: Any) -> None:
+        for link in self.t._links:
+            if link.name == event.receiver.name:
+                self.t._deliver(link, event)
+                return
+
+    def on_accepted(self, event: Any) -> None:
+        callback = self.t._unsettled.pop(_key(event.delivery), None)
+        if callback is not None:
+            callback(True)
+
+    def on_rejected(self, event: Any) -> None:
+        callback = self.t._unsettled.pop(_key(event.delivery), None)
+        if callback is not None:
+            log.error("the broker rejected a message: %s",
+                      _describe(event.delivery.remote.condition))
+            callback(False)
+
+    def on_released(self, event: Any) -> None:
+        callback = self.t._unsettled.pop(_key(event.delivery), None)
+        if callback is not None:
+            callback(None)
+
+    def on_link_error(self, event: Any) -> None:
+        self.t._refused(event.link, event.link.remote_condition)
+
+    def on_session_error(self, event: Any) -> None:
+        # RabbitMQ refuses a publish or an attach by ending the session, with its
+        # reason; every link on that session (one: a session per link) is done. Not
+        # the connection: proton's default would close it.
+        link = event.connection.link_head(0)
+        while link is not None:
+            if link.session == event.session:
+                self.t._refused(link, event.session.remote_condition)
+            link = link.next(0)
+
+    def on_connection_error(self, event: Any) -> None:
+        self._failed(event.connection.remote_condition)
+
+    def on_transport_error(self, event: Any) -> None:
+        self._failed(event.transport.condition)
+
+    def _failed(self, condition: Condition | None) -> None:
+        err = ConnectionFailed(f"{self.t.url.redacted()}: {_describe(condition)}")
+        if not self.t._ready.is_set():
+            self.t._start_error = err
+            self.t._ready.set()
+        else:
+            log.warning("lost the AMQP 1.0 connection: %s", err)
+            for callback in self.t._lost_callbacks:
+                callback(err)

@@ -1,0 +1,93 @@
+"""The AMQP 1.0 transport (python-qpid-proton) on a RabbitMQ node of the test's own with
+the rabbitmq_amqp1_0 plugin: an agent and a console both on AMQP 1.0, and broker
+refusals reported with the broker's reason within a bounded time, never a bare
+timeout. (Mixed fleets, 0-9-1 with 1.0, are issue 5's next step: docs/amqp10-interop.md.)"""
+
+from __future__ import annotations
+
+import queue
+
+import pytest
+
+from agents.runtime import AgentRuntime
+from console.client import Console
+from hostbus.errors import BrokerRefused, ConnectionFailed
+from hostbus.transport.base import Properties, connect
+from tests.fakes import EventCollector, make_host_agent
+from tests.rabbit_node import RabbitNode, started
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    made = RabbitNode(tmp_path_factory.mktemp("amqp10") / "node",
+                      plugins=("rabbitmq_amqp1_0",), config="amqp1_0.default_user = none")
+    started("a RabbitMQ node with the AMQP 1.0 plugin", made.start)
+    made.admin.setup("hostbus")
+    yield made
+    made.stop()
+
+
+def url10(node: RabbitNode, user: str = "guest", password: str = "guest") -> str:
+    return f"amqp10://{user}:{password}@127.0.0.1:{node.amqp_port}/hostbus"
+
+
+def test_an_agent_and_a_console_on_amqp10(node):
+    node.admin.enroll_host("hostbus", "one0", ["host"])
+    agent, _, _ = make_host_agent("one0")
+    runtime = AgentRuntime.serve(url10(node), "one0", [agent], heartbeat_interval=0)
+    console = Console.connect(url10(node))
+    try:
+        seen = EventCollector()
+        console.subscribe(["host.one0.#"], seen)
+        found = console.discover(expect=["one0"], timeout=10)
+        assert [a.host for a in found] == ["one0"]
+        res = console.call("host", "identify", host="one0", timeout=10)
+        assert res.status == "ok" and res.reply.result["host_id"] == "one0"
+        assert res.reply.user_id == "guest"  # the broker-checked sender, over 1.0
+        agent.emit("alert", {"metric": "cpu_percent", "state": "raised", "value": 95.0,
+                             "threshold": 90.0})
+        ev = seen.wait_for(lambda e: e.event == "alert", timeout=10)
+        assert ev.data["value"] == 95.0 and ev.seq >= 1
+    finally:
+        console.close()
+        runtime.stop("test over")
+
+
+def test_a_publish_to_a_missing_exchange_is_refused_with_the_reason(node):
+    transport = connect(url10(node))
+    transport.start()
+    outcome: queue.Queue[bool | None] = queue.Queue()
+    try:
+        transport.publish("no.such.exchange", "x", b"{}", Properties(), confirm=outcome.put)
+        assert outcome.get(timeout=10) is False  # bounded: not a timeout
+        address, reason = transport.last_refusal
+        assert address == "/exchange/no.such.exchange/x" and "NOT_FOUND" in reason
+    finally:
+        transport.close()
+
+
+def test_an_agent_identity_may_not_publish_requests_over_amqp10(node):
+    node.admin.enroll_host("hostbus", "lim0", ["host"])
+    password = node.admin.create_identity("hostbus", "agent", "lim0")
+    transport = connect(url10(node, "lim0", password))
+    transport.start()
+    outcome: queue.Queue[bool | None] = queue.Queue()
+    try:
+        transport.publish("hostbus.request", "host.other", b"{}", Properties(),
+                          confirm=outcome.put)
+        assert outcome.get(timeout=10) is False
+        assert "ACCESS_REFUSED" in transport.last_refusal[1]
+        with pytest.raises(BrokerRefused, match=r"hostbus\.host\.other"):
+            transport.consume("hostbus.host.other", lambda d: None)
+    finally:
+        transport.close()
+        node.admin.revoke("lim0")
+
+
+def test_a_wrong_password_fails_at_once_and_says_so(node):
+    transport = connect(url10(node, "guest", "wrong"), connect_timeout=5)
+    with pytest.raises(ConnectionFailed) as info:
+        transport.start()
+    assert "amqp:unauthorized-access" in str(info.value) or "auth" in str(info.value).lower()
