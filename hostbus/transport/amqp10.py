@@ -14,13 +14,15 @@ arrives as a session or link error carrying the broker's words; it is logged, ke
 Status (issue 5): same-protocol use (agents and consoles both on AMQP 1.0) on RabbitMQ
 3.10. Mixed fleets need the envelope changes in docs/amqp10-interop.md: RabbitMQ 3.10
 drops ``type``, headers (the signature) and, towards 1.0, ``user_id`` between protocols.
-Reconnection is not implemented yet: a lost connection is reported and stays lost.
+A lost connection is reported (lost callbacks, unconfirmed publishes as None) and
+re-established with capped, jittered backoff; consumers are attached again.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -119,6 +121,11 @@ class ProtonTransport(Transport):
         self.addresses = RabbitMQv1()
         self.last_refusal: tuple[str, str] | None = None
         self._name = connection_name
+        self._reconnect = reconnect
+        self._max_backoff = max_backoff
+        self._attempt = 0
+        self._connected = False
+        self._retry_scheduled = False
         self._heartbeat = heartbeat
         self._connect_timeout = connect_timeout
         self._prefetch = prefetch
@@ -369,7 +376,30 @@ class _Events(MessagingHandler):  # type: ignore[misc]
         self.t._connect(event.container)
 
     def on_connection_opened(self, event: Any) -> None:
-        self.t._ready.set()
+        t = self.t
+        if t._ready.is_set() and not t._connected:  # a reconnect: consumers come back
+            for link in t._links:
+                link.opened = Future()
+                t._attach(link, wait=False)
+            log.info("reconnected to %s; %d consumers restored", t.url.redacted(),
+                     len(t._links))
+            for callback in t._restored_callbacks:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("connection-restored callback failed")
+        t._connected = True
+        t._attempt = 0
+        t._ready.set()
+
+    def on_disconnected(self, event: Any) -> None:
+        if self.t._connected:
+            self._failed(None)
+
+    def on_timer_task(self, event: Any) -> None:
+        self.t._retry_scheduled = False
+        if not self.t._stopping.is_set():
+            self.t._connect(event.container)
 
     def on_hostbus_task(self, event: Any) -> None:
         self.t._drain()
@@ -422,11 +452,32 @@ class _Events(MessagingHandler):  # type: ignore[misc]
         self._failed(event.transport.condition)
 
     def _failed(self, condition: Condition | None) -> None:
-        err = ConnectionFailed(f"{self.t.url.redacted()}: {_describe(condition)}")
-        if not self.t._ready.is_set():
-            self.t._start_error = err
-            self.t._ready.set()
-        else:
+        t = self.t
+        err = ConnectionFailed(f"{t.url.redacted()}: {_describe(condition)}")
+        if not t._ready.is_set():
+            t._start_error = err
+            t._ready.set()
+            return
+        if t._stopping.is_set():
+            return
+        if t._connected:
+            t._connected = False
             log.warning("lost the AMQP 1.0 connection: %s", err)
-            for callback in self.t._lost_callbacks:
-                callback(err)
+            t._senders.clear()
+            for callback in t._lost_callbacks:
+                try:
+                    callback(err)
+                except Exception:
+                    log.exception("connection-lost callback failed")
+            pending, t._unsettled = t._unsettled, {}
+            for confirm in pending.values():  # after the callbacks, as in amqp091
+                confirm(None)
+        if not t._reconnect or t._retry_scheduled:
+            return
+        t._retry_scheduled = True
+        # Capped exponential backoff with jitter, as the 0-9-1 transport does.
+        delay = min(t._max_backoff, 0.5 * 2 ** t._attempt) * (0.5 + os.urandom(1)[0] / 510)
+        t._attempt += 1
+        log.warning("reconnecting to %s in %.1fs", t.url.redacted(), delay)
+        assert t._container is not None
+        t._container.schedule(delay, self)

@@ -91,3 +91,26 @@ def test_a_wrong_password_fails_at_once_and_says_so(node):
     with pytest.raises(ConnectionFailed) as info:
         transport.start()
     assert "amqp:unauthorized-access" in str(info.value) or "auth" in str(info.value).lower()
+
+
+def test_agent_and_console_on_amqp10_come_back_after_a_broker_restart(node):
+    import threading
+
+    node.admin.enroll_host("hostbus", "back0", ["host"])
+    agent, _, _ = make_host_agent("back0")
+    runtime = AgentRuntime.serve(url10(node), "back0", [agent], heartbeat_interval=0)
+    console = Console.connect(url10(node))
+    back = {"agent": threading.Event(), "console": threading.Event()}
+    runtime.transport.on_connection_restored(back["agent"].set)
+    console.transport.on_connection_restored(back["console"].set)
+    try:
+        assert console.call("agent", "ping", host="back0", timeout=10).status == "ok"
+        node.ctl("stop_app")
+        node.ctl("start_app")
+        node.ctl("await_startup")
+        assert back["agent"].wait(60) and back["console"].wait(60)
+        res = console.call("host", "identify", host="back0", timeout=10)
+        assert res.status == "ok" and res.reply.result["host_id"] == "back0"
+    finally:
+        console.close()
+        runtime.stop("test over")
