@@ -25,12 +25,13 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from hostbus.envelope import Request, now_rfc3339
+from hostbus.envelope import Request, now_rfc3339, usable_reply_to
 from hostbus.errors import ErrorCode, RemoteError
 from hostbus.transport.base import Delivery, Properties
 
@@ -65,12 +66,21 @@ class Parked:
         return Delivery(self.body, Properties(**(self.properties or {})), self.exchange,
                         self.routing_key)
 
+    @property
+    def expires_at(self) -> str:
+        return _rfc3339(self.expires)
+
+    @property
+    def reply_to(self) -> str | None:
+        """The requester's reply queue, if it is one hostbus may route to."""
+        return usable_reply_to(Properties(reply_to=(self.properties or {}).get("reply_to")))
+
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "approval_id": self.approval_id, "request_id": self.request_id,
             "requester": self.requester, "call": self.call, "args": self.args,
             "digest": self.digest, "rule": self.rule,
-            "created": _rfc3339(self.created), "expires": _rfc3339(self.expires),
+            "created": _rfc3339(self.created), "expires": self.expires_at,
             "state": self.state,
         }
         if self.decided_by is not None:
@@ -81,8 +91,6 @@ class Parked:
 
 
 def _rfc3339(epoch: float) -> str:
-    from datetime import UTC, datetime
-
     return now_rfc3339(datetime.fromtimestamp(epoch, UTC))
 
 

@@ -189,10 +189,10 @@ class Dispatcher:
         outcome = refuse(RemoteError(
             ErrorCode.APPROVAL_REQUIRED,
             f"{decision.reason}; parked as approval {parked.approval_id} until "
-            f"{parked.to_wire()['expires']}. Another person approves it with `hostbus "
+            f"{parked.expires_at}. Another person approves it with `hostbus "
             f"approvals approve {parked.approval_id}`",
             {"rule": decision.rule, "approval_id": parked.approval_id,
-             "expires": parked.to_wire()["expires"], "digest": parked.digest},
+             "expires": parked.expires_at, "digest": parked.digest},
         ), decision)
         outcome.parked = parked
         return outcome

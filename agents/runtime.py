@@ -269,7 +269,7 @@ class AgentRuntime:
             parked = outcome.parked
             self.emit(names.BUILTIN_AGENT, "approval.pending", {
                 "approval_id": parked.approval_id, "requester": parked.requester,
-                "call": parked.call, "expires": parked.to_wire()["expires"],
+                "call": parked.call, "expires": parked.expires_at,
                 "rule": parked.rule})
 
     # --------------------------------------------------------------- approvals
@@ -288,7 +288,6 @@ class AgentRuntime:
                 f"{parked.decided_by} denied approval {parked.approval_id}"
                 + (f": {reason}" if reason else "")))
         outcome.approved_by = parked.decided_by if parked.state == "approved" else None
-        outcome.reply_to = (parked.properties or {}).get("reply_to")
         self._answer(outcome)
         assert outcome.reply is not None
         status = "ok" if outcome.reply.ok else (outcome.reply.error_code or "error")
@@ -308,7 +307,7 @@ class AgentRuntime:
         except RemoteError:
             request = None
         reply = error_reply(self.host_id, agent, method, err, parked.request_id)
-        return Outcome(reply, (parked.properties or {}).get("reply_to"), request,
+        return Outcome(reply, parked.reply_to, request,
                        decision=Decision(False, parked.rule, err.message))
 
     def _expire_approvals(self) -> None:
@@ -320,7 +319,7 @@ class AgentRuntime:
             self._answer(self._refusal(parked, RemoteError(
                 ErrorCode.EXPIRED,
                 f"nobody approved {parked.call} ({parked.approval_id}) before "
-                f"{parked.to_wire()['expires']}; ask again if it is still needed")))
+                f"{parked.expires_at}; ask again if it is still needed")))
             self.emit(names.BUILTIN_AGENT, "approval.decided", {
                 "approval_id": parked.approval_id, "requester": parked.requester,
                 "call": parked.call, "decision": "expired", "outcome": "expired"})

@@ -1191,6 +1191,10 @@ def _decide(state: State, approval: dict[str, Any], verb: str, reason: str,
                else console.deny(approval, reason, timeout=_timeout(state, timeout)))
     except HostbusError as exc:
         fail(str(exc), EXIT_CONNECT)
+    released = (res.reply.result or {}).get("reply", {}) if res.reply and res.reply.ok else {}
+    code = (EXIT_NO_REPLY if res.reply is None else
+            EXIT_OK if res.reply.ok and released.get("status", "ok") == "ok" else EXIT_FAILED)
+    what = f"{approval['approval_id']}: {approval['call']}"
     if as_json:
         _emit_json(res.to_dict())
     elif res.reply is None:
@@ -1199,26 +1203,19 @@ def _decide(state: State, approval: dict[str, Any], verb: str, reason: str,
         from console.render import print_fanout
 
         print_fanout(_out(), FanoutResult([res], res.elapsed_ms or 0.0))
-    else:
-        released = (res.reply.result or {}).get("reply", {})
-        if verb == "deny":
-            click.echo(f"denied {approval['approval_id']}: {approval['call']} by "
-                       f"{approval['requester']} on {approval['host']} will not run")
-        elif released.get("status") == "ok":
-            click.echo(f"approved {approval['approval_id']}: {approval['call']} ran on "
-                       f"{approval['host']}")
-            from console.render import print_result
+    elif verb == "deny":
+        click.echo(f"denied {what} by {approval['requester']} on {approval['host']} will "
+                   "not run")
+    elif code == EXIT_OK:
+        from console.render import print_result
 
-            print_result(_out(), released.get("result") or {})
-        else:
-            err = released.get("error") or {}
-            click.echo(f"approved {approval['approval_id']}, but {approval['call']} failed: "
-                       f"{err.get('code')}: {err.get('message')}", err=True)
-            sys.exit(EXIT_FAILED)
-    if res.reply is None:
-        sys.exit(EXIT_NO_REPLY)
-    released_ok = (res.reply.result or {}).get("reply", {}).get("status", "ok") == "ok"
-    sys.exit(EXIT_OK if res.reply.ok and released_ok else EXIT_FAILED)
+        click.echo(f"approved {what} ran on {approval['host']}")
+        print_result(_out(), released.get("result") or {})
+    else:
+        err = released.get("error") or {}
+        click.echo(f"approved {what} failed: {err.get('code')}: {err.get('message')}",
+                   err=True)
+    sys.exit(code)
 
 
 @approvals.command("approve", epilog=EPILOG)

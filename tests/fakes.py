@@ -199,3 +199,22 @@ class EventCollector:
         """The first event matching ``predicate``, once it has arrived."""
         events = self.wait_until(lambda evs: any(predicate(e) for e, _ in evs), timeout)
         return next(e for e, _ in events if predicate(e))
+
+
+def post_provision_raw(channel: Any, owner: str) -> tuple[str, str]:
+    """Post a one-VM "web" provisioning request with a plain pika channel, as any
+    program would, with a reply queue of its own; return (reply queue, request id)."""
+    import json
+    import uuid
+
+    import pika
+
+    reply_queue = f"hostbus.reply.guest.raw{uuid.uuid4().hex[:8]}"
+    channel.queue_declare(reply_queue, exclusive=True)
+    channel.queue_bind(reply_queue, "hostbus.reply", routing_key=reply_queue)
+    rid = str(uuid.uuid4())
+    channel.basic_publish("hostbus.provision", "provision", json.dumps(
+        {"v": 1, "template": "web", "owner": owner}).encode(), pika.BasicProperties(
+        message_id=rid, reply_to=reply_queue, content_type="application/json",
+        type="hostbus.provision/1", delivery_mode=2))
+    return reply_queue, rid

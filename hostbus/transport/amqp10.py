@@ -453,7 +453,10 @@ class _Events(MessagingHandler):  # type: ignore[misc]
 
     def _failed(self, condition: Condition | None) -> None:
         t = self.t
-        err = ConnectionFailed(f"{t.url.redacted()}: {_describe(condition)}")
+        hint = ("; check the user and password in the broker URL"
+                if condition is not None and condition.name == "amqp:unauthorized-access"
+                else "")
+        err = ConnectionFailed(f"{t.url.redacted()}: {_describe(condition)}{hint}")
         if not t._ready.is_set():
             t._start_error = err
             t._ready.set()

@@ -17,7 +17,7 @@ import pytest
 from agents import virt
 from agents.runtime import AgentRuntime
 from console.client import Console
-from tests.fakes import EventCollector, make_host_agent
+from tests.fakes import EventCollector, make_host_agent, post_provision_raw
 from tests.integration.test_provisioning import GatedVirtAgent
 from tests.rabbit_node import RabbitNode, kill, start_cluster, started, steady_alerts
 
@@ -78,14 +78,7 @@ def test_killing_the_node_everything_is_on_loses_nothing(cluster: list[RabbitNod
     try:
         watch.wait_for(lambda e: e.event == "online", timeout=60)
         ch = conn.channel()
-        reply_queue = f"hostbus.reply.guest.cl{tag}"
-        ch.queue_declare(reply_queue, exclusive=True)
-        ch.queue_bind(reply_queue, "hostbus.reply", routing_key=reply_queue)
-        rid = str(uuid.uuid4())
-        ch.basic_publish("hostbus.provision", "provision", json.dumps(
-            {"v": 1, "template": "web", "owner": "erin"}).encode(), pika.BasicProperties(
-            message_id=rid, reply_to=reply_queue, content_type="application/json",
-            type="hostbus.provision/1", delivery_mode=2))
+        reply_queue, rid = post_provision_raw(ch, "erin")
         # The VM is defined and the provisioner waits for the agent's answer.
         watch.wait_for(lambda e: e.event == "domain.lifecycle"
                        and e.data["event"] == "defined", timeout=60)

@@ -16,7 +16,7 @@ import pytest
 from agents import virt
 from agents.runtime import AgentRuntime
 from agents.virt.agent import VirtAgent
-from tests.fakes import EventCollector
+from tests.fakes import EventCollector, post_provision_raw
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,14 +128,7 @@ def test_a_killed_provisioner_finishes_the_job_once(rabbitmq, console, virt_host
 
     conn = pika.BlockingConnection(pika.URLParameters(rabbitmq.url))
     ch = conn.channel()
-    reply_queue = f"hostbus.reply.kill-{uuid.uuid4().hex[:8]}"
-    ch.queue_declare(reply_queue, exclusive=True)
-    ch.queue_bind(reply_queue, "hostbus.reply", routing_key=reply_queue)
-    rid = str(uuid.uuid4())
-    ch.basic_publish("hostbus.provision", "provision", json.dumps(
-        {"v": 1, "template": "web", "owner": "dave"}).encode(), pika.BasicProperties(
-        message_id=rid, reply_to=reply_queue, content_type="application/json",
-        type="hostbus.provision/1", delivery_mode=2))
+    reply_queue, rid = post_provision_raw(ch, "dave")
 
     # The VM is defined and the provisioner waits for the agent's answer: kill it now.
     lifecycle.wait_for(lambda e: e.data["event"] == "defined", timeout=60)

@@ -6,7 +6,6 @@ starts them if they are installed; it skips only when they are not (never with C
 """
 
 import copy
-import os
 import shutil
 import subprocess
 import uuid
@@ -15,6 +14,7 @@ import pytest
 
 from agents import virt
 from agents.runtime import AgentRuntime
+from hostbus.testing.pytest_plugin import fail_or_skip
 from tests.fakes import EventCollector
 
 pytestmark = pytest.mark.integration
@@ -29,12 +29,9 @@ def _libvirtd_answers() -> bool:
 
 @pytest.fixture(scope="module")
 def hypervisor():
-    in_ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
     if shutil.which("virsh") is None or shutil.which("qemu-system-x86_64") is None:
-        message = "libvirt-daemon-system and qemu-system-x86 are not installed (./run.sh test)"
-        if in_ci:
-            pytest.fail(message)
-        pytest.skip(message)
+        fail_or_skip("libvirt-daemon-system and qemu-system-x86 are not installed "
+                     "(./run.sh test)")
     if not _libvirtd_answers():
         for daemon in ("virtlogd", "libvirtd"):
             if subprocess.run(["pgrep", "-x", daemon], check=False).returncode != 0:
@@ -44,10 +41,7 @@ def hypervisor():
             subprocess.run(["sleep", "1"], check=False)  # a daemon start has no event to await
             deadline_tries -= 1
     if not _libvirtd_answers():
-        message = f"libvirtd does not answer at {URI}"
-        if in_ci:
-            pytest.fail(message)
-        pytest.skip(message)
+        fail_or_skip(f"libvirtd does not answer at {URI}")
     return URI
 
 

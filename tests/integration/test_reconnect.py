@@ -13,6 +13,7 @@ import pytest
 from agents.runtime import AgentRuntime
 from console.client import Console
 from hostbus.errors import HostbusError
+from hostbus.testing.pytest_plugin import fail_or_skip
 
 pytestmark = pytest.mark.integration
 
@@ -25,10 +26,7 @@ def rabbitmqctl(*args):
 @pytest.fixture
 def broker_control():
     if shutil.which("rabbitmqctl") is None or os.geteuid() != 0:
-        message = "restarting RabbitMQ needs rabbitmqctl and root"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
+        fail_or_skip("restarting RabbitMQ needs rabbitmqctl and root")
     yield rabbitmqctl
     rabbitmqctl("start_app")  # whatever happened, leave the broker running
     rabbitmqctl("await_startup")
