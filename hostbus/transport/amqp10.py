@@ -453,9 +453,14 @@ class _Events(MessagingHandler):  # type: ignore[misc]
 
     def _failed(self, condition: Condition | None) -> None:
         t = self.t
-        hint = ("; check the user and password in the broker URL"
-                if condition is not None and condition.name == "amqp:unauthorized-access"
-                else "")
+        hint = ""
+        if condition is not None and condition.name == "amqp:unauthorized-access":
+            hint = "; check the user and password in the broker URL"
+        elif condition is not None and "Unknown protocol ['AMQP" in (condition.description
+                                                                   or ""):
+            hint = ("; the broker answered in AMQP 0-9-1: it has no AMQP 1.0 on this port. "
+                    "Enable it with `rabbitmq-plugins enable rabbitmq_amqp1_0`, or use "
+                    "amqp:// for 0-9-1")
         err = ConnectionFailed(f"{t.url.redacted()}: {_describe(condition)}{hint}")
         if not t._ready.is_set():
             t._start_error = err

@@ -115,3 +115,14 @@ def test_agent_and_console_on_amqp10_come_back_after_a_broker_restart(node):
     finally:
         console.close()
         runtime.stop("test over")
+
+
+def test_a_broker_without_amqp10_is_named_as_such(tmp_path):
+    plain = RabbitNode(tmp_path / "node")  # no rabbitmq_amqp1_0 plugin
+    started("a RabbitMQ node", plain.start)
+    try:
+        transport = connect(url10(plain), connect_timeout=5)
+        with pytest.raises(ConnectionFailed, match="rabbitmq-plugins enable rabbitmq_amqp1_0"):
+            transport.start()
+    finally:
+        plain.stop()
