@@ -143,7 +143,10 @@ def translate_error(exc: BaseException, where: str) -> HostbusError:
         return ConnectionFailed(
             f"{where}: that port does not speak TLS (is it the plain AMQP port? TLS is "
             "usually 5671; or use amqp:// for a plain port)")
-    if "SSL" in text and ("alert" in text.lower() or "handshake" in text.lower()):
+    # With TLS 1.3 the broker may refuse a client certificate after the handshake: the
+    # client then sees an alert, or (depending on timing) only an EOF on the TLS stream.
+    if "SSL" in text and any(w in text.lower() for w in ("alert", "handshake",
+                                                          "eof occurred")):
         return ConnectionFailed(
             f"{where}: the TLS handshake failed: {exc!r}. Does the broker trust the CA of "
             "this client certificate, and is it a TLS port (5671)?")

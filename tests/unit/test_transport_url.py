@@ -53,3 +53,19 @@ def test_amqp10_urls_choose_the_proton_transport_and_take_the_same_options(files
         ("hostbus.event", "host.web01.alert")
     assert v1.route_of(None, "host.web01.alert") == ("", "host.web01.alert")
     assert v1.reply_to_name("/queue/hostbus.reply.ops.1") == "hostbus.reply.ops.1"
+
+
+@pytest.mark.parametrize("detail", [
+    "SSLError(1, '[SSL: SSLV3_ALERT_BAD_CERTIFICATE] sslv3 alert bad certificate')",
+    "SSLEOFError(8, 'EOF occurred in violation of protocol (_ssl.c:2427)')",
+])
+def test_a_refused_client_certificate_reads_as_a_tls_failure_however_it_surfaces(detail):
+    """TLS 1.3 refuses a client certificate after the handshake: the client sees an
+    alert or, by timing, only an EOF (CI saw the second)."""
+    from pika.exceptions import IncompatibleProtocolError
+
+    from hostbus.transport.amqp091 import translate_error
+
+    exc = IncompatibleProtocolError(f'StreamLostError: ("Stream connection lost: {detail}",)')
+    err = translate_error(exc, "amqps://web01@broker:5671/hostbus")
+    assert "the TLS handshake failed" in str(err) and "trust the CA" in str(err)
