@@ -72,8 +72,9 @@ class RabbitNode:
             f"{self.config}\nlisteners.tcp.default = {self.amqp_port}\n"
             f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.mgmt_port}\n")
         (self.folder / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
+        # cwd: a node that dies writes its MnesiaCore dump into the working directory.
         subprocess.run([_tool("rabbitmq-server"), "-detached"], env=self.env, check=True,
-                       capture_output=True, timeout=30)
+                       capture_output=True, timeout=30, cwd=self.folder)
         # `wait` follows the pid file until the node has booted (await_startup fails at
         # once while the node is not yet registered).
         self.ctl("wait", str(self.folder / "pid"), "--timeout", str(timeout),
@@ -81,7 +82,8 @@ class RabbitNode:
 
     def ctl(self, *args: str, timeout: float = 60) -> str:
         done = subprocess.run([_tool("rabbitmqctl"), "-n", self.node, *args], env=self.env,
-                              capture_output=True, text=True, timeout=timeout, check=False)
+                              capture_output=True, text=True, timeout=timeout, check=False,
+                              cwd=self.folder)
         if done.returncode != 0:
             log = self.folder / "log" / f"{self.node}.log"
             tail = log.read_text()[-3000:] if log.exists() else "(no log)"
