@@ -126,6 +126,34 @@ ensure_rabbitmq() {
     "${SUDO[@]}" rabbitmq-plugins enable rabbitmq_management >/dev/null
   fi
   wait_for 60 "the RabbitMQ management API" http_ok "$ADMIN_URL"
+  ensure_amqp10
+}
+
+# AMQP 1.0 (amqp10:// URLs) is the rabbitmq_amqp1_0 plugin, which lets a client without
+# credentials in as guest unless amqp1_0.default_user = none. A plugin enabled on a
+# running node does not read rabbitmq.conf again, so the setting goes into the file (for
+# the next boot) and into the running node, and is checked.
+broker_conf() {
+  local file
+  file=$(sed -n 's/^\(RABBITMQ_\)\{0,1\}CONFIG_FILE=//p' /etc/rabbitmq/rabbitmq-env.conf 2>/dev/null | tr -d '"' | tail -1)
+  file=${file:-/etc/rabbitmq/rabbitmq}
+  printf '%s.conf\n' "${file%.conf}"
+}
+
+ensure_amqp10() {
+  local conf; conf=$(broker_conf)
+  if ! "${SUDO[@]}" grep -qs '^amqp1_0.default_user *= *none' "$conf"; then
+    say "AMQP 1.0: no anonymous login (amqp1_0.default_user = none in $conf)"
+    printf '\n# hostbus: AMQP 1.0 clients must log in (no anonymous guest)\namqp1_0.default_user = none\n' \
+      | "${SUDO[@]}" tee -a "$conf" >/dev/null
+  fi
+  if ! "${SUDO[@]}" rabbitmq-plugins list -e -m 2>/dev/null | grep -qx rabbitmq_amqp1_0; then
+    say "enabling the RabbitMQ AMQP 1.0 plugin (for amqp10:// agents and consoles)"
+    "${SUDO[@]}" rabbitmq-plugins enable rabbitmq_amqp1_0 >/dev/null
+  fi
+  "${SUDO[@]}" rabbitmqctl -q eval 'application:set_env(rabbitmq_amqp1_0, default_user, none).' >/dev/null
+  "${SUDO[@]}" rabbitmqctl -q eval 'application:get_env(rabbitmq_amqp1_0, default_user).' \
+    | grep -q none || die "could not turn off anonymous AMQP 1.0 logins on the broker"
 }
 
 # -------------------------------------------------------------------- hypervisor

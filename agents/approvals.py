@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from hostbus.envelope import Request, now_rfc3339, usable_reply_to
+from hostbus.envelope import REQUEST_TYPE, Request, now_rfc3339, usable_reply_to
 from hostbus.errors import ErrorCode, RemoteError
 from hostbus.transport.base import Delivery, Properties
 
@@ -200,7 +200,7 @@ class Approvals:
         from hostbus.signing import request_digest
 
         digest = request_digest(delivery.exchange, delivery.routing_key,
-                                delivery.properties, delivery.body)
+                                delivery.properties, delivery.body, REQUEST_TYPE)
         return self.store.park(delivery, request, rule, digest)
 
     def take(self, approval_id: str, digest: str, approver: str) -> Parked:
@@ -218,7 +218,8 @@ class Approvals:
                               "list the approval again and approve what it shows")
         # The requester's signature, checked again: its key may have been revoked since.
         self.verifier.verify(parked.exchange, parked.routing_key,
-                             Properties(**(parked.properties or {})), parked.body)
+                             Properties(**(parked.properties or {})), parked.body,
+                             kind=REQUEST_TYPE)
         if not self.store.decide(approval_id, "approved", approver):
             raise RemoteError(ErrorCode.REPLAYED,
                               f"approval {approval_id} was decided a moment ago by someone "

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from agents.base import Agent, CallContext, as_text
 from agents.policy import AllowAll, Decision, Policy
 from hostbus.envelope import (
+    REQUEST_TYPE,
     Reply,
     Request,
     error_reply,
@@ -127,7 +128,8 @@ class Dispatcher:
             if self.verifier is not None:
                 try:
                     self.verifier.verify(delivery.exchange, delivery.routing_key,
-                                         delivery.properties, delivery.body)
+                                         delivery.properties, delivery.body,
+                                         kind=REQUEST_TYPE)
                 except RemoteError as err:
                     log.warning("refused %s from %s: %s %s", request.message_id,
                                 request.user_id or "-", err.code.value, err.message)

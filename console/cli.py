@@ -678,7 +678,7 @@ def _issue_client_cert(state: State, name: str, tls_dir: str | None,
     from hostbus.devca import CA_CERT, issue
     from hostbus.transport.base import parse_url
 
-    if parse_url(broker_url or state.url).scheme != "amqps":
+    if parse_url(broker_url or state.url).scheme not in ("amqps", "amqps10"):
         fail("a client certificate needs TLS: give --broker-url amqps://BROKER:5671/VHOST",
              EXIT_USAGE)
     try:

@@ -24,7 +24,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hostbus import names
-from hostbus.envelope import Event, Reply, new_request, parse_event, parse_reply
+from hostbus.envelope import (
+    EVENT_TYPE,
+    REPLY_TYPE,
+    Event,
+    Reply,
+    new_request,
+    parse_event,
+    parse_reply,
+)
 from hostbus.errors import ConnectionLost, ErrorCode, HostbusError, RemoteError, SchemaError
 from hostbus.schema import (
     AgentSchema,
@@ -212,7 +220,7 @@ class Console:
             log.warning("ignored a malformed reply: %s", err.message)
             return
         if self.agent_keys is not None:
-            why = self._unverified(delivery, reply.host, "reply")
+            why = self._unverified(delivery, reply.host, REPLY_TYPE, "reply")
             if why is not None:
                 log.warning("a reply claiming host %s failed verification: %s", reply.host, why)
                 reply = Reply(host=reply.host, agent=reply.agent, method=reply.method,
@@ -225,13 +233,13 @@ class Console:
         if waiting is not None:
             waiting.put((reply, time.perf_counter()))
 
-    def _unverified(self, delivery: Delivery, host: str, what: str) -> str | None:
+    def _unverified(self, delivery: Delivery, host: str, kind: str, what: str) -> str | None:
         """None if ``host`` signed this message, else why not."""
         assert self.agent_keys is not None
         try:
             signer = self.agent_keys.verify(delivery.exchange, delivery.routing_key,
-                                            delivery.properties, delivery.body, what=what,
-                                            who="this console")
+                                            delivery.properties, delivery.body, kind=kind,
+                                            what=what, who="this console")
         except RemoteError as err:
             return err.message
         if signer != host:
@@ -506,7 +514,7 @@ class Console:
                             err.message)
                 return
             if self.agent_keys is not None:
-                why = self._unverified(delivery, ev.host, "event")
+                why = self._unverified(delivery, ev.host, EVENT_TYPE, "event")
                 if why is not None:
                     log.warning("dropped event %s from %s: %s", ev.full_name, ev.host, why)
                     return

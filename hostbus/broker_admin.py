@@ -39,6 +39,9 @@ class Grant:
     event_read: str = ".*"
 
 
+BROKER_NAMED = r"amq\.gen-.*"  # server-named queues; what AMQP 1.0 sources get
+
+
 def grant_for(kind: str, name: str) -> Grant:
     n = re.escape(name)
     if kind == "agent":
@@ -48,14 +51,17 @@ def grant_for(kind: str, name: str) -> Grant:
                      read=rf"^hostbus\.host\.{n}$", event_write=rf"^[a-z][a-z0-9_]*\.{n}\.")
     if kind == "console":
         # Requests and provisioning; its own reply and subscription queues (declare,
-        # bind, read); events and replies to read.
-        own = rf"hostbus\.(reply|sub)\.{n}\..*"
+        # bind, read); events and replies to read. Over AMQP 1.0 a reply or event
+        # source is a queue the broker names amq.gen-* and makes exclusive to the
+        # connection (clients cannot name a queue amq.*), so granting that pattern
+        # opens no one else's queue.
+        own = rf"(hostbus\.(reply|sub)\.{n}\..*|{BROKER_NAMED})"
         return Grant(configure=rf"^{own}$",
                      write=rf"^(hostbus\.(request|provision)|{own})$",
                      read=rf"^(hostbus\.(reply|event)|{own})$")
     if kind == "app":
         # Provisioning requests and its own reply queue, nothing else.
-        own = rf"hostbus\.reply\.{n}\..*"
+        own = rf"(hostbus\.reply\.{n}\..*|{BROKER_NAMED})"
         return Grant(configure=rf"^{own}$", write=rf"^(hostbus\.provision|{own})$",
                      read=rf"^(hostbus\.reply|{own})$")
     raise ValueError(f"unknown identity kind {kind!r}: agent, console or app")

@@ -15,6 +15,12 @@ from hostbus.errors import ErrorCode, RemoteError
 CONTENT_TYPE = "application/json"
 
 
+def media_type(content_type: str | None) -> str:
+    """The media type without parameters: ``application/json; x=y`` -> ``application/json``
+    (hostbus carries its signature as a content_type parameter; see hostbus.signing)."""
+    return (content_type or "").partition(";")[0].strip().lower()
+
+
 def encode(obj: Any) -> bytes:
     return orjson.dumps(obj)
 

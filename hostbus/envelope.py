@@ -118,21 +118,33 @@ def usable_reply_to(props: Properties) -> str | None:
     return None
 
 
+# A type property that a protocol bridge left behind: RabbitMQ 3.10 drops `type` between
+# AMQP 0-9-1 and 1.0, or sets it to "binary" (docs/amqp10-interop.md). Where a message
+# arrives already says its kind (requests reach host queues only), and its body must
+# still pass that kind's envelope schema; signatures cover the kind expected.
+BRIDGED_TYPES = (None, "", "binary")
+
+
+def check_properties(props: Properties, kind: str, what: str) -> None:
+    """content_type and type for a message of ``kind``, or a ``bad_message`` error."""
+    if codec.media_type(props.content_type) != codec.CONTENT_TYPE:
+        raise RemoteError(
+            ErrorCode.BAD_MESSAGE,
+            f"content_type is {props.content_type!r}; {what} must be sent as "
+            f"{codec.CONTENT_TYPE!r}",
+        )
+    if props.type != kind and props.type not in BRIDGED_TYPES:
+        raise RemoteError(
+            ErrorCode.BAD_MESSAGE,
+            f"type property is {props.type!r}; {what} must carry type {kind!r}",
+        )
+
+
 def parse_request(delivery: Delivery, *, max_bytes: int) -> Request:
     props = delivery.properties
     if len(delivery.body) > max_bytes:
         codec.decode_object(delivery.body, max_bytes=max_bytes)  # raises too_large
-    if props.content_type != codec.CONTENT_TYPE:
-        raise RemoteError(
-            ErrorCode.BAD_MESSAGE,
-            f"content_type is {props.content_type!r}; requests must be sent as "
-            f"{codec.CONTENT_TYPE!r}",
-        )
-    if props.type != REQUEST_TYPE:
-        raise RemoteError(
-            ErrorCode.BAD_MESSAGE,
-            f"type property is {props.type!r}; requests must carry type {REQUEST_TYPE!r}",
-        )
+    check_properties(props, REQUEST_TYPE, "requests")
     if not props.message_id:
         raise RemoteError(ErrorCode.BAD_MESSAGE, "message_id property is missing; set a uuid4")
     body = codec.decode_object(delivery.body, max_bytes=max_bytes)

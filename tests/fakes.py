@@ -218,3 +218,14 @@ def post_provision_raw(channel: Any, owner: str) -> tuple[str, str]:
         message_id=rid, reply_to=reply_queue, content_type="application/json",
         type="hostbus.provision/1", delivery_mode=2))
     return reply_queue, rid
+
+
+def raw_connection(url: str) -> Any:
+    """A plain pika connection (AMQP 0-9-1) to the broker and vhost a hostbus URL names,
+    whichever protocol the URL is for: raw clients in tests play a program that knows
+    nothing of hostbus."""
+    import pika
+
+    scheme, _, rest = url.partition("://")
+    return pika.BlockingConnection(pika.URLParameters(
+        f"{'amqps' if scheme.startswith('amqps') else 'amqp'}://{rest}"))

@@ -23,7 +23,7 @@ from console.provisioner.agent import ProvisionAgent
 from console.provisioner.placement import Candidate, place
 from console.provisioner.store import RequestStore
 from hostbus import codec, names
-from hostbus.envelope import Reply
+from hostbus.envelope import Reply, check_properties
 from hostbus.errors import ConnectionLost, ErrorCode, HostbusError, RemoteError
 from hostbus.schema import envelope_validator
 from hostbus.transport.base import Delivery
@@ -187,10 +187,7 @@ class Provisioner:
         if not rid:
             raise RemoteError(ErrorCode.BAD_MESSAGE, "message_id is missing: set a uuid4; it "
                               "is the request id and the idempotency key")
-        if props.content_type != codec.CONTENT_TYPE or props.type != PROVISION_TYPE:
-            raise RemoteError(ErrorCode.BAD_MESSAGE, f"content_type must be "
-                              f"{codec.CONTENT_TYPE!r} and type {PROVISION_TYPE!r}; got "
-                              f"{props.content_type!r} and {props.type!r}")
+        check_properties(props, PROVISION_TYPE, "provisioning requests")
         body = codec.decode_object(delivery.body, max_bytes=64 * 1024)
         if body.get("name") and body.get("count", 1) != 1:  # before the schema says it
             raise RemoteError(ErrorCode.BAD_MESSAGE,  # less clearly

@@ -2,11 +2,15 @@
 
 - ``memory_broker``: an in-process broker with the hostbus topology (fast unit tests).
 - ``rabbitmq``: a real RabbitMQ vhost of its own for the whole test run, with the
-  topology applied; removed afterwards. Locally it skips when no broker is reachable;
+  topology applied; removed afterwards. It is parametrized over the transports, so
+  every test that uses it runs once over AMQP 0-9-1 (pika) and once over AMQP 1.0
+  (proton); ``rabbitmq.url`` has the scheme of the one under test, ``rabbitmq.amqp``
+  is always 0-9-1 (for raw clients). Locally it skips when no broker is reachable;
   with ``CI=true`` it fails instead, because CI must not skip integration tests.
 
-Settings (environment): ``HOSTBUS_TEST_AMQP`` (default amqp://guest:guest@127.0.0.1:5672)
-and ``HOSTBUS_TEST_ADMIN_URL`` (default http://guest:guest@127.0.0.1:15672).
+Settings (environment): ``HOSTBUS_TEST_AMQP`` (default amqp://guest:guest@127.0.0.1:5672),
+``HOSTBUS_TEST_ADMIN_URL`` (default http://guest:guest@127.0.0.1:15672) and
+``HOSTBUS_TEST_TRANSPORTS`` (default ``amqp091,amqp10``).
 """
 
 from __future__ import annotations
@@ -22,18 +26,28 @@ from hostbus.broker_admin import BrokerAdmin
 from hostbus.errors import HostbusError
 from hostbus.transport.memory import MemoryBroker
 
+TRANSPORTS = {"amqp091": "amqp", "amqp10": "amqp10"}  # test id -> URL scheme
+
 
 @dataclass
 class TestBroker:
     vhost: str
-    amqp: str  # without the vhost
+    amqp: str  # AMQP 0-9-1, without the vhost
     admin: BrokerAdmin
+    transport: str = "amqp091"
 
     __test__ = False  # not a test class, whatever pytest thinks of the name
 
     @property
-    def url(self) -> str:
+    def raw_url(self) -> str:
+        """The vhost's AMQP 0-9-1 URL, for plain clients that know nothing of hostbus."""
         return f"{self.amqp}/{self.vhost}"
+
+    @property
+    def url(self) -> str:
+        """The vhost's URL for the transport under test."""
+        scheme, _, rest = self.amqp.partition("://")
+        return f"{TRANSPORTS[self.transport]}{'s' * scheme.endswith('s')}://{rest}/{self.vhost}"
 
     def enroll(self, host_id: str, agents: list[str]) -> None:
         self.admin.enroll_host(self.vhost, host_id, agents)
@@ -56,8 +70,18 @@ def memory_broker() -> MemoryBroker:
     return MemoryBroker()
 
 
-@pytest.fixture(scope="session")
-def rabbitmq() -> Iterator[TestBroker]:
+def _transports() -> list[str]:
+    wanted = os.environ.get("HOSTBUS_TEST_TRANSPORTS", ",".join(TRANSPORTS))
+    chosen = [t.strip() for t in wanted.split(",") if t.strip()]
+    unknown = set(chosen) - set(TRANSPORTS)
+    if unknown or not chosen:
+        raise pytest.UsageError(f"HOSTBUS_TEST_TRANSPORTS={wanted!r}: choose from "
+                                f"{', '.join(TRANSPORTS)}")
+    return chosen
+
+
+@pytest.fixture(scope="session", params=_transports())
+def rabbitmq(request: pytest.FixtureRequest) -> Iterator[TestBroker]:
     amqp = os.environ.get("HOSTBUS_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
     admin = BrokerAdmin(os.environ.get("HOSTBUS_TEST_ADMIN_URL",
                                        "http://guest:guest@127.0.0.1:15672"))
@@ -66,7 +90,23 @@ def rabbitmq() -> Iterator[TestBroker]:
         admin.setup(vhost)
     except HostbusError as exc:
         fail_or_skip(f"RabbitMQ is not available for integration tests: {exc}")
+    broker = TestBroker(vhost, amqp, admin, request.param)
     try:
-        yield TestBroker(vhost, amqp, admin)
+        if broker.transport == "amqp10":
+            _probe(broker.url)
+        yield broker
     finally:
         admin.delete_vhost(vhost)
+
+
+def _probe(url: str) -> None:
+    from hostbus.transport.base import connect
+
+    transport = connect(url, reconnect=False)
+    try:
+        transport.start()
+    except HostbusError as exc:
+        fail_or_skip(f"the broker does not speak AMQP 1.0 to hostbus: {exc} (./run.sh test "
+                     "enables the plugin)")
+    finally:
+        transport.close()

@@ -11,10 +11,11 @@ closing the session, and that must not take the consumers down with it. A refusa
 arrives as a session or link error carrying the broker's words; it is logged, kept in
 ``last_refusal`` and reported to confirm callbacks as False, within milliseconds.
 
-Status (issue 5): same-protocol use (agents and consoles both on AMQP 1.0) on RabbitMQ
-3.10. Mixed fleets need the envelope changes in docs/amqp10-interop.md: RabbitMQ 3.10
-drops ``type``, headers (the signature) and, towards 1.0, ``user_id`` between protocols.
-A lost connection is reported (lost callbacks, unconfirmed publishes as None) and
+Mixed fleets (docs/amqp10-interop.md): RabbitMQ 3.10 drops ``type`` and headers
+between the protocols, so the envelope does not depend on them (the signature is a
+content_type parameter). It passes a 0-9-1 ``user_id`` on as a string where AMQP 1.0
+wants binary, which proton's decoder discards; ``_Incoming`` reads it from the raw
+bytes. A lost connection is reported (lost callbacks, unconfirmed publishes as None) and
 re-established with capped, jittered backoff; consumers are attached again.
 """
 
@@ -29,8 +30,16 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from proton import Condition, Message, SSLDomain
-from proton.handlers import MessagingHandler
+from proton import (
+    Condition,
+    Data,
+    Described,
+    Endpoint,
+    Message,
+    ProtonException,
+    SSLDomain,
+)
+from proton.handlers import IncomingMessageHandler, MessagingHandler
 from proton.reactor import ApplicationEvent, Container, EventInjector
 
 from hostbus import names
@@ -83,6 +92,53 @@ def _from_message(msg: Message) -> tuple[bytes, Properties]:
     return bytes(body) if body is not None else b"", props
 
 
+_PROPERTIES = 0x73  # descriptor of the AMQP 1.0 properties section
+
+
+def _text_user_id(raw: bytes) -> str | None:
+    """The user_id of an encoded message when it was sent as a string, not binary (how
+    RabbitMQ 3.10 forwards a 0-9-1 publish): proton's Message drops that form."""
+    data, pos = Data(), 0
+    while pos < len(raw):
+        data.clear()
+        try:
+            used = data.decode(raw[pos:])
+            data.rewind()
+            data.next()
+            section = data.get_object()
+        except ProtonException:
+            return None
+        if used <= 0:
+            return None
+        pos += used
+        if isinstance(section, Described) and section.descriptor == _PROPERTIES:
+            fields = section.value
+            user = fields[1] if isinstance(fields, list) and len(fields) > 1 else None
+            return user if isinstance(user, str) and user else None
+    return None
+
+
+class _Incoming(IncomingMessageHandler):  # type: ignore[misc]
+    """proton's receive path, plus the user_id it would drop (see _text_user_id)."""
+
+    def on_delivery(self, event: Any) -> None:
+        dlv = event.delivery
+        if not (dlv.link.is_receiver and dlv.readable and not dlv.partial
+                and not dlv.aborted) or dlv.link.state & Endpoint.LOCAL_CLOSED:
+            super().on_delivery(event)
+            return
+        raw = dlv.link.recv(dlv.pending)
+        dlv.link.advance()
+        msg = Message()
+        msg.decode(raw)
+        if not msg.user_id:
+            user = _text_user_id(bytes(raw))
+            if user:
+                msg.user_id = user.encode()
+        event.message = msg
+        self.on_message(event)
+
+
 def _describe(condition: Condition | None) -> str:
     if condition is None:
         return "closed by the broker"
@@ -122,8 +178,12 @@ class ProtonTransport(Transport):
         self.last_refusal: tuple[str, str] | None = None
         self._name = connection_name
         self._reconnect = reconnect
+        self._wait_first = wait_first
         self._max_backoff = max_backoff
         self._attempt = 0
+        self._current = 0  # index in self.urls of the broker being tried or used
+        self._tried = 0  # brokers tried since the last success or backoff
+        self.connected_to = ""
         self._connected = False
         self._retry_scheduled = False
         self._heartbeat = heartbeat
@@ -148,7 +208,12 @@ class ProtonTransport(Transport):
         self._thread = threading.Thread(target=self._container.run,
                                         name="hostbus-amqp10-io", daemon=True)
         self._thread.start()
-        if not self._ready.wait(self._connect_timeout + 5):
+        if self._wait_first:
+            while not self._ready.wait(0.5):
+                if self._stopping.is_set():
+                    raise ConnectionFailed(f"{self.url.redacted()}: stopped while waiting "
+                                           "for the broker")
+        if not self._ready.wait((self._connect_timeout + 5) * len(self.urls)):
             self.close()
             raise ConnectionFailed(f"{self.url.redacted()}: no answer within the connect "
                                    "timeout (is the rabbitmq_amqp1_0 plugin enabled?)")
@@ -156,7 +221,7 @@ class ProtonTransport(Transport):
             raise self._start_error
 
     def _connect(self, container: Container) -> None:
-        url = self.url
+        url = self.urls[self._current]
         ssl = None
         if url.scheme == "amqps10":
             ssl = SSLDomain(SSLDomain.MODE_CLIENT)
@@ -172,6 +237,12 @@ class ProtonTransport(Transport):
         if not url.external:
             options |= {"user": url.user, "password": url.password}
         self._conn = container.connect(**options)
+
+    def _next_broker(self) -> bool:
+        """Move on to the next URL; False once every one was tried in this round."""
+        self._tried += 1
+        self._current = (self._current + 1) % len(self.urls)
+        return self._tried < len(self.urls)
 
     def close(self) -> None:
         if self._thread is None or self._stopping.is_set():
@@ -370,6 +441,8 @@ class _Events(MessagingHandler):  # type: ignore[misc]
 
     def __init__(self, transport: ProtonTransport) -> None:
         super().__init__(prefetch=0, auto_accept=False, auto_settle=True)
+        self.handlers = [_Incoming(False, h.delegate) if isinstance(h, IncomingMessageHandler)
+                         else h for h in self.handlers]
         self.t = transport
 
     def on_start(self, event: Any) -> None:
@@ -388,8 +461,11 @@ class _Events(MessagingHandler):  # type: ignore[misc]
                     callback()
                 except Exception:
                     log.exception("connection-restored callback failed")
-        t._connected = True
-        t._attempt = 0
+        url = t.urls[t._current]
+        t.connected_to = f"{url.host}:{url.port}"
+        # If this broker goes away, the next attempt starts with the one after it.
+        t._current = (t._current + 1) % len(t.urls)
+        t._connected, t._attempt, t._tried = True, 0, 0
         t._ready.set()
 
     def on_disconnected(self, event: Any) -> None:
@@ -461,12 +537,18 @@ class _Events(MessagingHandler):  # type: ignore[misc]
             hint = ("; the broker answered in AMQP 0-9-1: it has no AMQP 1.0 on this port. "
                     "Enable it with `rabbitmq-plugins enable rabbitmq_amqp1_0`, or use "
                     "amqp:// for 0-9-1")
-        err = ConnectionFailed(f"{t.url.redacted()}: {_describe(condition)}{hint}")
-        if not t._ready.is_set():
+        err = ConnectionFailed(f"{t.urls[t._current].redacted()}: {_describe(condition)}"
+                               f"{hint}")
+        if t._stopping.is_set():
+            return
+        if not t._connected and t._next_broker():
+            log.warning("%s; trying %s", err, t.urls[t._current].redacted())
+            assert t._container is not None
+            t._connect(t._container)
+            return
+        if not t._ready.is_set() and not t._wait_first:
             t._start_error = err
             t._ready.set()
-            return
-        if t._stopping.is_set():
             return
         if t._connected:
             t._connected = False
@@ -482,10 +564,11 @@ class _Events(MessagingHandler):  # type: ignore[misc]
                 confirm(None)
         if not t._reconnect or t._retry_scheduled:
             return
-        t._retry_scheduled = True
+        t._retry_scheduled, t._tried = True, 0
         # Capped exponential backoff with jitter, as the 0-9-1 transport does.
         delay = min(t._max_backoff, 0.5 * 2 ** t._attempt) * (0.5 + os.urandom(1)[0] / 510)
         t._attempt += 1
-        log.warning("reconnecting to %s in %.1fs", t.url.redacted(), delay)
+        log.warning("%s %s in %.1fs", "reconnecting to" if t._ready.is_set() else
+                    "waiting for the broker; next try at", t.urls[t._current].redacted(), delay)
         assert t._container is not None
         t._container.schedule(delay, self)

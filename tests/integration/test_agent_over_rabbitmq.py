@@ -93,10 +93,9 @@ def test_a_refused_publish_does_not_stop_the_transport(rabbitmq):
     """The broker closes the channel on a bad publish; consumers carry on."""
     import threading
 
-    from hostbus.transport.amqp091 import PikaTransport
-    from hostbus.transport.base import Properties
+    from hostbus.transport.base import Properties, connect
 
-    transport = PikaTransport(rabbitmq.url)
+    transport = connect(rabbitmq.url)
     transport.start()
     got = []
     arrived = threading.Event()

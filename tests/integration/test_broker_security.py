@@ -13,7 +13,7 @@ from pathlib import Path
 import pika
 import pytest
 
-from tests.fakes import EventCollector
+from tests.fakes import EventCollector, raw_connection
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -21,7 +21,7 @@ BIN = Path(sys.executable).parent
 
 def refusal(url, action):
     """Run ``action(channel)``; return the broker's refusal code (None if allowed)."""
-    conn = pika.BlockingConnection(pika.URLParameters(url))
+    conn = raw_connection(url)
     ch = conn.channel()
     try:
         action(ch)
@@ -133,7 +133,7 @@ def test_revoked_identities_cannot_connect(rabbitmq, enroll):
     done = enroll.run("broker", "revoke", who, "--json")
     assert done.returncode == 0 and json.loads(done.stdout) == {"user": who, "revoked": True}
     with pytest.raises(pika.exceptions.ProbableAuthenticationError):
-        pika.BlockingConnection(pika.URLParameters(url))
+        raw_connection(url)
     again = enroll.run("broker", "revoke", who)
     assert again.returncode == 3 and f"no broker user {who}" in again.stderr
     dup = name("dup")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes import EventCollector
+from tests.fakes import EventCollector, raw_connection
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -169,7 +169,7 @@ def test_the_readme_examples_work_without_hostbus(rabbitmq, daemon, console):
     for script in ("raw_call.py", "raw_events.py"):
         assert "import hostbus" not in (root / "examples" / script).read_text()
     call = subprocess.run(
-        [sys.executable, str(root / "examples" / "raw_call.py"), "--url", rabbitmq.url,
+        [sys.executable, str(root / "examples" / "raw_call.py"), "--url", rabbitmq.raw_url,
          "--host", host, "host.processes", '{"limit": 2}'],
         capture_output=True, text=True, timeout=30, check=False)
     assert call.returncode == 0, call.stderr
@@ -177,7 +177,7 @@ def test_the_readme_examples_work_without_hostbus(rabbitmq, daemon, console):
     assert reply["status"] == "ok" and len(reply["result"]["processes"]) == 2
     events = subprocess.run(
         [sys.executable, str(root / "examples" / "raw_events.py"), f"agent.{host}.heartbeat",
-         "--url", rabbitmq.url, "--count", "2"],
+         "--url", rabbitmq.raw_url, "--count", "2"],
         capture_output=True, text=True, timeout=30, check=False)
     assert events.returncode == 0, events.stderr
     assert events.stdout.count(f"agent.{host}.heartbeat") == 2
@@ -217,7 +217,7 @@ def test_a_request_repeated_after_an_agent_restart_does_not_run_twice(rabbitmq, 
     console.subscribe(["agent.#"], events)
     host, first = daemon()
     events.wait_for(lambda e: e.host == host and e.event == "online")
-    conn = pika.BlockingConnection(pika.URLParameters(rabbitmq.url))
+    conn = raw_connection(rabbitmq.url)
     ch = conn.channel()
     reply_q = f"hostbus.reply.guest.{uuid.uuid4().hex[:8]}"
     ch.queue_declare(reply_q, exclusive=True)

@@ -16,7 +16,7 @@ import pytest
 from agents import virt
 from agents.runtime import AgentRuntime
 from agents.virt.agent import VirtAgent
-from tests.fakes import EventCollector, post_provision_raw
+from tests.fakes import EventCollector, post_provision_raw, raw_connection
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,7 +102,7 @@ def test_a_plain_amqp_client_gets_running_vms_and_events(rabbitmq, console, virt
     console.subscribe(["provision.#"], progress)
     rid = str(uuid.uuid4())
     done = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "raw_provision.py"), "--url", rabbitmq.url,
+        [sys.executable, str(ROOT / "examples" / "raw_provision.py"), "--url", rabbitmq.raw_url,
          "--template", "web", "--count", "2", "--owner", "carol", "--request-id", rid],
         capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -117,6 +117,30 @@ def test_a_plain_amqp_client_gets_running_vms_and_events(rabbitmq, console, virt
     assert ours == ["accepted", "progress", "progress", "completed"]
 
 
+def test_a_request_posted_over_amqp10_by_a_plain_client_is_handled(rabbitmq, console,
+                                                                   virt_host, provisioner):
+    """examples/raw_provision_amqp10.py: plain python-qpid-proton, no hostbus code. With
+    the provisioner on 0-9-1 this crosses protocols; on 1.0 it does not."""
+    online = wait_online(console, provisioner.host_id)
+    host_id, agent = virt_host()
+    provisioner()
+    online.wait_for(lambda e: True, timeout=30)
+    script = ROOT / "examples" / "raw_provision_amqp10.py"
+    assert "import hostbus" not in script.read_text()
+    assert "from hostbus" not in script.read_text()
+    rid = str(uuid.uuid4())
+    done = subprocess.run(
+        [sys.executable, str(script), "--url", rabbitmq.raw_url, "--template", "web",
+         "--owner", "dave", "--request-id", rid],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    reply = json.loads(done.stdout)
+    assert reply["status"] == "ok"
+    [vm] = reply["result"]["vms"]
+    assert vm["host"] == host_id
+    assert {d["name"]: d["state"] for d in agent.domain_objects()} == {vm["name"]: "running"}
+
+
 def test_a_killed_provisioner_finishes_the_job_once(rabbitmq, console, virt_host,
                                                     provisioner):
     online = wait_online(console, provisioner.host_id)
@@ -126,7 +150,7 @@ def test_a_killed_provisioner_finishes_the_job_once(rabbitmq, console, virt_host
     lifecycle = EventCollector()
     console.subscribe([f"virt.{host_id}.domain.lifecycle"], lifecycle)
 
-    conn = pika.BlockingConnection(pika.URLParameters(rabbitmq.url))
+    conn = raw_connection(rabbitmq.url)
     ch = conn.channel()
     reply_queue, rid = post_provision_raw(ch, "dave")
 
@@ -171,7 +195,7 @@ def test_a_poison_message_lands_in_dead_letters_with_its_reason(rabbitmq, consol
     online.wait_for(lambda e: True, timeout=30)
     failures = EventCollector()
     console.subscribe(["provision.*.failed"], failures)
-    conn = pika.BlockingConnection(pika.URLParameters(rabbitmq.url))
+    conn = raw_connection(rabbitmq.url)
     ch = conn.channel()
     rid = f"poison-{uuid.uuid4().hex[:8]}"
     ch.basic_publish("hostbus.provision", "provision", b'{"v": 1, "template": "</x>"}',

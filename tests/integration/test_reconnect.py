@@ -93,7 +93,8 @@ def test_several_broker_urls_are_tried_in_turn(rabbitmq):
     from hostbus.transport.base import parse_url
 
     live = parse_url(rabbitmq.url)
-    dead = f"amqp://{live.user}:{live.password}@{live.host}:1/{live.vhost}"  # nothing listens
+    # nothing listens on port 1
+    dead = f"{live.scheme}://{live.user}:{live.password}@{live.host}:1/{live.vhost}"
     runtime = AgentRuntime.serve(f"{dead}, {rabbitmq.url}", host, [], heartbeat_interval=0)
     console = Console.connect(f"{dead},{rabbitmq.url}")
     try:

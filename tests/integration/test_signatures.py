@@ -15,7 +15,7 @@ import pytest
 from hostbus import names
 from hostbus.envelope import new_request
 from hostbus.signing import Signer, generate
-from tests.fakes import EventCollector
+from tests.fakes import EventCollector, raw_connection
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -59,7 +59,7 @@ def test_signed_cli_calls_run_and_forged_or_replayed_requests_do_not(rabbitmq, c
         assert error["code"] == "bad_signature" and "not signed" in error["message"]
 
         # A plain client replays a signed request it captured, and forges another.
-        conn = pika.BlockingConnection(pika.URLParameters(rabbitmq.url))
+        conn = raw_connection(rabbitmq.url)
         ch = conn.channel()
         reply_q = f"hostbus.reply.guest.{uuid.uuid4().hex[:8]}"
         ch.queue_declare(reply_q, exclusive=True)

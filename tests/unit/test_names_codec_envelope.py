@@ -81,6 +81,21 @@ def test_a_request_survives_encoding_and_parsing():
     assert req.routing_key() == "host.web01"
 
 
+@pytest.mark.parametrize(("content_type", "kind"), [
+    ("application/json; hostbus-sig=abc", REQUEST_TYPE),
+    ("Application/JSON; charset=utf-8", None),
+    ("application/json", "binary"),
+])
+def test_a_request_that_crossed_a_protocol_bridge_is_read(content_type, kind):
+    """RabbitMQ 3.10 drops or rewrites `type` between AMQP 0-9-1 and 1.0; content_type may
+    carry parameters (hostbus puts its signature there)."""
+    req = new_request("host", "identify", host="web01")
+    body, props = req.encode()
+    props.content_type, props.type = content_type, kind
+    parsed = parse_request(Delivery(body, props, "", req.routing_key()), max_bytes=1 << 20)
+    assert parsed.method == "identify"
+
+
 def test_broadcast_requests_route_to_all_and_carry_their_filter():
     req = new_request("agent", "ping", host=None, filter={"host": "web*"})
     assert req.routing_key() == "agent._all"
@@ -92,7 +107,10 @@ def test_broadcast_requests_route_to_all_and_carry_their_filter():
     (_delivery(b"[1,2]"), ErrorCode.BAD_MESSAGE, "must be a JSON object"),
     (_delivery(b"{" + b" " * 2000 + b"}"), ErrorCode.TOO_LARGE, "at most 1000"),
     (_delivery(_body(), content_type="text/plain"), ErrorCode.BAD_MESSAGE, "content_type"),
-    (_delivery(_body(), type=None), ErrorCode.BAD_MESSAGE, "type property"),
+    (_delivery(_body(), type="hostbus.reply/1"), ErrorCode.BAD_MESSAGE, "type property"),
+    (_delivery(_body(), type="text"), ErrorCode.BAD_MESSAGE, "type property"),
+    (_delivery(_body(), content_type="application/jsonx"), ErrorCode.BAD_MESSAGE,
+     "content_type"),
     (_delivery(_body(), message_id=None), ErrorCode.BAD_MESSAGE, "message_id"),
     (_delivery({"v": 1}), ErrorCode.BAD_MESSAGE, "must contain"),
     (_delivery(_body(v=2)), ErrorCode.BAD_MESSAGE, "body.v"),

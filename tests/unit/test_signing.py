@@ -11,7 +11,7 @@ from hostbus.envelope import new_request
 from hostbus.errors import RemoteError
 from hostbus.replay import ReplayGuard
 from hostbus.schema import load_agent_schema
-from hostbus.signing import SIG_HEADER, Signer, Verifier, generate, read_public_key
+from hostbus.signing import Signer, Verifier, generate, read_public_key
 from hostbus.transport.base import Delivery
 from tests.fakes import make_host_agent
 
@@ -69,14 +69,50 @@ def test_unsigned_forged_and_untrusted_requests_are_refused(setup, keys, make, f
     assert power.calls == []
 
 
-def test_a_garbled_signature_header_is_a_bad_signature_not_a_crash(setup, keys):
+@pytest.mark.parametrize("content_type", [
+    "application/json; hostbus-sig=%%%-not-base64",
+    "application/json; hostbus-sig=",
+    "application/json; hostbus-sig=" + "A" * 5000,
+    "application/json; hostbus-sig=QUJD",  # valid base64url, not a signature
+])
+def test_a_garbled_signature_is_a_bad_signature_not_a_crash(setup, keys, content_type):
     dispatcher, power = setup
     delivery = signed(keys["alice"][0])
-    delivery.properties.headers[SIG_HEADER] = "%%% not base64"
-    assert dispatcher.handle(delivery).reply.error["code"] == "bad_signature"
-    delivery.properties.headers[SIG_HEADER] = 12345
+    delivery.properties.content_type = content_type
     assert dispatcher.handle(delivery).reply.error["code"] == "bad_signature"
     assert power.calls == []
+
+
+def test_the_signature_travels_in_content_type_which_stays_json(keys):
+    delivery = signed(keys["alice"][0])
+    media, _, param = delivery.properties.content_type.partition(";")
+    assert media == "application/json" and param.strip().startswith("hostbus-sig=")
+    assert not delivery.properties.headers
+
+
+def test_a_request_from_across_a_protocol_bridge_still_verifies_and_runs(setup, keys):
+    """RabbitMQ 3.10 drops `type` and hides the exchange when a 0-9-1 publish reaches an
+    AMQP 1.0 consumer: the kind and exchange expected where it arrived are checked."""
+    dispatcher, power = setup
+    delivery = signed(keys["alice"][0])
+    delivery.properties.type = None
+    delivery.exchange = ""
+    out = dispatcher.handle(delivery)
+    assert out.reply.ok and len(power.calls) == 1
+
+
+def test_a_message_signed_as_another_kind_is_not_a_request(setup, keys):
+    """With `type` gone, a signed reply or event re-sent to a host queue must still fail:
+    the kind is part of what is signed."""
+    dispatcher, power = setup
+    req = new_request("host", "reboot", {"delay_s": 60}, host="web01",
+                      reply_to="hostbus.reply.alice.x")
+    body, props = req.encode()
+    props.user_id, props.type = "alice", "hostbus.event/1"
+    keys["alice"][0].sign(names.REQUEST_EXCHANGE, req.routing_key(), props, body)
+    props.type = None  # as a protocol bridge would leave it
+    out = dispatcher.handle(Delivery(body, props, names.REQUEST_EXCHANGE, req.routing_key()))
+    assert out.reply.error["code"] == "bad_signature" and power.calls == []
 
 
 def test_a_replayed_request_is_refused_and_runs_once(setup, keys):
