@@ -550,7 +550,8 @@ class _Events(MessagingHandler):  # type: ignore[misc]
             t._start_error = err
             t._ready.set()
             return
-        if t._connected:
+        lost = t._connected
+        if lost:
             t._connected = False
             log.warning("lost the AMQP 1.0 connection: %s", err)
             t._senders.clear()
@@ -568,7 +569,11 @@ class _Events(MessagingHandler):  # type: ignore[misc]
         # Capped exponential backoff with jitter, as the 0-9-1 transport does.
         delay = min(t._max_backoff, 0.5 * 2 ** t._attempt) * (0.5 + os.urandom(1)[0] / 510)
         t._attempt += 1
-        log.warning("%s %s in %.1fs", "reconnecting to" if t._ready.is_set() else
-                    "waiting for the broker; next try at", t.urls[t._current].redacted(), delay)
+        if lost:
+            log.warning("reconnecting to %s in %.1fs", t.urls[t._current].redacted(), delay)
+        else:  # the same words as the 0-9-1 transport
+            log.warning("%s %s failed (%s); next try in %.1fs",
+                        "reconnecting to" if t._ready.is_set() else "connecting to",
+                        t.urls[t._current].redacted(), err, delay)
         assert t._container is not None
         t._container.schedule(delay, self)

@@ -1,7 +1,9 @@
 """The AMQP 1.0 transport (python-qpid-proton) on a RabbitMQ node of the test's own with
-the rabbitmq_amqp1_0 plugin: an agent and a console both on AMQP 1.0, and broker
-refusals reported with the broker's reason within a bounded time, never a bare
-timeout. (Mixed fleets, 0-9-1 with 1.0, are issue 5's next step: docs/amqp10-interop.md.)"""
+the rabbitmq_amqp1_0 plugin: an agent and a console both on AMQP 1.0, mixed fleets (a
+proton agent driven by a pika console and the reverse, with their own broker users and
+signatures both ways), and broker refusals reported with the broker's reason within a
+bounded time, never a bare timeout. The rest of the integration suite runs over both
+transports through the parametrized ``rabbitmq`` fixture."""
 
 from __future__ import annotations
 
@@ -53,6 +55,58 @@ def test_an_agent_and_a_console_on_amqp10(node):
     finally:
         console.close()
         runtime.stop("test over")
+
+
+def url091(node: RabbitNode, user: str = "guest", password: str = "guest") -> str:
+    return f"amqp://{user}:{password}@127.0.0.1:{node.amqp_port}/hostbus"
+
+
+@pytest.mark.parametrize(("agent_url", "console_url"), [
+    pytest.param(url10, url091, id="proton-agent-pika-console"),
+    pytest.param(url091, url10, id="pika-agent-proton-console"),
+])
+def test_a_mixed_fleet_with_own_users_and_signatures_both_ways(node, tmp_path, agent_url,
+                                                               console_url):
+    """What RabbitMQ 3.10 drops between the protocols (type, headers, a 0-9-1 user_id
+    towards 1.0) must not matter: the caller is still known by its broker-checked user,
+    signatures verify both ways, and events cross."""
+    from agents.policy import RulesPolicy
+    from hostbus.signing import Signer, Verifier, generate, read_public_key
+
+    host, operator = f"mix{agent_url.__name__[-2:]}", f"ops{console_url.__name__[-2:]}"
+    node.admin.enroll_host("hostbus", host, ["host"])
+    agent_password = node.admin.create_identity("hostbus", "agent", host)
+    console_password = node.admin.create_identity("hostbus", "console", operator)
+    keys = {name: generate(name, tmp_path / "keys") for name in (host, operator)}
+    agent, _, power = make_host_agent(host)
+    (tmp_path / "policy.toml").write_text(  # the caller, by name: its user_id must cross
+        f'[[rule]]\nallow = true\ncallers = ["{operator}"]\nagents = ["agent", "host"]\n'
+        'methods = ["ping", "describe", "reboot"]\n')
+    policy = RulesPolicy.load(tmp_path / "policy.toml", host)
+    runtime = AgentRuntime.serve(
+        agent_url(node, host, agent_password), host, [agent], heartbeat_interval=0,
+        policy=policy, signer=Signer.load(keys[host][0]),
+        verifier=Verifier(dict([read_public_key(keys[operator][1])])))
+    console = Console.connect(console_url(node, operator, console_password),
+                              signer=Signer.load(keys[operator][0]),
+                              agent_keys=Verifier(dict([read_public_key(keys[host][1])])))
+    try:
+        seen = EventCollector()
+        console.subscribe([f"host.{host}.alert"], seen)
+        assert [a.host for a in console.discover(expect=[host], timeout=10)] == [host]
+        res = console.call("host", "reboot", {"delay_s": 60}, host=host, timeout=10)
+        assert res.status == "ok", res.to_dict()
+        assert power.calls == [("reboot", 60, "requested through hostbus")]
+        assert res.reply.user_id == host  # the agent's broker user, checked on publish
+        agent.emit("alert", {"metric": "cpu_percent", "state": "raised", "value": 97.0,
+                             "threshold": 90.0})
+        ev = seen.wait_for(lambda e: e.event == "alert", timeout=10)
+        assert ev.host == host and ev.data["value"] == 97.0
+    finally:
+        console.close()
+        runtime.stop("test over")
+        node.admin.revoke(host)
+        node.admin.revoke(operator)
 
 
 def test_a_publish_to_a_missing_exchange_is_refused_with_the_reason(node):

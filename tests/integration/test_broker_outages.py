@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
-    made = RabbitNode(tmp_path_factory.mktemp("outage") / "node")
+    made = RabbitNode(tmp_path_factory.mktemp("outage") / "node",
+                      plugins=("rabbitmq_amqp1_0",), config="amqp1_0.default_user = none")
     started("a RabbitMQ node", made.start)
     made.admin.setup("hostbus")
     yield made
@@ -43,7 +44,16 @@ def host_id() -> str:
     return f"out-{uuid.uuid4().hex[:6]}"
 
 
-def test_an_agent_started_before_its_broker_comes_online_by_itself(node, tmp_path):
+# The agent's protocol; consoles stay on 0-9-1 (durable subscriptions bind their queue),
+# so the AMQP 1.0 cases are mixed fleets too.
+over_both = pytest.mark.parametrize("agent_url", [
+    pytest.param(lambda node: node.url(), id="agent-amqp091"),
+    pytest.param(lambda node: node.url().replace("amqp://", "amqp10://"), id="agent-amqp10"),
+])
+
+
+@over_both
+def test_an_agent_started_before_its_broker_comes_online_by_itself(node, tmp_path, agent_url):
     host = host_id()
     node.admin.enroll_host("hostbus", host, ["host"])
     console = Console.connect(node.url())
@@ -53,7 +63,7 @@ def test_an_agent_started_before_its_broker_comes_online_by_itself(node, tmp_pat
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOSTBUS_")}
     proc = subprocess.Popen(
         [str(BIN / "hostbus-agent")], stderr=subprocess.PIPE, text=True,
-        env={**env, "HOSTBUS_BROKER_URL": node.url(), "HOSTBUS_AGENT_HOST_ID": host,
+        env={**env, "HOSTBUS_BROKER_URL": agent_url(node), "HOSTBUS_AGENT_HOST_ID": host,
              "HOSTBUS_AGENT_STATE_DIR": str(tmp_path), "HOSTBUS_BROKER_CONNECT_TIMEOUT": "2"})
     try:
         assert proc.stderr is not None
@@ -71,14 +81,15 @@ def test_an_agent_started_before_its_broker_comes_online_by_itself(node, tmp_pat
         console.close()
 
 
-def test_events_published_across_a_broker_restart_all_arrive_once_in_order(node):
+@over_both
+def test_events_published_across_a_broker_restart_all_arrive_once_in_order(node, agent_url):
     host = host_id()
     node.admin.enroll_host("hostbus", host, ["host"])
     console = Console.connect(node.url())
     seen = EventCollector()
     console.subscribe([f"host.{host}.alert"], seen, name=f"steady-{host}", durable=True)
     agent, _, _ = make_host_agent(host)
-    runtime = AgentRuntime.serve(node.url(), host, [agent], heartbeat_interval=0)
+    runtime = AgentRuntime.serve(agent_url(node), host, [agent], heartbeat_interval=0)
     lost = threading.Event()
     runtime.transport.on_connection_lost(lambda exc: lost.set())
     # About 250 events a second; the broker restarts after the 300th.
@@ -100,11 +111,13 @@ def test_events_published_across_a_broker_restart_all_arrive_once_in_order(node)
         console.close()
 
 
-def test_an_agent_killed_mid_method_does_not_run_it_again_and_says_so(node, tmp_path):
+@over_both
+def test_an_agent_killed_mid_method_does_not_run_it_again_and_says_so(node, tmp_path,
+                                                                      agent_url):
     host = host_id()
     node.admin.enroll_host("hostbus", host, ["slow"])
     marker = tmp_path / "runs.txt"
-    command = [sys.executable, "-m", "tests.slow_agent", node.url(), host, str(tmp_path),
+    command = [sys.executable, "-m", "tests.slow_agent", agent_url(node), host, str(tmp_path),
                str(marker)]
 
     def start() -> subprocess.Popen[str]:
