@@ -97,7 +97,8 @@ class _ReplyKeys:
 
 
 def hostbus_round_trips(bench: Bench, n: int, *, signed: bool = False,
-                        queue_type: str = "classic") -> list[float]:
+                        queue_type: str = "classic", url: str | None = None) -> list[float]:
+    url = url or bench.url
     host = f"bench{uuid.uuid4().hex[:6]}"
     bench.admin.enroll_host(bench.vhost, host, [], queue_type=queue_type)
     verifier = signer = agent_keys = None
@@ -106,14 +107,14 @@ def hostbus_round_trips(bench: Bench, n: int, *, signed: bool = False,
         # and the agent verifies it; the agent signs the reply and the console verifies
         # it. Both ends run under one broker user here, so one key pair serves both.
         with tempfile.TemporaryDirectory() as folder:
-            user = parse_url(bench.url).user
+            user = parse_url(url).user
             key_path, pub_path = generate(user, folder)
             signer = Signer.load(key_path)
             verifier = Verifier(dict([read_public_key(pub_path)]))
             agent_keys = _ReplyKeys(verifier, host)
-    runtime = AgentRuntime.serve(bench.url, host, [], heartbeat_interval=0, verifier=verifier,
+    runtime = AgentRuntime.serve(url, host, [], heartbeat_interval=0, verifier=verifier,
                                  signer=signer)
-    console = Console.connect(bench.url, signer=signer,
+    console = Console.connect(url, signer=signer,
                               agent_keys=agent_keys)  # type: ignore[arg-type]
     samples = []
     try:

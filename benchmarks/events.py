@@ -95,10 +95,11 @@ def raw_rate(url: str, n: int) -> float:
     return rate
 
 
-def hostbus_rate(bench: Bench, n: int) -> float:
+def hostbus_rate(bench: Bench, n: int, *, url: str | None = None) -> float:
+    url = url or bench.url
     host = f"ev{uuid.uuid4().hex[:6]}"
     bench.admin.enroll_host(bench.vhost, host, [])
-    runtime = AgentRuntime.serve(bench.url, host, [], heartbeat_interval=0)
+    runtime = AgentRuntime.serve(url, host, [], heartbeat_interval=0)
 
     def publish() -> None:
         for _ in range(n):
@@ -106,7 +107,7 @@ def hostbus_rate(bench: Bench, n: int) -> float:
 
     try:
         rate, result = _measure(_hostbus_subscriber,
-                                (bench.url, f"agent.{host}.heartbeat", n), publish)
+                                (url, f"agent.{host}.heartbeat", n), publish)
     finally:
         runtime.stop("benchmark over")
     if result[2]:

@@ -36,6 +36,15 @@ def checks(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
                      ">= 10000/s", events["hostbus_per_s"] >= 10000))
         rows.append(("events / raw pika", f"{events['ratio']}x", ">= 0.6x",
                      events["ratio"] >= 0.6))
+    over10 = results.get("amqp10")
+    if over10:
+        rows.append(("AMQP 1.0 call p50 / raw proton p50",
+                     f"{over10['hostbus']['p50']:.3f} / {over10['raw_proton']['p50']:.3f} ms = "
+                     f"{over10['ratio_p50']}x", "<= 1.5x", over10["ratio_p50"] <= 1.5))
+        ev = over10["events"]
+        rows.append(("AMQP 1.0 events / raw proton",
+                     f"{ev['hostbus_per_s']} / {ev['raw_proton_per_s']}/s = {ev['ratio']}x",
+                     ">= 0.67x (within 1.5x)", ev["ratio"] >= 1 / 1.5))
     for label, fp in results.get("footprint", {}).items():
         rows.append((f"idle agent CPU ({label})", f"{fp['idle']['cpu_percent']}%", "< 1%",
                      fp["idle"]["cpu_percent"] < 1))
@@ -84,6 +93,17 @@ def text(results: dict[str, Any]) -> str:
     if prov:
         lines.append(f"provisioning (test driver): {prov['requests']} requests in "
                      f"{prov['elapsed_s']} s = {prov['requests_per_s']}/s")
+    over10 = results.get("amqp10")
+    if over10:
+        lines.append("AMQP 1.0 call round trip (ms) p50      p90      p99")
+        for key, label in (("raw_proton", "raw proton"),
+                           ("raw_proton_blocking", "raw proton, blocking client"),
+                           ("hostbus", "hostbus")):
+            r = over10[key]
+            lines.append(f"  {label:27} {r['p50']:7.3f}  {r['p90']:7.3f}  {r['p99']:7.3f}")
+        ev = over10["events"]
+        lines.append(f"AMQP 1.0 events: hostbus {ev['hostbus_per_s']}/s, raw proton "
+                     f"{ev['raw_proton_per_s']}/s ({ev['events']} events)")
     for label, fp in results.get("footprint", {}).items():
         narrow = fp.get("floor_third_party_only", {})
         lines.append(f"agent {label}: idle {fp['idle']['cpu_percent']}% cpu, RSS "

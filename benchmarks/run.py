@@ -9,11 +9,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks import call, events, fanout, footprint, provisioning, soak
+from benchmarks import amqp10, call, events, fanout, footprint, provisioning, soak
 from benchmarks.harness import bench_vhost, progress
 from hostbus.envelope import now_rfc3339
 
-ALL = ("call", "fanout", "events", "provisioning", "footprint")
+ALL = ("call", "fanout", "events", "amqp10", "provisioning", "footprint")
 #: Runs only when asked for (--only soak): it takes minutes by design.
 EXTRA = ("soak",)
 
@@ -58,6 +58,9 @@ def run(plan: Plan, *, amqp: str, admin_url: str) -> dict[str, Any]:
         if "events" in plan.only:
             progress(f"events: {plan.events}, raw and hostbus")
             results["events"] = events.run(bench, plan.events)
+        gc.collect()
+        if "amqp10" in plan.only:
+            results["amqp10"] = amqp10.run(bench, plan.calls, plan.events)
         gc.collect()
         if "provisioning" in plan.only:
             progress(f"provisioning: {plan.provision_requests} requests")

@@ -1357,8 +1357,8 @@ def policy_check(caller: str, target: str, pairs: tuple[str, ...], policy_file: 
 @cli.command(epilog=EPILOG)
 @click.option("--quick", is_flag=True, help="Small sizes: a smoke run of every benchmark.")
 @click.option("--only", multiple=True,
-              type=click.Choice(["call", "fanout", "events", "provisioning", "footprint",
-                                 "soak"]),
+              type=click.Choice(["call", "fanout", "events", "amqp10", "provisioning",
+                                 "footprint", "soak"]),
               help="Run only these (repeatable). Default: all but soak.")
 @click.option("--calls", type=click.IntRange(10), help="Round trips per side (2000).")
 @click.option("--agents", metavar="N,N,...",
@@ -1376,11 +1376,14 @@ def bench(state: State, quick: bool, only: tuple[str, ...], calls: int | None,
           agents: str | None, n_events: int | None, idle_s: float | None,
           soak_minutes: float | None, png: str | None, admin_url: str | None,
           as_json: bool) -> None:
-    """Measure hostbus against raw pika on this broker, in a throwaway vhost.
+    """Measure hostbus against raw pika and raw proton on this broker, in a throwaway vhost.
 
     Call round trips, broadcast ping to N simulated agents (the real dispatch path),
-    event throughput, provisioning on libvirt's test driver, and one real agent's
-    memory and CPU against a bare Python floor. Takes a few minutes (--quick: seconds).
+    event throughput, the same calls and events over AMQP 1.0 against raw proton
+    (amqp10; needs the rabbitmq_amqp1_0 plugin), provisioning on libvirt's test driver,
+    and one real agent's memory and CPU against a bare Python floor. Takes a few
+    minutes (--quick: seconds). Whatever the console's URL scheme, the broker is
+    reached over both protocols on its one port.
     `--only soak --soak-minutes 10` runs one agent under steady load and reports
     whether its memory stays flat.
     """
@@ -1407,7 +1410,8 @@ def bench(state: State, quick: bool, only: tuple[str, ...], calls: int | None,
     if soak_minutes:
         plan.soak_minutes = soak_minutes
     url = parse_url(state.url)
-    amqp = f"{url.scheme}://{url.user}:{url.password}@{url.host}:{url.port}"
+    scheme = url.scheme.removesuffix("10")  # the baselines are 0-9-1; amqp10 gets its own
+    amqp = f"{scheme}://{url.user}:{url.password}@{url.host}:{url.port}"
     try:
         results = run(plan, amqp=amqp, admin_url=admin_url or state.cfg["console"]["admin_url"])
     except ConnectionFailed as exc:
@@ -1417,6 +1421,8 @@ def bench(state: State, quick: bool, only: tuple[str, ...], calls: int | None,
     shown = {k: v for k, v in results.items()}
     if "call" in shown:
         shown["call"] = {k: v for k, v in shown["call"].items() if k != "samples"}
+    if "amqp10" in shown:
+        shown["amqp10"] = {k: v for k, v in shown["amqp10"].items() if k != "samples"}
     if as_json:
         shown["targets"] = [{"what": w, "measured": m, "target": t, "met": ok}
                             for w, m, t, ok in report.checks(results)]

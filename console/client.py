@@ -33,7 +33,14 @@ from hostbus.envelope import (
     parse_event,
     parse_reply,
 )
-from hostbus.errors import ConnectionLost, ErrorCode, HostbusError, RemoteError, SchemaError
+from hostbus.errors import (
+    BrokerRefused,
+    ConnectionLost,
+    ErrorCode,
+    HostbusError,
+    RemoteError,
+    SchemaError,
+)
 from hostbus.schema import (
     AgentSchema,
     MethodSpec,
@@ -49,6 +56,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("hostbus.console")
 
 _LOST = object()  # put into waiting queues when the connection drops
+
+
+@dataclass(frozen=True)
+class _Refused:
+    """Put into waiting queues when the broker refuses a request publish."""
+
+    reason: str
 
 
 @dataclass
@@ -201,6 +215,7 @@ class Console:
     def open(self) -> None:
         self.transport.on_connection_lost(self._on_lost)
         self.transport.on_connection_restored(self._on_restored)
+        self.transport.on_refused(self._on_refused)
         self._reply_queue = self.transport.open_reply_queue(self._on_reply)
 
     def close(self) -> None:
@@ -263,6 +278,17 @@ class Console:
         for q in waiting:
             q.put(_LOST)
 
+    def _on_refused(self, exchange: str, reason: str) -> None:
+        # A refused request publish is refused for every request this identity sends
+        # (permissions, or a missing exchange): everyone waiting hears it now, not at
+        # their timeout. Provisioning has its own confirm.
+        if exchange not in ("", names.REQUEST_EXCHANGE):
+            return
+        with self._lock:
+            waiting = list(self._pending.values())
+        for q in waiting:
+            q.put(_Refused(reason))
+
     def check_args(self, agent: str, method: str, args: dict[str, Any]) -> dict[str, Any]:
         """Validate before sending (a copy: defaults stay the agent's business)."""
         if self.validate:
@@ -298,6 +324,8 @@ class Console:
             return None
         if item is _LOST:
             raise ConnectionLost(f"the broker connection was lost: {self._lost!r}")
+        if isinstance(item, _Refused):
+            raise BrokerRefused(f"the broker refused the request: {item.reason}")
         return item
 
     def _forget(self, ids: Iterable[str]) -> None:
@@ -471,6 +499,7 @@ class Console:
                            content_type=codec.CONTENT_TYPE, type="hostbus.provision/1",
                            timestamp=int(time.time()))
         confirmed: queue.Queue[bool | None] = queue.Queue()
+        earlier_refusal = self.transport.last_refusal
         try:
             # Confirmed before this returns: the broker has the request on disk (the
             # quorum queue's majority, in a cluster), or the caller hears why not.
@@ -480,6 +509,11 @@ class Console:
                 outcome = confirmed.get(timeout=30)
             except queue.Empty:
                 outcome = None
+            refusal = self.transport.last_refusal
+            if outcome is not True and refusal is not None and refusal is not earlier_refusal \
+                    and (names.PROVISION_EXCHANGE in refusal[0] or outcome is False):
+                raise BrokerRefused(f"the broker refused provisioning request {rid}: "
+                                    f"{refusal[1]}")
             if outcome is not True:
                 raise HostbusError(
                     f"the broker did not take provisioning request {rid} ("

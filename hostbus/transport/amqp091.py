@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import re
 import ssl
 import threading
 from collections import deque
@@ -45,6 +46,9 @@ from hostbus.transport.base import (
 )
 
 log = logging.getLogger(__name__)
+# How RabbitMQ names the exchange in a refusal: "access to exchange 'X' in vhost ...",
+# "no exchange 'X' in vhost ...", "write access to topic 'K' in exchange 'X' ...".
+_NAMED_EXCHANGE = re.compile(r"exchange '([^']*)'")
 
 Task = Callable[[BlockingChannel], Any]  # _Publish is one too
 
@@ -313,8 +317,31 @@ class PikaTransport(Transport):
             self._fail_unconfirmed()  # delivery tags start again on a new channel
             self._cch = self._conn.channel()
             self._cch._impl.confirm_delivery(self._on_confirm)
+            self._cch._impl.add_on_close_callback(self._on_confirm_channel_closed)
             self._next_tag = 1
         return self._cch
+
+    def _on_confirm_channel_closed(self, _channel: Any, reason: Exception) -> None:
+        if isinstance(reason, pex.ChannelClosedByBroker):
+            self._channel_refused(None, reason)
+            # Unknown, not refused: the broker drops what followed the refused publish
+            # on this channel, and names none of them. The next publish opens a new one.
+            self._fail_unconfirmed()
+
+    def _channel_refused(self, channel: BlockingChannel | None,
+                         reason: Exception | None = None) -> None:
+        """The broker closed a channel: log its words and tell on_refused callbacks."""
+        if reason is None and channel is not None:
+            reason = getattr(channel, "_closing_reason", None)
+        if isinstance(reason, pex.ChannelClosedByBroker):
+            words = f"{reason.reply_code} {reason.reply_text}"
+        else:
+            words = repr(reason) if reason is not None else "no reason given"
+        found = _NAMED_EXCHANGE.search(words)
+        exchange = found.group(1) if found else ""
+        log.error("the broker refused a publish%s: %s; carrying on with a new channel",
+                  f" to {exchange}" if exchange else "", words)
+        self._broker_refused(exchange, exchange or "?", words)
 
     def _on_confirm(self, frame: Any) -> None:
         """Basic.Ack or Basic.Nack from the broker: one tag, or every tag up to it."""
@@ -464,7 +491,7 @@ class PikaTransport(Transport):
             if self._ch is None or self._ch.is_closed:
                 # The broker closed the channel (a publish to a missing exchange, a
                 # forbidden routing key): say so and carry on with a fresh channel.
-                log.error("the broker closed the channel; reopening it and its consumers")
+                self._channel_refused(self._ch)
                 self._open_channel()
         self._drain()
 
@@ -545,9 +572,9 @@ class PikaTransport(Transport):
         queued = False
         while self._tasks and self._ch is not None:
             if self._ch.is_closed:
-                # Closed by the broker since the last pass (a refused publish): the
-                # broker logged why; reopen before running more work on it.
-                log.error("the broker closed the channel; reopening it and its consumers")
+                # Closed by the broker since the last pass (a refused publish): report
+                # it, and reopen before running more work on it.
+                self._channel_refused(self._ch)
                 self._open_channel()
             task, fut = self._tasks.popleft()
             if isinstance(task, _Publish):

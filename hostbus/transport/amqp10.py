@@ -175,7 +175,6 @@ class ProtonTransport(Transport):
         self.url = self.urls[0]
         self.user = self.url.user
         self.addresses = RabbitMQv1()
-        self.last_refusal: tuple[str, str] | None = None
         self._name = connection_name
         self._reconnect = reconnect
         self._wait_first = wait_first
@@ -425,6 +424,8 @@ class ProtonTransport(Transport):
         self.last_refusal = (address or "?", reason)
         if link.is_sender:
             log.error("the broker refused a publish to %s: %s", address, reason)
+            exchange, _ = self.addresses.route_of(address, None)
+            self._broker_refused(exchange, address or "?", reason)
             self._senders = {a: s for a, s in self._senders.items() if s.name != link.name}
             for key in [k for k in self._unsettled if k[0] == link.name]:
                 self._unsettled.pop(key)(False)

@@ -11,6 +11,7 @@ queues); a backend maps them onto its protocol's addresses.
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from hostbus.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -129,9 +132,27 @@ class Transport(abc.ABC):
         consumer and queue this transport had has been restored."""
         self._restored_callbacks.append(callback)
 
+    def on_refused(self, callback: Callable[[str, str], None]) -> None:
+        """Register a callback run (on the I/O thread) when the broker refuses a publish,
+        with the exchange ("" when the broker did not say which) and its reason. Over
+        AMQP 0-9-1 a refusal closes the channel and names no message, so a sender that
+        must know learns it here, at once, rather than by waiting for a reply."""
+        self._refused_callbacks.append(callback)
+
     def __init__(self) -> None:
         self._lost_callbacks: list[Callable[[Exception], None]] = []
         self._restored_callbacks: list[Callable[[], None]] = []
+        self._refused_callbacks: list[Callable[[str, str], None]] = []
+        #: The last refusal: (where, the broker's words).
+        self.last_refusal: tuple[str, str] | None = None
+
+    def _broker_refused(self, exchange: str, where: str, reason: str) -> None:
+        self.last_refusal = (where, reason)
+        for callback in self._refused_callbacks:
+            try:
+                callback(exchange, reason)
+            except Exception:
+                log.exception("refusal callback failed")
 
     def __enter__(self) -> Transport:
         self.start()

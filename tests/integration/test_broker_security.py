@@ -90,6 +90,26 @@ def test_the_broker_refuses_an_app_anything_but_provisioning(rabbitmq, enroll):
                                                     lambda *a: None)) == 403
 
 
+def test_a_request_the_broker_refuses_fails_at_once_with_the_brokers_words(rabbitmq,
+                                                                          enroll):
+    """An app may not send requests: the caller hears the broker's reason straight away,
+    over either transport, instead of waiting out its timeout for a reply."""
+    from console.client import Console
+    from hostbus.errors import BrokerRefused
+
+    app = name("app")
+    _, url = enroll("app", app)
+    console = Console.connect(url)
+    try:
+        with pytest.raises(BrokerRefused) as info:
+            console.call("agent", "ping", host="web01", timeout=120)
+        assert "ACCESS_REFUSED" in str(info.value)
+        assert "exchange 'hostbus.request'" in str(info.value)
+        assert f"user '{app}'" in str(info.value)
+    finally:
+        console.close()
+
+
 def test_enrolled_agent_and_console_work_with_their_own_users(rabbitmq, enroll, tmp_path,
                                                               console):
     host, operator = name("sec"), name("ops")
