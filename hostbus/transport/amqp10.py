@@ -28,6 +28,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from ssl import get_default_verify_paths as default_verify_paths
 from typing import Any
 
 from proton import (
@@ -288,7 +289,10 @@ class ProtonTransport(Transport):
         ssl = None
         if url.scheme == "amqps10":
             ssl = SSLDomain(SSLDomain.MODE_CLIENT)
-            ssl.set_peer_authentication(SSLDomain.VERIFY_PEER_NAME, url.cafile)
+            # The CAs to verify the broker with (set_peer_authentication's own argument
+            # is what a server offers its clients); without cafile, the system's.
+            ssl.set_trusted_ca_db(url.cafile or default_verify_paths().cafile or "")
+            ssl.set_peer_authentication(SSLDomain.VERIFY_PEER_NAME)
             if url.certfile:
                 ssl.set_credentials(url.certfile, url.keyfile, None)
         options: dict[str, Any] = {
@@ -297,6 +301,10 @@ class ProtonTransport(Transport):
             "reconnect": False, "ssl_domain": ssl,
             "sasl_enabled": True, "allowed_mechs": "EXTERNAL" if url.external else "PLAIN",
         }
+        if ssl is not None:
+            # The broker's name to verify: proton would take the open frame's hostname,
+            # which RabbitMQ needs to be "vhost:NAME" (found by a TLS test).
+            options["sni"] = url.host
         if not url.external:
             options |= {"user": url.user, "password": url.password}
         self._conn = container.connect(**options)
@@ -620,6 +628,13 @@ class _Events(MessagingHandler):  # type: ignore[misc]
             hint = ("; the broker answered in AMQP 0-9-1: it has no AMQP 1.0 on this port. "
                     "Enable it with `rabbitmq-plugins enable rabbitmq_amqp1_0`, or use "
                     "amqp:// for 0-9-1")
+        elif condition is not None and "SSL Failure" in (condition.description or ""):
+            # OpenSSL's words vary ("certificate verify failed", "EVP lib" for a CA of
+            # the same name as the right one): say what to check.
+            hint = ("; the TLS handshake failed: the broker's certificate does not verify "
+                    "(wrong CA, or it does not name this host; give the CA that signed it: "
+                    "amqps10://...?cafile=ca.pem), or the broker refused this client's "
+                    "certificate")
         err = ConnectionFailed(f"{t.urls[t._current].redacted()}: {_describe(condition)}"
                                f"{hint}")
         if t._stopping.is_set():

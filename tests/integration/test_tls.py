@@ -36,7 +36,9 @@ def tls_broker(tmp_path_factory):
     made = hostbus("broker", "dev-ca", str(tls), "--json")
     assert made.returncode == 0, made.stderr
     port = free_port()
-    node = RabbitNode(folder / "node", plugins=("rabbitmq_auth_mechanism_ssl",), config=f"""
+    node = RabbitNode(folder / "node", plugins=("rabbitmq_auth_mechanism_ssl",
+                                                "rabbitmq_amqp1_0"), config=f"""
+amqp1_0.default_user = none
 listeners.ssl.default = {port}
 ssl_options.cacertfile = {tls}/ca.pem
 ssl_options.certfile = {tls}/broker.pem
@@ -90,12 +92,42 @@ def test_an_agent_with_a_client_certificate_serves_a_console_over_tls(tls_broker
         console.close()
 
 
-def test_a_broker_certificate_from_another_ca_is_refused_clearly(tls_broker, tmp_path):
+def test_amqp10_over_tls_with_a_client_certificate(tls_broker, tmp_path):
+    """amqps10://: the same URL options as amqps://, SASL EXTERNAL from the certificate,
+    the broker's certificate verified; a mixed pair (agent on 1.0, console on 0-9-1)."""
+    from agents.runtime import AgentRuntime
+    from tests.fakes import make_host_agent
+
+    b = tls_broker
+    host = "tls10-web01"
+    cfg = tmp_path / "agent.toml"
+    done = hostbus("broker", "enroll", host, "--tls-dir", str(b.ca), "--admin-url", b.admin,
+                   "--broker-url", f"amqps://localhost:{b.port}/hostbus", "-o", str(cfg))
+    assert done.returncode == 0, done.stderr
+    url10 = tomllib.loads(cfg.read_text())["broker"]["url"].replace("amqps://", "amqps10://")
+    agent, _, _ = make_host_agent(host)
+    runtime = AgentRuntime.serve(url10, host, [agent], heartbeat_interval=0)
+    consoles = [Console.connect(f"{scheme}://guest:guest@localhost:{b.port}/hostbus?"
+                                f"cafile={b.ca}/ca.pem") for scheme in ("amqps", "amqps10")]
+    try:
+        for console in consoles:
+            res = console.call("host", "identify", host=host, timeout=10)
+            assert res.status == "ok" and res.reply.result["host_id"] == host
+            assert res.reply.user_id == host  # the broker took the user from the certificate
+    finally:
+        for console in consoles:
+            console.close()
+        runtime.stop("test over")
+
+
+@pytest.mark.parametrize("scheme", ["amqps", "amqps10"])
+def test_a_broker_certificate_from_another_ca_is_refused_clearly(tls_broker, tmp_path,
+                                                                 scheme):
     b = tls_broker
     other = tmp_path / "other-ca"
     assert hostbus("broker", "dev-ca", str(other)).returncode == 0
     with pytest.raises(ConnectionFailed, match="certificate does not verify"):
-        Console.connect(f"amqps://guest:guest@localhost:{b.port}/hostbus"
+        Console.connect(f"{scheme}://guest:guest@localhost:{b.port}/hostbus"
                         f"?cafile={other}/ca.pem", connect_timeout=10)
 
 
