@@ -244,6 +244,8 @@ demo() {
   "$hb" query virt.domain
   say "hostbus watch --duration 6   (heartbeats, metrics, VM stats as they happen)"
   "$hb" watch --duration 6
+  say "the same agent (AMQP 0-9-1) from a console on AMQP 1.0: hostbus --url amqp10://... call host.identify"
+  "$hb" --url "${AMQP_URL/amqp:\/\//amqp10://}" call host.identify -H "$HOST_ID"
 
   cat <<MSG
 
@@ -253,6 +255,7 @@ The agent and the provisioner keep running (logs in .run/). Try:
   hostbus call virt.domain.suspend name=<a VM above> -H $HOST_ID
   hostbus watch 'virt.*.domain.lifecycle' 'provision.#'
   hostbus provision list
+  hostbus --url amqp10://guest:guest@127.0.0.1:5672/hostbus agents   # over AMQP 1.0
 Stop them with:   ./run.sh stop
 MSG
   if [ -n "${STARTED_BROKER:-}" ]; then

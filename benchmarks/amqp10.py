@@ -17,6 +17,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pika
@@ -103,7 +105,9 @@ class _Client(MessagingHandler):  # type: ignore[misc]
             event.connection.close()
 
 
-def raw_round_trips(bench: Bench, n: int) -> list[float]:
+@contextmanager
+def _echo_server(bench: Bench) -> Iterator[tuple[str, str, str]]:
+    """A raw proton echo server on a thread of its own: (url, server queue, reply queue)."""
     url = bench.url.replace("amqp://", "amqp10://", 1)
     server, reply = f"bench.raw10.{uuid.uuid4().hex[:6]}", f"bench.raw10r.{uuid.uuid4().hex}"
     _queues(bench, server, reply)
@@ -111,25 +115,28 @@ def raw_round_trips(bench: Bench, n: int) -> list[float]:
     echo = Container(_Echo(url, server, ready))
     thread = threading.Thread(target=echo.run, daemon=True)
     thread.start()
-    if not ready.wait(10):
-        raise RuntimeError("the raw proton echo server did not attach")
-    client = _Client(url, server, reply, n)
-    Container(client).run()
-    echo.stop()
-    thread.join(5)
+    try:
+        if not ready.wait(10):
+            raise RuntimeError("the raw proton echo server did not attach")
+        yield url, server, reply
+    finally:
+        echo.stop()
+        thread.join(5)
+
+
+def raw_round_trips(bench: Bench, n: int) -> list[float]:
+    with _echo_server(bench) as (url, server, reply):
+        client = _Client(url, server, reply, n)
+        Container(client).run()
     return client.samples
 
 
 def raw_blocking_round_trips(bench: Bench, n: int) -> list[float]:
-    url = bench.url.replace("amqp://", "amqp10://", 1)
-    server, reply = f"bench.raw10b.{uuid.uuid4().hex[:6]}", f"bench.raw10br.{uuid.uuid4().hex}"
-    _queues(bench, server, reply)
-    ready = threading.Event()
-    echo = Container(_Echo(url, server, ready))
-    thread = threading.Thread(target=echo.run, daemon=True)
-    thread.start()
-    if not ready.wait(10):
-        raise RuntimeError("the raw proton echo server did not attach")
+    with _echo_server(bench) as (url, server, reply):
+        return _blocking_client(url, server, reply, n)
+
+
+def _blocking_client(url: str, server: str, reply: str, n: int) -> list[float]:
     args = _connect_args(url)
     conn = BlockingConnection(args.pop("url"), timeout=10, **args)
     sender = conn.create_sender(f"/amq/queue/{server}")
@@ -144,8 +151,6 @@ def raw_blocking_round_trips(bench: Bench, n: int) -> list[float]:
         receiver.accept()
         samples.append((time.perf_counter() - started) * 1000)
     conn.close()
-    echo.stop()
-    thread.join(5)
     return samples
 
 

@@ -124,7 +124,8 @@ def discovery_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--url", envvar="HOSTBUS_BROKER_URL", metavar="URL",
-              help="Broker URL amqp://user:pass@host:port/vhost (env HOSTBUS_BROKER_URL).")
+              help="Broker URL amqp://user:pass@host:port/vhost (env HOSTBUS_BROKER_URL). "
+                   "amqps:// for TLS; amqp10:// or amqps10:// to speak AMQP 1.0.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE",
               envvar="HOSTBUS_CONSOLE_CONFIG", help="Console config file (TOML).")
 @click.version_option(__version__, prog_name="hostbus")

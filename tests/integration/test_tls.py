@@ -57,14 +57,19 @@ ssl_cert_login_from = common_name
     node.stop()
 
 
+def enroll_with_certificate(b: SimpleNamespace, host: str, cfg: Path) -> str:
+    """`broker enroll --tls-dir`: the agent's config at ``cfg``; its broker URL."""
+    done = hostbus("broker", "enroll", host, "--tls-dir", str(b.ca), "--admin-url", b.admin,
+                   "--broker-url", f"amqps://localhost:{b.port}/hostbus", "-o", str(cfg))
+    assert done.returncode == 0, done.stderr
+    return tomllib.loads(cfg.read_text())["broker"]["url"]
+
+
 def test_an_agent_with_a_client_certificate_serves_a_console_over_tls(tls_broker, tmp_path):
     b = tls_broker
     host = "tls-web01"
     cfg = tmp_path / "agent.toml"
-    done = hostbus("broker", "enroll", host, "--tls-dir", str(b.ca), "--admin-url", b.admin,
-                   "--broker-url", f"amqps://localhost:{b.port}/hostbus", "-o", str(cfg))
-    assert done.returncode == 0, done.stderr
-    url = tomllib.loads(cfg.read_text())["broker"]["url"]
+    url = enroll_with_certificate(b, host, cfg)
     assert url.startswith(f"amqps://{host}@localhost:{b.port}/hostbus?") and "certfile=" in url
     (tmp_path / "policy.toml").write_text('[[rule]]\nname = "all"\nallow = true\n')
     console_url = f"amqps://guest:guest@localhost:{b.port}/hostbus?cafile={b.ca}/ca.pem"
@@ -100,11 +105,8 @@ def test_amqp10_over_tls_with_a_client_certificate(tls_broker, tmp_path):
 
     b = tls_broker
     host = "tls10-web01"
-    cfg = tmp_path / "agent.toml"
-    done = hostbus("broker", "enroll", host, "--tls-dir", str(b.ca), "--admin-url", b.admin,
-                   "--broker-url", f"amqps://localhost:{b.port}/hostbus", "-o", str(cfg))
-    assert done.returncode == 0, done.stderr
-    url10 = tomllib.loads(cfg.read_text())["broker"]["url"].replace("amqps://", "amqps10://")
+    url = enroll_with_certificate(b, host, tmp_path / "agent.toml")
+    url10 = url.replace("amqps://", "amqps10://")
     agent, _, _ = make_host_agent(host)
     runtime = AgentRuntime.serve(url10, host, [agent], heartbeat_interval=0)
     consoles = [Console.connect(f"{scheme}://guest:guest@localhost:{b.port}/hostbus?"
