@@ -134,12 +134,17 @@ def chart(results: dict[str, Any], path: str | Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     call = results.get("call") or {}
     samples = call.get("samples", {})
-    for key, label in (("raw_pika", "raw pika"), ("raw_pika_hostbus_topology",
-                                                  "raw pika, hostbus topology"),
-                       ("hostbus", "hostbus")):
-        data = sorted(samples.get(key, []))
+    over10 = (results.get("amqp10") or {}).get("samples", {})
+    curves = [(samples, "raw_pika", "raw pika", "-"),
+              (samples, "raw_pika_hostbus_topology", "raw pika, hostbus topology", "-"),
+              (samples, "hostbus", "hostbus", "-"),
+              (over10, "raw_proton", "raw proton (AMQP 1.0)", "--"),
+              (over10, "hostbus", "hostbus over AMQP 1.0", "--")]
+    for source, key, label, style in curves:
+        data = sorted(source.get(key, []))
         if data:
-            left.plot(data, [i / len(data) * 100 for i in range(len(data))], label=label)
+            left.plot(data, [i / len(data) * 100 for i in range(len(data))], style,
+                      label=label)
     left.set_xlabel("call round trip (ms)")
     left.set_ylabel("percentile")
     left.set_title("Latency distribution")
