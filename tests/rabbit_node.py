@@ -112,7 +112,10 @@ def start_cluster(folder: Path, size: int = 3) -> list[RabbitNode]:
     config = (data_dir("broker_config") / "cluster" / "rabbitmq-cluster.conf").read_text()
     for i, name in enumerate(names, 1):
         config = config.replace(f"rabbit@mq{i}", f"{name}@localhost")
-    nodes = [RabbitNode(folder / f"n{i}", home=home, name=name, config=config)
+    # AMQP 1.0 too, as broker_config/enabled_plugins and rabbitmq.conf have it.
+    config += "\namqp1_0.default_user = none\n"
+    nodes = [RabbitNode(folder / f"n{i}", home=home, name=name, config=config,
+                        plugins=("rabbitmq_amqp1_0",))
              for i, name in enumerate(names, 1)]
     started: list[RabbitNode] = []
     try:
