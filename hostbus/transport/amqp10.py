@@ -240,7 +240,9 @@ class ProtonTransport(Transport):
         self._wait_first = wait_first
         self._max_backoff = max_backoff
         self._attempt = 0
-        self._current = 0  # index in self.urls of the broker being tried or used
+        self._current = 0  # index in self.urls of the broker being tried
+        self._open_index = 0  # index in self.urls of the broker of the open connection
+        self._generation = 0  # counts connections opened
         self._tried = 0  # brokers tried since the last success or backoff
         self.connected_to = ""
         self._connected = False
@@ -391,8 +393,17 @@ class ProtonTransport(Transport):
             properties.user_id = self.user
         address = self.addresses.send_to(exchange, routing_key)
         data = _encode(properties, body, persistent, address, routing_key)
+        generation = self._generation
 
         def send() -> None:
+            if not self._connected or (confirm is not None and generation != self._generation):
+                # No connection, or meant for one that is gone: not sent. A confirm says
+                # "unknown", and the outbox sends it again, in order, as over 0-9-1
+                # (sent now on the new connection, it could overtake events the outbox
+                # took back when the old one dropped; found by the cluster test).
+                if confirm is not None:
+                    confirm(None)
+                return
             sender = self._senders.get(address)
             if sender is None:
                 assert self._container is not None
@@ -541,22 +552,27 @@ class _Events(MessagingHandler):  # type: ignore[misc]
 
     def on_connection_opened(self, event: Any) -> None:
         t = self.t
-        if t._ready.is_set() and not t._connected:  # a reconnect: consumers come back
+        reconnected = t._ready.is_set() and not t._connected
+        url = t.urls[t._current]
+        t.connected_to = f"{url.host}:{url.port}"
+        t._open_index = t._current
+        t._generation += 1
+        # If this broker goes away, the next attempt starts with the one after it.
+        t._current = (t._current + 1) % len(t.urls)
+        # Connected before the restored callbacks run: they publish (the outbox sends
+        # what it kept), and a publish while not connected is handed back unsent.
+        t._connected, t._attempt, t._tried = True, 0, 0
+        if reconnected:  # consumers come back, then whoever waited hears of it
             for link in t._links:
                 link.opened = Future()
                 t._attach(link, wait=False)
-            log.info("reconnected to %s; %d consumers restored", t.url.redacted(),
+            log.info("reconnected to %s; %d consumers restored", url.redacted(),
                      len(t._links))
             for callback in t._restored_callbacks:
                 try:
                     callback()
                 except Exception:
                     log.exception("connection-restored callback failed")
-        url = t.urls[t._current]
-        t.connected_to = f"{url.host}:{url.port}"
-        # If this broker goes away, the next attempt starts with the one after it.
-        t._current = (t._current + 1) % len(t.urls)
-        t._connected, t._attempt, t._tried = True, 0, 0
         t._ready.set()
 
     def on_disconnected(self, event: Any) -> None:
@@ -635,7 +651,8 @@ class _Events(MessagingHandler):  # type: ignore[misc]
                     "(wrong CA, or it does not name this host; give the CA that signed it: "
                     "amqps10://...?cafile=ca.pem), or the broker refused this client's "
                     "certificate")
-        err = ConnectionFailed(f"{t.urls[t._current].redacted()}: {_describe(condition)}"
+        where = t.urls[t._open_index if t._connected else t._current]
+        err = ConnectionFailed(f"{where.redacted()}: {_describe(condition)}"
                                f"{hint}")
         if t._stopping.is_set():
             return
@@ -658,9 +675,11 @@ class _Events(MessagingHandler):  # type: ignore[misc]
                     callback(err)
                 except Exception:
                     log.exception("connection-lost callback failed")
-            pending, t._unsettled = t._unsettled, {}
-            for _, confirm in pending.values():  # after the callbacks, as in amqp091
-                confirm(None)
+        # After the lost callbacks, as in amqp091; and after a failed attempt too, for
+        # anything sent on a connection that never opened.
+        pending, t._unsettled = t._unsettled, {}
+        for _, confirm in pending.values():
+            confirm(None)
         if not t._reconnect or t._retry_scheduled:
             return
         t._retry_scheduled, t._tried = True, 0
