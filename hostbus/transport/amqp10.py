@@ -91,19 +91,40 @@ def _encode(props: Properties, body: bytes, persistent: bool, address: str,
     return msg.encode()
 
 
+def _body_bytes(body: Any) -> tuple[bytes, str | None]:
+    """The body's bytes, and the kind of AMQP value it was when it was not one Data
+    section (bytes), as hostbus bodies must be."""
+    if isinstance(body, bytes | bytearray | memoryview):
+        return bytes(body), None
+    if body is None:
+        return b"", None
+    # An AmqpValue (a string, a map ...): a 0-9-1 receiver gets its AMQP encoding, so this
+    # one does too. It is not JSON, and the receiver refuses it as a bad message.
+    data = Data()
+    try:
+        data.put_object(body)
+        encoded = data.encode()
+    except (ProtonException, TypeError, KeyError, ValueError):
+        encoded = b""
+    return encoded, type(body).__name__
+
+
 def _from_message(msg: Message) -> tuple[bytes, Properties]:
     app = dict(msg.properties or {})
     kind = app.pop("type", None)
-    user = msg.user_id.decode() if msg.user_id else None
+    user = msg.user_id.decode(errors="replace") if msg.user_id else None
     stamp = int(msg.creation_time) if msg.creation_time else None
-    body = msg.body
+    body, value_kind = _body_bytes(msg.body)
+    if value_kind is not None:
+        log.warning("message %s has an AMQP value body (%s), not a Data section of JSON "
+                    "bytes: it will be refused", msg.id, value_kind)
     props = Properties(
         message_id=str(msg.id) if msg.id is not None else None,
         correlation_id=str(msg.correlation_id) if msg.correlation_id is not None else None,
         reply_to=RabbitMQv1.reply_to_name(msg.reply_to), content_type=msg.content_type,
         type=kind if isinstance(kind, str) else None, user_id=user, timestamp=stamp,
         headers={str(k): v for k, v in app.items()})
-    return bytes(body) if body is not None else b"", props
+    return body, props
 
 
 _PROPERTIES = 0x73  # descriptor of the AMQP 1.0 properties section
@@ -195,13 +216,29 @@ class _Incoming(IncomingMessageHandler):  # type: ignore[misc]
         raw = dlv.link.recv(dlv.pending)
         dlv.link.advance()
         msg = Message()
-        msg.decode(raw)
+        try:
+            msg.decode(raw)
+        except ProtonException as exc:
+            log.error("undecodable AMQP 1.0 message on %s (%s): rejected", dlv.link.name,
+                      exc)
+            dlv.update(dlv.REJECTED)
+            dlv.settle()
+            dlv.link.flow(1)
+            return
         if not msg.user_id:
             user = _text_user_id(bytes(raw))
             if user:
                 msg.user_id = user.encode()
         event.message = msg
         self.on_message(event)
+
+
+def _confirm(callback: Confirm, ok: bool | None) -> None:
+    """Tell a publisher the outcome; its failure must not stop the I/O thread."""
+    try:
+        callback(ok)
+    except Exception:
+        log.exception("confirm callback failed")
 
 
 def _describe(condition: Condition | None) -> str:
@@ -325,7 +362,7 @@ class ProtonTransport(Transport):
         def stop() -> None:
             pending, self._unsettled = self._unsettled, {}
             for _, callback in pending.values():
-                callback(None)
+                _confirm(callback, None)
             if self._conn is not None:
                 self._conn.close()
             assert self._container is not None
@@ -402,7 +439,7 @@ class ProtonTransport(Transport):
                 # (sent now on the new connection, it could overtake events the outbox
                 # took back when the old one dropped; found by the cluster test).
                 if confirm is not None:
-                    confirm(None)
+                    _confirm(confirm, None)
                 return
             sender = self._senders.get(address)
             if sender is None:
@@ -490,11 +527,18 @@ class ProtonTransport(Transport):
 
     # -------------------------------------------------- events (I/O thread)
     def _deliver(self, link: _Link, event: Any) -> None:
-        msg = event.message
-        body, props = _from_message(msg)
         dlv = event.delivery
         receiver = event.receiver
-        exchange, routing_key = self.addresses.route_of(msg.address, msg.subject)
+        try:
+            msg = event.message
+            body, props = _from_message(msg)
+            exchange, routing_key = self.addresses.route_of(msg.address, msg.subject)
+        except Exception:  # whatever arrives, the I/O thread carries on
+            log.exception("unreadable message on %s: rejected", link.source)
+            dlv.update(dlv.REJECTED)
+            dlv.settle()
+            receiver.flow(1)
+            return
         delivery = Delivery(body, props, exchange, routing_key, redelivered=False)
         if link.ack == "handler":
             def settle(ok: bool, requeue: bool = False) -> None:
@@ -529,7 +573,7 @@ class ProtonTransport(Transport):
             self._broker_refused(exchange, address or "?", reason)
             self._senders = {a: s for a, s in self._senders.items() if s.name != link.name}
             for tag in [t for t, (name, _) in self._unsettled.items() if name == link.name]:
-                self._unsettled.pop(tag)[1](False)
+                _confirm(self._unsettled.pop(tag)[1], False)
             return
         for item in self._links:
             if item.name == link.name and not item.opened.done():
@@ -601,19 +645,19 @@ class _Events(MessagingHandler):  # type: ignore[misc]
     def on_accepted(self, event: Any) -> None:
         pending = self.t._unsettled.pop(event.delivery.tag, None)
         if pending is not None:
-            pending[1](True)
+            _confirm(pending[1], True)
 
     def on_rejected(self, event: Any) -> None:
         pending = self.t._unsettled.pop(event.delivery.tag, None)
         if pending is not None:
             log.error("the broker rejected a message: %s",
                       _describe(event.delivery.remote.condition))
-            pending[1](False)
+            _confirm(pending[1], False)
 
     def on_released(self, event: Any) -> None:
         pending = self.t._unsettled.pop(event.delivery.tag, None)
         if pending is not None:
-            pending[1](None)
+            _confirm(pending[1], None)
 
     def on_link_error(self, event: Any) -> None:
         self.t._refused(event.link, event.link.remote_condition)
@@ -679,7 +723,7 @@ class _Events(MessagingHandler):  # type: ignore[misc]
         # anything sent on a connection that never opened.
         pending, t._unsettled = t._unsettled, {}
         for _, confirm in pending.values():
-            confirm(None)
+            _confirm(confirm, None)
         if not t._reconnect or t._retry_scheduled:
             return
         t._retry_scheduled, t._tried = True, 0

@@ -109,6 +109,45 @@ def test_a_mixed_fleet_with_own_users_and_signatures_both_ways(node, tmp_path, a
         node.admin.revoke(operator)
 
 
+@pytest.mark.parametrize("body", ['{"v": 1}', {"v": 1, "agent": "agent"}, None, 5],
+                         ids=["a string", "a map", "nothing", "a number"])
+def test_amqp_value_bodies_are_refused_and_the_agent_carries_on(node, body):
+    """Bodies must be one Data section of JSON bytes. An AmqpValue instead (a plain
+    proton client's default for a str or dict) gets bad_message; it once crashed the
+    agent's I/O thread. (An AmqpSequence makes RabbitMQ 3.10 drop the sender.)"""
+    import json
+    import uuid
+
+    from proton import Message
+    from proton.utils import BlockingConnection
+
+    host = f"val{uuid.uuid4().hex[:5]}"
+    node.admin.enroll_host("hostbus", host, ["host"])
+    agent, _, _ = make_host_agent(host)
+    runtime = AgentRuntime.serve(url10(node), host, [agent], heartbeat_interval=0)
+    conn = BlockingConnection(f"amqp://127.0.0.1:{node.amqp_port}", user="guest",
+                              password="guest", allowed_mechs="PLAIN",
+                              virtual_host="vhost:hostbus", timeout=10)
+    try:
+        reply_name = f"hostbus.reply.guest.{uuid.uuid4().hex}"
+        replies = conn.create_receiver(f"/exchange/hostbus.reply/{reply_name}")
+        conn.create_sender(f"/exchange/hostbus.request/host.{host}").send(Message(
+            body=body, id=str(uuid.uuid4()), reply_to=reply_name, user_id=b"guest",
+            content_type="application/json"))
+        got = replies.receive(timeout=10)  # kept: its body is a view into it
+        reply = json.loads(bytes(got.body))
+        assert reply["status"] == "error" and reply["error"]["code"] == "bad_message"
+        assert "not valid UTF-8 JSON" in reply["error"]["message"]
+        console = Console.connect(url10(node))
+        try:
+            assert console.call("agent", "ping", host=host, timeout=10).status == "ok"
+        finally:
+            console.close()
+    finally:
+        conn.close()
+        runtime.stop("test over")
+
+
 def test_a_publish_to_a_missing_exchange_is_refused_with_the_reason(node):
     transport = connect(url10(node))
     transport.start()
