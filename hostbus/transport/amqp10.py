@@ -192,7 +192,7 @@ def _decoded_user_id(raw: bytes) -> str | None:
             data.rewind()
             data.next()
             section = data.get_object()
-        except ProtonException:
+        except Exception:  # proton's decoder on hostile bytes: ValueError, DataException ...
             return None
         if used <= 0:
             return None
@@ -218,17 +218,17 @@ class _Incoming(IncomingMessageHandler):  # type: ignore[misc]
         msg = Message()
         try:
             msg.decode(raw)
-        except ProtonException as exc:
+            if not msg.user_id:
+                user = _text_user_id(bytes(raw))
+                if user:
+                    msg.user_id = user.encode()
+        except Exception as exc:  # a broken or hostile frame must not stop the I/O thread
             log.error("undecodable AMQP 1.0 message on %s (%s): rejected", dlv.link.name,
                       exc)
             dlv.update(dlv.REJECTED)
             dlv.settle()
             dlv.link.flow(1)
             return
-        if not msg.user_id:
-            user = _text_user_id(bytes(raw))
-            if user:
-                msg.user_id = user.encode()
         event.message = msg
         self.on_message(event)
 

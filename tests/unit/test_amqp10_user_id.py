@@ -7,6 +7,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from proton import Message, ulong
 
 from hostbus.transport.amqp10 import _decoded_user_id, _text_user_id
@@ -48,3 +50,17 @@ def test_the_user_id_is_found_whatever_comes_before_it(message_id, sections):
                                    Message(body=b"{}", inferred=True).encode()])
 def test_no_user_id_or_a_broken_frame_gives_none(frame):
     assert _text_user_id(frame) is None
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=400))
+def test_any_bytes_give_a_user_or_none_and_never_raise(frame):
+    assert _text_user_id(frame) is None or isinstance(_text_user_id(frame), str)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=1, max_size=200), st.integers(0, 400))
+def test_a_real_frame_cut_or_corrupted_never_raises(noise, at):
+    frame = FROM_RABBITMQ[:at] + noise + FROM_RABBITMQ[at + len(noise):]
+    result = _text_user_id(frame)
+    assert result is None or isinstance(result, str)
