@@ -14,8 +14,10 @@ arrives as a session or link error carrying the broker's words; it is logged, ke
 Mixed fleets (docs/amqp10-interop.md): RabbitMQ 3.10 drops ``type`` and headers
 between the protocols, so the envelope does not depend on them (the signature is a
 content_type parameter). It passes a 0-9-1 ``user_id`` on as a string where AMQP 1.0
-wants binary, which proton's decoder discards; ``_Incoming`` reads it from the raw
-bytes. A lost connection is reported (lost callbacks, unconfirmed publishes as None) and
+wants binary, which proton's decoder discards; ``_Incoming`` recovers it with
+``amqp10_messages.text_user_id``, where messages are converted both ways.
+
+A lost connection is reported (lost callbacks, unconfirmed publishes as None) and
 re-established with capped, jittered backoff; consumers are attached again.
 """
 
@@ -33,11 +35,8 @@ from typing import Any
 
 from proton import (
     Condition,
-    Data,
-    Described,
     Endpoint,
     Message,
-    ProtonException,
     SSLDomain,
 )
 from proton.handlers import IncomingMessageHandler, MessagingHandler
@@ -46,6 +45,7 @@ from proton.reactor import ApplicationEvent, Container, EventInjector
 from hostbus import names
 from hostbus.errors import BrokerRefused, ConfigError, ConnectionFailed, TransportClosed
 from hostbus.transport.addresses import RabbitMQv1
+from hostbus.transport.amqp10_messages import encode_message, from_message, text_user_id
 from hostbus.transport.base import (
     Confirm,
     Delivery,
@@ -60,152 +60,8 @@ log = logging.getLogger(__name__)
 Task = Callable[[], Any]
 
 
-_scratch = threading.local()  # one reusable proton Message per publishing thread
-
-
-def _encode(props: Properties, body: bytes, persistent: bool, address: str,
-            subject: str) -> bytes:
-    """The message as AMQP 1.0 bytes, encoded on the caller's thread: the I/O thread
-    only streams them (encoding there was a fifth of its time, profiled)."""
-    msg = getattr(_scratch, "msg", None)
-    if msg is None:
-        msg = _scratch.msg = Message()
-    else:
-        msg.clear()
-    msg.inferred = True
-    msg.body = body  # one Data section: 0-9-1 peers get the bytes
-    msg.id = props.message_id
-    msg.correlation_id = props.correlation_id
-    msg.reply_to = props.reply_to
-    msg.content_type = props.content_type
-    if props.user_id:
-        msg.user_id = props.user_id.encode()
-    msg.durable = persistent
-    if props.timestamp:
-        msg.creation_time = float(props.timestamp)
-    app = dict(props.headers or {})
-    if props.type:
-        app["type"] = props.type  # no 1.0 field for it; see docs/amqp10-interop.md
-    msg.properties = app or None
-    msg.address, msg.subject = address, subject  # receivers learn the route
-    return msg.encode()
-
-
-def _body_bytes(body: Any) -> tuple[bytes, str | None]:
-    """The body's bytes, and the kind of AMQP value it was when it was not one Data
-    section (bytes), as hostbus bodies must be."""
-    if isinstance(body, bytes | bytearray | memoryview):
-        return bytes(body), None
-    if body is None:
-        return b"", None
-    # An AmqpValue (a string, a map ...): a 0-9-1 receiver gets its AMQP encoding, so this
-    # one does too. It is not JSON, and the receiver refuses it as a bad message.
-    data = Data()
-    try:
-        data.put_object(body)
-        encoded = data.encode()
-    except (ProtonException, TypeError, KeyError, ValueError):
-        encoded = b""
-    return encoded, type(body).__name__
-
-
-def _from_message(msg: Message) -> tuple[bytes, Properties]:
-    app = dict(msg.properties or {})
-    kind = app.pop("type", None)
-    user = msg.user_id.decode(errors="replace") if msg.user_id else None
-    stamp = int(msg.creation_time) if msg.creation_time else None
-    body, value_kind = _body_bytes(msg.body)
-    if value_kind is not None:
-        log.warning("message %s has an AMQP value body (%s), not a Data section of JSON "
-                    "bytes: it will be refused", msg.id, value_kind)
-    props = Properties(
-        message_id=str(msg.id) if msg.id is not None else None,
-        correlation_id=str(msg.correlation_id) if msg.correlation_id is not None else None,
-        reply_to=RabbitMQv1.reply_to_name(msg.reply_to), content_type=msg.content_type,
-        type=kind if isinstance(kind, str) else None, user_id=user, timestamp=stamp,
-        headers={str(k): v for k, v in app.items()})
-    return body, props
-
-
-_PROPERTIES = 0x73  # descriptor of the AMQP 1.0 properties section
-# Constructors of the sections before it (header, annotations: lists and maps) -> the
-# width of their size field, so they can be stepped over without decoding them.
-_SIZED = {0xC0: 1, 0xC1: 1, 0xD0: 4, 0xD1: 4}
-# message-id encodings -> (bytes before the value, width of a length field, fixed size)
-_ID_FORMS = {0x40: (1, 0, 0), 0x44: (1, 0, 0), 0x53: (1, 0, 1), 0x80: (1, 0, 8),
-             0x98: (1, 0, 16), 0xA0: (1, 1, 0), 0xA1: (1, 1, 0), 0xA3: (1, 1, 0),
-             0xB0: (1, 4, 0), 0xB1: (1, 4, 0), 0xB3: (1, 4, 0)}
-
-
-def _text_user_id(raw: bytes) -> str | None:
-    """The user_id of an encoded message when it was sent as a string, not binary (how
-    RabbitMQ 3.10 forwards a 0-9-1 publish): proton's Message drops that form. Walks
-    the frame's first sections by hand (a full decode cost a tenth of a subscriber's
-    time); anything unexpected goes to proton's decoder instead."""
-    try:
-        pos = 0
-        while raw[pos] == 0x00 and raw[pos + 1] == 0x53:
-            code, pos = raw[pos + 2], pos + 3
-            ctor = raw[pos]
-            if code == _PROPERTIES:
-                return _user_field(raw, pos)
-            if ctor == 0x45:  # an empty list
-                pos += 1
-                continue
-            width = _SIZED[ctor]
-            pos += 1 + width + int.from_bytes(raw[pos + 1:pos + 1 + width], "big")
-    except (IndexError, KeyError, ValueError):
-        pass
-    return _decoded_user_id(raw)
-
-
-def _user_field(raw: bytes, pos: int) -> str | None:
-    ctor = raw[pos]
-    if ctor == 0x45:
-        return None
-    width = {0xC0: 1, 0xD0: 4}[ctor]
-    count = int.from_bytes(raw[pos + 1 + width:pos + 1 + 2 * width], "big")
-    if count < 2:
-        return None
-    pos += 1 + 2 * width
-    lead, length_width, fixed = _ID_FORMS[raw[pos]]  # step over message-id
-    size = int.from_bytes(raw[pos + 1:pos + 1 + length_width], "big") if length_width \
-        else fixed
-    pos += lead + length_width + size
-    ctor = raw[pos]
-    if ctor == 0x40:
-        return None
-    width = {0xA0: 1, 0xA1: 1, 0xB0: 4, 0xB1: 4}[ctor]
-    size = int.from_bytes(raw[pos + 1:pos + 1 + width], "big")
-    user = bytes(raw[pos + 1 + width:pos + 1 + width + size])
-    if len(user) != size:
-        raise ValueError("truncated user_id")
-    return user.decode() or None
-
-
-def _decoded_user_id(raw: bytes) -> str | None:
-    data, pos = Data(), 0
-    while pos < len(raw):
-        data.clear()
-        try:
-            used = data.decode(raw[pos:])
-            data.rewind()
-            data.next()
-            section = data.get_object()
-        except Exception:  # proton's decoder on hostile bytes: ValueError, DataException ...
-            return None
-        if used <= 0:
-            return None
-        pos += used
-        if isinstance(section, Described) and section.descriptor == _PROPERTIES:
-            fields = section.value
-            user = fields[1] if isinstance(fields, list) and len(fields) > 1 else None
-            return user if isinstance(user, str) and user else None
-    return None
-
-
 class _Incoming(IncomingMessageHandler):  # type: ignore[misc]
-    """proton's receive path, plus the user_id it would drop (see _text_user_id)."""
+    """proton's receive path, plus the user_id it would drop (see amqp10_messages.text_user_id)."""
 
     def on_delivery(self, event: Any) -> None:
         dlv = event.delivery
@@ -219,7 +75,7 @@ class _Incoming(IncomingMessageHandler):  # type: ignore[misc]
         try:
             msg.decode(raw)
             if not msg.user_id:
-                user = _text_user_id(bytes(raw))
+                user = text_user_id(bytes(raw))
                 if user:
                     msg.user_id = user.encode()
         except Exception as exc:  # a broken or hostile frame must not stop the I/O thread
@@ -429,7 +285,7 @@ class ProtonTransport(Transport):
         if properties.user_id is None:
             properties.user_id = self.user
         address = self.addresses.send_to(exchange, routing_key)
-        data = _encode(properties, body, persistent, address, routing_key)
+        data = encode_message(properties, body, persistent, address, routing_key)
         generation = self._generation
 
         def send() -> None:
@@ -531,7 +387,7 @@ class ProtonTransport(Transport):
         receiver = event.receiver
         try:
             msg = event.message
-            body, props = _from_message(msg)
+            body, props = from_message(msg)
             exchange, routing_key = self.addresses.route_of(msg.address, msg.subject)
         except Exception:  # whatever arrives, the I/O thread carries on
             log.exception("unreadable message on %s: rejected", link.source)

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from proton import Message, ulong
 
-from hostbus.transport.amqp10 import _decoded_user_id, _text_user_id
+from hostbus.transport.amqp10_messages import decoded_user_id as _decoded_user_id
+from hostbus.transport.amqp10_messages import text_user_id as _text_user_id
 
 # Captured from RabbitMQ 3.10.8: a 0-9-1 publish with user_id "guest", read over 1.0.
 FROM_RABBITMQ = (
