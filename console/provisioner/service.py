@@ -285,15 +285,31 @@ class Provisioner:
         if not hosts:
             return {}
         found: dict[str, str] = {}
-        result = self.console.query("virt", "domain", hosts=hosts, timeout=self.call_timeout)
-        for res in result.results:
-            if res.reply is None or not res.reply.ok:
-                raise RemoteError(ErrorCode.TIMEOUT, f"virt host {res.host} did not list its "
-                                  "domains; cannot rule out a duplicate, so not placing")
-            for obj in (res.reply.result or {}).get("objects", []):
-                if obj["name"] in wanted:
-                    found[obj["name"]] = res.host
-        return found
+        ask = list(hosts)
+        # A read, so safe to ask again: a request published while a quorum host queue
+        # elects a new leader (a node just died) can be lost, since requests are not
+        # confirmed. Seen in the cluster test: the first ask went unanswered.
+        for attempt in range(1, 4):
+            result = self.console.query("virt", "domain", hosts=ask,
+                                        timeout=self.call_timeout)
+            ask = []
+            for res in result.results:
+                if res.reply is None:
+                    ask.append(res.host)
+                    continue
+                if not res.reply.ok:
+                    raise RemoteError(ErrorCode.FAILED, f"virt host {res.host} could not list "
+                                      f"its domains ({res.reply.error_code}); cannot rule out "
+                                      "a duplicate, so not placing")
+                for obj in (res.reply.result or {}).get("objects", []):
+                    if obj["name"] in wanted:
+                        found[obj["name"]] = res.host
+            if not ask:
+                return found
+            log.warning("virt hosts %s did not answer a domain list (attempt %d of 3)",
+                        ", ".join(ask), attempt)
+        raise RemoteError(ErrorCode.TIMEOUT, f"virt host {ask[0]} did not list its domains; "
+                          "cannot rule out a duplicate, so not placing")
 
     def _candidates(self, hosts: list[str]) -> list[Candidate]:
         if not hosts:

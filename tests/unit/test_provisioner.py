@@ -253,3 +253,27 @@ def test_the_provisioning_policy_decides_on_sender_and_request(fleet, tmp_path):
               (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert events == ["allowed", "completed", "denied", "failed", "denied", "failed",
                       "denied", "failed"]
+
+
+def test_a_domain_list_lost_on_the_way_is_asked_for_again(fleet):
+    """A request published while a quorum host queue elects a new leader can vanish
+    (requests are not confirmed); the duplicate check is a read and is asked again."""
+    prov, agents, _, received, _ = fleet
+    transport = prov.console.transport
+    publish = transport.publish
+    dropped = []
+
+    def lossy(exchange, routing_key, body, props, **kw):
+        if routing_key == "agent.kvm01" and b'"query"' in body and not dropped:
+            dropped.append(routing_key)  # lost in the broker
+            return None
+        return publish(exchange, routing_key, body, props, **kw)
+
+    transport.publish = lossy
+    prov.call_timeout = 0.5
+    msg = Settled(request(), "44444444-dddd")
+    prov.process(msg.delivery)
+    assert dropped == ["agent.kvm01"]
+    assert msg.outcome == "ack" and len(domains(agents)) == 2
+    [reply] = received()
+    assert reply["status"] == "ok"
