@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -152,18 +151,25 @@ def started(what: str, start: Callable[[], T]) -> T:
         raise  # not reached: fail_or_skip raises
 
 
-def steady_alerts(emit: Callable[[str, dict], None], count: int, *, every_s: float,
-                  mark_at: int) -> tuple[threading.Thread, threading.Event]:
-    """A thread that emits ``count`` numbered host.alert events at a steady rate, and an
-    event set once ``mark_at`` of them are out (when a test pulls the plug)."""
-    mark = threading.Event()
+def alerts_in_two_parts(emit: Callable[[str, dict], None], count: int, *,
+                        split_at: int) -> tuple[threading.Thread, threading.Event,
+                                                threading.Event]:
+    """A thread that emits ``count`` numbered host.alert events: the first ``split_at``,
+    then, once the test has pulled the plug and set ``go_on``, the rest. Returns the
+    thread, an event set when the first part is out, and ``go_on``."""
+    first_part_out, go_on = threading.Event(), threading.Event()
+
+    def emit_alert(n: int) -> None:
+        emit("alert", {"metric": "cpu_percent", "state": "raised", "value": float(n),
+                       "threshold": 90.0})
 
     def run() -> None:
-        for n in range(count):
-            emit("alert", {"metric": "cpu_percent", "state": "raised", "value": float(n),
-                           "threshold": 90.0})
-            if n == mark_at:
-                mark.set()
-            time.sleep(every_s)  # the steady rate is the workload
+        for n in range(split_at):
+            emit_alert(n)
+        first_part_out.set()
+        if not go_on.wait(300):
+            return  # the test failed before it let us go on; it reports why
+        for n in range(split_at, count):
+            emit_alert(n)
 
-    return threading.Thread(target=run, name="steady-alerts"), mark
+    return threading.Thread(target=run, name="numbered-alerts"), first_part_out, go_on

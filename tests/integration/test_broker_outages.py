@@ -16,7 +16,7 @@ import pytest
 from agents.runtime import AgentRuntime
 from console.client import Console
 from tests.fakes import EventCollector, make_host_agent
-from tests.rabbit_node import RabbitNode, started, steady_alerts
+from tests.rabbit_node import RabbitNode, alerts_in_two_parts, started
 
 # Starting RabbitMQ nodes of their own takes 10 s or more each (counted in the timeout).
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -32,12 +32,6 @@ def node(tmp_path_factory):
     made.admin.setup("hostbus")
     yield made
     made.stop()
-
-
-def restart(node: RabbitNode) -> None:
-    node.ctl("stop_app")
-    node.ctl("start_app")
-    node.ctl("await_startup")
 
 
 def host_id() -> str:
@@ -92,20 +86,25 @@ def test_events_published_across_a_broker_restart_all_arrive_once_in_order(node,
     runtime = AgentRuntime.serve(agent_url(node), host, [agent], heartbeat_interval=0)
     lost = threading.Event()
     runtime.transport.on_connection_lost(lambda exc: lost.set())
-    # About 250 events a second; the broker restarts after the 300th.
-    publisher, halfway = steady_alerts(agent.emit, 1000, every_s=0.004, mark_at=300)
+    # 300 events, then the broker stops; the other 700 are emitted while it is down.
+    publisher, first_part_out, go_on = alerts_in_two_parts(agent.emit, 1000, split_at=300)
     publisher.start()
     try:
-        assert halfway.wait(60)
-        restart(node)  # while the publisher keeps going
-        assert lost.is_set()  # the agent did lose its connection
+        assert first_part_out.wait(60)
+        node.ctl("stop_app")
+        assert lost.wait(60)  # the agent did lose its connection
+        go_on.set()
         publisher.join(120)
+        assert not publisher.is_alive()
+        node.ctl("start_app")
+        node.ctl("await_startup")
         events = seen.wait_until(lambda evs: len(evs) >= 1000, timeout=120)
         values = [e.data["value"] for e, _ in events]
         assert values == [float(n) for n in range(1000)]  # all, once each, in order
         status = runtime.outbox.status()
         assert status["dropped"] == 0 and status["rejected"] == 0
     finally:
+        go_on.set()
         publisher.join(120)
         runtime.stop("test over")
         console.close()
