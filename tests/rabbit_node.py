@@ -12,13 +12,17 @@ import socket
 import subprocess
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
 from hostbus.broker_admin import BrokerAdmin
 
 T = TypeVar("T")
+# AMQP 1.0 as broker_config/ ships it: the plugin, and no anonymous login.
+AMQP10_PLUGINS = ("rabbitmq_amqp1_0",)
+AMQP10_CONFIG = "amqp1_0.default_user = none\n"
 SBIN = Path("/usr/lib/rabbitmq/bin")  # Debian's; /usr/sbin's wrappers switch user
 
 
@@ -111,10 +115,9 @@ def start_cluster(folder: Path, size: int = 3) -> list[RabbitNode]:
     config = (data_dir("broker_config") / "cluster" / "rabbitmq-cluster.conf").read_text()
     for i, name in enumerate(names, 1):
         config = config.replace(f"rabbit@mq{i}", f"{name}@localhost")
-    # AMQP 1.0 too, as broker_config/enabled_plugins and rabbitmq.conf have it.
-    config += "\namqp1_0.default_user = none\n"
+    config += "\n" + AMQP10_CONFIG
     nodes = [RabbitNode(folder / f"n{i}", home=home, name=name, config=config,
-                        plugins=("rabbitmq_amqp1_0",))
+                        plugins=AMQP10_PLUGINS)
              for i, name in enumerate(names, 1)]
     started: list[RabbitNode] = []
     try:
@@ -137,6 +140,18 @@ def kill(node: RabbitNode) -> None:
     left alone."""
     with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError):
         os.kill(int((node.folder / "pid").read_text().strip()), signal.SIGKILL)
+
+
+@contextmanager
+def hostbus_node(folder: Path, what: str) -> Iterator[RabbitNode]:
+    """A node with AMQP 1.0 as shipped and the hostbus vhost set up; stopped after."""
+    node = RabbitNode(folder, plugins=AMQP10_PLUGINS, config=AMQP10_CONFIG)
+    started(what, node.start)
+    try:
+        node.admin.setup("hostbus")
+        yield node
+    finally:
+        node.stop()
 
 
 def started(what: str, start: Callable[[], T]) -> T:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import re
 import ssl
 import threading
@@ -41,8 +40,8 @@ from hostbus.transport.base import (
     Handler,
     Properties,
     Transport,
-    parse_url,
-    split_urls,
+    broker_urls,
+    reconnect_delay,
 )
 
 log = logging.getLogger(__name__)
@@ -199,11 +198,8 @@ class PikaTransport(Transport):
         the reconnect backoff) instead of failing fast: for daemons that may start
         before their broker. ``close()`` ends the wait."""
         super().__init__()
-        self.urls = [parse_url(u) for u in split_urls(url)]
+        self.urls = broker_urls(url)
         self.url = self.urls[0]
-        if len({(u.user, u.vhost) for u in self.urls}) > 1:
-            raise ConfigError("all broker URLs must have the same user and vhost (they are "
-                              "nodes of one cluster)")
         self.user = self.url.user
         self._first = 0  # where the next connection attempt starts in self.urls
         self.connected_to = ""
@@ -444,7 +440,7 @@ class PikaTransport(Transport):
                     self._start_error = err
                     self._ready.set()
                     return
-                delay = min(self._max_backoff, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)
+                delay = reconnect_delay(attempt, self._max_backoff)
                 attempt += 1
                 log.warning("%s %s failed (%s); next try in %.1fs",
                             "connecting to" if first else "reconnecting to", where, err, delay)
@@ -452,11 +448,7 @@ class PikaTransport(Transport):
                 continue
             if not first:
                 log.info("reconnected to %s; %d consumers restored", where, len(self._topology))
-                for restored in self._restored_callbacks:
-                    try:
-                        restored()
-                    except Exception:
-                        log.exception("connection-restored callback failed")
+                self._connection_restored()
             first, attempt = False, 0
             self._ready.set()
             try:
@@ -468,11 +460,7 @@ class PikaTransport(Transport):
                     self._fail_unconfirmed()
                     break
                 log.warning("lost the connection to %s: %r", where, exc)
-                for callback in self._lost_callbacks:
-                    try:
-                        callback(exc)
-                    except Exception:
-                        log.exception("connection-lost callback failed")
+                self._connection_lost(exc)
                 # After the callbacks: a sender learns of the loss first, then of each
                 # publish it had in flight (which it has already set aside).
                 self._fail_unconfirmed()

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -52,8 +51,8 @@ from hostbus.transport.base import (
     Handler,
     Properties,
     Transport,
-    parse_url,
-    split_urls,
+    broker_urls,
+    reconnect_delay,
 )
 
 log = logging.getLogger(__name__)
@@ -81,12 +80,17 @@ class _Incoming(IncomingMessageHandler):  # type: ignore[misc]
         except Exception as exc:  # a broken or hostile frame must not stop the I/O thread
             log.error("undecodable AMQP 1.0 message on %s (%s): rejected", dlv.link.name,
                       exc)
-            dlv.update(dlv.REJECTED)
-            dlv.settle()
-            dlv.link.flow(1)
+            _settle(dlv, dlv.link, dlv.REJECTED)
             return
         event.message = msg
         self.on_message(event)
+
+
+def _settle(dlv: Any, receiver: Any, outcome: Any) -> None:
+    """Settle an incoming delivery and give its link the credit back."""
+    dlv.update(outcome)
+    dlv.settle()
+    receiver.flow(1)
 
 
 def _confirm(callback: Confirm, ok: bool | None) -> None:
@@ -124,7 +128,7 @@ class ProtonTransport(Transport):
                  connect_timeout: float = 5.0, prefetch: int = 64, reconnect: bool = True,
                  max_backoff: float = 30.0, wait_first: bool = False, **_: Any) -> None:
         super().__init__()
-        self.urls = [parse_url(u) for u in split_urls(url)]
+        self.urls = broker_urls(url)
         self.url = self.urls[0]
         self.user = self.url.user
         self.addresses = RabbitMQv1()
@@ -315,7 +319,7 @@ class ProtonTransport(Transport):
         except TransportClosed:
             if confirm is None:
                 raise
-            confirm(None)
+            _confirm(confirm, None)
 
     def _attach(self, link: _Link, *, wait: bool) -> None:
         def attach() -> None:
@@ -391,22 +395,13 @@ class ProtonTransport(Transport):
             exchange, routing_key = self.addresses.route_of(msg.address, msg.subject)
         except Exception:  # whatever arrives, the I/O thread carries on
             log.exception("unreadable message on %s: rejected", link.source)
-            dlv.update(dlv.REJECTED)
-            dlv.settle()
-            receiver.flow(1)
+            _settle(dlv, receiver, dlv.REJECTED)
             return
         delivery = Delivery(body, props, exchange, routing_key, redelivered=False)
         if link.ack == "handler":
             def settle(ok: bool, requeue: bool = False) -> None:
-                def task() -> None:
-                    if ok:
-                        dlv.update(dlv.ACCEPTED)
-                    else:
-                        dlv.update(dlv.RELEASED if requeue else dlv.REJECTED)
-                    dlv.settle()
-                    receiver.flow(1)
-
-                self._submit(task)
+                outcome = dlv.ACCEPTED if ok else dlv.RELEASED if requeue else dlv.REJECTED
+                self._submit(lambda: _settle(dlv, receiver, outcome))
 
             delivery.ack = lambda: settle(True)
             delivery.nack = lambda requeue=False: settle(False, requeue)
@@ -415,9 +410,7 @@ class ProtonTransport(Transport):
         except Exception:
             log.exception("message handler for %s failed", link.source)
         if link.ack != "handler":
-            dlv.update(dlv.ACCEPTED)
-            dlv.settle()
-            receiver.flow(1)
+            _settle(dlv, receiver, dlv.ACCEPTED)
 
     def _refused(self, link: Any, condition: Condition | None) -> None:
         address = link.target.address if link.is_sender else link.source.address
@@ -468,11 +461,7 @@ class _Events(MessagingHandler):  # type: ignore[misc]
                 t._attach(link, wait=False)
             log.info("reconnected to %s; %d consumers restored", url.redacted(),
                      len(t._links))
-            for callback in t._restored_callbacks:
-                try:
-                    callback()
-                except Exception:
-                    log.exception("connection-restored callback failed")
+            t._connection_restored()
         t._ready.set()
 
     def on_disconnected(self, event: Any) -> None:
@@ -570,11 +559,7 @@ class _Events(MessagingHandler):  # type: ignore[misc]
             t._connected = False
             log.warning("lost the AMQP 1.0 connection: %s", err)
             t._senders.clear()
-            for callback in t._lost_callbacks:
-                try:
-                    callback(err)
-                except Exception:
-                    log.exception("connection-lost callback failed")
+            t._connection_lost(err)
         # After the lost callbacks, as in amqp091; and after a failed attempt too, for
         # anything sent on a connection that never opened.
         pending, t._unsettled = t._unsettled, {}
@@ -583,8 +568,7 @@ class _Events(MessagingHandler):  # type: ignore[misc]
         if not t._reconnect or t._retry_scheduled:
             return
         t._retry_scheduled, t._tried = True, 0
-        # Capped exponential backoff with jitter, as the 0-9-1 transport does.
-        delay = min(t._max_backoff, 0.5 * 2 ** t._attempt) * (0.5 + os.urandom(1)[0] / 510)
+        delay = reconnect_delay(t._attempt, t._max_backoff)
         t._attempt += 1
         if lost:
             log.warning("reconnecting to %s in %.1fs", t.urls[t._current].redacted(), delay)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,29 @@ class Properties:
     timestamp: int | None = None  # seconds since the epoch (AMQP 0-9-1 precision)
     expiration: str | None = None  # TTL in milliseconds, as a decimal string
     headers: dict[str, Any] = field(default_factory=dict)
+
+
+def _run_all(callbacks: list[Callable[..., None]], what: str, *args: Any) -> None:
+    for callback in callbacks:
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("%s callback failed", what)
+
+
+def reconnect_delay(attempt: int, max_backoff: float) -> float:
+    """Capped exponential backoff with jitter: 0.5 s, 1 s, 2 s ... up to ``max_backoff``,
+    each scaled by a random 0.5 to 1.0 so that a fleet does not retry in step."""
+    return min(max_backoff, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.0)
+
+
+def broker_urls(url: str) -> list[BrokerURL]:
+    """The URLs of a comma-separated list: the nodes of one cluster, tried in turn."""
+    urls = [parse_url(u) for u in split_urls(url)]
+    if len({(u.user, u.vhost) for u in urls}) > 1:
+        raise ConfigError("all broker URLs must have the same user and vhost (they are "
+                          "nodes of one cluster)")
+    return urls
 
 
 def _settled(requeue: bool = False) -> None:
@@ -146,13 +170,17 @@ class Transport(abc.ABC):
         #: The last refusal: (where, the broker's words).
         self.last_refusal: tuple[str, str] | None = None
 
+    # What the backends call on their I/O thread; one failing callback must not stop
+    # the others, nor the I/O thread.
+    def _connection_lost(self, exc: Exception) -> None:
+        _run_all(self._lost_callbacks, "connection-lost", exc)
+
+    def _connection_restored(self) -> None:
+        _run_all(self._restored_callbacks, "connection-restored")
+
     def _broker_refused(self, exchange: str, where: str, reason: str) -> None:
         self.last_refusal = (where, reason)
-        for callback in self._refused_callbacks:
-            try:
-                callback(exchange, reason)
-            except Exception:
-                log.exception("refusal callback failed")
+        _run_all(self._refused_callbacks, "refusal", exchange, reason)
 
     def __enter__(self) -> Transport:
         self.start()

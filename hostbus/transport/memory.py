@@ -165,13 +165,11 @@ class MemoryTransport(Transport):
         with a real broker."""
         self.offline = True
         err = ConnectionError("memory broker: connection lost (simulated)")
-        for callback in self._lost_callbacks:
-            self._work.put(lambda cb=callback: cb(err))  # type: ignore[misc]
+        self._work.put(lambda: self._connection_lost(err))
 
     def restore_connection(self) -> None:
         self.offline = False
-        for callback in self._restored_callbacks:
-            self._work.put(callback)
+        self._work.put(self._connection_restored)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="hostbus-memory-io", daemon=True)

@@ -16,19 +16,16 @@ from console.client import Console
 from hostbus.errors import BrokerRefused, ConnectionFailed
 from hostbus.transport.base import Properties, connect
 from tests.fakes import EventCollector, make_host_agent
-from tests.rabbit_node import RabbitNode, started
+from tests.rabbit_node import RabbitNode, hostbus_node, started
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
-    made = RabbitNode(tmp_path_factory.mktemp("amqp10") / "node",
-                      plugins=("rabbitmq_amqp1_0",), config="amqp1_0.default_user = none")
-    started("a RabbitMQ node with the AMQP 1.0 plugin", made.start)
-    made.admin.setup("hostbus")
-    yield made
-    made.stop()
+    with hostbus_node(tmp_path_factory.mktemp("amqp10") / "node",
+                      "a RabbitMQ node with the AMQP 1.0 plugin") as made:
+        yield made
 
 
 def url10(node: RabbitNode, user: str = "guest", password: str = "guest") -> str:

@@ -16,7 +16,7 @@ import pytest
 from agents.runtime import AgentRuntime
 from console.client import Console
 from tests.fakes import EventCollector, make_host_agent
-from tests.rabbit_node import RabbitNode, alerts_in_two_parts, started
+from tests.rabbit_node import alerts_in_two_parts, hostbus_node
 
 # Starting RabbitMQ nodes of their own takes 10 s or more each (counted in the timeout).
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -26,12 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
-    made = RabbitNode(tmp_path_factory.mktemp("outage") / "node",
-                      plugins=("rabbitmq_amqp1_0",), config="amqp1_0.default_user = none")
-    started("a RabbitMQ node", made.start)
-    made.admin.setup("hostbus")
-    yield made
-    made.stop()
+    with hostbus_node(tmp_path_factory.mktemp("outage") / "node", "a RabbitMQ node") as made:
+        yield made
 
 
 def host_id() -> str:

@@ -16,7 +16,7 @@ import pytest
 from console.client import Console
 from hostbus.errors import ConnectionFailed
 from tests.fakes import EventCollector
-from tests.rabbit_node import RabbitNode, free_port, started
+from tests.rabbit_node import AMQP10_CONFIG, AMQP10_PLUGINS, RabbitNode, free_port, started
 
 # Starting RabbitMQ nodes of their own takes 10 s or more each (counted in the timeout).
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -37,8 +37,7 @@ def tls_broker(tmp_path_factory):
     assert made.returncode == 0, made.stderr
     port = free_port()
     node = RabbitNode(folder / "node", plugins=("rabbitmq_auth_mechanism_ssl",
-                                                "rabbitmq_amqp1_0"), config=f"""
-amqp1_0.default_user = none
+                                                *AMQP10_PLUGINS), config=AMQP10_CONFIG + f"""
 listeners.ssl.default = {port}
 ssl_options.cacertfile = {tls}/ca.pem
 ssl_options.certfile = {tls}/broker.pem
