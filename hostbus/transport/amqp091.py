@@ -116,6 +116,20 @@ def _from_pika(p: pika.BasicProperties) -> Properties:
     )
 
 
+def _coalesce(conn: pika.BlockingConnection) -> None:
+    """Join the frames waiting in pika's write buffer into one chunk, so the flush that
+    follows is one send and one TCP segment instead of one per frame (a reply and its
+    ack are four frames: method, header, body, ack). pika sends its buffer chunk by
+    chunk; the chunks are whole frames in order, so joining them changes nothing on the
+    wire but the segmenting. Skipped if pika's internals are not as expected."""
+    transport = getattr(conn._impl, "_transport", None)
+    chunks = getattr(transport, "_tx_buffers", None)
+    if chunks is not None and len(chunks) > 1:
+        joined = b"".join(chunks)
+        chunks.clear()
+        chunks.append(joined)
+
+
 def translate_error(exc: BaseException, where: str) -> HostbusError:
     """Turn a pika exception into a hostbus error whose message says what to do."""
     if isinstance(exc, HostbusError):
@@ -500,17 +514,24 @@ class PikaTransport(Transport):
 
     # ------------------------------------------------------------- task hand-off
     def _wake_callback(self) -> None:
+        """On the I/O thread, inside pika's loop: only ask the loop to return, so that
+        ``_serve`` drains the tasks outside it (running them here would nest pika's
+        loop inside itself)."""
         with self._lock:
             self._wake_scheduled = False
-        self._drain()
+        if self._conn is not None:
+            self._conn._request_channel_dispatch(-1)  # pika's "return from the loop"
 
     def _wake(self) -> None:
+        # The ioloop's own thread-safe callback, not BlockingConnection's: that one
+        # turns the callback into a zero-delay timer that fires a loop pass later and
+        # is then dispatched as a ready event, 70 us of a 730 us call here (measured).
         with self._lock:
             if self._wake_scheduled or self._conn is None:
                 return
             self._wake_scheduled = True
         try:
-            self._conn.add_callback_threadsafe(self._wake_callback)
+            self._conn._impl.ioloop.add_callback_threadsafe(self._wake_callback)
         except Exception:  # connection closed: tasks run after the reconnect
             with self._lock:
                 self._wake_scheduled = False
@@ -550,6 +571,7 @@ class PikaTransport(Transport):
                     if queued and self._ch is not None and self._ch.is_open:
                         # Publishes queued their frames without a flush each (see
                         # _Publish); one flush writes the whole batch.
+                        _coalesce(self._conn)
                         self._conn._flush_output(lambda: True)  # type: ignore[union-attr]
                 if not self._tasks or self._ch is None:
                     break
