@@ -77,6 +77,9 @@ def setup_logging(level: str) -> None:
     # several ERRORs with tracebacks; the transport reports each in one line of its own
     # ("lost the connection to ...", "reconnected to ..."), so only pika's worst shows.
     logging.getLogger("pika").setLevel(logging.CRITICAL)
+    # proton says "Connecting to ..." and "Connected to ..." at INFO on every
+    # (re)connect, which the transport already reports in its own words.
+    logging.getLogger("proton").setLevel(logging.WARNING)
 
 
 def build_runtime(cfg: dict[str, Any], transport: Any,
