@@ -5,7 +5,11 @@
   exchange, manual acks, replies through a direct exchange (what hostbus asks of the
   broker, without hostbus);
 - hostbus: Console.call -> AgentRuntime (envelope, schema validation, policy hook,
-  worker thread) -> reply, for the built-in agent's `ping`.
+  dispatch) -> reply, for the built-in agent's `ping`; also signed both ways, and with a
+  quorum host queue.
+
+All sides are open at once and take turns of ``BLOCK`` calls, so the ratios compare
+calls made in the same seconds.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pika
@@ -26,62 +31,79 @@ from hostbus.signing import Signer, Verifier, generate, read_public_key
 from hostbus.transport.base import parse_url
 
 
-def raw_round_trips(url: str, n: int, *, hostbus_topology: bool = False) -> list[float]:
-    ready, stop = threading.Event(), threading.Event()
-    server_queue = "bench.raw.server"
-    host = f"raw{uuid.uuid4().hex[:6]}"
+class _RawSide:
+    """A raw pika echo server thread and a raw pika client: ``one()`` is one round trip
+    in milliseconds. ``hostbus_topology``: a durable queue behind the topic exchange,
+    manual acks, replies through a direct exchange (what hostbus asks of the broker);
+    otherwise the default exchange (the floor)."""
 
-    def server() -> None:
-        conn = pika.BlockingConnection(pika.URLParameters(url))
-        ch = conn.channel()
+    def __init__(self, url: str, *, hostbus_topology: bool = False) -> None:
+        self.url, self.hostbus_topology = url, hostbus_topology
+        self._ready, self._stop = threading.Event(), threading.Event()
+        self._server_queue = f"bench.raw.{uuid.uuid4().hex[:8]}"
+        self._host = f"raw{uuid.uuid4().hex[:6]}"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the raw pika echo server did not start")
+        self._conn = pika.BlockingConnection(pika.URLParameters(url))
+        ch = self._ch = self._conn.channel()
+        self._reply_q = f"hostbus.reply.{uuid.uuid4().hex}"
+        ch.queue_declare(self._reply_q, exclusive=True)
         if hostbus_topology:
+            ch.queue_bind(self._reply_q, "hostbus.reply", routing_key=self._reply_q)
+        self._box: list[bytes] = []
+        ch.basic_consume(self._reply_q, lambda c, m, p, b: self._box.append(b), auto_ack=True)
+        self._target = (("hostbus.request", f"agent.{self._host}") if hostbus_topology
+                        else ("", self._server_queue))
+        self._payload = json.dumps({"v": 1, "method": "ping"}).encode()
+
+    def _serve(self) -> None:
+        conn = pika.BlockingConnection(pika.URLParameters(self.url))
+        ch = conn.channel()
+        if self.hostbus_topology:
             ch.basic_qos(prefetch_count=64)
-            queue = f"hostbus.host.{host}"
+            queue = f"hostbus.host.{self._host}"
             ch.queue_declare(queue, durable=True, auto_delete=True)
-            ch.queue_bind(queue, "hostbus.request", routing_key=f"agent.{host}")
+            ch.queue_bind(queue, "hostbus.request", routing_key=f"agent.{self._host}")
         else:
-            queue = ch.queue_declare(server_queue, exclusive=True).method.queue
+            queue = ch.queue_declare(self._server_queue, exclusive=True).method.queue
 
         def on_request(channel: Any, method: Any, props: Any, body: bytes) -> None:
-            exchange = "hostbus.reply" if hostbus_topology else ""
+            exchange = "hostbus.reply" if self.hostbus_topology else ""
             channel.basic_publish(exchange, props.reply_to, body,
                                   pika.BasicProperties(correlation_id=props.correlation_id))
-            if hostbus_topology:
+            if self.hostbus_topology:
                 channel.basic_ack(method.delivery_tag)
 
-        ch.basic_consume(queue, on_request, auto_ack=not hostbus_topology)
-        ready.set()
-        while not stop.is_set():
+        ch.basic_consume(queue, on_request, auto_ack=not self.hostbus_topology)
+        self._ready.set()
+        while not self._stop.is_set():
             conn.process_data_events(time_limit=0.2)
         conn.close()
 
-    thread = threading.Thread(target=server, daemon=True)
-    thread.start()
-    ready.wait(10)
-    conn = pika.BlockingConnection(pika.URLParameters(url))
-    ch = conn.channel()
-    reply_q = f"hostbus.reply.{uuid.uuid4().hex}"
-    ch.queue_declare(reply_q, exclusive=True)
-    if hostbus_topology:
-        ch.queue_bind(reply_q, "hostbus.reply", routing_key=reply_q)
-    box: list[bytes] = []
-    ch.basic_consume(reply_q, lambda c, m, p, b: box.append(b), auto_ack=True)
-    exchange, key = ("hostbus.request", f"agent.{host}") if hostbus_topology else \
-        ("", server_queue)
-    payload = json.dumps({"v": 1, "method": "ping"}).encode()
-    samples = []
-    for _ in range(n):
-        box.clear()
+    def one(self) -> float:
+        self._box.clear()
         started = time.perf_counter()
-        ch.basic_publish(exchange, key, payload,
-                         pika.BasicProperties(reply_to=reply_q, correlation_id="x"))
-        while not box:
-            conn.process_data_events(time_limit=None)
-        samples.append((time.perf_counter() - started) * 1000)
-    conn.close()
-    stop.set()
-    thread.join(5)
-    return samples
+        self._ch.basic_publish(*self._target, self._payload,
+                               pika.BasicProperties(reply_to=self._reply_q,
+                                                    correlation_id="x"))
+        while not self._box:
+            self._conn.process_data_events(time_limit=None)
+        return (time.perf_counter() - started) * 1000
+
+    def close(self) -> None:
+        self._conn.close()
+        self._stop.set()
+        self._thread.join(5)
+
+
+def raw_round_trips(url: str, n: int, *, hostbus_topology: bool = False) -> list[float]:
+    side = _RawSide(url, hostbus_topology=hostbus_topology)
+    try:
+        return [side.one() for _ in range(n)]
+    finally:
+        side.close()
 
 
 class _ReplyKeys:
@@ -96,54 +118,88 @@ class _ReplyKeys:
         return self.host
 
 
+class _HostbusSide:
+    """``Console.call("agent", "ping")`` to an ``AgentRuntime`` on its own connection:
+    ``one()`` is one round trip in milliseconds."""
+
+    def __init__(self, bench: Bench, *, signed: bool = False, queue_type: str = "classic",
+                 url: str | None = None) -> None:
+        url = url or bench.url
+        self.host = f"bench{uuid.uuid4().hex[:6]}"
+        bench.admin.enroll_host(bench.vhost, self.host, [], queue_type=queue_type)
+        verifier = signer = agent_keys = None
+        if signed:
+            # Ed25519 both ways, as a locked-down fleet runs: the console signs the
+            # request and the agent verifies it; the agent signs the reply and the console
+            # verifies it. Both ends run under one broker user here, so one key pair
+            # serves both.
+            with tempfile.TemporaryDirectory() as folder:
+                user = parse_url(url).user
+                key_path, pub_path = generate(user, folder)
+                signer = Signer.load(key_path)
+                verifier = Verifier(dict([read_public_key(pub_path)]))
+                agent_keys = _ReplyKeys(verifier, self.host)
+        self._runtime = AgentRuntime.serve(url, self.host, [], heartbeat_interval=0,
+                                           verifier=verifier, signer=signer)
+        try:
+            self._console = Console.connect(url, signer=signer,
+                                            agent_keys=agent_keys)  # type: ignore[arg-type]
+        except Exception:
+            self._runtime.stop("benchmark failed")
+            raise
+
+    def one(self) -> float:
+        started = time.perf_counter()
+        res = self._console.call("agent", "ping", {}, host=self.host, timeout=5)
+        elapsed = (time.perf_counter() - started) * 1000
+        if res.status != "ok":
+            raise RuntimeError(f"benchmark call failed: {res.to_dict()}")
+        return elapsed
+
+    def close(self) -> None:
+        self._console.close()
+        self._runtime.stop("benchmark over")
+
+
 def hostbus_round_trips(bench: Bench, n: int, *, signed: bool = False,
                         queue_type: str = "classic", url: str | None = None) -> list[float]:
-    url = url or bench.url
-    host = f"bench{uuid.uuid4().hex[:6]}"
-    bench.admin.enroll_host(bench.vhost, host, [], queue_type=queue_type)
-    verifier = signer = agent_keys = None
-    if signed:
-        # Ed25519 both ways, as a locked-down fleet runs: the console signs the request
-        # and the agent verifies it; the agent signs the reply and the console verifies
-        # it. Both ends run under one broker user here, so one key pair serves both.
-        with tempfile.TemporaryDirectory() as folder:
-            user = parse_url(url).user
-            key_path, pub_path = generate(user, folder)
-            signer = Signer.load(key_path)
-            verifier = Verifier(dict([read_public_key(pub_path)]))
-            agent_keys = _ReplyKeys(verifier, host)
-    runtime = AgentRuntime.serve(url, host, [], heartbeat_interval=0, verifier=verifier,
-                                 signer=signer)
-    console = Console.connect(url, signer=signer,
-                              agent_keys=agent_keys)  # type: ignore[arg-type]
-    samples = []
+    side = _HostbusSide(bench, signed=signed, queue_type=queue_type, url=url)
     try:
-        for _ in range(n):
-            started = time.perf_counter()
-            res = console.call("agent", "ping", {}, host=host, timeout=5)
-            samples.append((time.perf_counter() - started) * 1000)
-            if res.status != "ok":
-                raise RuntimeError(f"benchmark call failed: {res.to_dict()}")
+        return [side.one() for _ in range(n)]
     finally:
-        console.close()
-        runtime.stop("benchmark over")
-    return samples
+        side.close()
+
+
+# Every side runs in turns of this many calls, so that a change in the machine's speed
+# during the run (this VM varies by up to 2x) falls on all sides alike.
+BLOCK = 100
 
 
 def run(bench: Bench, n: int) -> dict[str, Any]:
-    warm = max(50, n // 20)
-    out: dict[str, Any] = {}
-    samples: dict[str, list[float]] = {}
-    for label, fn in (("raw_pika", lambda k: raw_round_trips(bench.url, k)),
-                      ("raw_pika_hostbus_topology",
-                       lambda k: raw_round_trips(bench.url, k, hostbus_topology=True)),
-                      ("hostbus", lambda k: hostbus_round_trips(bench, k)),
-                      ("hostbus_signed", lambda k: hostbus_round_trips(bench, k, signed=True)),
-                      ("hostbus_quorum", lambda k: hostbus_round_trips(
-                          bench, k, queue_type="quorum"))):
-        fn(warm)
-        samples[label] = fn(n)
-        out[label] = summary(samples[label])
+    makers: dict[str, Callable[[], Any]] = {
+        "raw_pika": lambda: _RawSide(bench.url),
+        "raw_pika_hostbus_topology": lambda: _RawSide(bench.url, hostbus_topology=True),
+        "hostbus": lambda: _HostbusSide(bench),
+        "hostbus_signed": lambda: _HostbusSide(bench, signed=True),
+        "hostbus_quorum": lambda: _HostbusSide(bench, queue_type="quorum"),
+    }
+    sides: dict[str, Any] = {}
+    samples: dict[str, list[float]] = {label: [] for label in makers}
+    try:
+        for label, make in makers.items():
+            sides[label] = make()
+            for _ in range(max(50, n // 20)):  # warm-up
+                sides[label].one()
+        done = 0
+        while done < n:
+            turn = min(BLOCK, n - done)
+            for label, side in sides.items():
+                samples[label].extend(side.one() for _ in range(turn))
+            done += turn
+    finally:
+        for side in sides.values():
+            side.close()
+    out: dict[str, Any] = {label: summary(values) for label, values in samples.items()}
     out["samples"] = {k: [round(x, 4) for x in v] for k, v in samples.items()}
     out["ratio_p50"] = round(out["hostbus"]["p50"] / out["raw_pika"]["p50"], 2)
     out["ratio_p99"] = round(out["hostbus"]["p99"] / out["raw_pika"]["p99"], 2)
