@@ -14,7 +14,7 @@ arrives as a session or link error carrying the broker's words; it is logged, ke
 Mixed fleets (docs/amqp10-interop.md): RabbitMQ 3.10 drops ``type`` and headers
 between the protocols, so the envelope does not depend on them (the signature is a
 content_type parameter). It passes a 0-9-1 ``user_id`` on as a string where AMQP 1.0
-wants binary, which proton's decoder discards; ``_Incoming`` recovers it with
+wants binary, which proton's decoder discards; ``_Deliveries`` recovers it with
 ``amqp10_messages.text_user_id``, where messages are converted both ways.
 
 A lost connection is reported (lost callbacks, unconfirmed publishes as None) and
@@ -38,7 +38,12 @@ from proton import (
     Message,
     SSLDomain,
 )
-from proton.handlers import IncomingMessageHandler, MessagingHandler
+from proton import Handler as ProtonHandler
+from proton.handlers import (
+    IncomingMessageHandler,
+    MessagingHandler,
+    OutgoingMessageHandler,
+)
 from proton.reactor import ApplicationEvent, Container, EventInjector
 
 from hostbus import names
@@ -59,17 +64,36 @@ log = logging.getLogger(__name__)
 Task = Callable[[], Any]
 
 
-class _Incoming(IncomingMessageHandler):  # type: ignore[misc]
-    """proton's receive path, plus the user_id it would drop (see amqp10_messages.text_user_id)."""
+class _Deliveries(ProtonHandler):  # type: ignore[misc]
+    """Both directions of proton's delivery events in one handler, in place of
+    MessagingHandler's incoming and outgoing helpers: one ``.link`` lookup each (every
+    lookup builds a new wrapper and runs an import), and no second dispatch per
+    message. Incoming: decoded here, plus the user_id proton would drop (see
+    amqp10_messages.text_user_id). Outgoing: the broker's outcome, then settled."""
+
+    def __init__(self, events: _Events) -> None:
+        self.events = events
 
     def on_delivery(self, event: Any) -> None:
         dlv = event.delivery
-        if not (dlv.link.is_receiver and dlv.readable and not dlv.partial
-                and not dlv.aborted) or dlv.link.state & Endpoint.LOCAL_CLOSED:
-            super().on_delivery(event)
+        link = dlv.link
+        if link.is_sender:
+            if dlv.updated:
+                self.events.outcome(dlv, dlv.remote_state)
+                if dlv.settled:
+                    dlv.settle()
             return
-        raw = dlv.link.recv(dlv.pending)
-        dlv.link.advance()
+        if dlv.aborted:
+            dlv.settle()
+            return
+        if not dlv.readable or dlv.partial:
+            return
+        raw = link.recv(dlv.pending)
+        link.advance()
+        if link.state & Endpoint.LOCAL_CLOSED:  # a consumer being closed: back it goes
+            dlv.update(dlv.RELEASED)
+            dlv.settle()
+            return
         msg = Message()
         try:
             msg.decode(raw)
@@ -78,12 +102,10 @@ class _Incoming(IncomingMessageHandler):  # type: ignore[misc]
                 if user:
                     msg.user_id = user.encode()
         except Exception as exc:  # a broken or hostile frame must not stop the I/O thread
-            log.error("undecodable AMQP 1.0 message on %s (%s): rejected", dlv.link.name,
-                      exc)
-            _settle(dlv, dlv.link, dlv.REJECTED)
+            log.error("undecodable AMQP 1.0 message on %s (%s): rejected", link.name, exc)
+            _settle(dlv, link, dlv.REJECTED)
             return
-        event.message = msg
-        self.on_message(event)
+        self.events.received(link, dlv, msg)
 
 
 def _settle(dlv: Any, receiver: Any, outcome: Any) -> None:
@@ -386,11 +408,8 @@ class ProtonTransport(Transport):
             self._submit(lambda: None, wait=True, timeout=timeout)
 
     # -------------------------------------------------- events (I/O thread)
-    def _deliver(self, link: _Link, event: Any) -> None:
-        dlv = event.delivery
-        receiver = event.receiver
+    def _deliver(self, link: _Link, receiver: Any, dlv: Any, msg: Message) -> None:
         try:
-            msg = event.message
             body, props = from_message(msg)
             exchange, routing_key = self.addresses.route_of(msg.address, msg.subject)
         except Exception:  # whatever arrives, the I/O thread carries on
@@ -436,8 +455,8 @@ class _Events(MessagingHandler):  # type: ignore[misc]
 
     def __init__(self, transport: ProtonTransport) -> None:
         super().__init__(prefetch=0, auto_accept=False, auto_settle=True)
-        self.handlers = [_Incoming(False, h.delegate) if isinstance(h, IncomingMessageHandler)
-                         else h for h in self.handlers]
+        self.handlers = [h for h in self.handlers if not isinstance(
+            h, IncomingMessageHandler | OutgoingMessageHandler)] + [_Deliveries(self)]
         self.t = transport
 
     def on_start(self, event: Any) -> None:
@@ -481,28 +500,32 @@ class _Events(MessagingHandler):  # type: ignore[misc]
             if link.name == event.link.name and not link.opened.done():
                 link.opened.set_result(None)
 
-    def on_message(self, event: Any) -> None:
+    def received(self, receiver: Any, dlv: Any, msg: Message) -> None:
+        """From ``_Deliveries``: a decoded message for one of our consumers."""
+        name = receiver.name
         for link in self.t._links:
-            if link.name == event.receiver.name:
-                self.t._deliver(link, event)
+            if link.name == name:
+                self.t._deliver(link, receiver, dlv, msg)
                 return
+        _settle(dlv, receiver, dlv.RELEASED)  # a consumer we no longer keep
 
-    def on_accepted(self, event: Any) -> None:
-        pending = self.t._unsettled.pop(event.delivery.tag, None)
-        if pending is not None:
-            _confirm(pending[1], True)
-
-    def on_rejected(self, event: Any) -> None:
-        pending = self.t._unsettled.pop(event.delivery.tag, None)
-        if pending is not None:
-            log.error("the broker rejected a message: %s",
-                      _describe(event.delivery.remote.condition))
-            _confirm(pending[1], False)
-
-    def on_released(self, event: Any) -> None:
-        pending = self.t._unsettled.pop(event.delivery.tag, None)
-        if pending is not None:
-            _confirm(pending[1], None)
+    def outcome(self, dlv: Any, state: Any) -> None:
+        """The broker's word on one of our publishes: accepted (True), rejected
+        (False, with its reason logged), released or modified (None: unknown)."""
+        if state == dlv.ACCEPTED:
+            ok: bool | None = True
+        elif state == dlv.REJECTED:
+            ok = False
+        elif state in (dlv.RELEASED, dlv.MODIFIED):
+            ok = None
+        else:  # not a final outcome: keep waiting for one
+            return
+        pending = self.t._unsettled.pop(dlv.tag, None)
+        if pending is None:
+            return
+        if ok is False:
+            log.error("the broker rejected a message: %s", _describe(dlv.remote.condition))
+        _confirm(pending[1], ok)
 
     def on_link_error(self, event: Any) -> None:
         self.t._refused(event.link, event.link.remote_condition)
