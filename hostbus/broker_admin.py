@@ -140,6 +140,13 @@ class BrokerAdmin:
     def vhost_exists(self, vhost: str) -> bool:
         return self._exists("GET", f"/api/vhosts/{self._q(vhost)}")
 
+    def connections(self, vhost: str) -> list[dict[str, Any]]:
+        """The clients connected to ``vhost``, as the management plugin lists them
+        (``user``, ``protocol``, ``name`` ...). An AMQP 1.0 client is listed once per
+        session."""
+        found = self._call("GET", f"/api/vhosts/{self._q(vhost)}/connections")
+        return list(found or [])
+
     # -- topology --
     def setup(self, vhost: str) -> dict[str, int]:
         """Create the vhost and import the hostbus topology. Idempotent."""

@@ -2,7 +2,8 @@
 broker's address scheme, so another broker is a new mapping, not a rewrite.
 
 RabbitMQ 3.x ("v1" addresses, what this machine runs and what is tested):
-  send to exchange X with routing key K     /exchange/X/K
+  send to exchange X with routing key K     /exchange/X/K, or /exchange/X with the
+                                            key as the message's subject
   consume existing queue Q                  /amq/queue/Q
   a private queue bound to X with pattern P /exchange/X/P   (as a source)
   reply_to as a 0-9-1 peer sees it          /queue/Q  <->  Q
@@ -23,6 +24,11 @@ class RabbitMQv1:
 
     def send_to(self, exchange: str, routing_key: str) -> str:
         return f"/exchange/{quote(exchange, safe='.-_')}/{quote(routing_key, safe='.-_#*')}"
+
+    def send_to_exchange(self, exchange: str) -> str:
+        """A sender for any routing key of ``exchange``: the broker routes each message
+        by its subject."""
+        return f"/exchange/{quote(exchange, safe='.-_')}"
 
     def queue(self, queue: str) -> str:
         return f"/amq/queue/{quote(queue, safe='.-_')}"

@@ -8,6 +8,8 @@ transports through the parametrized ``rabbitmq`` fixture."""
 from __future__ import annotations
 
 import queue
+import time
+from typing import Any
 
 import pytest
 
@@ -153,7 +155,7 @@ def test_a_publish_to_a_missing_exchange_is_refused_with_the_reason(node):
         transport.publish("no.such.exchange", "x", b"{}", Properties(), confirm=outcome.put)
         assert outcome.get(timeout=10) is False  # bounded: not a timeout
         address, reason = transport.last_refusal
-        assert address == "/exchange/no.such.exchange/x" and "NOT_FOUND" in reason
+        assert address == "/exchange/no.such.exchange" and "NOT_FOUND" in reason
     finally:
         transport.close()
 
@@ -216,3 +218,36 @@ def test_a_broker_without_amqp10_is_named_as_such(tmp_path):
             transport.start()
     finally:
         plain.stop()
+
+
+def test_an_agent_answering_many_consoles_over_amqp10_keeps_few_sessions(node):
+    """Each console has a reply queue of its own. An agent that opened a sender (and a
+    session) per reply queue kept every one of them open: a new one for every CLI
+    call, for as long as the agent ran. The broker lists an AMQP 1.0 client once per
+    session."""
+    node.admin.enroll_host("hostbus", "many0", ["host"])
+    password = node.admin.create_identity("hostbus", "agent", "many0")
+    agent, _, _ = make_host_agent("many0")
+    runtime = AgentRuntime.serve(url10(node, "many0", password), "many0", [agent],
+                                 heartbeat_interval=0)
+    try:
+        for _ in range(12):
+            console = Console.connect(url10(node))  # as each `hostbus call` does
+            try:
+                assert console.call("agent", "ping", host="many0", timeout=10).status == "ok"
+            finally:
+                console.close()
+        # The management plugin lists connections as its statistics tick comes (every
+        # few seconds): wait for the agent's to show, then count them.
+        deadline = time.monotonic() + 30
+        sessions: list[dict[str, Any]] = []
+        while not sessions and time.monotonic() < deadline:
+            sessions = [c for c in node.admin.connections("hostbus")
+                        if c.get("user") == "many0"]
+            if not sessions:
+                time.sleep(0.25)  # the listing changes on the tick only: nothing to await
+        # the host queue's consumer, the reply sender, the event sender for `online`
+        assert 1 <= len(sessions) <= 4, [c.get("name") for c in sessions]
+    finally:
+        runtime.stop("test over")
+        node.admin.revoke("many0")

@@ -48,6 +48,7 @@ def test_amqp10_urls_choose_the_proton_transport_and_take_the_same_options(files
     assert isinstance(connect("amqp10://u:p@broker:5672/hostbus"), ProtonTransport)
     v1 = RabbitMQv1()
     assert v1.send_to("hostbus.request", "host.web01") == "/exchange/hostbus.request/host.web01"
+    assert v1.send_to_exchange("hostbus.request") == "/exchange/hostbus.request"
     assert v1.queue("hostbus.host.web01") == "/amq/queue/hostbus.host.web01"
     assert v1.route_of("/exchange/hostbus.event/host.web01.alert", None) == \
         ("hostbus.event", "host.web01.alert")
