@@ -534,8 +534,10 @@ def watch(state: State, patterns: tuple[str, ...], count: int, duration: float,
     except HostbusError as exc:
         fail(str(exc), EXIT_CONNECT)
     if not as_json:
-        click.echo(f"watching {' '.join(patterns) or '#'} on {queue_name} "
-                   "(Ctrl-C to stop)", err=True)
+        where = (f"on durable queue {queue_name}" if name is not None else
+                 "(a private queue, gone when this stops)")
+        click.echo(f"watching {' '.join(patterns) or '#'} {where} (Ctrl-C to stop)",
+                   err=True)
     signal.signal(signal.SIGINT, lambda *_: done.set())
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     started = time.monotonic()

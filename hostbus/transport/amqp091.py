@@ -65,6 +65,14 @@ class _TopologyItem:
     exclusive: bool = False
     durable: bool = False
     bindings: tuple[tuple[str, str], ...] = ()  # (exchange, routing key)
+    # The broker names the queue, anew on every connection; ``queue`` is then only the
+    # logical name (for replies: the binding key that reply_to carries). After a
+    # failover a private queue must not reuse its old name: a surviving node deletes
+    # the dead node's transient queues by name over some 40 ms after it sees the node
+    # down, and a console that reconnected at once and re-declared its reply queue by
+    # name in that window had the new queue deleted under it, and every reply lost
+    # (cluster test, CI; the node log shows the deletion 26 ms after the reconnect).
+    server_named: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,13 +392,15 @@ class PikaTransport(Transport):
             log.exception("publish confirm callback failed")
 
     def _apply(self, ch: BlockingChannel, item: _TopologyItem) -> None:
+        queue = item.queue
         if item.declare:
-            ch.queue_declare(
-                item.queue, durable=item.durable, exclusive=item.exclusive,
-                auto_delete=not item.durable,
+            declared = ch.queue_declare(
+                "" if item.server_named else item.queue, durable=item.durable,
+                exclusive=item.exclusive, auto_delete=not item.durable,
             )
+            queue = declared.method.queue
             for exchange, key in item.bindings:
-                ch.queue_bind(item.queue, exchange, routing_key=key)
+                ch.queue_bind(queue, exchange, routing_key=key)
         handler = item.handler
 
         def on_message(
@@ -415,7 +425,7 @@ class PikaTransport(Transport):
                 self._frames_pending = True
             self._drain()
 
-        ch.basic_consume(item.queue, on_message, auto_ack=item.ack == "broker",
+        ch.basic_consume(queue, on_message, auto_ack=item.ack == "broker",
                          exclusive=item.exclusive)
 
     def _settlers(
@@ -662,9 +672,9 @@ class PikaTransport(Transport):
                                 ack="handler" if manual_ack else "after_handler"))
 
     def open_reply_queue(self, handler: Handler) -> str:
-        name = names.new_reply_queue(self.user)
+        name = names.new_reply_queue(self.user)  # what reply_to says: the binding key
         self._add(_TopologyItem(
-            name, handler, ack="broker", declare=True, exclusive=True,
+            name, handler, ack="broker", declare=True, exclusive=True, server_named=True,
             bindings=((names.REPLY_EXCHANGE, name),),
         ))
         return name
@@ -676,7 +686,7 @@ class PikaTransport(Transport):
         qname = names.subscription_queue(self.user, name)
         self._add(_TopologyItem(
             qname, handler, ack="after_handler" if durable else "broker", declare=True,
-            exclusive=not durable,
+            exclusive=not durable, server_named=not durable,
             durable=durable, bindings=tuple((names.EVENT_EXCHANGE, p) for p in patterns),
         ))
         return qname

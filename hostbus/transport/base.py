@@ -137,7 +137,9 @@ class Transport(abc.ABC):
         self, patterns: list[str], handler: Handler, *, name: str | None = None,
         durable: bool = False,
     ) -> str:
-        """Bind a subscription queue to ``hostbus.event``; return the queue name."""
+        """Bind a subscription queue to ``hostbus.event``; return its name: the queue's
+        for a durable one; for a transient one a label only, since the broker names
+        its private queue anew on every connection (see amqp091._TopologyItem)."""
 
     @abc.abstractmethod
     def queue_exists(self, queue: str) -> bool:

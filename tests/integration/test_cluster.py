@@ -69,6 +69,11 @@ def test_killing_the_node_everything_is_on_loses_nothing(cluster: list[RabbitNod
     assert runtime.transport.connected_to == on_a == virt_runtime.transport.connected_to
 
     console = Console.connect(c.url())  # a node that stays up
+    # A console on the node that dies: its reply queue dies with it, and the one it
+    # gets on the next node must not be the dead node's (replies would be lost).
+    moving_console = Console.connect(urls)
+    console_moved = threading.Event()
+    moving_console.transport.on_connection_restored(console_moved.set)
     seen = EventCollector()
     console.subscribe([f"host.{host}.alert"], seen, name=f"cl-{host}", durable=True)
     watch = EventCollector()
@@ -103,6 +108,8 @@ def test_killing_the_node_everything_is_on_loses_nothing(cluster: list[RabbitNod
         assert [e.data["value"] for e, _ in events] == [float(n) for n in range(300)]
         # Requests reach the hosts through their replicated queues, now led elsewhere.
         assert console.call("agent", "ping", host=host, timeout=30).status == "ok"
+        assert console_moved.wait(90), "the console did not reconnect to another node"
+        assert moving_console.call("agent", "ping", host=host, timeout=30).status == "ok"
 
         # The provisioning request, posted before the crash, completes once.
         for _m, props, body in ch.consume(reply_queue, inactivity_timeout=120):
@@ -121,6 +128,7 @@ def test_killing_the_node_everything_is_on_loses_nothing(cluster: list[RabbitNod
             publisher.join(120)
         provisioner.terminate()
         provisioner.wait(30)
+        moving_console.close()
         runtime.stop("test over")
         virt_runtime.stop("test over")
         plain.conn.close()
