@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import pika
@@ -28,7 +28,7 @@ from proton.reactor import Container
 from proton.utils import BlockingConnection
 
 from benchmarks import call, events
-from benchmarks.harness import Bench, progress, summary
+from benchmarks.harness import BLOCK, Bench, in_turns, progress, summary
 from hostbus import codec
 from hostbus.envelope import Event
 from hostbus.transport.base import parse_url
@@ -129,8 +129,8 @@ class _RawProtonSide:
     each block of calls (connected anew each time; only the round trips are timed)."""
 
     def __init__(self, bench: Bench) -> None:
-        self._server = _echo_server(bench)
-        self._url, self._queue, self._reply = self._server.__enter__()
+        self._stack = ExitStack()
+        self._url, self._queue, self._reply = self._stack.enter_context(_echo_server(bench))
 
     def block(self, n: int) -> list[float]:
         client = _Client(self._url, self._queue, self._reply, n)
@@ -138,17 +138,18 @@ class _RawProtonSide:
         return client.samples
 
     def close(self) -> None:
-        self._server.__exit__(None, None, None)
+        self._stack.close()
 
 
 class _RawBlockingSide:
     """The same echo through proton.utils.BlockingConnection, one connection for all."""
 
     def __init__(self, bench: Bench) -> None:
-        self._server = _echo_server(bench)
-        url, queue, self._reply = self._server.__enter__()
+        self._stack = ExitStack()
+        url, queue, self._reply = self._stack.enter_context(_echo_server(bench))
         args = _connect_args(url)
         self._conn = BlockingConnection(args.pop("url"), timeout=10, **args)
+        self._stack.callback(self._conn.close)
         self._sender = self._conn.create_sender(f"/amq/queue/{queue}")
         self._receiver = self._conn.create_receiver(f"/amq/queue/{self._reply}")
         self._payload = codec.encode({"v": 1, "method": "ping"})
@@ -165,19 +166,7 @@ class _RawBlockingSide:
         return samples
 
     def close(self) -> None:
-        self._conn.close()
-        self._server.__exit__(None, None, None)
-
-
-class _HostbusSide:
-    def __init__(self, bench: Bench) -> None:
-        self._side = call._HostbusSide(bench, url=bench.url.replace("amqp://", "amqp10://", 1))
-
-    def block(self, n: int) -> list[float]:
-        return [self._side.one() for _ in range(n)]
-
-    def close(self) -> None:
-        self._side.close()
+        self._stack.close()
 
 
 # ------------------------------------------------------------------------ events
@@ -242,27 +231,12 @@ def run(bench: Bench, n_calls: int, n_events: int) -> dict[str, Any]:
     warm = max(50, n_calls // 20)
     out: dict[str, Any] = {}
     progress(f"AMQP 1.0 call round trips: {n_calls} each, raw proton and hostbus, in "
-             f"turns of {call.BLOCK}")
-    makers: dict[str, Any] = {"raw_proton": _RawProtonSide,
-                              "raw_proton_blocking": _RawBlockingSide,
-                              "hostbus": _HostbusSide}
-    sides: dict[str, Any] = {}
-    samples: dict[str, list[float]] = {label: [] for label in makers}
-    try:
-        for label, make in makers.items():
-            sides[label] = make(bench)
-            sides[label].block(warm)
-        done = 0
-        while done < n_calls:  # in turns, as the 0-9-1 call benchmark (see call.BLOCK)
-            turn = min(call.BLOCK, n_calls - done)
-            for label, side in sides.items():
-                samples[label].extend(side.block(turn))
-            done += turn
-    finally:
-        for side in sides.values():
-            side.close()
-    for label, values in samples.items():
-        out[label] = summary(values)
+             f"turns of {BLOCK}")
+    samples = in_turns({"raw_proton": lambda: _RawProtonSide(bench),
+                        "raw_proton_blocking": lambda: _RawBlockingSide(bench),
+                        "hostbus": lambda: call.HostbusSide(bench, url=url10)},
+                       n_calls, warm)
+    out.update({label: summary(values) for label, values in samples.items()})
     out["samples"] = {k: [round(x, 4) for x in v] for k, v in samples.items()}
     out["ratio_p50"] = round(out["hostbus"]["p50"] / out["raw_proton"]["p50"], 2)
     out["ratio_p99"] = round(out["hostbus"]["p99"] / out["raw_proton"]["p99"], 2)

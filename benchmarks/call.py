@@ -8,8 +8,8 @@
   dispatch) -> reply, for the built-in agent's `ping`; also signed both ways, and with a
   quorum host queue.
 
-All sides are open at once and take turns of ``BLOCK`` calls, so the ratios compare
-calls made in the same seconds.
+All sides are open at once and take turns of ``harness.BLOCK`` calls, so the ratios
+compare calls made in the same seconds.
 """
 
 from __future__ import annotations
@@ -25,17 +25,17 @@ from typing import Any
 import pika
 
 from agents.runtime import AgentRuntime
-from benchmarks.harness import Bench, summary
+from benchmarks.harness import Bench, Side, in_turns, summary
 from console.client import Console
 from hostbus.signing import Signer, Verifier, generate, read_public_key
 from hostbus.transport.base import parse_url
 
 
 class _RawSide:
-    """A raw pika echo server thread and a raw pika client: ``one()`` is one round trip
-    in milliseconds. ``hostbus_topology``: a durable queue behind the topic exchange,
-    manual acks, replies through a direct exchange (what hostbus asks of the broker);
-    otherwise the default exchange (the floor)."""
+    """A raw pika echo server thread and a raw pika client. ``hostbus_topology``: a
+    durable queue behind the topic exchange, manual acks, replies through a direct
+    exchange (what hostbus asks of the broker); otherwise the default exchange (the
+    floor)."""
 
     def __init__(self, url: str, *, hostbus_topology: bool = False) -> None:
         self.url, self.hostbus_topology = url, hostbus_topology
@@ -82,7 +82,10 @@ class _RawSide:
             conn.process_data_events(time_limit=0.2)
         conn.close()
 
-    def one(self) -> float:
+    def block(self, n: int) -> list[float]:
+        return [self._one() for _ in range(n)]
+
+    def _one(self) -> float:
         self._box.clear()
         started = time.perf_counter()
         self._ch.basic_publish(*self._target, self._payload,
@@ -98,14 +101,6 @@ class _RawSide:
         self._thread.join(5)
 
 
-def raw_round_trips(url: str, n: int, *, hostbus_topology: bool = False) -> list[float]:
-    side = _RawSide(url, hostbus_topology=hostbus_topology)
-    try:
-        return [side.one() for _ in range(n)]
-    finally:
-        side.close()
-
-
 class _ReplyKeys:
     """The console checks that a reply's host is its signer; in this benchmark every
     host runs as the one broker user, so the check is the signature alone."""
@@ -118,9 +113,8 @@ class _ReplyKeys:
         return self.host
 
 
-class _HostbusSide:
-    """``Console.call("agent", "ping")`` to an ``AgentRuntime`` on its own connection:
-    ``one()`` is one round trip in milliseconds."""
+class HostbusSide:
+    """``Console.call("agent", "ping")`` to an ``AgentRuntime`` on its own connection."""
 
     def __init__(self, bench: Bench, *, signed: bool = False, queue_type: str = "classic",
                  url: str | None = None) -> None:
@@ -148,7 +142,10 @@ class _HostbusSide:
             self._runtime.stop("benchmark failed")
             raise
 
-    def one(self) -> float:
+    def block(self, n: int) -> list[float]:
+        return [self._one() for _ in range(n)]
+
+    def _one(self) -> float:
         started = time.perf_counter()
         res = self._console.call("agent", "ping", {}, host=self.host, timeout=5)
         elapsed = (time.perf_counter() - started) * 1000
@@ -161,44 +158,15 @@ class _HostbusSide:
         self._runtime.stop("benchmark over")
 
 
-def hostbus_round_trips(bench: Bench, n: int, *, signed: bool = False,
-                        queue_type: str = "classic", url: str | None = None) -> list[float]:
-    side = _HostbusSide(bench, signed=signed, queue_type=queue_type, url=url)
-    try:
-        return [side.one() for _ in range(n)]
-    finally:
-        side.close()
-
-
-# Every side runs in turns of this many calls, so that a change in the machine's speed
-# during the run (this VM varies by up to 2x) falls on all sides alike.
-BLOCK = 100
-
-
 def run(bench: Bench, n: int) -> dict[str, Any]:
-    makers: dict[str, Callable[[], Any]] = {
+    makers: dict[str, Callable[[], Side]] = {
         "raw_pika": lambda: _RawSide(bench.url),
         "raw_pika_hostbus_topology": lambda: _RawSide(bench.url, hostbus_topology=True),
-        "hostbus": lambda: _HostbusSide(bench),
-        "hostbus_signed": lambda: _HostbusSide(bench, signed=True),
-        "hostbus_quorum": lambda: _HostbusSide(bench, queue_type="quorum"),
+        "hostbus": lambda: HostbusSide(bench),
+        "hostbus_signed": lambda: HostbusSide(bench, signed=True),
+        "hostbus_quorum": lambda: HostbusSide(bench, queue_type="quorum"),
     }
-    sides: dict[str, Any] = {}
-    samples: dict[str, list[float]] = {label: [] for label in makers}
-    try:
-        for label, make in makers.items():
-            sides[label] = make()
-            for _ in range(max(50, n // 20)):  # warm-up
-                sides[label].one()
-        done = 0
-        while done < n:
-            turn = min(BLOCK, n - done)
-            for label, side in sides.items():
-                samples[label].extend(side.one() for _ in range(turn))
-            done += turn
-    finally:
-        for side in sides.values():
-            side.close()
+    samples = in_turns(makers, n, warm=max(50, n // 20))
     out: dict[str, Any] = {label: summary(values) for label, values in samples.items()}
     out["samples"] = {k: [round(x, 4) for x in v] for k, v in samples.items()}
     out["ratio_p50"] = round(out["hostbus"]["p50"] / out["raw_pika"]["p50"], 2)

@@ -6,9 +6,10 @@ import os
 import statistics
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 from hostbus.broker_admin import BrokerAdmin
 
@@ -52,3 +53,38 @@ def summary(samples_ms: list[float]) -> dict[str, float]:
 
 def progress(message: str) -> None:
     print(f"  {message}", file=sys.stderr, flush=True)
+
+
+# Sides of a latency benchmark run in turns of this many calls, so that a change in the
+# machine's speed during the run (this VM varies by up to 2x) falls on all sides alike.
+BLOCK = 100
+
+
+class Side(Protocol):
+    """One way of making round trips: ``block(n)`` makes n and returns each one's time
+    in milliseconds."""
+
+    def block(self, n: int) -> list[float]: ...
+
+    def close(self) -> None: ...
+
+
+def in_turns(makers: dict[str, Callable[[], Side]], n: int, warm: int) -> dict[str, list[float]]:
+    """Open every side, warm each up, then let them take turns of ``BLOCK`` round
+    trips until each has made ``n``; every side is closed at the end."""
+    sides: dict[str, Side] = {}
+    samples: dict[str, list[float]] = {label: [] for label in makers}
+    try:
+        for label, make in makers.items():
+            sides[label] = make()
+            sides[label].block(warm)
+        done = 0
+        while done < n:
+            turn = min(BLOCK, n - done)
+            for label, side in sides.items():
+                samples[label].extend(side.block(turn))
+            done += turn
+    finally:
+        for side in sides.values():
+            side.close()
+    return samples

@@ -300,11 +300,11 @@ class Console:
 
     def _send(self, agent: str, method: str, args: dict[str, Any], *, host: str | None,
               timeout: float, bfilter: dict[str, Any] | None, waiting: queue.SimpleQueue[Any],
-              sent: Callable[[str], None] | None = None) -> str:
-        """Publish one request; ``sent(message_id)`` runs just before the publish. The
-        publish wakes the I/O thread, which then waits for the interpreter lock until
-        this thread blocks for the reply: the less this thread does after it, the
-        sooner the request leaves."""
+              sent: dict[str, tuple[str, float]] | None = None) -> str:
+        """Publish one request; ``sent`` gets its message id -> (host, send time) just
+        before the publish. The publish wakes the I/O thread, which then waits for the
+        interpreter lock until this thread blocks for the reply: the less this thread
+        does after it, the sooner the request leaves."""
         if self._lost is not None:
             raise ConnectionLost(f"the broker connection was lost: {self._lost!r}")
         req = new_request(agent, method, args, host=host, filter=bfilter, timeout=timeout,
@@ -317,7 +317,7 @@ class Console:
             props.user_id = self.transport.user  # signed, so it must be set before
             self.signer.sign(names.REQUEST_EXCHANGE, key, props, body)
         if sent is not None:
-            sent(req.message_id)
+            sent[req.message_id] = (host or "", time.perf_counter())
         self.transport.publish(names.REQUEST_EXCHANGE, key, body, props)
         return req.message_id
 
@@ -375,12 +375,8 @@ class Console:
                 host = todo[next_i]
                 next_i += 1
                 deadline = time.monotonic() + timeout
-
-                def note(mid: str, host: str = host) -> None:
-                    sent[mid] = (host, time.perf_counter())
-
                 self._send(agent, method, args, host=host, timeout=timeout, bfilter=None,
-                           waiting=waiting, sent=note)
+                           waiting=waiting, sent=sent)
 
         try:
             send_more()

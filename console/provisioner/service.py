@@ -286,9 +286,10 @@ class Provisioner:
             return {}
         found: dict[str, str] = {}
         ask = list(hosts)
-        # A read, so safe to ask again: a request published while a quorum host queue
-        # elects a new leader (a node just died) can be lost, since requests are not
-        # confirmed. Seen in the cluster test: the first ask went unanswered.
+        # A read, so safe to ask again when an answer does not come (requests are not
+        # confirmed, and replies can be lost around a failover). The one such loss found
+        # in the cluster test was a reply queue deleted under the console, fixed in the
+        # transport (PikaTransport._apply); this stays as a cheap second line.
         for attempt in range(1, 4):
             result = self.console.query("virt", "domain", hosts=ask,
                                         timeout=self.call_timeout)

@@ -65,14 +65,6 @@ class _TopologyItem:
     exclusive: bool = False
     durable: bool = False
     bindings: tuple[tuple[str, str], ...] = ()  # (exchange, routing key)
-    # The broker names the queue, anew on every connection; ``queue`` is then only the
-    # logical name (for replies: the binding key that reply_to carries). After a
-    # failover a private queue must not reuse its old name: a surviving node deletes
-    # the dead node's transient queues by name over some 40 ms after it sees the node
-    # down, and a console that reconnected at once and re-declared its reply queue by
-    # name in that window had the new queue deleted under it, and every reply lost
-    # (cluster test, CI; the node log shows the deletion 26 ms after the reconnect).
-    server_named: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,8 +386,16 @@ class PikaTransport(Transport):
     def _apply(self, ch: BlockingChannel, item: _TopologyItem) -> None:
         queue = item.queue
         if item.declare:
+            # A connection's private (exclusive) queue is named by the broker, anew on
+            # every connection; ``item.queue`` is then only the logical name (for replies:
+            # the binding key that reply_to carries). After a failover it must not reuse
+            # its old name: a surviving node deletes the dead node's transient queues by
+            # name over some 40 ms after it sees the node down, and a console that
+            # reconnected at once and re-declared its reply queue by name in that window
+            # had the new queue deleted under it, and every reply lost (cluster test, CI;
+            # the node log shows the deletion 26 ms after the reconnect).
             declared = ch.queue_declare(
-                "" if item.server_named else item.queue, durable=item.durable,
+                "" if item.exclusive else item.queue, durable=item.durable,
                 exclusive=item.exclusive, auto_delete=not item.durable,
             )
             queue = declared.method.queue
@@ -674,7 +674,7 @@ class PikaTransport(Transport):
     def open_reply_queue(self, handler: Handler) -> str:
         name = names.new_reply_queue(self.user)  # what reply_to says: the binding key
         self._add(_TopologyItem(
-            name, handler, ack="broker", declare=True, exclusive=True, server_named=True,
+            name, handler, ack="broker", declare=True, exclusive=True,
             bindings=((names.REPLY_EXCHANGE, name),),
         ))
         return name
@@ -686,7 +686,7 @@ class PikaTransport(Transport):
         qname = names.subscription_queue(self.user, name)
         self._add(_TopologyItem(
             qname, handler, ack="after_handler" if durable else "broker", declare=True,
-            exclusive=not durable, server_named=not durable,
+            exclusive=not durable,
             durable=durable, bindings=tuple((names.EVENT_EXCHANGE, p) for p in patterns),
         ))
         return qname

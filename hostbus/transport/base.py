@@ -139,7 +139,7 @@ class Transport(abc.ABC):
     ) -> str:
         """Bind a subscription queue to ``hostbus.event``; return its name: the queue's
         for a durable one; for a transient one a label only, since the broker names
-        its private queue anew on every connection (see amqp091._TopologyItem)."""
+        its private queue anew on every connection (see PikaTransport._apply)."""
 
     @abc.abstractmethod
     def queue_exists(self, queue: str) -> bool:
