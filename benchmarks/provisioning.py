@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from agents import virt
-from agents.runtime import AgentRuntime
 from benchmarks.harness import Bench, summary
 from console.client import Console
 from console.provisioner.agent import ProvisionAgent
 from console.provisioner.service import Provisioner, Quotas, consume_requests
 from console.provisioner.store import RequestStore
+from hostbus.serving.runtime import AgentRuntime
 
 
 def run(bench: Bench, requests: int) -> dict[str, Any]:

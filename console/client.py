@@ -48,10 +48,11 @@ from hostbus.schema import (
     envelope_validator,
     load_agent_schema,
 )
-from hostbus.transport.base import Delivery, Properties, Transport, connect
+from hostbus.transport import connect
+from hostbus.transport.base import Delivery, Properties, Transport
 
 if TYPE_CHECKING:
-    from hostbus.signing import Signer, Verifier
+    from hostbus.security.signing import Signer, Verifier
 
 log = logging.getLogger("hostbus.console")
 

@@ -1,4 +1,5 @@
-"""The three message kinds of DESIGN section 3: building them and reading them back.
+"""The four message kinds (requests, replies, events and provisioning requests):
+building them and reading them back.
 
 Reading is strict and ordered cheapest-first (size, properties, JSON, schema, deadline)
 so hostile input is refused early; every refusal is a ``RemoteError`` with a documented

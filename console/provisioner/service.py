@@ -16,8 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from agents.audit import AuditLog, args_digest
-from agents.policy import RulesPolicy
 from console.client import Console
 from console.provisioner.agent import ProvisionAgent
 from console.provisioner.placement import Candidate, place
@@ -26,6 +24,8 @@ from hostbus import codec, names
 from hostbus.envelope import Reply, check_properties
 from hostbus.errors import ConnectionLost, ErrorCode, HostbusError, RemoteError
 from hostbus.schema import envelope_validator
+from hostbus.security.audit import AuditLog, args_digest
+from hostbus.security.policy import RulesPolicy
 from hostbus.transport.base import Delivery
 
 log = logging.getLogger("hostbus.provisioner")

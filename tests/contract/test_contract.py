@@ -9,10 +9,10 @@ import jsonschema
 import pytest
 
 from agents import registry
-from agents.base import check_agent_against_schema
 from hostbus import names, topology
 from hostbus.errors import ErrorCode
 from hostbus.schema import available_agents, envelope_schema, load_agent_schema
+from hostbus.serving.agent import check_agent_against_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 META = json.loads((ROOT / "schemas" / "agent.schema.json").read_text())

@@ -7,13 +7,13 @@ import uuid
 import pytest
 
 from agents import virt
-from agents.runtime import AgentRuntime
 from console.client import Console
 from console.provisioner.agent import ProvisionAgent
 from console.provisioner.placement import Candidate, place
 from console.provisioner.service import PROVISION_TYPE, Provisioner, Quotas
 from console.provisioner.store import RequestStore
 from hostbus.errors import RemoteError
+from hostbus.serving.runtime import AgentRuntime
 from hostbus.transport.base import Delivery, Properties
 from hostbus.transport.memory import MemoryTransport
 from tests.fakes import EventCollector
@@ -229,8 +229,8 @@ def test_status_and_list_through_the_provision_agent(fleet):
 
 
 def test_the_provisioning_policy_decides_on_sender_and_request(fleet, tmp_path):
-    from agents.audit import AuditLog
-    from agents.policy import RulesPolicy
+    from hostbus.security.audit import AuditLog
+    from hostbus.security.policy import RulesPolicy
 
     prov, agents, _, received, _ = fleet
     rules = tmp_path / "policy.toml"

@@ -17,22 +17,23 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from agents.audit import AuditLog, args_digest
-from agents.base import Agent, check_agent_against_schema
-from agents.builtin import BuiltinAgent, RuntimeInfo
-from agents.dispatch import Checked, Dispatcher, HostedAgent, Outcome
-from agents.outbox import EventOutbox, Spool
-from agents.policy import Decision, Policy
 from hostbus import __version__, names
 from hostbus.envelope import Event, error_reply, now_rfc3339, parse_request
 from hostbus.errors import BrokerRefused, ErrorCode, RemoteError, SchemaError
-from hostbus.replay import ReplayGuard
 from hostbus.schema import AgentSchema, load_agent_schema
-from hostbus.transport.base import Delivery, Transport, connect
+from hostbus.security.audit import AuditLog, args_digest
+from hostbus.security.policy import Decision, Policy
+from hostbus.security.replay import ReplayGuard
+from hostbus.serving.agent import Agent, check_agent_against_schema
+from hostbus.serving.builtin import BuiltinAgent, RuntimeInfo
+from hostbus.serving.dispatch import Checked, Dispatcher, HostedAgent, Outcome
+from hostbus.serving.outbox import EventOutbox, Spool
+from hostbus.transport import connect
+from hostbus.transport.base import Delivery, Transport
 
 if TYPE_CHECKING:
-    from agents.approvals import Approvals, Parked
-    from hostbus.signing import Signer, Verifier
+    from hostbus.security.signing import Signer, Verifier
+    from hostbus.serving.approvals import Approvals, Parked
 
 log = logging.getLogger("hostbus.agent")
 
