@@ -39,9 +39,9 @@ def run(bench: Bench, requests: int) -> dict[str, Any]:
                                       heartbeat_interval=0)
         started_objs.append(pruntime)
         pconsole = Console.connect(bench.url)
-        provisioner = Provisioner(console=pconsole, store=store, agent=pagent,
-                                  host_id=prov_id, quotas=Quotas(10**6, {}),
-                                  discovery_idle=0.05)
+        provisioner = Provisioner(console=pconsole, publisher=pruntime.publisher,
+                                  store=store, agent=pagent, host_id=prov_id,
+                                  quotas=Quotas(10**6, {}), discovery_idle=0.05)
         consume_requests(pruntime.transport, provisioner.on_message)
 
         client = Console.connect(bench.url)

@@ -14,6 +14,8 @@ REQUEST_EXCHANGE = "hostbus.request"
 EVENT_EXCHANGE = "hostbus.event"
 REPLY_EXCHANGE = "hostbus.reply"
 PROVISION_EXCHANGE = "hostbus.provision"
+PROVISION_QUEUE = "hostbus.provision"
+PROVISION_KEY = "provision"
 DEAD_EXCHANGE = "hostbus.dead"
 
 BUILTIN_AGENT = "agent"

@@ -101,7 +101,7 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
     audit = AuditLog(config.resolve(pcfg["audit_log"], config_path) if pcfg["audit_log"]
                      else store.path.parent / f"audit-{host_id}.jsonl")
     provisioner = Provisioner(
-        console=console, store=store, agent=agent, host_id=host_id,
+        console=console, publisher=runtime.publisher, store=store, agent=agent, host_id=host_id,
         quotas=Quotas(int(cfg["quotas"]["default_max_vms"]), owners),
         call_timeout=float(pcfg["call_timeout"]), discovery_idle=float(pcfg["discovery_idle"]),
         policy=policy, audit=audit,
