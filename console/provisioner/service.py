@@ -325,7 +325,7 @@ class Provisioner:
 
     def _reply(self, reply_to: str | None, rid: str | None, *,
                result: dict[str, Any] | None = None, error: RemoteError | None = None) -> None:
-        if not reply_to or not names.REPLY_TO_RE.match(reply_to):
+        if not reply_to or not names.REPLY_TO_RE.fullmatch(reply_to):
             return
         self.publisher.reply(reply_to, Reply(
             host=self.host_id, agent="provision", method="submit",

@@ -57,7 +57,7 @@ class Settled:
     """A delivery whose ack/nack a test can read."""
 
     def __init__(self, body, rid, **props):
-        base = {"message_id": rid, "reply_to": "hostbus.reply.app",
+        base = {"message_id": rid, "reply_to": "hostbus.reply.app", "user_id": "app",
                 "content_type": "application/json", "type": PROVISION_TYPE}
         base.update(props)
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
