@@ -64,7 +64,7 @@ class State:
             signer = agent_keys = None
             sec = self.cfg["security"]
             if sec["signing_key"] or sec["agent_keys"]:
-                from hostbus.signing import Signer, Verifier
+                from hostbus.security.signing import Signer, Verifier
 
                 try:
                     if sec["signing_key"]:
@@ -626,7 +626,7 @@ def _admin(state: State, admin_url: str | None) -> Any:
 
 
 def _vhost(state: State, vhost: str | None) -> str:
-    from hostbus.transport.base import parse_url
+    from hostbus.transport.url import parse_url
 
     return vhost or parse_url(state.url).vhost
 
@@ -662,7 +662,7 @@ def _identity_url(state: State, user: str, password: str, broker_url: str | None
     certificate, key) a client certificate (SASL EXTERNAL, amqps only)."""
     from urllib.parse import quote, urlencode
 
-    from hostbus.transport.base import parse_url
+    from hostbus.transport.url import parse_url
 
     base = parse_url(broker_url or state.url)
     where = f"{base.host}:{base.port}/{quote(base.vhost, safe='')}"
@@ -679,7 +679,7 @@ def _issue_client_cert(state: State, name: str, tls_dir: str | None,
     if tls_dir is None:
         return None
     from hostbus.devca import CA_CERT, issue
-    from hostbus.transport.base import parse_url
+    from hostbus.transport.url import parse_url
 
     if parse_url(broker_url or state.url).scheme not in ("amqps", "amqps10"):
         fail("a client certificate needs TLS: give --broker-url amqps://BROKER:5671/VHOST",
@@ -1275,7 +1275,7 @@ def keys_generate(name: str, folder: str, as_json: bool) -> None:
                                        [security] trusted_keys = "/etc/hostbus/trusted"
     """
     from hostbus.broker_admin import IDENTITY_RE
-    from hostbus.signing import generate
+    from hostbus.security.signing import generate
 
     if not IDENTITY_RE.match(name):
         fail(f"invalid name {name!r}: use the identity's broker user name (a-z 0-9 _ -)",
@@ -1318,7 +1318,7 @@ def policy_check(caller: str, target: str, pairs: tuple[str, ...], policy_file: 
     """Explain which rule decides CALLER's AGENT.METHOD call, and why the rules before it
     did not apply. Arguments are typed and defaulted by the method's schema, as the
     agent sees them. Exit 0 allowed, 1 denied (or needs approval)."""
-    from agents.policy import RulesPolicy
+    from hostbus.security.policy import RulesPolicy
 
     agent, method = _split(target, "AGENT.METHOD")
     try:
@@ -1392,7 +1392,7 @@ def bench(state: State, quick: bool, only: tuple[str, ...], calls: int | None,
     """
     from benchmarks import report
     from benchmarks.run import ALL, Plan, run
-    from hostbus.transport.base import parse_url
+    from hostbus.transport.url import parse_url
 
     plan = Plan.quick() if quick else Plan()
     if only:

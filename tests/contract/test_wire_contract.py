@@ -12,7 +12,7 @@ from console.provisioner.store import RequestStore
 from hostbus import codec
 from hostbus.envelope import Event, Reply, new_request
 from hostbus.schema import envelope_schema, load_agent_schema
-from hostbus.signing import Signer, generate
+from hostbus.security.signing import Signer, generate
 from hostbus.transport.base import Properties
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hostbus.errors import ErrorCode, RemoteError
-from hostbus.signing import (
+from hostbus.security.signing import (
     Signer,
     Verifier,
     read_public_key,
