@@ -178,7 +178,8 @@ def test_a_killed_provisioner_finishes_the_job_once(rabbitmq, console, virt_host
     console.subscribe([f"provision.{provisioner.host_id}.failed"], failures)
     barrier = f"barrier-{uuid.uuid4().hex[:6]}"
     ch.basic_publish("hostbus.provision", "provision", b"{}", pika.BasicProperties(
-        message_id=barrier, content_type="application/json", type="hostbus.provision/1"))
+        message_id=barrier, content_type="application/json", type="hostbus.provision/1",
+        user_id="guest"))
     failures.wait_for(lambda e: e.data["request_id"] == barrier, timeout=60)
     status = console.call("provision", "status", {"request_id": rid},
                           host=provisioner.host_id)
@@ -200,7 +201,8 @@ def test_a_poison_message_lands_in_dead_letters_with_its_reason(rabbitmq, consol
     rid = f"poison-{uuid.uuid4().hex[:8]}"
     ch.basic_publish("hostbus.provision", "provision", b'{"v": 1, "template": "</x>"}',
                      pika.BasicProperties(message_id=rid, content_type="application/json",
-                                          type="hostbus.provision/1", delivery_mode=2))
+                                          type="hostbus.provision/1", delivery_mode=2,
+                                          user_id="guest"))
     failed = failures.wait_for(lambda e: e.data["request_id"] == rid)
     assert "template" in failed.data["reason"] or "owner" in failed.data["reason"]
     for method, props, _body in ch.consume("hostbus.dead", inactivity_timeout=30):
