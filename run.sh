@@ -238,7 +238,7 @@ demo() {
     "$VENV/bin/hostbus-agent" --config etc/demo-agent.toml
   say "starting hostbus provisioner (log: .run/provisioner.log)"
   HOSTBUS_PROVISIONER_STATE_DIR="$RUN_DIR/provisioner" start_bg provisioner "serving" \
-    "$hb" provisioner --config etc/provisioner.toml
+    "$hb" provisioner --config etc/demo-provisioner.toml
 
   say "hostbus agents"
   "$hb" agents
