@@ -191,13 +191,18 @@ def test_node_clients_read_signed_events_in_order_and_drop_impostors(rabbitmq, e
         assert "does not match the body" in err, client + err
 
 
-def test_node_clients_post_provisioning_requests(rabbitmq, enroll, console, virt_host,
-                                                 provisioner, examples):
+def test_node_clients_post_provisioning_requests(enroll, console, virt_host, provisioner,
+                                                 examples, tmp_path):
+    app = f"nodeapp-{uuid.uuid4().hex[:6]}"
+    _, url = enroll("app", app)
+    policy = tmp_path / "provision-policy.toml"  # the provisioner denies by default
+    policy.write_text(f'[[rule]]\nname = "the node app provisions web VMs"\n'
+                      f'callers = ["{app}"]\nagents = ["provision"]\nmethods = ["submit"]\n'
+                      f'args = {{ template = {{ one_of = ["web"] }} }}\nallow = true\n')
     online = test_provisioning.wait_online(console, provisioner.host_id)
     host_id, agent = virt_host()
-    provisioner()
+    provisioner(policy)
     online.wait_for(lambda e: True, timeout=30)
-    _, url = enroll("app", f"nodeapp-{uuid.uuid4().hex[:6]}")
     for client, owner in zip(CLIENTS, ("erin", "frank"), strict=True):
         rid = str(uuid.uuid4())
         done = run_node(examples, client, "provision", "web", "--owner", owner, "--count",
