@@ -11,17 +11,20 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 import uuid
 
 import pytest
 
 from console import migration
+from hostbus.schema import load_agent_schema
 from hostbus.testing.pytest_plugin import fail_or_skip
 from scripts.hypervisor_pair import Pair, PairError, _wait
 from tests.fakes import EventCollector
 
 pytestmark = pytest.mark.integration
 MIB = 1 << 20
+VIRT = load_agent_schema("virt")
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +82,6 @@ def counting(pair, host, name, at_least):
 
 
 def _deadline(seconds):
-    import time
     return time.monotonic() + seconds
 
 
@@ -140,6 +142,8 @@ def test_a_running_guest_moves_live_to_the_other_host_and_keeps_counting(
                for e in progress)
     # (the disk is copied first, then memory)
     assert any(e.data["memory_remaining_bytes"] > 0 for e in progress), progress
+    for event in of(source, "domain.migration"):       # as the schema says
+        VIRT.events["domain.migration"].data_validator.validate(event.data)
     statuses = [e.data["status"] for e in of(source, "domain.migration")]
     assert statuses[0] == "started" and statuses[-1] == "completed", statuses
     # ... and lifecycle events from both hosts, as libvirt reported them.
