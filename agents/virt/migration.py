@@ -160,8 +160,8 @@ class Plan:
 
 # -------------------------------------------------------------------- errors
 #: Why a migration failed, for programs (``details.reason``); docs/errors.md lists them.
-REASONS = ("no_shared_storage", "incompatible_cpu", "same_host", "target_unreachable",
-           "aborted", "unsafe", "unsupported", "busy", "libvirt")
+REASONS = ("no_shared_storage", "unsafe", "incompatible_cpu", "same_host",
+           "target_unreachable", "aborted", "unsupported", "busy", "libvirt")
 
 
 def migration_error(exc: libvirt.libvirtError, name: str, target_uri: str) -> RemoteError:
