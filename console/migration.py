@@ -80,9 +80,11 @@ def plan(console: Console, name: str, to: str, *, source: str | None = None,
     return Route(name, source, to, uri or target_uri(console, to, timeout=timeout))
 
 
-def migrate(console: Console, route: Route, *, timeout: float = 3600.0,
+def migrate(console: Console, route: Route, *, timeout: float = 600.0,
             **options: Any) -> HostResult:
-    """Ask the source's virt agent to migrate, and wait for its answer. ``options`` are
+    """Ask the source's virt agent to migrate, and wait for its answer (at most
+    ``timeout`` seconds, which is also the request's deadline: agents refuse one more
+    than their ``[security] max_deadline_s``, 600 by default, ahead). ``options`` are
     the method's other arguments (live, copy_storage, bandwidth_mib_s, max_downtime_ms,
     auto_converge, progress_interval_s). Progress: subscribe to ``progress_pattern``
     first (a console keeps a subscription until it closes, so a long-lived caller

@@ -264,3 +264,89 @@ def test_aborting_when_no_migration_runs_is_a_conflict(virt):
         call(agent, "domain.migrate_abort", name="web-3")
     assert err.value.code.value == "conflict"
     assert "no migration of web-3" in err.value.message
+
+
+# ------------------------------------------------- the console's side (in memory)
+@pytest.fixture
+def fleet(memory_broker):
+    """kvm01 and kvm02 run virt agents on the test driver (kvm02 offers no migration
+    URI), web01 runs only the host agent."""
+    from console.client import Console
+    from hostbus.serving.runtime import AgentRuntime
+    from hostbus.transport.memory import MemoryTransport
+    from tests.fakes import make_host_agent
+
+    started = []
+    for host_id, uri in (("kvm01", "qemu+tls://kvm01.example.net/system"), ("kvm02", "")):
+        memory_broker.enroll(host_id, ["virt"])
+        cfg = copy.deepcopy(CONFIG_DEFAULTS)
+        cfg["migration_uri"] = uri
+        conn = open_connection("")
+        agent = VirtAgent(cfg, host_id=host_id, conn=conn,
+                          templates=templates_from_config(cfg["templates"]))
+        transport = MemoryTransport(memory_broker, user=host_id)
+        transport.start()
+        started.append((AgentRuntime(transport, host_id, [agent], heartbeat_interval=60),
+                        conn))
+    memory_broker.enroll("web01", ["host"])
+    transport = MemoryTransport(memory_broker, user="web01")
+    transport.start()
+    started.append((AgentRuntime(transport, "web01", [make_host_agent("web01")[0]],
+                                 heartbeat_interval=60), None))
+    ct = MemoryTransport(memory_broker, user="console")
+    ct.start()
+    console = Console(ct)
+    console.open()
+    for runtime, _ in started:
+        runtime.start()
+    yield console
+    console.close()
+    for runtime, conn in started:
+        runtime.stop("test over")
+        if conn is not None:
+            conn.close()
+
+
+def test_the_console_finds_where_a_vm_runs_and_its_targets_uri(fleet):
+    from console import migration as planning
+
+    console = fleet
+    made = console.call("virt", "domain.define", {"name": "web-9", "template": "web",
+                                                  "start": True}, host="kvm02")
+    assert made.status == "ok"
+    route = planning.plan(console, "web-9", "kvm01", timeout=5)
+    assert route == planning.Route("web-9", "kvm02", "kvm01",
+                                   "qemu+tls://kvm01.example.net/system")
+    assert planning.progress_pattern(route) == "virt.kvm02.domain.migration"
+
+
+@pytest.mark.parametrize(("name", "to", "code", "words"), [
+    ("web-9", "nosuch", "not_found", "no such target: host nosuch did not answer"),
+    ("web-9", "kvm02", "invalid_args", "already on kvm02"),
+    ("web-9", "web01", "unsupported", "runs no virt agent"),
+    ("nosuch", "kvm01", "not_found", "no virt host has a domain nosuch"),
+])
+def test_the_console_says_why_it_cannot_plan_a_migration(fleet, name, to, code, words):
+    from console import migration as planning
+
+    console = fleet
+    console.call("virt", "domain.define", {"name": "web-9", "template": "web", "start": True},
+                 host="kvm02")
+    with pytest.raises(RemoteError) as err:
+        planning.plan(console, name, to, timeout=1)
+    assert err.value.code.value == code and words in err.value.message
+
+
+def test_a_target_without_a_migration_uri_says_which_setting_to_add(fleet):
+    from console import migration as planning
+
+    console = fleet
+    console.call("virt", "domain.define", {"name": "web-8", "template": "web", "start": True},
+                 host="kvm01")
+    with pytest.raises(RemoteError) as err:
+        planning.plan(console, "web-8", "kvm02", timeout=5)
+    assert err.value.code.value == "unsupported"
+    assert "[virt] migration_uri" in err.value.message
+    # Given by hand, the URI needs no fact.
+    route = planning.plan(console, "web-8", "kvm02", uri="qemu+ssh://kvm02/system")
+    assert route.target_uri == "qemu+ssh://kvm02/system"
