@@ -423,7 +423,9 @@ class VirtAgent(Agent):
             self.emit("domain.migration", {**about, "status": "started", "elapsed_ms": 0,
                                            "copy_storage": plan.copy_storage})
             progress = migration.ProgressWatch(dom, progress_interval_s, lambda figures: (
-                self.emit("domain.migration", {**about, **figures, "status": "running"})))
+                self.emit("domain.migration", {
+                    **about, "elapsed_ms": int((time.monotonic() - started) * 1000),
+                    **figures, "status": "running"})))
             with progress:
                 dom.migrateToURI3(plan.target_uri, plan.params, plan.flags)
         except libvirt.libvirtError as exc:
