@@ -240,9 +240,8 @@ class Pair:
             self.save()
         deadline = time.monotonic() + timeout
         for host in self.hosts:
-            log_path = Path(host.root) / "agent.log"
-            _wait(lambda h=host, p=log_path: _alive(h.agent_pid) and b"online as" in
-                  p.read_bytes(), deadline, f"hostbus-agent of {host.name} (log: {log_path})")
+            _wait(lambda h=host: _agent_online(h), deadline,
+                  f"hostbus-agent of {host.name} (log: {host.root}/agent.log)")
 
     def stop_agents(self) -> None:
         for host in self.hosts:
@@ -387,6 +386,17 @@ def _answers(host: Host) -> bool:
                           check=False, timeout=30).returncode == 0
 
 
+def _agent_online(host: Host) -> bool:
+    log = (Path(host.root) / "agent.log").read_bytes()
+    if b"online as" in log:
+        return True
+    if not _alive(host.agent_pid):
+        last = (log.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+        raise PairError(f"hostbus-agent of {host.name} exited: {last} (its log: "
+                        f"{host.root}/agent.log, removed by down)")
+    return False
+
+
 def _alive(pid: int) -> bool:
     if pid <= 0:
         return False
@@ -449,8 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--names", default="hv-a,hv-b",
                     help="the two hosts' names: hostnames and hostbus host ids")
     up.add_argument("--broker-url", default=os.environ.get("HOSTBUS_BROKER_URL", ""),
-                    help="also run a hostbus-agent (virt) for each host on this broker; "
-                         "enroll the hosts first (hostbus broker enroll NAME --agents virt)")
+                    help="also run a hostbus-agent (virt) for each host on this broker "
+                         "(default: $HOSTBUS_BROKER_URL; none: no agents); enroll the hosts "
+                         "first (hostbus broker enroll NAME --agents virt)")
     guest = sub.add_parser("guest", help="define and start the counter guest on a host")
     guest.add_argument("name")
     guest.add_argument("--host", default="", help="default: the first host")
