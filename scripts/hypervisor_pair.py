@@ -392,8 +392,7 @@ def _agent_online(host: Host) -> bool:
         return True
     if not _alive(host.agent_pid):
         last = (log.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
-        raise PairError(f"hostbus-agent of {host.name} exited: {last} (its log: "
-                        f"{host.root}/agent.log, removed by down)")
+        raise PairError(f"hostbus-agent of {host.name} exited: {last}")
     return False
 
 
