@@ -1,0 +1,234 @@
+"""What every command shares: exit codes, the one error type commands raise, the CLI
+context (configuration and the console, made by an injectable factory) and output.
+
+Commands and their helpers never exit the process: they raise ``CliError`` (or let a
+``HostbusError`` through), and ``exit_on_error`` in the root group turns every error
+into its message and exit code, in one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from enum import IntEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from hostbus import config
+from hostbus.errors import ConfigError, ConnectionFailed, HostbusError, RemoteError, SchemaError
+
+if TYPE_CHECKING:
+    from rich.console import Console as RichConsole
+
+    from console.client import Console
+
+
+class Exit(IntEnum):
+    OK = 0
+    FAILED = 1  # some hosts failed
+    USAGE = 2  # bad input: nothing was sent
+    NOTHING = 3  # nothing discovered / no target
+    NO_REPLY = 4  # some hosts did not reply (takes precedence over FAILED)
+    CONNECT = 5  # cannot reach the broker (or its management API), or it refused
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), after what arrived was printed
+    PIPE = 141  # the output was closed (128 + SIGPIPE), as other Unix tools
+
+
+EPILOG = """\b
+Exit codes: 0 all ok, 1 some failed, 2 usage error, 3 nothing discovered,
+4 some hosts did not reply, 5 cannot reach the broker, 130 interrupted.
+Configuration: --config FILE, else ~/.config/hostbus/console.toml if present;
+environment: HOSTBUS_BROKER_URL, HOSTBUS_CONSOLE_TIMEOUT, ... (see etc/console.toml).
+"""
+
+CONSOLE_DEFAULTS: dict[str, Any] = {
+    "broker": {"url": "amqp://guest:guest@127.0.0.1:5672/hostbus", "connect_timeout": 5.0},
+    "console": {"timeout": 10.0, "idle": 0.3, "admin_url": "http://guest:guest@127.0.0.1:15672"},
+    "security": {"signing_key": "", "agent_keys": ""},
+}
+USER_CONFIG = Path.home() / ".config" / "hostbus" / "console.toml"
+
+
+class CliError(Exception):
+    """A command cannot go on: ``message`` is printed as ``hostbus: message`` on stderr
+    and the process exits with ``code``."""
+
+    def __init__(self, code: Exit, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def usage(message: str) -> CliError:
+    """Bad input: nothing was sent."""
+    return CliError(Exit.USAGE, message)
+
+
+# ------------------------------------------------------------------ the one place
+def exit_code_for(exc: BaseException) -> tuple[Exit, str | None]:
+    """The exit code and message for an error that reached the top of a command."""
+    if isinstance(exc, CliError):
+        return exc.code, exc.message
+    from console.args import ArgumentError
+
+    if isinstance(exc, ArgumentError | ConfigError):
+        return Exit.USAGE, str(exc)
+    if isinstance(exc, RemoteError):  # the local schema refused the request
+        return Exit.USAGE, exc.message
+    if isinstance(exc, SchemaError):
+        return Exit.USAGE, str(exc)
+    if isinstance(exc, HostbusError):  # connection failed, lost or refused
+        return Exit.CONNECT, str(exc)
+    if isinstance(exc, KeyboardInterrupt | click.Abort):
+        return Exit.INTERRUPTED, "interrupted"
+    if isinstance(exc, OSError) and exc.errno == errno.EPIPE:
+        return Exit.PIPE, None
+    raise exc
+
+
+@contextlib.contextmanager
+def exit_on_error() -> Iterator[None]:
+    """Run a command: its errors become a message on stderr and an exit code. Click's
+    own exits and usage errors pass through."""
+    try:
+        yield
+    except (click.exceptions.Exit, click.ClickException):
+        raise
+    except (Exception, KeyboardInterrupt, click.Abort) as exc:
+        code, message = exit_code_for(exc)
+        if code == Exit.PIPE:
+            output_closed()
+        elif message:
+            with contextlib.suppress(OSError):
+                click.echo(f"hostbus: {message}", err=True)
+        raise click.exceptions.Exit(code) from None
+
+
+def output_closed() -> None:
+    """The reader of stdout went away (``hostbus watch | head -1``): point stdout at
+    /dev/null so nothing more (not even the interpreter's final flush) complains."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+# ---------------------------------------------------------------------- context
+ConsoleFactory = Callable[["CliContext", bool], "Console"]
+
+
+def connect_console(ctx: CliContext, validate: bool) -> Console:
+    """The console over the configured broker, with the configured keys."""
+    from console.client import Console
+
+    signer = agent_keys = None
+    sec = ctx.cfg["security"]
+    if sec["signing_key"] or sec["agent_keys"]:
+        from hostbus.signing import Signer, Verifier
+
+        if sec["signing_key"]:
+            signer = Signer.load(config.resolve(sec["signing_key"], ctx.config_path))
+        if sec["agent_keys"]:
+            agent_keys = Verifier.from_folder(config.resolve(sec["agent_keys"],
+                                                             ctx.config_path))
+    try:
+        return Console.connect(ctx.url, connect_timeout=float(ctx.cfg["broker"]["connect_timeout"]),
+                               validate=validate, signer=signer, agent_keys=agent_keys)
+    except ConnectionFailed as exc:
+        raise CliError(Exit.CONNECT, f"cannot connect: {exc}") from None
+    except (ConfigError, CliError):
+        raise
+    except HostbusError as exc:
+        raise CliError(Exit.CONNECT, f"broker error: {exc}") from None
+
+
+class CliContext:
+    """What the root group hands every command: the configuration, and the console,
+    connected on first use by ``factory`` (tests pass one over the in-memory broker)."""
+
+    def __init__(self, cfg: dict[str, Any], config_path: str | None = None,
+                 factory: ConsoleFactory = connect_console) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self._factory = factory
+        self._console: Console | None = None
+
+    @classmethod
+    def load(cls, config_file: str | None, url: str | None,
+             factory: ConsoleFactory | None = None) -> CliContext:
+        path = config_file or (str(USER_CONFIG) if USER_CONFIG.exists() else None)
+        cfg = config.load(CONSOLE_DEFAULTS, path)
+        if url:
+            cfg["broker"]["url"] = url
+        return cls(cfg, path, factory or connect_console)
+
+    @property
+    def url(self) -> str:
+        return self.cfg["broker"]["url"]
+
+    def console(self, *, validate: bool = True) -> Console:
+        """The connected console (one per command). ``validate=False`` sends what the
+        local schema does not know."""
+        if self._console is None:
+            self._console = self._factory(self, validate)
+        self._console.validate = validate
+        return self._console
+
+    def timeout(self, value: float | None) -> float:
+        return float(value if value is not None else self.cfg["console"]["timeout"])
+
+    def idle(self, value: float | None) -> float:
+        return float(value if value is not None else self.cfg["console"]["idle"])
+
+    def close(self) -> None:
+        if self._console is not None:
+            self._console.close()
+            self._console = None
+
+
+# ----------------------------------------------------------------------- output
+def out() -> RichConsole:
+    """Where tables go: stdout, sized to the terminal."""
+    from rich.console import Console as RichConsole
+
+    # Piped output is read by people in pagers and logs: give tables room.
+    width = None if sys.stdout.isatty() else 200
+    return RichConsole(highlight=False, soft_wrap=False, width=width)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def progress(total: int, label: str,
+             enabled: bool) -> tuple[Callable[[], None], Callable[[], None]]:
+    """A progress bar on stderr for people (not for pipes or --json): (advance, stop)."""
+    if not enabled or total < 2 or not sys.stderr.isatty():
+        return (lambda: None), (lambda: None)
+    from rich.console import Console as RichConsole
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    bar = Progress("[progress.description]{task.description}", BarColumn(),
+                   MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=RichConsole(stderr=True), transient=True)
+    task = bar.add_task(label, total=total)
+    bar.start()
+    return (lambda: bar.advance(task)), bar.stop
+
+
+def split_target(target: str, what: str, example: str) -> tuple[str, str]:
+    """``agent.rest`` of AGENT.METHOD or AGENT.CLASS."""
+    agent, sep, rest = target.partition(".")
+    if not sep or not agent or not rest:
+        raise usage(f"{target!r}: expected {what}, e.g. {example}")
+    return agent, rest

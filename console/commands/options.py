@@ -1,0 +1,54 @@
+"""Options that several commands take, defined once so they read the same everywhere."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def json_option(fn: F) -> F:
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print JSON for scripts instead of tables.")(fn)
+
+
+def timeout_option(fn: F) -> F:
+    return click.option("--timeout", "-t", type=click.FloatRange(0, min_open=True),
+                        default=None, metavar="S",
+                        help="Give up waiting for replies after S seconds (default 10, "
+                             "[console] timeout).")(fn)
+
+
+def idle_option(fn: F) -> F:
+    return click.option("--idle", type=click.FloatRange(0, min_open=True), default=None,
+                        metavar="S",
+                        help="Stop discovery S seconds after the last reply (default 0.3, "
+                             "[console] idle).")(fn)
+
+
+def where_option(fn: F) -> F:
+    return click.option("--where", "-w", multiple=True, metavar="FACT=VALUE",
+                        help="Only hosts with this fact (repeatable; all must match).")(fn)
+
+
+def hosts_option(help_text: str = "Only hosts whose id matches (repeatable, globs allowed)."
+                 ) -> Callable[[F], F]:
+    """-H/--host: host ids or globs."""
+
+    def wrap(fn: F) -> F:
+        return click.option("-H", "--host", "hosts", multiple=True, metavar="HOST",
+                            help=help_text)(fn)
+
+    return wrap
+
+
+def discovery_options(fn: F) -> F:
+    """What selects hosts by discovery: --where, --idle, --timeout."""
+    return where_option(idle_option(timeout_option(fn)))
+
+
+def yes_option(fn: F) -> F:
+    return click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")(fn)

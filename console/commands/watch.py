@@ -1,0 +1,75 @@
+"""Following events: ``hostbus watch``."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from typing import Any
+
+import click
+
+from console.commands.common import EPILOG, CliContext, Exit, plural
+from console.commands.options import json_option
+
+
+@click.command(epilog=EPILOG)
+@click.argument("patterns", nargs=-1, metavar="[PATTERN]...")
+@click.option("--count", "-n", type=click.IntRange(0), default=0, help="Stop after N events.")
+@click.option("--duration", "-d", type=click.FloatRange(0), default=0, metavar="S",
+              help="Stop after S seconds.")
+@click.option("--name", metavar="NAME",
+              help="Use the named, durable subscription queue hostbus.sub.USER.NAME "
+                   "(events are kept while you are away).")
+@json_option
+@click.pass_obj
+def watch(ctx: CliContext, patterns: tuple[str, ...], count: int, duration: float,
+          name: str | None, as_json: bool) -> Exit:
+    """Print events as they arrive, until Ctrl-C, --count or --duration.
+
+    \b
+    PATTERN is an AMQP topic pattern on <agent>.<host>.<event> (default '#'):
+      hostbus watch 'host.*.alert'          every host's alerts
+      hostbus watch 'agent.#'               online, heartbeat, offline
+      hostbus watch 'host.web01.#' -n 5     five events from web01
+    Gaps in an agent's sequence numbers and agent restarts are reported.
+    """
+    console = ctx.console()
+    done = threading.Event()
+    seen = [0]
+    lock = threading.Lock()
+    from console.render import event_line
+
+    def on_event(ev: Any, note: str | None) -> None:
+        with lock:
+            if done.is_set():
+                return
+            if as_json:
+                line = {**ev.to_body(), **({"note": note} if note else {})}
+                click.echo(json.dumps(line, separators=(",", ":")))
+            else:
+                if note:
+                    click.echo(f"! {note}", err=True)
+                click.echo(event_line(ev))
+            seen[0] += 1
+            if count and seen[0] >= count:
+                done.set()
+
+    queue_name = console.subscribe(list(patterns) or ["#"], on_event, name=name,
+                                   durable=name is not None)
+    if not as_json:
+        where = (f"on durable queue {queue_name}" if name is not None else
+                 "(a private queue, gone when this stops)")
+        click.echo(f"watching {' '.join(patterns) or '#'} {where} (Ctrl-C to stop)",
+                   err=True)
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    started = time.monotonic()
+    while not done.wait(0.2):
+        if duration and time.monotonic() - started >= duration:
+            break
+    done.set()
+    if not as_json:
+        click.echo(plural(seen[0], "event"), err=True)
+    return Exit.OK
