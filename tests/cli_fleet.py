@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from agents.host.power import RecordingPower
 from agents.runtime import AgentRuntime
 from console.cli import cli
 from console.client import Console
@@ -28,6 +29,7 @@ class Fleet:
     config: Path
     runtimes: dict[str, AgentRuntime] = field(default_factory=dict)
     ps: dict[str, FakePs] = field(default_factory=dict)
+    power: dict[str, RecordingPower] = field(default_factory=dict)
     consoles: list[Console] = field(default_factory=list)
     user: str = "console"
 
@@ -38,12 +40,13 @@ class Fleet:
         self.broker.enroll(host_id, ["host"])
         transport = MemoryTransport(self.broker, user=host_id)
         transport.start()
-        agent, ps, _power = make_host_agent(host_id, **(agent_kw or {}))
+        agent, ps, power = make_host_agent(host_id, **(agent_kw or {}))
         runtime = AgentRuntime(transport, host_id, [agent], heartbeat_interval=60,
                                facts=facts or {}, check_results=True, **runtime_kw)
         runtime.start()
         self.runtimes[host_id] = runtime
         self.ps[host_id] = ps
+        self.power[host_id] = power
         return runtime
 
     def console(self, ctx: CliContext, validate: bool) -> Console:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import fnmatch
 from typing import TYPE_CHECKING, Any
 
+import click
+
 from console.args import parse_where
 from console.commands.common import CliContext, CliError, Exit, emit_json, usage
 from hostbus import names
@@ -49,23 +51,34 @@ def discover(ctx: CliContext, hosts: tuple[str, ...], agent: str | None,
 def select_hosts(ctx: CliContext, hosts: tuple[str, ...], all_hosts: bool,
                  where: tuple[str, ...], agent: str | None, timeout: float | None,
                  idle: float | None, as_json: bool) -> list[str]:
-    """-H names are used as given; -H globs, --all and --where go through discovery."""
-    facts = parse_where(where)
-    exact = [valid_host(h) for h in hosts if not is_glob(h)]
-    globs = [h for h in hosts if is_glob(h)]
+    """The hosts to act on. Exact -H names alone are used as given (no discovery);
+    otherwise discovery finds them, and every filter given narrows the set: -H names
+    and globs, --where facts and the agent all have to match."""
+    parse_where(where)  # bad syntax is found before anything is sent
+    for h in hosts:
+        if not is_glob(h):
+            valid_host(h)
     if not hosts and not all_hosts:
         raise usage("say which hosts: -H HOST (repeatable, globs allowed) or --all "
                     "[--where FACT=VALUE]")
-    if exact and not globs and not all_hosts and not facts:
-        return exact
-    infos = discover(ctx, tuple(globs), agent, where, idle, timeout)
-    selected = list(dict.fromkeys([*exact, *(i.host for i in infos)]))
+    if hosts and not any(is_glob(h) for h in hosts) and not where:
+        return list(dict.fromkeys(hosts))
+    selected = [i.host for i in discover(ctx, hosts, agent, where, idle, timeout)]
+    left_out = [h for h in dict.fromkeys(hosts) if not is_glob(h) and h not in selected]
+    if left_out and selected:
+        click.echo(f"hostbus: left out {', '.join(left_out)}: did not match "
+                   f"{' '.join(f'--where {w}' for w in where) or 'the filters'} (or did not "
+                   "answer discovery)", err=True)
     if not selected:
         if as_json:
             emit_json({"results": [], "summary": {"hosts": 0, "ok": 0, "failed": 0,
                                                   "no_reply": 0}})
-        raise CliError(Exit.NOTHING, "no matching hosts answered discovery (is an agent "
-                                     "running? try `hostbus agents`)")
+        asked = " ".join([*(f"-H {h}" for h in hosts), *(f"--where {w}" for w in where)])
+        having = f" with agent {agent!r}" if agent else ""
+        raise CliError(Exit.NOTHING, f"no host matched {asked}: none of the hosts{having} "
+                                     "that answered discovery (see `hostbus agents`)" if asked
+                       else f"no host{having} answered discovery (is an agent running? "
+                            "try `hostbus agents`)")
     return selected
 
 

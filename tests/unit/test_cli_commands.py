@@ -44,7 +44,7 @@ def test_a_silent_host_exits_4_and_a_failed_one_1(fleet):
 def test_nothing_discovered_exits_3_with_a_message(fleet):
     done = fleet.run("call", "host.identify", "--all")
     assert done.exit_code == 3
-    assert "no matching hosts answered discovery" in done.stderr
+    assert "no host with agent 'host' answered discovery" in done.stderr
 
 
 def test_query_lists_objects_of_every_host(fleet):
