@@ -197,9 +197,14 @@ def out() -> RichConsole:
     """Where tables go: stdout, sized to the terminal."""
     from rich.console import Console as RichConsole
 
+    class Output(RichConsole):
+        def on_broken_pipe(self) -> None:
+            # rich would exit 1 itself; the error goes to the one place instead (141)
+            raise BrokenPipeError(errno.EPIPE, "the output was closed")
+
     # Piped output is read by people in pagers and logs: give tables room.
     width = None if sys.stdout.isatty() else 200
-    return RichConsole(highlight=False, soft_wrap=False, width=width)
+    return Output(highlight=False, soft_wrap=False, width=width)
 
 
 def emit_json(data: Any) -> None:

@@ -38,6 +38,7 @@ def watch(ctx: CliContext, patterns: tuple[str, ...], count: int, duration: floa
     console = ctx.console()
     done = threading.Event()
     seen = [0]
+    closed: list[OSError] = []  # the reader of stdout went away
     lock = threading.Lock()
     from console.render import event_line
 
@@ -45,13 +46,18 @@ def watch(ctx: CliContext, patterns: tuple[str, ...], count: int, duration: floa
         with lock:
             if done.is_set():
                 return
-            if as_json:
-                line = {**ev.to_body(), **({"note": note} if note else {})}
-                click.echo(json.dumps(line, separators=(",", ":")))
-            else:
-                if note:
-                    click.echo(f"! {note}", err=True)
-                click.echo(event_line(ev))
+            try:
+                if as_json:
+                    line = {**ev.to_body(), **({"note": note} if note else {})}
+                    click.echo(json.dumps(line, separators=(",", ":")))
+                else:
+                    if note:
+                        click.echo(f"! {note}", err=True)
+                    click.echo(event_line(ev))
+            except BrokenPipeError as exc:  # on the I/O thread: handed to the main one
+                closed.append(exc)
+                done.set()
+                return
             seen[0] += 1
             if count and seen[0] >= count:
                 done.set()
@@ -70,6 +76,8 @@ def watch(ctx: CliContext, patterns: tuple[str, ...], count: int, duration: floa
         if duration and time.monotonic() - started >= duration:
             break
     done.set()
+    if closed:
+        raise closed[0]
     if not as_json:
         click.echo(plural(seen[0], "event"), err=True)
     return Exit.OK

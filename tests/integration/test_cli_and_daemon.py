@@ -250,3 +250,24 @@ def test_a_request_repeated_after_an_agent_restart_does_not_run_twice(rabbitmq, 
     second.wait(30)
     logs = first.stderr.read() + second.stderr.read()
     assert logs.count("would reboot") == 1, "the repeated request ran again"
+
+
+def test_watch_ends_quietly_when_its_reader_goes_away(rabbitmq, daemon, console):
+    """`hostbus watch | head -1`: the events keep coming, the reader is gone."""
+    waiter = EventCollector()
+    console.subscribe(["agent.#"], waiter)
+    host, _ = daemon()  # a heartbeat every 0.5 s
+    waiter.wait_for(lambda e: e.host == host and e.event == "online")
+    env = {**os.environ, "HOSTBUS_BROKER_URL": rabbitmq.url}
+    watch = subprocess.Popen([str(BIN / "hostbus"), "watch", f"agent.{host}.heartbeat"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        assert b"heartbeat" in watch.stdout.readline()
+        watch.stdout.close()  # as head -1 does after its line
+        assert watch.wait(timeout=30) == 141
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+    stderr = watch.stderr.read().decode()
+    assert "Traceback" not in stderr and "Broken pipe" not in stderr, stderr
