@@ -46,7 +46,7 @@ def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None
     """
     from benchmarks import report
     from benchmarks.run import ALL, Plan, run
-    from hostbus.transport.base import parse_url
+    from hostbus.transport.url import parse_url
 
     plan = Plan.quick() if quick else Plan()
     plan.only = tuple(only) if only else ALL

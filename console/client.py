@@ -18,7 +18,6 @@ import logging
 import queue
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -29,6 +28,7 @@ from hostbus.envelope import (
     REPLY_TYPE,
     Event,
     Reply,
+    new_provision,
     new_request,
     parse_event,
     parse_reply,
@@ -41,17 +41,18 @@ from hostbus.errors import (
     RemoteError,
     SchemaError,
 )
+from hostbus.publisher import Publisher
 from hostbus.schema import (
     AgentSchema,
     MethodSpec,
     available_agents,
-    envelope_validator,
     load_agent_schema,
 )
-from hostbus.transport.base import Delivery, Properties, Transport, connect
+from hostbus.transport import connect
+from hostbus.transport.base import Delivery, Transport
 
 if TYPE_CHECKING:
-    from hostbus.signing import Signer, Verifier
+    from hostbus.security.signing import Signer, Verifier
 
 log = logging.getLogger("hostbus.console")
 
@@ -187,7 +188,7 @@ class Console:
         reply that fails counts only if nothing genuine arrives, as ``bad_signature``;
         an event that fails is dropped (logged)."""
         self.transport = transport
-        self.signer = signer
+        self.publisher = Publisher(transport, signer)
         self.agent_keys = agent_keys
         self.validate = validate
         self.schemas = dict(schemas or {})
@@ -198,6 +199,15 @@ class Console:
         self._lost: Exception | None = None
         self._connected = threading.Event()
         self._connected.set()
+
+    @property
+    def signer(self) -> Signer | None:
+        """The key requests and approvals are signed with (None: unsigned)."""
+        return self.publisher.signer
+
+    @signer.setter
+    def signer(self, signer: Signer | None) -> None:
+        self.publisher.signer = signer
 
     @classmethod
     def connect(cls, url: str, *, connect_timeout: float = 5.0, **kwargs: Any) -> Console:
@@ -312,13 +322,9 @@ class Console:
         with self._lock:
             self._pending[req.message_id] = waiting
         body, props = req.encode()
-        key = req.routing_key()
-        if self.signer is not None:
-            props.user_id = self.transport.user  # signed, so it must be set before
-            self.signer.sign(names.REQUEST_EXCHANGE, key, props, body)
         if sent is not None:
             sent[req.message_id] = (host or "", time.perf_counter())
-        self.transport.publish(names.REQUEST_EXCHANGE, key, body, props)
+        self.publisher.publish(names.REQUEST_EXCHANGE, req.routing_key(), body, props)
         return req.message_id
 
     def _next_reply(self, waiting: queue.SimpleQueue[Any],
@@ -496,23 +502,19 @@ class Console:
         """Post a provisioning request (persistent) and, with ``wait``, return its reply
         (None if none came within ``timeout``). The request id is the idempotency key:
         posting the same id again never makes more VMs."""
-        from hostbus import codec
-
-        envelope_validator("provision").validate(copy.deepcopy(body))
-        rid = request_id or str(uuid.uuid4())
+        request = new_provision(body, request_id=request_id, reply_to=self._reply_queue)
+        rid = request.request_id
         waiting: queue.SimpleQueue[Any] = queue.SimpleQueue()
         with self._lock:
             self._pending[rid] = waiting
-        props = Properties(message_id=rid, reply_to=self._reply_queue,
-                           content_type=codec.CONTENT_TYPE, type="hostbus.provision/1",
-                           timestamp=int(time.time()))
+        data, props = request.encode()
         confirmed: queue.Queue[bool | None] = queue.Queue()
         earlier_refusal = self.transport.last_refusal
         try:
             # Confirmed before this returns: the broker has the request on disk (the
             # quorum queue's majority, in a cluster), or the caller hears why not.
-            self.transport.publish(names.PROVISION_EXCHANGE, "provision", codec.encode(body),
-                                   props, persistent=True, confirm=confirmed.put)
+            self.publisher.publish(names.PROVISION_EXCHANGE, names.PROVISION_KEY, data, props,
+                                   persistent=True, confirm=confirmed.put)
             try:
                 outcome = confirmed.get(timeout=30)
             except queue.Empty:

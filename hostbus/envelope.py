@@ -1,4 +1,5 @@
-"""The three message kinds of DESIGN section 3: building them and reading them back.
+"""The four message kinds (requests, replies, events and provisioning requests):
+building them and reading them back.
 
 Reading is strict and ordered cheapest-first (size, properties, JSON, schema, deadline)
 so hostile input is refused early; every refusal is a ``RemoteError`` with a documented
@@ -7,6 +8,7 @@ code and a message that names the field and the fix.
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 import uuid
@@ -22,6 +24,7 @@ from hostbus.transport.base import Delivery, Properties
 REQUEST_TYPE = "hostbus.request/1"
 REPLY_TYPE = "hostbus.reply/1"
 EVENT_TYPE = "hostbus.event/1"
+PROVISION_TYPE = "hostbus.provision/1"
 
 
 # Replies and events get their message ids from a Mersenne Twister seeded once from the
@@ -259,3 +262,47 @@ def parse_event(delivery: Delivery) -> Event:
         seq=body["seq"], epoch=body["epoch"], time=body["time"],
         user_id=delivery.properties.user_id,
     )
+
+
+# -------------------------------------------------------------------- provisioning
+#: Provisioning bodies are small documents; a larger one is refused before parsing.
+PROVISION_MAX_BYTES = 64 * 1024
+
+
+@dataclass(slots=True)
+class Provision:
+    """A provisioning request: the body as the schema defines it, and the properties
+    that identify it (the message id is the request id and the idempotency key)."""
+
+    body: dict[str, Any]
+    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    reply_to: str | None = None
+    user_id: str | None = None
+
+    def encode(self) -> tuple[bytes, Properties]:
+        props = Properties(message_id=self.request_id, reply_to=self.reply_to,
+                           content_type=codec.CONTENT_TYPE, type=PROVISION_TYPE,
+                           timestamp=int(time.time()))
+        return codec.encode(self.body), props
+
+
+def new_provision(body: dict[str, Any], *, request_id: str | None = None,
+                  reply_to: str | None = None) -> Provision:
+    """A checked provisioning request (raises ``RemoteError`` if ``body`` does not fit
+    the schema). ``body`` is kept as given: defaults are the provisioner's business."""
+    envelope_validator("provision").validate(copy.deepcopy(body))
+    return Provision(body, request_id or str(uuid.uuid4()), reply_to)
+
+
+def parse_provision(delivery: Delivery) -> Provision:
+    props = delivery.properties
+    if not props.message_id:
+        raise RemoteError(ErrorCode.BAD_MESSAGE, "message_id is missing: set a uuid4; it "
+                          "is the request id and the idempotency key")
+    check_properties(props, PROVISION_TYPE, "provisioning requests")
+    body = codec.decode_object(delivery.body, max_bytes=PROVISION_MAX_BYTES)
+    if body.get("name") and body.get("count", 1) != 1:  # before the schema says it
+        raise RemoteError(ErrorCode.BAD_MESSAGE,  # less clearly
+                          "name is for one VM; use name_prefix for count > 1")
+    envelope_validator("provision").validate(body)
+    return Provision(body, props.message_id, usable_reply_to(props), props.user_id)

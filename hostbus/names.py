@@ -1,4 +1,4 @@
-"""Names on the bus: host ids, agent names, routing keys and queue names (DESIGN section 2).
+"""Names on the bus: host ids, agent names, routing keys and queue names.
 
 Every routing key and queue name hostbus uses is built here, so the topology has one
 definition on the Python side (``broker_config/definitions.json`` is the other).
@@ -14,6 +14,8 @@ REQUEST_EXCHANGE = "hostbus.request"
 EVENT_EXCHANGE = "hostbus.event"
 REPLY_EXCHANGE = "hostbus.reply"
 PROVISION_EXCHANGE = "hostbus.provision"
+PROVISION_QUEUE = "hostbus.provision"
+PROVISION_KEY = "provision"
 DEAD_EXCHANGE = "hostbus.dead"
 
 BUILTIN_AGENT = "agent"

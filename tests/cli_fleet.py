@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from agents.host.power import RecordingPower
-from agents.runtime import AgentRuntime
 from console.cli import cli
 from console.client import Console
 from console.commands.common import CliContext
+from hostbus.serving.runtime import AgentRuntime
 from hostbus.transport.memory import MemoryBroker, MemoryTransport
 from tests.fakes import FakePs, make_host_agent
 

@@ -8,12 +8,12 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
-from agents.base import Agent, method
 from agents.host.agent import HostAgent
 from agents.host.alerts import Threshold
 from agents.host.power import RecordingPower
 from hostbus.errors import ErrorCode, RemoteError
 from hostbus.schema import AgentSchema
+from hostbus.serving.agent import Agent, method
 
 NT = SimpleNamespace
 

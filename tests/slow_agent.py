@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agents.base import Agent, CallContext, method
-from agents.runtime import AgentRuntime
-from hostbus.replay import ReplayGuard
 from hostbus.schema import AgentSchema
+from hostbus.security.replay import ReplayGuard
+from hostbus.serving.agent import Agent, CallContext, method
+from hostbus.serving.runtime import AgentRuntime
 
 SCHEMA = AgentSchema.from_dict({
     "agent": "slow", "version": "1.0", "description": "a slow method, for crash tests",

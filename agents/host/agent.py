@@ -16,12 +16,12 @@ from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
 
-from agents.base import Agent, method, objects, periodic
 from agents.host.alerts import AlertTracker, Threshold
 from agents.host.power import PowerController
 from agents.host.services import ServiceManager
 from hostbus import __version__
 from hostbus.envelope import now_rfc3339
+from hostbus.serving.agent import Agent, method, objects, periodic
 
 # Pseudo and container file systems that say nothing about the host's disks.
 _SKIP_FSTYPES = {"squashfs", "tmpfs", "devtmpfs", "overlay", "proc", "sysfs", "cgroup",

@@ -52,7 +52,7 @@ def admin(ctx: CliContext, admin_url: str | None) -> BrokerAdmin:
 
 
 def vhost_of(ctx: CliContext, vhost: str | None) -> str:
-    from hostbus.transport.base import parse_url
+    from hostbus.transport.url import parse_url
 
     return vhost or parse_url(ctx.url).vhost
 
@@ -88,7 +88,7 @@ def _identity_url(ctx: CliContext, user: str, password: str, broker_url: str | N
     certificate, key) a client certificate (SASL EXTERNAL, amqps only)."""
     from urllib.parse import quote, urlencode
 
-    from hostbus.transport.base import parse_url
+    from hostbus.transport.url import parse_url
 
     base = parse_url(broker_url or ctx.url)
     where = f"{base.host}:{base.port}/{quote(base.vhost, safe='')}"
@@ -105,7 +105,7 @@ def _issue_client_cert(ctx: CliContext, name: str, tls_dir: str | None,
     if tls_dir is None:
         return None
     from hostbus.devca import CA_CERT, issue
-    from hostbus.transport.base import parse_url
+    from hostbus.transport.url import parse_url
 
     if parse_url(broker_url or ctx.url).scheme not in ("amqps", "amqps10"):
         raise usage("a client certificate needs TLS: give --broker-url "

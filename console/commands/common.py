@@ -130,7 +130,7 @@ def connect_console(ctx: CliContext, validate: bool) -> Console:
     signer = agent_keys = None
     sec = ctx.cfg["security"]
     if sec["signing_key"] or sec["agent_keys"]:
-        from hostbus.signing import Signer, Verifier
+        from hostbus.security.signing import Signer, Verifier
 
         if sec["signing_key"]:
             signer = Signer.load(config.resolve(sec["signing_key"], ctx.config_path))

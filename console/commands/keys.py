@@ -27,7 +27,7 @@ def keys_generate(name: str, folder: str, as_json: bool) -> Exit:
                                        [security] trusted_keys = "/etc/hostbus/trusted"
     """
     from hostbus.broker_admin import IDENTITY_RE
-    from hostbus.signing import generate
+    from hostbus.security.signing import generate
 
     if not IDENTITY_RE.match(name):
         raise usage(f"invalid name {name!r}: use the identity's broker user name (a-z 0-9 _ -)")

@@ -32,8 +32,8 @@ def policy_check(caller: str, target: str, pairs: tuple[str, ...], policy_file: 
     """Explain which rule decides CALLER's AGENT.METHOD call, and why the rules before it
     did not apply. Arguments are typed and defaulted by the method's schema, as the
     agent sees them. Exit 0 allowed, 1 denied (or needs approval)."""
-    from agents.policy import RulesPolicy
     from console.client import method_spec
+    from hostbus.security.policy import RulesPolicy
 
     agent, method = split_target(target, "AGENT.METHOD", "host.identify")
     spec = method_spec(agent, method)

@@ -12,16 +12,16 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from agents.audit import AuditLog
-from agents.daemon import setup_logging
-from agents.policy import RulesPolicy
-from agents.runtime import AgentRuntime
 from console.client import Console
 from console.provisioner.agent import ProvisionAgent
 from console.provisioner.service import Provisioner, Quotas, consume_requests
 from console.provisioner.store import RequestStore
 from hostbus import __version__, config, names
 from hostbus.errors import BrokerRefused, ConfigError, ConnectionFailed, HostbusError
+from hostbus.logs import setup_logging
+from hostbus.security.audit import AuditLog
+from hostbus.security.policy import RulesPolicy
+from hostbus.serving.runtime import AgentRuntime
 
 log = logging.getLogger("hostbus.provisioner")
 
@@ -60,7 +60,7 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
         print(f"hostbus provisioner: {exc}")
         return 1
     setup_logging(pcfg["log_level"])
-    from hostbus.transport.base import connect
+    from hostbus.transport import connect
 
     store = RequestStore(state_dir(pcfg["state_dir"]) / "provisioner.db")
     url = cfg["broker"]["url"]
@@ -72,7 +72,7 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
     agent = ProvisionAgent(store)
     signer = None
     if cfg["security"]["signing_key"]:
-        from hostbus.signing import Signer
+        from hostbus.security.signing import Signer
 
         try:
             signer = Signer.load(config.resolve(cfg["security"]["signing_key"], config_path))
@@ -101,7 +101,7 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
     audit = AuditLog(config.resolve(pcfg["audit_log"], config_path) if pcfg["audit_log"]
                      else store.path.parent / f"audit-{host_id}.jsonl")
     provisioner = Provisioner(
-        console=console, store=store, agent=agent, host_id=host_id,
+        console=console, publisher=runtime.publisher, store=store, agent=agent, host_id=host_id,
         quotas=Quotas(int(cfg["quotas"]["default_max_vms"]), owners),
         call_timeout=float(pcfg["call_timeout"]), discovery_idle=float(pcfg["discovery_idle"]),
         policy=policy, audit=audit,

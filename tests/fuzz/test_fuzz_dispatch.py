@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agents.dispatch import Dispatcher, HostedAgent
 from hostbus.envelope import REQUEST_TYPE
 from hostbus.schema import envelope_validator, load_agent_schema
+from hostbus.serving.dispatch import Dispatcher, HostedAgent
 from hostbus.transport.base import Delivery, Properties
 from tests.fakes import PROBE_SCHEMA, ProbeAgent, make_host_agent
 
@@ -100,7 +100,7 @@ def test_with_signatures_required_nothing_unsigned_ever_runs(body, props):
 def _verifier():
     import tempfile
 
-    from hostbus.signing import Verifier, generate, read_public_key
+    from hostbus.security.signing import Verifier, generate, read_public_key
 
     with tempfile.TemporaryDirectory() as folder:
         _, pub = generate("trusted", folder)
@@ -116,9 +116,9 @@ def _signed_setup():
     reaches. Nothing on the host may run without a second person."""
     import tempfile
 
-    from agents.approvals import Approvals, ApprovalStore
-    from agents.policy import Rule, RulesPolicy
-    from hostbus.signing import Signer, Verifier, generate, read_public_key
+    from hostbus.security.policy import Rule, RulesPolicy
+    from hostbus.security.signing import Signer, Verifier, generate, read_public_key
+    from hostbus.serving.approvals import Approvals, ApprovalStore
 
     folder = tempfile.mkdtemp()
     key, pub = generate("mallory", folder)

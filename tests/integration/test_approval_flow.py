@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hostbus.signing import generate
+from hostbus.security.signing import generate
 from tests.fakes import EventCollector
 
 pytestmark = pytest.mark.integration

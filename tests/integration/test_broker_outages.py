@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.runtime import AgentRuntime
 from console.client import Console
+from hostbus.serving.runtime import AgentRuntime
 from tests.fakes import EventCollector, make_host_agent
 from tests.rabbit_node import alerts_in_two_parts, hostbus_node
 

@@ -15,8 +15,8 @@ import pika
 import pytest
 
 from agents import virt
-from agents.runtime import AgentRuntime
 from console.client import Console
+from hostbus.serving.runtime import AgentRuntime
 from tests.fakes import EventCollector, make_host_agent, post_provision_raw
 from tests.integration.test_provisioning import GatedVirtAgent
 from tests.rabbit_node import RabbitNode, alerts_in_two_parts, kill, start_cluster, started

@@ -14,8 +14,8 @@ import pika
 import pytest
 
 from agents import virt
-from agents.runtime import AgentRuntime
 from agents.virt.agent import VirtAgent
+from hostbus.serving.runtime import AgentRuntime
 from tests.fakes import EventCollector, post_provision_raw, raw_connection
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ import pytest
 
 from hostbus import names
 from hostbus.envelope import new_request
-from hostbus.signing import Signer, generate
+from hostbus.security.signing import Signer, generate
 from tests.fakes import EventCollector, raw_connection
 
 pytestmark = pytest.mark.integration

@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from agents.dispatch import Dispatcher, HostedAgent
-from agents.policy import Decision
 from hostbus.envelope import REQUEST_TYPE
 from hostbus.schema import load_agent_schema
+from hostbus.security.policy import Decision
+from hostbus.serving.dispatch import Dispatcher, HostedAgent
 from hostbus.transport.base import Delivery, Properties
 from tests.fakes import PROBE_SCHEMA, ProbeAgent, make_host_agent
 

@@ -12,7 +12,8 @@ from hostbus.envelope import (
     parse_request,
 )
 from hostbus.errors import ErrorCode, RemoteError
-from hostbus.transport.base import Delivery, Properties, parse_url
+from hostbus.transport.base import Delivery, Properties
+from hostbus.transport.url import parse_url
 
 
 @pytest.mark.parametrize(("pattern", "key", "expected"), [

@@ -4,13 +4,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from agents.audit import AuditLog, args_digest
-from agents.dispatch import Dispatcher, HostedAgent
-from agents.policy import DiscoveryOnly, RulesPolicy
-from agents.runtime import AgentRuntime
 from hostbus.envelope import REQUEST_TYPE
 from hostbus.errors import ConfigError
 from hostbus.schema import load_agent_schema
+from hostbus.security.audit import AuditLog, args_digest
+from hostbus.security.policy import DiscoveryOnly, RulesPolicy
+from hostbus.serving.dispatch import Dispatcher, HostedAgent
+from hostbus.serving.runtime import AgentRuntime
 from hostbus.transport.base import Delivery, Properties
 from hostbus.transport.memory import MemoryTransport
 from tests.fakes import make_host_agent

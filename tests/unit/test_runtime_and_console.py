@@ -2,11 +2,11 @@
 
 import pytest
 
-from agents.base import Agent, method
-from agents.runtime import AgentRuntime
 from console.client import Console, Sequencer
 from hostbus.envelope import Event
 from hostbus.errors import BrokerRefused, RemoteError, SchemaError
+from hostbus.serving.agent import Agent, method
+from hostbus.serving.runtime import AgentRuntime
 from hostbus.transport.memory import MemoryTransport
 from tests.fakes import PROBE_SCHEMA, EventCollector, ProbeAgent, make_host_agent
 

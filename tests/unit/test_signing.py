@@ -5,13 +5,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from agents.dispatch import Dispatcher, HostedAgent
 from hostbus import names
 from hostbus.envelope import new_request
 from hostbus.errors import RemoteError
-from hostbus.replay import ReplayGuard
 from hostbus.schema import load_agent_schema
-from hostbus.signing import Signer, Verifier, generate, read_public_key
+from hostbus.security.replay import ReplayGuard
+from hostbus.security.signing import Signer, Verifier, generate, read_public_key
+from hostbus.serving.dispatch import Dispatcher, HostedAgent
 from hostbus.transport.base import Delivery
 from tests.fakes import make_host_agent
 
@@ -143,8 +143,8 @@ def test_the_replay_guard_forgets_ids_after_their_deadline():
 
 
 def test_the_console_signs_what_it_sends(memory_broker, keys):
-    from agents.runtime import AgentRuntime
     from console.client import Console
+    from hostbus.serving.runtime import AgentRuntime
     from hostbus.transport.memory import MemoryTransport
 
     memory_broker.enroll("web01", ["host"])
@@ -199,9 +199,9 @@ def test_a_retried_request_does_not_run_twice_and_learns_the_outcome(setup, keys
 def test_signed_replies_and_events_are_checked_by_the_console(memory_broker, tmp_path):
     """A console holding the agents' keys accepts what a host signed for itself and
     nothing else: not another key's reply, not an event one host forged for another."""
-    from agents.runtime import AgentRuntime
     from console.client import Console
     from hostbus.envelope import Event
+    from hostbus.serving.runtime import AgentRuntime
     from hostbus.transport.memory import MemoryTransport
     from tests.fakes import EventCollector
 

@@ -1,6 +1,6 @@
 """The replay guard: every agent remembers recent request ids, with their replies.
 
-Kept apart from ``hostbus.signing`` so an agent that checks no signatures never loads
+Kept apart from ``hostbus.security.signing`` so an agent that checks no signatures never loads
 the cryptography library.
 """
 

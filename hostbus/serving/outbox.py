@@ -27,7 +27,8 @@ from pathlib import Path
 
 import orjson
 
-from hostbus.transport.base import Properties, Transport
+from hostbus.publisher import Publisher
+from hostbus.transport.base import Properties
 
 log = logging.getLogger("hostbus.outbox")
 
@@ -119,9 +120,10 @@ class Spool:
 
 
 class EventOutbox:
-    def __init__(self, transport: Transport, spool: Spool | None = None, *,
+    def __init__(self, publisher: Publisher, spool: Spool | None = None, *,
                  window: int = 256) -> None:
-        self.transport = transport
+        self.publisher = publisher
+        transport = publisher.transport
         self.spool = spool or Spool(None)
         self.window = window
         self.rejected = 0  # refused by the broker (a Basic.Nack): logged, not retried
@@ -163,7 +165,7 @@ class EventOutbox:
 
     # ------------------------------------------------------------------ inside
     def _publish(self, rec: Outgoing) -> None:
-        self.transport.publish(rec.exchange, rec.routing_key, rec.body, rec.props,
+        self.publisher.publish(rec.exchange, rec.routing_key, rec.body, rec.props,
                                persistent=True,
                                confirm=lambda ok, oid=rec.oid: self._confirmed(oid, ok))
 

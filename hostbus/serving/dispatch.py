@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from agents.base import Agent, CallContext, as_text
-from agents.policy import AllowAll, Decision, Policy
 from hostbus.envelope import (
     REQUEST_TYPE,
     Reply,
@@ -29,13 +27,15 @@ from hostbus.envelope import (
 )
 from hostbus.errors import ErrorCode, RemoteError
 from hostbus.names import BUILTIN_AGENT
-from hostbus.replay import ReplayGuard
 from hostbus.schema import AgentSchema
+from hostbus.security.policy import AllowAll, Decision, Policy
+from hostbus.security.replay import ReplayGuard
+from hostbus.serving.agent import Agent, CallContext, as_text
 from hostbus.transport.base import Delivery
 
 if TYPE_CHECKING:
-    from agents.approvals import Approvals, Parked
-    from hostbus.signing import Verifier
+    from hostbus.security.signing import Verifier
+    from hostbus.serving.approvals import Approvals, Parked
 
 log = logging.getLogger("hostbus.dispatch")
 
