@@ -58,10 +58,13 @@ class Fleet:
         self.consoles.append(console)
         return console
 
-    def run(self, *args: str, input: str | None = None) -> Result:
-        """``hostbus ARGS`` as an operator types it; stdout and stderr kept apart."""
+    def run(self, *args: str, input: str | None = None,
+            env: dict[str, str] | None = None) -> Result:
+        """``hostbus ARGS`` as an operator types it; stdout and stderr kept apart.
+        ``env`` with TTY_COMPATIBLE=1 and COLUMNS=N: as on a terminal N columns wide."""
         return CliRunner().invoke(cli, ["--config", str(self.config), *args],
-                                  obj=self.console, input=input, catch_exceptions=False)
+                                  obj=self.console, input=input, env=env,
+                                  catch_exceptions=False)
 
     def stop(self) -> None:
         for runtime in self.runtimes.values():

@@ -8,9 +8,28 @@ from typing import Any
 
 import click
 
-from console.commands.common import EPILOG, CliContext, CliError, Exit, emit_json, out, usage
-from console.commands.options import hosts_option, json_option, timeout_option, yes_option
+from console.commands.common import (
+    EPILOG,
+    CliContext,
+    CliError,
+    Exit,
+    check_columns,
+    emit_json,
+    layout,
+    out,
+    usage,
+)
+from console.commands.options import (
+    hosts_option,
+    json_option,
+    table_options,
+    timeout_option,
+    yes_option,
+)
 from console.commands.targeting import exit_for, select_hosts
+
+APPROVAL_COLUMNS = ["approval_id", "host", "requester", "call", "args", "expires", "state",
+                    "decided_by", "outcome"]
 
 
 @click.group()
@@ -44,11 +63,14 @@ def _approvals_on(ctx: CliContext, hosts: tuple[str, ...], which: str,
 @click.option("--all", "every_state", is_flag=True,
               help="Also approved, denied and expired ones (last 7 days).")
 @timeout_option
+@table_options
 @json_option
 @click.pass_obj
 def approvals_list(ctx: CliContext, hosts: tuple[str, ...], every_state: bool,
-                   timeout: float | None, as_json: bool) -> Exit:
+                   timeout: float | None, wide: bool, columns: tuple[str, ...],
+                   as_json: bool) -> Exit:
     """List parked requests, oldest first, with what each would run."""
+    check_columns(columns, APPROVAL_COLUMNS)
     found, result = _approvals_on(ctx, hosts, "all" if every_state else "pending", timeout)
     if as_json:
         emit_json({"approvals": found, "summary": result.summary,
@@ -58,9 +80,8 @@ def approvals_list(ctx: CliContext, hosts: tuple[str, ...], every_state: bool,
 
         console_out = out()
         if found:
-            console_out.print(objects_table(found, [
-                "approval_id", "host", "requester", "call", "args", "expires", "state",
-                "decided_by", "outcome"]))
+            console_out.print(objects_table(found, layout(console_out, wide, columns),
+                                            APPROVAL_COLUMNS))
         else:
             console_out.print("no approvals " + ("" if every_state else "pending ") +
                               f"on {len(result.results)} host(s)")

@@ -13,13 +13,20 @@ from console.commands.common import (
     EPILOG,
     CliContext,
     Exit,
+    check_columns,
     emit_json,
+    layout,
     out,
     progress,
     split_target,
     usage,
 )
-from console.commands.options import discovery_options, hosts_option, json_option
+from console.commands.options import (
+    discovery_options,
+    hosts_option,
+    json_option,
+    table_options,
+)
 from console.commands.targeting import exit_for, select_hosts
 from hostbus.errors import RemoteError
 
@@ -44,14 +51,15 @@ def _method_spec(agent: str, method: str) -> Any:
 @click.option("--no-validate", is_flag=True,
               help="Send even if the local schema does not know the method or arguments.")
 @discovery_options
+@table_options
 @json_option
 @click.option("--help", "-h", "show_help", is_flag=True,
               help="Show this help; with AGENT.METHOD, the method's own help.")
 @click.pass_context
 def call(click_ctx: click.Context, target: str | None, pairs: tuple[str, ...],
          hosts: tuple[str, ...], all_hosts: bool, batch: int, yes: bool, no_validate: bool,
-         where: tuple[str, ...], idle: float | None, timeout: float | None, as_json: bool,
-         show_help: bool) -> Exit:
+         where: tuple[str, ...], idle: float | None, timeout: float | None, wide: bool,
+         columns: tuple[str, ...], as_json: bool, show_help: bool) -> Exit:
     """Call AGENT.METHOD on one host, a list, or every matching host.
 
     \b
@@ -102,11 +110,6 @@ def call(click_ctx: click.Context, target: str | None, pairs: tuple[str, ...],
                                 batch=batch, on_result=on_result)
     finally:
         stop()
-    _print_fanout(agent, method, result, as_json)
-    return exit_for(result.summary)
-
-
-def _print_fanout(agent: str, method: str, result: FanoutResult, as_json: bool) -> None:
     if as_json:
         emit_json({"agent": agent, "method": method,
                    "results": [r.to_dict() for r in result.results],
@@ -114,7 +117,22 @@ def _print_fanout(agent: str, method: str, result: FanoutResult, as_json: bool) 
     else:
         from console.render import print_fanout
 
-        print_fanout(out(), result)
+        console_out = out()
+        print_fanout(console_out, result, layout(console_out, wide, columns))
+        _warn_unknown_columns(columns, result)
+    return exit_for(result.summary)
+
+
+def _warn_unknown_columns(columns: tuple[str, ...], result: FanoutResult) -> None:
+    """Results are typed loosely (their objects' fields are not all declared): a
+    --columns name is checked against what came back."""
+    seen = {key for r in result.results if r.reply and r.reply.result
+            for value in r.reply.result.values() if isinstance(value, list)
+            for item in value if isinstance(item, dict) for key in item}
+    unknown = [c for c in columns if c not in seen]
+    if unknown and seen:
+        click.echo(f"hostbus: no result table has column {', '.join(unknown)}; columns: "
+                   f"{', '.join(sorted(seen))}", err=True)
 
 
 @click.command(epilog=EPILOG)
@@ -125,11 +143,12 @@ def _print_fanout(agent: str, method: str, result: FanoutResult, as_json: bool) 
 @click.option("--limit", type=click.IntRange(1, 10000), default=1000,
               help="At most this many objects per host.")
 @discovery_options
+@table_options
 @json_option
 @click.pass_obj
 def query(ctx: CliContext, target: str, hosts: tuple[str, ...], filters: tuple[str, ...],
           limit: int, where: tuple[str, ...], idle: float | None, timeout: float | None,
-          as_json: bool) -> Exit:
+          wide: bool, columns: tuple[str, ...], as_json: bool) -> Exit:
     """List the objects of one class (AGENT.CLASS) across hosts.
 
     \b
@@ -147,7 +166,7 @@ def query(ctx: CliContext, target: str, hosts: tuple[str, ...], filters: tuple[s
         raise usage(str(exc).replace("--where", "--filter")) from None
     from hostbus.schema import available_agents, load_agent_schema
 
-    columns = None
+    fields: list[str] | None = None
     if agent in available_agents():
         schema = load_agent_schema(agent)
         spec = schema.classes.get(class_name)
@@ -158,7 +177,8 @@ def query(ctx: CliContext, target: str, hosts: tuple[str, ...], filters: tuple[s
         if unknown:
             raise usage(f"{class_name} has no field {unknown[0]!r}; fields: "
                         f"{', '.join(sorted(spec.fields))}")
-        columns = list(spec.fields)
+        fields = list(spec.fields)
+        check_columns(columns, ["host", *fields])
     console = ctx.console()
     selected = select_hosts(ctx, hosts, not hosts, where, agent, timeout, idle, as_json)
     advance, stop = progress(len(selected), f"query {target}", not as_json)
@@ -179,7 +199,8 @@ def query(ctx: CliContext, target: str, hosts: tuple[str, ...], filters: tuple[s
 
         console_out = out()
         if rows:
-            console_out.print(objects_table(rows, ["host", *columns] if columns else None))
+            console_out.print(objects_table(rows, layout(console_out, wide, columns),
+                                            ["host", *fields] if fields else None))
         for r in result.results:
             if r.status != "ok":
                 print_host_result(console_out, r)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from rich.console import Console as RichConsole
 
     from console.client import Console
+    from console.render import Layout
 
 
 class Exit(IntEnum):
@@ -194,7 +195,8 @@ class CliContext:
 
 # ----------------------------------------------------------------------- output
 def out() -> RichConsole:
-    """Where tables go: stdout, sized to the terminal."""
+    """Where tables go: stdout. On a terminal its width; otherwise wide enough that
+    nothing wraps (tables for pipes are plain lines, see console.render)."""
     from rich.console import Console as RichConsole
 
     class Output(RichConsole):
@@ -202,9 +204,24 @@ def out() -> RichConsole:
             # rich would exit 1 itself; the error goes to the one place instead (141)
             raise BrokenPipeError(errno.EPIPE, "the output was closed")
 
-    # Piped output is read by people in pagers and logs: give tables room.
-    width = None if sys.stdout.isatty() else 200
-    return Output(highlight=False, soft_wrap=False, width=width)
+    console = Output(highlight=False, soft_wrap=False)
+    if not console.is_terminal:  # TTY_COMPATIBLE=1 (or FORCE_COLOR) makes it one
+        console.width = 100_000
+    return console
+
+
+def layout(console: RichConsole, wide: bool = False, columns: tuple[str, ...] = ()) -> Layout:
+    """How tables fit ``console`` (see console.render.Layout)."""
+    from console.render import Layout
+
+    return Layout.of(console, wide=wide, columns=columns)
+
+
+def check_columns(columns: tuple[str, ...], known: list[str]) -> None:
+    """--columns names only columns the table has."""
+    unknown = [c for c in columns if c not in known]
+    if unknown:
+        raise usage(f"no column {unknown[0]!r}; columns: {', '.join(known)}")
 
 
 def emit_json(data: Any) -> None:

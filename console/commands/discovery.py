@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import click
 
-from console.commands.common import EPILOG, CliContext, Exit, emit_json, out, plural
-from console.commands.options import discovery_options, hosts_option, json_option
+from console.commands.common import (
+    EPILOG,
+    CliContext,
+    Exit,
+    check_columns,
+    emit_json,
+    layout,
+    out,
+    plural,
+)
+from console.commands.options import discovery_options, hosts_option, json_option, table_options
 from console.commands.targeting import discover, is_glob
 
 
@@ -13,14 +22,19 @@ from console.commands.targeting import discover, is_glob
 @hosts_option()
 @click.option("--agent", "-a", metavar="NAME", help="Only daemons hosting this agent.")
 @discovery_options
+@table_options
 @json_option
 @click.pass_obj
 def agents(ctx: CliContext, hosts: tuple[str, ...], agent: str | None, where: tuple[str, ...],
-           idle: float | None, timeout: float | None, as_json: bool) -> Exit:
+           idle: float | None, timeout: float | None, wide: bool, columns: tuple[str, ...],
+           as_json: bool) -> Exit:
     """Discover the running agents (broadcast ping) and list them.
 
     Stops as soon as no reply has come for --idle seconds, not after a fixed wait.
     """
+    from console.render import AGENT_COLUMNS
+
+    check_columns(columns, AGENT_COLUMNS)
     infos = discover(ctx, hosts, agent, where, idle, timeout)
     if as_json:
         emit_json({"agents": [i.to_dict() for i in infos], "count": len(infos)})
@@ -29,7 +43,7 @@ def agents(ctx: CliContext, hosts: tuple[str, ...], agent: str | None, where: tu
 
         console = out()
         if infos:
-            console.print(agents_table(infos))
+            console.print(agents_table(infos, layout(console, wide, columns)))
         console.print(f"{plural(len(infos), 'host')} answered")
     if not infos:
         if not as_json:

@@ -52,3 +52,15 @@ def discovery_options(fn: F) -> F:
 
 def yes_option(fn: F) -> F:
     return click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")(fn)
+
+
+def table_options(fn: F) -> F:
+    """--wide and --columns: how much of a table to show."""
+    fn = click.option("--columns", "columns", metavar="A,B,...", default="",
+                      callback=lambda _ctx, _param, value: tuple(
+                          c.strip() for c in value.split(",") if c.strip()),
+                      help="Only these table columns, in this order (comma-separated).")(fn)
+    return click.option("--wide", is_flag=True,
+                        help="Show every column in full: long text wraps instead of being "
+                             "cut (tables that still do not fit become one block per "
+                             "record).")(fn)

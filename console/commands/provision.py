@@ -14,9 +14,21 @@ from typing import Any
 import click
 
 from console.args import parse_where
-from console.commands.common import EPILOG, CliContext, CliError, Exit, emit_json, out, usage
-from console.commands.options import json_option, timeout_option
+from console.commands.common import (
+    EPILOG,
+    CliContext,
+    CliError,
+    Exit,
+    check_columns,
+    emit_json,
+    layout,
+    out,
+    usage,
+)
+from console.commands.options import json_option, table_options, timeout_option
 from hostbus.errors import RemoteError
+
+REQUEST_COLUMNS = ["request_id", "owner", "template", "count", "status", "vms", "updated"]
 
 
 @click.command("provisioner")
@@ -121,7 +133,8 @@ def provision_submit(ctx: CliContext, template: str, count: int, name: str | Non
 
         console_out = out()
         console_out.print(f"request {rid}: completed")
-        console_out.print(objects_table((reply.result or {}).get("vms", [])))
+        console_out.print(objects_table((reply.result or {}).get("vms", []),
+                                        layout(console_out)))
     else:
         err = reply.error or {}
         click.echo(f"request {rid} failed: {err.get('code')}: {err.get('message')}", err=True)
@@ -180,11 +193,14 @@ def provision_status(ctx: CliContext, request_id: str, provisioner: str | None,
               help="At most this many requests.")
 @provisioner_option
 @timeout_option
+@table_options
 @json_option
 @click.pass_obj
 def provision_list(ctx: CliContext, owner: str | None, status: str | None, limit: int,
-                   provisioner: str | None, timeout: float | None, as_json: bool) -> Exit:
+                   provisioner: str | None, timeout: float | None, wide: bool,
+                   columns: tuple[str, ...], as_json: bool) -> Exit:
     """List recent requests, newest first."""
+    check_columns(columns, REQUEST_COLUMNS)
     result = ask_provisioner(ctx, "list", {"owner": owner, "status": status, "limit": limit},
                              provisioner, timeout)
     if as_json:
@@ -192,10 +208,10 @@ def provision_list(ctx: CliContext, owner: str | None, status: str | None, limit
         return Exit.OK
     from console.render import objects_table
 
-    rows = [{"request_id": r["request_id"], "owner": r["owner"], "template": r["template"],
-             "count": r["count"], "status": r["status"],
-             "vms": ", ".join(f"{v['name']}@{v['host']}" for v in r["vms"]),
-             "updated": r["updated"]} for r in result["requests"]]
-    out().print(objects_table(rows))
+    rows = [{**{c: r.get(c) for c in REQUEST_COLUMNS},
+             "vms": ", ".join(f"{v['name']}@{v['host']}" for v in r["vms"])}
+            for r in result["requests"]]
+    console_out = out()
+    console_out.print(objects_table(rows, layout(console_out, wide, columns), REQUEST_COLUMNS))
     click.echo(f"{len(rows)} request{'s' if len(rows) != 1 else ''}")
     return Exit.OK

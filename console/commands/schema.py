@@ -5,14 +5,15 @@ from __future__ import annotations
 import click
 
 from console.args import method_help
-from console.commands.common import Exit, emit_json, out, usage
-from console.commands.options import json_option
+from console.commands.common import Exit, emit_json, layout, out, usage
+from console.commands.options import json_option, table_options
 
 
 @click.command()
 @click.argument("target", required=False, metavar="[AGENT[.METHOD]]")
+@table_options
 @json_option
-def schema(target: str | None, as_json: bool) -> Exit:
+def schema(target: str | None, wide: bool, columns: tuple[str, ...], as_json: bool) -> Exit:
     """Show the contract: agents, their methods, object classes and events.
 
     Read from the schemas shipped with hostbus: no broker is needed.
@@ -20,13 +21,16 @@ def schema(target: str | None, as_json: bool) -> Exit:
     from console.render import objects_table
     from hostbus.schema import available_agents, load_agent_schema
 
+    console = out()
+    fit = layout(console, wide, columns)
+
     if target is None:
         rows = [{"agent": a, "version": load_agent_schema(a).version,
                  "description": load_agent_schema(a).description} for a in available_agents()]
         if as_json:
             emit_json({"agents": rows})
         else:
-            out().print(objects_table(rows))
+            console.print(objects_table(rows, fit))
         return Exit.OK
     agent, _, method = target.partition(".")
     if agent not in available_agents():
@@ -45,16 +49,15 @@ def schema(target: str | None, as_json: bool) -> Exit:
     if as_json:
         emit_json(sch.raw)
         return Exit.OK
-    console = out()
     console.print(f"[bold]{agent}[/bold] {sch.version}: {sch.description}")
     console.print(objects_table(
         [{"method": m.name, "dangerous": "yes" if m.dangerous else "",
-          "description": m.description} for m in sch.methods.values()], title="methods"))
+          "description": m.description} for m in sch.methods.values()], fit, title="methods"))
     if sch.classes:
         console.print(objects_table(
             [{"class": c.name, "key": c.key, "fields": ", ".join(c.fields)}
-             for c in sch.classes.values()], title="object classes (hostbus query)"))
+             for c in sch.classes.values()], fit, title="object classes (hostbus query)"))
     console.print(objects_table(
         [{"event": f"{agent}.{e.name}", "routing key": f"{agent}.<host>.{e.name}",
-          "description": e.description} for e in sch.events.values()], title="events"))
+          "description": e.description} for e in sch.events.values()], fit, title="events"))
     return Exit.OK
