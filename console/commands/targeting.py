@@ -29,7 +29,8 @@ def valid_host(host: str) -> str:
 def discover(ctx: CliContext, hosts: tuple[str, ...], agent: str | None,
              where: tuple[str, ...], idle: float | None,
              timeout: float | None) -> list[AgentInfo]:
-    """Broadcast discovery narrowed by -H (names or globs), --agent and --where."""
+    """Broadcast discovery narrowed by -H (names or globs), --agent and --where. Hosts
+    that refused are in the list too (``refused``, with their error)."""
     facts = parse_where(where)
     bfilter: dict[str, Any] = {}
     if len(hosts) == 1:
@@ -41,7 +42,7 @@ def discover(ctx: CliContext, hosts: tuple[str, ...], agent: str | None,
     exact = [h for h in hosts if not is_glob(h)]
     infos = ctx.console().discover(
         filter=bfilter, timeout=ctx.timeout(timeout), idle=ctx.idle(idle),
-        expect=exact if len(exact) == len(hosts) else (),
+        expect=exact if len(exact) == len(hosts) else (), refusals=True,
     )
     if len(hosts) > 1:
         infos = [i for i in infos if any(fnmatch.fnmatchcase(i.host, g) for g in hosts)]
@@ -63,7 +64,12 @@ def select_hosts(ctx: CliContext, hosts: tuple[str, ...], all_hosts: bool,
                     "[--where FACT=VALUE]")
     if hosts and not any(is_glob(h) for h in hosts) and not where:
         return list(dict.fromkeys(hosts))
-    selected = [i.host for i in discover(ctx, hosts, agent, where, idle, timeout)]
+    infos = discover(ctx, hosts, agent, where, idle, timeout)
+    for info in infos:
+        if info.refused:
+            click.echo(f"hostbus: {info.host} refused discovery: {refusal(info)} (not "
+                       "called)", err=True)
+    selected = [i.host for i in infos if not i.refused]
     left_out = [h for h in dict.fromkeys(hosts) if not is_glob(h) and h not in selected]
     if left_out and selected:
         click.echo(f"hostbus: left out {', '.join(left_out)}: did not match "
@@ -80,6 +86,12 @@ def select_hosts(ctx: CliContext, hosts: tuple[str, ...], all_hosts: bool,
                        else f"no host{having} answered discovery (is an agent running? "
                             "try `hostbus agents`)")
     return selected
+
+
+def refusal(info: AgentInfo) -> str:
+    """Why a host refused: its error code and message."""
+    error = info.error or {}
+    return f"{error.get('code', 'refused')}: {error.get('message', '')}"
 
 
 def exit_for(summary: dict[str, Any]) -> Exit:

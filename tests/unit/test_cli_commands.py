@@ -54,3 +54,11 @@ def test_query_lists_objects_of_every_host(fleet):
     assert done.exit_code == 0, done.stderr
     objects = json.loads(done.stdout)["objects"]
     assert {(o["host"], o["mountpoint"]) for o in objects} >= {("web01", "/"), ("web02", "/")}
+
+
+def test_a_filter_that_matches_nobody_says_so_not_that_nobody_runs(fleet):
+    fleet.add("web01", {"role": "web"})
+    done = fleet.run("agents", "--where", "role=db")
+    assert done.exit_code == 3
+    assert "no agent matched --where role=db" in done.stderr
+    assert "Start one" not in done.stderr
