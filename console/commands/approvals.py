@@ -17,6 +17,7 @@ from console.commands.common import (
     emit_json,
     layout,
     out,
+    plural,
     usage,
 )
 from console.commands.options import (
@@ -27,6 +28,7 @@ from console.commands.options import (
     yes_option,
 )
 from console.commands.targeting import exit_for, select_hosts
+from hostbus.errors import ErrorCode
 
 APPROVAL_COLUMNS = ["approval_id", "host", "requester", "call", "args", "expires", "state",
                     "decided_by", "outcome"]
@@ -72,9 +74,14 @@ def approvals_list(ctx: CliContext, hosts: tuple[str, ...], every_state: bool,
     """List parked requests, oldest first, with what each would run."""
     check_columns(columns, APPROVAL_COLUMNS)
     found, result = _approvals_on(ctx, hosts, "all" if every_state else "pending", timeout)
+    # A host that checks no signatures takes no approvals: nothing is parked there, and
+    # that is not a failure.
+    without = [r.host for r in result.results if r.reply is not None and not r.reply.ok
+               and (r.reply.error or {}).get("code") == ErrorCode.UNSUPPORTED]
+    failed = [r for r in result.results if r.status != "ok" and r.host not in without]
     if as_json:
-        emit_json({"approvals": found, "summary": result.summary,
-                   "errors": [r.to_dict() for r in result.results if r.status != "ok"]})
+        emit_json({"approvals": found, "summary": result.summary, "no_approvals": without,
+                   "errors": [r.to_dict() for r in failed]})
     else:
         from console.render import objects_table
 
@@ -83,13 +90,21 @@ def approvals_list(ctx: CliContext, hosts: tuple[str, ...], every_state: bool,
             console_out.print(objects_table(found, layout(console_out, wide, columns),
                                             APPROVAL_COLUMNS))
         else:
+            taking = len(result.results) - len(without)
             console_out.print("no approvals " + ("" if every_state else "pending ") +
-                              f"on {len(result.results)} host(s)")
-        for r in result.results:
-            if r.status != "ok":
-                why = r.reply.error["message"] if r.reply and r.reply.error else "no reply"
-                click.echo(f"hostbus: {r.host}: {why}", err=True)
-    return exit_for(result.summary)
+                              (f"on {plural(taking, 'host')}" if taking else
+                               "(none of these hosts takes approvals)"))
+        if without:
+            console_out.print(f"{', '.join(without)} take{'s' if len(without) == 1 else ''} "
+                              "no approvals (they check no signatures: \\[security] "
+                              "trusted_keys is not set)", style="dim")
+        for r in failed:
+            why = r.reply.error["message"] if r.reply and r.reply.error else "no reply"
+            click.echo(f"hostbus: {r.host}: {why}", err=True)
+    counted = [r for r in result.results if r.host not in without]
+    return exit_for({"hosts": len(result.results),
+                     "failed": sum(r.status == "error" for r in counted),
+                     "no_reply": sum(r.status == "no_reply" for r in counted)})
 
 
 def _find_approval(ctx: CliContext, approval_id: str, hosts: tuple[str, ...],
