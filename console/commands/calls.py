@@ -71,13 +71,13 @@ def call(click_ctx: click.Context, target: str | None, pairs: tuple[str, ...],
     ctx: CliContext = click_ctx.obj
     if show_help or target is None:
         if target is not None:
-            agent, method = split_target(target, "AGENT.METHOD", "host.identify")
+            agent, method = split_target(target, "method")
             click.echo(method_help(agent, _method_spec(agent, method)))
             click.echo("\nUsage: hostbus call AGENT.METHOD [KEY=VALUE]... (-H HOST | --all)")
         else:
             click.echo(click_ctx.get_help())
         return Exit.OK if show_help else Exit.USAGE
-    agent, method = split_target(target, "AGENT.METHOD", "host.identify")
+    agent, method = split_target(target, "method")
     spec = None
     try:
         spec = _method_spec(agent, method)
@@ -159,7 +159,7 @@ def query(ctx: CliContext, target: str, hosts: tuple[str, ...], filters: tuple[s
     """
     from console.args import ArgumentError
 
-    agent, class_name = split_target(target, "AGENT.CLASS", "host.identify")
+    agent, class_name = split_target(target, "class")
     try:
         obj_filter = parse_where(filters)
     except ArgumentError as exc:

@@ -248,9 +248,23 @@ def progress(total: int, label: str,
     return (lambda: bar.advance(task)), bar.stop
 
 
-def split_target(target: str, what: str, example: str) -> tuple[str, str]:
-    """``agent.rest`` of AGENT.METHOD or AGENT.CLASS."""
+def split_target(target: str, kind: str) -> tuple[str, str]:
+    """``(agent, name)`` of AGENT.METHOD (``kind`` "method") or AGENT.CLASS ("class").
+    A bare name is refused with the full name it most likely meant."""
     agent, sep, rest = target.partition(".")
-    if not sep or not agent or not rest:
-        raise usage(f"{target!r}: expected {what}, e.g. {example}")
-    return agent, rest
+    if sep and agent and rest:
+        return agent, rest
+    from hostbus.schema import available_agents, load_agent_schema
+
+    known = [f"{a}.{n}" for a in available_agents() for n in (
+        load_agent_schema(a).methods if kind == "method" else load_agent_schema(a).classes)]
+    what = f"AGENT.{kind.upper()}"
+    meant = [k for k in known if k.partition(".")[2] == target.strip(".")]
+    if not meant:
+        import difflib
+
+        meant = difflib.get_close_matches(target, known, n=3, cutoff=0.6)
+    if meant:
+        raise usage(f"{target!r}: expected {what}; did you mean {' or '.join(meant)}?")
+    raise usage(f"{target!r}: expected {what}, e.g. "
+                f"{'host.identify' if kind == 'method' else 'host.disk'}")

@@ -35,7 +35,7 @@ def policy_check(caller: str, target: str, pairs: tuple[str, ...], policy_file: 
     from console.client import method_spec
     from hostbus.security.policy import RulesPolicy
 
-    agent, method = split_target(target, "AGENT.METHOD", "host.identify")
+    agent, method = split_target(target, "method")
     spec = method_spec(agent, method)
     args = spec.validate_args(parse_pairs(pairs, spec))
     try:

@@ -62,3 +62,14 @@ def test_a_filter_that_matches_nobody_says_so_not_that_nobody_runs(fleet):
     assert done.exit_code == 3
     assert "no agent matched --where role=db" in done.stderr
     assert "Start one" not in done.stderr
+
+
+def test_a_target_without_its_agent_gets_the_right_suggestion(fleet):
+    query = fleet.run("query", "disk")
+    assert query.exit_code == 2
+    assert "'disk': expected AGENT.CLASS; did you mean host.disk?" in query.stderr
+    call = fleet.run("call", "identify", "-H", "web01")
+    assert call.exit_code == 2
+    assert "'identify': expected AGENT.METHOD; did you mean host.identify?" in call.stderr
+    other = fleet.run("query", "nosuch")
+    assert "expected AGENT.CLASS, e.g. host.disk" in other.stderr
