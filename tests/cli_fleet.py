@@ -41,8 +41,9 @@ class Fleet:
         transport = MemoryTransport(self.broker, user=host_id)
         transport.start()
         agent, ps, power = make_host_agent(host_id, **(agent_kw or {}))
-        runtime = AgentRuntime(transport, host_id, [agent], heartbeat_interval=60,
-                               facts=facts or {}, check_results=True, **runtime_kw)
+        runtime_kw.setdefault("heartbeat_interval", 60)
+        runtime = AgentRuntime(transport, host_id, [agent], facts=facts or {},
+                               check_results=True, **runtime_kw)
         runtime.start()
         self.runtimes[host_id] = runtime
         self.ps[host_id] = ps

@@ -10,8 +10,38 @@ from typing import Any
 
 import click
 
-from console.commands.common import EPILOG, CliContext, Exit, plural
+from console.commands.common import EPILOG, CliContext, Exit, plural, usage
 from console.commands.options import json_option
+from hostbus import names
+
+
+def known_events() -> list[tuple[str, str]]:
+    """(agent, event) for every event the shipped schemas declare."""
+    from hostbus.schema import available_agents, load_agent_schema
+
+    return [(a, e) for a in available_agents() for e in load_agent_schema(a).events]
+
+
+def check_pattern(pattern: str, events: list[tuple[str, str]]) -> None:
+    """Refuse a pattern that matches no declared event's routing key
+    (AGENT.HOST.EVENT), naming the pattern most likely meant."""
+    words = pattern.split(".")
+    # A host word in a key is matched by a wildcard or by one of the pattern's own words:
+    # trying those (and any one name) decides whether some host's key matches.
+    hosts = {w for w in words if w not in ("*", "#") and names.HOST_ID_RE.match(w)} | {"h"}
+    if any(names.topic_matches(pattern, names.event_key(a, h, e))
+           for a, e in events for h in hosts):
+        return
+    shapes = [f"{a}.*.{e}" for a, e in events]
+    meant = [f"{a}.*.{e}" for a, e in events if pattern == f"{a}.{e}"]
+    if not meant:
+        import difflib
+
+        meant = difflib.get_close_matches(pattern, shapes, n=1, cutoff=0.6)
+    raise usage(f"{pattern!r} matches no event (keys are AGENT.HOST.EVENT)"
+                + (f"; did you mean {' or '.join(meant)}?" if meant else
+                   f"; events: {', '.join(shapes)}")
+                + " (--no-validate subscribes anyway)")
 
 
 @click.command(epilog=EPILOG)
@@ -22,10 +52,13 @@ from console.commands.options import json_option
 @click.option("--name", metavar="NAME",
               help="Use the named, durable subscription queue hostbus.sub.USER.NAME "
                    "(events are kept while you are away).")
+@click.option("--no-validate", is_flag=True,
+              help="Subscribe even if a pattern matches no event the local schemas know "
+                   "(another agent's events).")
 @json_option
 @click.pass_obj
 def watch(ctx: CliContext, patterns: tuple[str, ...], count: int, duration: float,
-          name: str | None, as_json: bool) -> Exit:
+          name: str | None, no_validate: bool, as_json: bool) -> Exit:
     """Print events as they arrive, until Ctrl-C, --count or --duration.
 
     \b
@@ -33,8 +66,13 @@ def watch(ctx: CliContext, patterns: tuple[str, ...], count: int, duration: floa
       hostbus watch 'host.*.alert'          every host's alerts
       hostbus watch 'agent.#'               online, heartbeat, offline
       hostbus watch 'host.web01.#' -n 5     five events from web01
-    Gaps in an agent's sequence numbers and agent restarts are reported.
+    Gaps in an agent's sequence numbers and agent restarts are reported. A pattern that
+    can match no event the schemas declare is refused, with the one likely meant.
     """
+    if not no_validate:
+        events = known_events()
+        for pattern in patterns:
+            check_pattern(pattern, events)
     console = ctx.console()
     done = threading.Event()
     seen = [0]
