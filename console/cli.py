@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "call": "console.commands.calls:call",
     "query": "console.commands.calls:query",
     "watch": "console.commands.watch:watch",
+    "subscriptions": "console.commands.subscriptions:subscriptions",
     "schema": "console.commands.schema:schema",
     "broker": "console.commands.broker:broker",
     "provisioner": "console.commands.provision:provisioner",

@@ -22,6 +22,22 @@ def known_events() -> list[tuple[str, str]]:
     return [(a, e) for a in available_agents() for e in load_agent_schema(a).events]
 
 
+def _bind_named(ctx: CliContext, name: str, patterns: list[str]) -> str:
+    """Bind subscription NAME's queue to exactly ``patterns`` through the management
+    API (AMQP can add bindings, not list or remove them); what to add to the header."""
+    from console.commands.broker import admin, vhost_of
+    from console.commands.subscriptions import subscription_queue
+    from hostbus.errors import HostbusError
+
+    queue = subscription_queue(ctx, name)
+    try:
+        removed = admin(ctx, None).bind_subscription(vhost_of(ctx, None), queue, patterns)
+    except HostbusError as exc:
+        return (f" (patterns it was bound to before may remain: the management API "
+                f"cannot be asked: {exc})")
+    return f" (no longer bound to {', '.join(removed)})" if removed else ""
+
+
 def check_pattern(pattern: str, events: list[tuple[str, str]]) -> None:
     """Refuse a pattern that matches no declared event's routing key
     (AGENT.HOST.EVENT), naming the pattern most likely meant."""
@@ -50,8 +66,9 @@ def check_pattern(pattern: str, events: list[tuple[str, str]]) -> None:
 @click.option("--duration", "-d", type=click.FloatRange(0), default=0, metavar="S",
               help="Stop after S seconds.")
 @click.option("--name", metavar="NAME",
-              help="Use the named, durable subscription queue hostbus.sub.USER.NAME "
-                   "(events are kept while you are away).")
+              help="Use the named, durable subscription queue hostbus.sub.USER.NAME, "
+                   "bound to exactly these patterns (events are kept while you are away; "
+                   "hostbus subscriptions list|delete).")
 @click.option("--no-validate", is_flag=True,
               help="Subscribe even if a pattern matches no event the local schemas know "
                    "(another agent's events).")
@@ -73,6 +90,8 @@ def watch(ctx: CliContext, patterns: tuple[str, ...], count: int, duration: floa
         events = known_events()
         for pattern in patterns:
             check_pattern(pattern, events)
+    wanted = list(patterns) or ["#"]
+    rebound = _bind_named(ctx, name, wanted) if name is not None else None
     console = ctx.console()
     done = threading.Event()
     seen = [0]
@@ -84,6 +103,9 @@ def watch(ctx: CliContext, patterns: tuple[str, ...], count: int, duration: floa
         with lock:
             if done.is_set():
                 return
+            if name is not None and not any(names.topic_matches(p, ev.routing_key())
+                                            for p in wanted):
+                return  # kept in the queue from patterns it had before
             try:
                 if as_json:
                     line = {**ev.to_body(), **({"note": note} if note else {})}
@@ -100,13 +122,11 @@ def watch(ctx: CliContext, patterns: tuple[str, ...], count: int, duration: floa
             if count and seen[0] >= count:
                 done.set()
 
-    queue_name = console.subscribe(list(patterns) or ["#"], on_event, name=name,
-                                   durable=name is not None)
+    queue_name = console.subscribe(wanted, on_event, name=name, durable=name is not None)
     if not as_json:
-        where = (f"on durable queue {queue_name}" if name is not None else
+        where = (f"on durable queue {queue_name}{rebound}" if name is not None else
                  "(a private queue, gone when this stops)")
-        click.echo(f"watching {' '.join(patterns) or '#'} {where} (Ctrl-C to stop)",
-                   err=True)
+        click.echo(f"watching {' '.join(wanted)} {where} (Ctrl-C to stop)", err=True)
     signal.signal(signal.SIGINT, lambda *_: done.set())
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     started = time.monotonic()

@@ -271,3 +271,29 @@ def test_watch_ends_quietly_when_its_reader_goes_away(rabbitmq, daemon, console)
             watch.wait()
     stderr = watch.stderr.read().decode()
     assert "Traceback" not in stderr and "Broken pipe" not in stderr, stderr
+
+
+def test_a_named_watch_is_bound_to_exactly_its_patterns_and_can_be_deleted(rabbitmq, daemon,
+                                                                           console):
+    waiter = EventCollector()
+    console.subscribe(["agent.#"], waiter)
+    host, _ = daemon()  # metrics and heartbeats every 0.5 s
+    waiter.wait_for(lambda e: e.host == host and e.event == "online")
+    name = f"it{uuid.uuid4().hex[:6]}"
+    first = run_cli(rabbitmq, "watch", "--name", name, f"host.{host}.metrics", "-n", "1")
+    assert first.returncode == 0, first.stderr
+    second = run_cli(rabbitmq, "watch", "--name", name, f"agent.{host}.heartbeat", "-n", "3",
+                     "--json")
+    assert second.returncode == 0, second.stderr
+    assert [json.loads(line)["event"] for line in second.stdout.splitlines()] == [
+        "heartbeat"] * 3
+    header = run_cli(rabbitmq, "watch", "--name", name, f"host.{host}.alert", "-d", "0.1")
+    assert f"no longer bound to agent.{host}.heartbeat" in header.stderr
+
+    listed = run_cli(rabbitmq, "subscriptions", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    mine = [s for s in json.loads(listed.stdout)["subscriptions"] if s["name"] == name]
+    assert [s["patterns"] for s in mine] == [[f"host.{host}.alert"]]
+    assert run_cli(rabbitmq, "subscriptions", "delete", name).returncode == 0
+    again = run_cli(rabbitmq, "subscriptions", "delete", name)
+    assert again.returncode == 3 and "no subscription" in again.stderr
