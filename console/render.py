@@ -36,6 +36,7 @@ FREE_TEXT = frozenset({"cmdline", "description", "fields", "facts", "outcome", "
 SECONDARY = ("ppid", "started", "created", "updated", "expires", "decided_by", "rss_bytes",
              "memory_percent", "version", "rtt ms")
 MIN_FREE = 12  # below this a shortened column says too little: one block per record
+HALF = -1  # _fit's least: free text keeps half its width before details are hidden
 GAP = 2  # spaces between columns
 
 
@@ -113,16 +114,22 @@ def objects_table(rows: list[dict[str, Any]], layout: Layout, columns: list[str]
     if layout.width is None:
         return _plain(cols, cells, natural, title)
     # Narrower and narrower: long headers (memory_percent over numbers) fold at their
-    # underscores; then details are hidden (not with --wide or --columns); then blocks.
+    # underscores; then details are hidden (not with --wide or --columns) before free
+    # text is cut to less than half; then it is cut further; then blocks.
     folded = [max(v, *(cell_len(p) for p in _header_parts(c)))
               for v, c in zip(values, cols, strict=True)]
-    shown = list(range(len(cols)))
-    widths = _fit(cols, natural, layout) or _fit(cols, folded, layout)
     may_hide = [] if layout.wide or layout.columns else [
         cols.index(c) for c in SECONDARY if c in cols]
-    while widths is None and may_hide:
-        shown.remove(may_hide.pop(0))
-        widths = _fit([cols[i] for i in shown], [folded[i] for i in shown], layout)
+    widths: list[int] | None = None
+    for least in (HALF, MIN_FREE):
+        shown = list(range(len(cols)))
+        widths = _fit(cols, natural, layout, least) or _fit(cols, folded, layout, least)
+        hide = list(may_hide)
+        while widths is None and hide:
+            shown.remove(hide.pop(0))
+            widths = _fit([cols[i] for i in shown], [folded[i] for i in shown], layout, least)
+        if widths is not None:
+            break
     if widths is None:
         return _blocks(cols, cells, title)
     hidden = [cols[i] for i in range(len(cols)) if i not in shown]
@@ -163,16 +170,18 @@ def _overhead(n: int) -> int:
     return GAP * max(n - 1, 0)
 
 
-def _fit(cols: list[str], natural: list[int], layout: Layout) -> list[int] | None:
+def _fit(cols: list[str], natural: list[int], layout: Layout, least: int) -> list[int] | None:
     """Column widths within ``layout.width``: identifiers at full width, free text in
-    what is left (at least MIN_FREE each); None if that cannot be done."""
+    what is left, at least ``least`` each (HALF: half its width, and MIN_FREE at
+    least); None if that cannot be done."""
     assert layout.width is not None
     total = sum(natural) + _overhead(len(cols))
     if total <= layout.width:
         return natural
     free = [i for i, c in enumerate(cols) if c in FREE_TEXT]
     room = layout.width - (total - sum(natural[i] for i in free))
-    floor = {i: min(natural[i], MIN_FREE) for i in free}
+    floor = {i: min(natural[i], max(MIN_FREE, natural[i] // 2 if least == HALF else least))
+             for i in free}
     if not free or room < sum(floor.values()):
         return None
     widths = list(natural)
@@ -289,6 +298,9 @@ def event_line(ev: Event) -> str:
         doms = d.get("domains", [])
         summary = f"{len(doms)} running domain{'s' if len(doms) != 1 else ''}: " + \
             ", ".join(x["name"] for x in doms[:8]) + (" ..." if len(doms) > 8 else "")
+    elif ev.agent == "provision" and ev.event == "accepted":
+        summary = (f"request {d.get('request_id')} accepted: {d.get('count')} x "
+                   f"{d.get('template')} for {d.get('owner')}")
     elif ev.agent == "provision" and ev.event == "completed":
         summary = f"request {d['request_id']} completed: " + \
             ", ".join(f"{v['name']}@{v['host']}" for v in d["vms"])
