@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from console.args import method_help, parse_pairs, parse_where
+from console.args import method_help, parse_pairs
 from console.commands.common import (
     EPILOG,
     CliContext,
@@ -28,10 +28,13 @@ from console.commands.options import (
     table_options,
 )
 from console.commands.targeting import exit_for, select_hosts
+from console.filters import check_keys, parse
 from hostbus.errors import RemoteError
 
 if TYPE_CHECKING:
     from console.client import FanoutResult, HostResult
+
+QUERY_MAX = 10000  # the most objects agent.query returns per host
 
 
 def _method_spec(agent: str, method: str) -> Any:
@@ -138,9 +141,10 @@ def _warn_unknown_columns(columns: tuple[str, ...], result: FanoutResult) -> Non
 @click.command(epilog=EPILOG)
 @click.argument("target", metavar="AGENT.CLASS")
 @hosts_option("Only these hosts (default: every host that has the agent).")
-@click.option("--filter", "-f", "filters", multiple=True, metavar="FIELD=VALUE",
-              help="Only objects whose field matches (globs allowed; repeatable).")
-@click.option("--limit", type=click.IntRange(1, 10000), default=1000,
+@click.option("--filter", "-f", "filters", multiple=True, metavar="EXPR",
+              help="Only objects whose fields match, e.g. name='python*', "
+                   "'cpu_percent>50 and user!=root' (the --where grammar; repeatable: and).")
+@click.option("--limit", type=click.IntRange(1, QUERY_MAX), default=1000,
               help="At most this many objects per host.")
 @discovery_options
 @table_options
@@ -157,13 +161,8 @@ def query(ctx: CliContext, target: str, hosts: tuple[str, ...], filters: tuple[s
       hostbus query host.disk --where role=db       only hosts with that fact
     --filter selects objects by field (globs allowed); --where selects hosts by fact.
     """
-    from console.args import ArgumentError
-
     agent, class_name = split_target(target, "class")
-    try:
-        obj_filter = parse_where(filters)
-    except ArgumentError as exc:
-        raise usage(str(exc).replace("--where", "--filter")) from None
+    flt = parse(filters, "--filter")
     from hostbus.schema import available_agents, load_agent_schema
 
     fields: list[str] | None = None
@@ -173,22 +172,23 @@ def query(ctx: CliContext, target: str, hosts: tuple[str, ...], filters: tuple[s
         if spec is None:
             raise usage(f"agent {agent!r} has no object class {class_name!r}; classes: "
                         f"{', '.join(sorted(schema.classes)) or 'none'}")
-        unknown = sorted(set(obj_filter) - set(spec.fields))
-        if unknown:
-            raise usage(f"{class_name} has no field {unknown[0]!r}; fields: "
-                        f"{', '.join(sorted(spec.fields))}")
+        check_keys(flt, sorted(spec.fields), class_name, "--filter")
         fields = list(spec.fields)
         check_columns(columns, ["host", *fields])
     console = ctx.console()
     selected = select_hosts(ctx, hosts, not hosts, where, agent, timeout, idle, as_json)
     advance, stop = progress(len(selected), f"query {target}", not as_json)
+    # Agents filter by exact values and globs; the rest of --filter is applied here, so
+    # they are asked for every object (their maximum) and --limit is applied here too.
+    whole = flt.sent_whole(globs=True)
     try:
-        result = console.query(agent, class_name, where=obj_filter, hosts=selected, limit=limit,
+        result = console.query(agent, class_name, where=flt.exact(globs=True), hosts=selected,
+                               limit=limit if whole else QUERY_MAX,
                                timeout=ctx.timeout(timeout), on_result=lambda r: advance())
     finally:
         stop()
     rows = [{"host": r.host, **obj} for r in result.results if r.reply and r.reply.result
-            for obj in r.reply.result["objects"]]
+            for obj in [o for o in r.reply.result["objects"] if flt.matches(o)][:limit]]
     if as_json:
         emit_json({"agent": agent, "class_name": class_name, "objects": rows,
                    "results": [{k: v for k, v in r.to_dict().items() if k != "result"}

@@ -30,8 +30,10 @@ def idle_option(fn: F) -> F:
 
 
 def where_option(fn: F) -> F:
-    return click.option("--where", "-w", multiple=True, metavar="FACT=VALUE",
-                        help="Only hosts with this fact (repeatable; all must match).")(fn)
+    return click.option("--where", "-w", multiple=True, metavar="EXPR",
+                        help="Only hosts whose facts match: role=web, os=lin*, role!=db, "
+                             "kernel=~^6, cpus>=4, 'role=web and not env=prod' (repeatable: "
+                             "all must match).")(fn)
 
 
 def hosts_option(help_text: str = "Only hosts whose id matches (repeatable, globs allowed)."

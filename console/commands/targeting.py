@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from console.args import parse_where
 from console.commands.common import CliContext, CliError, Exit, emit_json, usage
+from console.filters import parse
 from hostbus import names
 
 if TYPE_CHECKING:
@@ -30,8 +30,10 @@ def discover(ctx: CliContext, hosts: tuple[str, ...], agent: str | None,
              where: tuple[str, ...], idle: float | None,
              timeout: float | None) -> list[AgentInfo]:
     """Broadcast discovery narrowed by -H (names or globs), --agent and --where. Hosts
-    that refused are in the list too (``refused``, with their error)."""
-    facts = parse_where(where)
+    that refused are in the list too (``refused``, with their error; their facts are
+    unknown). Agents filter exact facts themselves; the whole --where is checked here."""
+    flt = parse(where, "--where")
+    facts = flt.exact(globs=False)
     bfilter: dict[str, Any] = {}
     if len(hosts) == 1:
         bfilter["host"] = hosts[0]
@@ -46,7 +48,7 @@ def discover(ctx: CliContext, hosts: tuple[str, ...], agent: str | None,
     )
     if len(hosts) > 1:
         infos = [i for i in infos if any(fnmatch.fnmatchcase(i.host, g) for g in hosts)]
-    return infos
+    return [i for i in infos if i.refused or flt.matches(i.facts)]
 
 
 def select_hosts(ctx: CliContext, hosts: tuple[str, ...], all_hosts: bool,
@@ -55,7 +57,7 @@ def select_hosts(ctx: CliContext, hosts: tuple[str, ...], all_hosts: bool,
     """The hosts to act on. Exact -H names alone are used as given (no discovery);
     otherwise discovery finds them, and every filter given narrows the set: -H names
     and globs, --where facts and the agent all have to match."""
-    parse_where(where)  # bad syntax is found before anything is sent
+    parse(where, "--where")  # bad syntax is found before anything is sent
     for h in hosts:
         if not is_glob(h):
             valid_host(h)
