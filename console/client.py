@@ -71,6 +71,7 @@ class HostResult:
     host: str
     reply: Reply | None  # None: no reply before the timeout
     elapsed_ms: float | None = None  # round trip seen by the console
+    request_id: str | None = None  # the request's message id (as in the agent's audit log)
 
     @property
     def status(self) -> str:
@@ -80,6 +81,8 @@ class HostResult:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"host": self.host, "status": self.status}
+        if self.request_id is not None:
+            out["request_id"] = self.request_id
         if self.reply is not None:
             if self.reply.result is not None:
                 out["result"] = self.reply.result
@@ -402,7 +405,7 @@ class Console:
                 if origin is None or origin[0] in results:
                     continue
                 host, t0 = origin
-                res = HostResult(host, reply, (at - t0) * 1000)
+                res = HostResult(host, reply, (at - t0) * 1000, reply.correlation_id)
                 if reply.rejected:
                     rejected.setdefault(host, res)
                     continue
@@ -413,8 +416,10 @@ class Console:
         finally:
             self._forget(sent)
         ordered = []
+        request_ids = {host: mid for mid, (host, _) in sent.items()}
         for host in todo:
-            res = results.get(host) or rejected.get(host) or HostResult(host, None)
+            res = results.get(host) or rejected.get(host) or \
+                HostResult(host, None, request_id=request_ids.get(host))
             if host not in results and on_result is not None:
                 on_result(res)
             ordered.append(res)

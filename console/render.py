@@ -241,16 +241,24 @@ def print_result(out: RichConsole, result: dict[str, Any], layout: Layout | None
         out.print(objects_table(rows, layout, title=f"  {key} ({len(rows)})"))
 
 
-def print_fanout(out: RichConsole, result: FanoutResult, layout: Layout | None = None) -> None:
+def shown(res: HostResult, display: str) -> bool:
+    """Whether ``--display`` (all, ok, failed: errors and silence) shows this result."""
+    return display == "all" or (res.status == "ok") == (display == "ok")
+
+
+def print_fanout(out: RichConsole, result: FanoutResult, layout: Layout | None = None,
+                 display: str = "all") -> None:
     for res in result.results:
-        print_host_result(out, res, layout)
+        if shown(res, display):
+            print_host_result(out, res, layout)
     print_summary(out, result)
 
 
 def print_host_result(out: RichConsole, res: HostResult, layout: Layout | None = None) -> None:
     style = STATUS_STYLE[res.status]
     rtt = f"  {res.elapsed_ms:.1f} ms" if res.elapsed_ms is not None else ""
-    out.print(f"[bold]{escape(res.host)}[/bold]  [{style}]{res.status}[/{style}]{rtt}",
+    rid = f"  [dim]request {escape(res.request_id)}[/dim]" if res.request_id else ""
+    out.print(f"[bold]{escape(res.host)}[/bold]  [{style}]{res.status}[/{style}]{rtt}{rid}",
               highlight=False)
     if res.reply is None:
         out.print("  no reply before the timeout", style="yellow")
@@ -262,13 +270,26 @@ def print_host_result(out: RichConsole, res: HostResult, layout: Layout | None =
         print_result(out, res.reply.result, layout)
 
 
-def print_summary(out: RichConsole, result: FanoutResult) -> None:
+def print_summary(out: RichConsole, result: FanoutResult, interrupted: int = 0) -> None:
+    """The counts, then the hosts that failed or stayed silent, by name (and with
+    ``interrupted``, how many were still being waited for)."""
     s = result.summary
     out.print(
         f"{s['hosts']} host{'s' if s['hosts'] != 1 else ''}: [green]{s['ok']} ok[/green], "
         f"[red]{s['failed']} failed[/red], [yellow]{s['no_reply']} no reply[/yellow] "
         f"in {s['elapsed_ms']:.1f} ms", highlight=False,
     )
+    failed = [r for r in result.results if r.status == "error"]
+    if failed:
+        out.print("[red]failed:[/red] " + ", ".join(
+            f"{escape(r.host)} ({escape(str((r.reply.error or {}).get('code')))})"
+            for r in failed if r.reply is not None), highlight=False)
+    silent = [r.host for r in result.results if r.status == "no_reply"]
+    if silent:
+        out.print(f"[yellow]no reply:[/yellow] {escape(', '.join(silent))}", highlight=False)
+    if interrupted:
+        out.print(f"[yellow]interrupted:[/yellow] {interrupted} host"
+                  f"{'s' if interrupted != 1 else ''} not waited for", highlight=False)
 
 
 AGENT_COLUMNS = ["host", "agents", "version", "started", "facts", "rtt ms"]

@@ -15,8 +15,14 @@ from console.commands.common import (
     out,
     plural,
 )
-from console.commands.options import discovery_options, hosts_option, json_option, table_options
-from console.commands.targeting import discover, is_glob, refusal
+from console.commands.options import (
+    discovery_options,
+    hosts_from_option,
+    hosts_option,
+    json_option,
+    table_options,
+)
+from console.commands.targeting import discover, is_glob, read_hosts, refusal
 
 
 @click.command(epilog=EPILOG)
@@ -67,16 +73,19 @@ def agents(ctx: CliContext, hosts: tuple[str, ...], agent: str | None, where: tu
 
 @click.command(epilog=EPILOG)
 @hosts_option()
+@hosts_from_option
 @discovery_options
 @json_option
 @click.pass_obj
-def ping(ctx: CliContext, hosts: tuple[str, ...], where: tuple[str, ...], idle: float | None,
-         timeout: float | None, as_json: bool) -> Exit:
+def ping(ctx: CliContext, hosts: tuple[str, ...], hosts_from: str | None,
+         where: tuple[str, ...], idle: float | None, timeout: float | None,
+         as_json: bool) -> Exit:
     """Ping agents and show each one's round trip.
 
     With exact -H names, stops as soon as all of them answered; exits 4 when some did not,
     1 when some refused (the reason is shown: they are up, but will not serve you).
     """
+    hosts = (*hosts, *read_hosts(hosts_from))
     found = discover(ctx, hosts, None, where, idle, timeout)
     infos = [i for i in found if not i.refused]
     refused = [i for i in found if i.refused]

@@ -66,3 +66,21 @@ def table_options(fn: F) -> F:
                         help="Show every column in full: long text wraps instead of being "
                              "cut (tables that still do not fit become one block per "
                              "record).")(fn)
+
+
+def hosts_from_option(fn: F) -> F:
+    return click.option(
+        "--hosts-from", metavar="FILE",
+        help="Also the hosts listed in FILE (- for stdin): one per line, or the --json "
+             "output of hostbus agents, ping or call.")(fn)
+
+
+def parse_subset(_ctx: click.Context, _param: click.Parameter,
+                 value: str | None) -> tuple[int, bool] | None:
+    """--limit N or N%: (N, is a percentage)."""
+    if value is None:
+        return None
+    number, percent = value.removesuffix("%"), value.endswith("%")
+    if not number.isdigit() or int(number) < 1 or (percent and int(number) > 100):
+        raise click.BadParameter(f"{value!r}: a number of hosts (5) or a percentage (10%)")
+    return int(number), percent

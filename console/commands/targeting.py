@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import fnmatch
+import json
+import math
+import random
+import sys
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -105,3 +109,43 @@ def exit_for(summary: dict[str, Any]) -> Exit:
     if summary["failed"]:
         return Exit.FAILED
     return Exit.OK
+
+
+def read_hosts(path: str | None) -> list[str]:
+    """Host ids from a file (- for stdin): one per line (# comments), or the --json
+    output of `hostbus agents`, `ping` or `call`."""
+    if path is None:
+        return []
+    try:
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+    except OSError as exc:
+        raise usage(f"--hosts-from {path}: {exc.strerror}") from None
+    if text.lstrip().startswith("{"):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise usage(f"--hosts-from {path}: not valid JSON: {exc}") from None
+        rows = [r for key in ("agents", "replies", "results") for r in doc.get(key, [])]
+        found = [r["host"] for r in rows if isinstance(r, dict) and "host" in r]
+    else:
+        found = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+        found = [h for h in found if h]
+    if not found:
+        raise usage(f"--hosts-from {path}: no hosts in it")
+    return [valid_host(h) for h in found]
+
+
+def pick_subset(hosts: list[str], subset: tuple[int, bool] | None) -> list[str]:
+    """--limit: N (or N%) of ``hosts`` at random, in their order."""
+    if subset is None:
+        return hosts
+    number, percent = subset
+    keep = max(1, math.ceil(len(hosts) * number / 100)) if percent else number
+    if keep >= len(hosts):
+        return hosts
+    chosen = set(random.sample(hosts, keep))
+    return [h for h in hosts if h in chosen]

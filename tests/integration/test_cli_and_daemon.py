@@ -297,3 +297,26 @@ def test_a_named_watch_is_bound_to_exactly_its_patterns_and_can_be_deleted(rabbi
     assert run_cli(rabbitmq, "subscriptions", "delete", name).returncode == 0
     again = run_cli(rabbitmq, "subscriptions", "delete", name)
     assert again.returncode == 3 and "no subscription" in again.stderr
+
+
+def test_ctrl_c_during_a_call_prints_what_arrived_and_exits_130(rabbitmq, daemon, console):
+    waiter = EventCollector()
+    console.subscribe(["agent.#"], waiter)
+    host, _ = daemon()
+    waiter.wait_for(lambda e: e.host == host and e.event == "online")
+    env = {**os.environ, "HOSTBUS_BROKER_URL": rabbitmq.url}
+    call = subprocess.Popen([str(BIN / "hostbus"), "call", "host.identify", "-H", host,
+                             "-H", "it-ghost", "-t", "60"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        first = call.stdout.readline()  # the answering host's result, as it arrived
+        assert first.startswith(host) and " ok " in first, first
+        call.send_signal(signal.SIGINT)
+        assert call.wait(timeout=30) == 130
+    finally:
+        if call.poll() is None:
+            call.kill()
+            call.wait()
+    rest = call.stdout.read()
+    assert "1 host: 1 ok" in rest and "interrupted: 1 host not waited for" in rest
+    assert "interrupted: 1 of 2 hosts answered" in call.stderr.read()
