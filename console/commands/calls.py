@@ -129,7 +129,7 @@ def call(click_ctx: click.Context, target: str | None, pairs: tuple[str, ...],
         _confirm_dangerous(target, args, selected)
     console_out = out()
     fit = layout(console_out, wide, columns)
-    advance, stop = progress(len(selected), target, not as_json)
+    advance, stop = progress(len(selected), target, not as_json, console_out)
     arrived: list[HostResult] = []
     started = time.perf_counter()
 

@@ -232,17 +232,21 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def progress(total: int, label: str,
-             enabled: bool) -> tuple[Callable[[], None], Callable[[], None]]:
-    """A progress bar on stderr for people (not for pipes or --json): (advance, stop)."""
-    if not enabled or total < 2 or not sys.stderr.isatty():
-        return (lambda: None), (lambda: None)
+def progress(total: int, label: str, enabled: bool, beside: RichConsole | None = None
+             ) -> tuple[Callable[[], None], Callable[[], None]]:
+    """A progress bar for people (not for pipes or --json): (advance, stop). It is drawn
+    on ``beside`` when that is a terminal (what is printed there then appears above the
+    bar, not through it), else on stderr."""
     from rich.console import Console as RichConsole
+
+    console = beside if beside is not None and beside.is_terminal else RichConsole(stderr=True)
+    if not enabled or total < 2 or not console.is_terminal:
+        return (lambda: None), (lambda: None)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     bar = Progress("[progress.description]{task.description}", BarColumn(),
-                   MofNCompleteColumn(), TimeElapsedColumn(),
-                   console=RichConsole(stderr=True), transient=True)
+                   MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                   transient=True)
     task = bar.add_task(label, total=total)
     bar.start()
     return (lambda: bar.advance(task)), bar.stop
