@@ -189,17 +189,31 @@ def method_spec(agent: str, method: str,
     return spec
 
 
+#: Broker users that may answer and publish for any host: one identity that serves many
+#: hosts. guest, the demo's, can log in from the broker's own machine only.
+MULTI_HOST_USERS = ("guest",)
+
+
 class Console:
     def __init__(self, transport: Transport, *, validate: bool = True,
                  schemas: dict[str, AgentSchema] | None = None,
-                 signer: Signer | None = None, agent_keys: Verifier | None = None) -> None:
-        """``signer`` signs requests. With ``agent_keys`` every reply and event must be
-        signed by the key trusted for its sender, and name that sender as its host: a
-        reply that fails counts only if nothing genuine arrives, as ``bad_signature``;
-        an event that fails is dropped (logged)."""
+                 signer: Signer | None = None, agent_keys: Verifier | None = None,
+                 multi_host_users: Iterable[str] = MULTI_HOST_USERS) -> None:
+        """``signer`` signs requests.
+
+        A host may only speak for itself. A reply or event whose body names a host other
+        than its broker-checked sender (``user_id``; unless the sender is one of
+        ``multi_host_users``), or an event whose routing key names another host or
+        event than its body, is dropped, logged and counted in ``spoofed``. With
+        ``agent_keys`` every reply and event must moreover be signed by the key trusted
+        for its sender: a reply that fails counts only if nothing genuine arrives, as
+        ``bad_signature``; an event that fails is dropped (logged)."""
         self.transport = transport
         self.publisher = Publisher(transport, signer)
         self.agent_keys = agent_keys
+        self.multi_host_users = frozenset(multi_host_users)
+        self.spoofed = 0
+        self._spoof_logged: set[tuple[str | None, str]] = set()
         self.validate = validate
         self.schemas = dict(schemas or {})
         self._specs: dict[tuple[str, str], MethodSpec] = {}
@@ -254,6 +268,8 @@ class Console:
         except RemoteError as err:
             log.warning("ignored a malformed reply: %s", err.message)
             return
+        if self._impostor(delivery, reply.host, "reply"):
+            return
         if self.agent_keys is not None:
             why = self._unverified(delivery, reply.host, REPLY_TYPE, "reply")
             if why is not None:
@@ -267,6 +283,27 @@ class Console:
             waiting = self._pending.get(reply.correlation_id or "")
         if waiting is not None:
             waiting.put((reply, time.perf_counter()))
+
+    def _impostor(self, delivery: Delivery, host: str, what: str,
+                  routing_key: str | None = None) -> bool:
+        """Whether this reply or event speaks for a host other than its sender (or, for
+        an event, than its routing key): then it is dropped, logged once per sender and
+        claimed host, and counted."""
+        user = delivery.properties.user_id
+        if routing_key is not None and delivery.routing_key and \
+                delivery.routing_key != routing_key:
+            why = (f"its routing key {delivery.routing_key!r} does not match its body "
+                   f"({routing_key!r})")
+        elif user != host and user not in self.multi_host_users:
+            why = f"it was sent by broker user {user!r}, and a host may only speak for itself"
+        else:
+            return False
+        self.spoofed += 1
+        if (user, host) not in self._spoof_logged and len(self._spoof_logged) < 1000:
+            self._spoof_logged.add((user, host))
+            log.warning("dropped a %s claiming host %r: %s (further ones are counted, "
+                        "not logged)", what, host, why)
+        return True
 
     def _unverified(self, delivery: Delivery, host: str, kind: str, what: str) -> str | None:
         """None if ``host`` signed this message, else why not."""
@@ -405,6 +442,11 @@ class Console:
                 if origin is None or origin[0] in results:
                     continue
                 host, t0 = origin
+                if reply.host != host:  # a multi-host identity answering for another
+                    self.spoofed += 1
+                    log.warning("dropped a reply from %s to a request sent to %s",
+                                reply.host, host)
+                    continue
                 res = HostResult(host, reply, (at - t0) * 1000, reply.correlation_id)
                 if reply.rejected:
                     rejected.setdefault(host, res)
@@ -575,6 +617,8 @@ class Console:
             except RemoteError as err:
                 log.warning("ignored a malformed event on %s: %s", delivery.routing_key,
                             err.message)
+                return
+            if self._impostor(delivery, ev.host, "event", ev.routing_key()):
                 return
             if self.agent_keys is not None:
                 why = self._unverified(delivery, ev.host, EVENT_TYPE, "event")

@@ -259,7 +259,7 @@ class BrokerAdmin:
         return its password (generated unless given). With ``certificate`` the user has
         no password at all: it can only log in with a TLS client certificate whose
         common name is ``name`` (SASL EXTERNAL); "" is returned."""
-        if not IDENTITY_RE.match(name):
+        if not IDENTITY_RE.fullmatch(name):
             raise ValueError(f"invalid identity name {name!r}: use 1-63 of a-z 0-9 _ -, "
                              "starting with a letter or digit (no dots)")
         grant = grant_for(kind, name)

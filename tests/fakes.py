@@ -219,7 +219,7 @@ def post_provision_raw(channel: Any, owner: str) -> tuple[str, str]:
     channel.basic_publish("hostbus.provision", "provision", json.dumps(
         {"v": 1, "template": "web", "owner": owner}).encode(), pika.BasicProperties(
         message_id=rid, reply_to=reply_queue, content_type="application/json",
-        type="hostbus.provision/1", delivery_mode=2))
+        type="hostbus.provision/1", delivery_mode=2, user_id="guest"))
     return reply_queue, rid
 
 

@@ -226,7 +226,8 @@ def test_a_request_repeated_after_an_agent_restart_does_not_run_twice(rabbitmq, 
                       reply_to=reply_q)
     body, props = req.encode()
     pika_props = pika.BasicProperties(message_id=props.message_id, reply_to=reply_q,
-                                      content_type=props.content_type, type=props.type)
+                                      content_type=props.content_type, type=props.type,
+                                      user_id="guest")
 
     def send_and_read():
         ch.basic_publish(names.REQUEST_EXCHANGE, req.routing_key(), body, pika_props)

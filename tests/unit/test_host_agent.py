@@ -151,3 +151,19 @@ def test_reboot_and_shutdown_go_through_the_power_controller_only():
     assert power.calls == [("reboot", 30, "kernel"),
                            ("shutdown", 60, "requested through hostbus")]
     assert SCHEMA.methods["reboot"].dangerous and SCHEMA.methods["shutdown"].dangerous
+
+
+@pytest.mark.parametrize("reason", ["-P", "--poweroff", "-c", "-k now", "patch night"])
+def test_a_reboot_reason_is_never_read_as_an_option(reason):
+    """shutdown(8) parses options anywhere on its line (GNU getopt permutes): a reason
+    of "-P" once turned a reboot into a poweroff. Parsed the way shutdown parses it, the
+    line holds -r only, and the reason arrives whole as the wall message."""
+    import getopt
+
+    from agents.host.power import shutdown_argv
+
+    argv = shutdown_argv("/sbin/shutdown", "reboot", reason)
+    options, operands = getopt.gnu_getopt(argv[1:], "HPrhkc", ["poweroff", "reboot",
+                                                               "halt", "no-wall"])
+    assert options == [("-r", "")]
+    assert operands == ["now", reason]
