@@ -27,6 +27,8 @@ from hostbus import __version__
 COMMANDS: dict[str, str] = {
     "agents": "console.commands.discovery:agents",
     "ping": "console.commands.discovery:ping",
+    "inventory": "console.commands.fleet:inventory",
+    "facts": "console.commands.fleet:facts",
     "call": "console.commands.calls:call",
     "query": "console.commands.calls:query",
     "watch": "console.commands.watch:watch",

@@ -31,7 +31,7 @@ STATUS_STYLE = {"ok": "green", "error": "red", "no_reply": "yellow"}
 
 # Columns of free text: the only ones a table may shorten to fit (with an ellipsis).
 FREE_TEXT = frozenset({"cmdline", "description", "fields", "facts", "outcome", "message",
-                       "reason", "detail"})
+                       "reason", "detail", "hosts"})
 # Columns a narrow terminal may hide (first to last), saying so: details, not identities.
 SECONDARY = ("ppid", "started", "created", "updated", "expires", "decided_by", "rss_bytes",
              "memory_percent", "version", "rtt ms")
