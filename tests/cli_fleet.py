@@ -15,6 +15,7 @@ from agents.host.power import RecordingPower
 from console.cli import cli
 from console.client import Console
 from console.commands.common import CliContext
+from hostbus.serving.agent import Agent
 from hostbus.serving.runtime import AgentRuntime
 from hostbus.transport.memory import MemoryBroker, MemoryTransport
 from tests.fakes import FakePs, make_host_agent
@@ -34,20 +35,22 @@ class Fleet:
     user: str = "console"
 
     def add(self, host_id: str, facts: dict[str, Any] | None = None,
-            agent_kw: dict[str, Any] | None = None, **runtime_kw: Any) -> AgentRuntime:
-        """Start a host agent for ``host_id`` with these facts (``agent_kw`` for
-        ``make_host_agent``, the rest for ``AgentRuntime``)."""
-        self.broker.enroll(host_id, ["host"])
+            agent_kw: dict[str, Any] | None = None, agents: list[Agent] | None = None,
+            **runtime_kw: Any) -> AgentRuntime:
+        """Start a daemon for ``host_id`` with these facts: a host agent (``agent_kw``
+        for ``make_host_agent``), or ``agents``; the rest is for ``AgentRuntime``."""
+        if agents is None:
+            host, self.ps[host_id], self.power[host_id] = make_host_agent(
+                host_id, **(agent_kw or {}))
+            agents = [host]
+        self.broker.enroll(host_id, [a.name for a in agents])
         transport = MemoryTransport(self.broker, user=host_id)
         transport.start()
-        agent, ps, power = make_host_agent(host_id, **(agent_kw or {}))
         runtime_kw.setdefault("heartbeat_interval", 60)
-        runtime = AgentRuntime(transport, host_id, [agent], facts=facts or {},
+        runtime = AgentRuntime(transport, host_id, agents, facts=facts or {},
                                check_results=True, **runtime_kw)
         runtime.start()
         self.runtimes[host_id] = runtime
-        self.ps[host_id] = ps
-        self.power[host_id] = power
         return runtime
 
     def console(self, ctx: CliContext, validate: bool) -> Console:

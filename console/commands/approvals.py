@@ -18,6 +18,7 @@ from console.commands.common import (
     layout,
     out,
     plural,
+    resolve_prefix,
     usage,
 )
 from console.commands.options import (
@@ -110,6 +111,12 @@ def approvals_list(ctx: CliContext, hosts: tuple[str, ...], every_state: bool,
 def _find_approval(ctx: CliContext, approval_id: str, hosts: tuple[str, ...],
                    timeout: float | None) -> dict[str, Any]:
     found, result = _approvals_on(ctx, hosts, "all", timeout)
+    try:
+        approval_id = resolve_prefix(approval_id, [a["approval_id"] for a in found],
+                                     "approval")
+    except CliError as exc:
+        if exc.code != Exit.NOTHING:
+            raise
     matches = [a for a in found if a["approval_id"] == approval_id]
     if not matches:
         refused = sorted({r.reply.error["message"] for r in result.results
@@ -171,7 +178,7 @@ def _decide(ctx: CliContext, approval: dict[str, Any], verb: str, reason: str,
 @click.pass_obj
 def approvals_approve(ctx: CliContext, approval_id: str, hosts: tuple[str, ...], yes: bool,
                       timeout: float | None, as_json: bool) -> Exit:
-    """Approve APPROVAL_ID: the parked request runs now, once."""
+    """Approve APPROVAL_ID (or its first characters): the parked request runs now, once."""
     approval = _find_approval(ctx, approval_id, hosts, timeout)
     summary = (f"{approval['requester']} asks to run {approval['call']} "
                f"{json.dumps(approval['args'], separators=(',', ':'))} on {approval['host']}")
@@ -192,6 +199,7 @@ def approvals_approve(ctx: CliContext, approval_id: str, hosts: tuple[str, ...],
 @click.pass_obj
 def approvals_deny(ctx: CliContext, approval_id: str, reason: str, hosts: tuple[str, ...],
                    timeout: float | None, as_json: bool) -> Exit:
-    """Deny APPROVAL_ID: the parked request never runs; its requester is told why."""
+    """Deny APPROVAL_ID (or its first characters): the parked request never runs; its
+    requester is told why."""
     approval = _find_approval(ctx, approval_id, hosts, timeout)
     return _decide(ctx, approval, "deny", reason, timeout, as_json)

@@ -13,7 +13,7 @@ import errno
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -272,3 +272,24 @@ def split_target(target: str, kind: str) -> tuple[str, str]:
         raise usage(f"{target!r}: expected {what}; did you mean {' or '.join(meant)}?")
     raise usage(f"{target!r}: expected {what}, e.g. "
                 f"{'host.identify' if kind == 'method' else 'host.disk'}")
+
+
+MIN_PREFIX = 4
+
+
+def resolve_prefix(prefix: str, ids: Iterable[str], what: str) -> str:
+    """The one id in ``ids`` that starts with ``prefix`` (as git takes a commit's):
+    usage error if it is too short or ambiguous, ``Exit.NOTHING`` if none does."""
+    wanted = prefix.lower()
+    known = list(dict.fromkeys(ids))
+    if wanted in known:
+        return wanted
+    if len(wanted) < MIN_PREFIX:
+        raise usage(f"{prefix}: give at least {MIN_PREFIX} characters of the {what} id")
+    matches = [i for i in known if i.lower().startswith(wanted)]
+    if len(matches) > 1:
+        raise usage(f"{prefix} is ambiguous: {', '.join(matches[:10])}"
+                    + (" ..." if len(matches) > 10 else ""))
+    if not matches:
+        raise CliError(Exit.NOTHING, f"no {what} {prefix}")
+    return matches[0]

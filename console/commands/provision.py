@@ -1,8 +1,8 @@
 """Provisioning: the service (``hostbus provisioner``) and its clients
 (``hostbus provision submit|status|list``).
 
-A new ``provision`` subcommand goes here, with ``@provision.command(...)``; ask the
-provisioner through ``ask_provisioner``.
+A new ``provision`` subcommand goes here, with ``@provision.command(...)``; find the
+provisioner with ``find_provisioner`` and ask it through ``ask_provisioner``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from console.commands.common import (
     emit_json,
     layout,
     out,
+    resolve_prefix,
     usage,
 )
 from console.commands.options import json_option, table_options, timeout_option
@@ -141,19 +142,28 @@ def provision_submit(ctx: CliContext, template: str, count: int, name: str | Non
     return Exit.OK if reply.ok else Exit.FAILED
 
 
-def ask_provisioner(ctx: CliContext, method: str, args: dict[str, Any],
-                    provisioner: str | None, timeout: float | None) -> Any:
-    """Call ``provision.METHOD`` on the named or the first discovered provisioner; its
-    result, or a ``CliError`` saying why there is none."""
-    console = ctx.console()
-    if provisioner is None:
-        found = console.discover(filter={"agent": "provision"}, timeout=ctx.timeout(timeout))
-        if not found:
-            raise CliError(Exit.NOTHING, "no provisioner answered (start one: hostbus "
-                                         "provisioner --config FILE)")
-        provisioner = found[0].host
-    res = console.call("provision", method, args, host=provisioner,
-                       timeout=ctx.timeout(timeout))
+def _is_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text.lower()
+    except ValueError:
+        return False
+
+
+def find_provisioner(ctx: CliContext, timeout: float | None) -> str:
+    """The host id of the first provisioner that answers discovery."""
+    found = ctx.console().discover(filter={"agent": "provision"}, timeout=ctx.timeout(timeout))
+    if not found:
+        raise CliError(Exit.NOTHING, "no provisioner answered (start one: hostbus "
+                                     "provisioner --config FILE)")
+    return found[0].host
+
+
+def ask_provisioner(ctx: CliContext, method: str, args: dict[str, Any], provisioner: str,
+                    timeout: float | None) -> Any:
+    """Call ``provision.METHOD`` on ``provisioner``; its result, or a ``CliError``
+    saying why there is none."""
+    res = ctx.console().call("provision", method, args, host=provisioner,
+                             timeout=ctx.timeout(timeout))
     if res.reply is None:
         raise CliError(Exit.NO_REPLY, f"provisioner {provisioner} did not answer")
     if not res.reply.ok:
@@ -174,7 +184,14 @@ provisioner_option = click.option("--provisioner", metavar="HOST",
 @click.pass_obj
 def provision_status(ctx: CliContext, request_id: str, provisioner: str | None,
                      timeout: float | None, as_json: bool) -> Exit:
-    """Show one request: accepted (in progress), completed or failed (and why)."""
+    """Show one request: accepted (in progress), completed or failed (and why).
+    REQUEST_ID may be its first characters (at least 4), as in VM names."""
+    provisioner = provisioner or find_provisioner(ctx, timeout)
+    if not _is_uuid(request_id):
+        known = ask_provisioner(ctx, "list", {"owner": None, "status": None, "limit": 1000},
+                                provisioner, timeout)
+        request_id = resolve_prefix(request_id, [r["request_id"] for r in known["requests"]],
+                                    "provisioning request")
     result = ask_provisioner(ctx, "status", {"request_id": request_id}, provisioner, timeout)
     if as_json:
         emit_json(result)
@@ -201,6 +218,7 @@ def provision_list(ctx: CliContext, owner: str | None, status: str | None, limit
                    columns: tuple[str, ...], as_json: bool) -> Exit:
     """List recent requests, newest first."""
     check_columns(columns, REQUEST_COLUMNS)
+    provisioner = provisioner or find_provisioner(ctx, timeout)
     result = ask_provisioner(ctx, "list", {"owner": owner, "status": status, "limit": limit},
                              provisioner, timeout)
     if as_json:
