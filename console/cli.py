@@ -40,6 +40,8 @@ COMMANDS: dict[str, str] = {
     "approvals": "console.commands.approvals:approvals",
     "keys": "console.commands.keys:keys",
     "policy": "console.commands.policy:policy",
+    "completion": "console.commands.completion:completion",
+    "manpage": "console.commands.manpage:manpage",
 }
 PLUGIN_GROUP = "hostbus.commands"
 

@@ -66,6 +66,8 @@ class Fleet:
             env: dict[str, str] | None = None) -> Result:
         """``hostbus ARGS`` as an operator types it; stdout and stderr kept apart.
         ``env`` with TTY_COMPATIBLE=1 and COLUMNS=N: as on a terminal N columns wide."""
+        # discovered hosts are noted for completion: here, not in the user's cache
+        env = {"XDG_CACHE_HOME": str(self.config.parent), **(env or {})}
         return CliRunner().invoke(cli, ["--config", str(self.config), *args],
                                   obj=self.console, input=input, env=env,
                                   catch_exceptions=False)

@@ -5,7 +5,8 @@
   ``targeting``: which hosts a command acts on.
 - ``discovery`` (agents, ping), ``fleet`` (inventory, facts), ``calls`` (call, query),
   ``watch``, ``subscriptions``, ``schema``, ``broker``, ``provision`` (provisioner,
-  provision ...), ``approvals``, ``keys``, ``policy``.
+  provision ...), ``approvals``, ``keys``, ``policy``, ``completion`` (and the
+  completers), ``manpage``.
 
 A new command goes into its group's module and its name into ``console.cli.COMMANDS``.
 Commands return their exit code and raise ``CliError`` (or let a ``HostbusError`` through)

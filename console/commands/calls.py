@@ -26,6 +26,7 @@ from console.commands.common import (
     split_target,
     usage,
 )
+from console.commands.completion import complete_argument, complete_class, complete_method
 from console.commands.options import (
     discovery_options,
     hosts_from_option,
@@ -52,8 +53,9 @@ def _method_spec(agent: str, method: str) -> Any:
 
 
 @click.command(add_help_option=False, epilog=EPILOG)
-@click.argument("target", required=False, metavar="AGENT.METHOD")
-@click.argument("pairs", nargs=-1, metavar="[KEY=VALUE]...")
+@click.argument("target", required=False, metavar="AGENT.METHOD",
+                shell_complete=complete_method)
+@click.argument("pairs", nargs=-1, metavar="[KEY=VALUE]...", shell_complete=complete_argument)
 @hosts_option("Target host (repeatable; a glob goes through discovery).")
 @hosts_from_option
 @click.option("--all", "all_hosts", is_flag=True, help="Every host that has the agent.")
@@ -217,7 +219,7 @@ def _warn_unknown_columns(columns: tuple[str, ...], result: FanoutResult) -> Non
 
 
 @click.command(epilog=EPILOG)
-@click.argument("target", metavar="AGENT.CLASS")
+@click.argument("target", metavar="AGENT.CLASS", shell_complete=complete_class)
 @hosts_option("Only these hosts (default: every host that has the agent).")
 @hosts_from_option
 @click.option("--filter", "-f", "filters", multiple=True, metavar="EXPR",

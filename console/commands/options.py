@@ -41,8 +41,10 @@ def hosts_option(help_text: str = "Only hosts whose id matches (repeatable, glob
     """-H/--host: host ids or globs."""
 
     def wrap(fn: F) -> F:
+        from console.commands.completion import complete_host
+
         return click.option("-H", "--host", "hosts", multiple=True, metavar="HOST",
-                            help=help_text)(fn)
+                            help=help_text, shell_complete=complete_host)(fn)
 
     return wrap
 

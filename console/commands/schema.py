@@ -6,11 +6,13 @@ import click
 
 from console.args import method_help
 from console.commands.common import Exit, emit_json, layout, out, usage
+from console.commands.completion import complete_schema_target
 from console.commands.options import json_option, table_options
 
 
 @click.command()
-@click.argument("target", required=False, metavar="[AGENT[.METHOD]]")
+@click.argument("target", required=False, metavar="[AGENT[.METHOD]]",
+                shell_complete=complete_schema_target)
 @table_options
 @json_option
 def schema(target: str | None, wide: bool, columns: tuple[str, ...], as_json: bool) -> Exit:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from console.commands.common import CliContext, CliError, Exit, emit_json, usage
+from console.commands.completion import remember_hosts
 from console.filters import parse
 from hostbus import names
 
@@ -50,6 +51,8 @@ def discover(ctx: CliContext, hosts: tuple[str, ...], agent: str | None,
         filter=bfilter, timeout=ctx.timeout(timeout), idle=ctx.idle(idle),
         expect=exact if len(exact) == len(hosts) else (), refusals=True,
     )
+    remember_hosts(ctx.url, [i.host for i in infos if not i.refused],
+                   everyone=not bfilter and not hosts)
     if len(hosts) > 1:
         infos = [i for i in infos if any(fnmatch.fnmatchcase(i.host, g) for g in hosts)]
     return [i for i in infos if i.refused or flt.matches(i.facts)]

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from console.commands.common import EPILOG, CliContext, Exit, plural, usage
+from console.commands.completion import complete_pattern
 from console.commands.options import json_option
 from hostbus import names
 
@@ -61,7 +62,7 @@ def check_pattern(pattern: str, events: list[tuple[str, str]]) -> None:
 
 
 @click.command(epilog=EPILOG)
-@click.argument("patterns", nargs=-1, metavar="[PATTERN]...")
+@click.argument("patterns", nargs=-1, metavar="[PATTERN]...", shell_complete=complete_pattern)
 @click.option("--count", "-n", type=click.IntRange(0), default=0, help="Stop after N events.")
 @click.option("--duration", "-d", type=click.FloatRange(0), default=0, metavar="S",
               help="Stop after S seconds.")
