@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import sys
@@ -173,12 +174,13 @@ class CliContext:
     def url(self) -> str:
         return self.cfg["broker"]["url"]
 
-    def console(self, *, validate: bool = True) -> Console:
+    def console(self, *, validate: bool | None = None) -> Console:
         """The connected console (one per command). ``validate=False`` sends what the
-        local schema does not know."""
+        local schema does not know (from then on; None leaves it as it is)."""
         if self._console is None:
-            self._console = self._factory(self, validate)
-        self._console.validate = validate
+            self._console = self._factory(self, True if validate is None else validate)
+        if validate is not None:
+            self._console.validate = validate
         return self._console
 
     def timeout(self, value: float | None) -> float:
@@ -197,17 +199,24 @@ class CliContext:
 def out() -> RichConsole:
     """Where tables go: stdout. On a terminal its width; otherwise wide enough that
     nothing wraps (tables for pipes are plain lines, see console.render)."""
+    console = _output_class()(highlight=False, soft_wrap=False)
+    if not console.is_terminal:  # TTY_COMPATIBLE=1 (or FORCE_COLOR) makes it one
+        console.width = 100_000
+    return console
+
+
+@functools.cache
+def _output_class() -> type[RichConsole]:
+    """rich's console, whose closed pipe goes to the one error mapping (made on first
+    use: rich is not imported for commands that print no tables)."""
     from rich.console import Console as RichConsole
 
     class Output(RichConsole):
         def on_broken_pipe(self) -> None:
-            # rich would exit 1 itself; the error goes to the one place instead (141)
+            # rich would exit 1 itself; the error goes to exit_on_error instead (141)
             raise BrokenPipeError(errno.EPIPE, "the output was closed")
 
-    console = Output(highlight=False, soft_wrap=False)
-    if not console.is_terminal:  # TTY_COMPATIBLE=1 (or FORCE_COLOR) makes it one
-        console.width = 100_000
-    return console
+    return Output
 
 
 def layout(console: RichConsole, wide: bool = False, columns: tuple[str, ...] = ()) -> Layout:

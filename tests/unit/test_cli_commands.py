@@ -73,3 +73,10 @@ def test_a_target_without_its_agent_gets_the_right_suggestion(fleet):
     assert "'identify': expected AGENT.METHOD; did you mean host.identify?" in call.stderr
     other = fleet.run("query", "nosuch")
     assert "expected AGENT.CLASS, e.g. host.disk" in other.stderr
+
+
+def test_no_validate_sends_what_the_local_schema_does_not_know(fleet):
+    fleet.add("web01")
+    done = fleet.run("call", "host.nosuch", "--all", "--no-validate", "--json")
+    assert done.exit_code == 1, done.stderr  # the agent answered: it has no such method
+    assert json.loads(done.stdout)["results"][0]["error"]["code"] == "unknown_method"
