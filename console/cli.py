@@ -10,7 +10,6 @@ only when their command runs, so ``hostbus --help`` and a single command start f
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
 from typing import Any
 
 import click
@@ -50,6 +49,8 @@ class RootGroup(click.Group):
     """Loads commands on demand and maps every error to its exit code (one place)."""
 
     def _plugins(self) -> dict[str, Any]:
+        from importlib.metadata import entry_points  # 20 ms: only when listing or unknown
+
         return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)
                 if ep.name not in COMMANDS}
 

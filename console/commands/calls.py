@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from console.args import method_help, parse_pairs
-from console.client import FanoutResult, HostResult
 from console.commands.common import (
     EPILOG,
     CliContext,
@@ -37,11 +36,10 @@ from console.commands.options import (
 )
 from console.commands.targeting import exit_for, pick_subset, read_hosts, select_hosts
 from console.filters import check_keys, parse
-from console.render import print_host_result, print_summary, shown
 from hostbus.errors import RemoteError
 
 if TYPE_CHECKING:
-    from console.client import Console
+    from console.client import Console, FanoutResult, HostResult
 
 QUERY_MAX = 10000  # the most objects agent.query returns per host
 
@@ -129,8 +127,14 @@ def call(click_ctx: click.Context, target: str | None, pairs: tuple[str, ...],
                                         as_json), subset)
     if spec is not None and spec.dangerous and not yes:
         _confirm_dangerous(target, args, selected)
-    console_out = out()
-    fit = layout(console_out, wide, columns)
+    from console.client import FanoutResult
+
+    console_out = fit = None
+    if not as_json:  # rich is not even imported for --json
+        from console.render import print_host_result, shown
+
+        console_out = out()
+        fit = layout(console_out, wide, columns)
     advance, stop = progress(len(selected), target, not as_json, console_out)
     arrived: list[HostResult] = []
     started = time.perf_counter()
@@ -138,7 +142,7 @@ def call(click_ctx: click.Context, target: str | None, pairs: tuple[str, ...],
     def on_result(res: HostResult) -> None:
         advance()
         arrived.append(res)
-        if not as_json and not collect and shown(res, display):
+        if console_out is not None and not collect and shown(res, display):
             print_host_result(console_out, res, fit)
 
     try:
@@ -170,6 +174,8 @@ def _print_results(agent: str, method: str, result: FanoutResult, as_json: bool,
                    "summary": result.summary, **({"interrupted": interrupted}
                                                  if interrupted else {})})
         return
+    from console.render import print_host_result, print_summary, shown
+
     if collect:
         for res in result.results:
             if shown(res, display):
@@ -185,6 +191,8 @@ def _fanout(console: Console, agent: str, method: str, args: dict[str, Any],
     if not batch_sleep:
         return console.fanout(agent, method, args, hosts, timeout=timeout, batch=batch,
                               on_result=on_result)
+    from console.client import FanoutResult
+
     started = time.perf_counter()
     results: list[HostResult] = []
     for first in range(0, len(hosts), batch):

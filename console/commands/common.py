@@ -246,10 +246,12 @@ def progress(total: int, label: str, enabled: bool, beside: RichConsole | None =
     """A progress bar for people (not for pipes or --json): (advance, stop). It is drawn
     on ``beside`` when that is a terminal (what is printed there then appears above the
     bar, not through it), else on stderr."""
+    if not enabled or total < 2:
+        return (lambda: None), (lambda: None)
     from rich.console import Console as RichConsole
 
     console = beside if beside is not None and beside.is_terminal else RichConsole(stderr=True)
-    if not enabled or total < 2 or not console.is_terminal:
+    if not console.is_terminal:
         return (lambda: None), (lambda: None)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 

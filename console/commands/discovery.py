@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import click
-from rich.markup import escape
 
 from console.commands.common import (
     EPILOG,
@@ -39,9 +38,10 @@ def agents(ctx: CliContext, hosts: tuple[str, ...], agent: str | None, where: tu
 
     Stops as soon as no reply has come for --idle seconds, not after a fixed wait.
     """
-    from console.render import AGENT_COLUMNS
+    if not as_json:  # tables need rich; --json does not import it
+        from console.render import AGENT_COLUMNS
 
-    check_columns(columns, AGENT_COLUMNS)
+        check_columns(columns, AGENT_COLUMNS)
     found = discover(ctx, hosts, agent, where, idle, timeout)
     infos = [i for i in found if not i.refused]
     refused = [i for i in found if i.refused]
@@ -49,6 +49,8 @@ def agents(ctx: CliContext, hosts: tuple[str, ...], agent: str | None, where: tu
         emit_json({"agents": [i.to_dict() for i in infos], "count": len(infos),
                    "refused": [i.to_dict() for i in refused]})
     else:
+        from rich.markup import escape
+
         from console.render import agents_table
 
         console = out()
@@ -86,6 +88,8 @@ def ping(ctx: CliContext, hosts: tuple[str, ...], hosts_from: str | None,
     1 when some refused (the reason is shown: they are up, but will not serve you).
     """
     hosts = (*hosts, *read_hosts(hosts_from))
+    from rich.markup import escape
+
     found = discover(ctx, hosts, None, where, idle, timeout)
     infos = [i for i in found if not i.refused]
     refused = [i for i in found if i.refused]

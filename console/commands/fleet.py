@@ -7,7 +7,6 @@ from collections import defaultdict
 from typing import Any
 
 import click
-from rich.markup import escape
 
 from console.commands.common import (
     EPILOG,
@@ -43,6 +42,8 @@ def inventory(ctx: CliContext, host: str, timeout: float | None, wide: bool,
               columns: tuple[str, ...], as_json: bool) -> Exit:
     """Everything about one HOST on one screen: its agents and facts, identity,
     hardware, current metrics and (with the virt agent) hypervisor capacity."""
+    from rich.markup import escape
+
     valid_host(host)
     found = discover(ctx, (host,), None, (), None, timeout)
     if not found:
