@@ -90,8 +90,8 @@ def select_hosts(ctx: CliContext, hosts: tuple[str, ...], all_hosts: bool,
                                                   "no_reply": 0}})
         asked = " ".join([*(f"-H {h}" for h in hosts), *(f"--where {w}" for w in where)])
         having = f" with agent {agent!r}" if agent else ""
-        raise CliError(Exit.NOTHING, f"no host matched {asked}: none of the hosts{having} "
-                                     "that answered discovery (see `hostbus agents`)" if asked
+        raise CliError(Exit.NOTHING, f"no host matched {asked} (of the hosts{having} that "
+                                     "answered discovery; `hostbus agents` lists them)" if asked
                        else f"no host{having} answered discovery (is an agent running? "
                             "try `hostbus agents`)")
     return selected
