@@ -501,8 +501,9 @@ class Console:
                     break
                 reply, at = item
                 earlier = found.get(reply.host)
-                if (not reply.ok and not refusals) or (earlier and not earlier.refused) \
-                        or (earlier and not reply.ok):
+                if not reply.ok and (not refusals or earlier is not None):
+                    continue
+                if earlier is not None and not earlier.refused:
                     continue  # a genuine answer wins over a refusal, whichever came first
                 info = AgentInfo.from_reply(reply, (at - started) * 1000)
                 found[reply.host] = info

@@ -142,9 +142,9 @@ def connect_console(ctx: CliContext, validate: bool) -> Console:
     try:
         return Console.connect(ctx.url, connect_timeout=float(ctx.cfg["broker"]["connect_timeout"]),
                                validate=validate, signer=signer, agent_keys=agent_keys)
-    except ConnectionFailed as exc:
-        raise CliError(Exit.CONNECT, f"cannot connect: {exc}") from None
-    except (ConfigError, CliError):
+    except ConnectionFailed as exc:  # it says where and why already
+        raise CliError(Exit.CONNECT, str(exc)) from None
+    except ConfigError:
         raise
     except HostbusError as exc:
         raise CliError(Exit.CONNECT, f"broker error: {exc}") from None
