@@ -20,6 +20,7 @@ from click.shell_completion import CompletionItem, get_completion_class
 from console.commands.common import CliContext, Exit
 
 SHELLS = ("bash", "zsh", "fish")
+MAX_BROKERS = 10  # brokers (and vhosts) whose hosts are remembered, the latest ones
 
 
 # ------------------------------------------------------------------- host cache
@@ -45,7 +46,9 @@ def remember_hosts(url: str, hosts: list[str], everyone: bool) -> None:
     with contextlib.suppress(OSError, ValueError):
         known = json.loads(path.read_text()) if path.exists() else {}
         key = _broker_key(url)
-        known[key] = sorted(set(hosts) | (set() if everyone else set(known.get(key, []))))
+        earlier = set(known.pop(key, []))
+        known[key] = sorted(set(hosts) | (set() if everyone else earlier))  # latest last
+        known = dict(list(known.items())[-MAX_BROKERS:])
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(known))

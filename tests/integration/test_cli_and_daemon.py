@@ -16,6 +16,12 @@ pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """Hosts found by discovery are noted for completion: here, not in the user's cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
 def run_cli(rabbitmq, *args, timeout=60):
     env = {**os.environ, "HOSTBUS_BROKER_URL": rabbitmq.url}
     return subprocess.run([str(BIN / "hostbus"), *args], capture_output=True, text=True,

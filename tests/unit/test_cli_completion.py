@@ -1,5 +1,7 @@
 """Shell completion: commands, AGENT.METHOD, argument names and values, hosts."""
 
+import json
+
 from click.testing import CliRunner
 
 from console.cli import cli
@@ -60,3 +62,16 @@ def test_the_man_page_is_made_from_every_command(fleet):
     # text that starts with a dot is escaped: every request line is one we wrote
     requests = {line.split()[0] for line in page.splitlines() if line.startswith(".")}
     assert requests <= {".TH", ".nh", ".ad", ".SH", ".SS", ".PP", ".TP", ".nf", ".fi", ".B"}
+
+
+def test_the_host_cache_keeps_only_the_latest_brokers(tmp_path, monkeypatch):
+    from console.commands.completion import MAX_BROKERS, _cache_file, remember_hosts
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    for n in range(MAX_BROKERS + 3):
+        remember_hosts(f"amqp://u:p@127.0.0.1:5672/v{n}", [f"h{n}"], everyone=True)
+    remember_hosts("amqp://u:p@127.0.0.1:5672/v5", ["x"], everyone=False)
+    known = json.loads(_cache_file().read_text())
+    assert len(known) == MAX_BROKERS and "127.0.0.1:5672/v0" not in known
+    assert list(known)[-1] == "127.0.0.1:5672/v5" and known["127.0.0.1:5672/v5"] == ["h5", "x"]
+    assert "u:p" not in _cache_file().read_text()  # no credentials in it
