@@ -52,7 +52,7 @@ environment: HOSTBUS_BROKER_URL, HOSTBUS_CONSOLE_TIMEOUT, ... (see etc/console.t
 CONSOLE_DEFAULTS: dict[str, Any] = {
     "broker": {"url": "amqp://guest:guest@127.0.0.1:5672/hostbus", "connect_timeout": 5.0},
     "console": {"timeout": 10.0, "idle": 0.3, "admin_url": "http://guest:guest@127.0.0.1:15672"},
-    "security": {"signing_key": "", "agent_keys": ""},
+    "security": {"signing_key": "", "agent_keys": "", "multi_host_users": ["guest"]},
 }
 USER_CONFIG = Path.home() / ".config" / "hostbus" / "console.toml"
 
@@ -141,7 +141,8 @@ def connect_console(ctx: CliContext, validate: bool) -> Console:
                                                              ctx.config_path))
     try:
         return Console.connect(ctx.url, connect_timeout=float(ctx.cfg["broker"]["connect_timeout"]),
-                               validate=validate, signer=signer, agent_keys=agent_keys)
+                               validate=validate, signer=signer, agent_keys=agent_keys,
+                               multi_host_users=sec["multi_host_users"])
     except ConnectionFailed as exc:  # it says where and why already
         raise CliError(Exit.CONNECT, str(exc)) from None
     except ConfigError:
