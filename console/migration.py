@@ -55,9 +55,8 @@ def target_uri(console: Console, host: str, *, timeout: float = 5.0) -> str:
     info = next((a for a in answers if a.host == host), None)
     if info is None:
         raise RemoteError(ErrorCode.NOT_FOUND,
-                          f"no such target: host {host} did not answer discovery within "
-                          f"{timeout:g} s (hostbus agents lists the hosts that answer)",
-                          {"host": host})
+                          f"no such target: no agent answers as host {host} (hostbus agents "
+                          "lists the hosts that answer)", {"host": host})
     if "virt" not in info.agents:
         raise RemoteError(ErrorCode.UNSUPPORTED, f"host {host} runs no virt agent "
                           f"(it runs {', '.join(info.agents)})", {"host": host})

@@ -321,7 +321,9 @@ def guest_xml(name: str, memory_mib: int, image: str) -> str:
       <source file='{image}'/>
       <target dev='hda' bus='ide'/>
     </disk>
-    <serial type='file'><source path='/var/log/libvirt/qemu/{name}.serial'/></serial>
+    <serial type='file'>
+      <source path='/var/log/libvirt/qemu/{name}.serial' append='on'/>
+    </serial>
     <video><model type='none'/></video>
     <memballoon model='none'/>
   </devices>

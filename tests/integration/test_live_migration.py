@@ -7,16 +7,20 @@ that prints a counter on its serial port once a second moves from one to the oth
 a watcher follows the events; the counter goes on from where it was, on the target.
 """
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
 from console import migration
+from hostbus.errors import RemoteError
 from hostbus.schema import load_agent_schema
 from hostbus.testing.pytest_plugin import fail_or_skip
 from scripts.hypervisor_pair import Pair, PairError, _wait
@@ -25,6 +29,7 @@ from tests.fakes import EventCollector
 pytestmark = pytest.mark.integration
 MIB = 1 << 20
 VIRT = load_agent_schema("virt")
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +207,7 @@ def test_refused_migrations_say_why_and_leave_the_guest_where_it_was(
     counting(pair, source, guest, 1)
 
     # No such target: the console finds no host of that name.
-    with pytest.raises(Exception, match="no such target: host nosuch-host did not answer"):
+    with pytest.raises(RemoteError, match="no such target: no agent answers as host nosuch"):
         migration.plan(console, guest, "nosuch-host")
 
     def refused(**args):
@@ -233,3 +238,35 @@ def test_refused_migrations_say_why_and_leave_the_guest_where_it_was(
 
     assert domains(console, source)[guest]["state"] == "running"
     assert guest not in domains(console, target)
+
+
+def test_the_cli_moves_a_guest_there_and_back_and_names_a_missing_target(
+        pair, hosts, guest, rabbitmq):
+    source, target = hosts
+    counting(pair, source, guest, 1)
+
+    def hostbus(*args):
+        return subprocess.run([str(BIN / "hostbus"), *args], capture_output=True, text=True,
+                              env={**os.environ, "HOSTBUS_BROKER_URL": rabbitmq.url},
+                              timeout=110, check=False)
+
+    there = hostbus("vm", guest, "migrate", "--to", target, "--yes", "--json")
+    assert there.returncode == 0, there.stderr
+    moved = json.loads(there.stdout)
+    assert moved["status"] == "ok" and moved["host"] == source
+    assert moved["result"]["target_host"] == target
+    seen = len(pair.counts(target, guest))
+    counting(pair, target, guest, seen + 1)
+
+    back = hostbus("vm", guest, "migrate", "--to", source, "--yes")
+    assert back.returncode == 0, back.stderr
+    assert f"{guest} moved from {target} to {source}" in back.stdout
+    assert "downtime" in back.stdout
+    seen = len(pair.counts(source, guest))
+    counting(pair, source, guest, seen + 1)
+
+    nowhere = hostbus("vm", guest, "migrate", "--to", "nosuch-host", "--yes")
+    assert nowhere.returncode == 3, nowhere.stderr
+    assert "no such target: no agent answers as host nosuch-host" in nowhere.stderr
+    unasked = hostbus("vm", guest, "migrate", "--to", target)   # no terminal, no --yes
+    assert unasked.returncode == 2 and "pass --yes" in unasked.stderr

@@ -321,7 +321,7 @@ def test_the_console_finds_where_a_vm_runs_and_its_targets_uri(fleet):
 
 
 @pytest.mark.parametrize(("name", "to", "code", "words"), [
-    ("web-9", "nosuch", "not_found", "no such target: host nosuch did not answer"),
+    ("web-9", "nosuch", "not_found", "no such target: no agent answers as host nosuch"),
     ("web-9", "kvm02", "invalid_args", "already on kvm02"),
     ("web-9", "web01", "unsupported", "runs no virt agent"),
     ("nosuch", "kvm01", "not_found", "no virt host has a domain nosuch"),
