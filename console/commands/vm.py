@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from console.commands.common import EPILOG, CliContext, CliError, Exit, emit_json, out, usage
+from console.commands.completion import complete_host
 from console.commands.options import json_option, yes_option
 from hostbus.errors import ErrorCode, RemoteError
 
@@ -34,9 +35,9 @@ def vm(ctx: click.Context, name: str) -> None:
 
 
 @vm.command("migrate", epilog=EPILOG)
-@click.option("--to", "target", required=True, metavar="HOST",
+@click.option("--to", "target", required=True, metavar="HOST", shell_complete=complete_host,
               help="The host to move it to (its virt agent offers migration_uri).")
-@click.option("--from", "source", metavar="HOST",
+@click.option("--from", "source", metavar="HOST", shell_complete=complete_host,
               help="The host it runs on (default: asked of every virt host).")
 @click.option("--uri", metavar="URI",
               help="The target's libvirt URI, instead of its migration_uri fact.")
@@ -114,7 +115,7 @@ def migrate(ctx: click.Context, target: str, source: str | None, uri: str | None
 
 
 @vm.command("abort-migration", epilog=EPILOG)
-@click.option("--from", "source", metavar="HOST",
+@click.option("--from", "source", metavar="HOST", shell_complete=complete_host,
               help="The host migrating it (default: asked of every virt host).")
 @json_option
 @click.pass_context
