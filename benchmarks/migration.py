@@ -144,10 +144,10 @@ def run(amqp: str, admin_url: str, memory_mib: list[int], rounds: int) -> dict[s
 def _wait_counting(pair: Any, host: str, name: str) -> None:
     """Until the guest printed a count on ``host`` after the last one seen there: it has
     filled its memory and runs (a serial console file has no event to wait on)."""
-    from scripts.hypervisor_pair import _wait
+    from scripts.hypervisor_pair import wait_until
 
     seen = len(pair.counts(host, name))
-    _wait(lambda: len(pair.counts(host, name)) > seen, time.monotonic() + 120,
+    wait_until(lambda: len(pair.counts(host, name)) > seen, time.monotonic() + 120,
           f"{name} to count on {host}")
 
 

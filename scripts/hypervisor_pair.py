@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -129,6 +129,9 @@ class Pair:
         if (directory / "pair.json").exists():
             raise PairError(f"a pair already runs from {directory}: stop it first "
                             f"({sys.argv[0]} down --dir {directory})")
+        if directory.exists() and any(directory.iterdir()):
+            # down() removes the whole folder: it must hold nothing but the pair.
+            raise PairError(f"{directory} is not empty: give the pair a folder of its own")
         directory.mkdir(parents=True, exist_ok=True)
         directory.chmod(0o755)
         # Names of namespaces and links are machine-wide: derive them from the directory so
@@ -145,7 +148,7 @@ class Pair:
                 pair._start_libvirtd(host)
             deadline = time.monotonic() + timeout
             for host in pair.hosts:
-                _wait(lambda h=host: _answers(h), deadline,
+                wait_until(lambda h=host: _answers(h), deadline,
                       f"libvirtd of {host.name} (log: {host.root}/var/log/libvirt/libvirtd.log)")
                 _virsh(host, "pool-define-as", "default", "dir", "--target",
                        "/var/lib/libvirt/images")
@@ -240,7 +243,7 @@ class Pair:
             self.save()
         deadline = time.monotonic() + timeout
         for host in self.hosts:
-            _wait(lambda h=host: _agent_online(h), deadline,
+            wait_until(lambda h=host: _agent_online(h), deadline,
                   f"hostbus-agent of {host.name} (log: {host.root}/agent.log)")
 
     def stop_agents(self) -> None:
@@ -420,14 +423,14 @@ def _stop(pid: int, grace: float = 10.0) -> bool:
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     with contextlib.suppress(PairError):
-        _wait(lambda: not _alive(pid), deadline, f"process {pid} to exit")
+        wait_until(lambda: not _alive(pid), deadline, f"process {pid} to exit")
         return True
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     return True
 
 
-def _wait(ready: Callable[[], bool], deadline: float, what: str) -> None:
+def wait_until(ready: Callable[[], bool], deadline: float, what: str) -> None:
     """Poll ``ready`` until the deadline (a daemon's start has no event to wait on),
     backing off from 50 ms to 1 s."""
     pause = 0.05
@@ -436,16 +439,6 @@ def _wait(ready: Callable[[], bool], deadline: float, what: str) -> None:
             raise PairError(f"gave up waiting for {what}")
         time.sleep(pause)
         pause = min(pause * 2, 1.0)
-
-
-@contextlib.contextmanager
-def running_pair(directory: Path | str, names: tuple[str, str]) -> Iterator[Pair]:
-    """A pair for the length of a ``with`` block; always taken down afterwards."""
-    pair = Pair.up(directory, names)
-    try:
-        yield pair
-    finally:
-        pair.down()
 
 
 # ----------------------------------------------------------------------- CLI

@@ -23,7 +23,7 @@ from console import migration
 from hostbus.errors import RemoteError
 from hostbus.schema import load_agent_schema
 from hostbus.testing.pytest_plugin import fail_or_skip
-from scripts.hypervisor_pair import Pair, PairError, _wait
+from scripts.hypervisor_pair import Pair, PairError, wait_until
 from tests.fakes import EventCollector
 
 pytestmark = pytest.mark.integration
@@ -81,7 +81,7 @@ def guest(pair, hosts):
 def counting(pair, host, name, at_least):
     """Wait until the guest printed ``at_least`` counts on ``host`` (a serial console
     file has no event to wait on; it is polled)."""
-    _wait(lambda: len(pair.counts(host, name)) >= at_least, _deadline(60),
+    wait_until(lambda: len(pair.counts(host, name)) >= at_least, _deadline(60),
           f"{name} to count {at_least} times on {host}")
     return pair.counts(host, name)
 
