@@ -350,3 +350,17 @@ def test_a_target_without_a_migration_uri_says_which_setting_to_add(fleet):
     # Given by hand, the URI needs no fact.
     route = planning.plan(console, "web-8", "kvm02", uri="qemu+ssh://kvm02/system")
     assert route.target_uri == "qemu+ssh://kvm02/system"
+
+
+def test_the_shipped_policy_lets_operators_migrate_and_nobody_else():
+    from pathlib import Path
+
+    from hostbus.security.policy import RulesPolicy
+
+    shipped = RulesPolicy.load(Path(__file__).resolve().parents[2] / "etc" / "policy.toml",
+                               "kvm01")
+    for method in ("domain.migrate", "domain.migrate_abort"):
+        assert SCHEMA.methods[method].dangerous
+        assert shipped.decide_call("alice", "virt", method, {"name": "web-1"}).allowed
+        assert not shipped.decide_call("grafana", "virt", method, {"name": "web-1"}).allowed
+        assert not shipped.decide_call("mallory", "virt", method, {"name": "web-1"}).allowed
