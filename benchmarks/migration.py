@@ -7,13 +7,14 @@ and with libvirt alone, in the same run on the same two hypervisors.
 It sets up the hypervisor pair (scripts/hypervisor_pair.py: two libvirt daemons in
 namespaces of their own, linked by a veth pair) with a hostbus-agent each in a vhost of
 its own, starts the counter guest (QEMU, software emulation) at each memory size, and
-moves it back and forth: one way with ``virt.domain.migrate`` through the broker, the
+moves it there and back: one way with ``virt.domain.migrate`` through the broker, the
 other way with libvirt's own ``migrateToURI3`` (what ``virsh migrate --live --p2p
---persistent --undefinesource --copy-storage-all`` does), the same flags both ways, no
-bandwidth limit. Each round reports libvirt's job statistics of the completed migration
-(time, downtime, data sent), the wall time of the call that made it, and the pause the
-daemons report (from the source's "suspended, migrated" event to the target's "resumed,
-migrated", both received by this process). Needs root.
+--persistent --undefinesource --copy-storage-all`` does), with the same flags and
+maximum downtime and no bandwidth limit; the two swap directions every round. Each
+migration reports libvirt's job statistics (time, downtime, data sent), the wall time of
+the call that made it, and the pause the daemons report (from the source's "suspended,
+migrated" event to the target's "resumed, migrated", both received by this process).
+Needs root.
 """
 
 from __future__ import annotations
@@ -96,40 +97,49 @@ def run(amqp: str, admin_url: str, memory_mib: list[int], rounds: int) -> dict[s
                 conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
                                             on_lifecycle, None)
             with Console.connect(bench.url) as console:
+
+                def via_hostbus(name: str, source: Any, target: Any) -> dict[str, Any]:
+                    route = migration.plan(console, name, target.name, source=source.name)
+                    started = time.perf_counter()
+                    res = migration.migrate(console, route, timeout=600)
+                    wall = (time.perf_counter() - started) * 1000
+                    if res.status != "ok" or res.reply is None:
+                        raise RuntimeError(f"hostbus migration failed: {res.reply}")
+                    return {"wall_ms": round(wall, 1), **res.reply.result["job"],
+                            **pause_ms(res.reply.result["uuid"])}
+
+                def via_libvirt(name: str, source: Any, target: Any) -> dict[str, Any]:
+                    dom = raw[source.name].lookupByName(name)
+                    plan = rules.Plan(target.migration_uri, live=True, copy_storage="all",
+                                      bandwidth_mib_s=None, auto_converge=True)
+                    dom_uuid = dom.UUIDString()
+                    dom.migrateSetMaxDowntime(300, 0)   # what the agent sets
+                    started = time.perf_counter()
+                    dom.migrateToURI3(plan.target_uri, plan.params, plan.flags)
+                    wall = (time.perf_counter() - started) * 1000
+                    with arrived:
+                        arrived.wait_for(lambda: dom_uuid in completed, 10)
+                        stats = completed.pop(dom_uuid, {})
+                    return {"wall_ms": round(wall, 1), **rules.job_figures(stats),
+                            **pause_ms(dom_uuid)}
+
+                paths = {"hostbus": via_hostbus, "libvirt": via_libvirt}
                 for size in memory_mib:
                     name = f"bench-{size}m-{tag}"
                     progress(f"migration: {size} MiB guest, {rounds} rounds each way")
                     pair.define_guest(a.name, name, memory_mib=size)
                     _wait_counting(pair, a.name, name)
                     samples: list[dict[str, Any]] = []
-                    for _ in range(rounds):
-                        # hostbus: a -> b
-                        route = migration.plan(console, name, b.name, source=a.name)
-                        started = time.perf_counter()
-                        res = migration.migrate(console, route, timeout=600)
-                        wall = (time.perf_counter() - started) * 1000
-                        if res.status != "ok":
-                            raise RuntimeError(f"hostbus migration failed: {res.reply}")
-                        job = res.reply.result["job"]
-                        samples.append({"path": "hostbus", "from": a.name, "to": b.name,
-                                        "wall_ms": round(wall, 1), **job,
-                                        **pause_ms(res.reply.result["uuid"])})
-                        _wait_counting(pair, b.name, name)
-                        # libvirt alone: b -> a, the same flags
-                        dom = raw[b.name].lookupByName(name)
-                        plan = rules.Plan(a.migration_uri, live=True, copy_storage="all",
-                                          bandwidth_mib_s=None, auto_converge=True)
-                        dom_uuid = dom.UUIDString()
-                        started = time.perf_counter()
-                        dom.migrateToURI3(plan.target_uri, plan.params, plan.flags)
-                        wall = (time.perf_counter() - started) * 1000
-                        with arrived:
-                            arrived.wait_for(lambda u=dom_uuid: u in completed, 10)
-                            stats = completed.pop(dom_uuid, {})
-                        samples.append({"path": "libvirt", "from": b.name, "to": a.name,
-                                        "wall_ms": round(wall, 1), **rules.job_figures(stats),
-                                        **pause_ms(dom_uuid)})
-                        _wait_counting(pair, a.name, name)
+                    for round_no in range(rounds):
+                        # Each round goes there and back; the paths swap directions every
+                        # round, so that neither gets only one direction.
+                        order = ["hostbus", "libvirt"][::1 if round_no % 2 == 0 else -1]
+                        for path, (source, target) in zip(order, ((a, b), (b, a)),
+                                                          strict=True):
+                            figures = paths[path](name, source, target)
+                            samples.append({"path": path, "from": source.name,
+                                            "to": target.name, **figures})
+                            _wait_counting(pair, target.name, name)
                     pair.virsh(a.name, "destroy", name)
                     pair.virsh(a.name, "undefine", name, "--remove-all-storage")
                     results["sizes"].append({"memory_mib": size, "samples": samples,
@@ -167,7 +177,7 @@ def _summary(samples: list[dict[str, Any]]) -> dict[str, Any]:
 def print_table(results: dict[str, Any]) -> None:
     print(f"{'memory':>7} {'path':<8} {'wall ms':>8} {'libvirt ms':>10} {'downtime ms':>11} "
           f"{'paused ms':>9} {'sent MiB':>8}   (medians of {results['meta']['rounds']} "
-          "rounds)")
+          "migrations each)")
     for size in results["sizes"]:
         for path in ("hostbus", "libvirt"):
             s = size["summary"][path]
@@ -183,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--memory-mib", default="32,128",
                         help="guest memory sizes, comma-separated (default 32,128)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="migrations each way per size (default 3)")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="round trips per size; each path goes each way in turn "
+                             "(default 4)")
     parser.add_argument("--json", metavar="PATH", help="also write the results here")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
