@@ -1078,7 +1078,7 @@ def provision_status(state: State, request_id: str, provisioner: str | None,
 
 @provision.command("list", epilog=EPILOG)
 @click.option("--owner", help="Only this owner's requests.")
-@click.option("--status", type=click.Choice(["accepted", "completed", "failed"]))
+@click.option("--status", type=click.Choice(["accepted", "completed", "failed", "released"]))
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @provisioner_option
 @click.option("--timeout", "-t", type=click.FloatRange(0, min_open=True), default=None)
@@ -1100,6 +1100,126 @@ def provision_list(state: State, owner: str | None, status: str | None, limit: i
              "updated": r["updated"]} for r in result["requests"]]
     _out().print(objects_table(rows))
     click.echo(f"{len(rows)} request{'s' if len(rows) != 1 else ''}")
+
+
+# Giving VMs back. (Kept together, to move as one block into the provision module of the
+# commands package when the CLI is split.)
+@provision.command("release", epilog=EPILOG)
+@click.argument("request_id", required=False)
+@click.option("--vm", "vms", multiple=True, metavar="NAME",
+              help="Release just this VM (repeatable) instead of a whole request.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask first.")
+@click.option("--release-id", help="Your own id for this release (its idempotency key; a "
+              "uuid4). Posting it again never releases twice.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait for the reply (the VMs are gone) or return once posted.")
+@click.option("--timeout", "-t", type=click.FloatRange(0, min_open=True), default=300.0,
+              show_default=True, metavar="S", help="How long to wait for the reply.")
+@json_option
+@click.pass_obj
+def provision_release(state: State, request_id: str | None, vms: tuple[str, ...], yes: bool,
+                      release_id: str | None, wait: bool, timeout: float,
+                      as_json: bool) -> None:
+    """Give VMs back: destroy and undefine them, with their storage.
+
+    \b
+      hostbus provision release 9b2f6a4e-1c3d-4e5f-8a7b-6c5d4e3f2a1b
+      hostbus provision release --vm shop-9b2f6a4e-2 --yes
+    Only VMs the provisioner made are released; a VM already removed counts as
+    done. They stop counting for their owner's quota. The provisioner's policy
+    decides who may release whose VMs (the call provision.release).
+    Exit codes: 0 released, 1 the release failed or was refused, 4 no reply
+    within --timeout.
+    """
+    if bool(request_id) == bool(vms):
+        fail("give the REQUEST_ID whose VMs to release, or --vm NAME, not both", EXIT_USAGE)
+    body: dict[str, Any] = {"v": 1, "action": "release"}
+    if request_id:
+        body["request_id"] = request_id
+    else:
+        body["vms"] = list(vms)
+    from hostbus.schema import envelope_validator
+
+    try:
+        envelope_validator("provision").validate(dict(body))
+    except RemoteError as exc:
+        fail(exc.message.replace("body.", ""), EXIT_USAGE)
+    if not yes:
+        if not sys.stdin.isatty():
+            fail("releasing destroys VMs and their storage; pass --yes", EXIT_USAGE)
+        what = ", ".join(vms)
+        if request_id:
+            record = _ask_provisioner(state, "status", {"request_id": request_id}, None, None)
+            what = ", ".join(f"{v['name']}@{v['host']}" for v in record["vms"]
+                             if v.get("state") not in ("released", "gone")) or "none left"
+            what = f"the VMs of request {request_id} ({what})"
+        if not click.confirm(f"Release {what}: destroy and undefine them with their "
+                             "storage?", err=True):
+            fail("cancelled", EXIT_USAGE)
+    console = state.console()
+    rid = release_id or str(uuid.uuid4())
+    if not as_json and wait:
+        from console.render import event_line
+
+        def on_event(ev: Any, note: str | None) -> None:
+            if ev.data.get("request_id") == rid:
+                click.echo(event_line(ev), err=True)
+
+        console.subscribe(["provision.*.#"], on_event)
+    try:
+        rid, reply = console.provision(body, request_id=rid, timeout=timeout, wait=wait)
+    except RemoteError as exc:
+        fail(exc.message, EXIT_USAGE)
+    except HostbusError as exc:
+        fail(str(exc), EXIT_CONNECT)
+    if not wait:
+        if as_json:
+            _emit_json({"request_id": rid, "status": "posted"})
+        else:
+            click.echo(f"posted release {rid}")
+        return
+    if reply is None:
+        if as_json:
+            _emit_json({"request_id": rid, "status": "no_reply"})
+        fail(f"no reply to release {rid} within {timeout:g} s (is `hostbus provisioner` "
+             "running?)", EXIT_NO_REPLY)
+    if as_json:
+        _emit_json({"request_id": rid, **reply.to_body()})
+    elif reply.ok:
+        from console.render import objects_table
+
+        out = _out()
+        released = (reply.result or {}).get("vms", [])
+        out.print(f"release {rid}: completed")
+        out.print(objects_table([{"name": v["name"], "host": v["host"], "owner": v["owner"],
+                                  "outcome": v["outcome"],
+                                  "removed_volumes": ", ".join(v["removed_volumes"])}
+                                 for v in released]))
+    else:
+        err = reply.error or {}
+        click.echo(f"release {rid} failed: {err.get('code')}: {err.get('message')}", err=True)
+    sys.exit(EXIT_OK if reply.ok else EXIT_FAILED)
+
+
+@provision.command("quota", epilog=EPILOG)
+@click.argument("owner", default=lambda: os.environ.get("USER") or "unknown")
+@provisioner_option
+@click.option("--timeout", "-t", type=click.FloatRange(0, min_open=True), default=None)
+@json_option
+@click.pass_obj
+def provision_quota(state: State, owner: str, provisioner: str | None, timeout: float | None,
+                    as_json: bool) -> None:
+    """Show what OWNER's quota counts (default: $USER): the VMs that exist and are not
+    shut off, and the limit."""
+    result = _ask_provisioner(state, "quota", {"owner": owner}, provisioner, timeout)
+    if as_json:
+        _emit_json(result)
+        return
+    from console.render import objects_table
+
+    click.echo(f"{owner}: {result['count']} of {result['max_vms']} VMs")
+    if result["vms"]:
+        _out().print(objects_table(result["vms"]))
 
 
 # -------------------------------------------------------------------------- keys
