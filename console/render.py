@@ -127,7 +127,10 @@ def _release_summary(event: str, d: dict[str, Any]) -> str:
         return (f"{d['vm']} on {d['host']} {d['outcome'].replace('_', ' ')} "
                 f"({d['step']}/{d['total']})  release {d['request_id']}")
     if event == "release.completed":
-        return f"release {d['request_id']} completed: {len(d['vms'])} VMs"
+        released = [v["name"] for v in d["vms"] if v.get("outcome") == "released"]
+        return (f"release {d['request_id']} completed: {len(released)} of "
+                f"{len(d['vms'])} VMs released" + (f" ({', '.join(released)})" if released
+                                                   else ""))
     return f"release {d['request_id']} failed: {d.get('code')}: {d.get('reason')}"
 
 

@@ -138,15 +138,16 @@ class VmLedger:
 
     def _find(self, host: str, name: str, uuid: str | None, *,
               on_host: bool = False) -> tuple[Any, ...] | None:
-        """Our row for this domain: by UUID (on that host only, with ``on_host``); else
-        a row without a UUID on that host and of that name that is not gone."""
+        """Our row for this domain. With a UUID: the row of that UUID (on that host only,
+        with ``on_host``), else a row on that host and of that name whose UUID is not
+        known yet. Without one: the row on that host and of that name that is not gone."""
         if uuid:
             rows = self._select("uuid = ?" + (" AND host = ?" if on_host else ""),
                                 (uuid, host) if on_host else (uuid,))
             if rows:
                 return rows[-1]
-        rows = self._select("uuid IS NULL AND host = ? AND name = ? AND state != 'gone'",
-                            (host, name))
+        rows = self._select("host = ? AND name = ? AND state != 'gone'"
+                            + (" AND uuid IS NULL" if uuid else ""), (host, name))
         return rows[-1] if rows else None
 
     def record(self, *, owner: str, request_id: str, host: str, name: str,
@@ -189,9 +190,9 @@ class VmLedger:
             state = EVENT_STATES.get(str(event), vm.state)
             if event == "defined" and vm.state == GONE:
                 state = INACTIVE
-            if state == vm.state and vm.host == host and vm.uuid:
+            if state == vm.state and vm.uuid:
                 return set()
-            self._set(row[0], state=state, host=host, uuid=vm.uuid or data.get("uuid"))
+            self._set(row[0], state=state, uuid=vm.uuid or data.get("uuid"))
             return {vm.owner} if (vm.state == ACTIVE) != (state == ACTIVE) else set()
 
     def reconcile(self, listings: dict[str, list[dict[str, Any]]], marker: int) -> set[str]:

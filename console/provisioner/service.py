@@ -25,7 +25,7 @@ from console.provisioner.ledger import GONE, VmLedger, listed_state
 from console.provisioner.placement import Candidate, place
 from console.provisioner.quotas import Quotas
 from console.provisioner.store import ReleaseRecord, RequestStore
-from console.provisioner.tracker import LISTING_LIMIT, VmTracker
+from console.provisioner.tracker import LISTING_LIMIT, VmTracker, well_formed
 from hostbus import names
 from hostbus.envelope import Reply, parse_provision
 from hostbus.errors import ConnectionLost, ErrorCode, HostbusError, RemoteError
@@ -391,7 +391,7 @@ class Provisioner:
                     raise RemoteError(ErrorCode.FAILED, f"virt host {res.host} could not list "
                                       f"all its domains ({res.reply.error_code or 'too many'}); "
                                       f"{why}")
-                found[res.host] = {obj["name"]: obj for obj in objects}
+                found[res.host] = {obj["name"]: obj for obj in well_formed(objects)}
             if not ask:
                 return found
             log.warning("virt hosts %s did not answer a domain list (attempt %d of 3)",
@@ -452,7 +452,8 @@ class Provisioner:
                     f"{t['name']}@{t['host']}" for t in targets) or "nothing left")
                 self.agent.emit("release.accepted", {
                     "request_id": rid, "release_of": body.get("request_id"),
-                    "vms": [{"name": t["name"], "host": t["host"]} for t in targets]})
+                    "vms": [{"name": t["name"], "host": t["host"]} for t in targets
+                            if t["outcome"] is None]})
             else:
                 owners = sorted({t["owner"] for t in record.targets})
                 log.info("resuming release %s after a redelivery", rid)

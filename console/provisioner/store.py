@@ -124,7 +124,9 @@ class RequestStore:
         record = self.get(request_id)
         if record is None:
             return
-        vms = [{**v, "state": outcomes[v["name"]]} if v.get("name") in outcomes else v
+        # A VM an earlier release removed stays "released" when a later one finds it gone.
+        vms = [{**v, "state": outcomes[v["name"]]}
+               if v.get("name") in outcomes and v.get("state") != "released" else v
                for v in record.vms]
         status = "released" if all_gone and record.status == "completed" else record.status
         self._update(request_id, vms=json.dumps(vms), status=status)

@@ -33,6 +33,15 @@ _RECONCILE = object()
 _STOP = object()
 
 
+def well_formed(objects: Any) -> list[dict[str, Any]]:
+    """The domain objects of a listing that name, identify and describe a domain (what a
+    virt agent's schema promises); anything else is left out, never trusted."""
+    if not isinstance(objects, list):
+        return []
+    return [o for o in objects if isinstance(o, dict)
+            and all(isinstance(o.get(k), str) for k in ("name", "uuid", "state"))]
+
+
 class VmTracker:
     def __init__(self, console: Console, ledger: VmLedger, *, interval: float = 60.0,
                  call_timeout: float = 60.0, discovery_idle: float = 0.3,
@@ -130,7 +139,7 @@ class VmTracker:
                                 "reconciled", res.host, len(objects))
                     continue
                 listings[res.host] = [{"name": o["name"], "uuid": o["uuid"],
-                                       "state": o["state"]} for o in objects]
+                                       "state": o["state"]} for o in well_formed(objects)]
         self._changed(self.ledger.reconcile(listings, marker))
         return len(listings)
 

@@ -521,6 +521,13 @@ def test_a_release_of_named_vms_removes_just_those(fleet):
     assert {v["name"]: v["state"] for v in record.vms} == {first: "released",
                                                            second: "running"}
     assert prov.vms.count("alice") == 1
+    prov.process(Settled(release(request_id="cccc3333-rel"), "named-2").delivery)
+    assert [v["outcome"] for v in received()[-1]["result"]["vms"]] == ["already_gone",
+                                                                      "released"]
+    record = store.get("cccc3333-rel")
+    assert record.status == "released"
+    assert {v["name"]: v["state"] for v in record.vms} == {first: "released",
+                                                           second: "released"}
 
 
 def test_a_release_is_idempotent(fleet):
@@ -658,3 +665,13 @@ def test_a_request_still_in_progress_cannot_be_released(fleet):
     store.accept("busy", "alice", "web", 1)
     prov.process(Settled(release(request_id="busy"), "too-early").delivery)
     assert received()[-1]["error"]["code"] == "conflict"
+
+
+def test_a_vm_recorded_again_without_its_uuid_is_the_same_vm(tmp_path):
+    """A roll back that fails records the VM again, by host and name only: it still
+    counts once."""
+    ledger = VmLedger(tmp_path / "l.db")
+    ledger.record(owner="a", request_id="r", host="h", name="x", uuid="u1")
+    assert ledger.record(owner="a", request_id="r", host="h", name="x", uuid=None) == set()
+    assert ledger.count("a") == 1 and ledger.owned("a")[0].uuid == "u1"
+    assert ledger.gone("h", "x") == {"a"} and ledger.count("a") == 0
