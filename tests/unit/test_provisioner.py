@@ -381,6 +381,24 @@ def test_vms_removed_while_events_went_missing_are_found_by_a_listing(fleet):
     assert prov.vms.count("alice") == 0
 
 
+def test_a_reconnect_brings_a_listing(fleet):
+    """Events are lost while the provisioner's connection is down: once it is back, a
+    listing settles what they would have said."""
+    prov, agents, events, _, _ = fleet
+    prov.process(Settled(request(count=1), "c1").delivery)
+    remove_everything(agents, undefine=False)
+    quota_event(events, "alice", 0)
+    [vm] = prov.vms.owned("alice")
+    # What a missed "stopped" event leaves behind: the ledger believes it runs.
+    prov.announce_quota(prov.vms.record(owner="alice", request_id="c1", host=vm.host,
+                                        name=vm.name, uuid=vm.uuid))
+    quota_event(events, "alice", 1)
+    prov.console.transport.lose_connection()
+    prov.console.transport.restore_connection()
+    quota_event(events, "alice", 0)
+    assert prov.vms.count("alice") == 0
+
+
 def test_the_count_survives_a_restart_and_catches_up_with_what_changed_meanwhile(fleet):
     prov, agents, _events, _received, store = fleet
     prov.process(Settled(request(count=3), "r1").delivery)
@@ -675,3 +693,51 @@ def test_a_vm_recorded_again_without_its_uuid_is_the_same_vm(tmp_path):
     assert ledger.record(owner="a", request_id="r", host="h", name="x", uuid=None) == set()
     assert ledger.count("a") == 1 and ledger.owned("a")[0].uuid == "u1"
     assert ledger.gone("h", "x") == {"a"} and ledger.count("a") == 0
+
+
+def test_a_vm_whose_define_answer_was_lost_is_rolled_back_too(fleet):
+    """The virt agent defined the second VM but its answer never came: the request fails
+    and leaves nothing behind, that VM included."""
+    prov, agents, _events, received, _ = fleet
+    call = prov._call
+    defines = []
+
+    def answer_lost_on_the_second_define(method, args, host):
+        result = call(method, args, host)
+        if method == "domain.define":
+            defines.append(args["name"])
+            if len(defines) == 2:
+                raise RemoteError("timeout", f"virt host {host} did not answer domain.define")
+        return result
+
+    prov._call = answer_lost_on_the_second_define
+    msg = Settled(request(count=3), "lost-define")
+    prov.process(msg.delivery)
+    assert msg.outcome == "dead" and received()[-1]["error"]["code"] == "timeout"
+    assert len(defines) == 2 and domains(agents) == []
+    assert prov.vms.count("alice") == 0
+
+
+def test_a_listing_cut_short_is_not_read_as_missing_vms(fleet):
+    """A host with more domains than one listing holds: the duplicate check refuses to
+    place rather than miss a VM, and the ledger does not take the VMs left out as
+    gone."""
+    prov, agents, _, received, _ = fleet
+    prov.process(Settled(request(count=2), "cut-1").delivery)
+    query = prov.console.query
+
+    def cut_short(*args, **kwargs):
+        result = query(*args, **kwargs)
+        for res in result.results:
+            if res.reply is not None and res.reply.ok:
+                res.reply.result["total"] = len(res.reply.result["objects"]) + 1
+                res.reply.result["objects"] = []
+        return result
+
+    prov.console.query = cut_short
+    msg = Settled(request(count=1), "cut-2")
+    prov.process(msg.delivery)
+    assert msg.outcome == "dead"
+    assert "could not list all its domains" in received()[-1]["error"]["message"]
+    assert prov.tracker.reconcile() == 0  # no host settled
+    assert prov.vms.count("alice") == 2 and len(domains(agents)) == 2
