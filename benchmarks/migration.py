@@ -126,7 +126,7 @@ def run(amqp: str, admin_url: str, memory_mib: list[int], rounds: int) -> dict[s
                 paths = {"hostbus": via_hostbus, "libvirt": via_libvirt}
                 for size in memory_mib:
                     name = f"bench-{size}m-{tag}"
-                    progress(f"migration: {size} MiB guest, {rounds} rounds each way")
+                    progress(f"migration: {size} MiB guest, {rounds} round trips")
                     pair.define_guest(a.name, name, memory_mib=size)
                     _wait_counting(pair, a.name, name)
                     samples: list[dict[str, Any]] = []
@@ -162,31 +162,39 @@ def _wait_counting(pair: Any, host: str, name: str) -> None:
 
 
 def _summary(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per path: the median of each figure, and the range of the ones that vary most."""
     out: dict[str, Any] = {}
     for path in ("hostbus", "libvirt"):
         mine = [s for s in samples if s["path"] == path]
-        out[path] = {key: round(statistics.median(s[key] for s in mine), 1)
-                     for key in ("wall_ms", "elapsed_ms", "downtime_ms", "paused_ms",
-                                 "data_processed_bytes", "memory_total_bytes")
-                     if mine and all(key in s for s in mine)}
+        figures: dict[str, Any] = {}
+        for key in ("wall_ms", "elapsed_ms", "downtime_ms", "paused_ms",
+                    "data_processed_bytes", "memory_total_bytes"):
+            values = [s[key] for s in mine if key in s]
+            if values and len(values) == len(mine):
+                figures[key] = round(statistics.median(values), 1)
+                if key in ("wall_ms", "downtime_ms"):
+                    figures[key.replace("_ms", "_range_ms")] = [min(values), max(values)]
+        out[path] = figures
     if out["hostbus"].get("wall_ms") and out["libvirt"].get("wall_ms"):
         out["wall_ratio"] = round(out["hostbus"]["wall_ms"] / out["libvirt"]["wall_ms"], 2)
     return out
 
 
 def print_table(results: dict[str, Any]) -> None:
-    print(f"{'memory':>7} {'path':<8} {'wall ms':>8} {'libvirt ms':>10} {'downtime ms':>11} "
-          f"{'paused ms':>9} {'sent MiB':>8}   (medians of {results['meta']['rounds']} "
-          "migrations each)")
+    print(f"{'memory':>7} {'path':<8} {'wall ms':>8} {'libvirt ms':>10} "
+          f"{'downtime ms (range)':>20} {'paused ms':>9} {'sent MiB':>8}")
     for size in results["sizes"]:
         for path in ("hostbus", "libvirt"):
             s = size["summary"][path]
+            low, high = s.get("downtime_range_ms", [0, 0])
+            downtime = f"{s.get('downtime_ms', 0):.0f} ({low}-{high})"
             print(f"{size['memory_mib']:>5} MiB {path:<8} {s.get('wall_ms', 0):>8.0f} "
-                  f"{s.get('elapsed_ms', 0):>10.0f} {s.get('downtime_ms', 0):>11.0f} "
+                  f"{s.get('elapsed_ms', 0):>10.0f} {downtime:>20} "
                   f"{s.get('paused_ms', 0):>9.0f} "
                   f"{s.get('data_processed_bytes', 0) / (1 << 20):>8.1f}")
         if "wall_ratio" in size["summary"]:
             print(f"{'':>9} hostbus / libvirt wall time: {size['summary']['wall_ratio']}x")
+    print(f"(medians of {results['meta']['rounds']} migrations per path and size)")
 
 
 def main(argv: list[str] | None = None) -> int:
