@@ -81,13 +81,9 @@ def guest(pair, hosts):
 def counting(pair, host, name, at_least):
     """Wait until the guest printed ``at_least`` counts on ``host`` (a serial console
     file has no event to wait on; it is polled)."""
-    wait_until(lambda: len(pair.counts(host, name)) >= at_least, _deadline(60),
-          f"{name} to count {at_least} times on {host}")
+    wait_until(lambda: len(pair.counts(host, name)) >= at_least, time.monotonic() + 60,
+               f"{name} to count {at_least} times on {host}")
     return pair.counts(host, name)
-
-
-def _deadline(seconds):
-    return time.monotonic() + seconds
 
 
 def domains(console, host):
