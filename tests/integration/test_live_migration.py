@@ -96,8 +96,13 @@ def domains(console, host):
 def test_a_running_guest_moves_live_to_the_other_host_and_keeps_counting(
         pair, hosts, guest, console):
     source, target = hosts
-    events = EventCollector()
-    console.subscribe([f"virt.{source}.domain.*", f"virt.{target}.domain.*"], events)
+    # A subscription per event name: over AMQP 1.0 an agent's events of different names
+    # leave on links of their own and can arrive out of order, and a console drops an
+    # event whose seq is below one it already had from that agent (docs/NOTES.md).
+    lifecycle, moves = EventCollector(), EventCollector()
+    console.subscribe([f"virt.{source}.domain.lifecycle", f"virt.{target}.domain.lifecycle"],
+                      lifecycle)
+    console.subscribe([f"virt.{source}.domain.migration"], moves)
     counting(pair, source, guest, 2)
 
     route = migration.plan(console, guest, target)
@@ -130,29 +135,27 @@ def test_a_running_guest_moves_live_to_the_other_host_and_keeps_counting(
     assert after[1] == after[0] + 1
 
     # The watcher saw progress with what remained, then the end, from the source ...
-    def of(host, event, status=None):
-        return [e for e, _ in events.events if e.host == host and e.event == event
-                and e.data["name"] == guest and status in (None, e.data.get("status"),
-                                                           e.data.get("event"))]
+    def of(events, host, status=None):
+        return [e for e, _ in events.events if e.host == host and e.data["name"] == guest
+                and status in (None, e.data.get("status"))]
 
-    events.wait_for(lambda e: e.event == "domain.migration"
-                    and e.data["status"] == "completed")
-    progress = of(source, "domain.migration", "running")
-    assert progress, [e.data for e in of(source, "domain.migration")]
+    moves.wait_for(lambda e: e.data["status"] == "completed")
+    progress = of(moves, source, "running")
+    assert progress, [e.data for e in of(moves, source)]
     assert all("memory_remaining_bytes" in e.data and "data_remaining_bytes" in e.data
                for e in progress)
     # (the disk is copied first, then memory)
     assert any(e.data["memory_remaining_bytes"] > 0 for e in progress), progress
-    for event in of(source, "domain.migration"):       # as the schema says
+    for event in of(moves, source):       # as the schema says
         VIRT.events["domain.migration"].data_validator.validate(event.data)
-    statuses = [e.data["status"] for e in of(source, "domain.migration")]
+    statuses = [e.data["status"] for e in of(moves, source)]
     assert statuses[0] == "started" and statuses[-1] == "completed", statuses
     # ... and lifecycle events from both hosts, as libvirt reported them.
     # (libvirt 9 sends no "undefined" for the source's definition it removes)
-    events.wait_for(lambda e: e.host == source and e.data.get("event") == "stopped")
-    events.wait_for(lambda e: e.host == target and e.data.get("event") == "resumed")
-    source_said = [(e.data["event"], e.data["detail"]) for e in of(source, "domain.lifecycle")]
-    target_said = [(e.data["event"], e.data["detail"]) for e in of(target, "domain.lifecycle")]
+    lifecycle.wait_for(lambda e: e.host == source and e.data["event"] == "stopped")
+    lifecycle.wait_for(lambda e: e.host == target and e.data["event"] == "resumed")
+    source_said = [(e.data["event"], e.data["detail"]) for e in of(lifecycle, source)]
+    target_said = [(e.data["event"], e.data["detail"]) for e in of(lifecycle, target)]
     assert source_said[-2:] == [("suspended", "migrated"), ("stopped", "migrated")], \
         source_said
     assert ("started", "migrated") in target_said, target_said
