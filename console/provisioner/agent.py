@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from console.provisioner.ledger import ACTIVE, VmLedger
+from console.provisioner.ledger import VmLedger, counts
 from console.provisioner.quotas import Quotas
 from console.provisioner.store import RequestStore
 from hostbus.errors import ErrorCode, RemoteError
@@ -35,7 +35,7 @@ class ProvisionAgent(Agent):
 
     @method()
     def quota(self, owner: str) -> dict[str, Any]:
-        counted = [vm for vm in self.ledger.owned(owner) if vm.state == ACTIVE]
+        counted = [vm for vm in self.ledger.owned(owner) if counts(vm.state)]
         return {"owner": owner, "count": len(counted), "max_vms": self.quotas.limit(owner),
                 "vms": [{"name": vm.name, "host": vm.host, "request_id": vm.request_id}
                         for vm in counted]}

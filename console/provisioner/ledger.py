@@ -5,8 +5,10 @@ recorded without a UUID (made before UUIDs were recorded, or whose define answer
 lost) is matched by host and name until reconciliation learns its UUID. Each VM is in
 one of three states:
 
-- ``active``: defined and not shut off (running, paused, ...). Only these count;
-- ``inactive``: defined but shut off (destroyed, or shut down);
+- ``active``: defined and not shut off (running, paused, ...);
+- ``inactive``: defined but shut off (destroyed, or shut down). It still counts: it
+  holds its disk and can be started again at any time, so an owner cannot stop VMs,
+  provision more and start the old ones again past the quota;
 - ``gone``: undefined. The row stays, so a release can tell "already gone" from
   "never ours".
 
@@ -40,6 +42,11 @@ ACTIVE, INACTIVE, GONE = "active", "inactive", "gone"
 #: stops, so they change nothing by themselves.
 EVENT_STATES = {"started": ACTIVE, "resumed": ACTIVE, "suspended": ACTIVE,
                 "pmsuspended": ACTIVE, "stopped": INACTIVE, "undefined": GONE}
+
+
+def counts(state: str) -> bool:
+    """Whether a VM in ``state`` counts against its owner's quota: while it exists."""
+    return state != GONE
 
 
 def listed_state(domain_state: str) -> str:
@@ -95,10 +102,10 @@ class VmLedger:
                                 tuple(params)).fetchall()
 
     def count(self, owner: str) -> int:
-        """What the quota counts: the owner's active VMs."""
+        """What the quota counts: the owner's VMs that exist (active or inactive)."""
         with self._lock:
-            (n,) = self._db.execute("SELECT COUNT(*) FROM vms WHERE owner = ? AND state = ?",
-                                    (owner, ACTIVE)).fetchone()
+            (n,) = self._db.execute("SELECT COUNT(*) FROM vms WHERE owner = ? AND state != ?",
+                                    (owner, GONE)).fetchone()
         return int(n)
 
     def owned(self, owner: str, *, include_gone: bool = False) -> list[Vm]:
@@ -160,7 +167,7 @@ class VmLedger:
                     "INSERT INTO vms (uuid, host, name, owner, request_id, state, changed, "
                     "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (uuid, host, name, owner, request_id, state, self._tick(), now_rfc3339()))
-                return {owner} if state == ACTIVE else set()
+                return {owner} if counts(state) else set()
             before = self._vm(row)
             self._set(row[0], uuid=uuid or before.uuid, host=host, name=name, owner=owner,
                       request_id=request_id, state=state)
@@ -175,7 +182,7 @@ class VmLedger:
             if row is None or row[6] == GONE:
                 return set()
             self._set(row[0], state=GONE)
-            return {row[4]} if row[6] == ACTIVE else set()
+            return {row[4]}
 
     def apply_event(self, host: str, data: dict[str, Any]) -> set[str]:
         """A ``virt.<host>.domain.lifecycle`` event's data. Events about VMs the
@@ -193,7 +200,7 @@ class VmLedger:
             if state == vm.state and vm.uuid:
                 return set()
             self._set(row[0], state=state, uuid=vm.uuid or data.get("uuid"))
-            return {vm.owner} if (vm.state == ACTIVE) != (state == ACTIVE) else set()
+            return {vm.owner} if counts(vm.state) != counts(state) else set()
 
     def reconcile(self, listings: dict[str, list[dict[str, Any]]], marker: int) -> set[str]:
         """Settle every row from full domain listings (``host -> [{name, uuid, state}]``)
@@ -226,6 +233,6 @@ class VmLedger:
                     self._set(row[0], state=state)
                 else:
                     continue
-                if (vm.state == ACTIVE) != (state == ACTIVE):
+                if counts(vm.state) != counts(state):
                     changed.add(vm.owner)
         return changed

@@ -341,9 +341,11 @@ def test_vms_removed_while_the_provisioner_was_down_stop_counting(rabbitmq, cons
     [vm] = reply.result["vms"]
     assert console.call("virt", "domain.destroy", {"name": vm["name"]}, host=host_id,
                         timeout=30).reply.ok
+    assert console.call("virt", "domain.undefine", {"name": vm["name"]}, host=host_id,
+                        timeout=30).reply.ok
     quota = quota_said(console, provisioner)
     running_provisioner(console, provisioner, max_vms=1)
-    quota.wait_count("gina", 0)  # the listing at start found it shut off
+    quota.wait_count("gina", 0)  # the listing at start found it gone
     _, again = console.provision(body, timeout=120)
     assert again.ok, again.error
 

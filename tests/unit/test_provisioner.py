@@ -350,14 +350,19 @@ def test_destroying_every_vm_of_an_owner_frees_the_quota(fleet):
     assert len(domains(agents)) == 5
 
 
-def test_a_destroyed_vm_stops_counting_and_counts_again_once_started(fleet):
+def test_a_shut_off_vm_still_counts_until_it_is_undefined(fleet):
+    """A destroyed (shut off) VM keeps its disk and can be started again at any moment:
+    it counts, or an owner could stop VMs, provision more and start the old ones again
+    past the quota. Undefined, it stops counting."""
     prov, agents, events, _, _ = fleet
     prov.process(Settled(request(count=2), "d1").delivery)
     quota_event(events, "alice", 2)
     remove_everything(agents, undefine=False)  # shut off, still defined
-    quota_event(events, "alice", 0)
-    name, host = domains(agents)[0]
-    agents[host].domain_start(name)
+    over = Settled(request(count=4), "d2")
+    prov.process(over.delivery)
+    assert over.outcome == "dead"  # 2 + 4 > 5
+    (name, host), (gone, gone_host) = domains(agents)
+    agents[gone_host].domain_undefine(gone, True)
     quota_event(events, "alice", 1)
     answer = prov.console.call("provision", "quota", {"owner": "alice"}, host="provisioner")
     assert answer.reply.result == {"owner": "alice", "count": 1, "max_vms": 5,
@@ -386,10 +391,10 @@ def test_a_reconnect_brings_a_listing(fleet):
     listing settles what they would have said."""
     prov, agents, events, _, _ = fleet
     prov.process(Settled(request(count=1), "c1").delivery)
-    remove_everything(agents, undefine=False)
-    quota_event(events, "alice", 0)
     [vm] = prov.vms.owned("alice")
-    # What a missed "stopped" event leaves behind: the ledger believes it runs.
+    remove_everything(agents)
+    quota_event(events, "alice", 0)
+    # What a missed "undefined" event leaves behind: the ledger believes it exists.
     prov.announce_quota(prov.vms.record(owner="alice", request_id="c1", host=vm.host,
                                         name=vm.name, uuid=vm.uuid))
     quota_event(events, "alice", 1)
