@@ -12,7 +12,7 @@ from rich.table import Table
 from console.client import AgentInfo, FanoutResult, HostResult
 from hostbus.envelope import Event
 
-STATUS_STYLE = {"ok": "green", "error": "red", "no_reply": "yellow"}
+STATUS_STYLE = {"ok": "green", "error": "red", "no_reply": "yellow", "not_enrolled": "magenta"}
 
 
 def _cell(value: Any) -> str:
@@ -88,7 +88,9 @@ def print_host_result(out: RichConsole, res: HostResult) -> None:
     rtt = f"  {res.elapsed_ms:.1f} ms" if res.elapsed_ms is not None else ""
     out.print(f"[bold]{escape(res.host)}[/bold]  [{style}]{res.status}[/{style}]{rtt}",
               highlight=False)
-    if res.reply is None:
+    if res.not_enrolled is not None:
+        out.print(f"  {escape(res.not_enrolled)}", style="magenta", highlight=False)
+    elif res.reply is None:
         out.print("  no reply before the timeout", style="yellow")
     elif res.reply.error is not None:
         err = res.reply.error
@@ -103,7 +105,9 @@ def print_summary(out: RichConsole, result: FanoutResult) -> None:
     out.print(
         f"{s['hosts']} host{'s' if s['hosts'] != 1 else ''}: [green]{s['ok']} ok[/green], "
         f"[red]{s['failed']} failed[/red], [yellow]{s['no_reply']} no reply[/yellow] "
-        f"in {s['elapsed_ms']:.1f} ms", highlight=False,
+        + (f"[magenta]{s['not_enrolled']} not enrolled[/magenta] " if s["not_enrolled"]
+           else "")
+        + f"in {s['elapsed_ms']:.1f} ms", highlight=False,
     )
 
 
