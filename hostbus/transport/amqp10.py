@@ -541,6 +541,13 @@ class ProtonTransport(Transport):
                 self._consumer_ended(item, reason)
             return
 
+    def _sender_gone(self, link: Any) -> None:
+        self._senders = {a: s for a, s in self._senders.items() if s.name != link.name}
+        for tag in [t for t, sent in self._unsettled.items() if sent.link == link.name]:
+            sent = self._unsettled.pop(tag)
+            if sent.confirm is not None:
+                _confirm(sent.confirm, None)
+
     def _consumer_ended(self, link: _Link, reason: str) -> None:
         """The broker ended a consumer (or refused attaching it again): attach it again,
         at once the first time, then with backoff while it refuses (its queue is
@@ -648,10 +655,13 @@ class _Events(MessagingHandler):  # type: ignore[misc]
                 self.t._consumer_opened(link)
 
     def on_link_closing(self, event: Any) -> None:
-        # The broker detached one of our links without an error: for a consumer, as if
-        # it ended it (proton closes our end next).
+        # The broker detached one of our links without an error (proton closes our end
+        # next): a consumer is attached again; a sender is dropped (the next publish
+        # opens a new one), and what it had in flight is unknown: sent again.
         if event.link.is_receiver:
             self.t._refused(event.link, None)
+        else:
+            self.t._sender_gone(event.link)
 
     def received(self, receiver: Any, dlv: Any, msg: Message) -> None:
         """From ``_Deliveries``: a decoded message for one of our consumers."""
