@@ -83,9 +83,14 @@ class _Unroutable:
     routing_key: str
 
 
-def blocked_message(reason: str) -> str:
-    return (f"the broker is refusing publishes: {reason}. Nothing was sent; try again "
-            "once the alarm clears (`rabbitmq-diagnostics alarms` on the broker)")
+def blocked_message(reason: str, *, sent: bool) -> str:
+    """What a caller is told under a resource alarm. A request already handed to the
+    connection is not taken back: it goes out when the alarm clears, and an agent
+    still runs it if its deadline (the call's timeout) has not passed by then."""
+    then = ("the request waits in the connection and may still run if the alarm clears "
+            "before its deadline" if sent else "nothing was sent")
+    return (f"the broker is refusing publishes: {reason}; {then}. Try again once the "
+            "alarm clears (`rabbitmq-diagnostics alarms` on the broker)")
 
 
 @dataclass
@@ -482,7 +487,7 @@ class Console:
         if self._lost is not None:
             raise ConnectionLost(f"the broker connection was lost: {self._lost!r}")
         if self.transport.blocked is not None:
-            raise BrokerBlocked(blocked_message(self.transport.blocked))
+            raise BrokerBlocked(blocked_message(self.transport.blocked, sent=False))
         req = new_request(agent, method, args, host=host, filter=bfilter, timeout=timeout,
                           reply_to=self._reply_queue)
         with self._lock:
@@ -510,7 +515,7 @@ class Console:
         if isinstance(item, _Refused):
             raise BrokerRefused(f"the broker refused the request: {item.reason}")
         if isinstance(item, _Blocked):
-            raise BrokerBlocked(blocked_message(item.reason))
+            raise BrokerBlocked(blocked_message(item.reason, sent=True))
         return item
 
     def _forget(self, ids: Iterable[str]) -> None:

@@ -1,10 +1,12 @@
 """The agent runtime and the console library together, over the in-memory broker."""
 
+import threading
+
 import pytest
 
 from console.client import Console, Seen, Sequencer
 from hostbus.envelope import Event
-from hostbus.errors import BrokerRefused, RemoteError, SchemaError
+from hostbus.errors import BrokerBlocked, BrokerRefused, RemoteError, SchemaError
 from hostbus.serving.agent import Agent, method
 from hostbus.serving.runtime import AgentRuntime
 from hostbus.transport.memory import MemoryTransport
@@ -207,3 +209,24 @@ def test_undeclared_events_are_a_programming_error(fleet):
     _, runtimes, _ = fleet
     with pytest.raises(SchemaError, match=r"probe\.nonsense"):
         runtimes[0][1].emit("nonsense", {})
+
+
+def test_under_a_resource_alarm_a_call_fails_at_once_and_heartbeats_say_so(fleet):
+    console, runtimes, collector = fleet
+    runtime = runtimes[0][0]
+    blocked = threading.Event()
+    console.transport.on_blocked(lambda reason: blocked.set())
+    console.transport.block("resource alarm (low on memory)")
+    runtime.transport.block("resource alarm (low on memory)")
+    assert blocked.wait(5)
+    with pytest.raises(BrokerBlocked, match="the broker is refusing publishes: resource "
+                       r"alarm \(low on memory\); nothing was sent"):
+        console.call("agent", "ping", host="web01", timeout=600)
+    beat = collector.wait_for(lambda e: e.event == "heartbeat" and e.host == "web01"
+                              and "broker_blocked" in e.data)
+    assert beat.data["broker_blocked"] == "resource alarm (low on memory)"
+    cleared = threading.Event()
+    console.transport.on_unblocked(cleared.set)
+    console.transport.unblock()
+    assert cleared.wait(5)
+    assert console.call("agent", "ping", host="web01").status == "ok"
