@@ -1,6 +1,6 @@
 """How fast a dead broker is noticed and how soon agents come back, as configured: the
 schedule and the parameters handed to the client libraries, not wall-clock speed
-(benchmarks/faults.py measures that)."""
+(benchmarks/recovery.py measures that)."""
 
 from __future__ import annotations
 
