@@ -157,14 +157,15 @@ def test_an_agent_whose_queue_is_deleted_says_so_and_serves_again_once_enrolled(
     runtime.transport.on_consumer_lost(lambda name, why: lost.put(name))
     queue_name = f"hostbus.host.{host}"
     try:
-        assert console.call("agent", "ping", host=host, timeout=10).status == "ok"
+        # host.identify runs on a worker, from the host's main queue (the one deleted)
+        assert console.call("host", "identify", host=host, timeout=10).status == "ok"
         assert rabbitmq.admin.delete_queue(rabbitmq.vhost, queue_name)
         assert lost.get(timeout=60) == queue_name
         assert any(r.levelname == "WARNING" and queue_name in r.getMessage()
                    for r in caplog.records), "the agent did not say so"
         rabbitmq.enroll(host, ["host"])  # what an operator does: enroll it again
         # The request waits in the new queue until the agent consumes it again.
-        assert console.call("agent", "ping", host=host, timeout=60).status == "ok"
+        assert console.call("host", "identify", host=host, timeout=60).status == "ok"
     finally:
         runtime.stop("test over")
         console.close()
