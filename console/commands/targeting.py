@@ -107,7 +107,9 @@ def exit_for(summary: dict[str, Any]) -> Exit:
     """A fan-out's exit code from its summary."""
     if summary["hosts"] == 0:
         return Exit.NOTHING
-    if summary["no_reply"]:
+    # A host nobody enrolled (not_enrolled) exits like a silent one until it has an
+    # exit code of its own.
+    if summary["no_reply"] or summary.get("not_enrolled"):
         return Exit.NO_REPLY
     if summary["failed"]:
         return Exit.FAILED
