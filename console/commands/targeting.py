@@ -107,9 +107,11 @@ def exit_for(summary: dict[str, Any]) -> Exit:
     """A fan-out's exit code from its summary."""
     if summary["hosts"] == 0:
         return Exit.NOTHING
-    # A host nobody enrolled (not_enrolled) exits like a silent one until it has an
-    # exit code of its own.
-    if summary["no_reply"] or summary.get("not_enrolled"):
+    # Most specific first: a host nobody enrolled is a mistake in the command, told by
+    # the broker at once; silence may be a host that is down.
+    if summary.get("not_enrolled"):
+        return Exit.NOT_ENROLLED
+    if summary["no_reply"]:
         return Exit.NO_REPLY
     if summary["failed"]:
         return Exit.FAILED
