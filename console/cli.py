@@ -42,6 +42,8 @@ COMMANDS: dict[str, str] = {
     "completion": "console.commands.completion:completion",
     "manpage": "console.commands.manpage:manpage",
     "vm": "console.commands.vm:vm",
+    "historian": "console.commands.history:historian",
+    "history": "console.commands.history:history",
 }
 PLUGIN_GROUP = "hostbus.commands"
 

@@ -263,6 +263,23 @@ class BrokerAdmin:
         """Delete ``queue`` and what waits in it. Returns whether it existed."""
         return self._exists("DELETE", f"/api/queues/{self._q(vhost)}/{self._q(queue)}")
 
+    def declare_event_queue(self, vhost: str, queue: str, patterns: list[str], *,
+                            max_length: int) -> bool:
+        """A durable queue of a service's own bound to ``hostbus.event`` by ``patterns``
+        (the historian's), keeping at most ``max_length`` messages while nobody reads
+        it (the oldest go first). Returns whether it was made (False: it was there)."""
+        path = f"/api/queues/{self._q(vhost)}/{self._q(queue)}"
+        existed = self._exists("GET", path)
+        if not existed:
+            self._call("PUT", path, {"durable": True, "auto_delete": False, "arguments": {
+                "x-queue-type": "classic", "x-max-length": max_length,
+                "x-overflow": "drop-head"}})
+        for pattern in patterns:
+            self._call("POST", f"/api/bindings/{self._q(vhost)}/e/"
+                               f"{self._q(names.EVENT_EXCHANGE)}/q/{self._q(queue)}",
+                       {"routing_key": pattern, "arguments": {}})
+        return not existed
+
     # -- identities --
     def create_identity(self, vhost: str, kind: str, name: str,
                         password: str | None = None, *, certificate: bool = False) -> str:

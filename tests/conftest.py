@@ -2,8 +2,9 @@ from hypothesis import HealthCheck, settings
 
 from hostbus.testing.pytest_plugin import in_ci
 
-# The `fleet` fixture: the CLI through click's runner on the in-memory broker.
-pytest_plugins = ["tests.cli_fleet"]
+# The `fleet` fixture: the CLI through click's runner on the in-memory broker; `historian`:
+# the historian beside it.
+pytest_plugins = ["tests.cli_fleet", "tests.history_fleet"]
 
 # CI runs the fuzz tests harder than a developer's quick run.
 settings.register_profile("ci", max_examples=10000, deadline=None,
