@@ -198,6 +198,39 @@ ensure_node() {
   fi
 }
 
+# ------------------------------------------------- PostgreSQL and Prometheus (history)
+# The historian's tests use PostgreSQL (a database of their own per run, made by the role
+# below) and a Prometheus of their own on a free port scraping the exporter.
+pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 >/dev/null 2>&1; }
+
+as_postgres() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi
+}
+
+ensure_postgresql() {
+  command -v pg_ctlcluster >/dev/null || apt_install postgresql
+  if ! pg_up; then
+    say "starting PostgreSQL"
+    if [ -d /run/systemd/system ]; then
+      "${SUDO[@]}" systemctl start postgresql
+    else
+      pg_lsclusters -h | while read -r version cluster _; do
+        "${SUDO[@]}" pg_ctlcluster "$version" "$cluster" start || true
+      done
+    fi
+    wait_for 60 "PostgreSQL on 127.0.0.1:5432" pg_up
+  fi
+  if ! as_postgres psql -qAtc "select 1 from pg_roles where rolname = 'hostbus_test'" | grep -qx 1; then
+    say "PostgreSQL: the role hostbus_test, which makes a database per test run"
+    as_postgres psql -qc "create role hostbus_test login createdb password 'hostbus_test'" >/dev/null
+  fi
+}
+
+ensure_prometheus() {
+  command -v prometheus >/dev/null && command -v promtool >/dev/null \
+    || apt_install --no-install-recommends prometheus
+}
+
 # -------------------------------------------------------------------------- agent
 pid_of() { cat "$RUN_DIR/$1.pid" 2>/dev/null || true; }
 
@@ -282,6 +315,8 @@ run_tests() {
   ensure_rabbitmq
   ensure_hypervisor
   ensure_node
+  ensure_postgresql
+  ensure_prometheus
   cd "$ROOT"
   say "ruff check"
   "$VENV/bin/ruff" check .

@@ -3,8 +3,8 @@ from hypothesis import HealthCheck, settings
 from hostbus.testing.pytest_plugin import in_ci
 
 # The `fleet` fixture: the CLI through click's runner on the in-memory broker; `historian`:
-# the historian beside it.
-pytest_plugins = ["tests.cli_fleet", "tests.history_fleet"]
+# the historian beside it; `postgres_url`: a PostgreSQL database of a test's own.
+pytest_plugins = ["tests.cli_fleet", "tests.history_fleet", "tests.postgres"]
 
 # CI runs the fuzz tests harder than a developer's quick run.
 settings.register_profile("ci", max_examples=10000, deadline=None,

@@ -137,7 +137,8 @@ def historian(ctx: CliContext, config_file: str | None, check_config: bool, setu
 def history(ctx: CliContext, patterns: tuple[str, ...], since: str | None, until: str | None,
             hosts: tuple[str, ...], events: tuple[str, ...], limit: int | None,
             historian: str | None, timeout: float | None, as_json: bool) -> Exit:
-    """Print stored events, oldest first (the last hour unless --since says otherwise).
+    """Print stored events, oldest first (the last hour unless --since says otherwise):
+    every event published before you asked, once the historian has stored it.
 
     \b
     PATTERN is an AMQP topic pattern on <agent>.<host>.<event>, as hostbus watch takes:
@@ -169,7 +170,7 @@ def history(ctx: CliContext, patterns: tuple[str, ...], since: str | None, until
 
     shown = 0
     try:
-        for page, _ in pages(ctx.console(), where, args, timeout=wait):
+        for page, _ in pages(ctx.console(), where, args, timeout=wait, sync=True):
             for record in page:
                 if as_json:
                     click.echo(json.dumps(record, separators=(",", ":")))
