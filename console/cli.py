@@ -44,6 +44,7 @@ COMMANDS: dict[str, str] = {
     "vm": "console.commands.vm:vm",
     "historian": "console.commands.history:historian",
     "history": "console.commands.history:history",
+    "exporter": "console.commands.exporter:exporter",
 }
 PLUGIN_GROUP = "hostbus.commands"
 

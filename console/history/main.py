@@ -7,6 +7,7 @@ store, 3 the broker refused (not enrolled, or no history queue).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -91,7 +92,8 @@ def load_policy(cfg: dict[str, Any], config_path: str | None) -> Policy:
 
 def check(config_path: str | None) -> list[str]:
     """What ``--check-config`` reports: the configuration, the policy and keys it names,
-    and the store (opened, its table made if missing). Raises ``ConfigError``."""
+    and the store (opened if it exists, its table made if missing; an SQLite file that
+    does not exist yet is not made). Raises ``ConfigError``."""
     cfg = load_config(config_path)
     found = [f"configuration {config_path or '(defaults)'}: ok"]
     policy = load_policy(cfg, config_path)
@@ -104,6 +106,12 @@ def check(config_path: str | None) -> list[str]:
     if verifier is not None:
         found.append("agent keys: ok (only signed events are stored)")
     where = store_location(cfg, config_path)
+    if not where.startswith("postgres") and not Path(where).exists():
+        folder = next(p for p in Path(where).parents if p.exists())
+        if not os.access(folder, os.W_OK):
+            raise ConfigError(f"the store {where} cannot be made: {folder} is not writable")
+        found.append(f"store {where}: not there yet, made at start")
+        return found
     try:
         store = open_store(where)
     except ConfigError:
@@ -112,7 +120,7 @@ def check(config_path: str | None) -> list[str]:
         raise ConfigError(f"the store {where} cannot be opened: {exc}") from None
     stats = store.stats()
     store.close()
-    found.append(f"store {where}: {stats.events} events")
+    found.append(f"store {where.split('@')[-1]}: {stats.events} events")
     return found
 
 

@@ -85,7 +85,7 @@ def historian(rabbitmq, tmp_path, postgres_url):
                             "--check-config"], capture_output=True, text=True, timeout=60,
                            check=False)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "policy: 1 rules" in check.stdout and "store postgresql://" in check.stdout
+    assert "policy: 1 rules" in check.stdout and "127.0.0.1:5432/hostbus_test_" in check.stdout
     proc = subprocess.Popen([str(BIN / "hostbus"), "historian", "--config", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:

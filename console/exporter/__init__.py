@@ -1,0 +1,2 @@
+"""The Prometheus exporter (``hostbus exporter``): the fleet's state from events, served
+on ``/metrics``."""
