@@ -184,6 +184,42 @@ ensure_hypervisor() {
   fi
 }
 
+# ------------------------------------------------------------- RabbitMQ 4 (tests)
+# The core of the integration suite also runs against RabbitMQ 4.0, Debian 13's, on
+# nodes of the tests' own started from a Debian 13 root (tests/rabbit_node.py runs them
+# with chroot, in a mount namespace of their own). The root is built once with
+# debootstrap and kept in .cache/ (about 450 MB); HOSTBUS_TEST_RABBITMQ4_ROOT points at
+# another one. Delete the folder to build it again.
+RABBITMQ4_ROOT="${HOSTBUS_TEST_RABBITMQ4_ROOT:-$ROOT/.cache/rabbitmq4-root}"
+
+ensure_rabbitmq4_root() {
+  [ -f "$RABBITMQ4_ROOT/.hostbus-ready" ] && return 0
+  command -v debootstrap >/dev/null || apt_install debootstrap
+  command -v unshare >/dev/null || apt_install util-linux
+  local build="$RABBITMQ4_ROOT.build" started=$SECONDS
+  say "building a Debian 13 root with RabbitMQ 4 for the tests in $RABBITMQ4_ROOT (once)"
+  # In a mount namespace of its own: whatever debootstrap or a package script mounts
+  # (/proc) goes away with it, even when interrupted, so the rm -rf below is safe.
+  "${SUDO[@]}" unshare --mount --propagation private sh -euc '
+    build=$1
+    rm -rf "$build"
+    mkdir -p "$(dirname "$build")"
+    debootstrap --variant=minbase trixie "$build" >"$build.log" 2>&1 \
+      || { tail -20 "$build.log" >&2; exit 1; }
+    # Packages must not start services inside the root.
+    printf "#!/bin/sh\nexit 101\n" >"$build/usr/sbin/policy-rc.d"
+    chmod 0755 "$build/usr/sbin/policy-rc.d"
+    chroot "$build" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+      --no-install-recommends rabbitmq-server >>"$build.log" 2>&1 \
+      || { tail -20 "$build.log" >&2; exit 1; }
+    chroot "$build" apt-get clean
+    chroot "$build" dpkg-query -W -f "\${Version}\n" rabbitmq-server >"$build/.hostbus-ready"
+  ' - "$build" || die "could not build the RabbitMQ 4 root (log: $build.log)"
+  "${SUDO[@]}" rm -rf "$RABBITMQ4_ROOT" "$build.log"
+  "${SUDO[@]}" mv "$build" "$RABBITMQ4_ROOT"
+  echo "RabbitMQ $(cat "$RABBITMQ4_ROOT/.hostbus-ready") in $RABBITMQ4_ROOT ($((SECONDS - started)) s)"
+}
+
 # -------------------------------------------------------------------------- agent
 pid_of() { cat "$RUN_DIR/$1.pid" 2>/dev/null || true; }
 
@@ -267,6 +303,8 @@ run_tests() {
   ensure_python
   ensure_rabbitmq
   ensure_hypervisor
+  ensure_rabbitmq4_root
+  export HOSTBUS_TEST_RABBITMQ4_ROOT="$RABBITMQ4_ROOT"
   cd "$ROOT"
   say "ruff check"
   "$VENV/bin/ruff" check .
