@@ -28,9 +28,9 @@ from typing import TypeVar
 from hostbus.broker_admin import BrokerAdmin
 
 T = TypeVar("T")
-# AMQP 1.0 as broker_config/ ships it: the plugin, and no anonymous login.
+# AMQP 1.0 as broker_config/ ships it: the plugin (built in and kept as an empty plugin on
+# 4.x), and no anonymous login (amqp10_config).
 AMQP10_PLUGINS = ("rabbitmq_amqp1_0",)
-AMQP10_CONFIG = "amqp1_0.default_user = none\n"
 SBIN = Path("/usr/lib/rabbitmq/bin")  # Debian's; /usr/sbin's wrappers switch user
 REPO = Path(__file__).resolve().parents[1]
 # Where a rooted node sees its own folder and its HOME (the Erlang cookie).
@@ -49,6 +49,23 @@ def rabbitmq4_root() -> Path:
     if os.geteuid() != 0:
         raise RuntimeError("a RabbitMQ 4 node runs chrooted: the tests must run as root")
     return root
+
+
+def installed_version(root: Path | None = None) -> str:
+    """The RabbitMQ version installed on this machine, or in ``root``."""
+    lib = (root or Path("/")) / "usr/lib/rabbitmq/lib"
+    found = sorted(lib.glob("rabbitmq_server-*"))
+    if not found:
+        raise RuntimeError(f"no RabbitMQ in {lib}: install rabbitmq-server (./run.sh test does)")
+    return found[-1].name.removeprefix("rabbitmq_server-")
+
+
+def amqp10_config(root: Path | None = None) -> str:
+    """broker_config's AMQP 1.0 settings for the RabbitMQ of this machine or ``root``."""
+    from hostbus.resources import data_dir
+
+    major = installed_version(root).split(".")[0]
+    return (data_dir("broker_config") / f"amqp10-rabbitmq{major}.conf").read_text()
 
 
 def _tool(name: str) -> str:
@@ -119,21 +136,24 @@ class RabbitNode:
         with urllib.request.urlopen(request, timeout=10) as answer:
             return str(json.load(answer)["rabbitmq_version"])
 
-    def _run(self, tool: str, *args: str, timeout: float) -> subprocess.CompletedProcess:
-        """Run one of RabbitMQ's tools for this node: the machine's, or the root's
-        inside it (see the module's docstring)."""
+    def _command(self, tool: str, *args: str) -> tuple[list[str], dict[str, str] | None]:
+        """How to run one of RabbitMQ's tools for this node: the machine's, or the
+        root's inside it (see the module's docstring). (argv, environment)"""
         if self.root is None:
-            return subprocess.run([_tool(tool), *args], env=self.env, capture_output=True,
-                                  text=True, timeout=timeout, check=False, cwd=self.folder)
+            return [_tool(tool), *args], self.env
         for mount_point in (NODE_DIR, HOME_DIR):
             (self.root / mount_point.lstrip("/")).mkdir(exist_ok=True)
         inside = [f"{k}={v}" for k, v in self.env.items()]
-        return subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", _ENTER_ROOT, "-",
-             str(self.root), str(self.folder), str(self.home), *inside,
-             # cwd: a node that dies writes its MnesiaCore dump into it.
-             "sh", "-c", f'cd {NODE_DIR} && exec "$@"', "-", str(SBIN / tool), *args],
-            capture_output=True, text=True, timeout=timeout, check=False, cwd=self.folder)
+        return (["unshare", "--mount", "--propagation", "private", "sh", "-c", _ENTER_ROOT,
+                 "-", str(self.root), str(self.folder), str(self.home), *inside,
+                 # cwd: a node that dies writes its MnesiaCore dump into it.
+                 "sh", "-c", f'cd {NODE_DIR} && exec "$@"', "-", str(SBIN / tool), *args],
+                None)
+
+    def _run(self, tool: str, *args: str, timeout: float) -> subprocess.CompletedProcess:
+        argv, env = self._command(tool, *args)
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout,
+                              check=False, cwd=self.folder)
 
     @property
     def admin(self) -> BrokerAdmin:
@@ -149,15 +169,40 @@ class RabbitNode:
             f"{self.config}\nlisteners.tcp.default = {self.amqp_port}\n"
             f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.mgmt_port}\n")
         (self.folder / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
-        # cwd: a node that dies writes its MnesiaCore dump into the working directory.
-        done = self._run("rabbitmq-server", "-detached", timeout=30)
-        if done.returncode != 0:
-            raise RuntimeError(f"rabbitmq-server -detached failed for {self.node}: "
-                               f"{done.stdout}{done.stderr}")
+        # In the foreground (not -detached), its output kept in boot.log: a node that
+        # does not boot (a setting its version does not know, say) says why there, and
+        # is seen to exit instead of waited for until the timeout. Its own session: it
+        # outlives nothing but is stopped by stop() or kill().
+        argv, env = self._command("rabbitmq-server")
+        with (self.folder / "boot.log").open("wb") as boot_log:
+            # cwd: a node that dies writes its MnesiaCore dump into the working directory.
+            server = subprocess.Popen(argv, env=env, cwd=self.folder, stdin=subprocess.DEVNULL,
+                                      stdout=boot_log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
         # `wait` follows the pid file until the node has booted (await_startup fails at
-        # once while the node is not yet registered).
-        self.ctl("wait", f"{self.env['RABBITMQ_PID_FILE']}", "--timeout", str(timeout),
-                 timeout=timeout + 10)
+        # once while the node is not yet registered); it does not notice a node that
+        # died, so the server's exit ends the wait too.
+        argv, env = self._command("rabbitmqctl", "-n", self.node, "wait",
+                                  self.env["RABBITMQ_PID_FILE"], "--timeout", str(timeout))
+        waiter = subprocess.Popen(argv, env=env, cwd=self.folder, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+        def end_wait_if_server_exits() -> None:
+            server.wait()  # also reaps it whenever it ends
+            if waiter.poll() is None:  # the whole group: rabbitmqctl is a script
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(waiter.pid, signal.SIGKILL)
+
+        threading.Thread(target=end_wait_if_server_exits, name=f"reap-{self.node}",
+                         daemon=True).start()
+        output, _ = waiter.communicate(timeout=timeout + 10)
+        if waiter.returncode != 0:
+            boot = (self.folder / "boot.log").read_text(errors="replace")[-3000:]
+            state = "exited" if server.poll() is not None else "did not boot in time"
+            if state != "exited":
+                kill(self)
+            raise RuntimeError(f"RabbitMQ node {self.node} {state}: {output}\n"
+                               f"--- its output ---\n{boot}")
 
     def ctl(self, *args: str, timeout: float = 60) -> str:
         done = self._run("rabbitmqctl", "-n", self.node, *args, timeout=timeout)
@@ -190,7 +235,7 @@ def start_cluster(folder: Path, size: int = 3, *,
     config = (data_dir("broker_config") / "cluster" / "rabbitmq-cluster.conf").read_text()
     for i, name in enumerate(names, 1):
         config = config.replace(f"rabbit@mq{i}", f"{name}@localhost")
-    config += "\n" + AMQP10_CONFIG
+    config += "\n" + amqp10_config(root)
     nodes = [RabbitNode(folder / f"n{i}", home=home, name=name, config=config,
                         plugins=AMQP10_PLUGINS, root=root)
              for i, name in enumerate(names, 1)]
@@ -218,9 +263,10 @@ def kill(node: RabbitNode) -> None:
 
 
 @contextmanager
-def hostbus_node(folder: Path, what: str) -> Iterator[RabbitNode]:
-    """A node with AMQP 1.0 as shipped and the hostbus vhost set up; stopped after."""
-    node = RabbitNode(folder, plugins=AMQP10_PLUGINS, config=AMQP10_CONFIG)
+def hostbus_node(folder: Path, what: str, *, root: Path | None = None) -> Iterator[RabbitNode]:
+    """A node with AMQP 1.0 as shipped and the hostbus vhost set up; stopped after.
+    From ``root`` if given (``rabbitmq4_root()``), else the machine's RabbitMQ."""
+    node = RabbitNode(folder, plugins=AMQP10_PLUGINS, config=amqp10_config(root), root=root)
     started(what, node.start)
     try:
         node.admin.setup("hostbus")
