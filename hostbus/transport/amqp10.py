@@ -48,7 +48,8 @@ from proton.reactor import ApplicationEvent, Container, EventInjector
 
 from hostbus import names
 from hostbus.errors import BrokerRefused, ConfigError, ConnectionFailed, TransportClosed
-from hostbus.transport.addresses import RabbitMQv1
+from hostbus.transport.addresses import RabbitMQv1, for_broker
+from hostbus.transport.amqp10_management import Management, run_in_turn
 from hostbus.transport.amqp10_messages import encode_message, from_message, text_user_id
 from hostbus.transport.base import (
     Confirm,
@@ -132,15 +133,22 @@ def _describe(condition: Condition | None) -> str:
 _names = itertools.count(1)
 
 
+# What a consumer needs made before it attaches, on a broker without binding addresses
+# (RabbitMQ 4): its source address, and the management requests (method, path, body).
+Prepare = Callable[[], tuple[str, list[tuple[str, str, Any]]]]
+
+
 class _Link:
     """A consumer, kept to re-attach after the connection comes back."""
 
-    def __init__(self, source: str, handler: Handler, ack: str, credit: int) -> None:
+    def __init__(self, source: str, handler: Handler, ack: str, credit: int,
+                 prepare: Prepare | None = None) -> None:
         self.name = f"hostbus-in-{next(_names)}"
         self.source = source
         self.handler = handler
         self.ack = ack  # broker | after_handler | handler
         self.credit = credit
+        self.prepare = prepare  # run before every attach (each connection anew)
         self.receiver: Any = None
         self.opened: Future[None] = Future()
 
@@ -153,7 +161,10 @@ class ProtonTransport(Transport):
         self.urls = broker_urls(url)
         self.url = self.urls[0]
         self.user = self.url.user
-        self.addresses = RabbitMQv1()
+        # The broker's address scheme: v1 until the broker's open frame says otherwise
+        # (addresses.for_broker), on every connection.
+        self.addresses: RabbitMQv1 = RabbitMQv1()
+        self._management: Management | None = None  # RabbitMQ 4's, opened on first use
         self._name = connection_name
         self._reconnect = reconnect
         self._wait_first = wait_first
@@ -177,8 +188,10 @@ class ProtonTransport(Transport):
         self._container: Container | None = None
         self._senders: dict[str, Any] = {}
         # Outgoing deliveries awaiting the broker's outcome, by tag (ours, unique across
-        # links: proton hands out a new wrapper object for the same delivery each time).
-        self._unsettled: dict[str, tuple[str, Confirm]] = {}
+        # links: proton hands out a new wrapper object for the same delivery each time):
+        # (sender name, confirm, address). Unconfirmed ones only on a sender without a
+        # target, whose refusals come as outcomes that must name the exchange.
+        self._unsettled: dict[str, tuple[str, Confirm | None, str]] = {}
         self._tags = itertools.count(1)
         self._links: list[_Link] = []
         self._ready = threading.Event()
@@ -243,8 +256,9 @@ class ProtonTransport(Transport):
 
         def stop() -> None:
             pending, self._unsettled = self._unsettled, {}
-            for _, callback in pending.values():
-                _confirm(callback, None)
+            for _, callback, _ in pending.values():
+                if callback is not None:
+                    _confirm(callback, None)
             if self._conn is not None:
                 self._conn.close()
             assert self._container is not None
@@ -334,8 +348,8 @@ class ProtonTransport(Transport):
             sender.delivery(tag)
             sender.stream(data)
             sender.advance()
-            if confirm is not None:
-                self._unsettled[tag] = (sender.name, confirm)
+            if confirm is not None or target is None:
+                self._unsettled[tag] = (sender.name, confirm, address)
 
         try:
             self._submit(send)
@@ -344,7 +358,7 @@ class ProtonTransport(Transport):
                 raise
             _confirm(confirm, None)
 
-    def _sender_target(self, exchange: str, address: str) -> str:
+    def _sender_target(self, exchange: str, address: str) -> str | None:
         """Where a sender for this publish attaches. One sender per exchange, the
         broker routing each message by its subject (the routing key): a sender per
         routing key made an agent keep a session and link open for every reply queue it
@@ -352,17 +366,35 @@ class ProtonTransport(Transport):
         called (1.86 s for a first fan-out to 1,000 hosts, 0.49 s with the links open).
         Events keep a sender per routing key: their keys are few (an agent's own), and
         they are what topic permissions restrict, so a refused key must not end the
-        session that carries the others."""
+        session that carries the others. None: a sender without a target, each message
+        going to its own `to` (RabbitMQ 4)."""
         if exchange == names.EVENT_EXCHANGE:
             return address
         return self.addresses.send_to_exchange(exchange)
 
     def _attach(self, link: _Link, *, wait: bool) -> None:
-        def attach() -> None:
+        def open_receiver() -> None:
             assert self._container is not None
             link.receiver = self._container.create_receiver(self._session(), link.source,
                                                             name=link.name)
             link.receiver.flow(link.credit)
+
+        def attach() -> None:
+            if link.prepare is None:
+                open_receiver()
+                return
+            source, requests = link.prepare()
+
+            def prepared(failure: str | None) -> None:
+                if failure is None:
+                    link.source = source
+                    open_receiver()
+                elif not link.opened.done():
+                    link.opened.set_exception(BrokerRefused(failure))
+                else:
+                    log.error("could not restore the consumer on %s: %s", source, failure)
+
+            run_in_turn(self._management_node(), requests, prepared)
 
         self._submit(attach)
         if wait:
@@ -371,6 +403,37 @@ class ProtonTransport(Transport):
             except TimeoutError:
                 raise BrokerRefused(f"{link.source}: the broker did not answer the "
                                     "attach in time") from None
+
+    def _management_node(self) -> Management:
+        """RabbitMQ 4's management node on this connection (I/O thread)."""
+        if self._management is None:
+            assert self._container is not None
+            self._management = Management(self._container, self._session())
+        return self._management
+
+    def _bound_queue(self, exchange: str, patterns: list[str], handler: Handler,
+                     queue: Callable[[], str], *, durable: bool = False,
+                     ack: str = "broker") -> list[_Link]:
+        """Consumers of what ``exchange`` routes with ``patterns``. RabbitMQ 3.x: one
+        source address per pattern, for which the broker makes a private queue.
+        RabbitMQ 4.x: one queue, named by ``queue()`` for each connection, declared
+        exclusive to it (deleted with it; durable ones stay) and bound through the
+        management node, then consumed."""
+        if self.addresses.binds_by_attach:
+            return [_Link(self.addresses.bound(exchange, p), handler, ack, 1000)
+                    for p in patterns]
+        mapping = self.addresses
+
+        def prepare() -> tuple[str, list[tuple[str, str, Any]]]:
+            name = queue()
+            declare = {"durable": durable, "exclusive": not durable, "auto_delete": False,
+                       "arguments": {}}
+            return mapping.queue(name), [
+                ("PUT", mapping.queue_path(name), declare),
+                *[("POST", mapping.BINDINGS, mapping.binding(exchange, p, name))
+                  for p in patterns]]
+
+        return [_Link("", handler, ack, 1000, prepare)]
 
     def _add(self, link: _Link) -> None:
         self._links.append(link)
@@ -385,23 +448,35 @@ class ProtonTransport(Transport):
                         "handler" if manual_ack else "after_handler", self._prefetch))
 
     def open_reply_queue(self, handler: Handler) -> str:
+        """The logical reply queue name (what reply_to carries: the routing key on
+        hostbus.reply); on RabbitMQ 4 the queue bound with it gets a new name on every
+        connection, as over 0-9-1 (a re-declared name can be deleted by a cluster still
+        cleaning up after the old connection)."""
         name = names.new_reply_queue(self.user)
-        self._add(_Link(self.addresses.bound(names.REPLY_EXCHANGE, name), handler,
-                        "broker", 1000))
+        for link in self._bound_queue(names.REPLY_EXCHANGE, [name], handler,
+                                      lambda: names.new_reply_queue(self.user)):
+            self._add(link)
         return name
 
     def subscribe(self, patterns: list[str], handler: Handler, *, name: str | None = None,
                   durable: bool = False) -> str:
         qname = names.subscription_queue(self.user, name)
+        if durable and not self.addresses.binds_by_attach:  # RabbitMQ 4: made here
+            for link in self._bound_queue(names.EVENT_EXCHANGE, patterns, handler,
+                                          lambda: qname, durable=True,
+                                          ack="after_handler"):
+                self._add(link)
+            return qname
         if durable:
             if not self.queue_exists(qname):
-                raise ConfigError(f"a durable subscription over AMQP 1.0 needs its queue "
-                                  f"{qname} made beforehand (AMQP 1.0 cannot bind queues)")
+                raise ConfigError(f"a durable subscription over AMQP 1.0 on RabbitMQ 3.x "
+                                  f"needs its queue {qname} made beforehand (its AMQP 1.0 "
+                                  "cannot bind queues)")
             self._add(_Link(self.addresses.queue(qname), handler, "after_handler", 1000))
             return qname
-        for pattern in patterns:
-            self._add(_Link(self.addresses.bound(names.EVENT_EXCHANGE, pattern), handler,
-                            "broker", 1000))
+        for link in self._bound_queue(names.EVENT_EXCHANGE, patterns, handler,
+                                      lambda: names.subscription_queue(self.user)):
+            self._add(link)
         return qname
 
     def queue_exists(self, queue: str) -> bool:
@@ -425,7 +500,8 @@ class ProtonTransport(Transport):
     def _deliver(self, link: _Link, receiver: Any, dlv: Any, msg: Message) -> None:
         try:
             body, props = from_message(msg)
-            exchange, routing_key = self.addresses.route_of(msg.address, msg.subject)
+            exchange, routing_key = self.addresses.route_of(msg.address, msg.subject,
+                                                            msg.annotations)
         except Exception:  # whatever arrives, the I/O thread carries on
             log.exception("unreadable message on %s: rejected", link.source)
             _settle(dlv, receiver, dlv.REJECTED)
@@ -454,8 +530,10 @@ class ProtonTransport(Transport):
             exchange, _ = self.addresses.route_of(address, None)
             self._broker_refused(exchange, address or "?", reason)
             self._senders = {a: s for a, s in self._senders.items() if s.name != link.name}
-            for tag in [t for t, (name, _) in self._unsettled.items() if name == link.name]:
-                _confirm(self._unsettled.pop(tag)[1], False)
+            for tag in [t for t, (name, _, _) in self._unsettled.items() if name == link.name]:
+                callback = self._unsettled.pop(tag)[1]
+                if callback is not None:
+                    _confirm(callback, False)
             return
         for item in self._links:
             if item.name == link.name and not item.opened.done():
@@ -479,6 +557,8 @@ class _Events(MessagingHandler):  # type: ignore[misc]
     def on_connection_opened(self, event: Any) -> None:
         t = self.t
         reconnected = t._ready.is_set() and not t._connected
+        t.addresses = for_broker(event.connection.remote_properties)
+        t._management = None
         url = t.urls[t._current]
         t.connected_to = f"{url.host}:{url.port}"
         t._open_index = t._current
@@ -517,6 +597,11 @@ class _Events(MessagingHandler):  # type: ignore[misc]
     def received(self, receiver: Any, dlv: Any, msg: Message) -> None:
         """From ``_Deliveries``: a decoded message for one of our consumers."""
         name = receiver.name
+        management = self.t._management
+        if management is not None and name == management.name:
+            dlv.settle()  # pre-settled by the broker
+            management.answered(msg)
+            return
         for link in self.t._links:
             if link.name == name:
                 self.t._deliver(link, receiver, dlv, msg)
@@ -525,21 +610,34 @@ class _Events(MessagingHandler):  # type: ignore[misc]
 
     def outcome(self, dlv: Any, state: Any) -> None:
         """The broker's word on one of our publishes: accepted (True), rejected
-        (False, with its reason logged), released or modified (None: unknown)."""
+        (False, with its reason logged), released or modified (None: unknown). On
+        RabbitMQ 4, released means the message was routed to no queue: the broker has
+        it and dropped it, as over 0-9-1 without mandatory (True; sent again, it would
+        be dropped again, at once, for ever)."""
+        t = self.t
         if state == dlv.ACCEPTED:
             ok: bool | None = True
         elif state == dlv.REJECTED:
             ok = False
+        elif state == dlv.RELEASED and t.addresses.released_means_unroutable:
+            ok = True
         elif state in (dlv.RELEASED, dlv.MODIFIED):
             ok = None
         else:  # not a final outcome: keep waiting for one
             return
-        pending = self.t._unsettled.pop(dlv.tag, None)
+        pending = t._unsettled.pop(dlv.tag, None)
         if pending is None:
             return
+        _, confirm, address = pending
         if ok is False:
-            log.error("the broker rejected a message: %s", _describe(dlv.remote.condition))
-        _confirm(pending[1], ok)
+            reason = _describe(dlv.remote.condition)
+            log.error("the broker rejected a message to %s: %s", address, reason)
+            if confirm is None or "unauthorized" in reason:  # a refusal, as a detach says
+                exchange, _ = t.addresses.route_of(address, None)
+                t.last_refusal = (address, reason)
+                t._broker_refused(exchange, address, reason)
+        if confirm is not None:
+            _confirm(confirm, ok)
 
     def on_link_error(self, event: Any) -> None:
         self.t._refused(event.link, event.link.remote_condition)
@@ -592,6 +690,9 @@ class _Events(MessagingHandler):  # type: ignore[misc]
             t._ready.set()
             return
         lost = t._connected
+        if t._management is not None:
+            t._management.fail_all(str(err))
+            t._management = None
         if lost:
             t._connected = False
             log.warning("lost the AMQP 1.0 connection: %s", err)
@@ -600,8 +701,9 @@ class _Events(MessagingHandler):  # type: ignore[misc]
         # After the lost callbacks, as in amqp091; and after a failed attempt too, for
         # anything sent on a connection that never opened.
         pending, t._unsettled = t._unsettled, {}
-        for _, confirm in pending.values():
-            _confirm(confirm, None)
+        for _, confirm, _ in pending.values():
+            if confirm is not None:
+                _confirm(confirm, None)
         if not t._reconnect or t._retry_scheduled:
             return
         t._retry_scheduled, t._tried = True, 0

@@ -15,7 +15,7 @@ import pytest
 
 from tests.fakes import EventCollector, raw_connection
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.hostbus_core]
 BIN = Path(sys.executable).parent
 
 

@@ -18,7 +18,7 @@ from agents.runtime import AgentRuntime
 from agents.virt.agent import VirtAgent
 from tests.fakes import EventCollector, post_provision_raw, raw_connection
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.hostbus_core]
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 

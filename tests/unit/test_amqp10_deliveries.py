@@ -7,8 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from proton import Delivery as ProtonDelivery
-from proton import Endpoint, Message
+from proton import Endpoint, Message, symbol
 
+from hostbus.transport.addresses import for_broker
 from hostbus.transport.amqp10 import ProtonTransport, _Deliveries, _Events
 from hostbus.transport.amqp10_messages import encode_message
 from hostbus.transport.base import Properties
@@ -69,7 +70,8 @@ def test_each_final_outcome_reaches_the_publishers_confirm() -> None:
     handler = _Deliveries(events)
     for tag, state in (("a", ProtonDelivery.ACCEPTED), ("r", ProtonDelivery.REJECTED),
                        ("l", ProtonDelivery.RELEASED), ("m", ProtonDelivery.MODIFIED)):
-        transport._unsettled[tag] = ("out", lambda ok, tag=tag: heard.__setitem__(tag, ok))
+        transport._unsettled[tag] = ("out", lambda ok, tag=tag: heard.__setitem__(tag, ok),
+                                     "/exchange/hostbus.event/host.h1.alert")
         dlv = FakeDelivery(FakeLink(sender=True), tag=tag, state=state)
         handler.on_delivery(Event(dlv))
         assert dlv.was_settled
@@ -77,10 +79,24 @@ def test_each_final_outcome_reaches_the_publishers_confirm() -> None:
     assert transport._unsettled == {}
 
 
+def test_on_rabbitmq4_released_means_routed_to_no_queue() -> None:
+    """RabbitMQ 4 settles a message no queue took `released`: the broker dropped it, as
+    0-9-1 does without mandatory. Unknown (None) would make the outbox send it again at
+    once, for ever (an event nobody subscribes to)."""
+    events, transport = _events()
+    transport.addresses = for_broker({symbol("product"): "RabbitMQ",
+                                      symbol("version"): "4.0.5"})
+    heard: list[bool | None] = []
+    transport._unsettled["1"] = ("out", heard.append, "/exchanges/hostbus.event/k")
+    _Deliveries(events).on_delivery(Event(FakeDelivery(
+        FakeLink(sender=True), tag="1", state=ProtonDelivery.RELEASED)))
+    assert heard == [True]
+
+
 def test_a_state_that_is_not_final_keeps_the_publish_waiting() -> None:
     events, transport = _events()
     heard: list[bool | None] = []
-    transport._unsettled["1"] = ("out", heard.append)
+    transport._unsettled["1"] = ("out", heard.append, "/exchange/hostbus.event/k")
     _Deliveries(events).on_delivery(Event(FakeDelivery(
         FakeLink(sender=True), state=ProtonDelivery.RECEIVED)))
     assert heard == [] and "1" in transport._unsettled
