@@ -131,6 +131,8 @@ def _describe(condition: Condition | None) -> str:
 
 
 _names = itertools.count(1)
+# Outcome conditions that refuse an exchange, not one message.
+_EXCHANGE_REFUSALS = frozenset({"amqp:unauthorized-access", "amqp:not-found"})
 
 
 # What a consumer needs made before it attaches, on a broker without binding addresses
@@ -630,11 +632,16 @@ class _Events(MessagingHandler):  # type: ignore[misc]
             return
         _, confirm, address = pending
         if ok is False:
-            reason = _describe(dlv.remote.condition)
+            condition = dlv.remote.condition
+            reason = _describe(condition)
             log.error("the broker rejected a message to %s: %s", address, reason)
-            if confirm is None or "unauthorized" in reason:  # a refusal, as a detach says
+            t.last_refusal = (address, reason)
+            # What a v1 broker says by ending the session (the exchange is missing or
+            # forbidden), RabbitMQ 4 says per message to a sender without a target:
+            # tell who listens for refusals, as then. Not a message refused for itself
+            # (a full queue's reject-publish): that is its publisher's alone.
+            if condition is not None and condition.name in _EXCHANGE_REFUSALS:
                 exchange, _ = t.addresses.route_of(address, None)
-                t.last_refusal = (address, reason)
                 t._broker_refused(exchange, address, reason)
         if confirm is not None:
             _confirm(confirm, ok)
