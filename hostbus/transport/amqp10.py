@@ -442,7 +442,8 @@ class ProtonTransport(Transport):
         try:
             self._attach(link, wait=True)
         except BrokerRefused:
-            self._links.remove(link)
+            if link in self._links:  # (the I/O thread may have dropped it already)
+                self._links.remove(link)
             raise
 
     def consume(self, queue: str, handler: Handler, *, manual_ack: bool = False) -> None:
@@ -527,6 +528,15 @@ class ProtonTransport(Transport):
         address = link.target.address if link.is_sender else link.source.address
         reason = _describe(condition)
         self.last_refusal = (address or "?", reason)
+        if link.name.startswith(Management.PREFIX):
+            # RabbitMQ 4 answers a refused management request (a binding key outside
+            # the user's topic permissions, say) by ending the session: the requests
+            # waiting fail with its reason; the next one opens a new pair.
+            if self._management is not None and link.name == self._management.name:
+                log.error("the broker's management node refused: %s", reason)
+                self._management.fail_all(reason)
+                self._management = None
+            return
         if link.is_sender:
             log.error("the broker refused a publish to %s: %s", address, reason)
             exchange, _ = self.addresses.route_of(address, None)
@@ -700,6 +710,17 @@ class _Events(MessagingHandler):  # type: ignore[misc]
         if t._management is not None:
             t._management.fail_all(str(err))
             t._management = None
+        if lost:
+            # A consumer still attaching: RabbitMQ 3.x refuses a binding it may not make
+            # (a key outside the user's topic read permission) by dropping the whole
+            # connection, without a reason. Fail its attach now, and do not attach it
+            # again after the reconnect (it would take the connection down again).
+            for link in [k for k in t._links if not k.opened.done()]:
+                t._links.remove(link)
+                link.opened.set_exception(BrokerRefused(
+                    f"{link.source}: the broker closed the connection while this consumer "
+                    f"was attaching ({_describe(condition)}); RabbitMQ 3.x does so when "
+                    "it refuses a binding: check the user's topic permissions"))
         if lost:
             t._connected = False
             log.warning("lost the AMQP 1.0 connection: %s", err)

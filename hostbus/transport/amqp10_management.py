@@ -42,9 +42,10 @@ class Management:
     """The link pair on one connection; requests answered in any order by id."""
 
     ADDRESS = "/management"
+    PREFIX = "hostbus-management-"  # the pair's link name
 
     def __init__(self, container: Any, session: Any) -> None:
-        self.name = f"hostbus-management-{next(_pairs)}"
+        self.name = f"{self.PREFIX}{next(_pairs)}"
         self._pending: dict[str, Answer] = {}
         self.sender = container.create_sender(session, self.ADDRESS, name=self.name,
                                               options=_Paired())
@@ -74,7 +75,8 @@ class Management:
         answer(status, message.body)
 
     def fail_all(self, reason: str) -> None:
-        """The connection is gone: every request still waiting gets status 0."""
+        """The pair is gone (its session or connection ended): every request still
+        waiting gets status 0 and ``reason``."""
         pending, self._pending = self._pending, {}
         for answer in pending.values():
             answer(0, reason)
