@@ -40,6 +40,15 @@ class Grant:
 
 
 BROKER_NAMED = r"amq\.gen-.*"  # server-named queues; what AMQP 1.0 sources get
+# A quorum queue delivers a message at most x-delivery-limit + 1 times (a consumer that
+# dies holding it counts, on 3.x and 4.x alike), then dead-letters it to hostbus.dead
+# with x-death reason "delivery_limit": a request that kills its agent stops coming back
+# after six tries instead of for ever (3.x's default) or being dropped without a trace at
+# 4.x's default limit of 20, which applies when no dead-letter exchange is set. Expired
+# requests (their `expiration`) are dead-lettered there too, with reason "expired". The
+# provisioning queue has the same settings (broker_config/definitions.json).
+QUORUM_HOST_QUEUE = {"x-queue-type": "quorum", "x-delivery-limit": 5,
+                     "x-dead-letter-exchange": names.DEAD_EXCHANGE}
 
 
 def grant_for(kind: str, name: str) -> Grant:
@@ -167,12 +176,21 @@ class BrokerAdmin:
         if not self._exists("GET", f"/api/exchanges/{self._q(vhost)}/{self._q(ex)}"):
             raise BrokerRefused(
                 f"vhost {vhost!r} has no exchange {ex!r}: run `hostbus broker setup` first")
-        self._call("PUT", f"/api/queues/{self._q(vhost)}/{self._q(queue)}",
-                   {"durable": True, "auto_delete": False,
-                    # classic stays implicit: hosts enrolled before this option existed
-                    # must stay equivalent when enrolled again
-                    "arguments": {"x-queue-type": "quorum"} if queue_type == "quorum"
-                    else {}})
+        try:
+            self._call("PUT", f"/api/queues/{self._q(vhost)}/{self._q(queue)}",
+                       {"durable": True, "auto_delete": False,
+                        # classic stays implicit: hosts enrolled before this option
+                        # existed must stay equivalent when enrolled again
+                        "arguments": QUORUM_HOST_QUEUE if queue_type == "quorum" else {}})
+        except BrokerRefused as exc:
+            if queue_type != "quorum" or "inequivalent" not in str(exc):
+                raise
+            raise BrokerRefused(
+                f"{queue} exists with other settings than hostbus gives a quorum host "
+                f"queue now ({QUORUM_HOST_QUEUE}): without them RabbitMQ 4 drops a request "
+                "after 20 deliveries without a trace. Delete the queue (`rabbitmqctl "
+                f"delete_queue -p {vhost} {queue}`, its waiting requests go with it) and "
+                "enroll the host again") from None
         keys = []
         existing = {
             (b["source"], b["routing_key"])

@@ -261,9 +261,17 @@ class ProtonTransport(Transport):
             for _, callback, _ in pending.values():
                 if callback is not None:
                     _confirm(callback, None)
+            assert self._container is not None
+            if self._conn is not None and self._connected:
+                # Stop once the broker has answered the close and the socket is shut
+                # (_Events.on_transport_closed), or after a grace period. Stopped at once,
+                # the loop left the socket open: the broker kept the connection, with
+                # its consumers and the messages they held, until the process exited.
+                self._conn.close()
+                self._container.schedule(2.0, _StopContainer())
+                return
             if self._conn is not None:
                 self._conn.close()
-            assert self._container is not None
             self._container.stop()
 
         self._hand_off(stop)
@@ -554,6 +562,13 @@ class ProtonTransport(Transport):
         log.error("the broker closed the consumer on %s: %s", address, reason)
 
 
+class _StopContainer(ProtonHandler):  # type: ignore[misc]
+    """A timer: the broker did not answer a close in time; stop the loop anyway."""
+
+    def on_timer_task(self, event: Any) -> None:
+        event.container.stop()
+
+
 class _Events(MessagingHandler):  # type: ignore[misc]
     """proton's callbacks, all on the I/O thread, forwarded to the transport."""
 
@@ -592,6 +607,10 @@ class _Events(MessagingHandler):  # type: ignore[misc]
     def on_disconnected(self, event: Any) -> None:
         if self.t._connected:
             self._failed(None)
+
+    def on_transport_closed(self, event: Any) -> None:
+        if self.t._stopping.is_set():  # closed by close(): the socket is shut, done
+            event.container.stop()
 
     def on_timer_task(self, event: Any) -> None:
         self.t._retry_scheduled = False
