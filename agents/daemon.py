@@ -14,13 +14,14 @@ import threading
 from typing import Any
 
 from agents import registry
-from agents.audit import AuditLog
-from agents.outbox import Spool
-from agents.policy import DiscoveryOnly, Policy, RulesPolicy
-from agents.runtime import AgentRuntime
 from hostbus import __version__, config, names
 from hostbus.errors import BrokerRefused, ConfigError, ConnectionFailed, SchemaError
-from hostbus.replay import ReplayGuard
+from hostbus.logs import setup_logging
+from hostbus.security.audit import AuditLog
+from hostbus.security.policy import DiscoveryOnly, Policy, RulesPolicy
+from hostbus.security.replay import ReplayGuard
+from hostbus.serving.outbox import Spool
+from hostbus.serving.runtime import AgentRuntime
 
 log = logging.getLogger("hostbus.agent")
 
@@ -67,21 +68,6 @@ def load_config(path: str | None) -> dict[str, Any]:
     return config.load(all_defaults(), path, free_form=("agent.facts", "virt.templates"))
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # pika narrates every connection step at INFO and logs a dropped connection as
-    # several ERRORs with tracebacks; the transport reports each in one line of its own
-    # ("lost the connection to ...", "reconnected to ..."), so only pika's worst shows.
-    logging.getLogger("pika").setLevel(logging.CRITICAL)
-    # proton says "Connecting to ..." and "Connected to ..." at INFO on every
-    # (re)connect, which the transport already reports in its own words.
-    logging.getLogger("proton").setLevel(logging.WARNING)
-
-
 def build_runtime(cfg: dict[str, Any], transport: Any,
                   config_path: str | None = None) -> AgentRuntime:
     host_id = cfg["agent"]["host_id"] or names.default_host_id()
@@ -109,8 +95,8 @@ def build_runtime(cfg: dict[str, Any], transport: Any,
     sec = cfg["security"]
     verifier = approvals = signer = None
     if sec["trusted_keys"]:
-        from agents.approvals import Approvals, ApprovalStore
-        from hostbus.signing import Verifier  # cryptography, only where it is needed
+        from hostbus.security.signing import Verifier  # cryptography, only where it is needed
+        from hostbus.serving.approvals import Approvals, ApprovalStore
 
         verifier = Verifier.from_folder(config.resolve(sec["trusted_keys"], config_path))
         log.info("signatures required; trusted keys: %s", ", ".join(sorted(verifier.trusted))
@@ -121,7 +107,7 @@ def build_runtime(cfg: dict[str, Any], transport: Any,
         log.warning("no [security] trusted_keys: request signatures are not checked, and "
                     "requests that need approval are refused")
     if sec["signing_key"]:
-        from hostbus.signing import Signer
+        from hostbus.security.signing import Signer
 
         signer = Signer.load(config.resolve(sec["signing_key"], config_path))
         log.info("replies and events are signed with %s", sec["signing_key"])
@@ -162,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     setup_logging(args.log_level or cfg["agent"]["log_level"])
 
-    from hostbus.transport.base import connect, parse_url
+    from hostbus.transport import connect
+    from hostbus.transport.url import parse_url
 
     try:
         url = parse_url(cfg["broker"]["url"])

@@ -31,7 +31,7 @@ from benchmarks import call, events
 from benchmarks.harness import BLOCK, Bench, in_turns, progress, summary
 from hostbus import codec
 from hostbus.envelope import Event
-from hostbus.transport.base import parse_url
+from hostbus.transport.url import parse_url
 
 
 def _connect_args(url: str) -> dict[str, Any]:

@@ -24,11 +24,11 @@ from typing import Any
 
 import pika
 
-from agents.runtime import AgentRuntime
 from benchmarks.harness import Bench, Side, in_turns, summary
 from console.client import Console
-from hostbus.signing import Signer, Verifier, generate, read_public_key
-from hostbus.transport.base import parse_url
+from hostbus.security.signing import Signer, Verifier, generate, read_public_key
+from hostbus.serving.runtime import AgentRuntime
+from hostbus.transport.url import parse_url
 
 
 class _RawSide:

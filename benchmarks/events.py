@@ -12,10 +12,10 @@ from typing import Any
 
 import pika
 
-from agents.runtime import AgentRuntime
 from benchmarks.harness import Bench
 from hostbus import codec
 from hostbus.envelope import Event
+from hostbus.serving.runtime import AgentRuntime
 
 DATA = {"agents": [], "version": "bench", "epoch": "e", "uptime_s": 1.0, "interval_s": 1.0,
         "requests": 0}

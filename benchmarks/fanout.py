@@ -12,10 +12,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from agents.runtime import AgentRuntime
 from benchmarks.harness import Bench, progress
 from console.client import Console
-from hostbus.transport.base import Transport, connect
+from hostbus.serving.runtime import AgentRuntime
+from hostbus.transport import connect
+from hostbus.transport.base import Transport
 
 PER_CONNECTION = 500
 

@@ -31,7 +31,7 @@ OURS = ("hostbus", "agents", "console", "benchmarks", "__main__")
 _PROBE = """
 import sys, tempfile
 from agents import daemon
-from hostbus.transport.base import connect
+from hostbus.transport import connect
 cfg = daemon.load_config(None)
 cfg["broker"]["url"] = sys.argv[1]
 cfg["agent"].update(host_id="floorprobe", agents=sys.argv[2].split(","),

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from agents import virt
-from agents.runtime import AgentRuntime
 from benchmarks.harness import Bench, summary
 from console.client import Console
 from console.provisioner.agent import ProvisionAgent
 from console.provisioner.service import Provisioner, Quotas, consume_requests
 from console.provisioner.store import RequestStore
+from hostbus.security.policy import AllowAll
+from hostbus.serving.runtime import AgentRuntime
 
 
 def run(bench: Bench, requests: int) -> dict[str, Any]:
@@ -39,8 +40,9 @@ def run(bench: Bench, requests: int) -> dict[str, Any]:
                                       heartbeat_interval=0)
         started_objs.append(pruntime)
         pconsole = Console.connect(bench.url)
-        provisioner = Provisioner(console=pconsole, store=store, agent=pagent,
-                                  host_id=prov_id, quotas=Quotas(10**6, {}),
+        provisioner = Provisioner(console=pconsole, publisher=pruntime.publisher,
+                                  store=store, agent=pagent, host_id=prov_id,
+                                  quotas=Quotas(10**6, {}), policy=AllowAll(), audit=None,
                                   discovery_idle=0.05)
         consume_requests(pruntime.transport, provisioner.on_message)
 

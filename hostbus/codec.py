@@ -17,7 +17,7 @@ CONTENT_TYPE = "application/json"
 
 def media_type(content_type: str | None) -> str:
     """The media type without parameters: ``application/json; x=y`` -> ``application/json``
-    (hostbus carries its signature as a content_type parameter; see hostbus.signing)."""
+    (hostbus carries its signature as a content_type parameter; see hostbus.security.signing)."""
     return (content_type or "").partition(";")[0].strip().lower()
 
 

@@ -1,5 +1,5 @@
 """An agent process with one slow method, for the crash tests: ``python -m
-tests.slow_agent URL HOST STATE_DIR MARKER``. Each run of ``slow.work`` appends its
+tests.slow_agent URL HOST STATE_DIR MARKER [WORKERS]``. Each run of ``slow.work`` appends its
 request id to MARKER before it starts working, so a test can count how often it ran."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agents.base import Agent, CallContext, method
-from agents.runtime import AgentRuntime
-from hostbus.replay import ReplayGuard
 from hostbus.schema import AgentSchema
+from hostbus.security.replay import ReplayGuard
+from hostbus.serving.agent import Agent, CallContext, method
+from hostbus.serving.runtime import AgentRuntime
 
 SCHEMA = AgentSchema.from_dict({
     "agent": "slow", "version": "1.0", "description": "a slow method, for crash tests",
@@ -43,9 +43,9 @@ class SlowAgent(Agent):
         return {"worked_s": seconds}
 
 
-def main(url: str, host: str, state_dir: str, marker: str) -> None:
+def main(url: str, host: str, state_dir: str, marker: str, workers: str = "4") -> None:
     runtime = AgentRuntime.serve(
-        url, host, [SlowAgent(Path(marker))], heartbeat_interval=0,
+        url, host, [SlowAgent(Path(marker))], heartbeat_interval=0, workers=int(workers),
         schemas={"slow": SCHEMA},
         replay=ReplayGuard(path=Path(state_dir) / f"recent-{host}.db"))
     print("serving", flush=True)
@@ -54,4 +54,4 @@ def main(url: str, host: str, state_dir: str, marker: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:6])

@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 
 import libvirt
 
-from agents.base import Agent, method, objects, periodic
 from agents.virt.names import event_words, state_words
 from agents.virt.templates import Template
 from agents.virt.xml import (
@@ -28,6 +27,7 @@ from agents.virt.xml import (
     volume_xml,
 )
 from hostbus.errors import ErrorCode, RemoteError
+from hostbus.serving.agent import Agent, method, objects, periodic
 
 log = logging.getLogger("hostbus.virt")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.base import Agent, method, objects
 from console.provisioner.store import RequestStore
 from hostbus.errors import ErrorCode, RemoteError
+from hostbus.serving.agent import Agent, method, objects
 
 
 class ProvisionAgent(Agent):

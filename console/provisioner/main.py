@@ -12,16 +12,16 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from agents.audit import AuditLog
-from agents.daemon import setup_logging
-from agents.policy import RulesPolicy
-from agents.runtime import AgentRuntime
 from console.client import Console
 from console.provisioner.agent import ProvisionAgent
 from console.provisioner.service import Provisioner, Quotas, consume_requests
 from console.provisioner.store import RequestStore
 from hostbus import __version__, config, names
 from hostbus.errors import BrokerRefused, ConfigError, ConnectionFailed, HostbusError
+from hostbus.logs import setup_logging
+from hostbus.security.audit import AuditLog
+from hostbus.security.policy import DiscoveryOnly, Policy, RulesPolicy
+from hostbus.serving.runtime import AgentRuntime
 
 log = logging.getLogger("hostbus.provisioner")
 
@@ -60,9 +60,23 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
         print(f"hostbus provisioner: {exc}")
         return 1
     setup_logging(pcfg["log_level"])
-    from hostbus.transport.base import connect
+    from hostbus.transport import connect
 
+    policy: Policy
+    if pcfg["policy"]:
+        try:
+            policy = RulesPolicy.load(config.resolve(pcfg["policy"], config_path), host_id)
+        except ConfigError as exc:
+            print(f"hostbus provisioner: {exc}")
+            return 1
+        log.info("policy: %d rules (default deny)", len(policy.rules))
+    else:
+        policy = DiscoveryOnly("service", "[provisioner] policy", "etc/provisioner.toml")
+        log.warning("no [provisioner] policy file: every provisioning request and every "
+                    "call but discovery is refused (see etc/provisioner.toml)")
     store = RequestStore(state_dir(pcfg["state_dir"]) / "provisioner.db")
+    audit = AuditLog(config.resolve(pcfg["audit_log"], config_path) if pcfg["audit_log"]
+                     else store.path.parent / f"audit-{host_id}.jsonl")
     url = cfg["broker"]["url"]
     timeout = float(cfg["broker"]["connect_timeout"])
     # One request at a time off the provisioning queue (prefetch 1); calls to the virt
@@ -72,7 +86,7 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
     agent = ProvisionAgent(store)
     signer = None
     if cfg["security"]["signing_key"]:
-        from hostbus.signing import Signer
+        from hostbus.security.signing import Signer
 
         try:
             signer = Signer.load(config.resolve(cfg["security"]["signing_key"], config_path))
@@ -85,23 +99,12 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
     except ConnectionFailed as exc:
         log.error("%s", exc)
         return 2
-    runtime = AgentRuntime(agent_transport, host_id, [agent], signer=signer,
-                           heartbeat_interval=float(pcfg["heartbeat_interval"]))
-    policy = None
-    if pcfg["policy"]:
-        try:
-            policy = RulesPolicy.load(config.resolve(pcfg["policy"], config_path), host_id)
-        except ConfigError as exc:
-            log.error("%s", exc)
-            return 1
-        log.info("provisioning policy: %d rules (default deny)", len(policy.rules))
-    else:
-        log.warning("no [provisioner] policy: every enrolled sender may provision, within "
-                    "its quota")
-    audit = AuditLog(config.resolve(pcfg["audit_log"], config_path) if pcfg["audit_log"]
-                     else store.path.parent / f"audit-{host_id}.jsonl")
+    # One policy and one audit log for everything the service decides: provisioning
+    # messages (the call provision.submit) and calls to its agent (status, list).
+    runtime = AgentRuntime(agent_transport, host_id, [agent], signer=signer, policy=policy,
+                           audit=audit, heartbeat_interval=float(pcfg["heartbeat_interval"]))
     provisioner = Provisioner(
-        console=console, store=store, agent=agent, host_id=host_id,
+        console=console, publisher=runtime.publisher, store=store, agent=agent, host_id=host_id,
         quotas=Quotas(int(cfg["quotas"]["default_max_vms"]), owners),
         call_timeout=float(pcfg["call_timeout"]), discovery_idle=float(pcfg["discovery_idle"]),
         policy=policy, audit=audit,

@@ -16,23 +16,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from agents.audit import AuditLog, args_digest
-from agents.policy import RulesPolicy
 from console.client import Console
 from console.provisioner.agent import ProvisionAgent
 from console.provisioner.placement import Candidate, place
 from console.provisioner.store import RequestStore
-from hostbus import codec, names
-from hostbus.envelope import Reply, check_properties
+from hostbus import names
+from hostbus.envelope import Reply, parse_provision
 from hostbus.errors import ConnectionLost, ErrorCode, HostbusError, RemoteError
-from hostbus.schema import envelope_validator
+from hostbus.publisher import Publisher
+from hostbus.security.audit import AuditLog, args_digest
+from hostbus.security.policy import Policy
 from hostbus.transport.base import Delivery
 
 log = logging.getLogger("hostbus.provisioner")
-
-PROVISION_TYPE = "hostbus.provision/1"
-PROVISION_QUEUE = "hostbus.provision"
-
 
 @dataclass(frozen=True)
 class Quotas:
@@ -51,13 +47,17 @@ class Quotas:
 
 
 class Provisioner:
-    def __init__(self, *, console: Console, store: RequestStore, agent: ProvisionAgent,
-                 host_id: str, quotas: Quotas, call_timeout: float = 60.0,
-                 discovery_idle: float = 0.3, policy: RulesPolicy | None = None,
-                 audit: AuditLog | None = None) -> None:
-        """``policy`` decides who may ask for what, with the agents' rules engine: the
-        caller is the message's broker-checked user_id, the call ``provision.submit``, and
-        the arguments the request's fields (template, count, owner, vcpus, ...)."""
+    def __init__(self, *, console: Console, publisher: Publisher, store: RequestStore,
+                 agent: ProvisionAgent, host_id: str, quotas: Quotas, policy: Policy,
+                 audit: AuditLog | None, call_timeout: float = 60.0,
+                 discovery_idle: float = 0.3) -> None:
+        """``policy`` decides who may ask for what, default deny, with the agents' rules
+        engine: the caller is the message's broker-checked user_id, the call
+        ``provision.submit``, and the arguments the request's fields (template, count,
+        owner, vcpus, ...). ``audit`` records every decision and outcome.
+        ``publisher`` sends the replies: the one of the runtime that hosts ``agent``, so
+        they leave as the provisioner's identity, signed when it has a key."""
+        self.publisher = publisher
         self.policy = policy
         self.audit = audit
         self.console = console
@@ -107,7 +107,7 @@ class Provisioner:
     def _process(self, delivery: Delivery, rid: str) -> None:
         reply_to = delivery.properties.reply_to
         try:
-            body = self._read(delivery, rid)
+            body = parse_provision(delivery).body
         except RemoteError as err:
             log.warning("dead-lettering provisioning message %s: %s", rid or "(no id)",
                         err.message)
@@ -163,10 +163,8 @@ class Provisioner:
         delivery.ack()
 
     def _authorize(self, rid: str, caller: str, body: dict[str, Any]) -> None:
-        if self.policy is None:
-            return
         args = {k: v for k, v in body.items() if k != "v"}
-        decision, _ = self.policy.explain(caller, "provision", "submit", args, self.host_id)
+        decision = self.policy.decide_call(caller, "provision", "submit", args)
         self._audit(rid, caller, body, "allowed" if decision.allowed else "denied",
                     decision.rule)
         if not decision.allowed:
@@ -181,19 +179,6 @@ class Provisioner:
                               "call": "provision.submit", "owner": body.get("owner"),
                               "args_digest": args_digest(body), "event": what,
                               "detail": detail})
-
-    def _read(self, delivery: Delivery, rid: str) -> dict[str, Any]:
-        props = delivery.properties
-        if not rid:
-            raise RemoteError(ErrorCode.BAD_MESSAGE, "message_id is missing: set a uuid4; it "
-                              "is the request id and the idempotency key")
-        check_properties(props, PROVISION_TYPE, "provisioning requests")
-        body = codec.decode_object(delivery.body, max_bytes=64 * 1024)
-        if body.get("name") and body.get("count", 1) != 1:  # before the schema says it
-            raise RemoteError(ErrorCode.BAD_MESSAGE,  # less clearly
-                              "name is for one VM; use name_prefix for count > 1")
-        envelope_validator("provision").validate(body)
-        return body
 
     # --------------------------------------------------------------- the work
     def vm_names(self, rid: str, body: dict[str, Any]) -> list[str]:
@@ -339,18 +324,17 @@ class Provisioner:
 
     def _reply(self, reply_to: str | None, rid: str | None, *,
                result: dict[str, Any] | None = None, error: RemoteError | None = None) -> None:
-        if not reply_to or not names.REPLY_TO_RE.match(reply_to):
+        if not reply_to or not names.REPLY_TO_RE.fullmatch(reply_to):
             return
-        reply = Reply(host=self.host_id, agent="provision", method="submit",
-                      status="error" if error else "ok", result=None if error else result,
-                      error=error.to_wire() if error else None, correlation_id=rid)
-        body, props = reply.encode()
-        self.console.transport.publish(names.REPLY_EXCHANGE, reply_to, body, props)
+        self.publisher.reply(reply_to, Reply(
+            host=self.host_id, agent="provision", method="submit",
+            status="error" if error else "ok", result=None if error else result,
+            error=error.to_wire() if error else None, correlation_id=rid))
 
 
 def consume_requests(transport: Any, on_message: Callable[[Delivery], None]) -> None:
     try:
-        transport.consume(PROVISION_QUEUE, on_message, manual_ack=True)
+        transport.consume(names.PROVISION_QUEUE, on_message, manual_ack=True)
     except HostbusError as exc:
-        raise HostbusError(f"cannot consume {PROVISION_QUEUE}: {exc}. Run `hostbus broker "
+        raise HostbusError(f"cannot consume {names.PROVISION_QUEUE}: {exc}. Run `hostbus broker "
                            "setup` first.") from None

@@ -175,7 +175,7 @@ def rabbitmq(request: pytest.FixtureRequest) -> Iterator[TestBroker]:
 
 
 def _probe(url: str) -> None:
-    from hostbus.transport.base import connect
+    from hostbus.transport import connect
 
     transport = connect(url, reconnect=False)
     try:

@@ -34,15 +34,14 @@ from hostbus.errors import (
     TransportClosed,
 )
 from hostbus.transport.base import (
-    BrokerURL,
     Confirm,
     Delivery,
     Handler,
     Properties,
     Transport,
-    broker_urls,
     reconnect_delay,
 )
+from hostbus.transport.url import BrokerURL, broker_urls
 
 log = logging.getLogger(__name__)
 # How RabbitMQ names the exchange in a refusal: "access to exchange 'X' in vhost ...",

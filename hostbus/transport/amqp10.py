@@ -57,9 +57,9 @@ from hostbus.transport.base import (
     Handler,
     Properties,
     Transport,
-    broker_urls,
     reconnect_delay,
 )
+from hostbus.transport.url import broker_urls
 
 log = logging.getLogger(__name__)
 Task = Callable[[], Any]

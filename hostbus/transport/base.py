@@ -4,8 +4,8 @@ A transport owns one connection and one I/O thread. Handlers run on that thread 
 return quickly (hand real work to a worker). Every public method is safe to call from any
 thread: work is handed to the I/O thread, never done on the caller's.
 
-Names given to a transport are the logical names of DESIGN section 2 (exchanges and
-queues); a backend maps them onto its protocol's addresses.
+Names given to a transport are logical exchange and queue names (``hostbus.names``); a
+backend maps them onto its protocol's addresses.
 """
 
 from __future__ import annotations
@@ -15,11 +15,7 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
-
-from hostbus.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +45,6 @@ def reconnect_delay(attempt: int, max_backoff: float) -> float:
     """Capped exponential backoff with jitter: 0.5 s, 1 s, 2 s ... up to ``max_backoff``,
     each scaled by a random 0.5 to 1.0 so that a fleet does not retry in step."""
     return min(max_backoff, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.0)
-
-
-def broker_urls(url: str) -> list[BrokerURL]:
-    """The URLs of a comma-separated list: the nodes of one cluster, tried in turn."""
-    urls = [parse_url(u) for u in split_urls(url)]
-    if len({(u.user, u.vhost) for u in urls}) > 1:
-        raise ConfigError("all broker URLs must have the same user and vhost (they are "
-                          "nodes of one cluster)")
-    return urls
 
 
 def _settled(requeue: bool = False) -> None:
@@ -190,103 +177,3 @@ class Transport(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerURL:
-    scheme: str
-    host: str
-    port: int
-    user: str
-    password: str
-    vhost: str
-    #: TLS (amqps): the CA that signed the broker's certificate (default: the system's),
-    #: and this identity's client certificate and key.
-    cafile: str | None = None
-    certfile: str | None = None
-    keyfile: str | None = None
-
-    @property
-    def external(self) -> bool:
-        """SASL EXTERNAL: the client certificate is the credential (no password given)."""
-        return self.certfile is not None and not self.password
-
-    def redacted(self) -> str:
-        return f"{self.scheme}://{self.user}@{self.host}:{self.port}/{self.vhost}"
-
-
-def split_urls(urls: str) -> list[str]:
-    """Several brokers (a cluster) are given as one string, separated by commas; they are
-    tried in turn."""
-    found = [u.strip() for u in urls.split(",") if u.strip()]
-    if not found:
-        raise ConfigError("the broker URL is empty; give amqp://user:pass@host:port/vhost")
-    return found
-
-
-TLS_KEYS = ("cafile", "certfile", "keyfile")
-
-
-def parse_url(url: str) -> BrokerURL:
-    """Parse ``amqp[s]://user:pass@host:port/vhost`` (the first, if several are given);
-    the vhost defaults to ``hostbus``. TLS files go in the query:
-    ``amqps://web01@broker:5671/hostbus?cafile=ca.pem&certfile=web01.pem&keyfile=web01.key``
-    (a client certificate and no password means SASL EXTERNAL: the broker takes the
-    user from the certificate's common name, which must equal the user given)."""
-    parts = urlsplit(split_urls(url)[0])
-    if parts.scheme not in ("amqp", "amqps", "amqp10", "amqps10", "memory"):
-        raise ConfigError(
-            f"broker URL {url!r} has scheme {parts.scheme!r}; use amqp:// or amqps:// "
-            "(AMQP 0-9-1), amqp10:// or amqps10:// (AMQP 1.0)"
-        )
-    tls_scheme = parts.scheme in ("amqps", "amqps10")
-    default_port = 5671 if tls_scheme else 5672
-    path = parts.path[1:] if parts.path.startswith("/") else parts.path
-    try:
-        port = parts.port or default_port
-    except ValueError as exc:
-        raise ConfigError(f"broker URL {url!r}: {exc}") from None
-    query = parse_qs(parts.query, keep_blank_values=True)
-    unknown = sorted(set(query) - set(TLS_KEYS))
-    if unknown:
-        raise ConfigError(f"broker URL option {unknown[0]!r} is unknown; known: "
-                          f"{', '.join(TLS_KEYS)}")
-    tls = {k: query[k][-1] for k in TLS_KEYS if k in query}
-    if tls and not tls_scheme:
-        raise ConfigError(f"broker URL gives {', '.join(tls)} but its scheme is "
-                          f"{parts.scheme}://; use amqps:// (or amqps10://) for TLS")
-    if ("certfile" in tls) != ("keyfile" in tls):
-        raise ConfigError("broker URL: give certfile and keyfile together (the client "
-                          "certificate and its key)")
-    for key, file in tls.items():
-        if not Path(file).is_file():
-            raise ConfigError(f"broker URL {key}={file}: no such file")
-    has_cert = "certfile" in tls
-    return BrokerURL(
-        scheme=parts.scheme,
-        host=parts.hostname or "127.0.0.1",
-        port=port,
-        user=unquote(parts.username or "guest"),
-        # With a client certificate and no password the certificate is the credential.
-        password=unquote(parts.password or ("" if has_cert else "guest")),
-        vhost=unquote(path) or "hostbus",
-        cafile=tls.get("cafile"), certfile=tls.get("certfile"), keyfile=tls.get("keyfile"),
-    )
-
-
-def connect(url: str, **options: Any) -> Transport:
-    """Build (not start) the transport for ``url``. Every component builds its
-    transport here, so a new protocol is one more branch, not an edit everywhere."""
-    parsed = parse_url(url)
-    if parsed.scheme == "memory":
-        raise ConfigError("memory:// transports are built directly: MemoryTransport(broker)")
-    if parsed.scheme in ("amqp10", "amqps10"):
-        try:
-            from hostbus.transport.amqp10 import ProtonTransport
-        except ModuleNotFoundError:
-            raise ConfigError("amqp10:// needs python-qpid-proton: pip install "
-                              "'hostbus[amqp10]'") from None
-        return ProtonTransport(url, **options)
-    from hostbus.transport.amqp091 import PikaTransport
-
-    return PikaTransport(url, **options)

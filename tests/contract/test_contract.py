@@ -9,10 +9,10 @@ import jsonschema
 import pytest
 
 from agents import registry
-from agents.base import check_agent_against_schema
 from hostbus import names, topology
 from hostbus.errors import ErrorCode
 from hostbus.schema import available_agents, envelope_schema, load_agent_schema
+from hostbus.serving.agent import check_agent_against_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 META = json.loads((ROOT / "schemas" / "agent.schema.json").read_text())
@@ -115,3 +115,32 @@ def test_the_wheel_ships_every_package_and_data_file(tmp_path):
         expected.add(module_name.replace(".", "/") + "/__init__.py")
     assert expected <= files, sorted(expected - files)
     assert not any(f.startswith("tests/") for f in files)
+
+
+def test_only_the_publisher_hands_messages_to_a_transport():
+    """Every message leaves through hostbus.publisher.Publisher, which sets user_id and
+    signs: a component that called a transport's publish itself could forget either."""
+    allowed = {ROOT / "hostbus" / "publisher.py"}
+    offenders = []
+    for folder in ("hostbus", "agents", "console"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if path in allowed or "transport" in path.parts:
+                continue
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                if re.search(r"\btransport\.publish\(", line):
+                    offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert offenders == []
+
+
+def test_the_core_imports_nothing_from_agents_or_console():
+    offenders = [f"{p.relative_to(ROOT)}: {line.strip()}"
+                 for p in (ROOT / "hostbus").rglob("*.py")
+                 for line in p.read_text().splitlines()
+                 if re.match(r"\s*(from|import) (agents|console)\b", line)]
+    assert offenders == []
+
+
+@pytest.mark.parametrize("agent", available_agents())
+def test_no_method_takes_the_names_policies_use_for_classes(agent):
+    """Policies decide a query of class C as the pseudo-method class.C."""
+    assert not [m for m in load_agent_schema(agent).methods if m.startswith("class.")]

@@ -10,8 +10,8 @@ import pytest
 from agents.host.alerts import Threshold
 from agents.host.power import RecordingPower
 from agents.host.services import Systemd
-from agents.runtime import AgentRuntime
 from console.client import Console
+from hostbus.serving.runtime import AgentRuntime
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent

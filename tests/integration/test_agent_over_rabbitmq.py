@@ -93,7 +93,8 @@ def test_a_refused_publish_does_not_stop_the_transport(rabbitmq):
     """The broker closes the channel on a bad publish; consumers carry on."""
     import threading
 
-    from hostbus.transport.base import Properties, connect
+    from hostbus.transport import connect
+    from hostbus.transport.base import Properties
 
     transport = connect(rabbitmq.url)
     transport.start()

@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
-from agents.runtime import AgentRuntime
 from console.client import Console
 from hostbus.errors import BrokerRefused, ConnectionFailed
-from hostbus.transport.base import Properties, connect
+from hostbus.serving.runtime import AgentRuntime
+from hostbus.transport import connect
+from hostbus.transport.base import Properties
 from tests.fakes import EventCollector, make_host_agent
 from tests.rabbit_node import RabbitNode, hostbus_node, rabbitmq4_root, started
 
@@ -75,8 +76,8 @@ def test_a_mixed_fleet_with_own_users_and_signatures_both_ways(node, tmp_path, a
     """What RabbitMQ 3.10 drops between the protocols (type, headers, a 0-9-1 user_id
     towards 1.0) must not matter: the caller is still known by its broker-checked user,
     signatures verify both ways, and events cross."""
-    from agents.policy import RulesPolicy
-    from hostbus.signing import Signer, Verifier, generate, read_public_key
+    from hostbus.security.policy import RulesPolicy
+    from hostbus.security.signing import Signer, Verifier, generate, read_public_key
 
     host, operator = f"mix{agent_url.__name__[-2:]}", f"ops{console_url.__name__[-2:]}"
     node.admin.enroll_host("hostbus", host, ["host"])

@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from agents import virt
-from agents.runtime import AgentRuntime
+from hostbus.serving.runtime import AgentRuntime
 from hostbus.testing.pytest_plugin import fail_or_skip
 from tests.fakes import EventCollector
 

@@ -10,9 +10,9 @@ import uuid
 
 import pytest
 
-from agents.runtime import AgentRuntime
 from console.client import Console
 from hostbus.errors import HostbusError
+from hostbus.serving.runtime import AgentRuntime
 from hostbus.testing.pytest_plugin import fail_or_skip
 
 pytestmark = pytest.mark.integration
@@ -90,7 +90,7 @@ def test_agents_and_consoles_reconnect_and_in_flight_calls_fail_fast(rabbitmq,
 def test_several_broker_urls_are_tried_in_turn(rabbitmq):
     host = f"rc-{uuid.uuid4().hex[:6]}"
     rabbitmq.enroll(host, [])
-    from hostbus.transport.base import parse_url
+    from hostbus.transport.url import parse_url
 
     live = parse_url(rabbitmq.url)
     # nothing listens on port 1

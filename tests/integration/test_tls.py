@@ -99,7 +99,7 @@ def test_an_agent_with_a_client_certificate_serves_a_console_over_tls(tls_broker
 def test_amqp10_over_tls_with_a_client_certificate(tls_broker, tmp_path):
     """amqps10://: the same URL options as amqps://, SASL EXTERNAL from the certificate,
     the broker's certificate verified; a mixed pair (agent on 1.0, console on 0-9-1)."""
-    from agents.runtime import AgentRuntime
+    from hostbus.serving.runtime import AgentRuntime
     from tests.fakes import make_host_agent
 
     b = tls_broker

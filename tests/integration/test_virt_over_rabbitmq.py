@@ -6,8 +6,8 @@ import uuid
 import pytest
 
 from agents import virt
-from agents.runtime import AgentRuntime
 from hostbus.schema import load_agent_schema
+from hostbus.serving.runtime import AgentRuntime
 from tests.fakes import EventCollector
 
 pytestmark = pytest.mark.integration

@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from agents.approvals import Approvals, ApprovalStore
-from agents.audit import AuditLog
-from agents.policy import Rule, RulesPolicy
-from agents.runtime import AgentRuntime
 from console.client import Console
 from hostbus import codec
-from hostbus.signing import Signer, Verifier, generate, read_public_key
+from hostbus.security.audit import AuditLog
+from hostbus.security.policy import Rule, RulesPolicy
+from hostbus.security.signing import Signer, Verifier, generate, read_public_key
+from hostbus.serving.approvals import Approvals, ApprovalStore
+from hostbus.serving.runtime import AgentRuntime
 from hostbus.transport.memory import MemoryTransport
 from tests.fakes import EventCollector, make_host_agent
 

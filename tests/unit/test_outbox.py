@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from agents.outbox import Spool
-from agents.runtime import AgentRuntime
 from console.client import Console
+from hostbus.serving.outbox import Spool
+from hostbus.serving.runtime import AgentRuntime
 from hostbus.transport.memory import MemoryTransport
 from tests.fakes import EventCollector, make_host_agent
 

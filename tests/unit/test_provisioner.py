@@ -7,13 +7,15 @@ import uuid
 import pytest
 
 from agents import virt
-from agents.runtime import AgentRuntime
 from console.client import Console
 from console.provisioner.agent import ProvisionAgent
 from console.provisioner.placement import Candidate, place
-from console.provisioner.service import PROVISION_TYPE, Provisioner, Quotas
+from console.provisioner.service import Provisioner, Quotas
 from console.provisioner.store import RequestStore
+from hostbus.envelope import PROVISION_TYPE
 from hostbus.errors import RemoteError
+from hostbus.security.policy import AllowAll
+from hostbus.serving.runtime import AgentRuntime
 from hostbus.transport.base import Delivery, Properties
 from hostbus.transport.memory import MemoryTransport
 from tests.fakes import EventCollector
@@ -56,7 +58,7 @@ class Settled:
     """A delivery whose ack/nack a test can read."""
 
     def __init__(self, body, rid, **props):
-        base = {"message_id": rid, "reply_to": "hostbus.reply.app",
+        base = {"message_id": rid, "reply_to": "hostbus.reply.app", "user_id": "app",
                 "content_type": "application/json", "type": PROVISION_TYPE}
         base.update(props)
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -100,16 +102,19 @@ def fleet(memory_broker, tmp_path):
     app.start()
     memory_broker.declare_queue("hostbus.reply.app")
     memory_broker.bind("hostbus.reply", "hostbus.reply.app", "hostbus.reply.app")
-    app.consume("hostbus.reply.app", lambda d: replies.append(json.loads(d.body)))
+    app.consume("hostbus.reply.app", replies.append)
 
     def received():
-        """Replies so far. In-memory routing is synchronous, so once the app's I/O
+        """Reply bodies so far. In-memory routing is synchronous, so once the app's I/O
         thread has drained its work, every reply published so far is here."""
         app.flush()
-        return list(replies)
+        return [json.loads(d.body) for d in replies]
 
-    prov = Provisioner(console=console, store=store, agent=prov_agent, host_id="provisioner",
-                       quotas=Quotas(5, {"big": 100}), call_timeout=10, discovery_idle=0.1)
+    received.deliveries = replies
+
+    prov = Provisioner(console=console, publisher=prov_rt.publisher, store=store,
+                       agent=prov_agent, host_id="provisioner", quotas=Quotas(5, {"big": 100}),
+                       policy=AllowAll(), audit=None, call_timeout=10, discovery_idle=0.1)
     yield prov, agents, events, received, store
     prov.close()
     for rt in [*runtimes, prov_rt]:
@@ -143,6 +148,24 @@ def test_a_request_is_placed_spread_started_replied_and_acked(fleet):
     [reply] = received()
     assert reply["status"] == "ok" and len(reply["result"]["vms"]) == 3
     assert store.get("11111111-aaaa").replied
+
+
+def test_the_reply_leaves_signed_with_the_provisioners_key(fleet, tmp_path):
+    from hostbus.envelope import REPLY_TYPE
+    from hostbus.security.signing import Signer, Verifier, generate, read_public_key
+
+    key, pub = generate("provisioner", tmp_path / "keys")
+    prov, _, _, received, _ = fleet
+    prov.publisher.signer = Signer.load(key)
+    prov.process(Settled(request(count=1), "44444444-dddd").delivery)
+    [reply] = received()
+    assert reply["status"] == "ok"
+    delivery = received.deliveries[-1]
+    assert delivery.properties.user_id == "provisioner"
+    signer = Verifier(dict([read_public_key(pub)])).verify(
+        "hostbus.reply", delivery.routing_key, delivery.properties, delivery.body,
+        kind=REPLY_TYPE, what="reply")
+    assert signer == "provisioner"
 
 
 def test_a_redelivery_after_completion_sends_no_second_reply_and_makes_no_vm(fleet):
@@ -229,8 +252,8 @@ def test_status_and_list_through_the_provision_agent(fleet):
 
 
 def test_the_provisioning_policy_decides_on_sender_and_request(fleet, tmp_path):
-    from agents.audit import AuditLog
-    from agents.policy import RulesPolicy
+    from hostbus.security.audit import AuditLog
+    from hostbus.security.policy import RulesPolicy
 
     prov, agents, _, received, _ = fleet
     rules = tmp_path / "policy.toml"

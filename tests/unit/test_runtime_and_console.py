@@ -2,11 +2,11 @@
 
 import pytest
 
-from agents.base import Agent, method
-from agents.runtime import AgentRuntime
 from console.client import Console, Sequencer
 from hostbus.envelope import Event
 from hostbus.errors import BrokerRefused, RemoteError, SchemaError
+from hostbus.serving.agent import Agent, method
+from hostbus.serving.runtime import AgentRuntime
 from hostbus.transport.memory import MemoryTransport
 from tests.fakes import PROBE_SCHEMA, EventCollector, ProbeAgent, make_host_agent
 
@@ -17,7 +17,7 @@ def fleet(memory_broker):
     runtimes = []
     for host_id, role in (("web01", "web"), ("web02", "db")):
         memory_broker.enroll(host_id, ["host", "probe"])
-        transport = MemoryTransport(memory_broker, user=f"agent-{host_id}")
+        transport = MemoryTransport(memory_broker, user=host_id)  # as enrolled
         transport.start()
         host, _, power = make_host_agent(host_id)
         probe = ProbeAgent()

@@ -3,7 +3,7 @@
 import pytest
 
 from hostbus.errors import ConfigError
-from hostbus.transport.base import parse_url
+from hostbus.transport.url import parse_url
 
 
 @pytest.fixture
@@ -38,9 +38,9 @@ def test_bad_tls_options_say_what_to_fix(files, query, fragment):
 
 
 def test_amqp10_urls_choose_the_proton_transport_and_take_the_same_options(files):
+    from hostbus.transport import connect
     from hostbus.transport.addresses import RabbitMQv1
     from hostbus.transport.amqp10 import ProtonTransport
-    from hostbus.transport.base import connect
 
     url = parse_url(f"amqps10://web01@broker/hostbus?cafile={files}/ca.pem"
                     f"&certfile={files}/web01.pem&keyfile={files}/web01.key")

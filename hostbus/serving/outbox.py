@@ -27,7 +27,9 @@ from pathlib import Path
 
 import orjson
 
-from hostbus.transport.base import Properties, Transport
+from hostbus.files import private_file
+from hostbus.publisher import Publisher
+from hostbus.transport.base import Properties
 
 log = logging.getLogger("hostbus.outbox")
 
@@ -54,7 +56,7 @@ class Spool:
     def __init__(self, path: str | Path | None, max_bytes: int = 64 << 20) -> None:
         self.max_bytes = max_bytes
         if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            private_file(path)
         self._db = sqlite3.connect(str(path) if path is not None else ":memory:",
                                    check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -119,9 +121,10 @@ class Spool:
 
 
 class EventOutbox:
-    def __init__(self, transport: Transport, spool: Spool | None = None, *,
+    def __init__(self, publisher: Publisher, spool: Spool | None = None, *,
                  window: int = 256) -> None:
-        self.transport = transport
+        self.publisher = publisher
+        transport = publisher.transport
         self.spool = spool or Spool(None)
         self.window = window
         self.rejected = 0  # refused by the broker (a Basic.Nack): logged, not retried
@@ -163,7 +166,7 @@ class EventOutbox:
 
     # ------------------------------------------------------------------ inside
     def _publish(self, rec: Outgoing) -> None:
-        self.transport.publish(rec.exchange, rec.routing_key, rec.body, rec.props,
+        self.publisher.publish(rec.exchange, rec.routing_key, rec.body, rec.props,
                                persistent=True,
                                confirm=lambda ok, oid=rec.oid: self._confirmed(oid, ok))
 

@@ -17,22 +17,24 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from agents.audit import AuditLog, args_digest
-from agents.base import Agent, check_agent_against_schema
-from agents.builtin import BuiltinAgent, RuntimeInfo
-from agents.dispatch import Checked, Dispatcher, HostedAgent, Outcome
-from agents.outbox import EventOutbox, Spool
-from agents.policy import Decision, Policy
 from hostbus import __version__, names
 from hostbus.envelope import Event, error_reply, now_rfc3339, parse_request
 from hostbus.errors import BrokerRefused, ErrorCode, RemoteError, SchemaError
-from hostbus.replay import ReplayGuard
+from hostbus.publisher import Publisher
 from hostbus.schema import AgentSchema, load_agent_schema
-from hostbus.transport.base import Delivery, Transport, connect
+from hostbus.security.audit import AuditLog, args_digest
+from hostbus.security.policy import Decision, Policy
+from hostbus.security.replay import ReplayGuard
+from hostbus.serving.agent import Agent, check_agent_against_schema
+from hostbus.serving.builtin import BuiltinAgent, RuntimeInfo
+from hostbus.serving.dispatch import Checked, Dispatcher, HostedAgent, Outcome
+from hostbus.serving.outbox import EventOutbox, Spool
+from hostbus.transport import connect
+from hostbus.transport.base import Delivery, Transport
 
 if TYPE_CHECKING:
-    from agents.approvals import Approvals, Parked
-    from hostbus.signing import Signer, Verifier
+    from hostbus.security.signing import Signer, Verifier
+    from hostbus.serving.approvals import Approvals, Parked
 
 log = logging.getLogger("hostbus.agent")
 
@@ -87,8 +89,8 @@ class AgentRuntime:
             max_workers=max(1, workers), thread_name_prefix="hostbus-worker")
         self.requests_handled = 0
         self.audit = audit
-        self.signer = signer
-        self.outbox = EventOutbox(transport, spool)
+        self.publisher = Publisher(transport, signer)
+        self.outbox = EventOutbox(self.publisher, spool)
         if approvals is not None and verifier is None:
             raise ValueError("approvals need signature checks: pass a verifier too")
 
@@ -152,19 +154,8 @@ class AgentRuntime:
             ev = Event(host=self.host_id, agent=agent, event=event, data=data, seq=seq,
                        epoch=self.epoch)
             body, props = ev.encode()
-            key = ev.routing_key()
-            self._sign(names.EVENT_EXCHANGE, key, body, props)
-            self.outbox.send(names.EVENT_EXCHANGE, key, body, props,
+            self.outbox.send(names.EVENT_EXCHANGE, ev.routing_key(), body, props,
                              periodic=hosted.schema.events[event].periodic)
-
-    def _sign(self, exchange: str, routing_key: str, body: bytes, props: Any) -> None:
-        if self.signer is not None:
-            props.user_id = self.transport.user  # signed, so it must be set before
-            self.signer.sign(exchange, routing_key, props, body)
-
-    def _publish(self, exchange: str, routing_key: str, body: bytes, props: Any) -> None:
-        self._sign(exchange, routing_key, body, props)
-        self.transport.publish(exchange, routing_key, body, props)
 
     # -------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -216,6 +207,8 @@ class AgentRuntime:
                 hosted.agent.stop()
             except Exception:
                 log.exception("agent %s failed to stop cleanly", hosted.agent.name)
+        if self.audit is not None:
+            self.audit.close()
         if close_transport:
             self.transport.close()
         log.info("offline (%s); handled %d requests", reason, self.requests_handled)
@@ -247,6 +240,9 @@ class AgentRuntime:
 
     def _serve(self, checked: Checked, delivery: Delivery) -> None:
         try:
+            request = checked.request
+            # From here a crash leaves it "interrupted"; before, it runs after a restart.
+            self.dispatcher.replay.started(request.user_id or "", request.message_id)
             self._answer(self.dispatcher.run(checked))
         finally:
             delivery.ack()
@@ -258,11 +254,13 @@ class AgentRuntime:
         try:
             self.requests_handled += 1
             if outcome.reply is not None:
-                body, props = outcome.reply.encode()
-                if outcome.request is not None:
-                    self.dispatcher.replay.remember_reply(outcome.request.message_id, body)
                 if outcome.reply_to is not None:
-                    self._publish(names.REPLY_EXCHANGE, outcome.reply_to, body, props)
+                    body = self.publisher.reply(outcome.reply_to, outcome.reply)
+                else:
+                    body = outcome.reply.encode()[0]
+                if outcome.request is not None:
+                    self.dispatcher.replay.remember_reply(outcome.request.user_id or "",
+                                                          outcome.request.message_id, body)
         except Exception:
             log.exception("failed to send a reply")
         if outcome.parked is not None:
@@ -330,7 +328,7 @@ class AgentRuntime:
         self.audit.write({
             "host": self.host_id,
             "request_id": req.message_id if req else (reply.correlation_id if reply else None),
-            "caller": req.user_id if req else None,
+            "caller": req.user_id if req else outcome.caller,
             "call": f"{req.agent}.{req.method}" if req else None,
             "args_digest": args_digest(req.args) if req else None,
             "decision": ("allowed" if decision.allowed else "denied") if decision

@@ -7,14 +7,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agents.base import Agent, CallContext, as_text, method
 from hostbus import __version__
 from hostbus.errors import ErrorCode, RemoteError
 from hostbus.names import BUILTIN_AGENT
+from hostbus.serving.agent import Agent, CallContext, as_text, method
 
 if TYPE_CHECKING:
-    from agents.approvals import Approvals, Parked
-    from agents.dispatch import HostedAgent
+    from hostbus.serving.approvals import Approvals, Parked
+    from hostbus.serving.dispatch import HostedAgent
 
 
 @dataclass

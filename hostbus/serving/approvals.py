@@ -1,4 +1,4 @@
-"""Approvals: the two-person rule of DESIGN section 6, kept by the agent that will act.
+"""Approvals: the two-person rule, kept by the agent that will act.
 
 A request whose policy rule says ``requires_approval`` is parked here, durably (SQLite,
 synchronous=FULL: a parked request must survive a crash), exactly as it arrived: body,
@@ -33,10 +33,11 @@ import orjson
 
 from hostbus.envelope import REQUEST_TYPE, Request, now_rfc3339, usable_reply_to
 from hostbus.errors import ErrorCode, RemoteError
+from hostbus.files import private_file
 from hostbus.transport.base import Delivery, Properties
 
 if TYPE_CHECKING:
-    from hostbus.signing import Verifier
+    from hostbus.security.signing import Verifier
 
 #: How long a decided approval stays listable (``approvals list --all``).
 KEEP_DECIDED_S = 7 * 86400
@@ -105,7 +106,7 @@ class ApprovalStore:
         self.ttl_s = ttl_s
         self._lock = threading.Lock()
         if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            private_file(path)
         self._db = sqlite3.connect(str(path) if path is not None else ":memory:",
                                    check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -197,7 +198,7 @@ class Approvals:
         self.verifier = verifier
 
     def park(self, delivery: Delivery, request: Request, rule: str) -> Parked:
-        from hostbus.signing import request_digest
+        from hostbus.security.signing import request_digest
 
         digest = request_digest(delivery.exchange, delivery.routing_key,
                                 delivery.properties, delivery.body, REQUEST_TYPE)
