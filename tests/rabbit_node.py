@@ -83,12 +83,18 @@ def free_port() -> int:
 
 
 # Run inside a new mount namespace: mount what the node needs into the root, then chroot
-# and run the command in the node's folder with the given environment.
+# and run the command in the node's folder with the given environment. Names resolve
+# from a hosts file of the node's own (this machine's names, on IPv4 and IPv6) and never
+# through DNS: a test node needs no other name, and the root's copy of this machine's
+# resolv.conf names a server that may not answer (a waiting node's resolver was seen
+# restarting every 23 s on lookup timeouts).
 _ENTER_ROOT = """set -e
 root=$1 folder=$2 home=$3; shift 3
 mount -t proc proc "$root/proc"
 mount --bind "$folder" "$root/hostbus-node"
 mount --bind "$home" "$root/hostbus-home"
+mount --bind -o ro "$folder/etc-hosts" "$root/etc/hosts"
+mount --bind -o ro "$folder/etc-resolv.conf" "$root/etc/resolv.conf"
 exec chroot "$root" /usr/bin/env -i "$@"
 """
 
@@ -143,6 +149,10 @@ class RabbitNode:
             return [_tool(tool), *args], self.env
         for mount_point in (NODE_DIR, HOME_DIR):
             (self.root / mount_point.lstrip("/")).mkdir(exist_ok=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        names = " ".join(dict.fromkeys(["localhost", socket.gethostname()]))
+        (self.folder / "etc-hosts").write_text(f"127.0.0.1 {names}\n::1 {names}\n")
+        (self.folder / "etc-resolv.conf").write_text("# no DNS for a test node\n")
         inside = [f"{k}={v}" for k, v in self.env.items()]
         return (["unshare", "--mount", "--propagation", "private", "sh", "-c", _ENTER_ROOT,
                  "-", str(self.root), str(self.folder), str(self.home), *inside,
@@ -195,7 +205,12 @@ class RabbitNode:
 
         threading.Thread(target=end_wait_if_server_exits, name=f"reap-{self.node}",
                          daemon=True).start()
-        output, _ = waiter.communicate(timeout=timeout + 10)
+        try:
+            output, _ = waiter.communicate(timeout=timeout + 10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(waiter.pid, signal.SIGKILL)
+            output, _ = waiter.communicate()
         if waiter.returncode != 0:
             boot = (self.folder / "boot.log").read_text(errors="replace")[-3000:]
             state = "exited" if server.poll() is not None else "did not boot in time"
@@ -241,9 +256,30 @@ def start_cluster(folder: Path, size: int = 3, *,
              for i, name in enumerate(names, 1)]
     started: list[RabbitNode] = []
     try:
-        for node in nodes:
-            node.start()  # each one after the first finds the others and joins them
-            started.append(node)
+        if root is None:
+            for node in nodes:
+                node.start()  # each one after the first finds the others and joins them
+                started.append(node)
+        else:
+            # RabbitMQ 4's peer discovery waits for every listed node to be up before a
+            # new node boots (one by one, the first never did): all at once, as
+            # machines of a cluster start.
+            failures: list[BaseException] = []
+
+            def start(node: RabbitNode) -> None:
+                try:
+                    node.start()
+                    started.append(node)
+                except BaseException as exc:
+                    failures.append(exc)
+
+            threads = [threading.Thread(target=start, args=(n,)) for n in nodes]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            if failures:
+                raise failures[0]
         running = nodes[0].ctl("cluster_status", "--formatter", "json")
         missing = [n.node for n in nodes if n.node not in running.split("running_nodes")[1]]
         if missing:

@@ -14,7 +14,8 @@ import pika
 import pytest
 
 from hostbus.broker_admin import QUORUM_HOST_QUEUE
-from hostbus.transport.base import Properties, connect
+from hostbus.transport import connect
+from hostbus.transport.base import Properties
 
 pytestmark = [pytest.mark.integration, pytest.mark.hostbus_core, pytest.mark.timeout(300)]
 
