@@ -60,10 +60,12 @@ def grant_for(kind: str, name: str) -> Grant:
                      read=rf"^hostbus\.host\.{n}$", event_write=rf"^[a-z][a-z0-9_]*\.{n}\.")
     if kind == "console":
         # Requests and provisioning; its own reply and subscription queues (declare,
-        # bind, read); events and replies to read. Over AMQP 1.0 a reply or event
-        # source is a queue the broker names amq.gen-* and makes exclusive to the
-        # connection (clients cannot name a queue amq.*), so granting that pattern
-        # opens no one else's queue.
+        # bind, read); events and replies to read. Over AMQP 1.0 on RabbitMQ 3.x a
+        # reply or event source is a queue the broker makes and names amq.gen-* (not
+        # exclusive: another identity that learnt its random name could read it; the
+        # names are not listed to consoles, and the queues expire by policy). Over
+        # 0-9-1 the broker names reply and subscription queues so too, exclusive.
+        # Clients cannot name a queue amq.*. On RabbitMQ 4 hostbus names its own.
         own = rf"(hostbus\.(reply|sub)\.{n}\..*|{BROKER_NAMED})"
         return Grant(configure=rf"^{own}$",
                      write=rf"^(hostbus\.(request|provision)|{own})$",

@@ -48,7 +48,7 @@ from proton.reactor import ApplicationEvent, Container, EventInjector
 
 from hostbus import names
 from hostbus.errors import BrokerRefused, ConfigError, ConnectionFailed, TransportClosed
-from hostbus.transport.addresses import RabbitMQv1, for_broker
+from hostbus.transport.addresses import RabbitMQv1, RabbitMQv2, for_broker
 from hostbus.transport.amqp10_management import Management, run_in_turn
 from hostbus.transport.amqp10_messages import encode_message, from_message, text_user_id
 from hostbus.transport.base import (
@@ -417,8 +417,9 @@ class ProtonTransport(Transport):
     def _management_node(self) -> Management:
         """RabbitMQ 4's management node on this connection (I/O thread)."""
         if self._management is None:
-            assert self._container is not None
-            self._management = Management(self._container, self._session())
+            assert self._container is not None and isinstance(self.addresses, RabbitMQv2)
+            self._management = Management(self._container, self._session(),
+                                          self.addresses.MANAGEMENT)
         return self._management
 
     def _bound_queue(self, exchange: str, patterns: list[str], handler: Handler,

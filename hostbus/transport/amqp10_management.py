@@ -39,17 +39,17 @@ class _Paired(LinkOption):  # type: ignore[misc]
 
 
 class Management:
-    """The link pair on one connection; requests answered in any order by id."""
+    """The link pair on one connection; requests answered in any order by id.
+    ``address``: the node's (addresses.RabbitMQv2.MANAGEMENT)."""
 
-    ADDRESS = "/management"
     PREFIX = "hostbus-management-"  # the pair's link name
 
-    def __init__(self, container: Any, session: Any) -> None:
+    def __init__(self, container: Any, session: Any, address: str) -> None:
         self.name = f"{self.PREFIX}{next(_pairs)}"
         self._pending: dict[str, Answer] = {}
-        self.sender = container.create_sender(session, self.ADDRESS, name=self.name,
+        self.sender = container.create_sender(session, address, name=self.name,
                                               options=_Paired())
-        self.receiver = container.create_receiver(session, self.ADDRESS, name=self.name,
+        self.receiver = container.create_receiver(session, address, name=self.name,
                                                   options=_Paired())
         self.receiver.flow(100)
 
