@@ -212,7 +212,10 @@ class RabbitNode:
                 os.killpg(waiter.pid, signal.SIGKILL)
             output, _ = waiter.communicate()
         if waiter.returncode != 0:
-            boot = (self.folder / "boot.log").read_text(errors="replace")[-3000:]
+            # The reason is near the start (a bad key: line 7); the crash comes after.
+            boot = (self.folder / "boot.log").read_text(errors="replace")
+            if len(boot) > 4000:
+                boot = f"{boot[:2500]}\n[...]\n{boot[-1500:]}"
             state = "exited" if server.poll() is not None else "did not boot in time"
             if state != "exited":
                 kill(self)
