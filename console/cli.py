@@ -775,7 +775,7 @@ def enroll(state: State, host: str, agents: str, no_user: bool, queue_type: str,
         keys = _admin(state, admin_url).enroll_host(name, host, agent_list,
                                                     queue_type=queue_type)
     out: dict[str, Any] = {"vhost": name, "host": host, "queue": names.host_queue(host),
-                           "routing_keys": keys}
+                           "agent_queue": names.agent_queue(host), "routing_keys": keys}
     if not no_user:
         _check_writable(config_out or f"{host}.toml", force)
         tls = _issue_client_cert(state, host, tls_dir, broker_url)
@@ -792,8 +792,9 @@ def enroll(state: State, host: str, agents: str, no_user: bool, queue_type: str,
     if as_json:
         _emit_json(out)
     else:
-        click.echo(f"host {host} enrolled in vhost {name}: queue {names.host_queue(host)} "
-                   f"bound to {', '.join(keys)}")
+        click.echo(f"host {host} enrolled in vhost {name}: queues {names.host_queue(host)} "
+                   f"and {names.agent_queue(host)} (the built-in agent's), bound to "
+                   f"{', '.join(keys)}")
         if not no_user:
             click.echo(f"broker user {host} created; agent config written to {out['config']} "
                        "(mode 0600): hostbus-agent --config " + out["config"])
