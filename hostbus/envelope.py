@@ -268,13 +268,16 @@ def earlier_reply(reply: Reply) -> Reply | None:
     redelivers what was unacknowledged when the agent's connection dropped. The action
     ran (or runs) once. The outcome is the reply the first copy got, which the answer
     carries in ``details.earlier_reply`` once there is one (returned, with the answer's
-    correlation id and sender); None while the first copy is still being handled (its
-    own reply is still to come) or if what is carried is not a reply from the same
-    host. Any other reply is returned as it is."""
+    correlation id and sender); None while the first copy is still being handled
+    (``details.in_progress``: its own reply is still to come) or if what is carried is
+    not a reply from the same host. Any other reply, including a ``replayed`` that
+    speaks of something else (an approval decided twice), is returned as it is."""
     for _ in range(4):  # agents of earlier releases could nest a replayed answer
-        if reply.error_code != ErrorCode.REPLAYED.value:
+        details = (reply.error or {}).get("details") or {}
+        if reply.error_code != ErrorCode.REPLAYED.value or not (
+                "earlier_reply" in details or details.get("in_progress") is True):
             return reply
-        earlier = ((reply.error or {}).get("details") or {}).get("earlier_reply")
+        earlier = details.get("earlier_reply")
         if not isinstance(earlier, dict) or earlier.get("host") != reply.host:
             return None
         try:

@@ -92,7 +92,10 @@ class ReplayGuard:
                                   {"interrupted": True})
             if key in self._seen:
                 earlier = self._earlier_reply(key)
-                details = {"earlier_reply": orjson.loads(earlier)} if earlier else {}
+                # Either the outcome, or word that it is still to come: a console that
+                # gets this for its own request knows which (envelope.earlier_reply).
+                details = ({"earlier_reply": orjson.loads(earlier)} if earlier
+                           else {"in_progress": True})
                 raise RemoteError(ErrorCode.REPLAYED,
                                   f"request {message_id} was already received"
                                   + ("; its reply is in details.earlier_reply" if earlier

@@ -78,7 +78,7 @@ def ok_body(host: str = "web01") -> dict:
 
 
 def replayed(host: str = "web01", earlier: dict | None = None) -> Reply:
-    details = {"earlier_reply": earlier} if earlier is not None else {}
+    details = {"earlier_reply": earlier} if earlier is not None else {"in_progress": True}
     return Reply(host=host, agent="probe", method="echo", status="error",
                  error={"code": "replayed", "message": "seen", "details": details},
                  correlation_id="req-1", user_id=host)
@@ -104,3 +104,6 @@ def test_a_replayed_answer_without_a_usable_reply_is_no_outcome(answer):
 def test_other_replies_are_their_own_outcome():
     reply = Reply(host="web01", agent="probe", status="ok", result={})
     assert earlier_reply(reply) is reply
+    twice = Reply(host="web01", agent="agent", method="approve", status="error",
+                  error={"code": "replayed", "message": "approval 1 was already approved"})
+    assert earlier_reply(twice) is twice  # not about a copy of the request: an answer
