@@ -30,7 +30,8 @@ def test_topic_matching_follows_amqp_rules(pattern, key, expected):
     assert names.topic_matches(pattern, key) is expected
 
 
-@pytest.mark.parametrize("bad", ["", "Web01", "web.01", "-x", "a" * 64, "a b", "é", "a;rm"])
+@pytest.mark.parametrize("bad", ["", "Web01", "web.01", "-x", "a" * 64, "a b", "é", "a;rm",
+                                 "web01\n"])
 def test_hostile_or_invalid_host_ids_are_refused_with_a_reason(bad):
     with pytest.raises(ValueError, match="no dots"):
         names.validate_host_id(bad)

@@ -279,3 +279,20 @@ def test_signed_replies_and_events_are_checked_by_the_console(memory_broker, tmp
         runtime.stop("test over")
         good.close()
         fooled.close()
+
+
+def test_a_field_with_a_line_feed_is_neither_signed_nor_verified(keys):
+    """Fields are separated by line feeds: one holding a line feed could be re-split
+    into other fields under the same signature."""
+    from hostbus.envelope import new_request
+
+    req = new_request("host", "identify", host="web01", reply_to="hostbus.reply.a")
+    body, props = req.encode()
+    props.user_id, props.message_id = "alice", "m1\nhostbus.request/1"
+    with pytest.raises(ValueError, match="line feeds"):
+        keys["alice"][0].sign("hostbus.request", "host.web01", props, body)
+    props.content_type = "application/json; hostbus-sig=QUJD"
+    with pytest.raises(RemoteError) as err:
+        Verifier({"alice": keys["alice"][1]}).verify("hostbus.request", "host.web01", props,
+                                                     body, kind="hostbus.request/1")
+    assert err.value.code.value == "bad_signature" and "line feed" in err.value.message
