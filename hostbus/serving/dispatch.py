@@ -200,7 +200,10 @@ class Dispatcher:
             return refuse(RemoteError(ErrorCode.APPROVAL_REQUIRED,
                                       f"{decision.reason}, but {why}",
                                       {"rule": decision.rule}), decision)
-        parked = self.approvals.park(delivery, request, decision.rule)
+        try:
+            parked = self.approvals.park(delivery, request, decision.rule)
+        except RemoteError as err:  # the approvals file cannot be written
+            return refuse(err, decision)
         outcome = refuse(RemoteError(
             ErrorCode.APPROVAL_REQUIRED,
             f"{decision.reason}; parked as approval {parked.approval_id} until "

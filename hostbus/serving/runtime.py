@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from hostbus import __version__, names
 from hostbus.envelope import Event, error_reply, now_rfc3339, parse_request
 from hostbus.errors import BrokerRefused, ErrorCode, RemoteError, SchemaError
+from hostbus.files import Durability
 from hostbus.publisher import Publisher
 from hostbus.schema import AgentSchema, load_agent_schema
 from hostbus.security.audit import AuditLog, args_digest
@@ -181,6 +182,7 @@ class AgentRuntime:
                  ", ".join(self.agent_names) or "none", self.epoch)
         if self.heartbeat_interval > 0:
             self._every(self.heartbeat_interval, self._heartbeat, "heartbeat")
+        self._every(1.0, self._retry_state, "state-disk")
         if self.dispatcher.approvals is not None:
             ttl = self.dispatcher.approvals.store.ttl_s
             self._every(min(60.0, max(1.0, ttl / 10)), self._expire_approvals,
@@ -369,12 +371,35 @@ class AgentRuntime:
         })
 
     # ---------------------------------------------------------------- periodic
+    def _durabilities(self) -> list[Durability]:
+        found = [self.dispatcher.replay.durability, self.outbox.spool.durability,
+                 self.dispatcher.approvals.store.durability if self.dispatcher.approvals
+                 else None, self.audit.durability if self.audit else None]
+        return [d for d in found if d is not None]
+
+    def state_disk(self) -> dict[str, Any]:
+        """For the heartbeat: whether every state file takes writes, the reason of each
+        that does not (its store carries on in memory meanwhile), and audit records
+        lost to a full disk since start."""
+        failing = {d.store: d.reason for d in self._durabilities() if d.reason is not None}
+        return {"ok": not failing, "failing": failing,
+                "audit_records_lost": self.audit.lost if self.audit else 0}
+
+    def _retry_state(self) -> None:
+        """Each store that could not write tries again (each spaces out its attempts)."""
+        self.dispatcher.replay.retry()
+        self.outbox.retry()
+        if self.dispatcher.approvals is not None:
+            self.dispatcher.approvals.store.retry()
+        if self.audit is not None:
+            self.audit.retry()
+
     def _heartbeat(self) -> None:
         data: dict[str, Any] = {
             "agents": self.agent_names, "version": __version__, "epoch": self.epoch,
             "uptime_s": round(time.monotonic() - self._started_mono, 1),
             "interval_s": self.heartbeat_interval, "requests": self.requests_handled,
-            "events": self.outbox.status(),
+            "events": self.outbox.status(), "state_disk": self.state_disk(),
         }
         status = {}
         for name, hosted in self.hosted.items():
