@@ -1,6 +1,7 @@
 """A TCP proxy on loopback between a client and the broker, for tests that need a
 connection to drop (or go silent) while the broker stays up: ``cut()`` closes every
-connection through it (new ones are let through), ``blackhole()`` makes it swallow what
+connection through it (new ones are let through unless it ``refuse``s them),
+``blackhole()`` makes it swallow what
 clients send, so their last words never reach the broker."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._swallow = False
+        self._refuse = False
         self.swallowed = 0  # bytes from clients dropped while a blackhole
         self._swallowed_cond = threading.Condition(self._lock)
         self._closed = False
@@ -42,6 +44,9 @@ class TcpProxy:
                 client, _ = self._server.accept()
             except OSError:
                 return  # closed
+            if self._refuse:
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection(self.upstream, timeout=10)
             except OSError:
@@ -81,6 +86,11 @@ class TcpProxy:
     def wait_swallowed(self, at_least: int = 1, timeout: float = 30) -> bool:
         with self._lock:
             return self._swallowed_cond.wait_for(lambda: self.swallowed >= at_least, timeout)
+
+    def refuse(self, on: bool = True) -> None:
+        """From now on, close new connections at once (the broker seems gone); with
+        ``cut()``, a client is offline until ``refuse(False)``."""
+        self._refuse = on
 
     def cut(self) -> None:
         """Close every connection through the proxy, both ways; new ones pass."""

@@ -135,8 +135,12 @@ class AuditLog:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             try:
                 data = b"".join(lines)
+                size = os.fstat(fd).st_size
                 if os.write(fd, data) != len(data):
-                    raise OSError(errno.ENOSPC, "short write")
+                    # A full disk takes what fits: cut the half line off again, so the
+                    # log stays one JSON record per line.
+                    os.ftruncate(fd, size)
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             finally:
                 os.close(fd)
         except OSError as exc:
