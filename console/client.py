@@ -72,6 +72,7 @@ class HostResult:
     host: str
     reply: Reply | None  # None: no reply before the timeout
     elapsed_ms: float | None = None  # round trip seen by the console
+    request_id: str | None = None  # the request's message id (as in the agent's audit log)
 
     @property
     def status(self) -> str:
@@ -81,6 +82,8 @@ class HostResult:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"host": self.host, "status": self.status}
+        if self.request_id is not None:
+            out["request_id"] = self.request_id
         if self.reply is not None:
             if self.reply.result is not None:
                 out["result"] = self.reply.result
@@ -119,6 +122,11 @@ class AgentInfo:
     started: str
     facts: dict[str, Any]
     rtt_ms: float
+    error: dict[str, Any] | None = None  # the host answered, but refused (code, message)
+
+    @property
+    def refused(self) -> bool:
+        return self.error is not None
 
     @classmethod
     def from_reply(cls, reply: Reply, rtt_ms: float) -> AgentInfo:
@@ -126,12 +134,14 @@ class AgentInfo:
         return cls(host=reply.host, agents=list(r.get("agents", [])),
                    version=str(r.get("version", "")), epoch=str(r.get("epoch", "")),
                    started=str(r.get("started", "")), facts=dict(r.get("facts", {})),
-                   rtt_ms=rtt_ms)
+                   rtt_ms=rtt_ms, error=None if reply.ok else dict(reply.error or {}))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"host": self.host, "agents": self.agents, "version": self.version,
-                "epoch": self.epoch, "started": self.started, "facts": self.facts,
-                "rtt_ms": round(self.rtt_ms, 3)}
+        out = {"host": self.host, "agents": self.agents, "version": self.version,
+               "epoch": self.epoch, "started": self.started, "facts": self.facts,
+               "rtt_ms": round(self.rtt_ms, 3)}
+        return out if self.error is None else {"host": self.host, "error": self.error,
+                                               "rtt_ms": out["rtt_ms"]}
 
 
 @dataclass
@@ -443,7 +453,7 @@ class Console:
                     log.warning("dropped a reply from %s to a request sent to %s",
                                 reply.host, host)
                     continue
-                res = HostResult(host, reply, (at - t0) * 1000)
+                res = HostResult(host, reply, (at - t0) * 1000, reply.correlation_id)
                 if reply.rejected:
                     rejected.setdefault(host, res)
                     continue
@@ -454,8 +464,10 @@ class Console:
         finally:
             self._forget(sent)
         ordered = []
+        request_ids = {host: mid for mid, (host, _) in sent.items()}
         for host in todo:
-            res = results.get(host) or rejected.get(host) or HostResult(host, None)
+            res = results.get(host) or rejected.get(host) or \
+                HostResult(host, None, request_id=request_ids.get(host))
             if host not in results and on_result is not None:
                 on_result(res)
             ordered.append(res)
@@ -465,12 +477,17 @@ class Console:
     def discover(
         self, *, filter: dict[str, Any] | None = None, timeout: float = 5.0,
         idle: float = 0.3, first_reply_wait: float = 1.0, expect: Iterable[str] = (),
-        on_reply: Callable[[AgentInfo], None] | None = None,
+        on_reply: Callable[[AgentInfo], None] | None = None, refusals: bool = False,
     ) -> list[AgentInfo]:
         """Broadcast ``agent.ping`` and collect the answers.
 
         Stops at the first of: every host in ``expect`` answered; ``idle`` seconds with
         no reply after the last one (``first_reply_wait`` before the first); ``timeout``.
+        With ``refusals``, hosts that answered with an error (a signature they do not
+        trust, a clock they disagree with) are listed too, ``refused`` with their
+        ``error``: they are up, and a person should not go looking for a dead host.
+        A host checks signatures before filters: a refusal may come from a host the
+        filter would not have matched.
         """
         expected = set(expect)
         waiting: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -489,11 +506,14 @@ class Console:
                 if item is None:
                     break
                 reply, at = item
-                if not reply.ok or reply.host in found:
+                earlier = found.get(reply.host)
+                if not reply.ok and (not refusals or earlier is not None):
                     continue
+                if earlier is not None and not earlier.refused:
+                    continue  # a genuine answer wins over a refusal, whichever came first
                 info = AgentInfo.from_reply(reply, (at - started) * 1000)
                 found[reply.host] = info
-                if reply.host in expected:
+                if reply.host in expected and earlier is None:
                     missing -= 1
                 if on_reply is not None:
                     on_reply(info)
