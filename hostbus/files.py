@@ -71,6 +71,7 @@ class Durability:
 
     def __init__(self, store: str, path: str | Path, meanwhile: str) -> None:
         self.store = store  # how the heartbeat names it
+        self.on_disk = str(path) != ":memory:"  # else it cannot fail for the disk's sake
         self.path = Path(path)
         self.meanwhile = meanwhile  # what the store does without its file
         self.reason: str | None = None

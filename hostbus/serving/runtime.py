@@ -182,7 +182,8 @@ class AgentRuntime:
                  ", ".join(self.agent_names) or "none", self.epoch)
         if self.heartbeat_interval > 0:
             self._every(self.heartbeat_interval, self._heartbeat, "heartbeat")
-        self._every(1.0, self._retry_state, "state-disk")
+        if any(d.on_disk for d in self._durabilities()):  # not for a fleet in memory
+            self._every(1.0, self._retry_state, "state-disk")
         if self.dispatcher.approvals is not None:
             ttl = self.dispatcher.approvals.store.ttl_s
             self._every(min(60.0, max(1.0, ttl / 10)), self._expire_approvals,

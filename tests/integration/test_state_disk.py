@@ -219,3 +219,36 @@ def test_approvals_are_refused_not_parked_on_a_full_disk_and_parked_again_after(
     assert [p.call for p in store.list()] == ["host.reboot"]
     with sqlite3.connect(small_disk.path / "approvals.db") as db:
         assert db.execute("SELECT count(*) FROM parked").fetchone()[0] == 1
+
+
+def test_an_agent_starts_on_a_full_state_disk_and_writes_once_it_has_room(
+        rabbitmq, small_disk, console, warnings):
+    """A host rebooted with its state disk full: the daemon's agent comes up, answers,
+    and makes its state files once the disk has room."""
+    from agents import daemon
+    from hostbus.transport import connect
+
+    host = f"sd-{uuid.uuid4().hex[:6]}"
+    rabbitmq.enroll(host, ["host"])
+    small_disk.fill()
+    cfg = daemon.load_config(None)
+    cfg["agent"].update(host_id=host, state_dir=str(small_disk.path), heartbeat_interval=0.3)
+    cfg["host"]["metrics_interval"] = 0.0
+    heartbeats = EventCollector()
+    console.subscribe([f"agent.{host}.heartbeat"], heartbeats)
+    transport = connect(rabbitmq.url)
+    transport.start()
+    runtime = daemon.build_runtime(cfg, transport)
+    runtime.start()
+    try:
+        assert console.call("agent", "ping", host=host).status == "ok"
+        failing = beat(heartbeats, ok=False)["state_disk"]["failing"]
+        assert {"recent_requests", "event_spool"} <= set(failing), failing
+        small_disk.free()
+        beat(heartbeats, ok=True)
+        assert console.call("agent", "ping", host=host).status == "ok"
+    finally:
+        runtime.stop("test over")
+    with sqlite3.connect(small_disk.path / f"recent-{host}.db") as db:
+        assert db.execute("SELECT count(*) FROM requests").fetchone()[0] >= 1
+    assert not [r for r in warnings.records if r.exc_info], "a traceback was logged"
