@@ -303,6 +303,22 @@ def agents_table(infos: list[AgentInfo], layout: Layout) -> RenderableType:
     return objects_table(rows, layout)
 
 
+def _release_summary(event: str, d: dict[str, Any]) -> str:
+    if event == "release.accepted":
+        of = f" of request {d['release_of']}" if d.get("release_of") else ""
+        return f"release {d['request_id']}{of}: " + (
+            ", ".join(f"{v['name']}@{v['host']}" for v in d["vms"]) or "nothing left")
+    if event == "release.progress":
+        return (f"{d['vm']} on {d['host']} {d['outcome'].replace('_', ' ')} "
+                f"({d['step']}/{d['total']})  release {d['request_id']}")
+    if event == "release.completed":
+        released = [v["name"] for v in d["vms"] if v.get("outcome") == "released"]
+        return (f"release {d['request_id']} completed: {len(released)} of "
+                f"{len(d['vms'])} VMs released" + (f" ({', '.join(released)})" if released
+                                                   else ""))
+    return f"release {d['request_id']} failed: {d.get('code')}: {d.get('reason')}"
+
+
 def event_line(ev: Event) -> str:
     d = ev.data
     summary: str
@@ -329,6 +345,10 @@ def event_line(ev: Event) -> str:
         summary = f"{d['vm']} on {d['host']} ({d['step']}/{d['total']})  request {d['request_id']}"
     elif ev.agent == "provision" and ev.event == "failed":
         summary = f"request {d['request_id']} failed: {d['code']}: {d['reason']}"
+    elif ev.agent == "provision" and ev.event.startswith("release."):
+        summary = _release_summary(ev.event, d)
+    elif ev.agent == "provision" and ev.event == "quota":
+        summary = f"owner {d['owner']} has {d['count']} of {d['max_vms']} VMs"
     elif ev.full_name == "agent.heartbeat":
         summary = f"up {d.get('uptime_s')} s, {d.get('requests', 0)} requests, " \
                   f"agents {_text(d.get('agents'))}"
