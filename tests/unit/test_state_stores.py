@@ -112,3 +112,34 @@ def test_the_replay_guard_on_a_full_disk_answers_and_writes_later(tmp_path):
     rows = dict((mid, (started, reply)) for mid, started, reply in disk.db.execute(
         "SELECT id, started, reply FROM requests"))
     assert rows == {"m1": (1, b'{"v": 1, "status": "ok"}'), "m2": (1, None)}
+
+
+def test_the_heartbeat_names_the_stores_that_cannot_write_as_its_schema_says(memory_broker,
+                                                                            tmp_path):
+    import jsonschema
+
+    from hostbus.schema import load_agent_schema
+    from hostbus.security.audit import AuditLog
+    from hostbus.serving.runtime import AgentRuntime
+    from hostbus.transport.memory import MemoryTransport
+    from tests.fakes import make_host_agent
+
+    memory_broker.enroll("web01", ["host"])
+    transport = MemoryTransport(memory_broker, user="web01")
+    transport.start()
+    agent, _, _ = make_host_agent("web01")
+    guard = ReplayGuard(path=tmp_path / "recent.db")
+    runtime = AgentRuntime(transport, "web01", [agent], heartbeat_interval=0, replay=guard,
+                           spool=Spool(tmp_path / "spool.db"),
+                           audit=AuditLog(tmp_path / "audit.jsonl"))
+    assert runtime.state_disk() == {"ok": True, "failing": {}, "audit_records_lost": 0}
+    disk = guard._db = FlakyDisk(guard._db)  # type: ignore[assignment]
+    disk.full = True
+    guard.check("alice", "m1", time.time() + 60)
+    state = runtime.state_disk()
+    assert state == {"ok": False, "failing": {"recent_requests": "database or disk is full"},
+                     "audit_records_lost": 0}
+    data_schema = load_agent_schema("agent").raw["events"]["heartbeat"]["data"]
+    jsonschema.validate({"agents": ["host"], "version": "1", "epoch": "e", "uptime_s": 1,
+                         "interval_s": 10, "state_disk": state}, data_schema)
+    transport.close()
