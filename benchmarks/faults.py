@@ -280,7 +280,7 @@ def queue_deleted(node: Any, protocol: str) -> dict[str, Any]:
     stream = Stream(agent)
     time.sleep(1)
     for queue in (names.host_queue(runtime.host_id), names.agent_queue(runtime.host_id)):
-        node.admin._call("DELETE", f"/api/queues/hostbus/{queue}")
+        node.admin.delete_queue("hostbus", queue)
     node.admin.enroll_host("hostbus", runtime.host_id, ["fault"])
     recovery = until_ping(node, runtime.host_id, limit=30)
     return {**finish(node, runtime, stream, watch, drops), "recovery_s": recovery,

@@ -61,7 +61,7 @@ def test_a_host_enrolled_by_an_earlier_release_is_still_discovered_and_moves_on(
     agent_queue, host_queue = names.agent_queue(host), names.host_queue(host)
     # What an earlier release left behind: no agent queue, the built-in agent's keys on
     # the host queue, and a user that may read the host queue only.
-    admin._call("DELETE", f"/api/queues/{vhost}/{agent_queue}")
+    admin.delete_queue(vhost, agent_queue)
     for key in (f"agent.{host}", "agent._all"):
         admin._call("POST", f"/api/bindings/{vhost}/e/hostbus.request/q/{host_queue}",
                     {"routing_key": key, "arguments": {}})
