@@ -27,7 +27,7 @@ from rich.text import Text
 from console.client import AgentInfo, FanoutResult, HostResult
 from hostbus.envelope import Event
 
-STATUS_STYLE = {"ok": "green", "error": "red", "no_reply": "yellow"}
+STATUS_STYLE = {"ok": "green", "error": "red", "no_reply": "yellow", "not_enrolled": "magenta"}
 
 # Columns of free text: the only ones a table may shorten to fit (with an ellipsis).
 FREE_TEXT = frozenset({"cmdline", "description", "fields", "facts", "outcome", "message",
@@ -260,7 +260,9 @@ def print_host_result(out: RichConsole, res: HostResult, layout: Layout | None =
     rid = f"  [dim]request {escape(res.request_id)}[/dim]" if res.request_id else ""
     out.print(f"[bold]{escape(res.host)}[/bold]  [{style}]{res.status}[/{style}]{rtt}{rid}",
               highlight=False)
-    if res.reply is None:
+    if res.not_enrolled is not None:
+        out.print(f"  {escape(res.not_enrolled)}", style="magenta", highlight=False)
+    elif res.reply is None:
         out.print("  no reply before the timeout", style="yellow")
     elif res.reply.error is not None:
         err = res.reply.error
@@ -277,7 +279,9 @@ def print_summary(out: RichConsole, result: FanoutResult, interrupted: int = 0) 
     out.print(
         f"{s['hosts']} host{'s' if s['hosts'] != 1 else ''}: [green]{s['ok']} ok[/green], "
         f"[red]{s['failed']} failed[/red], [yellow]{s['no_reply']} no reply[/yellow] "
-        f"in {s['elapsed_ms']:.1f} ms", highlight=False,
+        + (f"[magenta]{s['not_enrolled']} not enrolled[/magenta] " if s["not_enrolled"]
+           else "")
+        + f"in {s['elapsed_ms']:.1f} ms", highlight=False,
     )
     failed = [r for r in result.results if r.status == "error"]
     if failed:
