@@ -262,8 +262,8 @@ def alarm(node: Any, protocol: str, seconds: float) -> dict[str, Any]:
             res = console.call("agent", "ping", host=runtime.host_id, timeout=5)
             during = {"status": res.status,
                       "error": (res.reply.error or {}).get("message") if res.reply else None}
-    except Exception as exc:
-        during = {"status": "exception", "error": str(exc)}
+    except Exception as exc:  # a console that knows of the alarm says so at once
+        during = {"status": "refused", "error": str(exc)}
     time.sleep(max(0.0, seconds - 5))
     node.ctl("set_vm_memory_high_watermark", "0.4")
     recovery = until_ping(node, runtime.host_id)
@@ -356,7 +356,8 @@ def text(results: dict[str, Any]) -> list[str]:
                          f"{r['duplicated']:4} {r['reordered']:6} {r['connection_drops']:6}"
                          f"  {rec}")
         during = row["alarm"]["ping_during_alarm"]
-        lines.append(f"  {protocol:8} ping during the alarm: {during.get('status')}")
+        said = f" ({during['error'][:70]}...)" if during.get("error") else ""
+        lines.append(f"  {protocol:8} ping during the alarm: {during.get('status')}{said}")
         for b in row["backlog"]:
             lines.append(f"  {protocol:8} ping behind {b['calls_waiting']} held calls, "
                          f"{b['workers']} worker(s): {b['ping_status']} in {b['ping_ms']} ms "
