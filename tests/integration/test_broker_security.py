@@ -49,6 +49,8 @@ def test_the_broker_refuses_an_agent_anything_outside_its_grant(rabbitmq, enroll
                                                     b"{}", props)) is None
     assert refusal(url, lambda ch: ch.basic_consume(f"hostbus.host.{host}",
                                                     lambda *a: None)) is None
+    assert refusal(url, lambda ch: ch.basic_consume(f"hostbus.host.{host}.agent",
+                                                    lambda *a: None)) is None
     # ...and nothing else:
     assert refusal(url, lambda ch: ch.basic_publish(
         "hostbus.event", f"host.{other}.metrics", b"{}", props)) == 403  # as another host
@@ -58,6 +60,8 @@ def test_the_broker_refuses_an_agent_anything_outside_its_grant(rabbitmq, enroll
         "", f"hostbus.host.{other}", b"{}", props)) == 403  # around the exchanges
     assert refusal(url, lambda ch: ch.basic_consume(
         f"hostbus.host.{other}", lambda *a: None)) == 403  # another host's queue
+    assert refusal(url, lambda ch: ch.basic_consume(
+        f"hostbus.host.{other}.agent", lambda *a: None)) == 403  # ...either of them
     assert refusal(url, lambda ch: ch.queue_declare("hostbus.sub.x")) == 403  # configure
     assert refusal(url, lambda ch: ch.basic_publish(
         "hostbus.event", f"host.{host}.metrics", b"{}",
