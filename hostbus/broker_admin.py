@@ -40,21 +40,33 @@ class Grant:
 
 
 BROKER_NAMED = r"amq\.gen-.*"  # server-named queues; what AMQP 1.0 sources get
+# A quorum queue delivers a message at most x-delivery-limit + 1 times (a consumer that
+# dies holding it counts, on 3.x and 4.x alike), then dead-letters it to hostbus.dead
+# with x-death reason "delivery_limit": a request that kills its agent stops coming back
+# after six tries instead of for ever (3.x's default) or being dropped without a trace at
+# 4.x's default limit of 20, which applies when no dead-letter exchange is set. Expired
+# requests (their `expiration`) are dead-lettered there too, with reason "expired". The
+# provisioning queue has the same settings (broker_config/definitions.json).
+QUORUM_HOST_QUEUE = {"x-queue-type": "quorum", "x-delivery-limit": 5,
+                     "x-dead-letter-exchange": names.DEAD_EXCHANGE}
 
 
 def grant_for(kind: str, name: str) -> Grant:
     n = re.escape(name)
     if kind == "agent":
-        # No configure right; reads only its own queue; writes events (for its own host
-        # only, by topic permission) and replies.
+        # No configure right; reads only its own queues (host and agent); writes events
+        # (for its own host only, by topic permission) and replies.
         return Grant(configure="^$", write=r"^hostbus\.(event|reply)$",
-                     read=rf"^hostbus\.host\.{n}$", event_write=rf"^[a-z][a-z0-9_]*\.{n}\.")
+                     read=rf"^hostbus\.host\.{n}(\.agent)?$",
+                     event_write=rf"^[a-z][a-z0-9_]*\.{n}\.")
     if kind == "console":
         # Requests and provisioning; its own reply and subscription queues (declare,
-        # bind, read); events and replies to read. Over AMQP 1.0 a reply or event
-        # source is a queue the broker names amq.gen-* and makes exclusive to the
-        # connection (clients cannot name a queue amq.*), so granting that pattern
-        # opens no one else's queue.
+        # bind, read); events and replies to read. Over AMQP 1.0 on RabbitMQ 3.x a
+        # reply or event source is a queue the broker makes and names amq.gen-* (not
+        # exclusive: another identity that learnt its random name could read it; the
+        # names are not listed to consoles, and the queues expire by policy). Over
+        # 0-9-1 the broker names reply and subscription queues so too, exclusive.
+        # Clients cannot name a queue amq.*. On RabbitMQ 4 hostbus names its own.
         own = rf"(hostbus\.(reply|sub)\.{n}\..*|{BROKER_NAMED})"
         return Grant(configure=rf"^{own}$",
                      write=rf"^(hostbus\.(request|provision)|{own})$",
@@ -168,45 +180,79 @@ class BrokerAdmin:
 
     def enroll_host(self, vhost: str, host_id: str, agents: list[str], *,
                     queue_type: str = "classic") -> list[str]:
-        """Create a host's durable queue and its bindings. Idempotent; returns the keys.
-        ``queue_type`` "quorum" replicates the queue over a cluster's nodes, so the
-        host's requests survive the loss of a node (broker_config/cluster/README.md)."""
+        """Create a host's durable queues and their bindings (``topology.host_queues``).
+        Idempotent; returns the routing keys. ``queue_type`` "quorum" replicates the
+        queues over a cluster's nodes, so the host's requests survive the loss of a node
+        (broker_config/cluster/README.md). Enrolling a host again moves bindings to
+        where the topology wants them and gives an existing agent user of that name the
+        rights the topology needs (its password stays)."""
         if queue_type not in ("classic", "quorum"):
             raise ValueError(f"queue type {queue_type!r}: classic or quorum")
-        queue = names.host_queue(host_id)
         ex = names.REQUEST_EXCHANGE
         if not self._exists("GET", f"/api/exchanges/{self._q(vhost)}/{self._q(ex)}"):
             raise BrokerRefused(
                 f"vhost {vhost!r} has no exchange {ex!r}: run `hostbus broker setup` first")
-        self._call("PUT", f"/api/queues/{self._q(vhost)}/{self._q(queue)}",
-                   {"durable": True, "auto_delete": False,
-                    # classic stays implicit: hosts enrolled before this option existed
-                    # must stay equivalent when enrolled again
-                    "arguments": {"x-queue-type": "quorum"} if queue_type == "quorum"
-                    else {}})
         keys = []
-        existing = {
-            (b["source"], b["routing_key"])
-            for b in self._call("GET", f"/api/queues/{self._q(vhost)}/{self._q(queue)}/bindings")
-        }
-        for exchange, key in topology.host_bindings(host_id, agents):
-            keys.append(key)
-            if (exchange, key) in existing:
-                continue
-            self._call(
-                "POST",
-                f"/api/bindings/{self._q(vhost)}/e/{self._q(exchange)}/q/{self._q(queue)}",
-                {"routing_key": key, "arguments": {}},
-            )
-        # Agents no longer enabled stop receiving requests.
-        for source, key in existing:
-            if source == names.REQUEST_EXCHANGE and key not in keys:
+        for queue, bindings in topology.host_queues(host_id, agents).items():
+            try:
+                self._call("PUT", f"/api/queues/{self._q(vhost)}/{self._q(queue)}",
+                           {"durable": True, "auto_delete": False,
+                            # classic stays implicit: hosts enrolled before this option
+                            # existed must stay equivalent when enrolled again
+                            "arguments": QUORUM_HOST_QUEUE if queue_type == "quorum"
+                            else {}})
+            except BrokerRefused as exc:
+                if queue_type != "quorum" or "inequivalent" not in str(exc):
+                    raise
+                raise BrokerRefused(
+                    f"{queue} exists with other settings than hostbus gives a quorum host "
+                    f"queue now ({QUORUM_HOST_QUEUE}): without them RabbitMQ 4 drops a "
+                    "request after 20 deliveries without a trace. Delete the queue "
+                    f"(`rabbitmqctl delete_queue -p {vhost} {queue}`, its waiting requests "
+                    "go with it) and enroll the host again") from None
+            wanted = [key for _, key in bindings]
+            keys += wanted
+            existing = {
+                (b["source"], b["routing_key"])
+                for b in self._call(
+                    "GET", f"/api/queues/{self._q(vhost)}/{self._q(queue)}/bindings")
+            }
+            for exchange, key in bindings:
+                if (exchange, key) in existing:
+                    continue
                 self._call(
-                    "DELETE",
-                    f"/api/bindings/{self._q(vhost)}/e/{self._q(source)}/q/{self._q(queue)}/"
-                    f"{self._q(key)}",
+                    "POST",
+                    f"/api/bindings/{self._q(vhost)}/e/{self._q(exchange)}/q/{self._q(queue)}",
+                    {"routing_key": key, "arguments": {}},
                 )
+            # Agents no longer enabled stop receiving requests; the built-in agent's keys
+            # leave the host queue of an earlier enrollment for the agent queue.
+            for source, key in existing:
+                if source == ex and key not in wanted:
+                    self._call(
+                        "DELETE",
+                        f"/api/bindings/{self._q(vhost)}/e/{self._q(source)}/q/"
+                        f"{self._q(queue)}/{self._q(key)}",
+                    )
+        self._refresh_agent_grant(vhost, host_id)
         return keys
+
+    def _refresh_agent_grant(self, vhost: str, host_id: str) -> None:
+        """An agent user enrolled by an earlier release may read only the host queue:
+        give it today's rights (the agent queue too) without touching its password."""
+        try:
+            user = self._call("GET", f"/api/users/{self._q(host_id)}")
+        except BrokerRefused as exc:
+            if "HTTP 404" in str(exc):
+                return
+            raise
+        if "hostbus-agent" not in str(user.get("tags", "")):
+            return
+        if not self._exists("GET", f"/api/permissions/{self._q(vhost)}/{self._q(host_id)}"):
+            return  # enrolled in another vhost only: not ours to extend
+        grant = grant_for("agent", host_id)
+        self._call("PUT", f"/api/permissions/{self._q(vhost)}/{self._q(host_id)}",
+                   {"configure": grant.configure, "write": grant.write, "read": grant.read})
 
     def enroll_many(self, vhost: str, hosts: list[str], agents: list[str]) -> None:
         """Enroll many hosts in one definitions import (simulated fleets: thousands of
@@ -214,13 +260,13 @@ class BrokerAdmin:
         for start in range(0, len(hosts), 500):  # an import of 500 takes about a second
             queues, bindings = [], []
             for host_id in hosts[start:start + 500]:
-                queue = names.host_queue(host_id)
-                queues.append({"name": queue, "durable": True, "auto_delete": False,
-                               "arguments": {}})
-                bindings += [{"source": exchange, "destination": queue,
-                              "destination_type": "queue", "routing_key": key,
-                              "arguments": {}}
-                             for exchange, key in topology.host_bindings(host_id, agents)]
+                for queue, pairs in topology.host_queues(host_id, agents).items():
+                    queues.append({"name": queue, "durable": True, "auto_delete": False,
+                                   "arguments": {}})
+                    bindings += [{"source": exchange, "destination": queue,
+                                  "destination_type": "queue", "routing_key": key,
+                                  "arguments": {}}
+                                 for exchange, key in pairs]
             self._call("POST", f"/api/definitions/{self._q(vhost)}",
                        {"queues": queues, "bindings": bindings}, timeout=120)
 
