@@ -306,6 +306,11 @@ ensure_prometheus() {
     || apt_install --no-install-recommends prometheus
 }
 
+# The units in etc/ are checked with systemd-analyze verify (no running systemd needed).
+ensure_systemd_analyze() {
+  command -v systemd-analyze >/dev/null || apt_install --no-install-recommends systemd
+}
+
 # -------------------------------------------------------------------------- agent
 pid_of() { cat "$RUN_DIR/$1.pid" 2>/dev/null || true; }
 
@@ -394,6 +399,7 @@ run_tests() {
   ensure_node
   ensure_postgresql
   ensure_prometheus
+  ensure_systemd_analyze
   cd "$ROOT"
   say "ruff check"
   "$VENV/bin/ruff" check .

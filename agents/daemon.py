@@ -129,6 +129,43 @@ def build_runtime(cfg: dict[str, Any], transport: Any,
     )
 
 
+def check_config(cfg: dict[str, Any], config_path: str | None) -> list[str]:
+    """What ``--check-config`` reports, without connecting or writing anything: the host
+    id, the broker URL, the policy, the keys and the agents' modules. Raises
+    ``ConfigError`` (or ``ValueError``) naming what is wrong."""
+    from hostbus.transport.url import parse_url
+
+    host_id = cfg["agent"]["host_id"] or names.default_host_id()
+    names.validate_host_id(host_id)
+    found = [f"configuration {config_path or '(defaults)'}: ok",
+             f"host {host_id}, broker {parse_url(cfg['broker']['url']).redacted()}"]
+    sec = cfg["security"]
+    if sec["policy"]:
+        rules = RulesPolicy.load(config.resolve(sec["policy"], config_path), host_id).rules
+        found.append(f"policy {sec['policy']}: {len(rules)} rules (default deny)")
+    else:
+        found.append("policy: none, so only discovery is answered (set [security] policy)")
+    if sec["trusted_keys"] or sec["signing_key"]:
+        from hostbus.security.signing import Signer, Verifier
+
+        if sec["trusted_keys"]:
+            keys = Verifier.from_folder(config.resolve(sec["trusted_keys"], config_path))
+            found.append(f"trusted keys: {', '.join(sorted(keys.trusted)) or 'none'}")
+        if sec["signing_key"]:
+            Signer.load(config.resolve(sec["signing_key"], config_path))
+            found.append("signing key: ok")
+    for name in cfg["agent"]["agents"]:
+        if name == names.BUILTIN_AGENT:
+            continue
+        try:
+            registry.load_module(name)
+        except ModuleNotFoundError as exc:
+            raise ConfigError(f"agent {name!r} needs the Python module {exc.name!r}, which "
+                              "is not installed (virt: pip install 'hostbus[virt]')") from None
+        found.append(f"agent {name}: ok")
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="hostbus-agent",
@@ -139,12 +176,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", "-c", metavar="FILE", help="TOML config file")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         help="overrides [agent] log_level")
+    parser.add_argument("--check-config", action="store_true",
+                        help="check the configuration, its policy, keys and agents without "
+                             "connecting; exit 0 if good, 1 if not")
     parser.add_argument("--version", action="version", version=f"hostbus-agent {__version__}")
     args = parser.parse_args(argv)
 
     try:
         cfg = load_config(args.config)
-    except ConfigError as exc:
+        if args.check_config:
+            print("\n".join(check_config(cfg, args.config)))
+            return 0
+    except (ConfigError, ValueError) as exc:
         print(f"hostbus-agent: {exc}", file=sys.stderr)
         return 1
     setup_logging(args.log_level or cfg["agent"]["log_level"])

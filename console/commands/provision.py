@@ -36,13 +36,25 @@ REQUEST_COLUMNS = ["request_id", "owner", "template", "count", "status", "vms", 
 @click.command("provisioner")
 @click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False),
               metavar="FILE", help="Provisioner config (see etc/provisioner.toml).")
-def provisioner(config_file: str | None) -> int:
+@click.option("--check-config", is_flag=True,
+              help="Check the configuration, its policy and key without connecting; then "
+                   "exit (0 good, 1 not).")
+def provisioner(config_file: str | None, check_config: bool) -> int:
     """Run the provisioning service until SIGTERM/SIGINT.
 
     It consumes the queue hostbus.provision, places each VM on a virt host with room,
     drives the virt agents, publishes provision.* events and replies when the VMs run.
     Enroll it once first: hostbus broker enroll provisioner --agents provision
     """
+    if check_config:
+        from console.provisioner.main import check
+        from hostbus.errors import ConfigError
+
+        try:
+            click.echo("\n".join(check(config_file)))
+        except (ConfigError, ValueError) as exc:
+            raise CliError(Exit.FAILED, str(exc)) from None
+        return Exit.OK
     from console.provisioner.main import run
 
     return run(config_file)

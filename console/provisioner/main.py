@@ -53,6 +53,31 @@ def load_config(path: str | None) -> dict[str, Any]:
     return config.load(DEFAULTS, path, free_form=("quotas.owners",))
 
 
+def check(config_path: str | None) -> list[str]:
+    """What ``--check-config`` reports, without connecting or writing anything. Raises
+    ``ConfigError`` (or ``ValueError``)."""
+    cfg = load_config(config_path)
+    pcfg = cfg["provisioner"]
+    host_id = names.validate_host_id(pcfg["host_id"])
+    quotas = {str(k): int(v) for k, v in cfg["quotas"]["owners"].items()}
+    if float(pcfg["reconcile_interval"]) < 1:
+        raise ConfigError("[provisioner] reconcile_interval: give at least 1 (seconds)")
+    found = [f"configuration {config_path or '(defaults)'}: ok",
+             f"host {host_id}, state in {state_dir(pcfg['state_dir'])}, quotas for "
+             f"{len(quotas)} owners (others {int(cfg['quotas']['default_max_vms'])} VMs)"]
+    if pcfg["policy"]:
+        rules = RulesPolicy.load(config.resolve(pcfg["policy"], config_path), host_id).rules
+        found.append(f"policy {pcfg['policy']}: {len(rules)} rules (default deny)")
+    else:
+        found.append("policy: none, so nothing is provisioned (set [provisioner] policy)")
+    if cfg["security"]["signing_key"]:
+        from hostbus.security.signing import Signer
+
+        Signer.load(config.resolve(cfg["security"]["signing_key"], config_path))
+        found.append("signing key: ok")
+    return found
+
+
 def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
     try:
         cfg = load_config(config_path)

@@ -7,7 +7,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -195,17 +194,3 @@ def test_the_alerting_rules_check_and_pass_their_unit_tests():
                             cwd=ETC / "prometheus", capture_output=True, text=True,
                             timeout=60, check=False)
     assert tested.returncode == 0, tested.stdout + tested.stderr
-
-
-@pytest.mark.parametrize("command", ["exporter", "historian"])
-def test_check_config_names_a_bad_key(fleet, tmp_path, command):
-    bad = tmp_path / "bad.toml"
-    bad.write_text(f"[{command}]\nlisten_on = 1\nstore_at = 2\n")
-    done = fleet.run(command, "--config", str(bad), "--check-config")
-    assert done.exit_code == 1
-    assert "unknown" in done.stderr.lower() and ("listen_on" in done.stderr
-                                                 or "store_at" in done.stderr)
-    good = fleet.run(command, "--config", str(ETC / f"{command}.toml"), "--check-config",
-                     env={"XDG_STATE_HOME": str(tmp_path / "state")})
-    assert good.exit_code == 0, good.stderr
-    assert "configuration" in good.stdout and ": ok" in good.stdout
