@@ -14,8 +14,8 @@ from console.commands.options import json_option
 @click.option("--quick", is_flag=True, help="Small sizes: a smoke run of every benchmark.")
 @click.option("--only", multiple=True,
               type=click.Choice(["call", "fanout", "events", "amqp10", "provisioning",
-                                 "footprint", "soak", "faults"]),
-              help="Run only these (repeatable). Default: all but soak and faults.")
+                                 "footprint", "soak", "faults", "history"]),
+              help="Run only these (repeatable). Default: all but soak, faults and history.")
 @click.option("--calls", type=click.IntRange(10), help="Round trips per side (2000).")
 @click.option("--agents", metavar="N,N,...",
               help="Simulated agent counts for broadcast ping (100,1000,5000).")
@@ -26,6 +26,12 @@ from console.commands.options import json_option
 @click.option("--alarm-seconds", type=click.FloatRange(5), metavar="S",
               help="Length of the memory alarm in --only faults (70: past pika's 60 s "
                    "blocked-connection timeout; --quick: 10).")
+@click.option("--history-stored", type=click.IntRange(1000), metavar="N",
+              help="Events in the store that --only history queries (10,000,000; "
+                   "--quick: 20,000).")
+@click.option("--history-postgres", envvar="HOSTBUS_BENCH_POSTGRES", metavar="URL",
+              help="With --only history: a PostgreSQL server to measure too, as a URL of a "
+                   "role that may create databases (one is made and dropped).")
 @click.option("--png", type=click.Path(dir_okay=False), metavar="PATH",
               help="Write a chart (latency distribution, scaling with N) to PATH.")
 @click.option("--admin-url", envvar="HOSTBUS_CONSOLE_ADMIN_URL", metavar="URL",
@@ -34,7 +40,8 @@ from console.commands.options import json_option
 @click.pass_obj
 def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None,
           agents: str | None, n_events: int | None, idle_s: float | None,
-          soak_minutes: float | None, alarm_seconds: float | None, png: str | None,
+          soak_minutes: float | None, alarm_seconds: float | None,
+          history_stored: int | None, history_postgres: str | None, png: str | None,
           admin_url: str | None, as_json: bool) -> Exit:
     """Measure hostbus against raw pika and raw proton on this broker, in a throwaway vhost.
 
@@ -48,7 +55,10 @@ def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None
     whether its memory stays flat. `--only faults` starts a RabbitMQ node of its own
     (root, a source checkout) and reports events lost, duplicated and reordered and the
     seconds to recover when the broker crashes, raises a memory alarm or loses a host's
-    queues, and how fast a ping is answered behind 100 waiting calls.
+    queues, and how fast a ping is answered behind 100 waiting calls. `--only history`
+    measures the historian's stores against their raw drivers, its ingest through the
+    broker, queries over --history-stored events (minutes: it fills a store), and a
+    RabbitMQ stream against the classic queue it reads.
     """
     from benchmarks import report
     from benchmarks.run import ALL, Plan, run
@@ -71,6 +81,9 @@ def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None
         plan.soak_minutes = soak_minutes
     if alarm_seconds:
         plan.alarm_s = alarm_seconds
+    if history_stored:
+        plan.history_stored = history_stored
+    plan.history_postgres = history_postgres
     url = parse_url(ctx.url)
     scheme = url.scheme.removesuffix("10")  # the baselines are 0-9-1; amqp10 gets its own
     amqp = f"{scheme}://{url.user}:{url.password}@{url.host}:{url.port}"

@@ -51,6 +51,15 @@ def checks(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
         rows.append((f"idle agent RSS / floor ({label})",
                      f"{fp['idle']['rss_mb']} / {fp['floor']['rss_mb']} MB = "
                      f"{fp['rss_over_floor']}x", "<= 1.25x", fp["rss_over_floor"] <= 1.25))
+    hist = results.get("history")
+    if hist:
+        ingest = hist["ingest"]
+        for store in ("sqlite", "postgresql"):
+            if f"{store}_per_s" in ingest:
+                rate = ingest[f"{store}_per_s"] / ingest["subscriber_per_s"]
+                rows.append((f"historian ingest ({store}) / events into one subscriber",
+                             f"{ingest[f'{store}_per_s']} / {ingest['subscriber_per_s']}/s = "
+                             f"{rate:.2f}x", ">= 1.0x (keeps up)", rate >= 1.0))
     soaked = results.get("soak")
     if soaked:
         after = soaked["after_warmup"]
@@ -122,6 +131,10 @@ def text(results: dict[str, Any]) -> str:
         lines.append(f"soak: {soaked['minutes']:g} min, {soaked['calls_ok']} calls "
                      f"({soaked['calls_failed']} failed), RSS MB every sample: "
                      f"{' '.join(rss)}")
+    if results.get("history"):
+        from benchmarks.history import text as history_text
+
+        lines += ["", *history_text(results["history"])]
     if results.get("faults"):
         from benchmarks.faults import text as faults_text
 

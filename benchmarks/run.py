@@ -9,14 +9,24 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks import amqp10, call, events, fanout, faults, footprint, provisioning, soak
+from benchmarks import (
+    amqp10,
+    call,
+    events,
+    fanout,
+    faults,
+    footprint,
+    history,
+    provisioning,
+    soak,
+)
 from benchmarks.harness import bench_vhost, progress
 from hostbus.envelope import now_rfc3339
 
 ALL = ("call", "fanout", "events", "amqp10", "provisioning", "footprint")
 #: Run only when asked for (--only soak, --only faults): minutes by design, and faults
 #: starts a RabbitMQ node of its own (root, a source checkout).
-EXTRA = ("soak", "faults")
+EXTRA = ("soak", "faults", "history")
 
 
 @dataclass
@@ -29,12 +39,14 @@ class Plan:
     storm_s: float = 10.0
     soak_minutes: float = 5.0
     alarm_s: float = 70.0  # outlasts pika's 60 s blocked-connection timeout
+    history_stored: int = 10_000_000  # events in the store the queries run over
+    history_postgres: str | None = None  # a server URL whose role may create databases
     only: tuple[str, ...] = ALL
 
     @classmethod
     def quick(cls) -> Plan:
         return cls(calls=200, agents=[10, 50], events=1000, provision_requests=3, idle_s=2.0,
-                   storm_s=1.0, alarm_s=10.0)
+                   storm_s=1.0, alarm_s=10.0, history_stored=20_000)
 
 
 def run(plan: Plan, *, amqp: str, admin_url: str) -> dict[str, Any]:
@@ -71,6 +83,11 @@ def run(plan: Plan, *, amqp: str, admin_url: str) -> dict[str, Any]:
             results["footprint"] = footprint.run(bench, plan.idle_s, plan.storm_s)
         if "faults" in plan.only:
             results["faults"] = faults.run(plan.alarm_s)
+        if "history" in plan.only:
+            progress(f"history: ingest and queries over {plan.history_stored:,} events")
+            results["history"] = history.run(bench, plan.events, plan.history_stored,
+                                             plan.history_postgres,
+                                             repeat=50 if plan.history_stored > 100_000 else 5)
         if "soak" in plan.only:
             progress(f"soak: one agent under steady load for {plan.soak_minutes:g} min")
             results["soak"] = soak.run(bench, plan.soak_minutes)
