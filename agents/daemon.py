@@ -55,6 +55,9 @@ DEFAULTS: dict[str, Any] = {
     "spool": {
         "max_mb": 64.0,
     },
+    "tracing": {
+        "otlp_endpoint": "",
+    },
 }
 
 
@@ -112,6 +115,11 @@ def build_runtime(cfg: dict[str, Any], transport: Any,
 
         signer = Signer.load(config.resolve(sec["signing_key"], config_path))
         log.info("replies and events are signed with %s", sec["signing_key"])
+    from hostbus.tracing import from_config
+
+    tracer = from_config(cfg["tracing"], "hostbus-agent", host_id)
+    if tracer is not None:
+        log.info("tracing: spans exported to %s", cfg["tracing"]["otlp_endpoint"])
     spool = Spool(state / f"spool-{host_id}.db", int(float(cfg["spool"]["max_mb"]) * (1 << 20)))
     replay = ReplayGuard(float(cfg["security"]["clock_skew_s"]),
                          float(cfg["security"]["max_deadline_s"]),
@@ -126,6 +134,7 @@ def build_runtime(cfg: dict[str, Any], transport: Any,
         facts=cfg["agent"]["facts"],
         policy=policy,
         audit=AuditLog(audit_path),
+        tracer=tracer,
     )
 
 
@@ -154,6 +163,11 @@ def check_config(cfg: dict[str, Any], config_path: str | None) -> list[str]:
         if sec["signing_key"]:
             Signer.load(config.resolve(sec["signing_key"], config_path))
             found.append("signing key: ok")
+    if cfg["tracing"]["otlp_endpoint"]:
+        from hostbus.tracing import from_config
+
+        from_config(cfg["tracing"], "hostbus-agent", host_id)
+        found.append(f"tracing: spans to {cfg['tracing']['otlp_endpoint']}")
     for name in cfg["agent"]["agents"]:
         if name == names.BUILTIN_AGENT:
             continue
@@ -250,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         pass
     log.info("received %s, going offline", stop_reason[0])
     runtime.stop(stop_reason[0])
+    if runtime.tracer is not None:
+        runtime.tracer.shutdown()  # what is recorded goes out first
     return 0
 
 

@@ -102,6 +102,7 @@ def cli(ctx: click.Context, url: str | None, config_file: str | None) -> None:
     state = CliContext.load(config_file, url, factory)
     ctx.obj = state
     ctx.call_on_close(state.close)
+    ctx.with_resource(state.traced(ctx.invoked_subcommand))
 
 
 def main() -> None:

@@ -56,6 +56,7 @@ from hostbus.transport.base import Delivery, Properties, Transport
 
 if TYPE_CHECKING:
     from hostbus.security.signing import Signer, Verifier
+    from hostbus.tracing import Tracer
 
 log = logging.getLogger("hostbus.console")
 
@@ -286,7 +287,8 @@ class Console:
     def __init__(self, transport: Transport, *, validate: bool = True,
                  schemas: dict[str, AgentSchema] | None = None,
                  signer: Signer | None = None, agent_keys: Verifier | None = None,
-                 multi_host_users: Iterable[str] = MULTI_HOST_USERS) -> None:
+                 multi_host_users: Iterable[str] = MULTI_HOST_USERS,
+                 tracer: Tracer | None = None) -> None:
         """``signer`` signs requests.
 
         A host may only speak for itself. A reply or event whose body names a host other
@@ -295,9 +297,10 @@ class Console:
         event than its body, is dropped, logged and counted in ``spoofed``. With
         ``agent_keys`` every reply and event must moreover be signed by the key trusted
         for its sender: a reply that fails counts only if nothing genuine arrives, as
-        ``bad_signature``; an event that fails is dropped (logged)."""
+        ``bad_signature``; an event that fails is dropped (logged). With ``tracer``
+        (hostbus.tracing) each request carries the trace context of its publish."""
         self.transport = transport
-        self.publisher = Publisher(transport, signer)
+        self.publisher = Publisher(transport, signer, tracer)
         self.agent_keys = agent_keys
         self.multi_host_users = frozenset(multi_host_users)
         self.spoofed = 0

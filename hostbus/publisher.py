@@ -10,6 +10,8 @@ Invariants:
   signature.
 - Replies are built and sent in one place (``reply``), so an agent, a service and the
   approval flow answer alike.
+- With a tracer (``hostbus.tracing``; None, off, by default), each message carries the
+  W3C trace context of its publish in content_type.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ from hostbus.transport.base import Confirm, Properties, Transport
 if TYPE_CHECKING:
     from hostbus.envelope import Reply
     from hostbus.security.signing import Signer
+    from hostbus.tracing import Tracer
 
 
 class Publisher:
-    def __init__(self, transport: Transport, signer: Signer | None = None) -> None:
+    def __init__(self, transport: Transport, signer: Signer | None = None,
+                 tracer: Tracer | None = None) -> None:
         self.transport = transport
         self.signer = signer
+        self.tracer = tracer
 
     @property
     def user(self) -> str:
@@ -41,6 +46,8 @@ class Publisher:
         props.user_id = self.transport.user  # signed, so set before signing
         if self.signer is not None:
             self.signer.sign(exchange, routing_key, props, body)
+        if self.tracer is not None:  # after signing, which rewrites content_type
+            self.tracer.inject(exchange, routing_key, props, len(body))
         self.transport.publish(exchange, routing_key, body, props, persistent=persistent,
                                confirm=confirm, mandatory=mandatory)
 

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from console.client import Console
     from console.render import Layout
+    from hostbus.tracing import Tracer
 
 
 class Exit(IntEnum):
@@ -55,6 +56,7 @@ CONSOLE_DEFAULTS: dict[str, Any] = {
     "broker": {"url": "amqp://guest:guest@127.0.0.1:5672/hostbus", "connect_timeout": 5.0},
     "console": {"timeout": 10.0, "idle": 0.3, "admin_url": "http://guest:guest@127.0.0.1:15672"},
     "security": {"signing_key": "", "agent_keys": "", "multi_host_users": ["guest"]},
+    "tracing": {"otlp_endpoint": ""},
 }
 USER_CONFIG = Path.home() / ".config" / "hostbus" / "console.toml"
 
@@ -144,7 +146,7 @@ def connect_console(ctx: CliContext, validate: bool) -> Console:
     try:
         return Console.connect(ctx.url, connect_timeout=float(ctx.cfg["broker"]["connect_timeout"]),
                                validate=validate, signer=signer, agent_keys=agent_keys,
-                               multi_host_users=sec["multi_host_users"])
+                               multi_host_users=sec["multi_host_users"], tracer=ctx.tracer)
     except ConnectionFailed as exc:  # it says where and why already
         raise CliError(Exit.CONNECT, str(exc)) from None
     except ConfigError:
@@ -163,6 +165,17 @@ class CliContext:
         self.config_path = config_path
         self._factory = factory
         self._console: Console | None = None
+        self.tracer: Tracer | None = None
+        if cfg["tracing"]["otlp_endpoint"]:
+            from hostbus.tracing import from_config
+
+            self.tracer = from_config(cfg["tracing"], "hostbus-cli")
+
+    def traced(self, command: str | None) -> contextlib.AbstractContextManager[Any]:
+        """One command, one trace (every request it sends is a child of its span)."""
+        if self.tracer is None:
+            return contextlib.nullcontext()
+        return self.tracer.span(f"hostbus {command or ''}".strip())
 
     @classmethod
     def load(cls, config_file: str | None, url: str | None,
@@ -196,6 +209,9 @@ class CliContext:
         if self._console is not None:
             self._console.close()
             self._console = None
+        if self.tracer is not None:
+            self.tracer.shutdown()  # what is recorded goes out before the process ends
+            self.tracer = None
 
 
 # ----------------------------------------------------------------------- output

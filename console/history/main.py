@@ -25,6 +25,7 @@ from hostbus.serving.runtime import AgentRuntime
 
 if TYPE_CHECKING:
     from hostbus.security.signing import Signer, Verifier
+    from hostbus.tracing import Tracer
     from hostbus.transport.base import Transport
 
 log = logging.getLogger("hostbus.historian")
@@ -52,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
         "audit_log": "",
     },
     "security": {"signing_key": "", "agent_keys": "", "multi_host_users": ["guest"]},
+    "tracing": {"otlp_endpoint": ""},
 }
 
 
@@ -148,7 +150,8 @@ class Historian:
                  multi_host_users: frozenset[str] = frozenset({"guest"}),
                  batch_size: int = 1000, sync_timeout: float = 10.0,
                  max_age_s: float = 0.0, max_bytes: int = 0,
-                 heartbeat_interval: float = 10.0, retention_interval: float = 60.0) -> None:
+                 heartbeat_interval: float = 10.0, retention_interval: float = 60.0,
+                 tracer: Tracer | None = None) -> None:
         self.transport = transport
         self.store = store
         self.queue = queue
@@ -158,7 +161,7 @@ class Historian:
                                   max_age_s=max_age_s, max_bytes=max_bytes)
         self.runtime = AgentRuntime(
             transport, host_id, [self.agent], signer=signer, policy=policy, audit=audit,
-            heartbeat_interval=heartbeat_interval,
+            heartbeat_interval=heartbeat_interval, tracer=tracer,
             intervals={"history": {"retention_interval": retention_interval}})
 
     def start(self) -> None:
@@ -188,6 +191,9 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
         h = cfg["historian"]
         policy = load_policy(cfg, config_path)
         signer, verifier = _keys(cfg, config_path)
+        from hostbus.tracing import from_config
+
+        tracer = from_config(cfg["tracing"], "hostbus-historian", h["host_id"])
     except (ConfigError, ValueError) as exc:
         print(f"hostbus historian: {exc}")
         return 1
@@ -223,7 +229,7 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
         max_age_s=float(h["max_age_days"]) * 86400,
         max_bytes=int(float(h["max_mb"]) * 1024 * 1024),
         heartbeat_interval=float(h["heartbeat_interval"]),
-        retention_interval=float(h["retention_interval"]))
+        retention_interval=float(h["retention_interval"]), tracer=tracer)
     try:
         historian.start()
     except (BrokerRefused, HostbusError) as exc:
@@ -248,4 +254,6 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
              reason[0] if reason else "asked to")
     historian.stop(reason[0] if reason else "stopped")
     store.close()
+    if tracer is not None:
+        tracer.shutdown()
     return 0

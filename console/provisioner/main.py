@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "quotas": {"default_max_vms": 20, "owners": {}},
     "security": {"signing_key": ""},
+    "tracing": {"otlp_endpoint": ""},
 }
 
 
@@ -127,9 +128,16 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
         except ConfigError as exc:
             log.error("%s", exc)
             return 1
+    from hostbus.tracing import from_config
+
+    try:
+        tracer = from_config(cfg["tracing"], "hostbus-provisioner", host_id)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 1
     try:
         agent_transport.start()
-        console = Console.connect(url, connect_timeout=timeout, signer=signer)
+        console = Console.connect(url, connect_timeout=timeout, signer=signer, tracer=tracer)
     except ConnectionFailed as exc:
         log.error("%s", exc)
         return 2
@@ -137,12 +145,13 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
     # messages (the calls provision.submit and provision.release) and calls to its agent
     # (status, list, quota).
     runtime = AgentRuntime(agent_transport, host_id, [agent], signer=signer, policy=policy,
-                           audit=audit, heartbeat_interval=float(pcfg["heartbeat_interval"]))
+                           audit=audit, heartbeat_interval=float(pcfg["heartbeat_interval"]),
+                           tracer=tracer)
     provisioner = Provisioner(
         console=console, publisher=runtime.publisher, store=store, agent=agent, host_id=host_id,
         ledger=ledger, quotas=quotas, call_timeout=float(pcfg["call_timeout"]),
         discovery_idle=float(pcfg["discovery_idle"]), reconcile_interval=reconcile_interval,
-        policy=policy, audit=audit,
+        policy=policy, audit=audit, tracer=tracer,
     )
     try:
         runtime.start()
@@ -174,4 +183,6 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
     console.close()
     ledger.close()
     store.close()
+    if tracer is not None:
+        tracer.shutdown()
     return 0

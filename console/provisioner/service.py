@@ -32,6 +32,7 @@ from hostbus.errors import ConnectionLost, ErrorCode, HostbusError, RemoteError
 from hostbus.publisher import Publisher
 from hostbus.security.audit import AuditLog, args_digest
 from hostbus.security.policy import Policy
+from hostbus.tracing import Tracer
 from hostbus.transport.base import Delivery
 
 log = logging.getLogger("hostbus.provisioner")
@@ -52,7 +53,8 @@ class Provisioner:
     def __init__(self, *, console: Console, publisher: Publisher, store: RequestStore,
                  ledger: VmLedger, agent: ProvisionAgent, host_id: str, quotas: Quotas,
                  policy: Policy, audit: AuditLog | None, call_timeout: float = 60.0,
-                 discovery_idle: float = 0.3, reconcile_interval: float = 60.0) -> None:
+                 discovery_idle: float = 0.3, reconcile_interval: float = 60.0,
+                 tracer: Tracer | None = None) -> None:
         """``policy`` decides who may ask for what, default deny, with the agents' rules
         engine: the caller is the message's broker-checked user_id, the call
         ``provision.submit`` or ``provision.release``, and the arguments the message's
@@ -61,7 +63,10 @@ class Provisioner:
         ``publisher`` sends the replies: the one of the runtime that hosts ``agent``, so
         they leave as the provisioner's identity, signed when it has a key.
         ``ledger`` holds the VMs made, which ``start`` keeps current from the virt hosts
-        (events, and listings every ``reconcile_interval`` seconds)."""
+        (events, and listings every ``reconcile_interval`` seconds). ``tracer`` makes
+        the handling of each message a span of its sender's trace, and the calls to the
+        virt agents its children (hostbus.tracing; None: off)."""
+        self.tracer = tracer
         self.publisher = publisher
         self.policy = policy
         self.audit = audit
@@ -89,7 +94,12 @@ class Provisioner:
     def on_message(self, delivery: Delivery) -> None:
         """On the transport's I/O thread: hand over, never block it."""
         self.idle.clear()
-        self._pool.submit(self.process, delivery)
+        self._pool.submit(self.process if self.tracer is None else self._traced, delivery)
+
+    def _traced(self, delivery: Delivery) -> None:
+        assert self.tracer is not None
+        with self.tracer.process(delivery, names.PROVISION_QUEUE):
+            self.process(delivery)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from hostbus import __version__, names
@@ -38,8 +39,11 @@ from hostbus.transport.base import Delivery, Transport
 if TYPE_CHECKING:
     from hostbus.security.signing import Signer, Verifier
     from hostbus.serving.approvals import Approvals, Parked
+    from hostbus.tracing import Tracer
 
 log = logging.getLogger("hostbus.agent")
+#: What a request is handled in when tracing is off (reusable: nullcontext holds nothing).
+_UNTRACED: AbstractContextManager[Any] = nullcontext()
 
 
 class AgentRuntime:
@@ -64,6 +68,7 @@ class AgentRuntime:
         approvals: Approvals | None = None,
         signer: Signer | None = None,
         spool: Spool | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         """``schemas`` supplies schemas not shipped in ``schemas/agents`` (test agents,
         third-party agents); the shipped files are used otherwise. ``executor`` shares
@@ -71,7 +76,9 @@ class AgentRuntime:
         benchmarks); by default each runtime has its own. ``heartbeat_interval`` 0 sends
         no heartbeats. ``approvals`` parks requests that need a second person's approval
         (it needs ``verifier``). ``signer`` signs every reply and event. ``spool`` keeps
-        events while the broker is away (in memory by default; the daemon's is a file)."""
+        events while the broker is away (in memory by default; the daemon's is a file).
+        ``tracer`` records each request's handling as a span of the trace its sender
+        began (hostbus.tracing; None: off)."""
         names.validate_host_id(host_id)
         self.transport = transport
         self.host_id = host_id
@@ -91,7 +98,8 @@ class AgentRuntime:
             max_workers=max(1, workers), thread_name_prefix="hostbus-worker")
         self.requests_handled = 0
         self.audit = audit
-        self.publisher = Publisher(transport, signer)
+        self.tracer = tracer
+        self.publisher = Publisher(transport, signer, tracer)
         self.outbox = EventOutbox(self.publisher, spool)
         if approvals is not None and verifier is None:
             raise ValueError("approvals need signature checks: pass a verifier too")
@@ -253,11 +261,13 @@ class AgentRuntime:
         recent-ids store answers it as interrupted instead of running it again."""
         checked = self.dispatcher.check(delivery)
         if isinstance(checked, Outcome):
-            self._answer(checked)
+            with self._processing(delivery):
+                self._answer(checked)
             delivery.ack()
             return
         if checked.inline:
-            self._answer(self.dispatcher.run(checked))
+            with self._processing(delivery):
+                self._answer(self.dispatcher.run(checked))
             delivery.ack()
             return
         # RuntimeError: the pool is shut down, we are stopping; the broker redelivers.
@@ -273,9 +283,16 @@ class AgentRuntime:
             request = checked.request
             # From here a crash leaves it "interrupted"; before, it runs after a restart.
             self.dispatcher.replay.started(request.user_id or "", request.message_id)
-            self._answer(self.dispatcher.run(checked))
+            with self._processing(delivery):
+                self._answer(self.dispatcher.run(checked))
         finally:
             delivery.ack()
+
+    def _processing(self, delivery: Delivery) -> AbstractContextManager[Any]:
+        """The span of handling a request (its reply and events are its children)."""
+        if self.tracer is None:
+            return _UNTRACED
+        return self.tracer.process(delivery, names.host_queue(self.host_id))
 
     def _answer(self, outcome: Outcome) -> None:
         if self.audit is not None and (outcome.reply is not None or outcome.executed):
