@@ -14,7 +14,7 @@ from console.commands.options import json_option
 @click.option("--quick", is_flag=True, help="Small sizes: a smoke run of every benchmark.")
 @click.option("--only", multiple=True,
               type=click.Choice(["call", "fanout", "events", "amqp10", "provisioning",
-                                 "footprint", "soak", "faults", "history"]),
+                                 "footprint", "soak", "faults", "history", "tracing"]),
               help="Run only these (repeatable). Default: all but soak, faults and history.")
 @click.option("--calls", type=click.IntRange(10), help="Round trips per side (2000).")
 @click.option("--agents", metavar="N,N,...",

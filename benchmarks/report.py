@@ -131,6 +131,12 @@ def text(results: dict[str, Any]) -> str:
         lines.append(f"soak: {soaked['minutes']:g} min, {soaked['calls_ok']} calls "
                      f"({soaked['calls_failed']} failed), RSS MB every sample: "
                      f"{' '.join(rss)}")
+    traced = results.get("tracing")
+    if traced:
+        lines.append("call with tracing (ms)      p50      p90      p99")
+        for side in ("off", "on"):
+            r = traced[side]
+            lines.append(f"  {side:26} {r['p50']:7.3f}  {r['p90']:7.3f}  {r['p99']:7.3f}")
     if results.get("history"):
         from benchmarks.history import text as history_text
 

@@ -19,11 +19,12 @@ from benchmarks import (
     history,
     provisioning,
     soak,
+    tracing,
 )
 from benchmarks.harness import bench_vhost, progress
 from hostbus.envelope import now_rfc3339
 
-ALL = ("call", "fanout", "events", "amqp10", "provisioning", "footprint")
+ALL = ("call", "fanout", "events", "amqp10", "provisioning", "footprint", "tracing")
 #: Run only when asked for (--only soak, --only faults): minutes by design, and faults
 #: starts a RabbitMQ node of its own (root, a source checkout).
 EXTRA = ("soak", "faults", "history")
@@ -79,6 +80,9 @@ def run(plan: Plan, *, amqp: str, admin_url: str) -> dict[str, Any]:
         if "provisioning" in plan.only:
             progress(f"provisioning: {plan.provision_requests} requests")
             results["provisioning"] = provisioning.run(bench, plan.provision_requests)
+        if "tracing" in plan.only:
+            progress(f"tracing: {plan.calls} calls each, off and on")
+            results["tracing"] = tracing.run(bench, plan.calls)
         if "footprint" in plan.only:
             results["footprint"] = footprint.run(bench, plan.idle_s, plan.storm_s)
         if "faults" in plan.only:

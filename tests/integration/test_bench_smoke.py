@@ -19,8 +19,9 @@ def test_bench_quick_completes_and_writes_json_and_a_chart(rabbitmq, tmp_path):
                           env=env, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout)
-    assert {"meta", "call", "fanout", "events", "provisioning", "footprint",
+    assert {"meta", "call", "fanout", "events", "provisioning", "footprint", "tracing",
             "targets"} <= set(results)
+    assert results["tracing"]["on"]["n"] == results["tracing"]["off"]["n"] == 200
     assert results["call"]["hostbus"]["n"] == 200
     assert [f["agents"] for f in results["fanout"]] == [10, 50]
     assert all(f["all_replied"] for f in results["fanout"])
@@ -28,6 +29,25 @@ def test_bench_quick_completes_and_writes_json_and_a_chart(rabbitmq, tmp_path):
     assert {t["what"] for t in results["targets"]} >= {"call round trip p50",
                                                        "events / raw pika"}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_history_measures_both_stores_and_the_stream(rabbitmq, postgres_url):
+    """`hostbus bench --only history --quick`: each store against its raw driver,
+    ingest through the broker, queries, the stream question (the figures are the
+    benchmark's business)."""
+    from tests.postgres import SERVER
+
+    done = subprocess.run([str(Path(sys.executable).parent / "hostbus"), "bench", "--quick",
+                           "--only", "history", "--json", "--history-postgres", SERVER],
+                          capture_output=True, text=True, env=rabbitmq.env, timeout=600,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    history = json.loads(done.stdout)["history"]
+    assert set(history["insert"]) == set(history["query"]) == {"sqlite", "postgresql"}
+    assert history["ingest"]["sqlite_per_s"] > 0 and history["ingest"]["postgresql_per_s"] > 0
+    for store in history["query"].values():
+        assert store["stored"] == 20_000 and len(store["queries"]) == 4
+    assert set(history["stream"]) == {"classic", "stream"}
 
 
 @pytest.mark.timeout(900)  # a node of its own, and a 10 s alarm per protocol
