@@ -50,10 +50,25 @@ class Plan:
                    storm_s=1.0, alarm_s=10.0, history_stored=20_000)
 
 
+def _redacted(url: str | None) -> str | None:
+    """A database URL without its password, for the results."""
+    if url is None:
+        return None
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
+
+
 def run(plan: Plan, *, amqp: str, admin_url: str) -> dict[str, Any]:
     results: dict[str, Any] = {"meta": {"when": now_rfc3339(), "cpus": os.cpu_count(),
                                         "python": platform.python_version(),
-                                        "plan": plan.__dict__ | {"only": list(plan.only)}}}
+                                        "plan": plan.__dict__ | {
+                                            "only": list(plan.only),
+                                            "history_postgres": _redacted(
+                                                plan.history_postgres)}}}
     with bench_vhost(amqp, admin_url) as bench:
         try:
             overview = bench.admin._call("GET", "/api/overview")

@@ -14,6 +14,7 @@ short.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +26,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from hostbus.envelope import Event
+
+log = logging.getLogger("hostbus.exporter")
 
 #: How many heartbeat intervals of silence make an agent count as down.
 MISSED_BEATS = 3.0
@@ -44,12 +47,19 @@ class _Host:
     offline: bool = False
     version: str = ""
     uptime_s: float | None = None
-    requests: int | None = None
-    outbox: dict[str, int] = field(default_factory=dict)
+    requests: float | None = None
+    outbox: dict[str, float] = field(default_factory=dict)
     blocked: bool = False
-    status: dict[str, dict[str, Any]] = field(default_factory=dict)
+    status: dict[str, dict[str, float]] = field(default_factory=dict)  # numbers only
     metrics: dict[str, Any] | None = None
     alerts: dict[tuple[str, str], bool] = field(default_factory=dict)
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float if it is a number (not a bool), else None."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
 class FleetMetrics(Collector):
@@ -92,22 +102,49 @@ class FleetMetrics(Collector):
         host.version = str(data.get("version", host.version))
 
     def _heartbeat(self, host: _Host, data: dict[str, Any], now: float) -> None:
+        # Read defensively (event data is not checked against the agent's schema on
+        # the way in): what is not a number is left out, never a failed scrape.
         self._agent_alive(host, data, now)
-        host.interval_s = float(data.get("interval_s") or host.interval_s)
-        host.uptime_s = data.get("uptime_s")
-        host.requests = data.get("requests")
-        host.outbox = dict(data.get("events") or {})
+        host.interval_s = _number(data.get("interval_s")) or host.interval_s
+        host.uptime_s = _number(data.get("uptime_s"))
+        host.requests = _number(data.get("requests"))
+        outbox = data.get("events")
+        host.outbox = {k: n for k in ("spooled", "dropped", "rejected", "unconfirmed")
+                       if (n := _number(outbox.get(k))) is not None} \
+            if isinstance(outbox, dict) else {}
         host.blocked = "broker_blocked" in data
-        host.status = dict(data.get("status") or {})
+        status = data.get("status")
+        host.status = {agent: {k: n for k, v in values.items()
+                               if (n := _number(v)) is not None}
+                       for agent, values in status.items() if isinstance(values, dict)} \
+            if isinstance(status, dict) else {}
 
     def _offline(self, host: _Host, data: dict[str, Any], now: float) -> None:
         host.offline = True
 
     def _host_metrics(self, host: _Host, data: dict[str, Any], now: float) -> None:
-        host.metrics = data
+        """Kept as numbers, read now: a malformed sample (event data is not checked
+        against the agent's schema on the way in) is skipped here, never a failed scrape."""
+        try:
+            memory = data.get("memory") or {}
+            host.metrics = {
+                "cpu": float(data["cpu_percent"]) / 100,
+                "load": [float(x) for x in (data.get("load") or [])[:3]],
+                "memory": {k: float(memory[k]) for k in
+                           ("total_bytes", "available_bytes", "used_bytes") if k in memory},
+                "disks": {str(d["mountpoint"]): float(d["percent"]) / 100
+                          for d in data.get("disks") or []
+                          if isinstance(d, dict) and "mountpoint" in d and "percent" in d},
+            }
+        except (KeyError, TypeError, ValueError, AttributeError):
+            log.warning("skipped a malformed host.metrics sample (%s)", str(data)[:200])
 
     def _alert(self, host: _Host, data: dict[str, Any], now: float) -> None:
-        host.alerts[(data["metric"], data.get("resource", ""))] = data["state"] == "raised"
+        # Event data is not checked against the agent's schema on the way in: a buggy
+        # or foreign agent's alert without a metric is skipped, not an error per event.
+        metric, resource = data.get("metric"), data.get("resource", "")
+        if isinstance(metric, str) and isinstance(resource, str):
+            host.alerts[(metric, resource)] = data.get("state") == "raised"
 
     def _provision_accepted(self, host: _Host, data: dict[str, Any], now: float) -> None:
         if len(self._provisions) < 10_000:  # bounded: requests whose end never came
@@ -192,23 +229,21 @@ class FleetMetrics(Collector):
             age.add_metric([name], silent)
             info.add_metric([name, h.version], 1.0)
             if h.uptime_s is not None:
-                uptime.add_metric([name], float(h.uptime_s))
+                uptime.add_metric([name], h.uptime_s)
             if h.requests is not None:
-                requests.add_metric([name], float(h.requests))
-            if h.outbox:
-                spooled.add_metric([name], h.outbox.get("spooled", 0))
-                unconfirmed.add_metric([name], h.outbox.get("unconfirmed", 0))
-                dropped.add_metric([name], h.outbox.get("dropped", 0))
-                rejected.add_metric([name], h.outbox.get("rejected", 0))
+                requests.add_metric([name], h.requests)
+            for family, key in ((spooled, "spooled"), (unconfirmed, "unconfirmed"),
+                                (dropped, "dropped"), (rejected, "rejected")):
+                if key in h.outbox:
+                    family.add_metric([name], h.outbox[key])
             blocked.add_metric([name], 1.0 if h.blocked else 0.0)
-            virt = h.status.get("virt")
-            if virt:
-                free_mem.add_metric([name], virt.get("unallocated_memory_bytes", 0))
-                free_cpus.add_metric([name], virt.get("free_vcpus", 0))
-                domains.add_metric([name], virt.get("domains_running", 0))
-            hist = h.status.get("history")
-            if hist:
-                stored.add_metric([name], hist.get("stored", 0))
+            virt = h.status.get("virt", {})
+            for family, key in ((free_mem, "unallocated_memory_bytes"),
+                                (free_cpus, "free_vcpus"), (domains, "domains_running")):
+                if key in virt:
+                    family.add_metric([name], virt[key])
+            if "stored" in h.status.get("history", {}):
+                stored.add_metric([name], h.status["history"]["stored"])
         yield from (up, age, info, uptime, requests, spooled, unconfirmed, dropped, rejected,
                     blocked, free_mem, free_cpus, domains, stored)
 
@@ -231,18 +266,15 @@ class FleetMetrics(Collector):
         for name, h in sorted(self._hosts.items()):
             m = h.metrics
             if m is not None:
-                cpu.add_metric([name], float(m.get("cpu_percent", 0)) / 100)
-                for period, value in zip(("1m", "5m", "15m"), m.get("load") or [],
-                                         strict=False):
-                    load.add_metric([name, period], float(value))
-                memory = m.get("memory") or {}
+                cpu.add_metric([name], m["cpu"])
+                for period, value in zip(("1m", "5m", "15m"), m["load"], strict=False):
+                    load.add_metric([name, period], value)
                 for family, key in ((mem_total, "total_bytes"),
                                     (mem_avail, "available_bytes"), (mem_used, "used_bytes")):
-                    if key in memory:
-                        family.add_metric([name], float(memory[key]))
-                for d in m.get("disks") or []:
-                    if "mountpoint" in d and "percent" in d:
-                        disk.add_metric([name, d["mountpoint"]], float(d["percent"]) / 100)
+                    if key in m["memory"]:
+                        family.add_metric([name], m["memory"][key])
+                for mountpoint, ratio in sorted(m["disks"].items()):
+                    disk.add_metric([name, mountpoint], ratio)
             for (metric, resource), raised in sorted(h.alerts.items()):
                 alert.add_metric([name, metric, resource], 1.0 if raised else 0.0)
         yield from (cpu, load, mem_total, mem_avail, mem_used, disk, alert)

@@ -119,6 +119,16 @@ def test_a_cleared_alert_reads_zero_and_a_long_silent_host_is_forgotten():
                    for _, labels in scrape(registry))
 
 
+def test_malformed_event_data_is_skipped_and_scrapes_go_on():
+    registry, fleet, _ = a_fleet()
+    fleet.observe(ev("host", "metrics", {**METRICS, "cpu_percent": "lots"}, seq=5))
+    fleet.observe(ev("host", "alert", {"state": "raised"}, seq=6))
+    fleet.observe(ev("agent", "heartbeat", {**HEARTBEAT, "events": "none"}, seq=7))
+    s = scrape(registry)
+    assert value(s, "hostbus_host_cpu_usage_ratio", host="web01") == 0.25  # the last good
+    assert value(s, "hostbus_agent_up", host="web01") == 1
+
+
 def exported_names():
     registry, _, _ = a_fleet()
     text = generate_latest(registry).decode()
