@@ -28,6 +28,8 @@ from hostbus import codec
 
 #: Bytes counted per row beyond its body and properties (the fields queries use).
 ROW_OVERHEAD = 64
+#: Retention deletes at most this many rows per transaction.
+DELETE_BATCH = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +113,9 @@ class EventStore(abc.ABC):
     def stats(self) -> Stats: ...
 
     @abc.abstractmethod
-    def delete_before(self, time_ms: int) -> int:
-        """Delete events older than ``time_ms``; how many went."""
+    def delete_before(self, time_ms: int, limit: int) -> int:
+        """Delete at most ``limit`` of the events older than ``time_ms``, oldest first;
+        how many went."""
 
     @abc.abstractmethod
     def delete_oldest(self, n: int) -> int:
@@ -127,16 +130,22 @@ class EventStore(abc.ABC):
         gone = 0
         if max_age_s > 0:
             now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-            gone += self.delete_before(now_ms - int(max_age_s * 1000))
+            # In transactions of at most DELETE_BATCH rows, so inserts and queries are
+            # not held up for long (a first pass over a big store may delete millions).
+            while (n := self.delete_before(now_ms - int(max_age_s * 1000),
+                                           DELETE_BATCH)) > 0:
+                gone += n
+                if n < DELETE_BATCH:
+                    break
         if max_bytes > 0:
             while True:
                 st = self.stats()
                 if st.bytes <= max_bytes or st.events == 0:
                     break
-                # Delete about the excess (by the mean row), at least 1, at most 10,000
-                # per transaction so queries and inserts are not held up for long.
+                # Delete about the excess (by the mean row), at least 1, at most
+                # DELETE_BATCH per transaction.
                 mean = st.bytes / st.events
-                n = min(10_000, max(1, int((st.bytes - max_bytes) / mean) + 1))
+                n = min(DELETE_BATCH, max(1, int((st.bytes - max_bytes) / mean) + 1))
                 gone += self.delete_oldest(n)
         return gone
 
@@ -287,8 +296,9 @@ class SQLiteStore(EventStore):
                 raise
         return int(gone)
 
-    def delete_before(self, time_ms: int) -> int:
-        return self._delete("time_ms < ?", (time_ms,))
+    def delete_before(self, time_ms: int, limit: int) -> int:
+        return self._delete("id IN (SELECT id FROM events WHERE time_ms < ? "
+                            "ORDER BY time_ms, id LIMIT ?)", (time_ms, limit))
 
     def delete_oldest(self, n: int) -> int:
         return self._delete("id IN (SELECT id FROM events ORDER BY time_ms, id LIMIT ?)",
@@ -384,8 +394,9 @@ class PostgresStore(EventStore):
                             (len(sizes), sum(sizes)))
         return len(sizes)
 
-    def delete_before(self, time_ms: int) -> int:
-        return self._delete("time_ms < %s", (time_ms,))
+    def delete_before(self, time_ms: int, limit: int) -> int:
+        return self._delete("id IN (SELECT id FROM events WHERE time_ms < %s "
+                            "ORDER BY time_ms, id LIMIT %s)", (time_ms, limit))
 
     def delete_oldest(self, n: int) -> int:
         return self._delete("id IN (SELECT id FROM events ORDER BY time_ms, id LIMIT %s)",

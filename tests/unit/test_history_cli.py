@@ -195,7 +195,8 @@ def row(seq, t_ms, host="web01", event="alert", body_size=100):
     return Row(host, "host", event, "e1", seq, t_ms, t_ms, f"m{seq}", host, body)
 
 
-def test_retention_by_age_removes_events_older_than_the_limit(tmp_path):
+def test_retention_by_age_removes_events_older_than_the_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr("console.history.store.DELETE_BATCH", 4)  # more than one pass
     store = SQLiteStore(tmp_path / "h.db")
     store.insert([row(i, i * 1000) for i in range(1, 11)])
     gone = store.apply_retention(max_age_s=3.5, max_bytes=0, now_ms=10_000)
