@@ -142,7 +142,7 @@ def history(ctx: CliContext, patterns: tuple[str, ...], since: str | None, until
 
     \b
     PATTERN is an AMQP topic pattern on <agent>.<host>.<event>, as hostbus watch takes:
-      hostbus history 'host.*.alert' --since 1d        yesterday's alerts
+      hostbus history 'host.*.alert' --since 1d        the last day's alerts
       hostbus history --host web01 --since 2h          all of web01's events
       hostbus history --event agent.offline -s 1w      who went away this week
       hostbus history 'virt.#' --since 2026-11-21T10:00:00Z --until 2026-11-21T11:00:00Z

@@ -204,3 +204,14 @@ def test_the_alerting_rules_check_and_pass_their_unit_tests():
                             cwd=ETC / "prometheus", capture_output=True, text=True,
                             timeout=60, check=False)
     assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_the_shipped_prometheus_config_checks(tmp_path):
+    text = (ETC / "prometheus" / "prometheus.yml").read_text().replace(
+        "/etc/prometheus/hostbus-alerts.yml", str(ETC / "prometheus" / "hostbus-alerts.yml"))
+    path = tmp_path / "prometheus.yml"
+    path.write_text(text)
+    done = subprocess.run([promtool(), "check", "config", str(path)], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS: 5 rules found" in done.stdout + done.stderr
