@@ -77,9 +77,10 @@ class OtelTracer:
     process-wide global one), exported in batches."""
 
     def __init__(self, service_name: str, instance: str = "", *, endpoint: str = "",
-                 exporter: Any = None) -> None:
+                 exporter: Any = None, export_timeout_s: float = 10.0) -> None:
         """``instance``: which one (a host id). ``exporter``: an SDK span exporter; by
-        default OTLP over HTTP to ``endpoint`` (``http://collector:4318/v1/traces``)."""
+        default OTLP over HTTP to ``endpoint`` (``http://collector:4318/v1/traces``),
+        giving up on a batch after ``export_timeout_s`` (retries included)."""
         try:
             from opentelemetry.sdk.resources import Resource
             from opentelemetry.sdk.trace import TracerProvider
@@ -93,7 +94,7 @@ class OtelTracer:
                     OTLPSpanExporter,
                 )
 
-                exporter = OTLPSpanExporter(endpoint=endpoint)
+                exporter = OTLPSpanExporter(endpoint=endpoint, timeout=export_timeout_s)
         except ImportError:
             raise ConfigError("[tracing] otlp_endpoint is set, but OpenTelemetry is not "
                               "installed: pip install 'hostbus[tracing]'") from None
@@ -149,13 +150,16 @@ class OtelTracer:
         self.provider.shutdown()
 
 
-def from_config(section: dict[str, Any], service_name: str,
-                instance: str = "") -> OtelTracer | None:
-    """The tracer a ``[tracing]`` section asks for: None (off) unless ``otlp_endpoint``."""
+def from_config(section: dict[str, Any], service_name: str, instance: str = "", *,
+                export_timeout_s: float = 10.0) -> OtelTracer | None:
+    """The tracer a ``[tracing]`` section asks for: None (off) unless ``otlp_endpoint``.
+    A command line tool gives a short ``export_timeout_s``: it waits for the last export
+    when it exits."""
     endpoint = str(section.get("otlp_endpoint", "") or "")
     if not endpoint:
         return None
     if not endpoint.startswith(("http://", "https://")):
         raise ConfigError(f"[tracing] otlp_endpoint = {endpoint!r}: give the collector's "
                           "OTLP/HTTP URL, such as http://127.0.0.1:4318/v1/traces")
-    return OtelTracer(service_name, instance, endpoint=endpoint)
+    return OtelTracer(service_name, instance, endpoint=endpoint,
+                      export_timeout_s=export_timeout_s)

@@ -169,7 +169,8 @@ class CliContext:
         if cfg["tracing"]["otlp_endpoint"]:
             from hostbus.tracing import from_config
 
-            self.tracer = from_config(cfg["tracing"], "hostbus-cli")
+            # a collector that does not answer delays the command's exit by this much
+            self.tracer = from_config(cfg["tracing"], "hostbus-cli", export_timeout_s=2.0)
 
     def traced(self, command: str | None) -> contextlib.AbstractContextManager[Any]:
         """One command, one trace (every request it sends is a child of its span)."""

@@ -187,3 +187,40 @@ def test_a_provisioning_request_and_the_calls_to_the_virt_agents_are_one_trace(t
     assert {"agent._all", "virt.kvm01"} <= virt_work
     assert any(s.name == "process hostbus.provision" for s in ours)
     assert any(s.name == "publish hostbus.event" for s in ours)  # provision.* progress
+
+
+def test_a_command_is_exported_over_otlp_when_an_endpoint_is_configured(fleet, tmp_path):
+    """The CLI's [tracing] otlp_endpoint: its command span reaches an OTLP/HTTP receiver
+    (a stand-in collector on loopback) by the time the command exits."""
+    import http.server
+    import threading
+
+    received = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, self.headers["Content-Type"], body))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Collector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    config = tmp_path / "traced.toml"
+    config.write_text(fleet.config.read_text() + "[tracing]\notlp_endpoint = "
+                      f'"http://127.0.0.1:{server.server_port}/v1/traces"\n')
+    fleet.config = config
+    fleet.add("web01")
+    try:
+        done = fleet.run("ping", "-H", "web01")
+    finally:
+        server.shutdown()
+    assert done.exit_code == 0, done.stderr
+    assert [(path, kind) for path, kind, _ in received] == [
+        ("/v1/traces", "application/x-protobuf")]
+    assert b"hostbus ping" in received[0][2]  # the command's span, by name
