@@ -130,13 +130,17 @@ def historian(ctx: CliContext, config_file: str | None, check_config: bool, setu
               help="Only these events: host.alert, virt.domain.lifecycle (repeatable).")
 @click.option("--limit", "-n", type=click.IntRange(1), default=None, metavar="N",
               help="Stop after N events.")
+@click.option("--no-validate", is_flag=True,
+              help="Ask even if a pattern or event matches nothing the local schemas "
+                   "declare (another agent's events).")
 @historian_option
 @timeout_option
 @json_option
 @click.pass_obj
 def history(ctx: CliContext, patterns: tuple[str, ...], since: str | None, until: str | None,
             hosts: tuple[str, ...], events: tuple[str, ...], limit: int | None,
-            historian: str | None, timeout: float | None, as_json: bool) -> Exit:
+            no_validate: bool, historian: str | None, timeout: float | None,
+            as_json: bool) -> Exit:
     """Print stored events, oldest first (the last hour unless --since says otherwise):
     every event published before you asked, once the historian has stored it.
 
@@ -153,13 +157,14 @@ def history(ctx: CliContext, patterns: tuple[str, ...], since: str | None, until
     from console.history.client import HistoryUnavailable, event_of, pages
 
     declared = known_events()
-    for pattern in patterns:
+    for pattern in () if no_validate else patterns:
         check_pattern(pattern, declared)
     for event in events:
         agent, _, name = event.partition(".")
-        if (agent, name) not in declared:
-            raise usage(f"--event {event!r}: no such event; events: "
-                        + ", ".join(f"{a}.{e}" for a, e in declared))
+        if not name or (not no_validate and (agent, name) not in declared):
+            raise usage(f"--event {event!r}: no such event (AGENT.EVENT); events: "
+                        + ", ".join(f"{a}.{e}" for a, e in declared)
+                        + " (--no-validate asks anyway)")
     args: dict[str, Any] = {"patterns": list(patterns) or ["#"], "hosts": list(hosts),
                             "events": list(events), "since": parse_since(since or "1h")}
     if until:

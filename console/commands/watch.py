@@ -59,7 +59,7 @@ def check_pattern(pattern: str, events: list[tuple[str, str]]) -> None:
     raise usage(f"{pattern!r} matches no event (keys are AGENT.HOST.EVENT)"
                 + (f"; did you mean {' or '.join(meant)}?" if meant else
                    f"; events: {', '.join(shapes)}")
-                + " (--no-validate subscribes anyway)")
+                + " (--no-validate takes it anyway)")
 
 
 @click.command(epilog=EPILOG)

@@ -120,6 +120,17 @@ def test_a_bad_since_is_refused_before_anything_is_asked(fleet):
     assert "30s, 10m, 1h" in done.stderr
 
 
+@pytest.mark.parametrize(("args", "said"), [
+    (["host.metrics"], "did you mean host.*.metrics?"),
+    (["--event", "host.metric"], "--event 'host.metric': no such event"),
+])
+def test_a_pattern_or_event_that_matches_nothing_is_refused_unless_asked(fleet, historian,
+                                                                        args, said):
+    done = fleet.run("history", *args)
+    assert done.exit_code == 2 and said in done.stderr and "--no-validate" in done.stderr
+    assert fleet.run("history", *args, "--no-validate").exit_code == 0
+
+
 def test_since_takes_spans_and_times():
     now = datetime(2026, 11, 21, 10, 0, 0, tzinfo=UTC)
     assert parse_since("90m", now=now) == "2026-11-21T08:30:00.000Z"
