@@ -12,10 +12,10 @@ cannot listen.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from typing import TYPE_CHECKING, Any
 
+from console.services import wait_for_stop
 from hostbus import config
 from hostbus.errors import ConfigError, ConnectionFailed, HostbusError
 from hostbus.logs import setup_logging
@@ -180,19 +180,8 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
         console.close()
         return 2
     log.info("hostbus exporter serving /metrics on %s:%d", exporter.listen[0], exporter.port)
-    stopped = stop or threading.Event()
-    reason: list[str] = []
-
-    def on_signal(signum: int, frame: object) -> None:
-        reason.append(signal.Signals(signum).name)
-        stopped.set()
-
-    if stop is None:
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-    while not stopped.wait(1.0):
-        pass
-    log.info("stopping (%s)", reason[0] if reason else "asked to")
+    reason = wait_for_stop(stop)
+    log.info("stopping (%s)", reason or "asked to")
     exporter.stop()
     console.close()
     return 0

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from console.history.agent import HistoryAgent
 from console.history.ingest import Ingest
 from console.history.store import EventStore, open_store
+from console.services import wait_for_stop
 from hostbus import __version__, config, names
 from hostbus.errors import BrokerRefused, ConfigError, ConnectionFailed, HostbusError
 from hostbus.logs import setup_logging
@@ -238,21 +238,10 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
         return 3
     log.info("hostbus historian %s storing %s into %s as %s", __version__, h["queue"],
              where.split("@")[-1], host_id)
-    stopped = stop or threading.Event()
-    reason: list[str] = []
-
-    def on_signal(signum: int, frame: object) -> None:
-        reason.append(signal.Signals(signum).name)
-        stopped.set()
-
-    if stop is None:
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-    while not stopped.wait(1.0):
-        pass
+    reason = wait_for_stop(stop)
     log.info("stopping (%s); events received are stored first",
-             reason[0] if reason else "asked to")
-    historian.stop(reason[0] if reason else "stopped")
+             reason or "asked to")
+    historian.stop(reason or "stopped")
     store.close()
     if tracer is not None:
         tracer.shutdown()

@@ -7,7 +7,6 @@ Exit codes: 0 stopped cleanly, 1 configuration error, 2 cannot reach the broker,
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from console.provisioner.ledger import VmLedger
 from console.provisioner.quotas import Quotas
 from console.provisioner.service import Provisioner, consume_requests
 from console.provisioner.store import RequestStore
+from console.services import wait_for_stop
 from hostbus import __version__, config, names
 from hostbus.errors import BrokerRefused, ConfigError, ConnectionFailed, HostbusError
 from hostbus.logs import setup_logging
@@ -164,22 +164,11 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
         return 3
     log.info("hostbus provisioner %s serving %s as %s (state in %s)", __version__,
              "hostbus.provision", host_id, store.path)
-    stopped = stop or threading.Event()
-    reason: list[str] = []
-
-    def on_signal(signum: int, frame: object) -> None:
-        reason.append(signal.Signals(signum).name)
-        stopped.set()
-
-    if stop is None:
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-    while not stopped.wait(1.0):
-        pass
+    reason = wait_for_stop(stop)
     log.info("stopping (%s); the request in progress, if any, is finished first",
-             reason[0] if reason else "asked to")
+             reason or "asked to")
     provisioner.close()
-    runtime.stop(reason[0] if reason else "stopped")
+    runtime.stop(reason or "stopped")
     console.close()
     ledger.close()
     store.close()
