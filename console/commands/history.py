@@ -81,9 +81,12 @@ since_option = click.option(
               show_default=True, metavar="N",
               help="With --setup: events the queue keeps while no historian reads it "
                    "(the oldest go first beyond that).")
+@click.option("--queue", default="hostbus.history", show_default=True, metavar="NAME",
+              help="With --setup: the queue's name. Each historian reads a queue of its "
+                   "own ([historian] queue): two on one queue would share the events.")
 @click.pass_obj
 def historian(ctx: CliContext, config_file: str | None, check_config: bool, setup: bool,
-              admin_url: str | None, max_backlog: int) -> int:
+              admin_url: str | None, max_backlog: int, queue: str) -> int:
     """Store every event (SQLite, or PostgreSQL by URL) until SIGTERM/SIGINT, and answer
     hostbus history and hostbus watch --since.
 
@@ -96,12 +99,14 @@ def historian(ctx: CliContext, config_file: str | None, check_config: bool, setu
     """
     if setup:
         from console.commands.broker import admin, vhost_of
-        from console.history.main import HISTORY_QUEUE
 
+        if not re.fullmatch(r"hostbus\.[a-z][a-z0-9_]{0,62}", queue):
+            raise usage(f"--queue {queue!r}: a shared queue is named hostbus.WORD (a-z, "
+                        "0-9, _), such as hostbus.history")
         vhost = vhost_of(ctx, None)
         made = admin(ctx, admin_url).declare_event_queue(
-            vhost, HISTORY_QUEUE, ["#"], max_length=max_backlog)
-        click.echo(f"queue {HISTORY_QUEUE} in vhost {vhost}: "
+            vhost, queue, ["#"], max_length=max_backlog)
+        click.echo(f"queue {queue} in vhost {vhost}: "
                    + ("made" if made else "already there")
                    + f", bound to every event, keeping up to {max_backlog:,} while unread")
         return Exit.OK

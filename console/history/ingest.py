@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hostbus.historian")
 
-#: The historian's own marker (``history.<id>.sync``): waited for, never stored.
+#: A historian's marker (``history.<id>.sync``): its own is waited for; none is stored.
 SYNC_EVENT = ("history", "sync")
 
 
@@ -70,8 +70,11 @@ class Ingest:
         except RemoteError as err:
             self._refuse(delivery, f"not a valid event: {err.message}")
             return
-        if (ev.agent, ev.event) == SYNC_EVENT and ev.host == self.host_id:
-            self._queue.put(_Item(delivery, None, str(ev.data.get("token", ""))))
+        if (ev.agent, ev.event) == SYNC_EVENT:
+            if ev.host == self.host_id:  # ours: acknowledged once what came before is stored
+                self._queue.put(_Item(delivery, None, str(ev.data.get("token", ""))))
+            else:  # another historian's marker: never stored
+                delivery.ack()
             return
         why = self._why_not(delivery, ev.host, ev.routing_key())
         if why is not None:

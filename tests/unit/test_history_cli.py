@@ -107,6 +107,27 @@ def test_events_that_speak_for_another_host_are_not_stored(fleet, historian):
     sender.close()
 
 
+def test_another_historians_marker_is_not_stored(fleet, historian):
+    fleet.broker.enroll("hist2", [])
+    marker = Event(host="hist2", agent="history", event="sync", data={"token": "t"}, seq=1,
+                   epoch="e")
+    body, props = marker.encode()
+    props.user_id = "hist2"
+    sender = MemoryTransport(fleet.broker, user="hist2")
+    sender.start()
+    sender.publish("hostbus.event", "history.hist2.sync", body, props)
+    fleet.add("web01")  # published after the marker: once it is stored, the marker was read
+    stored(historian, 1)
+    assert lines(fleet.run("history", "history.*.sync", "--json")) == []
+    assert historian.ingest.counters.refused == 0
+    sender.close()
+
+
+def test_setup_takes_only_a_shared_queue_name(fleet):
+    done = fleet.run("historian", "--setup", "--queue", "hostbus.host.web01")
+    assert done.exit_code == 2 and "hostbus.WORD" in done.stderr
+
+
 def test_without_a_historian_history_says_how_to_start_one(fleet):
     fleet.add("web01")
     done = fleet.run("history")
