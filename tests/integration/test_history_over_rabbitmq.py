@@ -14,7 +14,6 @@ from hostbus import codec
 from hostbus.serving.runtime import AgentRuntime
 from tests.integration.conftest import BIN
 
-ADMIN = os.environ.get("HOSTBUS_TEST_ADMIN_URL", "http://guest:guest@127.0.0.1:15672")
 ALERT = {"metric": "cpu_percent", "resource": "", "state": "raised", "value": 95.0,
          "raise_at": 90.0, "clear_at": 80.0}
 
@@ -72,7 +71,7 @@ def cli(rabbitmq, *args, timeout=60):
 def historian(rabbitmq, tmp_path, postgres_url):
     """`hostbus historian --setup`, enrolled, then the daemon on PostgreSQL."""
     host_id = f"hist-{uuid.uuid4().hex[:6]}"
-    setup = cli(rabbitmq, "historian", "--setup", "--admin-url", ADMIN)
+    setup = cli(rabbitmq, "historian", "--setup", "--admin-url", rabbitmq.admin_url)
     assert setup.returncode == 0, setup.stderr
     assert "hostbus.history" in setup.stdout and "made" in setup.stdout
     rabbitmq.enroll(host_id, ["history"])
@@ -98,6 +97,7 @@ def historian(rabbitmq, tmp_path, postgres_url):
     assert proc.wait(timeout=30) == 0
 
 
+@pytest.mark.hostbus_core
 def test_history_after_an_agent_restart_and_watch_since(rabbitmq, historian):
     host_id = f"web-{uuid.uuid4().hex[:6]}"
     rabbitmq.enroll(host_id, ["host"])

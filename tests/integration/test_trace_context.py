@@ -1,7 +1,8 @@
 """The trace context crosses between AMQP 0-9-1 and 1.0 on the real broker (RabbitMQ
 3.10 carries content_type across, not headers): a console on one protocol and an agent
-on the other are one trace."""
+on the other are one trace. On every broker the suite runs (3.10 and 4.x)."""
 
+import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
@@ -9,11 +10,13 @@ from console.client import Console
 from hostbus.serving.runtime import AgentRuntime
 from hostbus.tracing import OtelTracer
 
+pytestmark = [pytest.mark.integration, pytest.mark.hostbus_core]
+
 
 def test_a_call_across_protocols_is_one_trace(rabbitmq):
     """The console on the protocol under test, the agent on the other one."""
-    urls = {"amqp091": rabbitmq.raw_url, "amqp10": rabbitmq.raw_url.replace("amqp://",
-                                                                            "amqp10://", 1)}
+    urls = {"amqp091": rabbitmq.raw_url,
+            "amqp10": rabbitmq.raw_url.replace("amqp://", "amqp10://", 1)}
     console_side = rabbitmq.transport
     agent_side = "amqp10" if console_side == "amqp091" else "amqp091"
     spans = InMemorySpanExporter()
