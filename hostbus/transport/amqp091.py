@@ -11,6 +11,7 @@ with a message that says what to fix.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import ssl
@@ -41,6 +42,7 @@ from hostbus.transport.base import (
     Transport,
     reconnect_delay,
 )
+from hostbus.transport.sweep import Sweeper, Swept, is_internal_error
 from hostbus.transport.url import BrokerURL, broker_urls
 
 log = logging.getLogger(__name__)
@@ -240,6 +242,8 @@ class PikaTransport(Transport):
         self._next_tag = 1
         self._generation = 0
         self._topology: list[_TopologyItem] = []
+        # Clears a queue of a message the broker cannot deliver over AMQP 0-9-1.
+        self.sweeper = Sweeper()
         self._stopping = threading.Event()
         self._ready = threading.Event()
         self._start_error: HostbusError | None = None
@@ -314,6 +318,11 @@ class PikaTransport(Transport):
 
     def _open_channel(self) -> None:
         assert self._conn is not None
+        if self.sweeper.needed:
+            self._ch = None  # what the swept messages cause is sent once consuming again
+            self.sweeper.sweep(self._conn, [
+                (item.queue, functools.partial(self._deliver_swept, item))
+                for item in self._topology if item.ack != "broker" and not item.exclusive])
         ch = self._conn.channel()
         ch.basic_qos(prefetch_count=self._prefetch)
         self._ch = ch
@@ -351,6 +360,13 @@ class PikaTransport(Transport):
         log.error("the broker refused a publish%s: %s; carrying on with a new channel",
                   f" to {exchange}" if exchange else "", words)
         self._broker_refused(exchange, exchange or "?", words)
+
+    def _channel_closed(self, channel: BlockingChannel | None) -> None:
+        reason = getattr(channel, "_closing_reason", None)
+        if reason is not None and is_internal_error(reason):
+            self.sweeper.closed(reason)  # not a refusal: a message it could not deliver
+        else:
+            self._channel_refused(channel)
 
     def _on_confirm(self, frame: Any) -> None:
         """Basic.Ack or Basic.Nack from the broker: one tag, or every tag up to it."""
@@ -410,6 +426,8 @@ class PikaTransport(Transport):
             )
             if item.ack == "handler":
                 delivery.ack, delivery.nack = self._settlers(channel, method.delivery_tag)
+                self.sweeper.received(channel, method.delivery_tag, item.queue,
+                                      props.message_id, body)
             # What the handler sends (a reply, an ack) is written after it returns, in
             # one flush, instead of one socket write each.
             self._in_handler = True
@@ -427,6 +445,19 @@ class PikaTransport(Transport):
         ch.basic_consume(queue, on_message, auto_ack=item.ack == "broker",
                          exclusive=item.exclusive)
 
+    def _deliver_swept(self, item: _TopologyItem, method: Any, props: pika.BasicProperties,
+                       body: bytes) -> None:
+        """A message the sweep took (already settled: acks are no-ops)."""
+        delivery = Delivery(body, _from_pika(props), method.exchange, method.routing_key,
+                            method.redelivered)
+        self._in_handler = True
+        try:
+            item.handler(delivery)
+        except Exception:  # a handler bug must not take the I/O thread down
+            log.exception("message handler for queue %s failed", item.queue)
+        finally:
+            self._in_handler = False
+
     def _settlers(
         self, channel: BlockingChannel, tag: int
     ) -> tuple[Callable[[], None], Callable[[bool], None]]:
@@ -436,6 +467,7 @@ class PikaTransport(Transport):
 
         def settle(ack: bool, requeue: bool) -> None:
             def task(ch: BlockingChannel) -> None:
+                self.sweeper.settled(channel, tag)
                 if ch is not channel or channel.is_closed:
                     log.info("delivery %d belonged to a closed channel; the broker "
                              "redelivers it", tag)
@@ -457,7 +489,10 @@ class PikaTransport(Transport):
         while not self._stopping.is_set():
             try:
                 self._open()
+            except Swept:
+                continue  # one message fewer in the way: go on sweeping at once
             except Exception as exc:
+                self.sweeper.closed(exc)
                 err = translate_error(exc, where)
                 if (first and not self._wait_first) or not self._reconnect:
                     self._start_error = err
@@ -479,6 +514,7 @@ class PikaTransport(Transport):
             except (pex.AMQPConnectionError, pex.ConnectionClosed, pex.StreamLostError,
                     OSError) as exc:
                 self._ch = self._cch = None
+                self.sweeper.closed(exc)
                 if self._stopping.is_set():
                     self._fail_unconfirmed()
                     break
@@ -502,7 +538,7 @@ class PikaTransport(Transport):
             if self._ch is None or self._ch.is_closed:
                 # The broker closed the channel (a publish to a missing exchange, a
                 # forbidden routing key): say so and carry on with a fresh channel.
-                self._channel_refused(self._ch)
+                self._channel_closed(self._ch)
                 self._open_channel()
         self._drain()
 
@@ -593,7 +629,7 @@ class PikaTransport(Transport):
             if self._ch.is_closed:
                 # Closed by the broker since the last pass (a refused publish): report
                 # it, and reopen before running more work on it.
-                self._channel_refused(self._ch)
+                self._channel_closed(self._ch)
                 self._open_channel()
             task, fut = self._tasks.popleft()
             if isinstance(task, _Publish):
@@ -661,7 +697,14 @@ class PikaTransport(Transport):
 
     def _add(self, item: _TopologyItem) -> None:
         def task(ch: BlockingChannel) -> None:
-            self._apply(ch, item)
+            try:
+                self._apply(ch, item)
+            except (pex.ConnectionClosedByBroker, pex.ChannelClosedByBroker) as exc:
+                if not is_internal_error(exc):
+                    raise
+                # The queue holds a message the broker cannot deliver over AMQP 0-9-1:
+                # consumed again once the sweep after the reconnect has removed it.
+                self.sweeper.closed(exc)
             self._topology.append(item)
 
         self._submit(task, wait=True)

@@ -1,0 +1,144 @@
+"""Clearing a queue of a message the broker cannot deliver over AMQP 0-9-1.
+
+AMQP 1.0 lets a sender give a message a message-id, correlation-id, reply-to,
+content-type or content-encoding longer than the 255 bytes AMQP 0-9-1 can carry, or a
+numeric message-id. RabbitMQ takes such a message, and closes the connection of every
+AMQP 0-9-1 consumer it tries to deliver it to, with 541 INTERNAL_ERROR (RabbitMQ 3.10:
+``content_properties_shortstr_overflow`` in its log). The message goes back to its
+queue, ahead of newer ones, and comes again on the next connection: one message would
+keep an agent, a service or a durable subscriber off the bus for good.
+
+The way out, measured on RabbitMQ 3.10 with classic and quorum queues: ``basic.get``
+with ``no_ack`` removes the message at the head of a queue *before* the broker frames
+it, so the connection still dies, but the message is gone. So after a 541 the next
+connection, before it consumes again, sweeps each durable queue it consumes: it takes
+messages with ``no_ack`` (the redeliveries first: the ones that were out when the
+connection died, the culprit among them) and hands them to the handler as usual, until
+the queue is empty or ``FRESH_LIMIT`` new messages have been handed over; a message the
+broker cannot frame closes that connection too, and is gone. A new connection goes on
+sweeping at once. Messages this process had already received and not
+yet settled when the connection died are still being handled (their replies go out on
+the new connection): their redelivered copies are dropped instead of being handled
+twice.
+
+What it costs: nothing while nothing goes wrong (a dictionary entry per unsettled
+request); per such message, one more connection. No message is charged twice: the
+swept ones are settled at once, so a quorum queue's delivery limit sees each innocent
+message returned at most once per such message, and only if it was out when the
+first connection died. A message handed over by the sweep is settled on receipt, so if
+this process dies while handling it, the broker does not deliver it again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pika.exceptions as pex
+
+log = logging.getLogger(__name__)
+
+INTERNAL_ERROR = 541
+# A sweep goes on past the redeliveries while messages keep coming, so that a stream of
+# such messages is cleared by sweeping, each at the cost of one connection; it stops at
+# an empty queue or after this many new messages, and consuming takes over.
+FRESH_LIMIT = 100
+
+#: One durable queue to sweep, and what to do with a message taken from it:
+#: ``deliver(method, properties, body)`` (pika's Basic.GetOk, BasicProperties, bytes).
+SweptQueue = tuple[str, Callable[[Any, Any, bytes], None]]
+
+
+class Swept(pex.AMQPConnectionError):
+    """The sweep removed a message and the broker closed the connection doing it:
+    reconnect at once (no backoff: each such connection clears one message) and go on."""
+
+
+def is_internal_error(exc: BaseException) -> bool:
+    """Whether the broker closed a connection or channel with 541 INTERNAL_ERROR."""
+    return (isinstance(exc, pex.ConnectionClosedByBroker | pex.ChannelClosedByBroker)
+            and exc.reply_code == INTERNAL_ERROR)
+
+
+class Sweeper:
+    """The sweep's state on one transport. Everything runs on the transport's I/O
+    thread."""
+
+    def __init__(self) -> None:
+        #: A 541 was seen: sweep before consuming again.
+        self.needed = False
+        #: Messages removed by a sweep, since this transport started.
+        self.removed = 0
+        # (channel id, delivery tag) -> (queue, message_id, body): received, unsettled.
+        self._unsettled: dict[tuple[int, int], tuple[str, str | None, bytes]] = {}
+        # What was unsettled when the connection died: (queue, message_id, hash(body)).
+        self._in_hand: set[tuple[str, str | None, int]] = set()
+
+    def received(self, channel: object, tag: int, queue: str, message_id: str | None,
+                 body: bytes) -> None:
+        self._unsettled[(id(channel), tag)] = (queue, message_id, body)
+
+    def settled(self, channel: object, tag: int) -> None:
+        self._unsettled.pop((id(channel), tag), None)
+
+    def closed(self, exc: BaseException) -> None:
+        """The consuming channel or its connection is gone: delivery tags mean nothing on
+        a new one. After a 541, remember what was in hand and sweep before consuming
+        again."""
+        if is_internal_error(exc) or isinstance(exc, Swept):
+            if not self.needed:
+                log.warning("the broker closed the connection with 541 INTERNAL_ERROR, the "
+                            "sign of a message it cannot deliver over AMQP 0-9-1; the "
+                            "queues consumed are swept before consuming again")
+            self.needed = True
+            self._in_hand.update((q, mid, hash(body))
+                                 for q, mid, body in self._unsettled.values())
+        self._unsettled.clear()
+
+    def sweep(self, conn: Any, queues: list[SweptQueue]) -> None:
+        """Take the redelivered messages off each queue (``no_ack``), hand them over, and
+        drop the copies of those still in hand. Raises ``Swept`` when the broker closed
+        the connection while handing one out: that message is gone."""
+        ch = conn.channel()
+        for queue, deliver in queues:
+            ch = self._sweep_queue(conn, ch, queue, deliver)
+        ch.close()
+        self.needed = False
+        self._in_hand.clear()
+
+    def _sweep_queue(self, conn: Any, ch: Any, queue: str,
+                     deliver: Callable[[Any, Any, bytes], None]) -> Any:
+        fresh = 0
+        while fresh < FRESH_LIMIT:
+            try:
+                method, props, body = ch.basic_get(queue, auto_ack=True)
+            except pex.ChannelClosedByBroker as exc:
+                if exc.reply_code == INTERNAL_ERROR:  # only the channel died with it
+                    self._removed(queue)
+                    ch = conn.channel()
+                    continue
+                # The queue is gone or may not be read: consuming it will say so.
+                return conn.channel()
+            except pex.ConnectionClosedByBroker as exc:
+                if exc.reply_code != INTERNAL_ERROR:
+                    raise
+                self._removed(queue)
+                raise Swept(f"removed a message from {queue}") from None
+            if method is None:
+                return ch
+            copy = (queue, props.message_id, hash(body))
+            if method.redelivered and copy in self._in_hand:
+                self._in_hand.discard(copy)  # still being handled, or answered since
+                continue
+            fresh += not method.redelivered
+            deliver(method, props, body)
+        return ch
+
+    def _removed(self, queue: str) -> None:
+        self.removed += 1
+        log.warning("removed a message from %s that the broker cannot deliver over AMQP "
+                    "0-9-1 (it closed the connection: 541 INTERNAL_ERROR). An AMQP 1.0 "
+                    "sender gave it a property AMQP 0-9-1 cannot carry (over 255 bytes, "
+                    "or a numeric message-id); it was not handled and gets no answer "
+                    "(%d removed so far)", queue, self.removed)
