@@ -184,6 +184,16 @@ ensure_hypervisor() {
   fi
 }
 
+# The tests run Node.js clients (examples/node) and a strict schema check (Ajv); their
+# packages come from each folder's lockfile (npm ci), installed by the tests themselves.
+ensure_node() {
+  local major
+  major=$(node --version 2>/dev/null | sed 's/^v\([0-9]*\).*/\1/')
+  if [ "${major:-0}" -lt 18 ] || ! command -v npm >/dev/null; then
+    apt_install nodejs npm
+  fi
+}
+
 # -------------------------------------------------------------------------- agent
 pid_of() { cat "$RUN_DIR/$1.pid" 2>/dev/null || true; }
 
@@ -228,7 +238,7 @@ demo() {
     "$VENV/bin/hostbus-agent" --config etc/demo-agent.toml
   say "starting hostbus provisioner (log: .run/provisioner.log)"
   HOSTBUS_PROVISIONER_STATE_DIR="$RUN_DIR/provisioner" start_bg provisioner "serving" \
-    "$hb" provisioner --config etc/provisioner.toml
+    "$hb" provisioner --config etc/demo-provisioner.toml
 
   say "hostbus agents"
   "$hb" agents
@@ -267,6 +277,7 @@ run_tests() {
   ensure_python
   ensure_rabbitmq
   ensure_hypervisor
+  ensure_node
   cd "$ROOT"
   say "ruff check"
   "$VENV/bin/ruff" check .

@@ -17,6 +17,7 @@ from console.client import Console
 from console.provisioner.agent import ProvisionAgent
 from console.provisioner.service import Provisioner, Quotas, consume_requests
 from console.provisioner.store import RequestStore
+from hostbus.security.policy import AllowAll
 from hostbus.serving.runtime import AgentRuntime
 
 
@@ -41,7 +42,8 @@ def run(bench: Bench, requests: int) -> dict[str, Any]:
         pconsole = Console.connect(bench.url)
         provisioner = Provisioner(console=pconsole, publisher=pruntime.publisher,
                                   store=store, agent=pagent, host_id=prov_id,
-                                  quotas=Quotas(10**6, {}), discovery_idle=0.05)
+                                  quotas=Quotas(10**6, {}), policy=AllowAll(), audit=None,
+                                  discovery_idle=0.05)
         consume_requests(pruntime.transport, provisioner.on_message)
 
         client = Console.connect(bench.url)

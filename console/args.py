@@ -74,8 +74,13 @@ def parse_pairs(pairs: tuple[str, ...] | list[str], spec: MethodSpec | None) -> 
             raise ArgumentError(f"{pair!r}: arguments are key=value (or key:=JSON)")
         key, raw = pair.split("=", 1)
         if spec is not None and key not in props:
+            import difflib
+
             known = ", ".join(sorted(props)) or "none"
-            raise ArgumentError(f"{spec.name} has no argument {key!r}; arguments: {known}")
+            meant = difflib.get_close_matches(key, list(props), n=1)
+            raise ArgumentError(f"{spec.name} has no argument {key!r}"
+                                + (f"; did you mean {meant[0]}?" if meant else "")
+                                + f" (arguments: {known})")
         args[key] = convert(key, raw, props.get(key, {})) if spec is not None else raw
     return args
 

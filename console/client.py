@@ -71,6 +71,7 @@ class HostResult:
     host: str
     reply: Reply | None  # None: no reply before the timeout
     elapsed_ms: float | None = None  # round trip seen by the console
+    request_id: str | None = None  # the request's message id (as in the agent's audit log)
 
     @property
     def status(self) -> str:
@@ -80,6 +81,8 @@ class HostResult:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"host": self.host, "status": self.status}
+        if self.request_id is not None:
+            out["request_id"] = self.request_id
         if self.reply is not None:
             if self.reply.result is not None:
                 out["result"] = self.reply.result
@@ -118,6 +121,11 @@ class AgentInfo:
     started: str
     facts: dict[str, Any]
     rtt_ms: float
+    error: dict[str, Any] | None = None  # the host answered, but refused (code, message)
+
+    @property
+    def refused(self) -> bool:
+        return self.error is not None
 
     @classmethod
     def from_reply(cls, reply: Reply, rtt_ms: float) -> AgentInfo:
@@ -125,12 +133,14 @@ class AgentInfo:
         return cls(host=reply.host, agents=list(r.get("agents", [])),
                    version=str(r.get("version", "")), epoch=str(r.get("epoch", "")),
                    started=str(r.get("started", "")), facts=dict(r.get("facts", {})),
-                   rtt_ms=rtt_ms)
+                   rtt_ms=rtt_ms, error=None if reply.ok else dict(reply.error or {}))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"host": self.host, "agents": self.agents, "version": self.version,
-                "epoch": self.epoch, "started": self.started, "facts": self.facts,
-                "rtt_ms": round(self.rtt_ms, 3)}
+        out = {"host": self.host, "agents": self.agents, "version": self.version,
+               "epoch": self.epoch, "started": self.started, "facts": self.facts,
+               "rtt_ms": round(self.rtt_ms, 3)}
+        return out if self.error is None else {"host": self.host, "error": self.error,
+                                               "rtt_ms": out["rtt_ms"]}
 
 
 @dataclass
@@ -179,17 +189,31 @@ def method_spec(agent: str, method: str,
     return spec
 
 
+#: Broker users that may answer and publish for any host: one identity that serves many
+#: hosts. guest, the demo's, can log in from the broker's own machine only.
+MULTI_HOST_USERS = ("guest",)
+
+
 class Console:
     def __init__(self, transport: Transport, *, validate: bool = True,
                  schemas: dict[str, AgentSchema] | None = None,
-                 signer: Signer | None = None, agent_keys: Verifier | None = None) -> None:
-        """``signer`` signs requests. With ``agent_keys`` every reply and event must be
-        signed by the key trusted for its sender, and name that sender as its host: a
-        reply that fails counts only if nothing genuine arrives, as ``bad_signature``;
-        an event that fails is dropped (logged)."""
+                 signer: Signer | None = None, agent_keys: Verifier | None = None,
+                 multi_host_users: Iterable[str] = MULTI_HOST_USERS) -> None:
+        """``signer`` signs requests.
+
+        A host may only speak for itself. A reply or event whose body names a host other
+        than its broker-checked sender (``user_id``; unless the sender is one of
+        ``multi_host_users``), or an event whose routing key names another host or
+        event than its body, is dropped, logged and counted in ``spoofed``. With
+        ``agent_keys`` every reply and event must moreover be signed by the key trusted
+        for its sender: a reply that fails counts only if nothing genuine arrives, as
+        ``bad_signature``; an event that fails is dropped (logged)."""
         self.transport = transport
         self.publisher = Publisher(transport, signer)
         self.agent_keys = agent_keys
+        self.multi_host_users = frozenset(multi_host_users)
+        self.spoofed = 0
+        self._spoof_logged: set[tuple[str | None, str]] = set()
         self.validate = validate
         self.schemas = dict(schemas or {})
         self._specs: dict[tuple[str, str], MethodSpec] = {}
@@ -244,6 +268,8 @@ class Console:
         except RemoteError as err:
             log.warning("ignored a malformed reply: %s", err.message)
             return
+        if self._impostor(delivery, reply.host, "reply"):
+            return
         if self.agent_keys is not None:
             why = self._unverified(delivery, reply.host, REPLY_TYPE, "reply")
             if why is not None:
@@ -257,6 +283,27 @@ class Console:
             waiting = self._pending.get(reply.correlation_id or "")
         if waiting is not None:
             waiting.put((reply, time.perf_counter()))
+
+    def _impostor(self, delivery: Delivery, host: str, what: str,
+                  routing_key: str | None = None) -> bool:
+        """Whether this reply or event speaks for a host other than its sender (or, for
+        an event, than its routing key): then it is dropped, logged once per sender and
+        claimed host, and counted."""
+        user = delivery.properties.user_id
+        if routing_key is not None and delivery.routing_key and \
+                delivery.routing_key != routing_key:
+            why = (f"its routing key {delivery.routing_key!r} does not match its body "
+                   f"({routing_key!r})")
+        elif user != host and user not in self.multi_host_users:
+            why = f"it was sent by broker user {user!r}, and a host may only speak for itself"
+        else:
+            return False
+        self.spoofed += 1
+        if (user, host) not in self._spoof_logged and len(self._spoof_logged) < 1000:
+            self._spoof_logged.add((user, host))
+            log.warning("dropped a %s claiming host %r: %s (further ones are counted, "
+                        "not logged)", what, host, why)
+        return True
 
     def _unverified(self, delivery: Delivery, host: str, kind: str, what: str) -> str | None:
         """None if ``host`` signed this message, else why not."""
@@ -395,7 +442,12 @@ class Console:
                 if origin is None or origin[0] in results:
                     continue
                 host, t0 = origin
-                res = HostResult(host, reply, (at - t0) * 1000)
+                if reply.host != host:  # a multi-host identity answering for another
+                    self.spoofed += 1
+                    log.warning("dropped a reply from %s to a request sent to %s",
+                                reply.host, host)
+                    continue
+                res = HostResult(host, reply, (at - t0) * 1000, reply.correlation_id)
                 if reply.rejected:
                     rejected.setdefault(host, res)
                     continue
@@ -406,8 +458,10 @@ class Console:
         finally:
             self._forget(sent)
         ordered = []
+        request_ids = {host: mid for mid, (host, _) in sent.items()}
         for host in todo:
-            res = results.get(host) or rejected.get(host) or HostResult(host, None)
+            res = results.get(host) or rejected.get(host) or \
+                HostResult(host, None, request_id=request_ids.get(host))
             if host not in results and on_result is not None:
                 on_result(res)
             ordered.append(res)
@@ -417,12 +471,17 @@ class Console:
     def discover(
         self, *, filter: dict[str, Any] | None = None, timeout: float = 5.0,
         idle: float = 0.3, first_reply_wait: float = 1.0, expect: Iterable[str] = (),
-        on_reply: Callable[[AgentInfo], None] | None = None,
+        on_reply: Callable[[AgentInfo], None] | None = None, refusals: bool = False,
     ) -> list[AgentInfo]:
         """Broadcast ``agent.ping`` and collect the answers.
 
         Stops at the first of: every host in ``expect`` answered; ``idle`` seconds with
         no reply after the last one (``first_reply_wait`` before the first); ``timeout``.
+        With ``refusals``, hosts that answered with an error (a signature they do not
+        trust, a clock they disagree with) are listed too, ``refused`` with their
+        ``error``: they are up, and a person should not go looking for a dead host.
+        A host checks signatures before filters: a refusal may come from a host the
+        filter would not have matched.
         """
         expected = set(expect)
         waiting: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -441,11 +500,14 @@ class Console:
                 if item is None:
                     break
                 reply, at = item
-                if not reply.ok or reply.host in found:
+                earlier = found.get(reply.host)
+                if not reply.ok and (not refusals or earlier is not None):
                     continue
+                if earlier is not None and not earlier.refused:
+                    continue  # a genuine answer wins over a refusal, whichever came first
                 info = AgentInfo.from_reply(reply, (at - started) * 1000)
                 found[reply.host] = info
-                if reply.host in expected:
+                if reply.host in expected and earlier is None:
                     missing -= 1
                 if on_reply is not None:
                     on_reply(info)
@@ -556,6 +618,8 @@ class Console:
             except RemoteError as err:
                 log.warning("ignored a malformed event on %s: %s", delivery.routing_key,
                             err.message)
+                return
+            if self._impostor(delivery, ev.host, "event", ev.routing_key()):
                 return
             if self.agent_keys is not None:
                 why = self._unverified(delivery, ev.host, EVENT_TYPE, "event")

@@ -1,24 +1,62 @@
-"""Human output: tables and result blocks (rich). Scripts use ``--json`` instead."""
+"""Human output: tables and result blocks (rich). Scripts use ``--json`` instead.
+
+Tables never cut what a person acts on: identifiers, names, states, arguments. Only
+free text (command lines, descriptions, facts) is shortened to fit a terminal, and not
+even that with ``--wide``. A table whose identifiers alone do not fit turns into one
+block per record. Output to a pipe or a file is plain text, one line per record, with
+nothing cut (``COLUMNS`` sets a width for it).
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
+from rich import box
+from rich.cells import cell_len
 from rich.console import Console as RichConsole
+from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from console.client import AgentInfo, FanoutResult, HostResult
 from hostbus.envelope import Event
 
 STATUS_STYLE = {"ok": "green", "error": "red", "no_reply": "yellow"}
 
+# Columns of free text: the only ones a table may shorten to fit (with an ellipsis).
+FREE_TEXT = frozenset({"cmdline", "description", "fields", "facts", "outcome", "message",
+                       "reason", "detail", "hosts"})
+# Columns a narrow terminal may hide (first to last), saying so: details, not identities.
+SECONDARY = ("ppid", "started", "created", "updated", "expires", "decided_by", "rss_bytes",
+             "memory_percent", "version", "rtt ms")
+MIN_FREE = 12  # below this a shortened column says too little: one block per record
+HALF = -1  # _fit's least: free text keeps half its width before details are hidden
+GAP = 2  # spaces between columns
 
-def _cell(value: Any) -> str:
-    """Any value as display text, escaped: it comes from agents, and rich would read
-    "[...]" in it as markup."""
-    return escape(_text(value))
+
+@dataclass(frozen=True)
+class Layout:
+    """How tables are fitted: to ``width`` (a terminal's), or not at all (None: a pipe
+    or a file). ``wide``: free text wraps instead of being cut. ``columns``: only these,
+    in this order (where a table has them)."""
+
+    width: int | None = None
+    wide: bool = False
+    columns: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, out: RichConsole, *, wide: bool = False,
+           columns: Iterable[str] = ()) -> Layout:
+        width: int | None = out.width if out.is_terminal else None
+        if width is None and os.environ.get("COLUMNS", "").isdigit():
+            width = int(os.environ["COLUMNS"])
+        return cls(width, wide, tuple(columns))
 
 
 def _text(value: Any) -> str:
@@ -35,6 +73,12 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _cell(value: Any) -> str:
+    """Any value as markup-safe text: it comes from agents, and rich would read "[...]"
+    in it as markup."""
+    return escape(_text(value))
+
+
 def _flatten(prefix: str, value: dict[str, Any], out: dict[str, Any]) -> None:
     for key, item in value.items():
         name = f"{prefix}{key}"
@@ -44,21 +88,141 @@ def _flatten(prefix: str, value: dict[str, Any], out: dict[str, Any]) -> None:
             out[name] = item
 
 
-def objects_table(rows: list[dict[str, Any]], columns: list[str] | None = None,
-                  title: str | None = None) -> Table:
+def _width(text: str) -> int:
+    return max((cell_len(line) for line in text.splitlines()), default=0)
+
+
+def _pick(rows: list[dict[str, Any]], columns: list[str] | None, layout: Layout) -> list[str]:
     cols = columns or list(dict.fromkeys(k for row in rows for k in row))
-    table = Table(title=title, title_justify="left", header_style="bold")
-    for col in cols:
-        # One line per object: long values (command lines) are cut, not wrapped.
-        table.add_column(col, overflow="ellipsis", no_wrap=True, max_width=48,
-                         min_width=min(len(col), 12))
-    for row in rows:
-        table.add_row(*(_cell(row.get(c)) for c in cols))
-    return table
+    if not layout.columns:
+        return cols
+    wanted = [c for c in layout.columns if c in cols]
+    if not wanted:
+        return cols
+    # the host column stays: without it a fleet's rows cannot be told apart
+    return (["host"] if "host" in cols and "host" not in wanted else []) + wanted
 
 
-def print_result(out: RichConsole, result: dict[str, Any]) -> None:
+def objects_table(rows: list[dict[str, Any]], layout: Layout, columns: list[str] | None = None,
+                  title: str | None = None) -> RenderableType:
+    """Rows of objects as a table that fits ``layout`` without cutting identifiers,
+    or as one block per row where it cannot."""
+    cols = _pick(rows, columns, layout)
+    cells = [[_text(row.get(c)) for c in cols] for row in rows]
+    values = [max((_width(r[i]) for r in cells), default=0) for i in range(len(cols))]
+    natural = [max(v, _width(c)) for v, c in zip(values, cols, strict=True)]
+    if layout.width is None:
+        return _plain(cols, cells, natural, title)
+    # Narrower and narrower: long headers (memory_percent over numbers) fold at their
+    # underscores; then details are hidden (not with --wide or --columns) before free
+    # text is cut to less than half; then it is cut further; then blocks.
+    folded = [max(v, *(cell_len(p) for p in _header_parts(c)))
+              for v, c in zip(values, cols, strict=True)]
+    may_hide = [] if layout.wide or layout.columns else [
+        cols.index(c) for c in SECONDARY if c in cols]
+    widths: list[int] | None = None
+    for least in (HALF, MIN_FREE):
+        shown = list(range(len(cols)))
+        widths = _fit(cols, natural, layout, least) or _fit(cols, folded, layout, least)
+        hide = list(may_hide)
+        while widths is None and hide:
+            shown.remove(hide.pop(0))
+            widths = _fit([cols[i] for i in shown], [folded[i] for i in shown], layout, least)
+        if widths is not None:
+            break
+    if widths is None:
+        return _blocks(cols, cells, title)
+    hidden = [cols[i] for i in range(len(cols)) if i not in shown]
+    # padding 1 on each side, collapsed between cells: GAP spaces between columns
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1),
+                  collapse_padding=True, header_style="bold")
+    for i, width in zip(shown, widths, strict=True):
+        free = cols[i] in FREE_TEXT
+        table.add_column(Text(_fold_header(cols[i], width)), width=width,
+                         no_wrap=not (free and layout.wide),
+                         overflow="fold" if layout.wide or not free else "ellipsis")
+    for row in cells:
+        table.add_row(*(Text(row[i]) for i in shown))
+    parts: list[RenderableType] = [Text(title, style="bold")] if title else []
+    parts.append(table)
+    if hidden:
+        parts.append(Text(f"  (hidden to fit: {', '.join(hidden)}; --wide shows them)",
+                          style="dim"))
+    return Group(*parts)
+
+
+def _header_parts(header: str) -> list[str]:
+    return re.findall(r"[^_ ]*[_ ]|[^_ ]+$", header) or [header]
+
+
+def _fold_header(header: str, width: int) -> str:
+    """``header`` in lines of at most ``width``, broken after its underscores."""
+    lines = [""]
+    for part in _header_parts(header):
+        if lines[-1] and cell_len(lines[-1] + part) > width:
+            lines.append("")
+        lines[-1] += part
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _overhead(n: int) -> int:
+    """The spaces between the columns of the table ``objects_table`` draws."""
+    return GAP * max(n - 1, 0)
+
+
+def _fit(cols: list[str], natural: list[int], layout: Layout, least: int) -> list[int] | None:
+    """Column widths within ``layout.width``: identifiers at full width, free text in
+    what is left, at least ``least`` each (HALF: half its width, and MIN_FREE at
+    least); None if that cannot be done."""
+    assert layout.width is not None
+    total = sum(natural) + _overhead(len(cols))
+    if total <= layout.width:
+        return natural
+    free = [i for i, c in enumerate(cols) if c in FREE_TEXT]
+    room = layout.width - (total - sum(natural[i] for i in free))
+    floor = {i: min(natural[i], max(MIN_FREE, natural[i] // 2 if least == HALF else least))
+             for i in free}
+    if not free or room < sum(floor.values()):
+        return None
+    widths = list(natural)
+    extra = room - sum(floor.values())
+    want = {i: natural[i] - floor[i] for i in free}
+    wanted = sum(want.values()) or 1
+    for i in free:
+        widths[i] = floor[i] + extra * want[i] // wanted
+    return widths
+
+
+def _blocks(cols: list[str], cells: list[list[str]], title: str | None) -> RenderableType:
+    """One block per record: ``column  value`` lines; long values wrap, never cut."""
+    parts: list[RenderableType] = [Text(title, style="bold")] if title else []
+    for n, row in enumerate(cells):
+        grid = Table.grid(padding=(0, GAP, 0, 0))
+        grid.add_column(style="bold", no_wrap=True)
+        grid.add_column(overflow="fold")
+        for col, value in zip(cols, row, strict=True):
+            grid.add_row(Text(col), Text(value))
+        if n:
+            parts.append(Text(""))
+        parts.append(grid)
+    return Group(*parts)
+
+
+def _plain(cols: list[str], cells: list[list[str]], natural: list[int],
+           title: str | None) -> Text:
+    """Plain lines for pipes and files: aligned, nothing cut, no trailing spaces."""
+
+    def line(values: list[str]) -> str:
+        return (" " * GAP).join(v.ljust(natural[i]) for i, v in enumerate(values)).rstrip()
+
+    flat = [[v.replace("\n", "\\n") for v in row] for row in cells]
+    lines = ([title] if title else []) + [line(cols)] + [line(row) for row in flat]
+    return Text("\n".join(lines))
+
+
+def print_result(out: RichConsole, result: dict[str, Any], layout: Layout | None = None) -> None:
     """Scalars and nested tables as aligned key/value lines; lists of objects as tables."""
+    layout = layout or Layout.of(out)
     flat: dict[str, Any] = {}
     lists: dict[str, list[dict[str, Any]]] = {}
     for key, value in result.items():
@@ -74,19 +238,27 @@ def print_result(out: RichConsole, result: dict[str, Any]) -> None:
             out.print(f"  [bold]{escape(key):<{width}}[/bold]  {_cell(value)}",
                       highlight=False)
     for key, rows in lists.items():
-        out.print(objects_table(rows, title=f"  {escape(key)} ({len(rows)})"))
+        out.print(objects_table(rows, layout, title=f"  {key} ({len(rows)})"))
 
 
-def print_fanout(out: RichConsole, result: FanoutResult) -> None:
+def shown(res: HostResult, display: str) -> bool:
+    """Whether ``--display`` (all, ok, failed: errors and silence) shows this result."""
+    return display == "all" or (res.status == "ok") == (display == "ok")
+
+
+def print_fanout(out: RichConsole, result: FanoutResult, layout: Layout | None = None,
+                 display: str = "all") -> None:
     for res in result.results:
-        print_host_result(out, res)
+        if shown(res, display):
+            print_host_result(out, res, layout)
     print_summary(out, result)
 
 
-def print_host_result(out: RichConsole, res: HostResult) -> None:
+def print_host_result(out: RichConsole, res: HostResult, layout: Layout | None = None) -> None:
     style = STATUS_STYLE[res.status]
     rtt = f"  {res.elapsed_ms:.1f} ms" if res.elapsed_ms is not None else ""
-    out.print(f"[bold]{escape(res.host)}[/bold]  [{style}]{res.status}[/{style}]{rtt}",
+    rid = f"  [dim]request {escape(res.request_id)}[/dim]" if res.request_id else ""
+    out.print(f"[bold]{escape(res.host)}[/bold]  [{style}]{res.status}[/{style}]{rtt}{rid}",
               highlight=False)
     if res.reply is None:
         out.print("  no reply before the timeout", style="yellow")
@@ -95,27 +267,40 @@ def print_host_result(out: RichConsole, res: HostResult) -> None:
         out.print(f"  {escape(str(err['code']))}: {escape(str(err['message']))}", style="red",
                   highlight=False)
     elif res.reply.result is not None:
-        print_result(out, res.reply.result)
+        print_result(out, res.reply.result, layout)
 
 
-def print_summary(out: RichConsole, result: FanoutResult) -> None:
+def print_summary(out: RichConsole, result: FanoutResult, interrupted: int = 0) -> None:
+    """The counts, then the hosts that failed or stayed silent, by name (and with
+    ``interrupted``, how many were still being waited for)."""
     s = result.summary
     out.print(
         f"{s['hosts']} host{'s' if s['hosts'] != 1 else ''}: [green]{s['ok']} ok[/green], "
         f"[red]{s['failed']} failed[/red], [yellow]{s['no_reply']} no reply[/yellow] "
         f"in {s['elapsed_ms']:.1f} ms", highlight=False,
     )
+    failed = [r for r in result.results if r.status == "error"]
+    if failed:
+        out.print("[red]failed:[/red] " + ", ".join(
+            f"{escape(r.host)} ({escape(str((r.reply.error or {}).get('code')))})"
+            for r in failed if r.reply is not None), highlight=False)
+    silent = [r.host for r in result.results if r.status == "no_reply"]
+    if silent:
+        out.print(f"[yellow]no reply:[/yellow] {escape(', '.join(silent))}", highlight=False)
+    if interrupted:
+        out.print(f"[yellow]interrupted:[/yellow] {interrupted} host"
+                  f"{'s' if interrupted != 1 else ''} not waited for", highlight=False)
 
 
-def agents_table(infos: list[AgentInfo]) -> Table:
-    table = Table(header_style="bold")
-    for col in ("host", "agents", "version", "started", "facts", "rtt ms"):
-        table.add_column(col, overflow="fold", no_wrap=col != "facts")
-    for info in infos:
-        facts = " ".join(f"{k}={v}" for k, v in sorted(info.facts.items()))
-        table.add_row(*(escape(x) for x in (info.host, ", ".join(info.agents), info.version,
-                                             info.started, facts)), f"{info.rtt_ms:.1f}")
-    return table
+AGENT_COLUMNS = ["host", "agents", "version", "started", "facts", "rtt ms"]
+
+
+def agents_table(infos: list[AgentInfo], layout: Layout) -> RenderableType:
+    rows = [dict(zip(AGENT_COLUMNS, (
+        i.host, ", ".join(i.agents), i.version, i.started,
+        " ".join(f"{k}={v}" for k, v in sorted(i.facts.items())), f"{i.rtt_ms:.1f}"),
+        strict=True)) for i in infos]
+    return objects_table(rows, layout)
 
 
 def event_line(ev: Event) -> str:
@@ -123,7 +308,7 @@ def event_line(ev: Event) -> str:
     summary: str
     if ev.full_name == "host.metrics":
         summary = (f"cpu {d.get('cpu_percent')}%  mem {d.get('memory', {}).get('percent')}%  "
-                   f"load {_cell(d.get('load'))}")
+                   f"load {_text(d.get('load'))}")
     elif ev.full_name == "host.alert":
         where = f" {d['resource']}" if d.get("resource") else ""
         level = d["raise_at"] if d["state"] == "raised" else d["clear_at"]
@@ -134,6 +319,9 @@ def event_line(ev: Event) -> str:
         doms = d.get("domains", [])
         summary = f"{len(doms)} running domain{'s' if len(doms) != 1 else ''}: " + \
             ", ".join(x["name"] for x in doms[:8]) + (" ..." if len(doms) > 8 else "")
+    elif ev.agent == "provision" and ev.event == "accepted":
+        summary = (f"request {d.get('request_id')} accepted: {d.get('count')} x "
+                   f"{d.get('template')} for {d.get('owner')}")
     elif ev.agent == "provision" and ev.event == "completed":
         summary = f"request {d['request_id']} completed: " + \
             ", ".join(f"{v['name']}@{v['host']}" for v in d["vms"])
@@ -143,7 +331,7 @@ def event_line(ev: Event) -> str:
         summary = f"request {d['request_id']} failed: {d['code']}: {d['reason']}"
     elif ev.full_name == "agent.heartbeat":
         summary = f"up {d.get('uptime_s')} s, {d.get('requests', 0)} requests, " \
-                  f"agents {_cell(d.get('agents'))}"
+                  f"agents {_text(d.get('agents'))}"
     else:
         summary = json.dumps(d, separators=(",", ":"))
     if len(summary) > 160:

@@ -43,6 +43,7 @@ channel.basic_publish(
     properties=pika.BasicProperties(
         message_id=request_id, reply_to=reply_queue, content_type="application/json",
         type="hostbus.request/1", expiration="10000",
+        user_id=params.credentials.username,  # required; the broker checks it
     ),
 )
 for _method, props, payload in channel.consume(reply_queue, inactivity_timeout=10):

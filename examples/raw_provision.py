@@ -41,6 +41,7 @@ channel.basic_publish(
     properties=pika.BasicProperties(
         message_id=opts.request_id, reply_to=reply_queue, content_type="application/json",
         type="hostbus.provision/1", delivery_mode=2,
+        user_id=params.credentials.username,  # required; the broker checks it
     ),
 )
 print(f"posted request {opts.request_id}", file=sys.stderr)

@@ -213,6 +213,45 @@ class BrokerAdmin:
             self._call("POST", f"/api/definitions/{self._q(vhost)}",
                        {"queues": queues, "bindings": bindings}, timeout=120)
 
+    # -- named event subscriptions (hostbus.sub.USER.NAME, durable) --
+    def subscriptions(self, vhost: str) -> list[dict[str, Any]]:
+        """The named subscription queues in ``vhost``: ``queue``, ``patterns`` (its
+        bindings to hostbus.event), ``messages`` waiting and ``consumers``."""
+        q = self._q(vhost)
+        found = []
+        for queue in self._call("GET", f"/api/queues/{q}?columns=name,messages,consumers"):
+            if not queue["name"].startswith("hostbus.sub."):
+                continue
+            bindings = self._call("GET", f"/api/queues/{q}/{self._q(queue['name'])}/bindings")
+            found.append({"queue": queue["name"], "messages": queue.get("messages", 0),
+                          "consumers": queue.get("consumers", 0),
+                          "patterns": sorted(b["routing_key"] for b in bindings
+                                             if b["source"] == names.EVENT_EXCHANGE)})
+        return sorted(found, key=lambda s: s["queue"])
+
+    def bind_subscription(self, vhost: str, queue: str, patterns: list[str]) -> list[str]:
+        """Make ``queue`` a durable subscription bound to hostbus.event by exactly
+        ``patterns``; return the patterns it had before that are no longer bound."""
+        q, queue_q, ex = self._q(vhost), self._q(queue), self._q(names.EVENT_EXCHANGE)
+        self._call("PUT", f"/api/queues/{q}/{queue_q}",
+                   {"durable": True, "auto_delete": False, "arguments": {}})
+        bound = {b["routing_key"]: b["properties_key"]
+                 for b in self._call("GET", f"/api/queues/{q}/{queue_q}/bindings")
+                 if b["source"] == names.EVENT_EXCHANGE}
+        for pattern in patterns:
+            if pattern not in bound:
+                self._call("POST", f"/api/bindings/{q}/e/{ex}/q/{queue_q}",
+                           {"routing_key": pattern, "arguments": {}})
+        removed = sorted(set(bound) - set(patterns))
+        for pattern in removed:
+            self._call("DELETE", f"/api/bindings/{q}/e/{ex}/q/{queue_q}/"
+                                 f"{self._q(bound[pattern])}")
+        return removed
+
+    def delete_queue(self, vhost: str, queue: str) -> bool:
+        """Delete ``queue`` and what waits in it. Returns whether it existed."""
+        return self._exists("DELETE", f"/api/queues/{self._q(vhost)}/{self._q(queue)}")
+
     # -- identities --
     def create_identity(self, vhost: str, kind: str, name: str,
                         password: str | None = None, *, certificate: bool = False) -> str:
@@ -220,7 +259,7 @@ class BrokerAdmin:
         return its password (generated unless given). With ``certificate`` the user has
         no password at all: it can only log in with a TLS client certificate whose
         common name is ``name`` (SASL EXTERNAL); "" is returned."""
-        if not IDENTITY_RE.match(name):
+        if not IDENTITY_RE.fullmatch(name):
             raise ValueError(f"invalid identity name {name!r}: use 1-63 of a-z 0-9 _ -, "
                              "starting with a letter or digit (no dots)")
         grant = grant_for(kind, name)

@@ -116,7 +116,7 @@ def new_request(
 def usable_reply_to(props: Properties) -> str | None:
     """The reply_to property if it is a name we may route to; otherwise None."""
     rt = props.reply_to
-    if isinstance(rt, str) and names.REPLY_TO_RE.match(rt):
+    if isinstance(rt, str) and names.REPLY_TO_RE.fullmatch(rt):
         return rt
     return None
 
@@ -143,19 +143,55 @@ def check_properties(props: Properties, kind: str, what: str) -> None:
         )
 
 
+#: message_id, reply_to, correlation_id and content_type are at most this many bytes on
+#: both protocols (AMQP 0-9-1's short strings). AMQP 1.0 allows longer ones, and RabbitMQ
+#: 3.10 cannot hand those to a 0-9-1 consumer; a receiver refuses them before it logs,
+#: remembers or audits anything of them.
+MAX_PROPERTY_BYTES = 255
+
+
+def bounded(value: object, limit: int = MAX_PROPERTY_BYTES) -> str | None:
+    """``value`` if it is a string of at most ``limit`` UTF-8 bytes, else None: what
+    may be logged or used as a key when the message is refused."""
+    if isinstance(value, str) and len(value) <= limit and len(value.encode()) <= limit:
+        return value
+    return None
+
+
+def check_identity(props: Properties, what: str) -> tuple[str, str]:
+    """(message_id, user_id) of a request or provisioning message, or ``bad_message``.
+    user_id is the sender's broker user: the broker refuses a message whose user_id is
+    not the sender's, and without it a request would run as nobody in particular."""
+    for name in ("message_id", "reply_to", "correlation_id", "content_type"):
+        value = getattr(props, name)
+        if value is not None and bounded(value) is None:
+            shown = (f"{len(value.encode())} bytes long" if isinstance(value, str)
+                     else f"a {type(value).__name__}, not a string")
+            raise RemoteError(ErrorCode.BAD_MESSAGE,
+                              f"the {name} property is {shown}; {what} carry it as a string "
+                              f"of at most {MAX_PROPERTY_BYTES} bytes")
+    if not props.message_id:
+        raise RemoteError(ErrorCode.BAD_MESSAGE, "message_id property is missing; set a uuid4")
+    user = props.user_id
+    if not isinstance(user, str) or not user:
+        raise RemoteError(ErrorCode.BAD_MESSAGE,
+                          f"user_id property is missing; {what} must carry the sender's "
+                          "broker user name as user_id (the broker checks it)")
+    return props.message_id, user
+
+
 def parse_request(delivery: Delivery, *, max_bytes: int) -> Request:
     props = delivery.properties
     if len(delivery.body) > max_bytes:
         codec.decode_object(delivery.body, max_bytes=max_bytes)  # raises too_large
+    message_id, user = check_identity(props, "requests")
     check_properties(props, REQUEST_TYPE, "requests")
-    if not props.message_id:
-        raise RemoteError(ErrorCode.BAD_MESSAGE, "message_id property is missing; set a uuid4")
     body = codec.decode_object(delivery.body, max_bytes=max_bytes)
     envelope_validator("request").validate(body)
     return Request(
         agent=body["agent"], method=body["method"], args=body["args"], target=body["target"],
-        deadline=parse_rfc3339(body["deadline"], "deadline"), message_id=props.message_id,
-        reply_to=usable_reply_to(props), user_id=props.user_id,
+        deadline=parse_rfc3339(body["deadline"], "deadline"), message_id=message_id,
+        reply_to=usable_reply_to(props), user_id=user,
     )
 
 
@@ -299,10 +335,11 @@ def parse_provision(delivery: Delivery) -> Provision:
     if not props.message_id:
         raise RemoteError(ErrorCode.BAD_MESSAGE, "message_id is missing: set a uuid4; it "
                           "is the request id and the idempotency key")
+    request_id, user = check_identity(props, "provisioning requests")
     check_properties(props, PROVISION_TYPE, "provisioning requests")
     body = codec.decode_object(delivery.body, max_bytes=PROVISION_MAX_BYTES)
     if body.get("name") and body.get("count", 1) != 1:  # before the schema says it
         raise RemoteError(ErrorCode.BAD_MESSAGE,  # less clearly
                           "name is for one VM; use name_prefix for count > 1")
     envelope_validator("provision").validate(body)
-    return Provision(body, props.message_id, usable_reply_to(props), props.user_id)
+    return Provision(body, request_id, usable_reply_to(props), user)

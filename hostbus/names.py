@@ -28,7 +28,7 @@ REPLY_TO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
 
 
 def validate_host_id(host_id: str) -> str:
-    if not isinstance(host_id, str) or not HOST_ID_RE.match(host_id):
+    if not isinstance(host_id, str) or not HOST_ID_RE.fullmatch(host_id):
         raise ValueError(
             f"invalid host id {host_id!r}: use 1-63 characters of a-z, 0-9, '_' and '-', "
             "starting with a letter or digit (no dots: dots separate routing-key words)"
@@ -37,7 +37,7 @@ def validate_host_id(host_id: str) -> str:
 
 
 def validate_agent_name(name: str) -> str:
-    if not isinstance(name, str) or not AGENT_NAME_RE.match(name):
+    if not isinstance(name, str) or not AGENT_NAME_RE.fullmatch(name):
         raise ValueError(
             f"invalid agent name {name!r}: use a lowercase letter then up to 31 of a-z, 0-9, '_'"
         )

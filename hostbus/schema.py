@@ -44,6 +44,27 @@ class Validator:
             raise RemoteError(self.code, message, {"path": path}) from None
 
 
+def as_integers(schema: dict[str, Any], data: Any) -> Any:
+    """``data`` (already valid against ``schema``) with each float that the schema
+    types as an integer turned into an int, in objects and arrays at any depth."""
+    kind = schema.get("type")
+    if type(data) is float and (kind == "integer" or (isinstance(kind, list)
+                                                       and "integer" in kind)):
+        return int(data)
+    if isinstance(data, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for key, value in data.items():
+            sub = props.get(key, extra if isinstance(extra, dict) else None)
+            if sub is not None and isinstance(value, float | dict | list):
+                data[key] = as_integers(sub, value)
+    elif isinstance(data, list) and isinstance(schema.get("items"), dict):
+        for i, value in enumerate(data):
+            if isinstance(value, float | dict | list):
+                data[i] = as_integers(schema["items"], value)
+    return data
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
@@ -61,8 +82,16 @@ class MethodSpec:
     def result_validator(self) -> Validator:
         return Validator(self.result, prefix="result", code=ErrorCode.INTERNAL)
 
+    @functools.cached_property
+    def _has_integers(self) -> bool:
+        return '"integer"' in json.dumps(self.args)
+
     def validate_args(self, args: dict[str, Any]) -> dict[str, Any]:
-        return self.args_validator.validate(args)
+        """The arguments with defaults filled in. JSON Schema counts 5.0 as an integer
+        (and a program in another language may well send it); the method gets 5, not a
+        float it would fail on."""
+        checked = self.args_validator.validate(args)
+        return as_integers(self.args, checked) if self._has_integers else checked
 
 
 @dataclass(frozen=True)

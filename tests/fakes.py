@@ -113,7 +113,10 @@ DEFAULT_ALERTS = {
 def make_host_agent(host_id: str = "web01", **kw: Any) -> tuple[HostAgent, FakePs, RecordingPower]:
     ps = kw.pop("ps", None) or FakePs()
     power = RecordingPower()
-    agent = HostAgent({}, host_id=host_id, ps=ps, power=power,  # type: ignore[arg-type]
+    # FakePs reports CPU without a baseline: no need to sample first (see processes)
+    config = kw.pop("config", {"process_cpu_sample_s": 0.0})
+    agent = HostAgent(config, host_id=host_id, ps=ps,  # type: ignore[arg-type]
+                      power=power,
                       services=kw.pop("services", None) or FakeServices(),
                       alerts=kw.pop("alerts", None) or DEFAULT_ALERTS)
     return agent, ps, power
@@ -216,7 +219,7 @@ def post_provision_raw(channel: Any, owner: str) -> tuple[str, str]:
     channel.basic_publish("hostbus.provision", "provision", json.dumps(
         {"v": 1, "template": "web", "owner": owner}).encode(), pika.BasicProperties(
         message_id=rid, reply_to=reply_queue, content_type="application/json",
-        type="hostbus.provision/1", delivery_mode=2))
+        type="hostbus.provision/1", delivery_mode=2, user_id="guest"))
     return reply_queue, rid
 
 

@@ -1,5 +1,5 @@
 """An agent process with one slow method, for the crash tests: ``python -m
-tests.slow_agent URL HOST STATE_DIR MARKER``. Each run of ``slow.work`` appends its
+tests.slow_agent URL HOST STATE_DIR MARKER [WORKERS]``. Each run of ``slow.work`` appends its
 request id to MARKER before it starts working, so a test can count how often it ran."""
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ class SlowAgent(Agent):
         return {"worked_s": seconds}
 
 
-def main(url: str, host: str, state_dir: str, marker: str) -> None:
+def main(url: str, host: str, state_dir: str, marker: str, workers: str = "4") -> None:
     runtime = AgentRuntime.serve(
-        url, host, [SlowAgent(Path(marker))], heartbeat_interval=0,
+        url, host, [SlowAgent(Path(marker))], heartbeat_interval=0, workers=int(workers),
         schemas={"slow": SCHEMA},
         replay=ReplayGuard(path=Path(state_dir) / f"recent-{host}.db"))
     print("serving", flush=True)
@@ -54,4 +54,4 @@ def main(url: str, host: str, state_dir: str, marker: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:6])

@@ -10,6 +10,7 @@ from agents.host.agent import HostAgent
 CONFIG_DEFAULTS: dict[str, Any] = {
     "metrics_interval": 30.0,
     "power_control": "system",
+    "process_cpu_sample_s": 0.5,
     "alerts": {
         "cpu_percent": {"raise": 90.0, "clear": 80.0},
         "memory_percent": {"raise": 90.0, "clear": 80.0},

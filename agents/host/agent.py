@@ -28,6 +28,9 @@ _SKIP_FSTYPES = {"squashfs", "tmpfs", "devtmpfs", "overlay", "proc", "sysfs", "c
                  "cgroup2", "nsfs", "autofs", "devpts", "mqueue", "debugfs", "tracefs"}
 _PROC_ATTRS = ["pid", "ppid", "name", "username", "status", "cpu_percent", "memory_info",
                "memory_percent", "create_time", "cmdline"]
+# A process listing's CPU percent is measured from the previous listing; one older than
+# this says little about now, so the next listing samples afresh first.
+_CPU_BASELINE_STALE_S = 60.0
 _SORT_KEYS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "cpu": lambda p: -p["cpu_percent"], "memory": lambda p: -p["rss_bytes"],
     "pid": lambda p: p["pid"], "name": lambda p: (p["name"], p["pid"]),
@@ -69,6 +72,8 @@ class HostAgent(Agent):
         self.service_manager = services
         self.alerts = AlertTracker(alerts)
         self.ps.cpu_percent(interval=None)  # prime: the first call has no baseline
+        self.cpu_sample_s = float(config.get("process_cpu_sample_s", 0.5))
+        self._last_listing: float | None = None  # monotonic time of the last processes()
 
     def facts(self) -> dict[str, Any]:
         return {"os": platform.system().lower(), "arch": platform.machine(),
@@ -136,6 +141,14 @@ class HostAgent(Agent):
     @method()
     def processes(self, name: str | None, user: str | None, min_cpu_percent: float,
                   min_rss_bytes: int, sort: str, limit: int) -> dict[str, Any]:
+        now = time.monotonic()
+        if self._last_listing is None or now - self._last_listing > _CPU_BASELINE_STALE_S:
+            # psutil measures a process's CPU from its previous reading: without a recent
+            # one every process shows 0 %. Take a reading, wait, and measure from it.
+            for _ in self.ps.process_iter(["cpu_percent"]):
+                pass
+            time.sleep(self.cpu_sample_s)
+        self._last_listing = time.monotonic()
         found = []
         for proc in self.ps.process_iter(_PROC_ATTRS):
             info = proc.info

@@ -18,6 +18,13 @@ class PowerController(Protocol):
         """``action`` is reboot or shutdown; act after ``delay_s`` seconds."""
 
 
+def shutdown_argv(binary: str, action: str, reason: str) -> list[str]:
+    """The shutdown command line. The reason comes from the caller: after ``--`` it is
+    a wall message whatever it looks like (``-P`` would otherwise turn a reboot into a
+    poweroff: shutdown's option parser takes options anywhere on the line)."""
+    return [binary, "-r" if action == "reboot" else "-P", "--", "now", reason]
+
+
 class SystemPower:
     """Calls the system's shutdown command after the delay (on a timer, so the reply is
     sent first)."""
@@ -29,7 +36,7 @@ class SystemPower:
         binary = shutil.which("shutdown")
         if cmd is None and binary is None:
             raise RemoteError(ErrorCode.UNSUPPORTED, "neither systemctl nor shutdown is installed")
-        argv = ([binary, "-r" if action == "reboot" else "-P", "now", reason] if binary
+        argv = (shutdown_argv(binary, action, reason) if binary
                 else [str(cmd), "reboot" if action == "reboot" else "poweroff"])
         log.warning("%s in %d s: %s (%s)", action, delay_s, reason, " ".join(argv))
         timer = threading.Timer(delay_s, subprocess.run, args=(argv,), kwargs={"check": False})

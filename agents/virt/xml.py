@@ -16,7 +16,7 @@ NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 
 
 def check_name(name: str, what: str = "name") -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
         raise RemoteError(
             ErrorCode.INVALID_ARGS,
             f"{what} {name!r} is not allowed: use 1-63 of a-z A-Z 0-9 . _ -, starting with "

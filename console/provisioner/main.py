@@ -20,7 +20,7 @@ from hostbus import __version__, config, names
 from hostbus.errors import BrokerRefused, ConfigError, ConnectionFailed, HostbusError
 from hostbus.logs import setup_logging
 from hostbus.security.audit import AuditLog
-from hostbus.security.policy import RulesPolicy
+from hostbus.security.policy import DiscoveryOnly, Policy, RulesPolicy
 from hostbus.serving.runtime import AgentRuntime
 
 log = logging.getLogger("hostbus.provisioner")
@@ -62,7 +62,21 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
     setup_logging(pcfg["log_level"])
     from hostbus.transport import connect
 
+    policy: Policy
+    if pcfg["policy"]:
+        try:
+            policy = RulesPolicy.load(config.resolve(pcfg["policy"], config_path), host_id)
+        except ConfigError as exc:
+            print(f"hostbus provisioner: {exc}")
+            return 1
+        log.info("policy: %d rules (default deny)", len(policy.rules))
+    else:
+        policy = DiscoveryOnly("service", "[provisioner] policy", "etc/provisioner.toml")
+        log.warning("no [provisioner] policy file: every provisioning request and every "
+                    "call but discovery is refused (see etc/provisioner.toml)")
     store = RequestStore(state_dir(pcfg["state_dir"]) / "provisioner.db")
+    audit = AuditLog(config.resolve(pcfg["audit_log"], config_path) if pcfg["audit_log"]
+                     else store.path.parent / f"audit-{host_id}.jsonl")
     url = cfg["broker"]["url"]
     timeout = float(cfg["broker"]["connect_timeout"])
     # One request at a time off the provisioning queue (prefetch 1); calls to the virt
@@ -85,21 +99,10 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
     except ConnectionFailed as exc:
         log.error("%s", exc)
         return 2
-    runtime = AgentRuntime(agent_transport, host_id, [agent], signer=signer,
-                           heartbeat_interval=float(pcfg["heartbeat_interval"]))
-    policy = None
-    if pcfg["policy"]:
-        try:
-            policy = RulesPolicy.load(config.resolve(pcfg["policy"], config_path), host_id)
-        except ConfigError as exc:
-            log.error("%s", exc)
-            return 1
-        log.info("provisioning policy: %d rules (default deny)", len(policy.rules))
-    else:
-        log.warning("no [provisioner] policy: every enrolled sender may provision, within "
-                    "its quota")
-    audit = AuditLog(config.resolve(pcfg["audit_log"], config_path) if pcfg["audit_log"]
-                     else store.path.parent / f"audit-{host_id}.jsonl")
+    # One policy and one audit log for everything the service decides: provisioning
+    # messages (the call provision.submit) and calls to its agent (status, list).
+    runtime = AgentRuntime(agent_transport, host_id, [agent], signer=signer, policy=policy,
+                           audit=audit, heartbeat_interval=float(pcfg["heartbeat_interval"]))
     provisioner = Provisioner(
         console=console, publisher=runtime.publisher, store=store, agent=agent, host_id=host_id,
         quotas=Quotas(int(cfg["quotas"]["default_max_vms"]), owners),

@@ -25,7 +25,7 @@ from hostbus.envelope import Reply, parse_provision
 from hostbus.errors import ConnectionLost, ErrorCode, HostbusError, RemoteError
 from hostbus.publisher import Publisher
 from hostbus.security.audit import AuditLog, args_digest
-from hostbus.security.policy import RulesPolicy
+from hostbus.security.policy import Policy
 from hostbus.transport.base import Delivery
 
 log = logging.getLogger("hostbus.provisioner")
@@ -48,12 +48,13 @@ class Quotas:
 
 class Provisioner:
     def __init__(self, *, console: Console, publisher: Publisher, store: RequestStore,
-                 agent: ProvisionAgent, host_id: str, quotas: Quotas, call_timeout: float = 60.0,
-                 discovery_idle: float = 0.3, policy: RulesPolicy | None = None,
-                 audit: AuditLog | None = None) -> None:
-        """``policy`` decides who may ask for what, with the agents' rules engine: the
-        caller is the message's broker-checked user_id, the call ``provision.submit``, and
-        the arguments the request's fields (template, count, owner, vcpus, ...).
+                 agent: ProvisionAgent, host_id: str, quotas: Quotas, policy: Policy,
+                 audit: AuditLog | None, call_timeout: float = 60.0,
+                 discovery_idle: float = 0.3) -> None:
+        """``policy`` decides who may ask for what, default deny, with the agents' rules
+        engine: the caller is the message's broker-checked user_id, the call
+        ``provision.submit``, and the arguments the request's fields (template, count,
+        owner, vcpus, ...). ``audit`` records every decision and outcome.
         ``publisher`` sends the replies: the one of the runtime that hosts ``agent``, so
         they leave as the provisioner's identity, signed when it has a key."""
         self.publisher = publisher
@@ -162,10 +163,8 @@ class Provisioner:
         delivery.ack()
 
     def _authorize(self, rid: str, caller: str, body: dict[str, Any]) -> None:
-        if self.policy is None:
-            return
         args = {k: v for k, v in body.items() if k != "v"}
-        decision, _ = self.policy.explain(caller, "provision", "submit", args, self.host_id)
+        decision = self.policy.decide_call(caller, "provision", "submit", args)
         self._audit(rid, caller, body, "allowed" if decision.allowed else "denied",
                     decision.rule)
         if not decision.allowed:
@@ -325,7 +324,7 @@ class Provisioner:
 
     def _reply(self, reply_to: str | None, rid: str | None, *,
                result: dict[str, Any] | None = None, error: RemoteError | None = None) -> None:
-        if not reply_to or not names.REPLY_TO_RE.match(reply_to):
+        if not reply_to or not names.REPLY_TO_RE.fullmatch(reply_to):
             return
         self.publisher.reply(reply_to, Reply(
             host=self.host_id, agent="provision", method="submit",

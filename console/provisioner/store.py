@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hostbus.envelope import now_rfc3339
+from hostbus.files import private_file
 
 
 @dataclass
@@ -40,8 +41,7 @@ class Record:
 
 class RequestStore:
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = private_file(path)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False,
                                    isolation_level=None)

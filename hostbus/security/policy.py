@@ -48,27 +48,52 @@ class Decision:
 
 
 class Policy(Protocol):
-    def decide(self, request: Request, method: MethodSpec) -> Decision: ...
+    def decide(self, request: Request, method: MethodSpec) -> Decision:
+        """A request that reached an agent (or a service's built-in agent)."""
+        ...
+
+    def decide_call(self, caller: str, agent: str, method: str,
+                    args: dict[str, Any]) -> Decision:
+        """A call that arrives otherwise: a provisioning message is the call
+        provision.submit with the message's fields as arguments."""
+        ...
 
 
 class AllowAll:
     """Allows everything: for tests and programs that embed a runtime and decide
-    elsewhere. A daemon never uses it."""
+    elsewhere. Daemons and services never use it."""
 
     def decide(self, request: Request, method: MethodSpec) -> Decision:
         return Decision(True, "allow-all", "this runtime was built without a policy")
 
+    def decide_call(self, caller: str, agent: str, method: str,
+                    args: dict[str, Any]) -> Decision:
+        return Decision(True, "allow-all", "this runtime was built without a policy")
+
 
 class DiscoveryOnly:
-    """A daemon with no rules file: answers discovery, refuses the rest and says why."""
+    """A daemon or service with no rules file: answers discovery, refuses the rest and
+    says which setting to add."""
+
+    def __init__(self, what: str = "agent", setting: str = "[security] policy",
+                 example: str = "etc/policy.toml") -> None:
+        self.what = what
+        self.setting = setting
+        self.example = example
 
     def decide(self, request: Request, method: MethodSpec) -> Decision:
-        if (request.agent, request.method) in DISCOVERY:
+        return self.decide_call(request.user_id or "", request.agent, request.method,
+                                request.args)
+
+    def decide_call(self, caller: str, agent: str, method: str,
+                    args: dict[str, Any]) -> Decision:
+        if (agent, method) in DISCOVERY:
             return Decision(True, "discovery", "discovery is always answered")
         return Decision(False, "no-policy",
-                        "this agent has no policy file, so it only answers discovery; set "
-                        "[security] policy = \"/etc/hostbus/policy.toml\" (see "
-                        "etc/policy.toml)")
+                        f"this {self.what} has no policy file, so it only answers discovery "
+                        "(default deny); "
+                        f"set {self.setting} = \"/etc/hostbus/policy.toml\" (see "
+                        f"{self.example})")
 
 
 @dataclass(frozen=True)
@@ -271,3 +296,7 @@ class RulesPolicy:
     def decide(self, request: Request, method: MethodSpec) -> Decision:
         return self.explain(request.user_id or "", request.agent, request.method,
                             request.args)[0]
+
+    def decide_call(self, caller: str, agent: str, method: str,
+                    args: dict[str, Any]) -> Decision:
+        return self.explain(caller, agent, method, args)[0]

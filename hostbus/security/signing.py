@@ -48,8 +48,15 @@ _EXCHANGE_OF = {REQUEST_TYPE: names.REQUEST_EXCHANGE, REPLY_TYPE: names.REPLY_EX
 
 def signing_input(exchange: str, routing_key: str, props: Properties, body: bytes,
                   kind: str) -> bytes:
+    """Raises ``ValueError`` for a field that is not a string without line feeds: the
+    fields are separated by line feeds, and a field holding one could be re-split into
+    other fields with the same signature."""
     fields = [exchange or _EXCHANGE_OF.get(kind, ""), routing_key, props.message_id or "",
               kind, props.user_id or "", props.reply_to or "", props.correlation_id or ""]
+    for field in fields:
+        if not isinstance(field, str) or "\n" in field:
+            raise ValueError(f"a signed field is {field!r:.60}: it must be text without "
+                             "line feeds")
     header = "\n".join(fields).encode()
     return b"hostbus-sig-v1\n" + header + b"\n" + len(body).to_bytes(8, "big") + body
 
@@ -157,10 +164,15 @@ class Verifier:
                               f"the {what} is not signed; sign it with {user}'s key "
                               "([security] signing_key in the sender's config)")
         try:
+            signed = signing_input(exchange, routing_key, props, body, kind)
+        except ValueError as exc:
+            raise RemoteError(ErrorCode.BAD_SIGNATURE, f"the {what} cannot be verified: "
+                              f"{exc}") from None
+        try:
             if not _BASE64URL.fullmatch(raw):
                 raise ValueError("not unpadded base64url")
             signature = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
-            key.verify(signature, signing_input(exchange, routing_key, props, body, kind))
+            key.verify(signature, signed)
         except (InvalidSignature, ValueError):
             raise RemoteError(ErrorCode.BAD_SIGNATURE,
                               f"the {what}'s signature does not match {user}'s trusted key "

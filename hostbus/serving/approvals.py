@@ -33,6 +33,7 @@ import orjson
 
 from hostbus.envelope import REQUEST_TYPE, Request, now_rfc3339, usable_reply_to
 from hostbus.errors import ErrorCode, RemoteError
+from hostbus.files import private_file
 from hostbus.transport.base import Delivery, Properties
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ class ApprovalStore:
         self.ttl_s = ttl_s
         self._lock = threading.Lock()
         if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            private_file(path)
         self._db = sqlite3.connect(str(path) if path is not None else ":memory:",
                                    check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")

@@ -13,7 +13,7 @@ import inspect
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ from hostbus.envelope import (
     REQUEST_TYPE,
     Reply,
     Request,
+    bounded,
     error_reply,
     parse_request,
     usable_reply_to,
@@ -51,6 +52,9 @@ class Outcome:
     decision: Decision | None = None  # the policy's, when the request got that far
     parked: Parked | None = None  # set when the request now waits for an approval
     approved_by: str | None = None  # set when it ran after an approval
+    #: The broker-checked user_id, even when the request could not be parsed: a refused
+    #: message is audited under the identity that sent it.
+    caller: str | None = None
 
 
 @dataclass
@@ -114,16 +118,17 @@ class Dispatcher:
         """Every check, cheapest first. An Outcome is a refusal (or silence) to send as
         is; a Checked request may run. Never raises."""
         started = time.perf_counter()
-        reply_to = usable_reply_to(delivery.properties)
-        correlation = delivery.properties.message_id
-        if not isinstance(correlation, str):
-            correlation = None
+        props = delivery.properties
+        reply_to = usable_reply_to(props)
+        # Bounded before anything is logged or kept: over AMQP 1.0 these may be megabytes.
+        correlation, caller = bounded(props.message_id), bounded(props.user_id)
         try:
             request = parse_request(delivery, max_bytes=self.max_message_bytes)
         except RemoteError as err:
-            log.warning("rejected message %s from %s: %s %s", correlation,
-                        delivery.properties.user_id or "-", err.code.value, err.message)
-            return Outcome(self._error(BUILTIN_AGENT, None, err, correlation, started), reply_to)
+            log.warning("rejected message %s from %s: %s %s", correlation, caller or "-",
+                        err.code.value, err.message)
+            return Outcome(self._error(BUILTIN_AGENT, None, err, correlation, started), reply_to,
+                           caller=caller)
         try:
             if self.verifier is not None:
                 try:
@@ -169,7 +174,7 @@ class Dispatcher:
                 f"deadline {request.deadline.isoformat()} passed before the request could run",
             ))
         try:
-            self.replay.check(rid, request.deadline.timestamp())
+            self.replay.check(request.user_id or "", rid, request.deadline.timestamp())
             checked = self.prepare(request, started)
         except RemoteError as err:
             return refuse(err)
@@ -219,7 +224,15 @@ class Dispatcher:
                 f"methods: {', '.join(sorted(hosted.schema.methods))}",
             )
         args = spec.validate_args(request.args)
-        decision = self.policy.decide(request, spec)
+        if agent_name == BUILTIN_AGENT and method_name == "query":
+            # Authorized as what it exposes: reading class C of agent A is decided as a
+            # call of A's pseudo-method "class.C", so a caller allowed only a narrow
+            # method cannot read the same objects, unfiltered, through a query.
+            decision = self.policy.decide(
+                replace(request, agent=args["agent"], method=f"class.{args['class_name']}",
+                        args=args.get("where") or {}), spec)
+        else:
+            decision = self.policy.decide(request, spec)
         if method_name in hosted.wants_ctx:
             args = {**args, "ctx": CallContext(request.message_id, request.user_id,
                                                agent_name, method_name)}

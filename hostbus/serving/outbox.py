@@ -27,6 +27,7 @@ from pathlib import Path
 
 import orjson
 
+from hostbus.files import private_file
 from hostbus.publisher import Publisher
 from hostbus.transport.base import Properties
 
@@ -55,7 +56,7 @@ class Spool:
     def __init__(self, path: str | Path | None, max_bytes: int = 64 << 20) -> None:
         self.max_bytes = max_bytes
         if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            private_file(path)
         self._db = sqlite3.connect(str(path) if path is not None else ":memory:",
                                    check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")

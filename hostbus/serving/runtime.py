@@ -207,6 +207,8 @@ class AgentRuntime:
                 hosted.agent.stop()
             except Exception:
                 log.exception("agent %s failed to stop cleanly", hosted.agent.name)
+        if self.audit is not None:
+            self.audit.close()
         if close_transport:
             self.transport.close()
         log.info("offline (%s); handled %d requests", reason, self.requests_handled)
@@ -238,6 +240,9 @@ class AgentRuntime:
 
     def _serve(self, checked: Checked, delivery: Delivery) -> None:
         try:
+            request = checked.request
+            # From here a crash leaves it "interrupted"; before, it runs after a restart.
+            self.dispatcher.replay.started(request.user_id or "", request.message_id)
             self._answer(self.dispatcher.run(checked))
         finally:
             delivery.ack()
@@ -254,7 +259,8 @@ class AgentRuntime:
                 else:
                     body = outcome.reply.encode()[0]
                 if outcome.request is not None:
-                    self.dispatcher.replay.remember_reply(outcome.request.message_id, body)
+                    self.dispatcher.replay.remember_reply(outcome.request.user_id or "",
+                                                          outcome.request.message_id, body)
         except Exception:
             log.exception("failed to send a reply")
         if outcome.parked is not None:
@@ -322,7 +328,7 @@ class AgentRuntime:
         self.audit.write({
             "host": self.host_id,
             "request_id": req.message_id if req else (reply.correlation_id if reply else None),
-            "caller": req.user_id if req else None,
+            "caller": req.user_id if req else outcome.caller,
             "call": f"{req.agent}.{req.method}" if req else None,
             "args_digest": args_digest(req.args) if req else None,
             "decision": ("allowed" if decision.allowed else "denied") if decision

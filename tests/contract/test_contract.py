@@ -138,3 +138,9 @@ def test_the_core_imports_nothing_from_agents_or_console():
                  for line in p.read_text().splitlines()
                  if re.match(r"\s*(from|import) (agents|console)\b", line)]
     assert offenders == []
+
+
+@pytest.mark.parametrize("agent", available_agents())
+def test_no_method_takes_the_names_policies_use_for_classes(agent):
+    """Policies decide a query of class C as the pseudo-method class.C."""
+    assert not [m for m in load_agent_schema(agent).methods if m.startswith("class.")]

@@ -4,7 +4,7 @@ executes anything that should have been refused."""
 import json
 from datetime import UTC, datetime, timedelta
 
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from hostbus.envelope import REQUEST_TYPE
@@ -57,14 +57,30 @@ def request_bodies(draw):
 
 bodies = request_bodies() | st.binary(max_size=300) | \
     st.builds(lambda v: json.dumps(v).encode(), json_values)
-properties = st.builds(
+# What an AMQP 1.0 sender can put in a property: any length, and numbers where 0-9-1 has
+# strings (a ulong message-id).
+odd_property = st.text(min_size=250, max_size=700) | st.integers() | st.binary(max_size=10)
+signable_properties = st.builds(
     Properties,
     message_id=st.none() | st.text(max_size=40),
     reply_to=st.none() | hostile_text | st.just("hostbus.reply.fuzz"),
     content_type=st.sampled_from(["application/json", "application/json", "text/plain", None]),
     type=st.sampled_from([REQUEST_TYPE, REQUEST_TYPE, "hostbus.request/2", None]),
-    user_id=st.none() | st.text(max_size=10),
 )
+properties = st.builds(
+    Properties,
+    message_id=st.none() | st.text(max_size=40) | odd_property,
+    reply_to=st.none() | hostile_text | st.just("hostbus.reply.fuzz") | odd_property,
+    correlation_id=st.none() | st.text(max_size=20) | odd_property,
+    content_type=st.sampled_from(["application/json", "application/json", "text/plain", None])
+    | odd_property,
+    type=st.sampled_from([REQUEST_TYPE, REQUEST_TYPE, "hostbus.request/2", None]),
+    user_id=st.none() | st.text(max_size=10) | st.sampled_from(["alice", "mallory"]),
+)
+
+
+def bounded_text(value):
+    return value is None or (isinstance(value, str) and len(value.encode()) <= 255)
 
 
 @given(body=bodies, props=properties)
@@ -81,6 +97,13 @@ def test_the_dispatcher_never_raises_and_refusals_never_run(body, props):
         if not outcome.executed:
             assert probe.executed == [] and power.calls == []
     envelope_validator("reply").validate(reply.to_body())
+    # Nothing unbounded is kept or sent back: the replay guard's keys and the reply's
+    # correlation id are bounded strings; a request without a user never runs.
+    assert bounded_text(reply.correlation_id)
+    assert all(bounded_text(c) and bounded_text(m) for c, m in dispatcher.replay._seen)
+    if outcome.executed:
+        assert isinstance(props.user_id, str) and props.user_id
+        assert bounded_text(props.message_id) and props.message_id
     # A dangerous call only ever runs with arguments its schema allows.
     for action, delay, reason in power.calls:
         assert action in ("reboot", "shutdown") and 0 <= delay <= 86400 and len(reason) <= 200
@@ -134,7 +157,7 @@ approve_args = st.fixed_dictionaries({
     "digest": st.sampled_from(["sha256:" + "0" * 64, ""]) | st.text(max_size=71)})
 
 
-@given(body=bodies, props=properties, approve=approve_args, as_approval=st.booleans())
+@given(body=bodies, props=signable_properties, approve=approve_args, as_approval=st.booleans())
 def test_signed_requests_and_approvals_by_the_requester_never_run(body, props, approve,
                                                                    as_approval):
     from hostbus import names
@@ -149,8 +172,22 @@ def test_signed_requests_and_approvals_by_the_requester_never_run(body, props, a
         body, props = req.encode()
         routing_key = req.routing_key()
     props.user_id = "mallory"
+    assume("\n" not in (props.message_id or "") + (props.reply_to or ""))  # unsignable
     SIGNER.sign(names.REQUEST_EXCHANGE, routing_key, props, body)
     outcome = dispatcher.handle(Delivery(body, props, names.REQUEST_EXCHANGE, routing_key))
     assert probe.executed == [] and power.calls == []
     if outcome.reply is not None:
         assert outcome.reply.error is None or outcome.reply.error["code"] in ERROR_CODES
+
+
+@given(body=bodies, props=properties)
+def test_a_provisioning_message_is_read_or_refused_with_a_documented_code(body, props):
+    from hostbus.envelope import parse_provision
+    from hostbus.errors import RemoteError
+
+    try:
+        request = parse_provision(Delivery(body, props, "hostbus.provision", "provision"))
+    except RemoteError as err:
+        assert err.code.value in ERROR_CODES
+        return
+    assert request.user_id and bounded_text(request.request_id)

@@ -88,8 +88,9 @@ allow = true
 
         code, out, err = cli(alice, "approvals", "approve", approval_id, "-H", host, "--yes")
         assert code == 1 and "two-person rule" in out + err
-        code, out, err = cli(bob, "approvals", "approve", approval_id, "-H", host, "--yes",
-                             "--json")
+        # the first characters are enough, as with git's commit ids
+        code, out, err = cli(bob, "approvals", "approve", approval_id[:6], "-H", host,
+                             "--yes", "--json")
         assert code == 0, out + err
         assert json.loads(out)["result"]["reply"]["status"] == "ok"
         code, out, err = cli(bob, "approvals", "approve", approval_id, "-H", host, "--yes")

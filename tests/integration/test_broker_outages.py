@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -106,14 +107,30 @@ def test_events_published_across_a_broker_restart_all_arrive_once_in_order(node,
         console.close()
 
 
+def wait_unacked(node, queue: str, count: int, timeout: float = 30) -> None:
+    """Until the broker says ``count`` messages of ``queue`` are with a consumer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listing = node.ctl("list_queues", "-p", "hostbus", "name", "messages_unacknowledged",
+                           "--no-table-headers", "--quiet")
+        for line in listing.splitlines():
+            name, _, unacked = line.partition("\t")
+            if name == queue and int(unacked or 0) >= count:
+                return
+        threading.Event().wait(0.1)
+    raise AssertionError(f"{queue} never had {count} unacknowledged messages")
+
+
 @over_both
 def test_an_agent_killed_mid_method_does_not_run_it_again_and_says_so(node, tmp_path,
                                                                       agent_url):
+    """The request that was running is answered as interrupted and never runs again;
+    the one that only waited for the (single) worker runs once after the restart."""
     host = host_id()
     node.admin.enroll_host("hostbus", host, ["slow"])
     marker = tmp_path / "runs.txt"
     command = [sys.executable, "-m", "tests.slow_agent", agent_url(node), host, str(tmp_path),
-               str(marker)]
+               str(marker), "1"]
 
     def start() -> subprocess.Popen[str]:
         proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -126,21 +143,33 @@ def test_an_agent_killed_mid_method_does_not_run_it_again_and_says_so(node, tmp_
     started = EventCollector()
     console.subscribe([f"slow.{host}.started"], started)
     agent = start()
-    result: list = []
-    caller = threading.Thread(target=lambda: result.append(
-        console.call("slow", "work", {"seconds": 60}, host=host, timeout=90)))
-    caller.start()
+    result: dict = {}
+
+    def call(name: str, seconds: float) -> threading.Thread:
+        def run() -> None:
+            result[name] = console.call("slow", "work", {"seconds": seconds}, host=host,
+                                        timeout=90)
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    running = call("running", 60)
     try:
         started.wait_for(lambda e: True, timeout=30)
+        queued = call("queued", 0)  # waits for the one worker
+        wait_unacked(node, f"hostbus.host.{host}", 2)  # both are with the agent
         agent.kill()  # SIGKILL, mid-method
         agent.wait(30)
-        agent = start()  # the broker hands the unacknowledged request to the new run
-        caller.join(120)
-        [res] = result
+        agent = start()  # the broker hands the unacknowledged requests to the new run
+        running.join(120)
+        queued.join(120)
+        res = result["running"]
         assert res.reply is not None, "no reply: the caller was left waiting"
         assert res.reply.error["code"] == "failed"
         assert res.reply.error["details"] == {"interrupted": True}
-        assert len(marker.read_text().split()) == 1  # it ran once, never again
+        assert result["queued"].status == "ok", result["queued"].reply
+        runs = marker.read_text().split()
+        assert len(runs) == 2 and len(set(runs)) == 2  # each ran once, never again
     finally:
         agent.kill()
         agent.wait(30)

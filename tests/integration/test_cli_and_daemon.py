@@ -16,6 +16,12 @@ pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """Hosts found by discovery are noted for completion: here, not in the user's cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
 def run_cli(rabbitmq, *args, timeout=60):
     env = {**os.environ, "HOSTBUS_BROKER_URL": rabbitmq.url}
     return subprocess.run([str(BIN / "hostbus"), *args], capture_output=True, text=True,
@@ -226,7 +232,8 @@ def test_a_request_repeated_after_an_agent_restart_does_not_run_twice(rabbitmq, 
                       reply_to=reply_q)
     body, props = req.encode()
     pika_props = pika.BasicProperties(message_id=props.message_id, reply_to=reply_q,
-                                      content_type=props.content_type, type=props.type)
+                                      content_type=props.content_type, type=props.type,
+                                      user_id="guest")
 
     def send_and_read():
         ch.basic_publish(names.REQUEST_EXCHANGE, req.routing_key(), body, pika_props)
@@ -250,3 +257,73 @@ def test_a_request_repeated_after_an_agent_restart_does_not_run_twice(rabbitmq, 
     second.wait(30)
     logs = first.stderr.read() + second.stderr.read()
     assert logs.count("would reboot") == 1, "the repeated request ran again"
+
+
+def test_watch_ends_quietly_when_its_reader_goes_away(rabbitmq, daemon, console):
+    """`hostbus watch | head -1`: the events keep coming, the reader is gone."""
+    waiter = EventCollector()
+    console.subscribe(["agent.#"], waiter)
+    host, _ = daemon()  # a heartbeat every 0.5 s
+    waiter.wait_for(lambda e: e.host == host and e.event == "online")
+    env = {**os.environ, "HOSTBUS_BROKER_URL": rabbitmq.url}
+    watch = subprocess.Popen([str(BIN / "hostbus"), "watch", f"agent.{host}.heartbeat"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        assert b"heartbeat" in watch.stdout.readline()
+        watch.stdout.close()  # as head -1 does after its line
+        assert watch.wait(timeout=30) == 141
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+    stderr = watch.stderr.read().decode()
+    assert "Traceback" not in stderr and "Broken pipe" not in stderr, stderr
+
+
+def test_a_named_watch_is_bound_to_exactly_its_patterns_and_can_be_deleted(rabbitmq, daemon,
+                                                                           console):
+    waiter = EventCollector()
+    console.subscribe(["agent.#"], waiter)
+    host, _ = daemon()  # metrics and heartbeats every 0.5 s
+    waiter.wait_for(lambda e: e.host == host and e.event == "online")
+    name = f"it{uuid.uuid4().hex[:6]}"
+    first = run_cli(rabbitmq, "watch", "--name", name, f"host.{host}.metrics", "-n", "1")
+    assert first.returncode == 0, first.stderr
+    second = run_cli(rabbitmq, "watch", "--name", name, f"agent.{host}.heartbeat", "-n", "3",
+                     "--json")
+    assert second.returncode == 0, second.stderr
+    assert [json.loads(line)["event"] for line in second.stdout.splitlines()] == [
+        "heartbeat"] * 3
+    header = run_cli(rabbitmq, "watch", "--name", name, f"host.{host}.alert", "-d", "0.1")
+    assert f"no longer bound to agent.{host}.heartbeat" in header.stderr
+
+    listed = run_cli(rabbitmq, "subscriptions", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    mine = [s for s in json.loads(listed.stdout)["subscriptions"] if s["name"] == name]
+    assert [s["patterns"] for s in mine] == [[f"host.{host}.alert"]]
+    assert run_cli(rabbitmq, "subscriptions", "delete", name).returncode == 0
+    again = run_cli(rabbitmq, "subscriptions", "delete", name)
+    assert again.returncode == 3 and "no subscription" in again.stderr
+
+
+def test_ctrl_c_during_a_call_prints_what_arrived_and_exits_130(rabbitmq, daemon, console):
+    waiter = EventCollector()
+    console.subscribe(["agent.#"], waiter)
+    host, _ = daemon()
+    waiter.wait_for(lambda e: e.host == host and e.event == "online")
+    env = {**os.environ, "HOSTBUS_BROKER_URL": rabbitmq.url}
+    call = subprocess.Popen([str(BIN / "hostbus"), "call", "host.identify", "-H", host,
+                             "-H", "it-ghost", "-t", "60"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        first = call.stdout.readline()  # the answering host's result, as it arrived
+        assert first.startswith(host) and " ok " in first, first
+        call.send_signal(signal.SIGINT)
+        assert call.wait(timeout=30) == 130
+    finally:
+        if call.poll() is None:
+            call.kill()
+            call.wait()
+    rest = call.stdout.read()
+    assert "1 host: 1 ok" in rest and "interrupted: 1 host not waited for" in rest
+    assert "interrupted: 1 of 2 hosts answered" in call.stderr.read()

@@ -24,6 +24,7 @@ from tests.rabbit_node import RabbitNode, alerts_in_two_parts, kill, start_clust
 # Starting RabbitMQ nodes of their own takes 10 s or more each (counted in the timeout).
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -81,7 +82,8 @@ def test_killing_the_node_everything_is_on_loses_nothing(cluster: list[RabbitNod
     prov_cfg = tmp_path / "provisioner.toml"
     prov_cfg.write_text(f'[broker]\nurl = "{urls}"\n[provisioner]\nhost_id = "{prov}"\n'
                         f'state_dir = "{tmp_path / "state"}"\ncall_timeout = 30.0\n'
-                        f'heartbeat_interval = 3600.0\n')
+                        f'heartbeat_interval = 3600.0\n'
+                        f'policy = "{ROOT / "etc" / "policy-demo.toml"}"\n')
     prov_log = tmp_path / "provisioner.log"
     provisioner = subprocess.Popen([str(BIN / "hostbus"), "provisioner", "--config",
                                     str(prov_cfg)], stdout=prov_log.open("w"),

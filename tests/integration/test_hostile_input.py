@@ -30,7 +30,8 @@ def raw(rabbitmq):
 
     def send(body, routing_key, **props):
         base = {"message_id": str(uuid.uuid4()), "reply_to": reply_queue,
-                "content_type": "application/json", "type": "hostbus.request/1"}
+                "content_type": "application/json", "type": "hostbus.request/1",
+                "user_id": "guest"}
         base.update(props)
         base = {k: v for k, v in base.items() if v is not None}
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -76,6 +77,9 @@ def test_hostile_messages_get_documented_errors_and_nothing_runs(raw, start_agen
         ("expired deadline", good(host, "reboot", {"delay_s": 0},
                                   deadline="2020-01-01T00:00:00Z"), {}, "expired"),
         ("another host's target", good("someone-else", "reboot"), {}, "bad_message"),
+        # Without user_id it would run as nobody in particular, past rules by caller.
+        ("no user_id", good(host, "reboot", {"delay_s": 60}), {"user_id": None},
+         "bad_message"),
     ]
     if rabbitmq.transport == "amqp10":
         # RabbitMQ 3.10 drops `type` on the way to an AMQP 1.0 consumer, so an agent on

@@ -15,12 +15,14 @@ import pytest
 
 from agents import virt
 from agents.virt.agent import VirtAgent
+from console.client import Console
 from hostbus.serving.runtime import AgentRuntime
 from tests.fakes import EventCollector, post_provision_raw, raw_connection
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+DEMO_POLICY = ROOT / "etc" / "policy-demo.toml"  # guest may do anything
 
 
 class GatedVirtAgent(VirtAgent):
@@ -68,17 +70,19 @@ def provisioner(rabbitmq, tmp_path):
     host_id = f"prov-{uuid.uuid4().hex[:6]}"
     rabbitmq.enroll(host_id, ["provision"])
     cfg = tmp_path / "provisioner.toml"
-    cfg.write_text(f'[broker]\nurl = "{rabbitmq.url}"\n[provisioner]\nhost_id = "{host_id}"\n'
-                   f'state_dir = "{tmp_path / "state"}"\ncall_timeout = 30.0\n'
-                   f'heartbeat_interval = 3600.0\n')
 
-    def start():
+    def start(policy=DEMO_POLICY):
+        cfg.write_text(f'[broker]\nurl = "{rabbitmq.url}"\n[provisioner]\n'
+                       f'host_id = "{host_id}"\nstate_dir = "{tmp_path / "state"}"\n'
+                       f'call_timeout = 30.0\nheartbeat_interval = 3600.0\n'
+                       f'policy = "{policy or ""}"\n')
         proc = subprocess.Popen([str(BIN / "hostbus"), "provisioner", "--config", str(cfg)],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         procs.append(proc)
         return proc
 
     start.host_id = host_id
+    start.audit = tmp_path / "state" / f"audit-{host_id}.jsonl"
     yield start
     for proc in procs:
         if proc.poll() is None:
@@ -178,7 +182,8 @@ def test_a_killed_provisioner_finishes_the_job_once(rabbitmq, console, virt_host
     console.subscribe([f"provision.{provisioner.host_id}.failed"], failures)
     barrier = f"barrier-{uuid.uuid4().hex[:6]}"
     ch.basic_publish("hostbus.provision", "provision", b"{}", pika.BasicProperties(
-        message_id=barrier, content_type="application/json", type="hostbus.provision/1"))
+        message_id=barrier, content_type="application/json", type="hostbus.provision/1",
+        user_id="guest"))
     failures.wait_for(lambda e: e.data["request_id"] == barrier, timeout=60)
     status = console.call("provision", "status", {"request_id": rid},
                           host=provisioner.host_id)
@@ -200,7 +205,8 @@ def test_a_poison_message_lands_in_dead_letters_with_its_reason(rabbitmq, consol
     rid = f"poison-{uuid.uuid4().hex[:8]}"
     ch.basic_publish("hostbus.provision", "provision", b'{"v": 1, "template": "</x>"}',
                      pika.BasicProperties(message_id=rid, content_type="application/json",
-                                          type="hostbus.provision/1", delivery_mode=2))
+                                          type="hostbus.provision/1", delivery_mode=2,
+                                          user_id="guest"))
     failed = failures.wait_for(lambda e: e.data["request_id"] == rid)
     assert "template" in failed.data["reason"] or "owner" in failed.data["reason"]
     for method, props, _body in ch.consume("hostbus.dead", inactivity_timeout=30):
@@ -212,3 +218,51 @@ def test_a_poison_message_lands_in_dead_letters_with_its_reason(rabbitmq, consol
             break
     ch.cancel()
     conn.close()
+
+
+def test_the_provisioner_denies_by_default_and_audits_every_decision(rabbitmq, console,
+                                                                     provisioner, enroll,
+                                                                     tmp_path):
+    """Without a policy file nothing is provisioned; with one, an identity it does not
+    name can neither provision nor list other owners' requests."""
+    online = wait_online(console, provisioner.host_id)
+    first = provisioner(policy=None)
+    online.wait_for(lambda e: True, timeout=30)
+    conn = raw_connection(rabbitmq.url)
+    ch = conn.channel()
+    reply_queue, _ = post_provision_raw(ch, "dave")
+    reply = next_reply(ch, reply_queue)
+    assert reply["status"] == "error" and reply["error"]["code"] == "unauthorized"
+    assert "[provisioner] policy" in reply["error"]["message"]
+    listing = console.call("provision", "list", {}, host=provisioner.host_id)
+    assert listing.reply.error["code"] == "unauthorized"
+    first.terminate()
+    first.wait(30)
+
+    policy = tmp_path / "provisioning-policy.toml"
+    policy.write_text('[[rule]]\nname = "guest provisions"\ncallers = ["guest"]\n'
+                      'agents = ["provision", "agent"]\nallow = true\n')
+    online = wait_online(console, provisioner.host_id)
+    provisioner(policy=policy)
+    online.wait_for(lambda e: True, timeout=30)
+    _, snoop_url = enroll("console", f"snoop{uuid.uuid4().hex[:6]}")
+    snoop = Console.connect(snoop_url.replace("amqp://", rabbitmq.url.split("://")[0] + "://"))
+    try:
+        res = snoop.call("provision", "list", {}, host=provisioner.host_id)
+        assert res.reply.error["code"] == "unauthorized"
+    finally:
+        snoop.close()
+    records = [json.loads(line) for line in provisioner.audit.read_text().splitlines()]
+    assert any(r.get("call") == "provision.list" and r.get("decision") == "denied"
+               and r.get("caller", "").startswith("snoop") for r in records)
+    assert any(r.get("call") == "provision.submit" and r.get("event") == "denied"
+               and r.get("caller") == "guest" for r in records)
+    conn.close()
+
+
+def next_reply(ch, queue, timeout=30):
+    for _method, _props, payload in ch.consume(queue, inactivity_timeout=timeout):
+        ch.cancel()
+        assert payload is not None, f"no reply within {timeout} s"
+        return json.loads(payload)
+    return None

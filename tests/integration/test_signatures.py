@@ -57,6 +57,10 @@ def test_signed_cli_calls_run_and_forged_or_replayed_requests_do_not(rabbitmq, c
         assert unsigned.returncode == 1
         error = json.loads(unsigned.stdout)["results"][0]["error"]
         assert error["code"] == "bad_signature" and "not signed" in error["message"]
+        # the host is up and refuses the unsigned ping: refused, with why, not "no reply"
+        ping = cli("ping", "-H", host)
+        assert ping.returncode == 1, ping.stdout + ping.stderr
+        assert "refused" in ping.stdout and "bad_signature" in ping.stdout
 
         # A plain client replays a signed request it captured, and forges another.
         conn = raw_connection(rabbitmq.url)

@@ -143,3 +143,41 @@ def test_without_reply_to_the_request_still_runs_but_nothing_is_sent(setup):
     dispatcher, probe, _ = setup
     out = dispatcher.handle(deliver(request(), reply_to=None))
     assert out.reply_to is None and probe.executed == ["echo"]
+
+
+def test_an_integer_sent_as_5_0_is_taken_as_5(setup):
+    """JSON Schema counts 5.0 as an integer, and JavaScript or a careless encoder may
+    send it: the method gets an int, rather than failing with internal: TypeError."""
+    dispatcher, _, _ = setup
+    out = dispatcher.handle(deliver(request("host", "processes", {"limit": 5.0})))
+    assert out.reply.ok, out.reply.error
+    assert 0 < len(out.reply.result["processes"]) <= 5
+    times = dispatcher.handle(deliver(request(args={"text": "ab", "times": 2.0})))
+    assert times.reply.result == {"text": "abab"}
+    refused = dispatcher.handle(deliver(request("host", "processes", {"limit": 5.5})))
+    assert refused.reply.error["code"] == "invalid_args"
+
+
+def test_values_off_the_wire_cannot_forge_log_lines(setup):
+    """A message id with a newline once wrote a second, forged line into the agent's
+    log. The daemons' formatter escapes control characters in every message."""
+    import io
+    import logging
+
+    from hostbus.logs import EscapingFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(EscapingFormatter("%(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("hostbus.dispatch")
+    logger.addHandler(handler)
+    try:
+        dispatcher, _, _ = setup
+        forged = "m1\nCRITICAL hostbus.agent: root password is hunter2\x1b[2J"
+        out = dispatcher.handle(deliver(request(method="nosuch"), message_id=forged))
+        assert out.reply.error["code"] == "unknown_method"
+    finally:
+        logger.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("WARNING hostbus.dispatch: refused m1\\n")
+    assert "\x1b" not in lines[0] and "\\x1b[2J" in lines[0]

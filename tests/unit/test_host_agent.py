@@ -4,7 +4,7 @@ from agents.host.alerts import AlertTracker, Threshold, thresholds_from_config
 from agents.host.services import Systemd, parse_list_units
 from hostbus.errors import RemoteError
 from hostbus.schema import load_agent_schema
-from tests.fakes import make_host_agent
+from tests.fakes import NT, FakePs, make_host_agent
 
 SCHEMA = load_agent_schema("host")
 
@@ -63,6 +63,31 @@ def test_metrics_events_carry_the_sample_and_alerts_follow_the_levels():
     agent.publish_metrics()
     assert [(d["metric"], d["state"]) for _, e, d in seen if e == "alert"] == [
         ("memory_percent", "cleared")]
+
+
+class PsutilLikePs(FakePs):
+    """As psutil: a process's CPU percent is measured from its previous reading, so
+    the first reading of each process has nothing to measure from (0.0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.read = set()
+
+    def process_iter(self, attrs):
+        listing = []
+        for proc in self.procs:
+            info = dict(proc)
+            if proc["pid"] not in self.read:
+                info["cpu_percent"] = 0.0
+                self.read.add(proc["pid"])
+            listing.append(NT(info=info))
+        return listing
+
+
+def test_the_first_process_listing_reports_cpu_sampled_over_an_interval():
+    agent, _, _ = make_host_agent(ps=PsutilLikePs(), config={"process_cpu_sample_s": 0.01})
+    top = call(agent, "processes", limit=1)["processes"][0]  # sort=cpu by default
+    assert (top["pid"], top["cpu_percent"]) == (200, 35.0)
 
 
 def test_processes_filter_sort_and_limit():
@@ -126,3 +151,19 @@ def test_reboot_and_shutdown_go_through_the_power_controller_only():
     assert power.calls == [("reboot", 30, "kernel"),
                            ("shutdown", 60, "requested through hostbus")]
     assert SCHEMA.methods["reboot"].dangerous and SCHEMA.methods["shutdown"].dangerous
+
+
+@pytest.mark.parametrize("reason", ["-P", "--poweroff", "-c", "-k now", "patch night"])
+def test_a_reboot_reason_is_never_read_as_an_option(reason):
+    """shutdown(8) parses options anywhere on its line (GNU getopt permutes): a reason
+    of "-P" once turned a reboot into a poweroff. Parsed the way shutdown parses it, the
+    line holds -r only, and the reason arrives whole as the wall message."""
+    import getopt
+
+    from agents.host.power import shutdown_argv
+
+    argv = shutdown_argv("/sbin/shutdown", "reboot", reason)
+    options, operands = getopt.gnu_getopt(argv[1:], "HPrhkc", ["poweroff", "reboot",
+                                                               "halt", "no-wall"])
+    assert options == [("-r", "")]
+    assert operands == ["now", reason]

@@ -30,7 +30,8 @@ def test_topic_matching_follows_amqp_rules(pattern, key, expected):
     assert names.topic_matches(pattern, key) is expected
 
 
-@pytest.mark.parametrize("bad", ["", "Web01", "web.01", "-x", "a" * 64, "a b", "é", "a;rm"])
+@pytest.mark.parametrize("bad", ["", "Web01", "web.01", "-x", "a" * 64, "a b", "é", "a;rm",
+                                 "web01\n"])
 def test_hostile_or_invalid_host_ids_are_refused_with_a_reason(bad):
     with pytest.raises(ValueError, match="no dots"):
         names.validate_host_id(bad)
@@ -54,7 +55,7 @@ def test_url_parsing_defaults_the_vhost_and_redacts_the_password():
 
 def _delivery(body, **props):
     base = {"message_id": "m-1", "content_type": "application/json", "type": REQUEST_TYPE,
-            "reply_to": "hostbus.reply.abc"}
+            "reply_to": "hostbus.reply.abc", "user_id": "alice"}
     base.update(props)
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     return Delivery(raw, Properties(**base), "hostbus.request", "host.web01")
@@ -74,6 +75,7 @@ def test_a_request_survives_encoding_and_parsing():
     body, props = req.encode()
     assert props.type == REQUEST_TYPE and props.content_type == "application/json"
     assert 0 < int(props.expiration) <= 5000
+    props.user_id = "alice"  # the publisher sets it; the broker checks it
     parsed = parse_request(Delivery(body, props, "hostbus.request", req.routing_key()),
                            max_bytes=1 << 20)
     assert (parsed.agent, parsed.method, parsed.args, parsed.host) == (
@@ -92,7 +94,7 @@ def test_a_request_that_crossed_a_protocol_bridge_is_read(content_type, kind):
     carry parameters (hostbus puts its signature there)."""
     req = new_request("host", "identify", host="web01")
     body, props = req.encode()
-    props.content_type, props.type = content_type, kind
+    props.content_type, props.type, props.user_id = content_type, kind, "alice"
     parsed = parse_request(Delivery(body, props, "", req.routing_key()), max_bytes=1 << 20)
     assert parsed.method == "identify"
 
@@ -130,8 +132,30 @@ def test_malformed_requests_are_refused_with_the_documented_code(delivery, code,
 
 
 def test_an_unusable_reply_to_is_dropped_rather_than_routed():
-    parsed = parse_request(_delivery(_body(), reply_to="x" * 300), max_bytes=1 << 20)
-    assert parsed.reply_to is None
+    for hostile in ("x y", "hostbus.reply.a\n", "../x", "a" * 201):
+        parsed = parse_request(_delivery(_body(), reply_to=hostile), max_bytes=1 << 20)
+        assert parsed.reply_to is None
+
+
+@pytest.mark.parametrize(("props", "fragment"), [
+    ({"user_id": None}, "user_id property is missing"),
+    ({"user_id": ""}, "user_id property is missing"),
+    ({"message_id": "m" * 256}, "message_id property is 256 bytes long"),
+    ({"message_id": "é" * 128}, "message_id property is 256 bytes long"),
+    ({"message_id": 12345}, "message_id property is a int, not a string"),
+    ({"reply_to": "r" * 1_000_000}, "reply_to property is 1000000 bytes long"),
+    ({"correlation_id": "c" * 300}, "correlation_id property is 300 bytes long"),
+    ({"content_type": "application/json; x=" + "a" * 300}, "content_type property is"),
+])
+def test_requests_without_a_user_or_with_oversize_properties_are_refused(props, fragment):
+    """Over AMQP 1.0 these properties may be megabytes, or numbers; refused before the
+    replay guard or the audit log keeps any of them. A request without user_id would
+    run as nobody in particular, past rules that deny by caller."""
+    with pytest.raises(RemoteError) as err:
+        parse_request(_delivery(_body(), **props), max_bytes=1 << 20)
+    assert err.value.code.value == "bad_message"
+    assert fragment in err.value.message
+    assert len(err.value.message) < 300  # the value itself is never echoed
 
 
 def test_replies_and_events_round_trip():

@@ -86,8 +86,8 @@ def test_mistakes_in_the_rules_file_are_named(tmp_path):
             RulesPolicy.load(path, "web01")
 
 
-def request(method, args, user="mallory"):
-    body = {"v": 1, "agent": "host", "method": method, "args": args,
+def request(method, args, user="mallory", agent="host"):
+    body = {"v": 1, "agent": agent, "method": method, "args": args,
             "target": {"host": "web01"},
             "deadline": (datetime.now(UTC) + timedelta(seconds=30)).isoformat()}
     return Delivery(json.dumps(body).encode(), Properties(
@@ -109,6 +109,47 @@ def test_denials_and_approvals_carry_their_code_and_nothing_runs(rules):
     allowed = dispatcher.handle(request("reboot", {"delay_s": 120, "reason": "patch"},
                                         user="alice"))
     assert allowed.reply.ok and power.calls == [("reboot", 120, "patch")]
+
+
+QUERIES = """
+[[rule]]
+name = "support sees the top processes"
+callers = ["support"]
+agents = ["host"]
+methods = ["processes"]
+args = { limit = { max = 5 } }
+allow = true
+
+[[rule]]
+name = "ops read process objects"
+callers = ["ops"]
+agents = ["host"]
+methods = ["class.process"]
+allow = true
+"""
+
+
+def test_a_query_is_authorized_as_the_class_it_reads(tmp_path):
+    """agent.query host.process exposes what host.processes does, unfiltered: it is
+    decided as host's pseudo-method class.process, not as agent.query."""
+    path = tmp_path / "p.toml"
+    path.write_text(QUERIES)
+    agent, _, _ = make_host_agent("web01")
+    hosted = {"host": HostedAgent(agent, load_agent_schema("host"))}
+    from hostbus.serving.builtin import BuiltinAgent, RuntimeInfo
+
+    info = RuntimeInfo("web01", "e", "now", hosted, dict, None, None, None)
+    hosted["agent"] = HostedAgent(BuiltinAgent(info), load_agent_schema("agent"))
+    dispatcher = Dispatcher("web01", hosted, facts=dict,
+                            policy=RulesPolicy.load(path, "web01"))
+    query = {"agent": "host", "class_name": "process", "where": {}, "limit": 1000}
+    narrow = dispatcher.handle(request("processes", {"limit": 5}, user="support"))
+    assert narrow.reply.ok
+    sneaky = dispatcher.handle(request("query", query, user="support", agent="agent"))
+    assert sneaky.reply.error["code"] == "unauthorized"
+    assert "host.class.process" in sneaky.reply.error["message"]
+    allowed = dispatcher.handle(request("query", query, user="ops", agent="agent"))
+    assert allowed.reply.ok and allowed.reply.result["class_name"] == "process"
 
 
 def test_without_a_rules_file_only_discovery_is_answered():
@@ -134,7 +175,8 @@ def test_every_decision_is_audited_without_the_arguments(memory_broker, rules, t
     secret = {"delay_s": 120, "reason": "secret reason"}
     for delivery in (request("identify", {}, user="bob"), request("reboot", secret),
                      request("reboot", secret, user="alice"), Delivery(
-                         b"junk", Properties(message_id="j", reply_to="hostbus.reply.t.x"),
+                         b"junk", Properties(message_id="j", reply_to="hostbus.reply.t.x",
+                                             user_id="eve"),
                          "hostbus.request", "host.web01")):
         runtime._on_delivery(delivery)
     transport.flush()
@@ -146,9 +188,9 @@ def test_every_decision_is_audited_without_the_arguments(memory_broker, rules, t
     by_caller = {r["caller"]: r for r in records}
     assert sorted(((r["caller"] or ""), r["call"] or "", r["decision"], r["rule"] or "",
                    r["outcome"]) for r in records) == [
-        ("", "", "refused", "", "bad_message"),
         ("alice", "host.reboot", "allowed", "ops reboot slowly", "ok"),
         ("bob", "host.identify", "allowed", "read", "ok"),
+        ("eve", "", "refused", "", "bad_message"),  # unparsed, still under its sender
         ("mallory", "host.reboot", "denied", "default-deny", "unauthorized"),
     ]
     assert by_caller["mallory"]["args_digest"] == by_caller["alice"]["args_digest"] == \
@@ -205,3 +247,27 @@ def test_bad_time_windows_are_config_errors(tmp_path, extra, fragment):
     path.write_text(f'[[rule]]\nname = "x"\nallow = true\n{extra}\n')
     with pytest.raises(ConfigError, match=fragment):
         RulesPolicy.load(path, "web01")
+
+
+def test_a_flood_of_refusals_cannot_fill_the_disk(tmp_path):
+    """10 lines per identical refusal per minute, then a count; long values are cut;
+    what ran is always written."""
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    refusal = {"host": "web01", "caller": "mallory", "call": "host.reboot",
+               "decision": "denied", "rule": "default-deny", "outcome": "unauthorized",
+               "executed": False}
+    for n in range(5000):
+        audit.write({**refusal, "request_id": f"r{n}"})
+    audit.write({**refusal, "caller": "x" * 100_000, "request_id": "long"})
+    audit.write({"host": "web01", "caller": "alice", "call": "host.identify",
+                 "decision": "allowed", "outcome": "ok", "executed": True})
+    audit.close()
+    lines = (tmp_path / "audit.jsonl").read_bytes().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) == 10 + 1 + 1 + 1
+    assert all(len(line) <= 4096 for line in lines)
+    [long] = [r for r in records if r.get("request_id") == "long"]
+    assert long["truncated"] and len(long["caller"]) < 400
+    [summary] = [r for r in records if r.get("event") == "repeated"]
+    assert summary["count"] == 4990 and summary["caller"] == "mallory"
+    assert any(r.get("caller") == "alice" for r in records)

@@ -14,6 +14,7 @@ from console.provisioner.service import Provisioner, Quotas
 from console.provisioner.store import RequestStore
 from hostbus.envelope import PROVISION_TYPE
 from hostbus.errors import RemoteError
+from hostbus.security.policy import AllowAll
 from hostbus.serving.runtime import AgentRuntime
 from hostbus.transport.base import Delivery, Properties
 from hostbus.transport.memory import MemoryTransport
@@ -57,7 +58,7 @@ class Settled:
     """A delivery whose ack/nack a test can read."""
 
     def __init__(self, body, rid, **props):
-        base = {"message_id": rid, "reply_to": "hostbus.reply.app",
+        base = {"message_id": rid, "reply_to": "hostbus.reply.app", "user_id": "app",
                 "content_type": "application/json", "type": PROVISION_TYPE}
         base.update(props)
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -113,7 +114,7 @@ def fleet(memory_broker, tmp_path):
 
     prov = Provisioner(console=console, publisher=prov_rt.publisher, store=store,
                        agent=prov_agent, host_id="provisioner", quotas=Quotas(5, {"big": 100}),
-                       call_timeout=10, discovery_idle=0.1)
+                       policy=AllowAll(), audit=None, call_timeout=10, discovery_idle=0.1)
     yield prov, agents, events, received, store
     prov.close()
     for rt in [*runtimes, prov_rt]:

@@ -17,7 +17,7 @@ def fleet(memory_broker):
     runtimes = []
     for host_id, role in (("web01", "web"), ("web02", "db")):
         memory_broker.enroll(host_id, ["host", "probe"])
-        transport = MemoryTransport(memory_broker, user=f"agent-{host_id}")
+        transport = MemoryTransport(memory_broker, user=host_id)  # as enrolled
         transport.start()
         host, _, power = make_host_agent(host_id)
         probe = ProbeAgent()

@@ -59,7 +59,6 @@ def test_a_request_signed_by_its_senders_trusted_key_runs(setup, keys):
     (lambda k: signed(k["alice"][0], routing_key="host._all"), "does not match"),
     (lambda k: signed(k["eve"][0]), "does not match alice's trusted key"),
     (lambda k: signed(k["eve"][0], user="eve"), "trusts no key for 'eve'"),
-    (lambda k: signed(k["alice"][0], user=""), "no user_id"),
 ])
 def test_unsigned_forged_and_untrusted_requests_are_refused(setup, keys, make, fragment):
     dispatcher, power = setup
@@ -72,7 +71,7 @@ def test_unsigned_forged_and_untrusted_requests_are_refused(setup, keys, make, f
 @pytest.mark.parametrize("content_type", [
     "application/json; hostbus-sig=%%%-not-base64",
     "application/json; hostbus-sig=",
-    "application/json; hostbus-sig=" + "A" * 5000,
+    "application/json; hostbus-sig=" + "A" * 200,
     "application/json; hostbus-sig=QUJD",  # valid base64url, not a signature
 ])
 def test_a_garbled_signature_is_a_bad_signature_not_a_crash(setup, keys, content_type):
@@ -134,12 +133,12 @@ def test_a_signed_request_cannot_stay_valid_for_long(setup, keys):
 def test_the_replay_guard_forgets_ids_after_their_deadline():
     guard = ReplayGuard(skew_s=0, max_ahead_s=600)
     past = (datetime.now(UTC) - timedelta(seconds=1)).timestamp()
-    guard.check("old", past)
+    guard.check("alice", "old", past)
     guard._next_prune = 0  # prune on the next check
-    guard.check("new", past + 100)
-    assert "old" not in guard._seen
+    guard.check("alice", "new", past + 100)
+    assert ("alice", "old") not in guard._seen
     with pytest.raises(RemoteError, match="already received"):
-        guard.check("new", past + 100)
+        guard.check("alice", "new", past + 100)
 
 
 def test_the_console_signs_what_it_sends(memory_broker, keys):
@@ -172,16 +171,44 @@ def test_the_console_signs_what_it_sends(memory_broker, keys):
 def test_a_repeat_gets_the_earlier_reply_even_after_a_restart(tmp_path, keys):
     future = (datetime.now(UTC) + timedelta(seconds=60)).timestamp()
     guard = ReplayGuard(path=tmp_path / "recent.db")
-    guard.check("r1", future)
+    guard.check("alice", "r1", future)
     with pytest.raises(RemoteError, match="still being handled"):
-        guard.check("r1", future)
-    guard.remember_reply("r1", b'{"v":1,"status":"ok","result":{"done":true}}')
+        guard.check("alice", "r1", future)
+    guard.remember_reply("alice", "r1", b'{"v":1,"status":"ok","result":{"done":true}}')
     restarted = ReplayGuard(path=tmp_path / "recent.db")  # a new agent process
     with pytest.raises(RemoteError) as info:
-        restarted.check("r1", future)
+        restarted.check("alice", "r1", future)
     assert info.value.code.value == "replayed"
     assert info.value.details["earlier_reply"]["result"] == {"done": True}
-    restarted.check("r2", future)  # new ids are fine
+    restarted.check("alice", "r2", future)  # new ids are fine
+
+
+def test_another_callers_id_is_neither_blocked_nor_answered_with_their_reply(tmp_path):
+    """Keyed by (caller, id): mallory reusing alice's request id neither gets alice's
+    reply nor stops alice's request; it is mallory's own, new request."""
+    future = (datetime.now(UTC) + timedelta(seconds=60)).timestamp()
+    guard = ReplayGuard(path=tmp_path / "recent.db")
+    guard.check("alice", "r1", future)
+    guard.remember_reply("alice", "r1", b'{"v":1,"status":"ok","result":{"secret":1}}')
+    guard.check("mallory", "r1", future)  # not refused: a different request
+    with pytest.raises(RemoteError) as info:
+        guard.check("mallory", "r1", future)
+    assert "earlier_reply" not in info.value.details  # mallory's own, still unanswered
+
+
+def test_after_a_crash_a_started_request_is_interrupted_and_a_waiting_one_runs(tmp_path):
+    future = (datetime.now(UTC) + timedelta(seconds=60)).timestamp()
+    guard = ReplayGuard(path=tmp_path / "recent.db")
+    guard.check("alice", "running", future)
+    guard.started("alice", "running")
+    guard.check("alice", "queued", future)  # received; no worker had taken it yet
+    restarted = ReplayGuard(path=tmp_path / "recent.db")  # the agent was SIGKILLed
+    with pytest.raises(RemoteError) as info:
+        restarted.check("alice", "running", future)
+    assert info.value.details == {"interrupted": True}
+    restarted.check("alice", "queued", future)  # runs, once
+    with pytest.raises(RemoteError, match="already received"):
+        restarted.check("alice", "queued", future)
 
 
 def test_a_retried_request_does_not_run_twice_and_learns_the_outcome(setup, keys):
@@ -189,7 +216,7 @@ def test_a_retried_request_does_not_run_twice_and_learns_the_outcome(setup, keys
     delivery = signed(keys["alice"][0])
     first = dispatcher.handle(delivery)
     body, _ = first.reply.encode()
-    dispatcher.replay.remember_reply(first.request.message_id, body)
+    dispatcher.replay.remember_reply("alice", first.request.message_id, body)
     again = dispatcher.handle(delivery)
     assert again.reply.error["code"] == "replayed"
     assert again.reply.error["details"]["earlier_reply"]["status"] == "ok"
@@ -252,3 +279,20 @@ def test_signed_replies_and_events_are_checked_by_the_console(memory_broker, tmp
         runtime.stop("test over")
         good.close()
         fooled.close()
+
+
+def test_a_field_with_a_line_feed_is_neither_signed_nor_verified(keys):
+    """Fields are separated by line feeds: one holding a line feed could be re-split
+    into other fields under the same signature."""
+    from hostbus.envelope import new_request
+
+    req = new_request("host", "identify", host="web01", reply_to="hostbus.reply.a")
+    body, props = req.encode()
+    props.user_id, props.message_id = "alice", "m1\nhostbus.request/1"
+    with pytest.raises(ValueError, match="line feeds"):
+        keys["alice"][0].sign("hostbus.request", "host.web01", props, body)
+    props.content_type = "application/json; hostbus-sig=QUJD"
+    with pytest.raises(RemoteError) as err:
+        Verifier({"alice": keys["alice"][1]}).verify("hostbus.request", "host.web01", props,
+                                                     body, kind="hostbus.request/1")
+    assert err.value.code.value == "bad_signature" and "line feed" in err.value.message

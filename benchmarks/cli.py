@@ -1,0 +1,85 @@
+"""`hostbus bench`: the benchmarks' command. It joins the CLI through the
+``hostbus.commands`` entry point group (pyproject.toml): the console never imports the
+benchmarks."""
+
+from __future__ import annotations
+
+import click
+
+from console.commands.common import EPILOG, CliContext, Exit, emit_json, usage
+from console.commands.options import json_option
+
+
+@click.command(epilog=EPILOG)
+@click.option("--quick", is_flag=True, help="Small sizes: a smoke run of every benchmark.")
+@click.option("--only", multiple=True,
+              type=click.Choice(["call", "fanout", "events", "amqp10", "provisioning",
+                                 "footprint", "soak"]),
+              help="Run only these (repeatable). Default: all but soak.")
+@click.option("--calls", type=click.IntRange(10), help="Round trips per side (2000).")
+@click.option("--agents", metavar="N,N,...",
+              help="Simulated agent counts for broadcast ping (100,1000,5000).")
+@click.option("--events", "n_events", type=click.IntRange(100), help="Events (20000).")
+@click.option("--idle", "idle_s", type=click.FloatRange(1), help="Idle agent seconds (60).")
+@click.option("--soak-minutes", type=click.FloatRange(0.5), metavar="MIN",
+              help="Length of --only soak: one agent under steady load, memory sampled (5).")
+@click.option("--png", type=click.Path(dir_okay=False), metavar="PATH",
+              help="Write a chart (latency distribution, scaling with N) to PATH.")
+@click.option("--admin-url", envvar="HOSTBUS_CONSOLE_ADMIN_URL", metavar="URL",
+              help="Management API, http://user:pass@host:15672 (an administrator).")
+@json_option
+@click.pass_obj
+def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None,
+          agents: str | None, n_events: int | None, idle_s: float | None,
+          soak_minutes: float | None, png: str | None, admin_url: str | None,
+          as_json: bool) -> Exit:
+    """Measure hostbus against raw pika and raw proton on this broker, in a throwaway vhost.
+
+    Call round trips, broadcast ping to N simulated agents (the real dispatch path),
+    event throughput, the same calls and events over AMQP 1.0 against raw proton
+    (amqp10; needs the rabbitmq_amqp1_0 plugin), provisioning on libvirt's test driver,
+    and one real agent's memory and CPU against a bare Python floor. Takes a few
+    minutes (--quick: seconds). Whatever the console's URL scheme, the broker is
+    reached over both protocols on its one port.
+    `--only soak --soak-minutes 10` runs one agent under steady load and reports
+    whether its memory stays flat.
+    """
+    from benchmarks import report
+    from benchmarks.run import ALL, Plan, run
+    from hostbus.transport.url import parse_url
+
+    plan = Plan.quick() if quick else Plan()
+    plan.only = tuple(only) if only else ALL
+    if calls:
+        plan.calls = calls
+    if agents:
+        try:
+            plan.agents = [int(x) for x in agents.split(",") if x.strip()]
+        except ValueError:
+            raise usage(f"--agents {agents!r}: expected numbers like 100,1000") from None
+    if n_events:
+        plan.events = n_events
+    if idle_s:
+        plan.idle_s = idle_s
+    if soak_minutes:
+        plan.soak_minutes = soak_minutes
+    url = parse_url(ctx.url)
+    scheme = url.scheme.removesuffix("10")  # the baselines are 0-9-1; amqp10 gets its own
+    amqp = f"{scheme}://{url.user}:{url.password}@{url.host}:{url.port}"
+    results = run(plan, amqp=amqp, admin_url=admin_url or ctx.cfg["console"]["admin_url"])
+    if png:
+        report.chart(results, png)
+    shown = dict(results)
+    for side in ("call", "amqp10"):
+        if side in shown:
+            shown[side] = {k: v for k, v in shown[side].items() if k != "samples"}
+    if as_json:
+        shown["targets"] = [{"what": w, "measured": m, "target": t, "met": ok}
+                            for w, m, t, ok in report.checks(results)]
+        emit_json(shown)
+    else:
+        click.echo(report.text(results))
+        if png:
+            click.echo(f"\nchart: {png}")
+    return Exit.OK
+

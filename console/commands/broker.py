@@ -1,0 +1,340 @@
+"""Setting up the broker over its management HTTP API: ``hostbus broker ...``.
+
+A new ``broker`` subcommand goes here: decorate it with ``@broker.command()`` and use
+``admin(ctx, admin_url)`` for the API (its failures exit 5 with the reason).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from console.commands.common import CliContext, CliError, Exit, emit_json, usage
+from console.commands.options import json_option
+from hostbus import names
+
+if TYPE_CHECKING:
+    from hostbus.broker_admin import BrokerAdmin
+
+
+@click.group()
+def broker() -> None:
+    """Set up the broker: topology, and a queue per host (management HTTP API).
+
+    Exit codes: 0 done, 2 bad input, 3 no such user, 5 the management API is
+    unreachable or refused (its reason is printed).
+    """
+
+
+@contextlib.contextmanager
+def bad_names() -> Iterator[None]:
+    """A name the broker would refuse is a usage error, found before anything is made."""
+    try:
+        yield
+    except ValueError as exc:
+        raise usage(str(exc)) from None
+
+
+def admin(ctx: CliContext, admin_url: str | None) -> BrokerAdmin:
+    from hostbus.broker_admin import BrokerAdmin
+    from hostbus.errors import ConnectionFailed
+
+    try:
+        return BrokerAdmin(admin_url or ctx.cfg["console"]["admin_url"])
+    except ConnectionFailed as exc:  # only the URL is checked here: a typo
+        raise usage(str(exc)) from None
+
+
+def vhost_of(ctx: CliContext, vhost: str | None) -> str:
+    from hostbus.transport.url import parse_url
+
+    return vhost or parse_url(ctx.url).vhost
+
+
+admin_option = click.option("--admin-url", envvar="HOSTBUS_CONSOLE_ADMIN_URL", metavar="URL",
+                            help="Management API, http://user:pass@host:15672 (an "
+                                 "administrator).")
+vhost_option = click.option("--vhost", metavar="NAME",
+                            help="Virtual host (default: the broker URL's, 'hostbus').")
+
+
+@broker.command()
+@admin_option
+@vhost_option
+@json_option
+@click.pass_obj
+def setup(ctx: CliContext, admin_url: str | None, vhost: str | None, as_json: bool) -> Exit:
+    """Create the vhost and apply broker_config/definitions.json (idempotent)."""
+    name = vhost_of(ctx, vhost)
+    counts = admin(ctx, admin_url).setup(name)
+    if as_json:
+        emit_json({"vhost": name, **counts})
+    else:
+        click.echo(f"vhost {name}: {counts['exchanges']} exchanges, {counts['queues']} queues, "
+                   f"{counts['bindings']} bindings, {counts['policies']} policies applied")
+    return Exit.OK
+
+
+def _identity_url(ctx: CliContext, user: str, password: str, broker_url: str | None,
+                  tls: tuple[Path, Path, Path] | None = None) -> str:
+    """The URL an enrolled identity connects with: the console's broker (or
+    --broker-url), with the new user's credentials: a password, or with ``tls`` (CA,
+    certificate, key) a client certificate (SASL EXTERNAL, amqps only)."""
+    from urllib.parse import quote, urlencode
+
+    from hostbus.transport.url import parse_url
+
+    base = parse_url(broker_url or ctx.url)
+    where = f"{base.host}:{base.port}/{quote(base.vhost, safe='')}"
+    if tls is None:
+        return f"{base.scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{where}"
+    query = urlencode({"cafile": tls[0], "certfile": tls[1], "keyfile": tls[2]})
+    return f"amqps://{quote(user, safe='')}@{where}?{query}"
+
+
+def _issue_client_cert(ctx: CliContext, name: str, tls_dir: str | None,
+                       broker_url: str | None) -> tuple[Path, Path, Path] | None:
+    """Before any user is created: check the broker URL is amqps, then sign NAME's
+    certificate with the CA in ``tls_dir``."""
+    if tls_dir is None:
+        return None
+    from hostbus.devca import CA_CERT, issue
+    from hostbus.transport.url import parse_url
+
+    if parse_url(broker_url or ctx.url).scheme not in ("amqps", "amqps10"):
+        raise usage("a client certificate needs TLS: give --broker-url "
+                    "amqps://BROKER:5671/VHOST")
+    cert, key = issue(tls_dir, name)
+    return Path(tls_dir).resolve() / CA_CERT, cert.resolve(), key.resolve()
+
+
+def _write_secret_file(path: str, text: str, force: bool) -> None:
+    """Create the file with mode 0600 from the start (it holds a password)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise usage(f"{path} exists; pass --force to replace it (the old password stops "
+                    "working anyway)") from None
+    except OSError as exc:
+        raise CliError(Exit.FAILED, f"cannot write {path}: {exc}") from None
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(path, 0o600)
+
+
+def _check_writable(path: str, force: bool) -> None:
+    """Before any user is created: a refusal later would leave a user nobody can use."""
+    if os.path.exists(path) and not force:
+        raise usage(f"{path} exists; pass --force to replace it (the old password stops "
+                    "working anyway)")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.access(parent, os.W_OK):
+        raise usage(f"cannot write {path}: {parent} is not writable")
+
+
+def _create_identity(ctx: CliContext, kind: str, name: str, admin_url: str | None,
+                     vhost: str | None, certificate: bool = False) -> str:
+    """The new user's password."""
+    with bad_names():
+        return admin(ctx, admin_url).create_identity(vhost_of(ctx, vhost), kind, name,
+                                                     certificate=certificate)
+
+
+config_out_option = click.option("--config-out", "-o", metavar="FILE",
+                                 help="Where to write the ready config (mode 0600). "
+                                      "Default: ./NAME.toml")
+force_option = click.option("--force", is_flag=True, help="Replace an existing file.")
+broker_url_option = click.option("--broker-url", metavar="URL",
+                                 help="The broker as this identity will reach it "
+                                      "(default: the console's, e.g. amqps://broker:5671/hostbus).")
+tls_dir_option = click.option(
+    "--tls-dir", metavar="DIR", type=click.Path(file_okay=False),
+    help="Authenticate with a client certificate instead of a password: sign NAME.pem "
+         "with the CA in DIR (hostbus broker dev-ca DIR) and create the user without a "
+         "password (SASL EXTERNAL over amqps).")
+
+
+@broker.command()
+@click.argument("host")
+@click.option("--agents", default="host", show_default=True, metavar="A,B",
+              help="Agents this host runs (comma-separated).")
+@click.option("--no-user", is_flag=True,
+              help="Only the queue and bindings; no broker user (for a shared account).")
+@click.option("--queue-type", type=click.Choice(["classic", "quorum"]), default="classic",
+              show_default=True,
+              help="quorum: the host's queue is replicated over a cluster's nodes and "
+                   "survives losing one (broker_config/cluster/README.md).")
+@config_out_option
+@force_option
+@broker_url_option
+@tls_dir_option
+@admin_option
+@vhost_option
+@json_option
+@click.pass_obj
+def enroll(ctx: CliContext, host: str, agents: str, no_user: bool, queue_type: str,
+           config_out: str | None, force: bool, broker_url: str | None, tls_dir: str | None,
+           admin_url: str | None, vhost: str | None, as_json: bool) -> Exit:
+    """Create HOST's queue and bindings, and its own broker user (idempotent).
+
+    The user may read only HOST's queue and publish only events for HOST and replies;
+    it cannot publish requests or configure anything. A ready agent config with its
+    password is written to --config-out (mode 0600).
+    """
+    agent_list = [a.strip() for a in agents.split(",") if a.strip()]
+    name = vhost_of(ctx, vhost)
+    with bad_names():
+        names.validate_host_id(host)
+        for a in agent_list:
+            names.validate_agent_name(a)
+        keys = admin(ctx, admin_url).enroll_host(name, host, agent_list, queue_type=queue_type)
+    result: dict[str, Any] = {"vhost": name, "host": host, "queue": names.host_queue(host),
+                              "routing_keys": keys}
+    if not no_user:
+        path = config_out or f"{host}.toml"
+        _check_writable(path, force)
+        tls = _issue_client_cert(ctx, host, tls_dir, broker_url)
+        password = _create_identity(ctx, "agent", host, admin_url, vhost,
+                                    certificate=tls is not None)
+        _write_secret_file(path, (
+            f"# hostbus-agent configuration for host {host}, written by "
+            f"`hostbus broker enroll`.\n# It holds this host's broker credentials: keep it "
+            f"mode 0600. Every other setting is in etc/agent.toml.\n\n"
+            f'[broker]\nurl = "{_identity_url(ctx, host, password, broker_url, tls)}"\n\n'
+            f'[agent]\nhost_id = "{host}"\nagents = {json.dumps(agent_list)}\n'), force)
+        result |= {"user": host, "config": path}
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"host {host} enrolled in vhost {name}: queue {names.host_queue(host)} "
+                   f"bound to {', '.join(keys)}")
+        if not no_user:
+            click.echo(f"broker user {host} created; agent config written to "
+                       f"{result['config']} (mode 0600): hostbus-agent --config "
+                       f"{result['config']}")
+    return Exit.OK
+
+
+def _enroll_named(ctx: CliContext, kind: str, name: str, config_out: str | None, force: bool,
+                  broker_url: str | None, tls_dir: str | None, admin_url: str | None,
+                  vhost: str | None, as_json: bool, what: str) -> Exit:
+    path = config_out or f"{name}.toml"
+    _check_writable(path, force)
+    tls = _issue_client_cert(ctx, name, tls_dir, broker_url)
+    password = _create_identity(ctx, kind, name, admin_url, vhost, certificate=tls is not None)
+    url = _identity_url(ctx, name, password, broker_url, tls)
+    _write_secret_file(path, (
+        f"# hostbus {kind} configuration for {name}, written by `hostbus broker "
+        f"enroll-{kind}`.\n# It holds the broker password: keep it mode 0600.\n"
+        f"# {what}\n\n[broker]\nurl = \"{url}\"\n"), force)
+    if as_json:
+        emit_json({"user": name, "kind": kind, "vhost": vhost_of(ctx, vhost), "config": path})
+    else:
+        click.echo(f"broker user {name} ({kind}) created; config written to {path} (mode 0600)")
+    return Exit.OK
+
+
+def identity_command(name: str) -> Callable[[Callable[..., Any]], Any]:
+    """The options every enroll-* command for a named identity takes."""
+
+    def wrap(fn: Callable[..., Any]) -> Any:
+        for option in (click.pass_obj, json_option, vhost_option, admin_option,
+                       tls_dir_option, broker_url_option, force_option, config_out_option,
+                       click.argument("name"), broker.command(name)):
+            fn = option(fn)
+        return fn
+
+    return wrap
+
+
+@identity_command("enroll-console")
+def enroll_console(ctx: CliContext, name: str, config_out: str | None, force: bool,
+                   broker_url: str | None, tls_dir: str | None, admin_url: str | None,
+                   vhost: str | None, as_json: bool) -> Exit:
+    """Create a console's broker user: it may send requests and provisioning requests,
+    and declare and read its own reply and subscription queues (hostbus.reply.NAME.*,
+    hostbus.sub.NAME.*). Use the written file with `hostbus --config FILE`."""
+    return _enroll_named(ctx, "console", name, config_out, force, broker_url, tls_dir,
+                         admin_url, vhost, as_json, "Use it with: hostbus --config THIS_FILE ...")
+
+
+@identity_command("enroll-app")
+def enroll_app(ctx: CliContext, name: str, config_out: str | None, force: bool,
+               broker_url: str | None, tls_dir: str | None, admin_url: str | None,
+               vhost: str | None, as_json: bool) -> Exit:
+    """Create an application's broker user: it may post provisioning requests and read
+    its own reply queue (hostbus.reply.NAME.*, bound to hostbus.reply), nothing else."""
+    return _enroll_named(ctx, "app", name, config_out, force, broker_url, tls_dir, admin_url,
+                         vhost, as_json, f"Post to exchange hostbus.provision; reply queue "
+                                     f"hostbus.reply.{name}.<anything>.")
+
+
+@broker.command("dev-ca")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--broker-name", "broker_names", multiple=True, metavar="NAME",
+              help="A DNS name or IP address the broker is reached by (repeatable; "
+                   "default: localhost and 127.0.0.1).")
+@click.option("--client", "clients", multiple=True, metavar="USER",
+              help="Also sign a client certificate for this broker user (repeatable).")
+@json_option
+def dev_ca(folder: str, broker_names: tuple[str, ...], clients: tuple[str, ...],
+           as_json: bool) -> Exit:
+    """Mint a development CA in FOLDER (once), the broker's certificate, and client
+    certificates, for TLS and SASL EXTERNAL on a lab or test broker.
+
+    \b
+    Then point RabbitMQ at them (broker_config/rabbitmq-tls.conf shows how):
+      ssl_options.cacertfile = FOLDER/ca.pem
+      ssl_options.certfile   = FOLDER/broker.pem
+      ssl_options.keyfile    = FOLDER/broker.key
+    and enroll identities with certificates instead of passwords:
+      hostbus broker enroll web01 --tls-dir FOLDER --broker-url amqps://broker:5671/hostbus
+    Production brokers use the organisation's CA; the file layout is the same.
+    """
+    from hostbus.devca import CA_CERT, CA_KEY, create_ca, issue
+
+    made: dict[str, Any] = {"folder": folder}
+    with bad_names():
+        for client in clients:  # before anything is written
+            names.validate_host_id(client)
+    if not (Path(folder) / CA_KEY).exists():
+        create_ca(folder)
+        made["ca_created"] = True
+    made["ca"] = str(Path(folder) / CA_CERT)
+    made["broker"] = [str(p) for p in issue(
+        folder, "broker", server_names=list(broker_names) or ["localhost", "127.0.0.1"])]
+    made["clients"] = {c: [str(p) for p in issue(folder, c)] for c in clients}
+    if as_json:
+        emit_json(made)
+        return Exit.OK
+    click.echo(f"CA {made['ca']}" + (" (new)" if made.get("ca_created") else " (existing)"))
+    click.echo(f"broker certificate {made['broker'][0]}, key {made['broker'][1]} (mode 0600)")
+    for client, (cert, key) in made["clients"].items():
+        click.echo(f"client {client}: {cert}, key {key} (mode 0600)")
+    return Exit.OK
+
+
+@broker.command()
+@click.argument("name")
+@admin_option
+@json_option
+@click.pass_obj
+def revoke(ctx: CliContext, name: str, admin_url: str | None, as_json: bool) -> Exit:
+    """Delete an identity's broker user; its connections are closed at once. (A host's
+    queue stays: `broker enroll` it again to give it a new password.)"""
+    with bad_names():
+        existed = admin(ctx, admin_url).revoke(name)
+    if as_json:
+        emit_json({"user": name, "revoked": existed})
+    elif existed:
+        click.echo(f"broker user {name} revoked")
+    else:
+        raise CliError(Exit.NOTHING, f"there is no broker user {name}")
+    return Exit.OK

@@ -1,0 +1,235 @@
+"""Provisioning: the service (``hostbus provisioner``) and its clients
+(``hostbus provision submit|status|list``).
+
+A new ``provision`` subcommand goes here, with ``@provision.command(...)``; find the
+provisioner with ``find_provisioner`` and ask it through ``ask_provisioner``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any
+
+import click
+
+from console.args import parse_where
+from console.commands.common import (
+    EPILOG,
+    CliContext,
+    CliError,
+    Exit,
+    check_columns,
+    emit_json,
+    layout,
+    out,
+    resolve_prefix,
+    usage,
+)
+from console.commands.options import json_option, table_options, timeout_option
+from hostbus.errors import RemoteError
+
+REQUEST_COLUMNS = ["request_id", "owner", "template", "count", "status", "vms", "updated"]
+
+
+@click.command("provisioner")
+@click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False),
+              metavar="FILE", help="Provisioner config (see etc/provisioner.toml).")
+def provisioner(config_file: str | None) -> int:
+    """Run the provisioning service until SIGTERM/SIGINT.
+
+    It consumes the queue hostbus.provision, places each VM on a virt host with room,
+    drives the virt agents, publishes provision.* events and replies when the VMs run.
+    Enroll it once first: hostbus broker enroll provisioner --agents provision
+    """
+    from console.provisioner.main import run
+
+    return run(config_file)
+
+
+@click.group()
+def provision() -> None:
+    """Post provisioning requests and follow them (the provisioner does the work)."""
+
+
+@provision.command("submit", epilog=EPILOG)
+@click.option("--template", "-T", required=True, help="Template name (virt.template.list).")
+@click.option("--count", "-n", type=click.IntRange(1, 50), default=1, show_default=True,
+              help="How many VMs.")
+@click.option("--name", help="The VM's exact name (one VM).")
+@click.option("--prefix", help="Name prefix: VMs are PREFIX-<request id>-N.")
+@click.option("--vcpus", type=click.IntRange(1, 256), help="Default: the template's.")
+@click.option("--memory-mib", type=click.IntRange(64), help="Default: the template's.")
+@click.option("--owner", default=lambda: os.environ.get("USER") or "unknown",
+              help="Who the VMs are for (quotas count per owner). Default: $USER.")
+@click.option("-H", "--host", "hosts", multiple=True, metavar="HOST",
+              help="Only place on these hosts (repeatable).")
+@click.option("--where", "-w", multiple=True, metavar="FACT=VALUE",
+              help="Only place on hosts with this fact (repeatable).")
+@click.option("--request-id", help="Your own request id (the idempotency key; a uuid4).")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait for the reply (the VMs run) or return once posted.")
+@click.option("--timeout", "-t", type=click.FloatRange(0, min_open=True), default=300.0,
+              show_default=True, metavar="S", help="How long to wait for the reply.")
+@json_option
+@click.pass_obj
+def provision_submit(ctx: CliContext, template: str, count: int, name: str | None,
+                     prefix: str | None, vcpus: int | None, memory_mib: int | None, owner: str,
+                     hosts: tuple[str, ...], where: tuple[str, ...], request_id: str | None,
+                     wait: bool, timeout: float, as_json: bool) -> Exit:
+    """Ask for VMs from a template; no host needs to be named.
+
+    \b
+      hostbus provision submit -T web -n 2 --prefix shop --owner alice
+      hostbus provision submit -T db --name orders-db --where rack=b12
+    Exit codes: 0 the VMs run, 1 the request failed, 4 no reply within --timeout.
+    """
+    if name and count != 1:
+        raise usage("--name is for one VM; use --prefix with --count")
+    body: dict[str, Any] = {"v": 1, "template": template, "count": count, "owner": owner}
+    for key, value in (("name", name), ("name_prefix", prefix), ("vcpus", vcpus),
+                       ("memory_mib", memory_mib)):
+        if value is not None:
+            body[key] = value
+    constraints: dict[str, Any] = {}
+    if hosts:
+        constraints["hosts"] = list(hosts)
+    if where:
+        constraints["facts"] = parse_where(where)
+    if constraints:
+        body["constraints"] = constraints
+    from hostbus.schema import envelope_validator
+
+    try:
+        envelope_validator("provision").validate(dict(body))
+    except RemoteError as exc:
+        raise usage(exc.message.replace("body.", "")) from None
+    console = ctx.console()
+    rid = request_id or str(uuid.uuid4())
+    if not as_json and wait:
+        from console.render import event_line
+
+        def on_event(ev: Any, note: str | None) -> None:
+            if ev.data.get("request_id") == rid:
+                click.echo(event_line(ev), err=True)
+
+        console.subscribe(["provision.*.#"], on_event)
+    rid, reply = console.provision(body, request_id=rid, timeout=timeout, wait=wait)
+    if not wait:
+        if as_json:
+            emit_json({"request_id": rid, "status": "posted"})
+        else:
+            click.echo(f"posted {rid}; follow it with `hostbus provision status {rid}`")
+        return Exit.OK
+    if reply is None:
+        if as_json:
+            emit_json({"request_id": rid, "status": "no_reply"})
+        raise CliError(Exit.NO_REPLY, f"no reply to {rid} within {timeout:g} s (is `hostbus "
+                                      f"provisioner` running? `hostbus provision status {rid}` "
+                                      "tells later)")
+    if as_json:
+        emit_json({"request_id": rid, **reply.to_body()})
+    elif reply.ok:
+        from console.render import objects_table
+
+        console_out = out()
+        console_out.print(f"request {rid}: completed")
+        console_out.print(objects_table((reply.result or {}).get("vms", []),
+                                        layout(console_out)))
+    else:
+        err = reply.error or {}
+        click.echo(f"request {rid} failed: {err.get('code')}: {err.get('message')}", err=True)
+    return Exit.OK if reply.ok else Exit.FAILED
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text.lower()
+    except ValueError:
+        return False
+
+
+def find_provisioner(ctx: CliContext, timeout: float | None) -> str:
+    """The host id of the first provisioner that answers discovery."""
+    found = ctx.console().discover(filter={"agent": "provision"}, timeout=ctx.timeout(timeout))
+    if not found:
+        raise CliError(Exit.NOTHING, "no provisioner answered (start one: hostbus "
+                                     "provisioner --config FILE)")
+    return found[0].host
+
+
+def ask_provisioner(ctx: CliContext, method: str, args: dict[str, Any], provisioner: str,
+                    timeout: float | None) -> Any:
+    """Call ``provision.METHOD`` on ``provisioner``; its result, or a ``CliError``
+    saying why there is none."""
+    res = ctx.console().call("provision", method, args, host=provisioner,
+                             timeout=ctx.timeout(timeout))
+    if res.reply is None:
+        raise CliError(Exit.NO_REPLY, f"provisioner {provisioner} did not answer")
+    if not res.reply.ok:
+        err = res.reply.error or {}
+        raise CliError(Exit.FAILED, f"{err.get('code')}: {err.get('message')}")
+    return res.reply.result
+
+
+provisioner_option = click.option("--provisioner", metavar="HOST",
+                                  help="The provisioner's host id (default: discovered).")
+
+
+@provision.command("status", epilog=EPILOG)
+@click.argument("request_id")
+@provisioner_option
+@timeout_option
+@json_option
+@click.pass_obj
+def provision_status(ctx: CliContext, request_id: str, provisioner: str | None,
+                     timeout: float | None, as_json: bool) -> Exit:
+    """Show one request: accepted (in progress), completed or failed (and why).
+    REQUEST_ID may be its first characters (at least 4), as in VM names."""
+    provisioner = provisioner or find_provisioner(ctx, timeout)
+    if not _is_uuid(request_id):
+        known = ask_provisioner(ctx, "list", {"owner": None, "status": None, "limit": 1000},
+                                provisioner, timeout)
+        request_id = resolve_prefix(request_id, [r["request_id"] for r in known["requests"]],
+                                    "provisioning request")
+    result = ask_provisioner(ctx, "status", {"request_id": request_id}, provisioner, timeout)
+    if as_json:
+        emit_json(result)
+        return Exit.OK
+    from console.render import print_result
+
+    print_result(out(), result)
+    return Exit.OK
+
+
+@provision.command("list", epilog=EPILOG)
+@click.option("--owner", help="Only this owner's requests.")
+@click.option("--status", type=click.Choice(["accepted", "completed", "failed"]),
+              help="Only requests in this state.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True,
+              help="At most this many requests.")
+@provisioner_option
+@timeout_option
+@table_options
+@json_option
+@click.pass_obj
+def provision_list(ctx: CliContext, owner: str | None, status: str | None, limit: int,
+                   provisioner: str | None, timeout: float | None, wide: bool,
+                   columns: tuple[str, ...], as_json: bool) -> Exit:
+    """List recent requests, newest first."""
+    check_columns(columns, REQUEST_COLUMNS)
+    provisioner = provisioner or find_provisioner(ctx, timeout)
+    result = ask_provisioner(ctx, "list", {"owner": owner, "status": status, "limit": limit},
+                             provisioner, timeout)
+    if as_json:
+        emit_json(result)
+        return Exit.OK
+    from console.render import objects_table
+
+    rows = [{**{c: r.get(c) for c in REQUEST_COLUMNS},
+             "vms": ", ".join(f"{v['name']}@{v['host']}" for v in r["vms"])}
+            for r in result["requests"]]
+    console_out = out()
+    console_out.print(objects_table(rows, layout(console_out, wide, columns), REQUEST_COLUMNS))
+    click.echo(f"{len(rows)} request{'s' if len(rows) != 1 else ''}")
+    return Exit.OK
