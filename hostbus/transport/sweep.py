@@ -8,25 +8,25 @@ AMQP 0-9-1 consumer it tries to deliver it to, with 541 INTERNAL_ERROR (RabbitMQ
 queue, ahead of newer ones, and comes again on the next connection: one message would
 keep an agent, a service or a durable subscriber off the bus for good.
 
-The way out, measured on RabbitMQ 3.10 with classic and quorum queues: ``basic.get``
-with ``no_ack`` removes the message at the head of a queue *before* the broker frames
-it, so the connection still dies, but the message is gone. So after a 541 the next
-connection, before it consumes again, sweeps each durable queue it consumes: it takes
-messages with ``no_ack`` (the redeliveries first: the ones that were out when the
-connection died, the culprit among them) and hands them to the handler as usual, until
-the queue is empty or ``FRESH_LIMIT`` new messages have been handed over; a message the
-broker cannot frame closes that connection too, and is gone. A new connection goes on
-sweeping at once. Messages this process had already received and not
-yet settled when the connection died are still being handled (their replies go out on
-the new connection): their redelivered copies are dropped instead of being handled
-twice.
+The way out, measured on RabbitMQ 3.10 and 4.0 with classic and quorum queues:
+``basic.get`` with ``no_ack`` removes the message at the head of a queue *before* the
+broker frames it, so the connection still dies, but the message is gone. So after a 541
+the next connection, before it consumes again, sweeps each durable queue it consumes:
+it takes messages with ``no_ack`` (the redeliveries first: the ones that were out when
+the connection died, the culprit among them) and hands them to the handler as usual,
+until the queue is empty or ``FRESH_LIMIT`` new messages have been handed over. A
+message the broker cannot frame closes that connection too, and is gone; a new
+connection goes on sweeping at once. The redelivered copies of messages this process
+is still handling (received before the connection died, not settled since) are
+dropped: their replies go out on the new connection, once. A copy of one it had
+already answered is handed over again (its ack may have died with the connection, and
+so may its reply): the agent's replay guard answers it with the earlier reply.
 
 What it costs: nothing while nothing goes wrong (a dictionary entry per unsettled
-request); per such message, one more connection. No message is charged twice: the
-swept ones are settled at once, so a quorum queue's delivery limit sees each innocent
-message returned at most once per such message, and only if it was out when the
-first connection died. A message handed over by the sweep is settled on receipt, so if
-this process dies while handling it, the broker does not deliver it again.
+request); per such message, one more connection. The swept messages are settled when
+taken, so a quorum queue's delivery limit counts an innocent message at most once, and
+only if it was out when the first connection died. The price: a message the sweep hands
+over is not delivered again if this process dies while handling it.
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ INTERNAL_ERROR = 541
 # such messages is cleared by sweeping, each at the cost of one connection; it stops at
 # an empty queue or after this many new messages, and consuming takes over.
 FRESH_LIMIT = 100
+
+Fingerprint = tuple[str, str | None, int]  # queue, message_id, hash of the body
 
 #: One durable queue to sweep, and what to do with a message taken from it:
 #: ``deliver(method, properties, body)`` (pika's Basic.GetOk, BasicProperties, bytes).
@@ -70,17 +72,21 @@ class Sweeper:
         self.needed = False
         #: Messages removed by a sweep, since this transport started.
         self.removed = 0
-        # (channel id, delivery tag) -> (queue, message_id, body): received, unsettled.
-        self._unsettled: dict[tuple[int, int], tuple[str, str | None, bytes]] = {}
-        # What was unsettled when the connection died: (queue, message_id, hash(body)).
-        self._in_hand: set[tuple[str, str | None, int]] = set()
+        # (channel id, delivery tag) -> (queue, message_id, hash of the body): received
+        # on the consuming channel and not yet settled.
+        self._unsettled: dict[tuple[int, int], Fingerprint] = {}
+        # The same, for those unsettled when a 541 closed their channel and not settled
+        # since: still being handled, so their reply is still to come.
+        self._in_hand: dict[tuple[int, int], Fingerprint] = {}
 
     def received(self, channel: object, tag: int, queue: str, message_id: str | None,
                  body: bytes) -> None:
-        self._unsettled[(id(channel), tag)] = (queue, message_id, body)
+        self._unsettled[(id(channel), tag)] = (queue, message_id, hash(body))
 
     def settled(self, channel: object, tag: int) -> None:
-        self._unsettled.pop((id(channel), tag), None)
+        key = (id(channel), tag)
+        self._unsettled.pop(key, None)
+        self._in_hand.pop(key, None)
 
     def closed(self, exc: BaseException) -> None:
         """The consuming channel or its connection is gone: delivery tags mean nothing on
@@ -92,23 +98,24 @@ class Sweeper:
                             "sign of a message it cannot deliver over AMQP 0-9-1; the "
                             "queues consumed are swept before consuming again")
             self.needed = True
-            self._in_hand.update((q, mid, hash(body))
-                                 for q, mid, body in self._unsettled.values())
+            self._in_hand.update(self._unsettled)
         self._unsettled.clear()
 
     def sweep(self, conn: Any, queues: list[SweptQueue]) -> None:
-        """Take the redelivered messages off each queue (``no_ack``), hand them over, and
-        drop the copies of those still in hand. Raises ``Swept`` when the broker closed
-        the connection while handing one out: that message is gone."""
+        """Take messages off each queue (``no_ack``) and hand them over, except copies
+        of those still in hand. Raises ``Swept`` when the broker closed the connection
+        while handing one out: that message is gone."""
+        in_hand = set(self._in_hand.values())
         ch = conn.channel()
         for queue, deliver in queues:
-            ch = self._sweep_queue(conn, ch, queue, deliver)
+            ch = self._sweep_queue(conn, ch, queue, deliver, in_hand)
         ch.close()
         self.needed = False
         self._in_hand.clear()
 
     def _sweep_queue(self, conn: Any, ch: Any, queue: str,
-                     deliver: Callable[[Any, Any, bytes], None]) -> Any:
+                     deliver: Callable[[Any, Any, bytes], None],
+                     in_hand: set[Fingerprint]) -> Any:
         fresh = 0
         while fresh < FRESH_LIMIT:
             try:
@@ -128,8 +135,8 @@ class Sweeper:
             if method is None:
                 return ch
             copy = (queue, props.message_id, hash(body))
-            if method.redelivered and copy in self._in_hand:
-                self._in_hand.discard(copy)  # still being handled, or answered since
+            if method.redelivered and copy in in_hand:
+                in_hand.discard(copy)  # still being handled: its reply is to come
                 continue
             fresh += not method.redelivered
             deliver(method, props, body)
