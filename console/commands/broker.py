@@ -70,14 +70,27 @@ vhost_option = click.option("--vhost", metavar="NAME",
 @json_option
 @click.pass_obj
 def setup(ctx: CliContext, admin_url: str | None, vhost: str | None, as_json: bool) -> Exit:
-    """Create the vhost and apply broker_config/definitions.json (idempotent)."""
+    """Create the vhost and apply broker_config/definitions.json (idempotent).
+
+    On an older install it also brings each enrolled identity's topic permissions up to
+    date and turns hostbus.reply into a topic exchange (so each identity can bind only
+    its own replies): live consoles keep their reply bindings, bindings to another
+    identity's replies are dropped and listed, and replies published in the few
+    milliseconds the exchange is made again are lost.
+    """
     name = vhost_of(ctx, vhost)
-    counts = admin(ctx, admin_url).setup(name)
+    done = admin(ctx, admin_url).setup(name)
     if as_json:
-        emit_json({"vhost": name, **counts})
-    else:
-        click.echo(f"vhost {name}: {counts['exchanges']} exchanges, {counts['queues']} queues, "
-                   f"{counts['bindings']} bindings, {counts['policies']} policies applied")
+        emit_json({"vhost": name, **done})
+        return Exit.OK
+    click.echo(f"vhost {name}: {done['exchanges']} exchanges, {done['queues']} queues, "
+               f"{done['bindings']} bindings, {done['policies']} policies applied; "
+               f"{len(done['identities'])} identities' topic permissions brought up to date")
+    if done.get("reply_exchange_migrated"):
+        click.echo(f"hostbus.reply is now a topic exchange: {done['reply_bindings_kept']} "
+                   "reply bindings kept")
+        for dropped in done["reply_bindings_dropped"]:
+            click.echo(f"dropped a binding to another identity's replies: {dropped}")
     return Exit.OK
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import tomllib
 import uuid
 from pathlib import Path
@@ -160,3 +161,153 @@ def test_revoked_identities_cannot_connect(rabbitmq, enroll):
     existing = enroll.run("broker", "enroll-console", dup, "-o", "/dev/null")
     assert existing.returncode == 2 and "pass --force" in existing.stderr
     assert not rabbitmq.admin.revoke(dup), "a refused enrollment left a broker user behind"
+
+
+def ping_request(host: str, user: str, reply_to: str) -> tuple[bytes, pika.BasicProperties]:
+    from datetime import UTC, datetime, timedelta
+
+    body = json.dumps({"v": 1, "agent": "agent", "method": "ping", "args": {},
+                       "target": {"host": host},
+                       "deadline": (datetime.now(UTC) + timedelta(seconds=60)).isoformat()})
+    return body.encode(), pika.BasicProperties(
+        message_id=str(uuid.uuid4()), reply_to=reply_to, user_id=user,
+        content_type="application/json", type="hostbus.request/1")
+
+
+def test_replies_are_readable_only_by_their_owner(rabbitmq, enroll, start_agent):
+    """Another console or app that learns a reply key cannot bind a queue of its own to
+    it (over AMQP 0-9-1 or 1.0), nor to patterns that would cover it; the owner can."""
+    runtime, _ = start_agent()
+    alice, bob, app = name("alice"), name("bob"), name("app")
+    _, alice_url = enroll("console", alice)
+    _, bob_url = enroll("console", bob)
+    _, app_url = enroll("app", app)
+    key = f"hostbus.reply.{alice}.{uuid.uuid4().hex}"  # what alice's reply_to says
+
+    def bind(queue, routing_key):
+        def action(ch):
+            ch.queue_declare(queue, exclusive=True)
+            ch.queue_bind(queue, "hostbus.reply", routing_key=routing_key)
+        return action
+
+    for spy, url in ((bob, bob_url), (app, app_url)):
+        own = f"hostbus.reply.{spy}.spy"
+        for stolen in (key, "#", "hostbus.reply.#", f"hostbus.reply.*.{key.split('.')[3]}"):
+            assert refusal(url, bind(own, stolen)) == 403, (spy, stolen)
+        assert refusal(url, bind(own, f"hostbus.reply.{spy}.#")) is None  # its own
+
+    # Over AMQP 1.0 a receiver from /exchange/hostbus.reply/KEY binds a queue the broker
+    # makes: refused too (RabbitMQ 3.10 drops the connection; 4.0 ends the session).
+    from proton import ConnectionException, Timeout
+    from proton.utils import LinkDetached
+
+    from tests.integration.test_poison_messages import amqp10
+
+    with amqp10(bob_url) as conn:
+        try:
+            spy = conn.create_receiver(f"/exchange/hostbus.reply/{key}")
+        except (LinkDetached, ConnectionException, Timeout):  # refused
+            spy = None
+        # The owner's request and reply, meanwhile: the reply reaches alice.
+        owner = raw_connection(alice_url)
+        ch = owner.channel()
+        queue = ch.queue_declare("", exclusive=True).method.queue
+        ch.queue_bind(queue, "hostbus.reply", routing_key=key)
+        body, props = ping_request(runtime.host_id, alice, key)
+        ch.basic_publish("hostbus.request", f"agent.{runtime.host_id}", body, props)
+        for _m, got, reply in ch.consume(queue, inactivity_timeout=30):
+            assert reply is not None and got.correlation_id == props.message_id
+            break
+        owner.close()
+        if spy is not None:  # attached: it must not have had a copy
+            with pytest.raises(Timeout):
+                spy.receive(timeout=2)
+
+
+def test_setup_migrates_the_reply_exchange_of_an_older_install(rabbitmq, enroll):
+    """An install made before replies were confined: hostbus.reply is a direct exchange,
+    identities have no topic read permission on it, and a console has bound a queue to
+    another console's reply key. `broker setup` makes the exchange a topic exchange: the
+    live console gets its replies again (reconnecting by itself where it must), the
+    stolen binding is dropped and said, and binding it again is refused."""
+    from console.client import Console
+    from hostbus import topology
+    from hostbus.serving.runtime import AgentRuntime
+    from tests.fakes import make_host_agent
+
+    admin = rabbitmq.admin
+    vhost = f"hostbus-migrate-{uuid.uuid4().hex[:6]}"
+    old = topology.definitions()
+    for exchange in old["exchanges"]:
+        if exchange["name"] == "hostbus.reply":
+            exchange["type"] = "direct"
+    admin.create_vhost(vhost)
+    admin._call("POST", f"/api/definitions/{admin._q(vhost)}", old)
+    alice, bob, host = name("alice"), name("bob"), name("mig")
+    users = []
+    try:
+        urls = {}
+        for who in (alice, bob):
+            password = admin.create_identity(vhost, "console", who)
+            users.append(who)
+            # As enrolled then: a topic permission on hostbus.event only.
+            where = f"/api/topic-permissions/{admin._q(vhost)}/{who}"
+            admin._call("DELETE", where)
+            admin._call("PUT", where, {"exchange": "hostbus.event", "write": "^$",
+                                       "read": ".*"})
+            scheme = rabbitmq.url.split("://")[0]
+            urls[who] = f"{scheme}://{who}:{password}@127.0.0.1:5672/{vhost}"
+        admin.enroll_host(vhost, host, ["host"])
+        guest_url = rabbitmq.url.rsplit("/", 1)[0] + f"/{vhost}"
+        runtime = AgentRuntime.serve(guest_url, host, [make_host_agent(host)[0]],
+                                     heartbeat_interval=0)
+        console = Console.connect(urls[alice])
+        try:
+            assert console.call("agent", "ping", host=host, timeout=30).status == "ok"
+            keys = [b["routing_key"] for b in admin._call(
+                "GET", f"/api/exchanges/{admin._q(vhost)}/hostbus.reply/bindings/source")]
+            stolen = next(k for k in keys if k.startswith(f"hostbus.reply.{alice}."))
+            spy_url = urls[bob].replace("amqp10://", "amqp://")
+            spy_queue = f"hostbus.reply.{bob}.spy"
+            spying = raw_connection(spy_url)
+            spying.channel().queue_declare(spy_queue, durable=True)
+            spying.channel().queue_bind(spy_queue, "hostbus.reply", routing_key=stolen)
+            assert console.call("agent", "ping", host=host, timeout=30).status == "ok"
+            copies = spying.channel().queue_declare(spy_queue, passive=True)
+            assert copies.method.message_count == 1, "the old install leaked a reply copy"
+            spying.close()
+
+            back = threading.Event()
+            console.transport.on_connection_restored(back.set)
+            done = enroll.run("broker", "setup", "--vhost", vhost, "--json")
+            assert done.returncode == 0, done.stderr
+            report = json.loads(done.stdout)
+            assert report["reply_exchange_migrated"] is True
+            assert [d for d in report["reply_bindings_dropped"] if spy_queue in d]
+            assert {alice, bob} <= set(report["identities"])
+            exchange = admin._call("GET", f"/api/exchanges/{admin._q(vhost)}/hostbus.reply")
+            assert exchange["type"] == "topic"
+
+            # The live console's replies reach it again: over AMQP 0-9-1 its reply queue
+            # is private to its connection, which is closed, and it reconnects by
+            # itself; over AMQP 1.0 (RabbitMQ 3.x) its queue is bound again for it.
+            if rabbitmq.transport == "amqp091":
+                assert report["connections_closed"] == 1
+                assert back.wait(30), "the console did not reconnect"
+            assert console.call("agent", "ping", host=host, timeout=30).status == "ok"
+            # ... and no longer the spy, who may not bind that key again.
+            spying = raw_connection(spy_url)
+            copies = spying.channel().queue_declare(spy_queue, passive=True)
+            assert copies.method.message_count == 1
+            spying.close()
+            assert refusal(spy_url, lambda ch: ch.queue_bind(
+                spy_queue, "hostbus.reply", routing_key=stolen)) == 403
+            again = enroll.run("broker", "setup", "--vhost", vhost, "--json")
+            assert again.returncode == 0 and "reply_exchange_migrated" not in again.stdout
+        finally:
+            console.close()
+            runtime.stop("test over")
+    finally:
+        for who in users:
+            admin.revoke(who)
+        admin.delete_vhost(vhost)
