@@ -358,6 +358,19 @@ class BrokerAdmin:
                 )
         return keys
 
+    def enroll_service(self, vhost: str, name: str, agents: list[str],
+                       queues: tuple[str, ...], *, queue_type: str = "classic") -> list[str]:
+        """A console-side service's own host queue and bindings, as for a host (its
+        built-in agent and its service agents), after checking that the shared queues
+        it is to serve exist. Returns the routing keys. Its user: ``create_identity``
+        with kind "service" and the same ``queues``."""
+        grant_for("service", name, queues=queues)  # the queue names, before anything
+        for queue in queues:
+            if self._get(f"/api/queues/{self._q(vhost)}/{self._q(queue)}") is None:
+                raise BrokerRefused(f"vhost {vhost!r} has no queue {queue!r}: run `hostbus "
+                                    "broker setup` first (it makes hostbus.provision)")
+        return self.enroll_host(vhost, name, agents, queue_type=queue_type)
+
     def enroll_many(self, vhost: str, hosts: list[str], agents: list[str]) -> None:
         """Enroll many hosts in one definitions import (simulated fleets: thousands of
         hosts in one HTTP call instead of several each)."""
@@ -430,7 +443,7 @@ class BrokerAdmin:
             raise ValueError(f"invalid identity name {name!r}: use 1-63 of a-z 0-9 _ -, "
                              "starting with a letter or digit (no dots)")
         grant = grant_for(kind, name, queues=queues)
-        self._check_free(vhost, name)
+        self.check_free(vhost, name)
         if certificate:
             password = ""
             user: dict[str, str] = {"password_hash": "", "tags": f"hostbus-{kind}"}
@@ -452,7 +465,10 @@ class BrokerAdmin:
         for exchange, (write, read) in grant.topics.items():
             self._call("PUT", where, {"exchange": exchange, "write": write, "read": read})
 
-    def _check_free(self, vhost: str, name: str) -> None:
+    def check_free(self, vhost: str, name: str) -> None:
+        """Raise ``IdentityConflict`` if enrolling ``name`` in ``vhost`` would break a
+        user that exists (``create_identity`` checks too; callers that make queues
+        first ask before)."""
         where = f"/api/users/{self._q(name)}"
         found = self._get(where)
         if found is None:

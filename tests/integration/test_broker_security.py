@@ -311,3 +311,135 @@ def test_setup_migrates_the_reply_exchange_of_an_older_install(rabbitmq, enroll)
         for who in users:
             admin.revoke(who)
         admin.delete_vhost(vhost)
+
+
+def test_the_broker_refuses_a_service_anything_outside_its_grant(rabbitmq, enroll):
+    svc, other = name("svc"), name("sec")
+    rabbitmq.enroll(other, ["host"])
+    cfg, url = enroll("service", svc)
+    assert tomllib.loads(cfg.read_text())["provisioner"] == {"host_id": svc}
+    props = pika.BasicProperties(user_id=svc)
+    own = f"hostbus.reply.{svc}.q1"
+
+    def own_reply_queue(ch):
+        ch.queue_declare(own, exclusive=True)
+        ch.queue_bind(own, "hostbus.reply", routing_key=f"{own}.#")
+
+    def consume_briefly(queue):
+        def action(ch):
+            tag = ch.basic_consume(queue, lambda *a: None)
+            ch.basic_cancel(tag)  # anything delivered meanwhile goes back, unacked
+        return action
+
+    # What a service does: serve its queues, call agents, answer, report as itself.
+    assert refusal(url, consume_briefly(f"hostbus.host.{svc}")) is None
+    assert refusal(url, consume_briefly("hostbus.provision")) is None
+    assert refusal(url, own_reply_queue) is None
+    assert refusal(url, lambda ch: ch.basic_publish(
+        "hostbus.request", "virt._all", b"{}", props)) is None
+    assert refusal(url, lambda ch: ch.basic_publish(
+        "hostbus.reply", "hostbus.reply.shop.x", b"{}", props)) is None
+    for key in (f"provision.{svc}.accepted", f"agent.{svc}.online"):
+        assert refusal(url, lambda ch, key=key: ch.basic_publish(
+            "hostbus.event", key, b"{}", props)) is None
+    # ... and nothing else:
+    assert refusal(url, lambda ch: ch.basic_publish(
+        "hostbus.event", f"provision.{other}.accepted", b"{}", props)) == 403  # as another
+    assert refusal(url, consume_briefly(f"hostbus.host.{other}")) == 403
+    assert refusal(url, consume_briefly("hostbus.dead")) == 403
+    assert refusal(url, lambda ch: ch.basic_publish(
+        "hostbus.provision", "provision", b"{}", props)) == 403
+    assert refusal(url, lambda ch: ch.basic_publish(
+        "", f"hostbus.host.{other}", b"{}", props)) == 403  # around the exchanges
+    assert refusal(url, lambda ch: ch.queue_declare(f"hostbus.sub.{svc}.x")) == 403
+
+    def read_events(ch):
+        ch.queue_declare(own, exclusive=True)
+        ch.queue_bind(own, "hostbus.event", routing_key="#")
+
+    def read_anothers_replies(ch):
+        ch.queue_declare(own, exclusive=True)
+        ch.queue_bind(own, "hostbus.reply", routing_key="hostbus.reply.shop.#")
+
+    assert refusal(url, read_events) == 403
+    assert refusal(url, read_anothers_replies) == 403
+    assert refusal(url, lambda ch: ch.basic_publish(
+        "hostbus.event", f"agent.{svc}.online", b"{}",
+        pika.BasicProperties(user_id="someone-else"))) == 406
+
+
+def test_the_provisioner_runs_as_its_own_service_identity(rabbitmq, enroll, console,
+                                                          tmp_path):
+    """Nothing needs guest or an administrator: the provisioner runs with the user
+    `broker enroll-service` made, an enrolled app posts a request with a plain client,
+    and the VM is made on a virt agent."""
+    import copy
+
+    from agents import virt
+    from hostbus.serving.runtime import AgentRuntime
+
+    svc, app, kvm = name("prov"), name("shop"), name("kvm")
+    cfg, _ = enroll("service", svc)
+    _, app_url = enroll("app", app)
+    rabbitmq.enroll(kvm, ["virt"])
+    settings = copy.deepcopy(virt.CONFIG_DEFAULTS)
+    settings["stats_interval"] = 0
+    agent = virt.create(settings, host_id=kvm)
+    hypervisor = AgentRuntime.serve(rabbitmq.url, kvm, [agent], heartbeat_interval=3600)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'[[rule]]\nname = "shop"\ncallers = ["{app}"]\nallow = true\n')
+    with cfg.open("a") as fh:  # what `enroll-service` wrote, plus the service's settings
+        fh.write(f'state_dir = "{tmp_path / "state"}"\npolicy = "{policy}"\n'
+                 f'call_timeout = 30.0\n')
+    online = EventCollector()
+    console.subscribe([f"agent.{svc}.online"], online)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOSTBUS_")}
+    proc = subprocess.Popen([str(BIN / "hostbus"), "provisioner", "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+    try:
+        assert online.wait_for(lambda e: True, timeout=30).user_id == svc
+        root = Path(__file__).resolve().parents[2]
+        done = subprocess.run(
+            [sys.executable, str(root / "examples" / "raw_provision.py"),
+             "--url", app_url.replace("amqp10://", "amqp://"), "--template", "web",
+             "--owner", app], capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        reply = json.loads(done.stdout)
+        assert reply["status"] == "ok" and reply["host"] == svc
+        assert [vm["host"] for vm in reply["result"]["vms"]] == [kvm]
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+        hypervisor.stop("test over")
+        agent.conn.close()
+    assert "ACCESS_REFUSED" not in output, output
+
+
+def test_enrolling_a_name_that_exists_elsewhere_is_refused_and_changes_nothing(rabbitmq,
+                                                                               enroll,
+                                                                               tmp_path):
+    """Broker users are global: enrolling a name another vhost uses would reset its
+    password there. It is refused with what exists where and what to do."""
+    taken = name("ops")
+    _, url = enroll("console", taken)
+    elsewhere = f"hostbus-other-{uuid.uuid4().hex[:6]}"
+    rabbitmq.admin.setup(elsewhere)
+    try:
+        for command in (["enroll-console", taken], ["enroll-app", taken],
+                        ["enroll", taken, "--agents", "host"],
+                        ["enroll-service", taken, "--agents", "provision"]):
+            done = enroll.run("broker", *command, "--vhost", elsewhere,
+                              "-o", str(tmp_path / f"{command[0]}.toml"))
+            assert done.returncode == 2, (command, done.stdout, done.stderr)
+            assert f"vhost '{rabbitmq.vhost}'" in done.stderr, done.stderr
+            assert "hostbus broker revoke" in done.stderr and "another name" in done.stderr
+        raw_connection(url).close()  # the password it has is still the one that works
+        assert not list(tmp_path.glob("enroll*.toml")), "a config was written"
+        assert not rabbitmq.admin._exists(
+            "GET", f"/api/queues/{elsewhere}/hostbus.host.{taken}"), "a queue was made"
+        admin_user = enroll.run("broker", "enroll-console", "guest", "--vhost", elsewhere,
+                                "-o", str(tmp_path / "guest.toml"))
+        assert admin_user.returncode == 2 and "not a hostbus identity" in admin_user.stderr
+    finally:
+        rabbitmq.admin.delete_vhost(elsewhere)
