@@ -40,7 +40,11 @@ def provisioner(config_file: str | None) -> int:
 
     It consumes the queue hostbus.provision, places each VM on a virt host with room,
     drives the virt agents, publishes provision.* events and replies when the VMs run.
-    Enroll it once first: hostbus broker enroll provisioner --agents provision
+    Enroll it once first, as a service with a broker user of its own (it writes
+    provisioner.toml):
+
+    \b
+      hostbus broker enroll-service provisioner --agents provision --queue hostbus.provision
     """
     from console.provisioner.main import run
 
