@@ -255,8 +255,8 @@ def test_setup_migrates_the_reply_exchange_of_an_older_install(rabbitmq, enroll)
             admin._call("DELETE", where)
             admin._call("PUT", where, {"exchange": "hostbus.event", "write": "^$",
                                        "read": ".*"})
-            scheme = rabbitmq.url.split("://")[0]
-            urls[who] = f"{scheme}://{who}:{password}@127.0.0.1:5672/{vhost}"
+            scheme, where = rabbitmq.url.split("://")[0], rabbitmq.amqp.rsplit("@", 1)[1]
+            urls[who] = f"{scheme}://{who}:{password}@{where}/{vhost}"
         admin.enroll_host(vhost, host, ["host"])
         guest_url = rabbitmq.url.rsplit("/", 1)[0] + f"/{vhost}"
         runtime = AgentRuntime.serve(guest_url, host, [make_host_agent(host)[0]],
