@@ -1,0 +1,100 @@
+"""The sweep's decisions, on a stand-in for pika's channel: what is handed over, what is
+dropped, what a removal does. The broker's side is in
+tests/integration/test_poison_messages.py."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pika.exceptions as pex
+import pytest
+
+from hostbus.transport.sweep import FRESH_LIMIT, Sweeper, Swept
+
+QUEUE = "hostbus.host.web01"
+
+
+class FakeQueue:
+    """basic.get with no_ack, as RabbitMQ does it: the head is removed when taken, and a
+    message it cannot frame then closes the connection."""
+
+    def __init__(self, messages: list[tuple[str, bool, bool]]) -> None:
+        self.messages = list(messages)  # (message id, redelivered, poison)
+
+    def channel(self) -> FakeQueue:
+        return self
+
+    def close(self) -> None:
+        pass
+
+    def basic_get(self, queue: str, auto_ack: bool) -> tuple[Any, Any, Any]:
+        assert queue == QUEUE and auto_ack
+        if not self.messages:
+            return None, None, None
+        mid, redelivered, poison = self.messages.pop(0)
+        if poison:
+            raise pex.ConnectionClosedByBroker(541, "INTERNAL_ERROR")
+        return (SimpleNamespace(redelivered=redelivered), SimpleNamespace(message_id=mid),
+                mid.encode())
+
+
+def sweep(sweeper: Sweeper, queue: FakeQueue) -> list[str]:
+    handed: list[str] = []
+    sweeper.sweep(queue, [(QUEUE, lambda method, props, body: handed.append(props.message_id))])
+    return handed
+
+
+def crash(sweeper: Sweeper) -> None:
+    sweeper.closed(pex.ConnectionClosedByBroker(541, "INTERNAL_ERROR"))
+
+
+def test_only_a_541_asks_for_a_sweep():
+    sweeper = Sweeper()
+    sweeper.closed(pex.ConnectionClosedByBroker(320, "CONNECTION_FORCED"))
+    assert not sweeper.needed
+    crash(sweeper)
+    assert sweeper.needed
+
+
+def test_copies_of_requests_still_in_hand_are_dropped_and_the_rest_handed_over():
+    sweeper, channel = Sweeper(), object()
+    sweeper.received(channel, 1, QUEUE, "busy", b"busy")
+    sweeper.received(channel, 2, QUEUE, "answered", b"answered")
+    sweeper.settled(channel, 2)  # answered before the connection died: its ack may be lost
+    crash(sweeper)
+    handed = sweep(sweeper, FakeQueue([("busy", True, False), ("answered", True, False),
+                                        ("later", False, False)]))
+    assert handed == ["answered", "later"]
+    assert not sweeper.needed
+
+
+def test_a_request_settled_after_the_crash_is_handed_over_again():
+    """Its reply may have died with the connection: the replay guard answers the copy."""
+    sweeper, channel = Sweeper(), object()
+    sweeper.received(channel, 1, QUEUE, "busy", b"busy")
+    crash(sweeper)
+    sweeper.settled(channel, 1)
+    assert sweep(sweeper, FakeQueue([("busy", True, False)])) == ["busy"]
+
+
+def test_a_message_the_broker_cannot_frame_is_removed_and_the_sweep_goes_on():
+    sweeper = Sweeper()
+    crash(sweeper)
+    queue = FakeQueue([("a", True, False), ("bad", True, True), ("b", True, False),
+                       ("bad2", False, True), ("c", False, False)])
+    with pytest.raises(Swept):
+        sweep(sweeper, queue)
+    assert sweeper.needed and sweeper.removed == 1  # a new connection sweeps on
+    with pytest.raises(Swept):
+        sweep(sweeper, queue)
+    assert sweep(sweeper, queue) == ["c"]
+    assert sweeper.removed == 2 and not sweeper.needed and not queue.messages
+
+
+def test_a_sweep_ends_after_so_many_new_messages_and_consuming_takes_over():
+    sweeper = Sweeper()
+    crash(sweeper)
+    queue = FakeQueue([(f"m{i}", False, False) for i in range(FRESH_LIMIT + 5)])
+    assert len(sweep(sweeper, queue)) == FRESH_LIMIT
+    assert len(queue.messages) == 5
