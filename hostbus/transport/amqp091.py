@@ -16,6 +16,7 @@ import logging
 import re
 import ssl
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -46,6 +47,8 @@ from hostbus.transport.sweep import Sweeper, Swept, is_internal_error
 from hostbus.transport.url import BrokerURL, broker_urls
 
 log = logging.getLogger(__name__)
+# Seconds a new consumer waits, after a sweep, for the handlers of what it handed over.
+SETTLE_WAIT = 5.0
 # How RabbitMQ names the exchange in a refusal: "access to exchange 'X' in vhost ...",
 # "no exchange 'X' in vhost ...", "write access to topic 'K' in exchange 'X' ...".
 _NAMED_EXCHANGE = re.compile(r"exchange '([^']*)'")
@@ -326,8 +329,23 @@ class PikaTransport(Transport):
         ch = self._conn.channel()
         ch.basic_qos(prefetch_count=self._prefetch)
         self._ch = ch
-        for item in self._topology:
+        items = list(self._topology)  # one added meanwhile is applied by its own task
+        self._settle_swept()
+        for item in items:
             self._apply(ch, item)
+
+    def _settle_swept(self) -> None:
+        """Before consuming again: the replies to what a sweep handed over go out first
+        (for a while, not for ever: a slow method must not keep the queue unserved), so
+        that the next such message, closing the connection, cannot take them along. The
+        broker routes them before it sees the consume that follows."""
+        deadline = time.monotonic() + SETTLE_WAIT
+        while True:
+            self._drain()
+            if not self.sweeper.handed_out() or time.monotonic() > deadline:
+                return
+            assert self._conn is not None
+            self._conn.process_data_events(time_limit=0.05)  # woken by each hand-off
 
     def _confirm_channel(self) -> BlockingChannel:
         if self._cch is None or self._cch.is_closed:
@@ -447,9 +465,12 @@ class PikaTransport(Transport):
 
     def _deliver_swept(self, item: _TopologyItem, method: Any, props: pika.BasicProperties,
                        body: bytes) -> None:
-        """A message the sweep took (already settled: acks are no-ops)."""
+        """A message the sweep took (settled at the broker already: its ack only says
+        that the handler is done with it)."""
         delivery = Delivery(body, _from_pika(props), method.exchange, method.routing_key,
                             method.redelivered)
+        done = self.sweeper.hand_out()
+        delivery.ack, delivery.nack = done, (lambda requeue=False: done())
         self._in_handler = True
         try:
             item.handler(delivery)
@@ -493,6 +514,8 @@ class PikaTransport(Transport):
                 continue  # one message fewer in the way: go on sweeping at once
             except Exception as exc:
                 self.sweeper.closed(exc)
+                if self.sweeper.progressed():
+                    continue  # a sweep cleared messages: the next may be such a one too
                 err = translate_error(exc, where)
                 if (first and not self._wait_first) or not self._reconnect:
                     self._start_error = err

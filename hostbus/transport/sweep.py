@@ -12,26 +12,32 @@ The way out, measured on RabbitMQ 3.10 and 4.0 with classic and quorum queues:
 ``basic.get`` with ``no_ack`` removes the message at the head of a queue *before* the
 broker frames it, so the connection still dies, but the message is gone. So after a 541
 the next connection, before it consumes again, sweeps each durable queue it consumes:
-it takes messages with ``no_ack`` (the redeliveries first: the ones that were out when
-the connection died, the culprit among them) and hands them to the handler as usual,
-until the queue is empty or ``FRESH_LIMIT`` new messages have been handed over. A
+it takes messages with ``no_ack`` while they are redeliveries (the ones that were out
+when the connection died, the culprit among them: they come before any newer message)
+and hands them to the handler as usual, up to and including the first new message. A
 message the broker cannot frame closes that connection too, and is gone; a new
-connection goes on sweeping at once. The redelivered copies of messages this process
+connection goes on sweeping at once, and so does one whose consumer meets another such
+message right after a sweep that took messages off. The redelivered copies of messages this process
 is still handling (received before the connection died, not settled since) are
 dropped: their replies go out on the new connection, once. A copy of one it had
 already answered is handed over again (its ack may have died with the connection, and
-so may its reply): the agent's replay guard answers it with the earlier reply.
+so may its reply): the agent's replay guard answers it with the earlier reply. Before
+consuming again, the transport sends the replies to what the sweep handed over (waiting
+a few seconds for their handlers), so that the next such message, closing that
+connection, cannot take them along.
 
 What it costs: nothing while nothing goes wrong (a dictionary entry per unsettled
 request); per such message, one more connection. The swept messages are settled when
 taken, so a quorum queue's delivery limit counts an innocent message at most once, and
 only if it was out when the first connection died. The price: a message the sweep hands
-over is not delivered again if this process dies while handling it.
+over (redeliveries, and the one new message) is not delivered again if this process
+dies while handling it.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -40,11 +46,6 @@ import pika.exceptions as pex
 log = logging.getLogger(__name__)
 
 INTERNAL_ERROR = 541
-# A sweep goes on past the redeliveries while messages keep coming, so that a stream of
-# such messages is cleared by sweeping, each at the cost of one connection; it stops at
-# an empty queue or after this many new messages, and consuming takes over.
-FRESH_LIMIT = 100
-
 Fingerprint = tuple[str, str | None, int]  # queue, message_id, hash of the body
 
 #: One durable queue to sweep, and what to do with a message taken from it:
@@ -72,6 +73,12 @@ class Sweeper:
         self.needed = False
         #: Messages removed by a sweep, since this transport started.
         self.removed = 0
+        # A sweep took messages off since ``progressed`` was last asked.
+        self._moved = False
+        # Messages handed over by sweeps whose handlers have not said they are done;
+        # from handler threads, hence the lock.
+        self._handed = 0
+        self._lock = threading.Lock()
         # (channel id, delivery tag) -> (queue, message_id, hash of the body): received
         # on the consuming channel and not yet settled.
         self._unsettled: dict[tuple[int, int], Fingerprint] = {}
@@ -101,6 +108,34 @@ class Sweeper:
             self._in_hand.update(self._unsettled)
         self._unsettled.clear()
 
+    def hand_out(self) -> Callable[[], None]:
+        """Count a message handed over; the function returned says its handler is done
+        (its reply sent), once, from any thread."""
+        with self._lock:
+            self._handed += 1
+        once = threading.Event()
+
+        def done() -> None:
+            if not once.is_set():
+                once.set()
+                with self._lock:
+                    self._handed -= 1
+
+        return done
+
+    def handed_out(self) -> int:
+        """Messages handed over by sweeps whose handlers are not done yet."""
+        with self._lock:
+            return self._handed
+
+    def progressed(self) -> bool:
+        """Whether a sweep took messages off since the last call: a connection that
+        failed after that may be tried again at once, since the queue moved on (each
+        such retry follows progress, so a broker that fails for another reason gets
+        the usual backoff)."""
+        moved, self._moved = self._moved, False
+        return moved
+
     def sweep(self, conn: Any, queues: list[SweptQueue]) -> None:
         """Take messages off each queue (``no_ack``) and hand them over, except copies
         of those still in hand. Raises ``Swept`` when the broker closed the connection
@@ -116,8 +151,7 @@ class Sweeper:
     def _sweep_queue(self, conn: Any, ch: Any, queue: str,
                      deliver: Callable[[Any, Any, bytes], None],
                      in_hand: set[Fingerprint]) -> Any:
-        fresh = 0
-        while fresh < FRESH_LIMIT:
+        while True:
             try:
                 method, props, body = ch.basic_get(queue, auto_ack=True)
             except pex.ChannelClosedByBroker as exc:
@@ -134,16 +168,18 @@ class Sweeper:
                 raise Swept(f"removed a message from {queue}") from None
             if method is None:
                 return ch
+            self._moved = True
             copy = (queue, props.message_id, hash(body))
             if method.redelivered and copy in in_hand:
                 in_hand.discard(copy)  # still being handled: its reply is to come
                 continue
-            fresh += not method.redelivered
             deliver(method, props, body)
-        return ch
+            if not method.redelivered:
+                return ch  # newer than every message out when the connection died
 
     def _removed(self, queue: str) -> None:
         self.removed += 1
+        self._moved = True
         log.warning("removed a message from %s that the broker cannot deliver over AMQP "
                     "0-9-1 (it closed the connection: 541 INTERNAL_ERROR). An AMQP 1.0 "
                     "sender gave it a property AMQP 0-9-1 cannot carry (over 255 bytes, "

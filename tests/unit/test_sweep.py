@@ -10,7 +10,7 @@ from typing import Any
 import pika.exceptions as pex
 import pytest
 
-from hostbus.transport.sweep import FRESH_LIMIT, Sweeper, Swept
+from hostbus.transport.sweep import Sweeper, Swept
 
 QUEUE = "hostbus.host.web01"
 
@@ -86,15 +86,26 @@ def test_a_message_the_broker_cannot_frame_is_removed_and_the_sweep_goes_on():
     with pytest.raises(Swept):
         sweep(sweeper, queue)
     assert sweeper.needed and sweeper.removed == 1  # a new connection sweeps on
-    with pytest.raises(Swept):
+    with pytest.raises(Swept):  # "b", then "bad2", new but unframeable all the same
         sweep(sweeper, queue)
     assert sweep(sweeper, queue) == ["c"]
     assert sweeper.removed == 2 and not sweeper.needed and not queue.messages
 
 
-def test_a_sweep_ends_after_so_many_new_messages_and_consuming_takes_over():
+def test_a_sweep_ends_with_the_first_new_message_and_consuming_takes_over():
+    """Only the messages out when the connection died can have closed it; a new one is
+    taken without an ack too (there is no peeking), and it is the last."""
     sweeper = Sweeper()
     crash(sweeper)
-    queue = FakeQueue([(f"m{i}", False, False) for i in range(FRESH_LIMIT + 5)])
-    assert len(sweep(sweeper, queue)) == FRESH_LIMIT
-    assert len(queue.messages) == 5
+    queue = FakeQueue([("out", True, False), ("new", False, False), ("newer", False, False)])
+    assert sweep(sweeper, queue) == ["out", "new"]
+    assert queue.messages == [("newer", False, False)]
+    assert sweeper.progressed() and not sweeper.progressed()
+
+
+def test_an_empty_sweep_is_no_progress():
+    """A broker that closes connections with 541 for another reason gets the backoff."""
+    sweeper = Sweeper()
+    crash(sweeper)
+    assert sweep(sweeper, FakeQueue([])) == []
+    assert not sweeper.progressed()
