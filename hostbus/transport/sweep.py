@@ -79,6 +79,8 @@ class Sweeper:
         # from handler threads, hence the lock.
         self._handed = 0
         self._lock = threading.Lock()
+        # Keys of requests in hand whose copies a sweep dropped, until they are settled.
+        self._awaited: set[tuple[int, int]] = set()
         # (channel id, delivery tag) -> (queue, message_id, hash of the body): received
         # on the consuming channel and not yet settled.
         self._unsettled: dict[tuple[int, int], Fingerprint] = {}
@@ -94,6 +96,7 @@ class Sweeper:
         key = (id(channel), tag)
         self._unsettled.pop(key, None)
         self._in_hand.pop(key, None)
+        self._awaited.discard(key)
 
     def closed(self, exc: BaseException) -> None:
         """The consuming channel or its connection is gone: delivery tags mean nothing on
@@ -124,9 +127,10 @@ class Sweeper:
         return done
 
     def handed_out(self) -> int:
-        """Messages handed over by sweeps whose handlers are not done yet."""
+        """Messages handed over by sweeps, and requests in hand whose copies a sweep
+        dropped, that their handlers are not done with yet (their replies not sent)."""
         with self._lock:
-            return self._handed
+            return self._handed + len(self._awaited)
 
     def progressed(self) -> bool:
         """Whether a sweep took messages off since the last call: a connection that
@@ -140,7 +144,9 @@ class Sweeper:
         """Take messages off each queue (``no_ack``) and hand them over, except copies
         of those still in hand. Raises ``Swept`` when the broker closed the connection
         while handing one out: that message is gone."""
-        in_hand = set(self._in_hand.values())
+        in_hand: dict[Fingerprint, list[tuple[int, int]]] = {}
+        for key, found in self._in_hand.items():
+            in_hand.setdefault(found, []).append(key)
         ch = conn.channel()
         for queue, deliver in queues:
             ch = self._sweep_queue(conn, ch, queue, deliver, in_hand)
@@ -150,7 +156,7 @@ class Sweeper:
 
     def _sweep_queue(self, conn: Any, ch: Any, queue: str,
                      deliver: Callable[[Any, Any, bytes], None],
-                     in_hand: set[Fingerprint]) -> Any:
+                     in_hand: dict[Fingerprint, list[tuple[int, int]]]) -> Any:
         while True:
             try:
                 method, props, body = ch.basic_get(queue, auto_ack=True)
@@ -170,8 +176,9 @@ class Sweeper:
                 return ch
             self._moved = True
             copy = (queue, props.message_id, hash(body))
-            if method.redelivered and copy in in_hand:
-                in_hand.discard(copy)  # still being handled: its reply is to come
+            if method.redelivered and in_hand.get(copy):
+                # Still being handled: its reply is to come, and is waited for too.
+                self._awaited.add(in_hand[copy].pop())
                 continue
             deliver(method, props, body)
             if not method.redelivered:

@@ -109,3 +109,20 @@ def test_an_empty_sweep_is_no_progress():
     crash(sweeper)
     assert sweep(sweeper, FakeQueue([])) == []
     assert not sweeper.progressed()
+
+
+def test_consuming_waits_for_the_replies_of_what_was_handed_over_or_is_in_hand():
+    """Their replies must go out before the next such message can close the connection:
+    the transport waits while this count is not zero (for a few seconds at most)."""
+    sweeper, channel = Sweeper(), object()
+    sweeper.received(channel, 1, QUEUE, "busy", b"busy")
+    crash(sweeper)
+    done: list[Any] = []
+    sweeper.sweep(FakeQueue([("busy", True, False), ("out", True, False)]),
+                  [(QUEUE, lambda method, props, body: done.append(sweeper.hand_out()))])
+    assert sweeper.handed_out() == 2  # "out" handed over, "busy" still in hand
+    done[0]()
+    done[0]()  # saying it twice counts once
+    assert sweeper.handed_out() == 1
+    sweeper.settled(channel, 1)  # the worker answered "busy"
+    assert sweeper.handed_out() == 0
