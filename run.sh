@@ -164,6 +164,10 @@ ensure_hypervisor() {
   local need=()
   command -v libvirtd >/dev/null || [ -x /usr/sbin/libvirtd ] || need+=(libvirt-daemon-system)
   command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+  # Live migration tests (scripts/hypervisor_pair.py): namespaces and a veth pair need
+  # iproute2, the test guest's boot sector is assembled with binutils.
+  command -v ip >/dev/null || need+=(iproute2)
+  command -v as >/dev/null || need+=(binutils)
   [ ${#need[@]} -eq 0 ] || apt_install --no-install-recommends "${need[@]}"
   # udev hands /dev/kvm to group kvm (which Debian's libvirt-qemu user is in); containers
   # often leave it root-only, and then libvirt re-probes QEMU on every call: about 40 s

@@ -29,7 +29,8 @@ DEFAULTS: dict[str, Any] = {
     "broker": {
         "url": "amqp://guest:guest@127.0.0.1:5672/hostbus",
         "connect_timeout": 5.0,
-        "heartbeat": 30,
+        "heartbeat": 10,
+        "max_backoff": 4.0,
         "wait_at_start": True,
     },
     "agent": {
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         transport = connect(
             cfg["broker"]["url"], connection_name=f"hostbus-agent {host_id}",
             heartbeat=int(cfg["broker"]["heartbeat"]),
+            max_backoff=float(cfg["broker"]["max_backoff"]),
             connect_timeout=float(cfg["broker"]["connect_timeout"]),
             wait_first=bool(cfg["broker"]["wait_at_start"]),
         )

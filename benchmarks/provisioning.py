@@ -15,7 +15,9 @@ from agents import virt
 from benchmarks.harness import Bench, summary
 from console.client import Console
 from console.provisioner.agent import ProvisionAgent
-from console.provisioner.service import Provisioner, Quotas, consume_requests
+from console.provisioner.ledger import VmLedger
+from console.provisioner.quotas import Quotas
+from console.provisioner.service import Provisioner, consume_requests
 from console.provisioner.store import RequestStore
 from hostbus.security.policy import AllowAll
 from hostbus.serving.runtime import AgentRuntime
@@ -35,15 +37,18 @@ def run(bench: Bench, requests: int) -> dict[str, Any]:
         prov_id = f"prov-{uuid.uuid4().hex[:4]}"
         bench.admin.enroll_host(bench.vhost, prov_id, ["provision"])
         store = RequestStore(Path(tmp.name) / "p.db")
-        pagent = ProvisionAgent(store)
+        ledger = VmLedger(store.path)
+        quotas = Quotas(10**6, {})
+        pagent = ProvisionAgent(store, ledger, quotas)
         pruntime = AgentRuntime.serve(bench.url, prov_id, [pagent], prefetch=1,
                                       heartbeat_interval=0)
         started_objs.append(pruntime)
         pconsole = Console.connect(bench.url)
         provisioner = Provisioner(console=pconsole, publisher=pruntime.publisher,
-                                  store=store, agent=pagent, host_id=prov_id,
-                                  quotas=Quotas(10**6, {}), policy=AllowAll(), audit=None,
+                                  store=store, ledger=ledger, agent=pagent, host_id=prov_id,
+                                  quotas=quotas, policy=AllowAll(), audit=None,
                                   discovery_idle=0.05)
+        provisioner.start()
         consume_requests(pruntime.transport, provisioner.on_message)
 
         client = Console.connect(bench.url)

@@ -41,6 +41,7 @@ COMMANDS: dict[str, str] = {
     "policy": "console.commands.policy:policy",
     "completion": "console.commands.completion:completion",
     "manpage": "console.commands.manpage:manpage",
+    "vm": "console.commands.vm:vm",
 }
 PLUGIN_GROUP = "hostbus.commands"
 

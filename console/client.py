@@ -18,6 +18,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ from hostbus.envelope import (
     parse_reply,
 )
 from hostbus.errors import (
+    BrokerBlocked,
     BrokerRefused,
     ConnectionLost,
     ErrorCode,
@@ -49,7 +51,7 @@ from hostbus.schema import (
     load_agent_schema,
 )
 from hostbus.transport import connect
-from hostbus.transport.base import Delivery, Transport
+from hostbus.transport.base import Delivery, Properties, Transport
 
 if TYPE_CHECKING:
     from hostbus.security.signing import Signer, Verifier
@@ -66,15 +68,45 @@ class _Refused:
     reason: str
 
 
+@dataclass(frozen=True)
+class _Blocked:
+    """Put into waiting queues when the broker stops taking publishes (an alarm)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Unroutable:
+    """Put into a request's waiting queue when no queue took it."""
+
+    message_id: str
+    routing_key: str
+
+
+def blocked_message(reason: str, *, sent: bool) -> str:
+    """What a caller is told under a resource alarm. A request already handed to the
+    connection is not taken back: it goes out when the alarm clears, and an agent
+    still runs it if its deadline (the call's timeout) has not passed by then."""
+    then = ("the request waits in the connection and may still run if the alarm clears "
+            "before its deadline" if sent else "nothing was sent")
+    return (f"the broker is refusing publishes: {reason}; {then}. Try again once the "
+            "alarm clears (`rabbitmq-diagnostics alarms` on the broker)")
+
+
 @dataclass
 class HostResult:
     host: str
-    reply: Reply | None  # None: no reply before the timeout
+    reply: Reply | None  # None: no reply before the timeout, or not_enrolled
     elapsed_ms: float | None = None  # round trip seen by the console
     request_id: str | None = None  # the request's message id (as in the agent's audit log)
+    #: Why the request went nowhere: the broker had no queue for it (no such host, or
+    #: the host does not have that agent enrolled); said at once, not at the timeout.
+    not_enrolled: str | None = None
 
     @property
     def status(self) -> str:
+        if self.not_enrolled is not None:
+            return "not_enrolled"
         if self.reply is None:
             return "no_reply"
         return "ok" if self.reply.ok else "error"
@@ -83,6 +115,8 @@ class HostResult:
         out: dict[str, Any] = {"host": self.host, "status": self.status}
         if self.request_id is not None:
             out["request_id"] = self.request_id
+        if self.not_enrolled is not None:
+            out["error"] = {"message": self.not_enrolled}
         if self.reply is not None:
             if self.reply.result is not None:
                 out["result"] = self.reply.result
@@ -107,6 +141,7 @@ class FanoutResult:
         return {"hosts": len(self.results), "ok": len(self.by_status("ok")),
                 "failed": len(self.by_status("error")),
                 "no_reply": len(self.by_status("no_reply")),
+                "not_enrolled": len(self.by_status("not_enrolled")),
                 "elapsed_ms": round(self.elapsed_ms, 1)}
 
 
@@ -143,29 +178,81 @@ class AgentInfo:
                                                "rtt_ms": out["rtt_ms"]}
 
 
+class _Stream:
+    """One agent epoch's numbers: the highest seen, and those below it not seen yet
+    (holes, kept for the last ``window`` numbers)."""
+
+    __slots__ = ("high", "holes", "order")
+
+    def __init__(self, seq: int) -> None:
+        self.high = seq
+        self.holes: set[int] = set()
+        self.order: deque[int] = deque()  # the holes in increasing order, for pruning
+
+    def skip(self, upto: int, window: int) -> None:
+        """Numbers high+1 .. upto-1 did not come (yet); upto is the new high."""
+        for n in range(max(self.high + 1, upto - window), upto):
+            self.holes.add(n)
+            self.order.append(n)
+        self.high = upto
+        floor = upto - window
+        while self.order and self.order[0] <= floor:
+            self.holes.discard(self.order.popleft())
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """What the sequencer made of one event: ``fresh`` unless it is a repeat (deliver
+    it), and what a person should know (a gap, a late arrival, a restart)."""
+
+    fresh: bool
+    note: str | None = None
+
+
 @dataclass
 class Sequencer:
-    """Follows (epoch, seq) per host and agent; tells gaps, restarts and duplicates."""
+    """Follows (epoch, seq) per host and agent. Every event not seen before is
+    delivered, in the order it arrives; only a repeat (an epoch and number seen
+    before, as an at-least-once resend brings) is dropped. Notes say when numbers are
+    skipped (a gap: lost, or still on their way), when a skipped one arrives late, and
+    when an agent restarted (a new epoch). The numbers seen are remembered for the
+    last ``window`` below the highest; an older one cannot be told from a repeat and
+    is delivered, with a note. A few epochs per agent are remembered, so an event from
+    before a restart that arrives after it is judged against its own epoch."""
 
-    last: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
+    window: int = 4096
+    epochs: int = 4
+    streams: dict[tuple[str, str], dict[str, _Stream]] = field(default_factory=dict)
 
-    def check(self, ev: Event) -> str | None:
-        key = (ev.host, ev.agent)
-        prev = self.last.get(key)
-        if prev is None or prev[0] != ev.epoch or ev.seq > prev[1]:
-            self.last[key] = (ev.epoch, ev.seq)
-        if prev is None:
-            return None
-        epoch, seq = prev
-        if epoch != ev.epoch:
-            return f"{ev.host}/{ev.agent} restarted (epoch {epoch} -> {ev.epoch})"
-        if ev.seq == seq + 1:
-            return None
-        if ev.seq > seq + 1:
-            missing = ev.seq - seq - 1
-            return (f"gap: {missing} event{'s' if missing > 1 else ''} from "
-                    f"{ev.host}/{ev.agent} missing (seq {seq + 1}..{ev.seq - 1})")
-        return f"duplicate or out-of-order event from {ev.host}/{ev.agent} (seq {ev.seq})"
+    def check(self, ev: Event) -> Seen:
+        who = f"{ev.host}/{ev.agent}"
+        known = self.streams.setdefault((ev.host, ev.agent), {})
+        stream = known.get(ev.epoch)
+        if stream is None:
+            current = next(reversed(known), None)
+            known[ev.epoch] = _Stream(ev.seq)
+            if len(known) > self.epochs:
+                del known[next(iter(known))]
+            if current is None:
+                return Seen(True)
+            return Seen(True, f"{who} restarted (epoch {current} -> {ev.epoch})")
+        seq, high = ev.seq, stream.high
+        if seq == high + 1:
+            stream.high = seq
+            return Seen(True)
+        if seq > high:
+            stream.skip(seq, self.window)
+            missing = seq - high - 1
+            return Seen(True, f"gap: {missing} event{'s' if missing > 1 else ''} from {who} "
+                              f"missing so far (seq {high + 1}..{seq - 1})")
+        if seq in stream.holes:
+            stream.holes.discard(seq)
+            return Seen(True, f"late: seq {seq} from {who} arrived after seq {high} (it was "
+                              "counted missing)")
+        if seq <= high - self.window:
+            return Seen(True, f"seq {seq} from {who} is older than the last {self.window} "
+                              "numbers; delivered, though it may be a repeat")
+        return Seen(False, f"repeat of seq {seq} from {who}")
 
 
 def method_spec(agent: str, method: str,
@@ -220,6 +307,7 @@ class Console:
         self._pending: dict[str, queue.SimpleQueue[Any]] = {}
         self._lock = threading.Lock()
         self._reply_queue: str | None = None
+        self._notices: dict[str, Callable[[str], None]] = {}  # subscription -> on_notice
         self._lost: Exception | None = None
         self._connected = threading.Event()
         self._connected.set()
@@ -250,6 +338,10 @@ class Console:
         self.transport.on_connection_lost(self._on_lost)
         self.transport.on_connection_restored(self._on_restored)
         self.transport.on_refused(self._on_refused)
+        self.transport.on_unroutable(self._on_unroutable)
+        self.transport.on_blocked(self._on_blocked)
+        self.transport.on_consumer_lost(self._on_consumer_lost)
+        self.transport.on_consumer_restored(self._on_consumer_restored)
         self._reply_queue = self.transport.open_reply_queue(self._on_reply)
 
     def close(self) -> None:
@@ -346,6 +438,36 @@ class Console:
         for q in waiting:
             q.put(_Refused(reason))
 
+    def _on_unroutable(self, exchange: str, routing_key: str, props: Properties) -> None:
+        # A request no queue took: no host has that agent enrolled (the broker knows
+        # at once, so the caller does too, instead of waiting out its timeout).
+        if exchange != names.REQUEST_EXCHANGE:
+            return
+        with self._lock:
+            waiting = self._pending.get(props.message_id or "")
+        if waiting is not None:
+            waiting.put(_Unroutable(props.message_id or "", routing_key))
+
+    def _on_blocked(self, reason: str) -> None:
+        with self._lock:
+            waiting = list(self._pending.values())
+        for q in waiting:
+            q.put(_Blocked(reason))
+
+    def _on_consumer_lost(self, queue_name: str, reason: str) -> None:
+        notice = self._notices.get(queue_name)
+        if notice is not None:
+            notice(f"subscription {queue_name} lost ({reason}); restoring it")
+        elif queue_name == self._reply_queue:
+            log.warning("the broker ended this console's reply queue (%s); declaring it "
+                        "again: replies sent meanwhile are lost", reason)
+
+    def _on_consumer_restored(self, queue_name: str) -> None:
+        notice = self._notices.get(queue_name)
+        if notice is not None:
+            notice(f"subscription {queue_name} restored; events published while it was "
+                   "gone are lost")
+
     def check_args(self, agent: str, method: str, args: dict[str, Any]) -> dict[str, Any]:
         """Validate before sending (a copy: defaults stay the agent's business)."""
         if self.validate:
@@ -364,6 +486,8 @@ class Console:
         does after it, the sooner the request leaves."""
         if self._lost is not None:
             raise ConnectionLost(f"the broker connection was lost: {self._lost!r}")
+        if self.transport.blocked is not None:
+            raise BrokerBlocked(blocked_message(self.transport.blocked, sent=False))
         req = new_request(agent, method, args, host=host, filter=bfilter, timeout=timeout,
                           reply_to=self._reply_queue)
         with self._lock:
@@ -371,12 +495,14 @@ class Console:
         body, props = req.encode()
         if sent is not None:
             sent[req.message_id] = (host or "", time.perf_counter())
-        self.publisher.publish(names.REQUEST_EXCHANGE, req.routing_key(), body, props)
+        self.publisher.publish(names.REQUEST_EXCHANGE, req.routing_key(), body, props,
+                               mandatory=True)
         return req.message_id
 
     def _next_reply(self, waiting: queue.SimpleQueue[Any],
-                    until: float) -> tuple[Reply, float] | None:
-        """The next (reply, arrival time), or None once ``until`` (monotonic) has passed."""
+                    until: float) -> tuple[Reply, float] | _Unroutable | None:
+        """The next (reply, arrival time), a request no queue took, or None once
+        ``until`` (monotonic) has passed."""
         remaining = until - time.monotonic()
         if remaining <= 0:
             return None
@@ -388,6 +514,8 @@ class Console:
             raise ConnectionLost(f"the broker connection was lost: {self._lost!r}")
         if isinstance(item, _Refused):
             raise BrokerRefused(f"the broker refused the request: {item.reason}")
+        if isinstance(item, _Blocked):
+            raise BrokerBlocked(blocked_message(item.reason, sent=True))
         return item
 
     def _forget(self, ids: Iterable[str]) -> None:
@@ -437,6 +565,17 @@ class Console:
                 item = self._next_reply(waiting, deadline)
                 if item is None:
                     break
+                if isinstance(item, _Unroutable):
+                    origin = sent.get(item.message_id)
+                    if origin is not None and origin[0] not in results:
+                        host = origin[0]
+                        results[host] = HostResult(
+                            host, None, request_id=item.message_id, not_enrolled=(
+                                f"no host {host!r} has the agent {agent!r} enrolled"))
+                        if on_result is not None:
+                            on_result(results[host])
+                        send_more()
+                    continue
                 reply, at = item
                 origin = sent.get(reply.correlation_id)
                 if origin is None or origin[0] in results:
@@ -498,6 +637,10 @@ class Console:
                     break
                 item = self._next_reply(waiting, min(window_end, hard_stop))
                 if item is None:
+                    break
+                if isinstance(item, _Unroutable):
+                    # Every enrolled host's queue takes broadcasts: there is none.
+                    log.info("no host is enrolled: nothing took the discovery broadcast")
                     break
                 reply, at = item
                 earlier = found.get(reply.host)
@@ -595,7 +738,7 @@ class Console:
             if not wait:
                 return rid, None
             item = self._next_reply(waiting, time.monotonic() + timeout)
-            return rid, item[0] if item else None
+            return rid, item[0] if isinstance(item, tuple) else None
         finally:
             self._forget([rid])
 
@@ -603,10 +746,15 @@ class Console:
     def subscribe(
         self, patterns: list[str], handler: Callable[[Event, str | None], None], *,
         name: str | None = None, durable: bool = False,
+        on_notice: Callable[[str], None] | None = None,
     ) -> str:
-        """Call ``handler(event, note)`` for each event, once: repeats (same agent epoch,
-        a sequence number already seen) are dropped. ``note`` reports gaps and restarts.
-        Runs on the transport's I/O thread: keep the handler short."""
+        """Call ``handler(event, note)`` for each event not seen before, in the order
+        they arrive: only repeats (an agent epoch and sequence number already seen) are
+        dropped. ``note`` reports gaps, events arriving late, and restarts.
+        ``on_notice(text)`` hears when the broker ends the subscription (its queue
+        deleted) and when it is restored, by itself, within seconds (events published
+        in between are lost: the next one's note shows the gap). Both run on the
+        transport's I/O thread: keep them short."""
         for pattern in patterns:
             if not pattern or len(pattern) > 255:
                 raise SchemaError(f"invalid event pattern {pattern!r}")
@@ -626,12 +774,15 @@ class Console:
                 if why is not None:
                     log.warning("dropped event %s from %s: %s", ev.full_name, ev.host, why)
                     return
-            note = sequencer.check(ev)
-            if note is not None and note.startswith("duplicate"):
+            seen = sequencer.check(ev)
+            if not seen.fresh:
                 # At-least-once delivery: an agent resends what the broker may not have
                 # confirmed before a reconnect. The handler sees each event once.
-                log.debug("dropped a repeated event: %s", note)
+                log.debug("dropped a repeated event: %s", seen.note)
                 return
-            handler(ev, note)
+            handler(ev, seen.note)
 
-        return self.transport.subscribe(patterns, on_event, name=name, durable=durable)
+        label = self.transport.subscribe(patterns, on_event, name=name, durable=durable)
+        if on_notice is not None:
+            self._notices[label] = on_notice
+        return label

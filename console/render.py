@@ -27,7 +27,7 @@ from rich.text import Text
 from console.client import AgentInfo, FanoutResult, HostResult
 from hostbus.envelope import Event
 
-STATUS_STYLE = {"ok": "green", "error": "red", "no_reply": "yellow"}
+STATUS_STYLE = {"ok": "green", "error": "red", "no_reply": "yellow", "not_enrolled": "magenta"}
 
 # Columns of free text: the only ones a table may shorten to fit (with an ellipsis).
 FREE_TEXT = frozenset({"cmdline", "description", "fields", "facts", "outcome", "message",
@@ -260,7 +260,9 @@ def print_host_result(out: RichConsole, res: HostResult, layout: Layout | None =
     rid = f"  [dim]request {escape(res.request_id)}[/dim]" if res.request_id else ""
     out.print(f"[bold]{escape(res.host)}[/bold]  [{style}]{res.status}[/{style}]{rtt}{rid}",
               highlight=False)
-    if res.reply is None:
+    if res.not_enrolled is not None:
+        out.print(f"  {escape(res.not_enrolled)}", style="magenta", highlight=False)
+    elif res.reply is None:
         out.print("  no reply before the timeout", style="yellow")
     elif res.reply.error is not None:
         err = res.reply.error
@@ -277,7 +279,9 @@ def print_summary(out: RichConsole, result: FanoutResult, interrupted: int = 0) 
     out.print(
         f"{s['hosts']} host{'s' if s['hosts'] != 1 else ''}: [green]{s['ok']} ok[/green], "
         f"[red]{s['failed']} failed[/red], [yellow]{s['no_reply']} no reply[/yellow] "
-        f"in {s['elapsed_ms']:.1f} ms", highlight=False,
+        + (f"[magenta]{s['not_enrolled']} not enrolled[/magenta] " if s["not_enrolled"]
+           else "")
+        + f"in {s['elapsed_ms']:.1f} ms", highlight=False,
     )
     failed = [r for r in result.results if r.status == "error"]
     if failed:
@@ -301,6 +305,22 @@ def agents_table(infos: list[AgentInfo], layout: Layout) -> RenderableType:
         " ".join(f"{k}={v}" for k, v in sorted(i.facts.items())), f"{i.rtt_ms:.1f}"),
         strict=True)) for i in infos]
     return objects_table(rows, layout)
+
+
+def _release_summary(event: str, d: dict[str, Any]) -> str:
+    if event == "release.accepted":
+        of = f" of request {d['release_of']}" if d.get("release_of") else ""
+        return f"release {d['request_id']}{of}: " + (
+            ", ".join(f"{v['name']}@{v['host']}" for v in d["vms"]) or "nothing left")
+    if event == "release.progress":
+        return (f"{d['vm']} on {d['host']} {d['outcome'].replace('_', ' ')} "
+                f"({d['step']}/{d['total']})  release {d['request_id']}")
+    if event == "release.completed":
+        released = [v["name"] for v in d["vms"] if v.get("outcome") == "released"]
+        return (f"release {d['request_id']} completed: {len(released)} of "
+                f"{len(d['vms'])} VMs released" + (f" ({', '.join(released)})" if released
+                                                   else ""))
+    return f"release {d['request_id']} failed: {d.get('code')}: {d.get('reason')}"
 
 
 def event_line(ev: Event) -> str:
@@ -329,6 +349,10 @@ def event_line(ev: Event) -> str:
         summary = f"{d['vm']} on {d['host']} ({d['step']}/{d['total']})  request {d['request_id']}"
     elif ev.agent == "provision" and ev.event == "failed":
         summary = f"request {d['request_id']} failed: {d['code']}: {d['reason']}"
+    elif ev.agent == "provision" and ev.event.startswith("release."):
+        summary = _release_summary(ev.event, d)
+    elif ev.agent == "provision" and ev.event == "quota":
+        summary = f"owner {d['owner']} has {d['count']} of {d['max_vms']} VMs"
     elif ev.full_name == "agent.heartbeat":
         summary = f"up {d.get('uptime_s')} s, {d.get('requests', 0)} requests, " \
                   f"agents {_text(d.get('agents'))}"

@@ -1,7 +1,8 @@
-"""Ask hostbus for VMs with a plain AMQP client: no hostbus code, only the README and
-schemas/envelope/provision.v1.json. Usage:
+"""Ask hostbus for VMs, or give them back, with a plain AMQP client: no hostbus code, only
+the README and schemas/envelope/provision.v1.json. Usage:
 
     python examples/raw_provision.py --template web --count 2 --owner alice
+    python examples/raw_provision.py --release REQUEST_ID
 """
 
 import argparse
@@ -13,13 +14,22 @@ import pika
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/hostbus")
-parser.add_argument("--template", required=True)
+parser.add_argument("--template")
 parser.add_argument("--count", type=int, default=1)
-parser.add_argument("--owner", required=True)
+parser.add_argument("--owner")
+parser.add_argument("--release", metavar="REQUEST_ID",
+                    help="give back (destroy and undefine) the VMs of this earlier request")
 parser.add_argument("--request-id", default=str(uuid.uuid4()),
-                    help="the idempotency key: sending the same id twice makes VMs once")
+                    help="the idempotency key: sending the same id twice does the work once")
 parser.add_argument("--timeout", type=float, default=120)
 opts = parser.parse_args()
+if opts.release:
+    # The same exchange and properties; the body's "action" says it is a release.
+    body = {"v": 1, "action": "release", "request_id": opts.release}
+elif opts.template and opts.owner:
+    body = {"v": 1, "template": opts.template, "count": opts.count, "owner": opts.owner}
+else:
+    parser.error("give --template and --owner to ask for VMs, or --release REQUEST_ID")
 
 params = pika.URLParameters(opts.url)
 conn = pika.BlockingConnection(params)
@@ -30,7 +40,6 @@ reply_queue = f"hostbus.reply.{params.credentials.username}.{uuid.uuid4().hex}"
 channel.queue_declare(reply_queue, exclusive=True)
 channel.queue_bind(reply_queue, "hostbus.reply", routing_key=reply_queue)
 
-body = {"v": 1, "template": opts.template, "count": opts.count, "owner": opts.owner}
 # Publisher confirms: basic_publish returns once the broker has the request on disk, and
 # raises if it refused it. On a lost connection, post again with the same message_id.
 channel.confirm_delivery()

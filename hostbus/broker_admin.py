@@ -226,6 +226,17 @@ class BrokerAdmin:
     def delete_vhost(self, vhost: str) -> None:
         self._exists("DELETE", f"/api/vhosts/{self._q(vhost)}", timeout=120)
 
+    def version(self) -> str:
+        """The broker's RabbitMQ version."""
+        return str(self._call("GET", "/api/overview")["rabbitmq_version"])
+
+    def bound_to(self, vhost: str, exchange: str, routing_key: str) -> list[str]:
+        """The queues bound to ``exchange`` with exactly ``routing_key``."""
+        found = self._call("GET", f"/api/exchanges/{self._q(vhost)}/{self._q(exchange)}"
+                                  "/bindings/source")
+        return [b["destination"] for b in found if b["routing_key"] == routing_key
+                and b["destination_type"] == "queue"]
+
     def vhost_exists(self, vhost: str) -> bool:
         return self._exists("GET", f"/api/vhosts/{self._q(vhost)}")
 

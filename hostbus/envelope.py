@@ -341,5 +341,8 @@ def parse_provision(delivery: Delivery) -> Provision:
     if body.get("name") and body.get("count", 1) != 1:  # before the schema says it
         raise RemoteError(ErrorCode.BAD_MESSAGE,  # less clearly
                           "name is for one VM; use name_prefix for count > 1")
+    if body.get("action") == "release" and ("request_id" in body) == ("vms" in body):
+        raise RemoteError(ErrorCode.BAD_MESSAGE, "a release names either request_id (every "
+                          "VM of that request) or vms (VM names), not both nor neither")
     envelope_validator("provision").validate(body)
     return Provision(body, request_id, usable_reply_to(props), user)

@@ -52,6 +52,11 @@ class BrokerRefused(HostbusError):
     """The broker refused an operation (access refused, not found, precondition)."""
 
 
+class BrokerBlocked(BrokerRefused):
+    """The broker is not taking publishes for now (a resource alarm: memory or disk);
+    the connection stays open and nothing was sent."""
+
+
 class TransportClosed(HostbusError):
     """The transport was closed while an operation was waiting on it."""
 

@@ -51,8 +51,11 @@ def default_host_id() -> str:
     return cleaned or "localhost"
 
 
+HOST_QUEUE_PREFIX = "hostbus.host."
+
+
 def host_queue(host_id: str) -> str:
-    return f"hostbus.host.{host_id}"
+    return f"{HOST_QUEUE_PREFIX}{host_id}"
 
 
 def request_key(agent: str, host_id: str | None) -> str:

@@ -34,12 +34,15 @@ class Publisher:
         return self.transport.user
 
     def publish(self, exchange: str, routing_key: str, body: bytes, props: Properties, *,
-                persistent: bool = False, confirm: Confirm | None = None) -> None:
+                persistent: bool = False, confirm: Confirm | None = None,
+                mandatory: bool = False) -> None:
+        """``mandatory``: a message no queue takes is reported to the transport's
+        ``on_unroutable`` callbacks (requests: no host has that agent enrolled)."""
         props.user_id = self.transport.user  # signed, so set before signing
         if self.signer is not None:
             self.signer.sign(exchange, routing_key, props, body)
         self.transport.publish(exchange, routing_key, body, props, persistent=persistent,
-                               confirm=confirm)
+                               confirm=confirm, mandatory=mandatory)
 
     def reply(self, reply_to: str, reply: Reply) -> bytes:
         """Send ``reply`` to the reply queue ``reply_to`` (its logical name, as the

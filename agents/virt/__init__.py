@@ -14,6 +14,8 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "domain_type": "",         # "" = "test" on the test driver, else "kvm"
     "vcpu_ratio": 4.0,         # vCPUs offered per physical CPU, for placement
     "stats_interval": 30.0,    # seconds between domain.stats events (0 = off)
+    "migration_uri": "",       # how other hosts' libvirt reaches this one, e.g.
+                               # "qemu+tls://kvm01.example.net/system"; "" = not offered
     "templates": {
         "web": {"description": "small web server", "base_volume": "base-web.qcow2",
                 "vcpus": 1, "memory_mib": 1024, "max_vcpus": 4, "max_memory_mib": 8192},

@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import libvirt
 
+from agents.virt import migration
 from agents.virt.names import event_words, state_words
 from agents.virt.templates import Template
 from agents.virt.xml import (
@@ -67,18 +69,38 @@ class VirtAgent(Agent):
         self.vcpu_ratio = float(config.get("vcpu_ratio", 4.0))
         self._stopped: dict[str, threading.Event] = {}
         self._stopped_lock = threading.Lock()
-        self._callback_id: int | None = None
+        self._callback_ids: list[int] = []
+        # Where other hosts' libvirt reaches this one for a migration (a fact: consoles
+        # read it to migrate a domain here). "" = not offered.
+        self.migration_uri = str(config.get("migration_uri", ""))
+        self._completions = migration.Completions()
+        self._migrating: set[str] = set()
+        self._migrating_lock = threading.Lock()
 
     # ------------------------------------------------------------- lifecycle
     def start(self) -> None:
-        self._callback_id = self.conn.domainEventRegisterAny(
-            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
+        self._callback_ids = [
+            self.conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None),
+            self.conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, self._on_job_completed,
+                None),
+        ]
 
     def stop(self) -> None:
-        if self._callback_id is not None:
+        for callback_id in self._callback_ids:
             with contextlib.suppress(libvirt.libvirtError):
-                self.conn.domainEventDeregisterAny(self._callback_id)
-            self._callback_id = None
+                self.conn.domainEventDeregisterAny(callback_id)
+        self._callback_ids = []
+
+    def _on_job_completed(self, conn: Any, dom: Any, stats: dict[str, Any],
+                          opaque: Any) -> None:
+        """Runs on libvirt's event-loop thread: a job's final statistics (a migration's
+        downtime is only here)."""
+        try:
+            self._completions.completed(dom.UUIDString(), stats)
+        except Exception:  # never let an exception into libvirt's C loop
+            log.exception("failed to take a job's statistics")
 
     def _on_lifecycle(self, conn: Any, dom: Any, event: int, detail: int, opaque: Any) -> None:
         """Runs on libvirt's event-loop thread; emit only hands the event over."""
@@ -96,7 +118,10 @@ class VirtAgent(Agent):
             log.exception("failed to publish a lifecycle event")
 
     def facts(self) -> dict[str, Any]:
-        return {"hypervisor": self.conn.getType().lower()}
+        facts = {"hypervisor": self.conn.getType().lower()}
+        if self.migration_uri:
+            facts["migration_uri"] = self.migration_uri
+        return facts
 
     def heartbeat_status(self) -> dict[str, Any]:
         node = self.node_info()
@@ -339,6 +364,119 @@ class VirtAgent(Agent):
         dom = self._domain(name)
         with _libvirt_errors(f"xml of {name}"):
             return {"name": name, "xml": dom.XMLDesc(0)}
+
+    # -------------------------------------------------------------- migration
+    @method("domain.migrate")
+    def domain_migrate(self, name: str, target_uri: str, target_host: str | None, live: bool,
+                       copy_storage: str, bandwidth_mib_s: int | None, max_downtime_ms: int,
+                       auto_converge: bool, progress_interval_s: float) -> dict[str, Any]:
+        """Move a running domain to another host, peer to peer; returns when it runs
+        there (persistent) and is gone from here. Progress goes out as events."""
+        if target_host == self.host_id:
+            raise RemoteError(ErrorCode.INVALID_ARGS,
+                              f"target_host {target_host} is this host: migrate to another",
+                              {"path": "args.target_host"})
+        if not migration.TARGET_URI_RE.fullmatch(target_uri):
+            raise RemoteError(
+                ErrorCode.INVALID_ARGS,
+                f"target_uri {target_uri!r} is not a libvirt URI hostbus migrates to: use "
+                "qemu+tls|tcp|ssh://HOST[:PORT]/system with no query (the target agent's "
+                "migration_uri fact)", {"path": "args.target_uri"})
+        dom = self._domain(name)
+        with _libvirt_errors(f"migrate {name}"):
+            state = state_words(*dom.state())[0]
+            uuid, domain_xml = dom.UUIDString(), dom.XMLDesc(0)
+            memory_bytes = dom.info()[1] * 1024
+        if state not in ("running", "blocked", "paused"):
+            raise RemoteError(ErrorCode.CONFLICT,
+                              f"cannot migrate {name}: it is not running (state {state}); "
+                              "live migration moves running domains", {"state": state})
+        disks = migration.domain_disks(domain_xml, migration.read_mountinfo(),
+                                       self._pool_and_path)
+        plan = migration.Plan(target_uri=target_uri, live=live,
+                              copy_storage=migration.storage_copy(copy_storage, disks),
+                              bandwidth_mib_s=bandwidth_mib_s, auto_converge=auto_converge)
+        with self._migrating_lock:
+            if name in self._migrating:
+                raise RemoteError(ErrorCode.CONFLICT, f"{name} is already being migrated",
+                                  {"reason": "busy"})
+            self._migrating.add(name)
+        about = {"name": name, "uuid": uuid, "target_host": target_host,
+                 "target_uri": target_uri}
+        try:
+            return self._migrate(dom, plan, about, disks, memory_bytes, max_downtime_ms,
+                                 progress_interval_s)
+        finally:
+            with self._migrating_lock:
+                self._migrating.discard(name)
+
+    def _migrate(self, dom: Any, plan: migration.Plan, about: dict[str, Any],
+                 disks: list[migration.Disk], memory_bytes: int, max_downtime_ms: int,
+                 progress_interval_s: float) -> dict[str, Any]:
+        name, uuid = about["name"], about["uuid"]
+        started = time.monotonic()
+        copied = [d.source for d in disks if not d.shared] if plan.copy_storage != "none" else []
+        self._completions.expect(uuid)
+        try:
+            # A QEMU setting of the domain, kept for its next migrations: set every time.
+            dom.migrateSetMaxDowntime(max_downtime_ms, 0)
+            self.emit("domain.migration", {**about, "status": "started", "elapsed_ms": 0,
+                                           "copy_storage": plan.copy_storage})
+            progress = migration.ProgressWatch(dom, progress_interval_s, lambda figures: (
+                self.emit("domain.migration", {
+                    **about, "elapsed_ms": int((time.monotonic() - started) * 1000),
+                    **figures, "status": "running"})))
+            with progress:
+                dom.migrateToURI3(plan.target_uri, plan.params, plan.flags)
+        except libvirt.libvirtError as exc:
+            self._completions.forget(uuid)
+            error = migration.migration_error(exc, name, plan.target_uri)
+            self.emit("domain.migration", {
+                **about, "status": "aborted" if error.details["reason"] == "aborted"
+                else "failed", "elapsed_ms": int((time.monotonic() - started) * 1000),
+                "error": {"code": error.code.value, "reason": error.details["reason"],
+                          "message": error.message}})
+            raise error from None
+        # JOB_COMPLETED reaches the event loop before migrateToURI3 returns; the wait is
+        # for a loop that is late.
+        stats = self._completions.take(uuid, timeout=5.0)
+        job = migration.job_figures(stats) if stats else {}
+        elapsed_ms = int((time.monotonic() - started) * 1000)
+        self.emit("domain.migration", {**about, **job, "status": "completed",
+                                       "elapsed_ms": job.get("elapsed_ms", elapsed_ms)})
+        return {**about, "source_host": self.host_id, "live": plan.live,
+                "copy_storage": plan.copy_storage, "copied_disks": copied,
+                "memory_bytes": memory_bytes, "call_ms": elapsed_ms, "job": job}
+
+    def _pool_and_path(self, pool_name: str, volume_name: str) -> tuple[str, str]:
+        try:
+            pool = self.conn.storagePoolLookupByName(pool_name)
+            pool_type = ET.fromstring(pool.XMLDesc(0)).get("type", "")
+            return pool_type, pool.storageVolLookupByName(volume_name).path()
+        except libvirt.libvirtError:
+            return "", ""  # unknown here: counted as local, so it is copied
+
+    @method("domain.migrate_abort")
+    def domain_migrate_abort(self, name: str) -> dict[str, Any]:
+        """Stop this host's migration of a domain; the domain keeps running here."""
+        dom = self._domain(name)
+        with _libvirt_errors(f"abort the migration of {name}"):
+            try:
+                stats = dom.jobStats()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                    raise
+                stats = {}
+        operation = stats.get("operation")
+        if (stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE
+                or operation != libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT):
+            raise RemoteError(ErrorCode.CONFLICT,
+                              f"no migration of {name} from this host is running",
+                              {"reason": "no_migration"})
+        with _libvirt_errors(f"abort the migration of {name}"):
+            dom.abortJob()
+        return {"name": name, "uuid": dom.UUIDString(), "aborted": True,
+                "figures": migration.job_figures(stats)}
 
     # -------------------------------------------------------------- snapshots
     @method("snapshot.create")

@@ -1,5 +1,5 @@
 """Provisioning: the service (``hostbus provisioner``) and its clients
-(``hostbus provision submit|status|list``).
+(``hostbus provision submit|status|list|release|quota``).
 
 A new ``provision`` subcommand goes here, with ``@provision.command(...)``; find the
 provisioner with ``find_provisioner`` and ask it through ``ask_provisioner``.
@@ -8,6 +8,7 @@ provisioner with ``find_provisioner`` and ask it through ``ask_provisioner``.
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from typing import Any
 
@@ -188,8 +189,8 @@ provisioner_option = click.option("--provisioner", metavar="HOST",
 @click.pass_obj
 def provision_status(ctx: CliContext, request_id: str, provisioner: str | None,
                      timeout: float | None, as_json: bool) -> Exit:
-    """Show one request: accepted (in progress), completed or failed (and why).
-    REQUEST_ID may be its first characters (at least 4), as in VM names."""
+    """Show one request: accepted (in progress), completed, failed (and why) or
+    released. REQUEST_ID may be its first characters (at least 4), as in VM names."""
     provisioner = provisioner or find_provisioner(ctx, timeout)
     if not _is_uuid(request_id):
         known = ask_provisioner(ctx, "list", {"owner": None, "status": None, "limit": 1000},
@@ -208,7 +209,7 @@ def provision_status(ctx: CliContext, request_id: str, provisioner: str | None,
 
 @provision.command("list", epilog=EPILOG)
 @click.option("--owner", help="Only this owner's requests.")
-@click.option("--status", type=click.Choice(["accepted", "completed", "failed"]),
+@click.option("--status", type=click.Choice(["accepted", "completed", "failed", "released"]),
               help="Only requests in this state.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True,
               help="At most this many requests.")
@@ -236,4 +237,138 @@ def provision_list(ctx: CliContext, owner: str | None, status: str | None, limit
     console_out = out()
     console_out.print(objects_table(rows, layout(console_out, wide, columns), REQUEST_COLUMNS))
     click.echo(f"{len(rows)} request{'s' if len(rows) != 1 else ''}")
+    return Exit.OK
+
+
+@provision.command("release", epilog=EPILOG)
+@click.argument("request_id", required=False)
+@click.option("--vm", "vms", multiple=True, metavar="NAME",
+              help="Release just this VM (repeatable) instead of a whole request.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask first.")
+@click.option("--release-id", help="Your own id for this release (its idempotency key; a "
+              "uuid4). Posting it again never releases twice.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait for the reply (the VMs are gone) or return once posted.")
+@click.option("--timeout", "-t", type=click.FloatRange(0, min_open=True), default=300.0,
+              show_default=True, metavar="S", help="How long to wait for the reply.")
+@provisioner_option
+@json_option
+@click.pass_obj
+def provision_release(ctx: CliContext, request_id: str | None, vms: tuple[str, ...],
+                      yes: bool, release_id: str | None, wait: bool, timeout: float,
+                      provisioner: str | None, as_json: bool) -> Exit:
+    """Give VMs back: destroy and undefine them, with their storage.
+
+    \b
+      hostbus provision release 9b2f6a4e-1c3d-4e5f-8a7b-6c5d4e3f2a1b
+      hostbus provision release 9b2f6a4e --yes
+      hostbus provision release --vm shop-9b2f6a4e-2 --yes
+    REQUEST_ID may be its first characters (at least 4), as in VM names. Only
+    VMs the provisioner made are released; a VM already removed counts as done.
+    They stop counting for their owner's quota. The provisioner's policy decides
+    who may release whose VMs (the call provision.release).
+    Exit codes: 0 released, 1 the release failed or was refused, 4 no reply
+    within --timeout.
+    """
+    if bool(request_id) == bool(vms):
+        raise usage("give the REQUEST_ID whose VMs to release, or --vm NAME, not both")
+    listed: list[dict[str, Any]] | None = None
+    if request_id and not _is_uuid(request_id):
+        provisioner = provisioner or find_provisioner(ctx, None)
+        known = ask_provisioner(ctx, "list", {"owner": None, "status": None, "limit": 1000},
+                                provisioner, None)["requests"]
+        request_id = resolve_prefix(request_id, [r["request_id"] for r in known],
+                                    "provisioning request")
+        listed = [r for r in known if r["request_id"] == request_id]
+    body: dict[str, Any] = {"v": 1, "action": "release"}
+    if request_id:
+        body["request_id"] = request_id
+    else:
+        body["vms"] = list(vms)
+    from hostbus.schema import envelope_validator
+
+    try:
+        envelope_validator("provision").validate(dict(body))
+    except RemoteError as exc:
+        raise usage(exc.message.replace("body.", "")) from None
+    if not yes:
+        _confirm_release(ctx, request_id, vms, listed, provisioner)
+    console = ctx.console()
+    rid = release_id or str(uuid.uuid4())
+    if not as_json and wait:
+        from console.render import event_line
+
+        def on_event(ev: Any, note: str | None) -> None:
+            if ev.data.get("request_id") == rid:
+                click.echo(event_line(ev), err=True)
+
+        console.subscribe(["provision.*.#"], on_event)
+    rid, reply = console.provision(body, request_id=rid, timeout=timeout, wait=wait)
+    if not wait:
+        if as_json:
+            emit_json({"request_id": rid, "status": "posted"})
+        else:
+            click.echo(f"posted release {rid}")
+        return Exit.OK
+    if reply is None:
+        if as_json:
+            emit_json({"request_id": rid, "status": "no_reply"})
+        raise CliError(Exit.NO_REPLY, f"no reply to release {rid} within {timeout:g} s (is "
+                                      "`hostbus provisioner` running?)")
+    if as_json:
+        emit_json({"request_id": rid, **reply.to_body()})
+    elif reply.ok:
+        from console.render import objects_table
+
+        console_out = out()
+        console_out.print(f"release {rid}: completed")
+        rows = [{"name": v["name"], "host": v["host"], "owner": v["owner"],
+                 "outcome": v["outcome"], "removed_volumes": ", ".join(v["removed_volumes"])}
+                for v in (reply.result or {}).get("vms", [])]
+        console_out.print(objects_table(rows, layout(console_out)))
+    else:
+        err = reply.error or {}
+        click.echo(f"release {rid} failed: {err.get('code')}: {err.get('message')}", err=True)
+    return Exit.OK if reply.ok else Exit.FAILED
+
+
+def _confirm_release(ctx: CliContext, request_id: str | None, vms: tuple[str, ...],
+                     listed: list[dict[str, Any]] | None, provisioner: str | None) -> None:
+    """Ask before destroying, naming what goes; without a terminal, insist on --yes."""
+    if not sys.stdin.isatty():
+        raise usage("releasing destroys VMs and their storage; pass --yes")
+    what = ", ".join(vms)
+    if request_id:
+        if listed is None:
+            provisioner = provisioner or find_provisioner(ctx, None)
+            listed = [ask_provisioner(ctx, "status", {"request_id": request_id},
+                                      provisioner, None)]
+        names = [f"{v['name']}@{v['host']}" for record in listed for v in record["vms"]
+                 if v.get("state") not in ("released", "gone")]
+        what = f"the VMs of request {request_id} ({', '.join(names) or 'none left'})"
+    if not click.confirm(f"Release {what}: destroy and undefine them with their storage?"):
+        raise usage("cancelled")
+
+
+@provision.command("quota", epilog=EPILOG)
+@click.argument("owner", default=lambda: os.environ.get("USER") or "unknown")
+@provisioner_option
+@timeout_option
+@json_option
+@click.pass_obj
+def provision_quota(ctx: CliContext, owner: str, provisioner: str | None,
+                    timeout: float | None, as_json: bool) -> Exit:
+    """Show what OWNER's quota counts (default: $USER): the VMs that exist and are not
+    shut off, and the limit."""
+    provisioner = provisioner or find_provisioner(ctx, timeout)
+    result = ask_provisioner(ctx, "quota", {"owner": owner}, provisioner, timeout)
+    if as_json:
+        emit_json(result)
+        return Exit.OK
+    click.echo(f"{owner}: {result['count']} of {result['max_vms']} VMs")
+    if result["vms"]:
+        from console.render import objects_table
+
+        console_out = out()
+        console_out.print(objects_table(result["vms"], layout(console_out)))
     return Exit.OK

@@ -107,6 +107,10 @@ def exit_for(summary: dict[str, Any]) -> Exit:
     """A fan-out's exit code from its summary."""
     if summary["hosts"] == 0:
         return Exit.NOTHING
+    # Most specific first: a host nobody enrolled is a mistake in the command, told by
+    # the broker at once; silence may be a host that is down.
+    if summary.get("not_enrolled"):
+        return Exit.NOT_ENROLLED
     if summary["no_reply"]:
         return Exit.NO_REPLY
     if summary["failed"]:

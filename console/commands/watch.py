@@ -84,7 +84,8 @@ def watch(ctx: CliContext, patterns: tuple[str, ...], count: int, duration: floa
       hostbus watch 'host.*.alert'          every host's alerts
       hostbus watch 'agent.#'               online, heartbeat, offline
       hostbus watch 'host.web01.#' -n 5     five events from web01
-    Gaps in an agent's sequence numbers and agent restarts are reported. A pattern that
+    Gaps in an agent's sequence numbers, events arriving late, agent restarts, and a
+    subscription lost and restored (its queue deleted) are reported. A pattern that
     can match no event the schemas declare is refused, with the one likely meant.
     """
     if not no_validate:
@@ -123,7 +124,12 @@ def watch(ctx: CliContext, patterns: tuple[str, ...], count: int, duration: floa
             if count and seen[0] >= count:
                 done.set()
 
-    queue_name = console.subscribe(wanted, on_event, name=name, durable=name is not None)
+    def on_notice(text: str) -> None:  # the subscription lost (its queue deleted), back
+        with lock:
+            click.echo(f"! {text}", err=True)
+
+    queue_name = console.subscribe(wanted, on_event, name=name, durable=name is not None,
+                                   on_notice=on_notice)
     if not as_json:
         where = (f"on durable queue {queue_name}{rebound}" if name is not None else
                  "(a private queue, gone when this stops)")

@@ -14,7 +14,9 @@ from typing import Any
 
 from console.client import Console
 from console.provisioner.agent import ProvisionAgent
-from console.provisioner.service import Provisioner, Quotas, consume_requests
+from console.provisioner.ledger import VmLedger
+from console.provisioner.quotas import Quotas
+from console.provisioner.service import Provisioner, consume_requests
 from console.provisioner.store import RequestStore
 from hostbus import __version__, config, names
 from hostbus.errors import BrokerRefused, ConfigError, ConnectionFailed, HostbusError
@@ -32,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
         "state_dir": "",
         "call_timeout": 60.0,
         "discovery_idle": 0.3,
+        "reconcile_interval": 60.0,
         "heartbeat_interval": 10.0,
         "log_level": "info",
         "policy": "",
@@ -56,6 +59,10 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
         pcfg = cfg["provisioner"]
         host_id = names.validate_host_id(pcfg["host_id"])
         owners = {str(k): int(v) for k, v in cfg["quotas"]["owners"].items()}
+        reconcile_interval = float(pcfg["reconcile_interval"])
+        if reconcile_interval < 1:
+            raise ConfigError(f"[provisioner] reconcile_interval = {reconcile_interval:g}: "
+                              "give at least 1 (seconds between listings of the virt hosts)")
     except (ConfigError, ValueError) as exc:
         print(f"hostbus provisioner: {exc}")
         return 1
@@ -75,6 +82,8 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
         log.warning("no [provisioner] policy file: every provisioning request and every "
                     "call but discovery is refused (see etc/provisioner.toml)")
     store = RequestStore(state_dir(pcfg["state_dir"]) / "provisioner.db")
+    ledger = VmLedger(store.path)
+    quotas = Quotas(int(cfg["quotas"]["default_max_vms"]), owners)
     audit = AuditLog(config.resolve(pcfg["audit_log"], config_path) if pcfg["audit_log"]
                      else store.path.parent / f"audit-{host_id}.jsonl")
     url = cfg["broker"]["url"]
@@ -83,7 +92,7 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
     # agents go over a second connection so replies never wait behind a busy worker.
     agent_transport = connect(url, connection_name=f"hostbus-provisioner {host_id}",
                               connect_timeout=timeout, prefetch=1)
-    agent = ProvisionAgent(store)
+    agent = ProvisionAgent(store, ledger, quotas)
     signer = None
     if cfg["security"]["signing_key"]:
         from hostbus.security.signing import Signer
@@ -100,17 +109,19 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
         log.error("%s", exc)
         return 2
     # One policy and one audit log for everything the service decides: provisioning
-    # messages (the call provision.submit) and calls to its agent (status, list).
+    # messages (the calls provision.submit and provision.release) and calls to its agent
+    # (status, list, quota).
     runtime = AgentRuntime(agent_transport, host_id, [agent], signer=signer, policy=policy,
                            audit=audit, heartbeat_interval=float(pcfg["heartbeat_interval"]))
     provisioner = Provisioner(
         console=console, publisher=runtime.publisher, store=store, agent=agent, host_id=host_id,
-        quotas=Quotas(int(cfg["quotas"]["default_max_vms"]), owners),
-        call_timeout=float(pcfg["call_timeout"]), discovery_idle=float(pcfg["discovery_idle"]),
+        ledger=ledger, quotas=quotas, call_timeout=float(pcfg["call_timeout"]),
+        discovery_idle=float(pcfg["discovery_idle"]), reconcile_interval=reconcile_interval,
         policy=policy, audit=audit,
     )
     try:
         runtime.start()
+        provisioner.start()
         consume_requests(agent_transport, provisioner.on_message)
     except (BrokerRefused, HostbusError) as exc:
         log.error("%s", exc)
@@ -136,5 +147,6 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
     provisioner.close()
     runtime.stop(reason[0] if reason else "stopped")
     console.close()
+    ledger.close()
     store.close()
     return 0

@@ -1,25 +1,31 @@
 """Where a provisioning message enters (``Provisioner.on_message``) and how it is carried
-out (``Provisioner.process``), one request at a time on a worker thread.
+out (``Provisioner.process``), one message at a time on a worker thread.
 
-A message is acknowledged only when its work is finished. After a crash the broker
-redelivers it and the work resumes: VM names are derived from the request id and looked
-up across the fleet before anything is placed, so a VM defined before the crash is
-adopted, never duplicated; the durable store remembers whether the reply was sent.
+A message is a submit (make VMs) or a release (give them back), told apart by its
+body's ``action``. It is acknowledged only when its work is finished. After a crash the
+broker redelivers it and the work resumes: VM names are derived from the request id and
+looked up across the fleet before anything is placed, so a VM defined before the crash
+is adopted, never duplicated; a release saved the VMs it removes before removing any,
+and a VM already removed counts as done; the durable store remembers whether the reply
+was sent.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from console.client import Console
 from console.provisioner.agent import ProvisionAgent
+from console.provisioner.ledger import GONE, VmLedger, listed_state
 from console.provisioner.placement import Candidate, place
-from console.provisioner.store import RequestStore
+from console.provisioner.quotas import Quotas
+from console.provisioner.store import ReleaseRecord, RequestStore
+from console.provisioner.tracker import LISTING_LIMIT, VmTracker, well_formed
 from hostbus import names
 from hostbus.envelope import Reply, parse_provision
 from hostbus.errors import ConnectionLost, ErrorCode, HostbusError, RemoteError
@@ -30,46 +36,55 @@ from hostbus.transport.base import Delivery
 
 log = logging.getLogger("hostbus.provisioner")
 
-@dataclass(frozen=True)
-class Quotas:
-    """How many VMs an owner may have (completed requests count). The security work
-    replaces this with the policy engine (templates, hours, groups)."""
+SUBMIT, RELEASE = "submit", "release"
 
-    default_max_vms: int
-    owners: dict[str, int]
 
-    def check(self, owner: str, have: int, asking: int) -> None:
-        limit = self.owners.get(owner, self.default_max_vms)
-        if have + asking > limit:
-            raise RemoteError(ErrorCode.UNAUTHORIZED,
-                              f"owner {owner} has {have} VMs of a quota of {limit}; this "
-                              f"request asks for {asking} more", {"rule": "quota"})
+def action_of(body: bytes) -> str:
+    """The kind of a message, read leniently, for answering one that fails its checks."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return SUBMIT
+    return RELEASE if isinstance(doc, dict) and doc.get("action") == RELEASE else SUBMIT
 
 
 class Provisioner:
     def __init__(self, *, console: Console, publisher: Publisher, store: RequestStore,
-                 agent: ProvisionAgent, host_id: str, quotas: Quotas, policy: Policy,
-                 audit: AuditLog | None, call_timeout: float = 60.0,
-                 discovery_idle: float = 0.3) -> None:
+                 ledger: VmLedger, agent: ProvisionAgent, host_id: str, quotas: Quotas,
+                 policy: Policy, audit: AuditLog | None, call_timeout: float = 60.0,
+                 discovery_idle: float = 0.3, reconcile_interval: float = 60.0) -> None:
         """``policy`` decides who may ask for what, default deny, with the agents' rules
         engine: the caller is the message's broker-checked user_id, the call
-        ``provision.submit``, and the arguments the request's fields (template, count,
-        owner, vcpus, ...). ``audit`` records every decision and outcome.
+        ``provision.submit`` or ``provision.release``, and the arguments the message's
+        fields (template, count, owner, vcpus, ...; for a release request_id or vms, and
+        the owner of the VMs). ``audit`` records every decision and outcome.
         ``publisher`` sends the replies: the one of the runtime that hosts ``agent``, so
-        they leave as the provisioner's identity, signed when it has a key."""
+        they leave as the provisioner's identity, signed when it has a key.
+        ``ledger`` holds the VMs made, which ``start`` keeps current from the virt hosts
+        (events, and listings every ``reconcile_interval`` seconds)."""
         self.publisher = publisher
         self.policy = policy
         self.audit = audit
         self.console = console
         self.store = store
+        self.vms = ledger
         self.agent = agent
         self.host_id = host_id
         self.quotas = quotas
         self.call_timeout = call_timeout
         self.discovery_idle = discovery_idle
+        self.tracker = VmTracker(console, ledger, interval=reconcile_interval,
+                                 call_timeout=call_timeout, discovery_idle=discovery_idle,
+                                 on_change=self.announce_quota)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hostbus-provision")
         self.idle = threading.Event()
         self.idle.set()
+
+    def start(self) -> None:
+        """Follow the virt hosts' VMs (call once the console is connected)."""
+        if self.vms.is_empty():
+            self._adopt_recorded_vms()
+        self.tracker.start()
 
     def on_message(self, delivery: Delivery) -> None:
         """On the transport's I/O thread: hand over, never block it."""
@@ -78,6 +93,24 @@ class Provisioner:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self.tracker.stop()
+
+    def announce_quota(self, owners: set[str]) -> None:
+        """A ``quota`` event per owner whose count of VMs changed."""
+        for owner in sorted(owners):
+            self.agent.emit("quota", {"owner": owner, "count": self.vms.count(owner),
+                                      "max_vms": self.quotas.limit(owner)})
+
+    def _adopt_recorded_vms(self) -> None:
+        """A store from before VMs were tracked: its completed requests' VMs count until
+        a listing of their hosts says otherwise."""
+        owners: set[str] = set()
+        for record in self.store.list(status="completed", limit=1_000_000):
+            for vm in record.vms:
+                owners |= self.vms.record(owner=record.owner, request_id=record.request_id,
+                                          host=vm["host"], name=vm["name"], uuid=None)
+        if owners:
+            log.info("tracking the VMs of earlier requests for %d owners", len(owners))
 
     # ------------------------------------------------------------------ a job
     def process(self, delivery: Delivery) -> None:
@@ -109,35 +142,43 @@ class Provisioner:
         try:
             body = parse_provision(delivery).body
         except RemoteError as err:
+            action = action_of(delivery.body)
             log.warning("dead-lettering provisioning message %s: %s", rid or "(no id)",
                         err.message)
-            self.agent.emit("failed", {"request_id": rid or "unknown", "code": err.code.value,
-                                       "reason": err.message})
-            self._reply(reply_to, rid or None, error=err)
+            self.agent.emit("failed" if action == SUBMIT else "release.failed",
+                            {"request_id": rid or "unknown", "code": err.code.value,
+                             "reason": err.message})
+            self._reply(reply_to, rid or None, action, error=err)
             delivery.nack(False)
             return
-        count = int(body.get("count", 1))
         caller = delivery.properties.user_id or ""
+        if body.get("action") == RELEASE:
+            self._release(delivery, rid, caller, body)
+        else:
+            self._submit(delivery, rid, caller, body)
+
+    def _submit(self, delivery: Delivery, rid: str, caller: str, body: dict[str, Any]) -> None:
+        reply_to = delivery.properties.reply_to
+        count = int(body.get("count", 1))
+        owner = body["owner"]
         record = self.store.get(rid)
         if record is not None and record.status != "accepted":
             # Finished before a crash that came before the acknowledgement.
             log.info("request %s was already %s; settling it", rid, record.status)
             if not record.replied:
-                self._finish_reply(reply_to, record.request_id, record.to_dict(),
-                                   record.error)
-            if record.status == "completed":
-                delivery.ack()
-            else:
+                self._finish_reply(reply_to, rid, SUBMIT, record.to_dict(), record.error)
+            if record.status == "failed":
                 delivery.nack(False)
+            else:
+                delivery.ack()
             return
         try:
             if record is None:
-                self._authorize(rid, caller, body)
-                self.quotas.check(body["owner"], self.store.vms_owned(body["owner"]), count)
-                record = self.store.accept(rid, body["owner"], body["template"], count)
-                log.info("accepted %s: %d x %s for %s", rid, count, body["template"],
-                         body["owner"])
-                self.agent.emit("accepted", {"request_id": rid, "owner": body["owner"],
+                self._authorize(rid, caller, SUBMIT, self._args(body), owner)
+                self._check_quota(owner, count)
+                record = self.store.accept(rid, owner, body["template"], count)
+                log.info("accepted %s: %d x %s for %s", rid, count, body["template"], owner)
+                self.agent.emit("accepted", {"request_id": rid, "owner": owner,
                                              "template": body["template"], "count": count})
             else:
                 log.info("resuming %s after a redelivery", rid)
@@ -145,39 +186,64 @@ class Provisioner:
         except RemoteError as err:
             log.warning("request %s failed: %s %s", rid, err.code.value, err.message)
             if self.store.get(rid) is None:
-                self.store.accept(rid, body["owner"], body["template"], count)
+                self.store.accept(rid, owner, body["template"], count)
             self.store.fail(rid, err.to_wire())
             self.agent.emit("failed", {"request_id": rid, "code": err.code.value,
                                        "reason": err.message})
-            self._finish_reply(reply_to, rid, None, err.to_wire())
-            self._audit(rid, caller, body, "failed", err.code.value)
+            self._finish_reply(reply_to, rid, SUBMIT, None, err.to_wire())
+            self._audit(rid, caller, SUBMIT, owner, self._args(body), "failed", err.code.value)
             delivery.nack(False)
             return
-        self._audit(rid, caller, body, "completed", "ok")
+        self._audit(rid, caller, SUBMIT, owner, self._args(body), "completed", "ok")
         self.store.complete(rid, vms)
         self.agent.emit("completed", {"request_id": rid, "vms": vms})
         log.info("completed %s: %s", rid, ", ".join(f"{v['name']}@{v['host']}" for v in vms))
         record = self.store.get(rid)
         assert record is not None
-        self._finish_reply(reply_to, rid, record.to_dict(), None)
+        self._finish_reply(reply_to, rid, SUBMIT, record.to_dict(), None)
         delivery.ack()
 
-    def _authorize(self, rid: str, caller: str, body: dict[str, Any]) -> None:
-        args = {k: v for k, v in body.items() if k != "v"}
-        decision = self.policy.decide_call(caller, "provision", "submit", args)
-        self._audit(rid, caller, body, "allowed" if decision.allowed else "denied",
-                    decision.rule)
+    @staticmethod
+    def _args(body: dict[str, Any]) -> dict[str, Any]:
+        """The message's fields as the policy sees them."""
+        return {k: v for k, v in body.items() if k not in ("v", "action")}
+
+    @classmethod
+    def _release_args(cls, body: dict[str, Any], owner: str | None) -> dict[str, Any]:
+        """A release as the policy sees it: its fields, and the owner of the VMs it
+        removes (from the provisioner's records, never from the message)."""
+        args = cls._args(body)
+        return args if owner is None else {**args, "owner": owner}
+
+    def _authorize(self, rid: str, caller: str, action: str, args: dict[str, Any],
+                   owner: str | None) -> None:
+        decision = self.policy.decide_call(caller, "provision", action, args)
+        self._audit(rid, caller, action, owner, args,
+                    "allowed" if decision.allowed else "denied", decision.rule)
         if not decision.allowed:
             code = ErrorCode.APPROVAL_REQUIRED if decision.requires_approval else \
                 ErrorCode.UNAUTHORIZED
             raise RemoteError(code, decision.reason, {"rule": decision.rule})
 
-    def _audit(self, rid: str, caller: str, body: dict[str, Any], what: str,
-               detail: str) -> None:
+    def _check_quota(self, owner: str, count: int) -> None:
+        try:
+            self.quotas.check(owner, self.vms.count(owner), count)
+        except RemoteError:
+            # Refuse only on what the hosts say now: events about VMs removed a moment
+            # ago may still be on their way.
+            try:
+                self.tracker.reconcile()
+            except HostbusError as exc:
+                log.warning("could not list the virt hosts to recount %s's VMs: %s", owner,
+                            exc)
+            self.quotas.check(owner, self.vms.count(owner), count)
+
+    def _audit(self, rid: str, caller: str, action: str, owner: str | None,
+               args: dict[str, Any], what: str, detail: str) -> None:
         if self.audit is not None:
             self.audit.write({"host": self.host_id, "request_id": rid, "caller": caller,
-                              "call": "provision.submit", "owner": body.get("owner"),
-                              "args_digest": args_digest(body), "event": what,
+                              "call": f"provision.{action}", "owner": owner,
+                              "args_digest": args_digest(args), "event": what,
                               "detail": detail})
 
     # --------------------------------------------------------------- the work
@@ -193,7 +259,7 @@ class Provisioner:
         hosts = self._virt_hosts(body.get("constraints", {}))
         existing = self._existing(hosts, set(wanted))
         ours = set(plan)  # VMs an earlier attempt of this request placed
-        for name, host in existing.items():
+        for name, (host, _domain) in existing.items():
             if body.get("name") and name not in ours:
                 raise RemoteError(ErrorCode.CONFLICT,
                                   f"a VM named {name} already exists on {host}")
@@ -206,25 +272,38 @@ class Provisioner:
         self.store.save_plan(rid, plan)  # before any VM is defined
         created: list[tuple[str, str]] = []
         vms = []
+        counted: set[str] = set()  # owners whose count changed: one quota event each
         try:
             for step, name in enumerate(wanted, 1):
                 host = plan[name]
                 if name in existing:
-                    result = self._ensure_running(name, host)
+                    result = {**existing[name][1], **self._ensure_running(name, host)}
                 else:
                     args = {"name": name, "template": body["template"], "start": True}
                     for key in ("vcpus", "memory_mib"):
                         if body.get(key):
                             args[key] = body[key]
-                    result = self._call("domain.define", args, host)
+                    try:
+                        result = self._call("domain.define", args, host)
+                    except RemoteError as err:
+                        if err.code is not ErrorCode.CONFLICT:
+                            # Its answer may be lost with the VM defined: remove it too.
+                            # (A conflict is a VM of that name that is not ours.)
+                            created.append((name, host))
+                        raise
                     created.append((name, host))
                 state = result.get("state", "running")
+                counted |= self.vms.record(owner=body["owner"], request_id=rid, host=host,
+                                           name=name, uuid=result.get("uuid"),
+                                           state=listed_state(state))
                 vms.append({"name": name, "host": host, "state": state})
                 self.agent.emit("progress", {"request_id": rid, "vm": name, "host": host,
                                              "step": step, "total": len(wanted)})
         except RemoteError:
-            self._roll_back(created)
+            counted |= self._roll_back(rid, body["owner"], created)
             raise
+        finally:
+            self.announce_quota(counted)
         return vms
 
     def _call(self, method: str, args: dict[str, Any], host: str) -> dict[str, Any]:
@@ -247,14 +326,36 @@ class Provisioner:
                 return {"state": "running"}
             raise
 
-    def _roll_back(self, created: list[tuple[str, str]]) -> None:
+    def _remove(self, name: str, host: str) -> list[str]:
+        """Destroy (if it runs) and undefine a VM with its storage; the volumes removed.
+        A VM already stopped or gone is not an error: removing is idempotent."""
+        try:
+            self._call("domain.destroy", {"name": name}, host)
+        except RemoteError as err:
+            if err.code not in (ErrorCode.CONFLICT, ErrorCode.NOT_FOUND):
+                raise
+        try:
+            result = self._call("domain.undefine", {"name": name, "remove_storage": True}, host)
+        except RemoteError as err:
+            if err.code is not ErrorCode.NOT_FOUND:
+                raise
+            return []
+        return list(result.get("removed_volumes", []))
+
+    def _roll_back(self, rid: str, owner: str, created: list[tuple[str, str]]) -> set[str]:
+        """Remove the VMs this attempt made; the owners whose count changed."""
+        owners: set[str] = set()
         for name, host in reversed(created):
-            for method, args in (("domain.destroy", {"name": name}),
-                                 ("domain.undefine", {"name": name, "remove_storage": True})):
-                try:
-                    self._call(method, args, host)
-                except RemoteError as err:
-                    log.info("roll back %s of %s on %s: %s", method, name, host, err.message)
+            try:
+                self._remove(name, host)
+            except RemoteError as err:
+                # Left behind: it counts for its owner until a listing finds it gone.
+                log.info("roll back of %s on %s: %s", name, host, err.message)
+                owners |= self.vms.record(owner=owner, request_id=rid, host=host, name=name,
+                                          uuid=None)
+                continue
+            owners |= self.vms.gone(host, name)
+        return owners
 
     def _virt_hosts(self, constraints: dict[str, Any]) -> list[str]:
         bfilter: dict[str, Any] = {"agent": "virt"}
@@ -265,37 +366,45 @@ class Provisioner:
         allowed = constraints.get("hosts")
         return [h for h in found if allowed is None or h in allowed]
 
-    def _existing(self, hosts: list[str], wanted: set[str]) -> dict[str, str]:
-        """Wanted VM names that already exist somewhere: name -> host."""
+    def _domains(self, hosts: list[str], why: str) -> dict[str, dict[str, dict[str, Any]]]:
+        """Every domain on each of ``hosts``: host -> name -> object. Raises unless every
+        host answered in full (``why`` says what cannot be done without it)."""
         if not hosts:
             return {}
-        found: dict[str, str] = {}
+        found: dict[str, dict[str, dict[str, Any]]] = {}
         ask = list(hosts)
         # A read, so safe to ask again when an answer does not come (requests are not
         # confirmed, and replies can be lost around a failover). The one such loss found
         # in the cluster test was a reply queue deleted under the console, fixed in the
         # transport (PikaTransport._apply); this stays as a cheap second line.
         for attempt in range(1, 4):
-            result = self.console.query("virt", "domain", hosts=ask,
+            result = self.console.query("virt", "domain", hosts=ask, limit=LISTING_LIMIT,
                                         timeout=self.call_timeout)
             ask = []
             for res in result.results:
                 if res.reply is None:
                     ask.append(res.host)
                     continue
-                if not res.reply.ok:
+                listed = res.reply.result or {}
+                objects = listed.get("objects", [])
+                if not res.reply.ok or listed.get("total", len(objects)) > len(objects):
                     raise RemoteError(ErrorCode.FAILED, f"virt host {res.host} could not list "
-                                      f"its domains ({res.reply.error_code}); cannot rule out "
-                                      "a duplicate, so not placing")
-                for obj in (res.reply.result or {}).get("objects", []):
-                    if obj["name"] in wanted:
-                        found[obj["name"]] = res.host
+                                      f"all its domains ({res.reply.error_code or 'too many'}); "
+                                      f"{why}")
+                found[res.host] = {obj["name"]: obj for obj in well_formed(objects)}
             if not ask:
                 return found
             log.warning("virt hosts %s did not answer a domain list (attempt %d of 3)",
                         ", ".join(ask), attempt)
         raise RemoteError(ErrorCode.TIMEOUT, f"virt host {ask[0]} did not list its domains; "
-                          "cannot rule out a duplicate, so not placing")
+                          f"{why}")
+
+    def _existing(self, hosts: list[str],
+                  wanted: set[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Wanted VM names that already exist somewhere: name -> (host, domain)."""
+        listing = self._domains(hosts, "cannot rule out a duplicate, so not placing")
+        return {name: (host, domain) for host, domains in listing.items()
+                for name, domain in domains.items() if name in wanted}
 
     def _candidates(self, hosts: list[str]) -> list[Candidate]:
         if not hosts:
@@ -314,20 +423,170 @@ class Provisioner:
                                  int(node["free_vcpus"]), catalogs[res.host]))
         return out
 
+    # --------------------------------------------------------------- releases
+    def _release(self, delivery: Delivery, rid: str, caller: str,
+                 body: dict[str, Any]) -> None:
+        reply_to = delivery.properties.reply_to
+        record = self.store.get_release(rid)
+        if record is not None and record.status != "accepted":
+            log.info("release %s was already %s; settling it", rid, record.status)
+            if not record.replied:
+                self._finish_reply(reply_to, rid, RELEASE, record.to_dict(), record.error)
+            if record.status == "failed":
+                delivery.nack(False)
+            else:
+                delivery.ack()
+            return
+        owners: list[str] = []
+        try:
+            if record is None:
+                targets, owners, problem = self._release_targets(body)
+                for owner in owners or [None]:
+                    self._authorize(rid, caller, RELEASE, self._release_args(body, owner),
+                                    owner)
+                if problem is not None:
+                    raise problem
+                record = self.store.accept_release(rid, caller, body.get("request_id"),
+                                                   targets)
+                log.info("releasing %s: %s", rid, ", ".join(
+                    f"{t['name']}@{t['host']}" for t in targets) or "nothing left")
+                self.agent.emit("release.accepted", {
+                    "request_id": rid, "release_of": body.get("request_id"),
+                    "vms": [{"name": t["name"], "host": t["host"]} for t in targets
+                            if t["outcome"] is None]})
+            else:
+                owners = sorted({t["owner"] for t in record.targets})
+                log.info("resuming release %s after a redelivery", rid)
+            self._carry_out_release(record)
+        except RemoteError as err:
+            log.warning("release %s failed: %s %s", rid, err.code.value, err.message)
+            if self.store.get_release(rid) is None:
+                self.store.accept_release(rid, caller, body.get("request_id"), [],
+                                          status="failed", error=err.to_wire())
+            self.store.fail_release(rid, err.to_wire())
+            self.agent.emit("release.failed", {"request_id": rid, "code": err.code.value,
+                                               "reason": err.message})
+            self._finish_reply(reply_to, rid, RELEASE, None, err.to_wire())
+            for owner in owners or [None]:
+                self._audit(rid, caller, RELEASE, owner, self._release_args(body, owner),
+                            "failed", err.code.value)
+            delivery.nack(False)
+            return
+        self.store.complete_release(rid)
+        done = self.store.get_release(rid)
+        assert done is not None
+        for owner in owners or [None]:
+            self._audit(rid, caller, RELEASE, owner, self._release_args(body, owner),
+                        "completed", "ok")
+        result = done.to_dict()
+        self.agent.emit("release.completed", {"request_id": rid, "vms": result["vms"]})
+        log.info("released %s: %s", rid, ", ".join(
+            f"{v['name']}@{v['host']} {v['outcome']}" for v in result["vms"]) or "nothing")
+        self._finish_reply(reply_to, rid, RELEASE, result, None)
+        delivery.ack()
+
+    def _release_targets(self, body: dict[str, Any],
+                         ) -> tuple[list[dict[str, Any]], list[str], RemoteError | None]:
+        """The VMs a release removes, their owners, and why it cannot go ahead (None if
+        it can). The reason is raised only after the policy has allowed the caller, so
+        someone it does not allow learns nothing of what exists."""
+        if body.get("request_id"):
+            request_id = body["request_id"]
+            record = self.store.get(request_id)
+            if record is None:
+                return [], [], RemoteError(
+                    ErrorCode.NOT_FOUND, f"no provisioning request {request_id!r} has been "
+                    "seen (`hostbus provision list` shows the requests)")
+            if record.status == "accepted":
+                return [], [record.owner], RemoteError(
+                    ErrorCode.CONFLICT, f"request {request_id} is still being carried out; "
+                    "release it once it has completed or failed")
+            vms = self.vms.of_request(request_id)
+            return [self._target(vm) for vm in vms], [record.owner], None
+        targets, problem = [], None
+        for name in body["vms"]:
+            known = self.vms.named(name)
+            live = [vm for vm in known if vm.state != GONE]
+            if len(live) > 1:
+                problem = problem or RemoteError(
+                    ErrorCode.CONFLICT, f"there are VMs named {name} on "
+                    f"{', '.join(sorted(vm.host for vm in live))}; release them by request id")
+            if not known:
+                problem = problem or RemoteError(
+                    ErrorCode.NOT_FOUND, f"the provisioner made no VM named {name}; it "
+                    "releases only VMs it made")
+            if known:
+                targets.append(self._target((live or known)[-1]))
+        return targets, sorted({t["owner"] for t in targets}), problem
+
+    @staticmethod
+    def _target(vm: Any) -> dict[str, Any]:
+        return {"name": vm.name, "host": vm.host, "uuid": vm.uuid, "owner": vm.owner,
+                "request_id": vm.request_id,
+                "outcome": "already_gone" if vm.state == GONE else None}
+
+    def _carry_out_release(self, record: ReleaseRecord) -> None:
+        rid, targets = record.release_id, record.targets
+        todo = [t for t in targets if t["outcome"] in (None, "releasing")]
+        hosts = sorted({t["host"] for t in todo})
+        answering = set(self._virt_hosts({"hosts": hosts})) if hosts else set()
+        silent = [h for h in hosts if h not in answering]
+        if silent:
+            raise RemoteError(ErrorCode.FAILED, f"virt host {', '.join(silent)} does not "
+                              "answer, so its VMs cannot be released now; nothing was "
+                              "released. Post the release again once it is back")
+        listing = self._domains(hosts, "cannot tell which VMs are there, so releasing none")
+        owners: set[str] = set()
+        try:
+            self._remove_targets(rid, targets, listing, owners)
+        finally:
+            self.announce_quota(owners)
+        for request_id in sorted({t["request_id"] for t in targets}):
+            left = [vm for vm in self.vms.of_request(request_id) if vm.state != GONE]
+            self.store.release_vms(request_id, {
+                t["name"]: "released" if t["outcome"] == "released" else "gone"
+                for t in targets if t["request_id"] == request_id}, all_gone=not left)
+
+    def _remove_targets(self, rid: str, targets: list[dict[str, Any]],
+                        listing: dict[str, dict[str, dict[str, Any]]], owners: set[str]) -> None:
+        for step, target in enumerate(targets, 1):
+            if target["outcome"] not in (None, "releasing"):
+                continue
+            domain = listing[target["host"]].get(target["name"])
+            # Only the VM the provisioner made: a VM of that name made since by someone
+            # else has another UUID, and is not touched.
+            if domain is None or (target["uuid"] and domain["uuid"] != target["uuid"]):
+                # Gone already: by the attempt before a crash, or by someone else.
+                target["outcome"] = "released" if target["outcome"] == "releasing" \
+                    else "already_gone"
+            else:
+                target["outcome"] = "releasing"
+                self.store.save_release(rid, targets)
+                target["removed_volumes"] = self._remove(target["name"], target["host"])
+                target["outcome"] = "released"
+            self.store.save_release(rid, targets)
+            owners |= self.vms.gone(target["host"], target["name"], target["uuid"])
+            self.agent.emit("release.progress", {
+                "request_id": rid, "vm": target["name"], "host": target["host"],
+                "outcome": target["outcome"], "step": step, "total": len(targets)})
+
     # ---------------------------------------------------------------- replies
-    def _finish_reply(self, reply_to: str | None, rid: str, result: dict[str, Any] | None,
-                      error: dict[str, Any] | None) -> None:
+    def _finish_reply(self, reply_to: str | None, rid: str, action: str,
+                      result: dict[str, Any] | None, error: dict[str, Any] | None) -> None:
         err = RemoteError(error["code"], error["message"], error.get("details")) \
             if error else None
-        self._reply(reply_to, rid, result=result, error=err)
-        self.store.mark_replied(rid)
+        self._reply(reply_to, rid, action, result=result, error=err)
+        if action == RELEASE:
+            self.store.mark_release_replied(rid)
+        else:
+            self.store.mark_replied(rid)
 
-    def _reply(self, reply_to: str | None, rid: str | None, *,
+    def _reply(self, reply_to: str | None, rid: str | None, action: str, *,
                result: dict[str, Any] | None = None, error: RemoteError | None = None) -> None:
         if not reply_to or not names.REPLY_TO_RE.fullmatch(reply_to):
             return
         self.publisher.reply(reply_to, Reply(
-            host=self.host_id, agent="provision", method="submit",
+            host=self.host_id, agent="provision", method=action,
             status="error" if error else "ok", result=None if error else result,
             error=error.to_wire() if error else None, correlation_id=rid))
 

@@ -1,8 +1,10 @@
-"""The provisioner's durable record of requests (SQLite, one file).
+"""The provisioner's durable record of provisioning messages (SQLite, one file): the
+requests that make VMs and the releases that give them back.
 
 Every step that must survive a crash is committed before the provisioner moves on: the
-plan (which VM goes where) before any VM is defined, the result before the reply, the
-reply before the acknowledgement.
+plan (which VM goes where) before any VM is defined, the VMs a release will remove
+before it removes any, the result before the reply, the reply before the
+acknowledgement.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ class Record:
     owner: str
     template: str
     count: int
-    status: str  # accepted | completed | failed
+    status: str  # accepted | completed | failed | released
     plan: dict[str, str]  # vm name -> host
     vms: list[dict[str, Any]]
     error: dict[str, Any] | None
@@ -52,6 +54,10 @@ class RequestStore:
             count INTEGER NOT NULL, status TEXT NOT NULL, plan TEXT NOT NULL DEFAULT '{}',
             vms TEXT NOT NULL DEFAULT '[]', error TEXT, replied INTEGER NOT NULL DEFAULT 0,
             created TEXT NOT NULL, updated TEXT NOT NULL)""")
+        self._db.execute("""CREATE TABLE IF NOT EXISTS releases (
+            release_id TEXT PRIMARY KEY, caller TEXT NOT NULL, release_of TEXT,
+            status TEXT NOT NULL, targets TEXT NOT NULL DEFAULT '[]', error TEXT,
+            replied INTEGER NOT NULL DEFAULT 0, created TEXT NOT NULL, updated TEXT NOT NULL)""")
 
     def close(self) -> None:
         self._db.close()
@@ -111,10 +117,85 @@ class RequestStore:
             rows = self._db.execute(query, (*params, limit)).fetchall()
         return [r for r in (self._row(row) for row in rows) if r is not None]
 
-    def vms_owned(self, owner: str) -> int:
-        """VMs of this owner's completed requests: what quotas count."""
+    def release_vms(self, request_id: str, outcomes: dict[str, str], *,
+                    all_gone: bool) -> None:
+        """A release removed some of this request's VMs (name -> ``released`` or
+        ``gone``); with ``all_gone`` a completed request becomes ``released``."""
+        record = self.get(request_id)
+        if record is None:
+            return
+        # A VM an earlier release removed stays "released" when a later one finds it gone.
+        vms = [{**v, "state": outcomes[v["name"]]}
+               if v.get("name") in outcomes and v.get("state") != "released" else v
+               for v in record.vms]
+        status = "released" if all_gone and record.status == "completed" else record.status
+        self._update(request_id, vms=json.dumps(vms), status=status)
+
+    # ---------------------------------------------------------------- releases
+    def get_release(self, release_id: str) -> ReleaseRecord | None:
         with self._lock:
-            rows = self._db.execute(
-                "SELECT vms FROM requests WHERE owner = ? AND status = 'completed'",
-                (owner,)).fetchall()
-        return sum(len(json.loads(vms)) for (vms,) in rows)
+            row = self._db.execute("SELECT * FROM releases WHERE release_id = ?",
+                                   (release_id,)).fetchone()
+        if row is None:
+            return None
+        rid, caller, release_of, status, targets, error, replied, created, updated = row
+        return ReleaseRecord(rid, caller, release_of, status, json.loads(targets),
+                             json.loads(error) if error else None, bool(replied), created,
+                             updated)
+
+    def accept_release(self, release_id: str, caller: str, release_of: str | None,
+                       targets: list[dict[str, Any]], *, status: str = "accepted",
+                       error: dict[str, Any] | None = None) -> ReleaseRecord:
+        now = now_rfc3339()
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO releases (release_id, caller, release_of, status, "
+                "targets, error, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (release_id, caller, release_of, status, json.dumps(targets),
+                 json.dumps(error) if error else None, now, now))
+        record = self.get_release(release_id)
+        assert record is not None
+        return record
+
+    def _update_release(self, release_id: str, **fields: Any) -> None:
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        with self._lock:
+            self._db.execute(f"UPDATE releases SET {cols}, updated = ? WHERE release_id = ?",
+                             (*fields.values(), now_rfc3339(), release_id))
+
+    def save_release(self, release_id: str, targets: list[dict[str, Any]]) -> None:
+        """The targets with the outcome of each so far."""
+        self._update_release(release_id, targets=json.dumps(targets))
+
+    def complete_release(self, release_id: str) -> None:
+        self._update_release(release_id, status="completed", error=None)
+
+    def fail_release(self, release_id: str, error: dict[str, Any]) -> None:
+        self._update_release(release_id, status="failed", error=json.dumps(error))
+
+    def mark_release_replied(self, release_id: str) -> None:
+        self._update_release(release_id, replied=1)
+
+
+@dataclass
+class ReleaseRecord:
+    """A release: which VMs it removes (``targets``, each with its ``outcome`` once
+    known: ``releasing`` while the removal runs, then ``released`` or ``already_gone``)."""
+
+    release_id: str
+    caller: str
+    release_of: str | None  # the request whose VMs it releases; None: named VMs
+    status: str  # accepted | completed | failed
+    targets: list[dict[str, Any]]
+    error: dict[str, Any] | None
+    replied: bool
+    created: str
+    updated: str
+
+    def to_dict(self) -> dict[str, Any]:
+        vms = [{"name": t["name"], "host": t["host"], "owner": t["owner"],
+                "request_id": t["request_id"], "outcome": t.get("outcome") or "pending",
+                "removed_volumes": t.get("removed_volumes", [])} for t in self.targets]
+        return {"request_id": self.release_id, "release_of": self.release_of,
+                "status": self.status, "vms": vms, "error": self.error,
+                "created": self.created, "updated": self.updated}

@@ -348,6 +348,8 @@ class AgentRuntime:
             "interval_s": self.heartbeat_interval, "requests": self.requests_handled,
             "events": self.outbox.status(),
         }
+        if self.transport.blocked is not None:  # sent once the broker takes it again
+            data["broker_blocked"] = self.transport.blocked
         status = {}
         for name, hosted in self.hosted.items():
             try:

@@ -6,6 +6,14 @@ One ``pika.BlockingConnection`` lives on one I/O thread and is touched by nothin
 data (``_TopologyItem``) and replayed after a reconnect; reconnects back off
 exponentially with jitter, capped. The first connection is not retried: it fails fast
 with a message that says what to fix.
+
+Publishes go out on one channel (confirmed ones on a second); each consumer has a
+channel of its own, so that the broker ending one (its queue deleted: Basic.Cancel, or
+a consume refused while the queue is missing) touches no other. A lost consumer is
+restored at once where this transport declares its queue, and retried with backoff
+where it does not (a host's queue, until ``broker enroll`` makes it again).
+Connection.Blocked (a resource alarm) is reported and waited out: the connection stays
+open, with no blocked-connection timeout.
 """
 
 from __future__ import annotations
@@ -13,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import re
 import ssl
 import threading
 import time
@@ -36,12 +43,16 @@ from hostbus.errors import (
     TransportClosed,
 )
 from hostbus.transport.base import (
+    DEFAULT_HEARTBEAT,
+    DEFAULT_MAX_BACKOFF,
     Confirm,
     Delivery,
     Handler,
     Properties,
     Transport,
+    named_exchange,
     reconnect_delay,
+    refused_publishes,
 )
 from hostbus.transport.sweep import Sweeper, Swept, is_internal_error
 from hostbus.transport.url import BrokerURL, broker_urls
@@ -49,16 +60,13 @@ from hostbus.transport.url import BrokerURL, broker_urls
 log = logging.getLogger(__name__)
 # Seconds a new consumer waits, after a sweep, for the handlers of what it handed over.
 SETTLE_WAIT = 5.0
-# How RabbitMQ names the exchange in a refusal: "access to exchange 'X' in vhost ...",
-# "no exchange 'X' in vhost ...", "write access to topic 'K' in exchange 'X' ...".
-_NAMED_EXCHANGE = re.compile(r"exchange '([^']*)'")
-
 Task = Callable[[BlockingChannel], Any]  # _Publish is one too
 
 
 @dataclass
 class _TopologyItem:
-    """Something to (re)declare and consume after every (re)connect."""
+    """Something to (re)declare and consume after every (re)connect, on a channel of
+    its own."""
 
     queue: str
     handler: Handler
@@ -69,6 +77,10 @@ class _TopologyItem:
     exclusive: bool = False
     durable: bool = False
     bindings: tuple[tuple[str, str], ...] = ()  # (exchange, routing key)
+    channel: BlockingChannel | None = None  # the one it consumes on
+    consumer_tag: str | None = None  # None: not consuming (lost, or waiting to retry)
+    lost: bool = False  # the broker ended it while the connection stayed up
+    attempt: int = 0  # failed attempts to consume it again
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +98,11 @@ class _Publish:
     properties: pika.BasicProperties
     confirm: Confirm | None = None
     generation: int = 0
+    mandatory: bool = False
 
     def __call__(self, ch: BlockingChannel) -> None:
-        ch.basic_publish(self.exchange, self.routing_key, self.body, self.properties)
+        ch.basic_publish(self.exchange, self.routing_key, self.body, self.properties,
+                         mandatory=self.mandatory)
 
 
 def _to_pika(props: Properties, persistent: bool) -> pika.BasicProperties:
@@ -204,11 +218,11 @@ class PikaTransport(Transport):
         url: str,
         *,
         connection_name: str = "hostbus",
-        heartbeat: int = 30,
+        heartbeat: int = DEFAULT_HEARTBEAT,
         connect_timeout: float = 5.0,
         prefetch: int = 64,
         reconnect: bool = True,
-        max_backoff: float = 30.0,
+        max_backoff: float = DEFAULT_MAX_BACKOFF,
         tls_context: ssl.SSLContext | None = None,
         wait_first: bool = False,
     ) -> None:
@@ -241,7 +255,8 @@ class PikaTransport(Transport):
         # replies and requests on the main channel carry no confirm traffic.
         self._cch: BlockingChannel | None = None
         self._confirms_used = False
-        self._unconfirmed: dict[int, Confirm] = {}
+        # delivery tag -> (exchange, routing key, callback), in the order sent
+        self._unconfirmed: dict[int, tuple[str, str, Confirm]] = {}
         self._next_tag = 1
         self._generation = 0
         self._topology: list[_TopologyItem] = []
@@ -299,7 +314,9 @@ class PikaTransport(Transport):
             virtual_host=url.vhost,
             credentials=credentials,
             heartbeat=self._heartbeat,
-            blocked_connection_timeout=60,
+            # A resource alarm is waited out, however long: pika's timeout would drop
+            # the connection and reconnect into the same alarm, over and over.
+            blocked_connection_timeout=None,
             socket_timeout=self._connect_timeout,
             stack_timeout=self._connect_timeout + 2,
             connection_attempts=1,
@@ -311,6 +328,14 @@ class PikaTransport(Transport):
         self._conn = pika.BlockingConnection(self._params())
         self._generation += 1
         self._cch = None
+        self._blocked = None  # a new connection is blocked only once the broker says so
+        # Called as the frame arrives (not deferred to the next dispatch), also while a
+        # flush waits for a socket the blocked broker no longer reads.
+        self._conn._impl.add_on_connection_blocked_callback(
+            lambda _conn, frame: self._set_blocked(
+                f"resource alarm ({frame.method.reason or 'no reason given'})"))
+        self._conn._impl.add_on_connection_unblocked_callback(
+            lambda _conn, _frame: self._set_blocked(None))
         params = self._conn._impl.params  # the node that answered
         self.connected_to = f"{params.host}:{params.port}"
         for i, url in enumerate(self.urls):
@@ -318,34 +343,55 @@ class PikaTransport(Transport):
                 # If this node goes away, the next attempt starts with the one after it.
                 self._first = (i + 1) % len(self.urls)
         self._open_channel()
-
-    def _open_channel(self) -> None:
-        assert self._conn is not None
+        items = list(self._topology)  # one added meanwhile is started by its own task
         if self.sweeper.needed:
-            self._ch = None  # what the swept messages cause is sent once consuming again
-            self.sweeper.sweep(self._conn, [
-                (item.queue, functools.partial(self._deliver_swept, item))
-                for item in self._topology if item.ack != "broker" and not item.exclusive])
-        ch = self._conn.channel()
-        ch.basic_qos(prefetch_count=self._prefetch)
-        self._ch = ch
-        items = list(self._topology)  # one added meanwhile is applied by its own task
-        self._settle_swept()
+            self.sweeper.sweep(self._conn, self._swept_queues(items))
+            self._settle_swept()
         for item in items:
-            self._apply(ch, item)
+            item.channel, item.consumer_tag, item.lost, item.attempt = None, None, False, 0
+            self._start(item)
+
+    def _swept_queues(self, items: list[_TopologyItem]) -> list[Any]:
+        """The durable queues among ``items`` (a private queue dies with its connection,
+        and what was in it), with what to do with a message the sweep takes."""
+        return [(item.queue, functools.partial(self._deliver_swept, item))
+                for item in items if item.ack != "broker" and not item.exclusive]
+
+    def _deliver_swept(self, item: _TopologyItem, method: Any, props: pika.BasicProperties,
+                       body: bytes) -> None:
+        """A message the sweep took (settled at the broker already: its ack only says
+        that the handler is done with it)."""
+        delivery = Delivery(body, _from_pika(props), method.exchange, method.routing_key,
+                            method.redelivered)
+        done = self.sweeper.hand_out()
+        delivery.ack, delivery.nack = done, (lambda requeue=False: done())
+        self._in_handler = True  # what it sends waits for _settle_swept
+        try:
+            item.handler(delivery)
+        except Exception:  # a handler bug must not take the I/O thread down
+            log.exception("message handler for queue %s failed", item.queue)
+        finally:
+            self._in_handler = False
 
     def _settle_swept(self) -> None:
         """Before consuming again: the replies to what a sweep handed over go out first
         (for a while, not for ever: a slow method must not keep the queue unserved), so
         that the next such message, closing the connection, cannot take them along. The
-        broker routes them before it sees the consume that follows."""
+        broker routes them before it sees the consumes that follow."""
+        assert self._conn is not None
         deadline = time.monotonic() + SETTLE_WAIT
         while True:
             self._drain()
             if not self.sweeper.handed_out() or time.monotonic() > deadline:
                 return
-            assert self._conn is not None
             self._conn.process_data_events(time_limit=0.05)  # woken by each hand-off
+
+    def _open_channel(self) -> None:
+        """The channel publishes go out on."""
+        assert self._conn is not None
+        ch = self._conn.channel()
+        ch._impl.add_on_return_callback(self._on_return)
+        self._ch = ch
 
     def _confirm_channel(self) -> BlockingChannel:
         if self._cch is None or self._cch.is_closed:
@@ -354,46 +400,52 @@ class PikaTransport(Transport):
             self._cch = self._conn.channel()
             self._cch._impl.confirm_delivery(self._on_confirm)
             self._cch._impl.add_on_close_callback(self._on_confirm_channel_closed)
+            self._cch._impl.add_on_return_callback(self._on_return)
             self._next_tag = 1
         return self._cch
 
     def _on_confirm_channel_closed(self, _channel: Any, reason: Exception) -> None:
-        if isinstance(reason, pex.ChannelClosedByBroker):
-            self._channel_refused(None, reason)
-            # Unknown, not refused: the broker drops what followed the refused publish
-            # on this channel, and names none of them. The next publish opens a new one.
-            self._fail_unconfirmed()
+        if not isinstance(reason, pex.ChannelClosedByBroker):
+            return
+        words = self._channel_refused(None, reason)
+        # The publish refused is named by its routing key or exchange, at best: those
+        # are refused (False, not sent again); what else was in flight on the channel
+        # the broker dropped unread: unknown (None), sent again in order. The next
+        # publish opens a new channel.
+        pending, self._unconfirmed = self._unconfirmed, {}
+        refused = refused_publishes(words, [(ex, key) for ex, key, _ in pending.values()])
+        for (_, _, callback), was_refused in zip(pending.values(), refused, strict=True):
+            self._report(callback, False if was_refused else None)
+
+    def _on_return(self, _channel: Any, method: Any, props: pika.BasicProperties,
+                   _body: bytes) -> None:
+        """Basic.Return: a mandatory publish that no queue took."""
+        self._unroutable(method.exchange, method.routing_key, _from_pika(props))
 
     def _channel_refused(self, channel: BlockingChannel | None,
-                         reason: Exception | None = None) -> None:
-        """The broker closed a channel: log its words and tell on_refused callbacks."""
+                         reason: Exception | None = None) -> str:
+        """The broker closed a channel: log its words, tell on_refused callbacks, and
+        return the words."""
         if reason is None and channel is not None:
             reason = getattr(channel, "_closing_reason", None)
         if isinstance(reason, pex.ChannelClosedByBroker):
             words = f"{reason.reply_code} {reason.reply_text}"
         else:
             words = repr(reason) if reason is not None else "no reason given"
-        found = _NAMED_EXCHANGE.search(words)
-        exchange = found.group(1) if found else ""
+        exchange = named_exchange(words)
         log.error("the broker refused a publish%s: %s; carrying on with a new channel",
                   f" to {exchange}" if exchange else "", words)
         self._broker_refused(exchange, exchange or "?", words)
-
-    def _channel_closed(self, channel: BlockingChannel | None) -> None:
-        reason = getattr(channel, "_closing_reason", None)
-        if reason is not None and is_internal_error(reason):
-            self.sweeper.closed(reason)  # not a refusal: a message it could not deliver
-        else:
-            self._channel_refused(channel)
+        return words
 
     def _on_confirm(self, frame: Any) -> None:
         """Basic.Ack or Basic.Nack from the broker: one tag, or every tag up to it."""
         method = frame.method
         ok = isinstance(method, pika.spec.Basic.Ack)
         if not method.multiple:
-            callback = self._unconfirmed.pop(method.delivery_tag, None)
-            if callback is not None:
-                self._report(callback, ok)
+            sent = self._unconfirmed.pop(method.delivery_tag, None)
+            if sent is not None:
+                self._report(sent[2], ok)
             return
         # Tags were added in increasing order: settle from the oldest up to this one
         # without scanning the rest (thousands may be in flight).
@@ -402,11 +454,11 @@ class PikaTransport(Transport):
             tag = next(iter(pending))
             if tag > method.delivery_tag:
                 break
-            self._report(pending.pop(tag), ok)
+            self._report(pending.pop(tag)[2], ok)
 
     def _fail_unconfirmed(self) -> None:
         pending, self._unconfirmed = self._unconfirmed, {}
-        for callback in pending.values():
+        for _, _, callback in pending.values():
             self._report(callback, None)
 
     @staticmethod
@@ -416,7 +468,38 @@ class PikaTransport(Transport):
         except Exception:  # the sender's bug must not take the I/O thread down
             log.exception("publish confirm callback failed")
 
-    def _apply(self, ch: BlockingChannel, item: _TopologyItem) -> None:
+    def _start(self, item: _TopologyItem, *, first: bool = False) -> None:
+        """Consume ``item`` on a channel of its own (declaring its queue first where
+        this transport declares it). A failure ``first`` time raises; later (after a
+        reconnect, or once the broker ended the consumer) it is logged and retried
+        with backoff: a missing host queue must not keep the connection down."""
+        assert self._conn is not None
+        if self.sweeper.needed:  # its channel alone was closed with 541
+            self.sweeper.sweep(self._conn, self._swept_queues([item]))
+        try:
+            ch = item.channel
+            if ch is None or not ch.is_open:
+                ch = self._conn.channel()
+                ch.basic_qos(prefetch_count=self._prefetch)
+                ch.add_on_cancel_callback(
+                    lambda frame: self._on_cancelled(item, frame.method.consumer_tag))
+                ch._impl.add_on_close_callback(
+                    lambda _ch, reason: self._on_consumer_channel_closed(item, ch, reason))
+                item.channel = ch
+            item.consumer_tag = self._consume(ch, item)
+        except (pex.ChannelClosed, pex.ChannelWrongStateError) as exc:
+            item.channel = item.consumer_tag = None
+            if first:
+                raise
+            self._retry_later(item, exc)
+            return
+        item.attempt = 0
+        if item.lost:
+            item.lost = False
+            log.warning("consuming %s again", item.queue)
+            self._consumer_restored(item.queue)
+
+    def _consume(self, ch: BlockingChannel, item: _TopologyItem) -> str:
         queue = item.queue
         if item.declare:
             # A connection's private (exclusive) queue is named by the broker, anew on
@@ -460,43 +543,89 @@ class PikaTransport(Transport):
                 self._frames_pending = True
             self._drain()
 
-        ch.basic_consume(queue, on_message, auto_ack=item.ack == "broker",
-                         exclusive=item.exclusive)
+        return str(ch.basic_consume(queue, on_message, auto_ack=item.ack == "broker",
+                                    exclusive=item.exclusive))
 
-    def _deliver_swept(self, item: _TopologyItem, method: Any, props: pika.BasicProperties,
-                       body: bytes) -> None:
-        """A message the sweep took (settled at the broker already: its ack only says
-        that the handler is done with it)."""
-        delivery = Delivery(body, _from_pika(props), method.exchange, method.routing_key,
-                            method.redelivered)
-        done = self.sweeper.hand_out()
-        delivery.ack, delivery.nack = done, (lambda requeue=False: done())
-        self._in_handler = True
-        try:
-            item.handler(delivery)
-        except Exception:  # a handler bug must not take the I/O thread down
-            log.exception("message handler for queue %s failed", item.queue)
-        finally:
-            self._in_handler = False
+    # A consumer the broker ended: Basic.Cancel (its queue deleted) or its channel
+    # closed (a consume refused). Both arrive inside pika's dispatch, where channel
+    # operations must not nest: the work is queued for the loop (see _serve).
+    def _on_cancelled(self, item: _TopologyItem, consumer_tag: str) -> None:
+        if item.consumer_tag != consumer_tag or item not in self._topology:
+            return
+        item.consumer_tag, item.lost = None, True
+        log.warning("the broker cancelled the consumer of %s (was the queue deleted?); "
+                    "%s", item.queue, "declaring it again" if item.declare
+                    else "consuming it again as soon as it exists")
+        self._consumer_lost(item.queue, "the broker cancelled the consumer (queue deleted?)")
+        self._queue_task(self._restart(item))
+
+    def _on_consumer_channel_closed(self, item: _TopologyItem, ch: BlockingChannel,
+                                    reason: Exception) -> None:
+        if (item.channel is not ch or item.consumer_tag is None
+                or not isinstance(reason, pex.ChannelClosedByBroker)):
+            return  # ours, the connection's, or a consume that failed (retried already)
+        item.channel = item.consumer_tag = None
+        item.lost = True
+        self.sweeper.closed(reason)  # a 541 asks for a sweep before consuming again
+        log.warning("the broker closed the consumer of %s: %s %s", item.queue,
+                    reason.reply_code, reason.reply_text)
+        self._consumer_lost(item.queue, f"{reason.reply_code} {reason.reply_text}")
+        self._queue_task(self._restart(item))
+
+    def _retry_later(self, item: _TopologyItem, exc: Exception) -> None:
+        assert self._conn is not None
+        delay = reconnect_delay(item.attempt, self._max_backoff)
+        item.attempt += 1
+        words = (f"{exc.reply_code} {exc.reply_text}"
+                 if isinstance(exc, pex.ChannelClosedByBroker) else repr(exc))
+        hint = ""
+        if item.queue.startswith(names.HOST_QUEUE_PREFIX):
+            host = item.queue[len(names.HOST_QUEUE_PREFIX):]
+            hint = f" (`hostbus broker enroll {host}` makes it again)"
+        (log.warning if item.attempt == 1 else log.debug)(
+            "cannot consume %s: %s%s; trying again with backoff, next in %.1fs",
+            item.queue, words, hint, delay)
+        item.lost = True
+        again = self._restart(item)
+        self._conn.call_later(delay, lambda: self._queue_task(again))
+
+    def _restart(self, item: _TopologyItem) -> Callable[[], None]:
+        """``_start(item)`` for later, unless a reconnect (which starts every item) or
+        another attempt has come first."""
+        generation = self._generation
+
+        def again() -> None:
+            if generation == self._generation and item in self._topology \
+                    and item.consumer_tag is None:
+                self._start(item)
+
+        return again
+
+    def _queue_task(self, work: Callable[[], None]) -> None:
+        """On the I/O thread, from inside pika's loop: run ``work`` once the loop has
+        returned to ``_serve``."""
+        self._tasks.append((lambda _ch: work(), None))
+        if self._conn is not None:
+            self._conn._request_channel_dispatch(-1)  # pika's "return from the loop"
 
     def _settlers(
         self, channel: BlockingChannel, tag: int
     ) -> tuple[Callable[[], None], Callable[[bool], None]]:
         """ack/nack for one delivery, safe to call from any thread. A delivery tag only
-        means something on its own channel: after a reconnect the broker redelivers the
-        message anyway, so settling it on a newer channel is skipped."""
+        means something on its own channel: once that channel is closed (a reconnect)
+        the broker redelivers the message anyway, so settling it is skipped."""
 
         def settle(ack: bool, requeue: bool) -> None:
-            def task(ch: BlockingChannel) -> None:
+            def task(_ch: BlockingChannel) -> None:
                 self.sweeper.settled(channel, tag)
-                if ch is not channel or channel.is_closed:
+                if not channel.is_open:
                     log.info("delivery %d belonged to a closed channel; the broker "
                              "redelivers it", tag)
                     return
                 if ack:  # the frame only: the drain flushes once for the batch
-                    ch._impl.basic_ack(tag)
+                    channel._impl.basic_ack(tag)
                 else:
-                    ch._impl.basic_nack(tag, requeue=requeue)
+                    channel._impl.basic_nack(tag, requeue=requeue)
                 self._frames_pending = True
 
             self._submit(task, wait=False)
@@ -528,7 +657,9 @@ class PikaTransport(Transport):
                 self._stopping.wait(delay)
                 continue
             if not first:
-                log.info("reconnected to %s; %d consumers restored", where, len(self._topology))
+                log.info("reconnected to %s; %d of %d consumers restored", where,
+                         sum(item.consumer_tag is not None for item in self._topology),
+                         len(self._topology))
                 self._connection_restored()
             first, attempt = False, 0
             self._ready.set()
@@ -561,7 +692,7 @@ class PikaTransport(Transport):
             if self._ch is None or self._ch.is_closed:
                 # The broker closed the channel (a publish to a missing exchange, a
                 # forbidden routing key): say so and carry on with a fresh channel.
-                self._channel_closed(self._ch)
+                self._channel_refused(self._ch)
                 self._open_channel()
         self._drain()
 
@@ -652,7 +783,7 @@ class PikaTransport(Transport):
             if self._ch.is_closed:
                 # Closed by the broker since the last pass (a refused publish): report
                 # it, and reopen before running more work on it.
-                self._channel_closed(self._ch)
+                self._channel_refused(self._ch)
                 self._open_channel()
             task, fut = self._tasks.popleft()
             if isinstance(task, _Publish):
@@ -661,7 +792,7 @@ class PikaTransport(Transport):
                     continue
                 try:
                     self._ch._impl.basic_publish(task.exchange, task.routing_key, task.body,
-                                                 task.properties)
+                                                 task.properties, task.mandatory)
                     queued = True
                 except Exception as exc:  # a closed channel: reopened on the next pass
                     log.error("publish to %s failed: %r", task.exchange, exc)
@@ -674,7 +805,8 @@ class PikaTransport(Transport):
                     fut.set_exception(err)
                 else:
                     log.error("%s", err)
-                self._open_channel()
+                if self._ch.is_closed:  # else it was another channel's (a consumer's)
+                    self._open_channel()
                 continue
             except Exception as exc:
                 if fut is not None:
@@ -693,12 +825,12 @@ class PikaTransport(Transport):
         try:
             ch = self._confirm_channel()
             ch._impl.basic_publish(task.exchange, task.routing_key, task.body,
-                                   task.properties)
+                                   task.properties, task.mandatory)
         except Exception as exc:
             log.error("publish to %s failed: %r", task.exchange, exc)
             self._report(task.confirm, None)
             return False
-        self._unconfirmed[self._next_tag] = task.confirm
+        self._unconfirmed[self._next_tag] = (task.exchange, task.routing_key, task.confirm)
         self._next_tag += 1
         return True
 
@@ -706,11 +838,12 @@ class PikaTransport(Transport):
     def publish(
         self, exchange: str, routing_key: str, body: bytes, properties: Properties,
         *, persistent: bool = False, confirm: Confirm | None = None,
+        mandatory: bool = False,
     ) -> None:
         if properties.user_id is None:
             properties.user_id = self.user  # fresh per message; a copy cost 5 us
         task = _Publish(exchange, routing_key, body, _to_pika(properties, persistent),
-                        confirm, self._generation)
+                        confirm, self._generation, mandatory)
         try:
             self._submit(task, wait=False)
         except TransportClosed:
@@ -719,14 +852,14 @@ class PikaTransport(Transport):
             self._report(confirm, None)
 
     def _add(self, item: _TopologyItem) -> None:
-        def task(ch: BlockingChannel) -> None:
+        def task(_ch: BlockingChannel) -> None:
             try:
-                self._apply(ch, item)
-            except (pex.ConnectionClosedByBroker, pex.ChannelClosedByBroker) as exc:
+                self._start(item, first=True)
+            except pex.ConnectionClosedByBroker as exc:
                 if not is_internal_error(exc):
                     raise
                 # The queue holds a message the broker cannot deliver over AMQP 0-9-1:
-                # consumed again once the sweep after the reconnect has removed it.
+                # consumed once the sweep after the reconnect has removed it.
                 self.sweeper.closed(exc)
             self._topology.append(item)
 
@@ -757,18 +890,23 @@ class PikaTransport(Transport):
         return qname
 
     def queue_exists(self, queue: str) -> bool:
-        """Passive declare: needs no configure permission."""
+        """Passive declare: needs no configure permission. On a channel of its own: the
+        broker closes the channel it answers "no" on, and publishes still unflushed on
+        the publishing channel would go with it."""
 
-        def task(ch: BlockingChannel) -> bool:
-            ch.queue_declare(queue, passive=True)
+        def task(_ch: BlockingChannel) -> bool:
+            assert self._conn is not None
+            probe = self._conn.channel()
+            try:
+                probe.queue_declare(queue, passive=True)
+            except pex.ChannelClosedByBroker as exc:
+                if exc.reply_code == 404:
+                    return False
+                raise
+            probe.close()
             return True
 
-        try:
-            return bool(self._submit(task, wait=True))
-        except BrokerRefused as exc:
-            if "NOT_FOUND" in str(exc):
-                return False
-            raise
+        return bool(self._submit(task, wait=True))
 
     def flush(self, timeout: float = 5.0) -> None:
         if self._thread is None or threading.current_thread() is self._thread:

@@ -1,7 +1,9 @@
 """An in-process broker and transport for unit tests: no network, same semantics.
 
 ``MemoryBroker`` routes like RabbitMQ (topic, direct and fanout exchanges; unroutable
-messages are dropped; a publish to a missing exchange is refused). Each
+messages are dropped, or returned when published mandatory; a publish to a missing
+exchange is refused; deleting a queue cancels its consumers, which their transports
+restore as the real ones do). Each
 ``MemoryTransport`` has its own I/O thread, so handler threading matches the real
 transports and tests exercise the same hand-offs.
 """
@@ -46,6 +48,8 @@ class MemoryBroker:
         self.queues: dict[str, _Queue] = {}
         self.bindings: list[tuple[str, str, str]] = []  # (exchange, key, queue)
         self.published: list[tuple[str, str, Delivery]] = []  # every accepted publish
+        # Consumers of deleted queues, restored when the queue is made again.
+        self._waiting: dict[str, list[tuple[MemoryTransport, Handler]]] = {}
         if load_topology:
             defs = topology.definitions()
             for ex in defs["exchanges"]:
@@ -64,12 +68,23 @@ class MemoryBroker:
 
     def declare_queue(self, name: str, owner: MemoryTransport | None = None) -> None:
         with self._lock:
+            made = name not in self.queues
             self.queues.setdefault(name, _Queue(name, owner))
+            waiting = self._waiting.pop(name, []) if made else []
+        for transport, handler in waiting:  # consumers that lost it come back
+            transport._restore(name, handler)
 
     def delete_queue(self, name: str) -> None:
+        """As an administrator would: its consumers are cancelled."""
         with self._lock:
-            self.queues.pop(name, None)
+            q = self.queues.pop(name, None)
             self.bindings = [b for b in self.bindings if b[2] != name]
+            cancelled = q.consumers if q is not None else []
+            if q is not None and q.exclusive_owner is None:
+                self._waiting.setdefault(name, []).extend(cancelled)
+        for transport, handler in cancelled:
+            transport._cancelled(name, handler, exclusive=q is not None
+                                 and q.exclusive_owner is not None)
 
     def bind(self, exchange: str, key: str, queue_name: str) -> None:
         with self._lock:
@@ -84,7 +99,8 @@ class MemoryBroker:
             self.bind(exchange, key, q)
 
     # -- routing --
-    def route(self, exchange: str, delivery: Delivery) -> None:
+    def route(self, exchange: str, delivery: Delivery) -> int:
+        """Route a message; returns how many queues took it."""
         with self._lock:
             kind = self.exchanges.get(exchange)
             if kind is None:
@@ -109,6 +125,7 @@ class MemoryBroker:
                     transport._deliver(handler, replace(delivery))
                 else:
                     q.messages.append(replace(delivery))
+            return sum(1 for qname in targets if qname in self.queues)
 
     def dead_letter(self, queue_name: str, delivery: Delivery) -> None:
         """What RabbitMQ does with a message rejected without requeue."""
@@ -158,6 +175,8 @@ class MemoryTransport(Transport):
         self._thread: threading.Thread | None = None
         self._closed = False
         self.offline = False  # see lose_connection()
+        # What this transport declared: queue -> its bindings (exchange, key).
+        self._declared: dict[str, list[tuple[str, str]]] = {}
 
     def lose_connection(self) -> None:
         """Act as if the broker went away: publishes are lost (confirmed ones report
@@ -170,6 +189,38 @@ class MemoryTransport(Transport):
     def restore_connection(self) -> None:
         self.offline = False
         self._work.put(self._connection_restored)
+
+    def block(self, reason: str = "low on memory") -> None:
+        """Act as if a resource alarm blocked this connection (see unblock())."""
+        self._work.put(lambda: self._set_blocked(reason))
+
+    def unblock(self) -> None:
+        self._work.put(lambda: self._set_blocked(None))
+
+    def _cancelled(self, queue: str, handler: Handler, *, exclusive: bool) -> None:
+        """The broker deleted a queue this transport consumed: say so, and declare
+        again what this transport declared (the memory broker restores the rest when
+        the queue is made again)."""
+        def run() -> None:
+            self._consumer_lost(queue, f"queue '{queue}' deleted")
+            bindings = self._declared.get(queue)
+            if bindings is not None:
+                self.broker.declare_queue(queue, owner=self if exclusive else None)
+                for exchange, key in bindings:
+                    self.broker.bind(exchange, key, queue)
+                self._restore(queue, handler)
+
+        self._work.put(run)
+
+    def _restore(self, queue: str, handler: Handler) -> None:
+        if self._closed:
+            return
+        with self.broker._lock:
+            q = self.broker.queues.get(queue)
+            if q is None or any(c == (self, handler) for c in q.consumers):
+                return
+            q.consumers.append((self, handler))
+        self._work.put(lambda: self._consumer_restored(queue))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="hostbus-memory-io", daemon=True)
@@ -208,6 +259,7 @@ class MemoryTransport(Transport):
     def publish(
         self, exchange: str, routing_key: str, body: bytes, properties: Properties,
         *, persistent: bool = False, confirm: Confirm | None = None,
+        mandatory: bool = False,
     ) -> None:
         self._check_open()
         if self.offline:
@@ -221,7 +273,10 @@ class MemoryTransport(Transport):
                 f"PRECONDITION_FAILED - user_id property set to '{properties.user_id}' "
                 f"but authenticated user was '{self.user}'"
             )
-        self.broker.route(exchange, Delivery(bytes(body), properties, exchange, routing_key))
+        taken = self.broker.route(exchange, Delivery(bytes(body), properties, exchange,
+                                                     routing_key))
+        if mandatory and not taken:
+            self._work.put(lambda: self._unroutable(exchange, routing_key, properties))
         if confirm is not None:
             self._work.put(lambda: confirm(True))
 
@@ -248,6 +303,7 @@ class MemoryTransport(Transport):
         name = names.new_reply_queue(self.user)
         self.broker.declare_queue(name, owner=self)
         self.broker.bind(names.REPLY_EXCHANGE, name, name)
+        self._declared[name] = [(names.REPLY_EXCHANGE, name)]
         self.broker.add_consumer(name, self, handler)
         return name
 
@@ -260,6 +316,7 @@ class MemoryTransport(Transport):
         self.broker.declare_queue(qname, owner=None if durable else self)
         for pattern in patterns:
             self.broker.bind(names.EVENT_EXCHANGE, pattern, qname)
+        self._declared[qname] = [(names.EVENT_EXCHANGE, p) for p in patterns]
         self.broker.add_consumer(qname, self, handler)
         return qname
 

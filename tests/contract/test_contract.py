@@ -50,9 +50,20 @@ def test_envelope_examples_are_valid(kind):
 def test_error_codes_agree_in_code_schema_and_docs():
     in_code = {c.value for c in ErrorCode}
     in_schema = set(envelope_schema("reply")["properties"]["error"]["properties"]["code"]["enum"])
-    docs = (ROOT / "docs" / "errors.md").read_text()
+    docs = (ROOT / "docs" / "errors.md").read_text().split("\n## ")[0]  # the codes' table
     in_docs = set(re.findall(r"^\| `([a-z_]+)` \|", docs, re.M))
     assert in_code == in_schema == in_docs
+
+
+def test_migration_failure_reasons_agree_in_code_schema_and_docs():
+    from agents.virt.migration import REASONS
+
+    event = load_agent_schema("virt").events["domain.migration"].data
+    in_schema = event["properties"]["error"]["properties"]["reason"]["enum"]
+    docs = (ROOT / "docs" / "errors.md").read_text().split("## Why a migration failed")[1]
+    in_docs = re.findall(r"^\| `([a-z_]+)` \| `([a-z_]+)` \|", docs, re.M)
+    assert list(REASONS) == in_schema == [reason for reason, _ in in_docs]
+    assert {code for _, code in in_docs} <= {c.value for c in ErrorCode}
 
 
 def test_every_agent_module_is_packaged_has_a_schema_and_defaults():

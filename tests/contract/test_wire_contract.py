@@ -70,6 +70,40 @@ def test_the_provisioners_completed_record_is_a_provision_result(tmp_path):
     status.result_validator.validate(record)
 
 
+def test_the_provisioners_finished_release_is_a_release_result(tmp_path):
+    store = RequestStore(tmp_path / "provisioner.db")
+    rid = "4c1d8e2f-7a6b-4f3e-9d2c-1b0a9f8e7d6c"
+    store.accept_release(rid, "alice", "9b2f6a4e-1c3d-4e5f-8a7b-6c5d4e3f2a1b", [
+        {"name": "web-9b2f6a4e-1", "host": "kvm01", "uuid": "u1", "owner": "alice",
+         "request_id": "9b2f6a4e-1c3d-4e5f-8a7b-6c5d4e3f2a1b", "outcome": "released",
+         "removed_volumes": ["default/web-9b2f6a4e-1.qcow2"]},
+        {"name": "web-9b2f6a4e-2", "host": "kvm02", "uuid": None, "owner": "alice",
+         "request_id": "9b2f6a4e-1c3d-4e5f-8a7b-6c5d4e3f2a1b", "outcome": "already_gone"}])
+    store.complete_release(rid)
+    record = store.get_release(rid).to_dict()
+    store.close()
+    jsonschema.validate(record, envelope_schema("provision-release-result"),
+                        format_checker=jsonschema.FormatChecker())
+
+
+@pytest.mark.parametrize(("body", "valid"), [
+    ({"v": 1, "template": "web", "owner": "alice"}, True),
+    ({"v": 1, "action": "submit", "template": "web", "owner": "alice"}, True),
+    ({"v": 1, "action": "release", "request_id": "9b2f6a4e"}, True),
+    ({"v": 1, "action": "release", "vms": ["web-9b2f6a4e-1"]}, True),
+    ({"v": 1, "action": "release"}, False),
+    ({"v": 1, "action": "release", "request_id": "9b2f6a4e", "vms": ["a"]}, False),
+    ({"v": 1, "action": "release", "request_id": "9b2f6a4e", "owner": "alice"}, False),
+    ({"v": 1, "template": "web", "owner": "alice", "request_id": "9b2f6a4e"}, False),
+    ({"v": 1, "action": "destroy", "request_id": "9b2f6a4e"}, False),
+])
+def test_one_schema_tells_a_submit_from_a_release_strictly(body, valid):
+    """The kind is in the body (the AMQP type property is the same for both and may not
+    cross protocols); neither kind accepts the other's fields."""
+    errors = list(jsonschema.Draft7Validator(envelope_schema("provision")).iter_errors(body))
+    assert (errors == []) is valid, errors
+
+
 def test_the_provision_result_examples_are_valid():
     schema = envelope_schema("provision-result")
     jsonschema.Draft7Validator.check_schema(schema)

@@ -82,8 +82,9 @@ def test_metrics_and_alert_events_reach_a_subscriber(console, start_agent):
     assert len(ours) == 1  # hysteresis: no second raise while it stays high
 
 
-def test_a_host_that_does_not_answer_is_reported_as_no_reply(console, start_agent):
+def test_a_host_that_does_not_answer_is_reported_as_no_reply(rabbitmq, console, start_agent):
     runtime, _ = start_agent()
+    rabbitmq.enroll("it-ghost", ["host"])  # enrolled, but no agent runs there
     result = console.fanout("host", "identify", {}, [runtime.host_id, "it-ghost"], timeout=1.0)
     assert {r.host: r.status for r in result.results} == {runtime.host_id: "ok",
                                                           "it-ghost": "no_reply"}

@@ -108,6 +108,7 @@ def test_exit_codes_say_what_happened(rabbitmq, daemon, console):
     host, _ = daemon()
     waiter.wait_for(lambda e: e.host == host and e.event == "online")
 
+    rabbitmq.enroll("it-ghost", ["host"])  # enrolled, but no agent runs there
     missing = run_cli(rabbitmq, "call", "host.identify", "-H", host, "-H", "it-ghost",
                       "--timeout", "1", "--json")
     assert missing.returncode == 4
@@ -312,6 +313,7 @@ def test_ctrl_c_during_a_call_prints_what_arrived_and_exits_130(rabbitmq, daemon
     host, _ = daemon()
     waiter.wait_for(lambda e: e.host == host and e.event == "online")
     env = {**os.environ, "HOSTBUS_BROKER_URL": rabbitmq.url}
+    rabbitmq.enroll("it-ghost", ["host"])  # enrolled, but no agent runs there
     call = subprocess.Popen([str(BIN / "hostbus"), "call", "host.identify", "-H", host,
                              "-H", "it-ghost", "-t", "60"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)

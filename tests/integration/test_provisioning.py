@@ -3,6 +3,7 @@ real process, and a virt agent on libvirt's test driver."""
 
 import copy
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -37,11 +38,23 @@ class GatedVirtAgent(VirtAgent):
         return result
 
 
+class GatedUndefineVirtAgent(VirtAgent):
+    """Undefines the VM, then holds the reply until the test opens the gate: the window
+    in which a provisioner crash leaves a release half done."""
+
+    gate: threading.Event
+
+    def domain_undefine(self, name, remove_storage):
+        result = super().domain_undefine(name, remove_storage)
+        self.gate.wait(60)
+        return result
+
+
 @pytest.fixture
 def virt_host(rabbitmq):
     started = []
 
-    def start(gated=False):
+    def start(gated=False, gated_class=GatedVirtAgent):
         host_id = f"kvm-{uuid.uuid4().hex[:8]}"
         rabbitmq.enroll(host_id, ["virt"])
         cfg = copy.deepcopy(virt.CONFIG_DEFAULTS)
@@ -49,8 +62,8 @@ def virt_host(rabbitmq):
         plain = virt.create(cfg, host_id=host_id)
         agent = plain
         if gated:
-            agent = GatedVirtAgent(cfg, host_id=host_id, conn=plain.conn,
-                                   templates=plain.templates)
+            agent = gated_class(cfg, host_id=host_id, conn=plain.conn,
+                                templates=plain.templates)
             agent.gate = threading.Event()
         runtime = AgentRuntime.serve(rabbitmq.url, host_id, [agent], heartbeat_interval=3600)
         started.append((runtime, agent))
@@ -58,7 +71,7 @@ def virt_host(rabbitmq):
 
     yield start
     for runtime, agent in started:
-        if isinstance(agent, GatedVirtAgent):
+        if hasattr(agent, "gate"):
             agent.gate.set()
         runtime.stop("test over")
         agent.conn.close()
@@ -71,11 +84,14 @@ def provisioner(rabbitmq, tmp_path):
     rabbitmq.enroll(host_id, ["provision"])
     cfg = tmp_path / "provisioner.toml"
 
-    def start(policy=DEMO_POLICY):
+    def start(policy=DEMO_POLICY, max_vms=20):
+        # Listings of the virt hosts an hour apart: within a test, only lifecycle events
+        # (and the listing at start) keep the count of VMs current.
         cfg.write_text(f'[broker]\nurl = "{rabbitmq.url}"\n[provisioner]\n'
                        f'host_id = "{host_id}"\nstate_dir = "{tmp_path / "state"}"\n'
                        f'call_timeout = 30.0\nheartbeat_interval = 3600.0\n'
-                       f'policy = "{policy or ""}"\n')
+                       f'reconcile_interval = 3600.0\npolicy = "{policy or ""}"\n'
+                       f'[quotas]\ndefault_max_vms = {max_vms}\n')
         proc = subprocess.Popen([str(BIN / "hostbus"), "provisioner", "--config", str(cfg)],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         procs.append(proc)
@@ -266,3 +282,189 @@ def next_reply(ch, queue, timeout=30):
         assert payload is not None, f"no reply within {timeout} s"
         return json.loads(payload)
     return None
+
+
+# ------------------------------------------------------------------ giving VMs back
+def running_provisioner(console, provisioner, **options):
+    online = wait_online(console, provisioner.host_id)
+    proc = provisioner(**options)
+    online.wait_for(lambda e: True, timeout=30)
+    return proc
+
+
+def quota_said(console, provisioner):
+    """Collects the provisioner's quota events; ``.last(owner)`` is its latest count."""
+    said = EventCollector()
+    console.subscribe([f"provision.{provisioner.host_id}.quota"], said)
+
+    def wait_count(owner, count):
+        said.wait_until(lambda evs: [e.data["count"] for e, _ in evs
+                                     if e.data["owner"] == owner][-1:] == [count], timeout=30)
+
+    said.wait_count = wait_count
+    return said
+
+
+def test_destroying_every_vm_of_an_owner_frees_the_quota(rabbitmq, console, virt_host,
+                                                         provisioner):
+    """Bug: the quota counted completed requests, so an owner who destroyed every VM
+    still "had" them, forever. Now it counts the VMs that exist, from the virt agents'
+    lifecycle events."""
+    host_id, agent = virt_host()
+    running_provisioner(console, provisioner, max_vms=2)
+    quota = quota_said(console, provisioner)
+    body = {"v": 1, "template": "web", "count": 2, "owner": "erin"}
+    _, reply = console.provision(body, timeout=120)
+    assert reply.ok, reply.error
+    _, refused = console.provision({**body, "count": 1}, timeout=120)
+    assert refused.error["code"] == "unauthorized"
+    assert "owner erin has 2 VMs of a quota of 2" in refused.error["message"]
+    for vm in reply.result["vms"]:  # as another program, or `hostbus call`, would
+        for method, args in (("domain.destroy", {"name": vm["name"]}),
+                             ("domain.undefine", {"name": vm["name"], "remove_storage": True})):
+            assert console.call("virt", method, args, host=host_id, timeout=30).reply.ok
+    quota.wait_count("erin", 0)
+    _, again = console.provision(body, timeout=120)
+    assert again.ok, again.error
+    assert len(agent.domain_objects()) == 2
+
+
+def test_vms_removed_while_the_provisioner_was_down_stop_counting(rabbitmq, console,
+                                                                  virt_host, provisioner):
+    host_id, _agent = virt_host()
+    first = running_provisioner(console, provisioner, max_vms=1)
+    body = {"v": 1, "template": "web", "owner": "gina"}
+    _, reply = console.provision(body, timeout=120)
+    assert reply.ok, reply.error
+    first.terminate()
+    assert first.wait(timeout=30) == 0
+    [vm] = reply.result["vms"]
+    assert console.call("virt", "domain.destroy", {"name": vm["name"]}, host=host_id,
+                        timeout=30).reply.ok
+    assert console.call("virt", "domain.undefine", {"name": vm["name"]}, host=host_id,
+                        timeout=30).reply.ok
+    quota = quota_said(console, provisioner)
+    running_provisioner(console, provisioner, max_vms=1)
+    quota.wait_count("gina", 0)  # the listing at start found it gone
+    _, again = console.provision(body, timeout=120)
+    assert again.ok, again.error
+
+
+def release_raw(url, request_id, *, release_id=None):
+    """examples/raw_provision.py --release: plain pika, no hostbus code."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "raw_provision.py"), "--url", url,
+         "--release", request_id, "--request-id", release_id or str(uuid.uuid4())],
+        capture_output=True, text=True, timeout=120, check=False)
+    return done.returncode, (json.loads(done.stdout) if done.stdout.strip() else None), \
+        done.stderr
+
+
+def test_vms_are_released_by_a_plain_amqp_client_and_by_the_cli(rabbitmq, console,
+                                                                virt_host, provisioner):
+    _host_id, agent = virt_host()
+    running_provisioner(console, provisioner)
+    progress = EventCollector()
+    console.subscribe([f"provision.{provisioner.host_id}.release.#"], progress)
+    made = {}
+    for owner in ("hana", "ivan"):
+        rid, reply = console.provision({"v": 1, "template": "web", "count": 2,
+                                        "owner": owner}, timeout=120)
+        assert reply.ok, reply.error
+        made[owner] = (rid, sorted(v["name"] for v in reply.result["vms"]))
+    volumes_before = {v["name"] for v in agent.volume_objects()}
+
+    code, reply, err = release_raw(rabbitmq.raw_url, made["hana"][0])
+    assert code == 0, err
+    assert (reply["status"], reply["agent"], reply["method"]) == ("ok", "provision", "release")
+    assert sorted(v["name"] for v in reply["result"]["vms"]) == made["hana"][1]
+    assert {v["outcome"] for v in reply["result"]["vms"]} == {"released"}
+    assert sorted(d["name"] for d in agent.domain_objects()) == made["ivan"][1]
+    removed = {vol.split("/", 1)[1] for v in reply["result"]["vms"]
+               for vol in v["removed_volumes"]}
+    assert removed and removed <= volumes_before
+    assert not removed & {v["name"] for v in agent.volume_objects()}
+    progress.wait_for(lambda e: e.event == "release.completed"
+                      and e.data["request_id"] == reply["result"]["request_id"])
+
+    env = {**os.environ, "HOSTBUS_BROKER_URL": rabbitmq.url}
+    cli = subprocess.run([str(BIN / "hostbus"), "provision", "release", made["ivan"][0],
+                          "--yes", "--json"], capture_output=True, text=True, env=env,
+                         timeout=120, check=False)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    out = json.loads(cli.stdout)
+    assert out["status"] == "ok" and out["result"]["release_of"] == made["ivan"][0]
+    assert agent.domain_objects() == []
+    status = console.call("provision", "status", {"request_id": made["ivan"][0]},
+                          host=provisioner.host_id)
+    assert status.reply.result["status"] == "released"
+    shown = subprocess.run([str(BIN / "hostbus"), "provision", "quota", "ivan",
+                            "--provisioner", provisioner.host_id], capture_output=True,
+                           text=True, env=env, timeout=60, check=False)
+    assert shown.returncode == 0 and "ivan: 0 of 20 VMs" in shown.stdout, shown.stderr
+
+
+def test_a_release_by_someone_the_policy_does_not_allow_is_refused_and_audited(
+        rabbitmq, console, virt_host, provisioner, enroll, tmp_path):
+    _host_id, agent = virt_host()
+    policy = tmp_path / "provisioning-policy.toml"
+    policy.write_text('[[rule]]\nname = "guest provisions and releases"\ncallers = ["guest"]\n'
+                      'agents = ["provision", "agent"]\nallow = true\n')
+    running_provisioner(console, provisioner, policy=policy)
+    rid, reply = console.provision({"v": 1, "template": "web", "owner": "judy"}, timeout=120)
+    assert reply.ok, reply.error
+    app = f"mallory{uuid.uuid4().hex[:6]}"
+    _, app_url = enroll("app", app)
+    scheme, _, rest = app_url.partition("://")
+    code, refused, err = release_raw(f"{scheme.replace('10', '')}://{rest}", rid)
+    assert code == 1 and refused is not None, (app_url, err)
+    assert (refused["method"], refused["error"]["code"]) == ("release", "unauthorized")
+    assert "no rule allows" in refused["error"]["message"]
+    assert [d["name"] for d in agent.domain_objects()] == [reply.result["vms"][0]["name"]]
+    records = [json.loads(line) for line in provisioner.audit.read_text().splitlines()]
+    assert any(r["call"] == "provision.release" and r["caller"] == app
+               and r["owner"] == "judy" and r["event"] == "denied" for r in records)
+
+
+def test_a_release_redelivered_after_a_provisioner_crash_does_not_fail(rabbitmq, console,
+                                                                      virt_host, provisioner):
+    host_id, agent = virt_host(gated=True, gated_class=GatedUndefineVirtAgent)
+    first = running_provisioner(console, provisioner)
+    rid, made = console.provision({"v": 1, "template": "web", "owner": "kim"}, timeout=120)
+    assert made.ok, made.error
+    lifecycle = EventCollector()
+    console.subscribe([f"virt.{host_id}.domain.lifecycle"], lifecycle)
+
+    conn = raw_connection(rabbitmq.url)
+    ch = conn.channel()
+    reply_queue = f"hostbus.reply.guest.raw{uuid.uuid4().hex[:8]}"
+    ch.queue_declare(reply_queue, exclusive=True)
+    ch.queue_bind(reply_queue, "hostbus.reply", routing_key=reply_queue)
+    release_id = str(uuid.uuid4())
+    ch.basic_publish("hostbus.provision", "provision", json.dumps(
+        {"v": 1, "action": "release", "request_id": rid}).encode(), pika.BasicProperties(
+        message_id=release_id, reply_to=reply_queue, content_type="application/json",
+        type="hostbus.provision/1", delivery_mode=2, user_id="guest"))
+
+    # The VM is undefined and the provisioner waits for the agent's answer: kill it now.
+    lifecycle.wait_for(lambda e: e.data["event"] == "undefined", timeout=60)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    running_provisioner(console, provisioner)
+    agent.gate.set()
+
+    reply = next_reply(ch, reply_queue, timeout=90)
+    assert reply["status"] == "ok", reply
+    assert [v["outcome"] for v in reply["result"]["vms"]] == ["released"]
+    assert agent.domain_objects() == []
+    # One message at a time: once a later one is handled, any second reply is queued.
+    failures = EventCollector()
+    console.subscribe([f"provision.{provisioner.host_id}.failed"], failures)
+    barrier = f"barrier-{uuid.uuid4().hex[:6]}"
+    ch.basic_publish("hostbus.provision", "provision", b"{}", pika.BasicProperties(
+        message_id=barrier, content_type="application/json", type="hostbus.provision/1",
+        user_id="guest"))
+    failures.wait_for(lambda e: e.data["request_id"] == barrier, timeout=60)
+    method, _, _ = ch.basic_get(reply_queue, auto_ack=True)
+    assert method is None, "a second reply was sent"
+    conn.close()

@@ -61,6 +61,7 @@ def test_agents_and_consoles_reconnect_and_in_flight_calls_fail_fast(rabbitmq,
         console.transport.on_connection_lost(lambda exc: lost.set())
 
         # A call waiting on a host that will never answer, when the broker goes away.
+        rabbitmq.enroll("rc-ghost", [])  # enrolled, but no agent runs there
         outcome = {}
 
         def waiting_call():

@@ -9,7 +9,7 @@ from typing import Any
 from proton import Delivery as ProtonDelivery
 from proton import Endpoint, Message
 
-from hostbus.transport.amqp10 import ProtonTransport, _Deliveries, _Events
+from hostbus.transport.amqp10 import ProtonTransport, _Deliveries, _Events, _Sent
 from hostbus.transport.amqp10_messages import encode_message
 from hostbus.transport.base import Properties
 
@@ -69,18 +69,37 @@ def test_each_final_outcome_reaches_the_publishers_confirm() -> None:
     handler = _Deliveries(events)
     for tag, state in (("a", ProtonDelivery.ACCEPTED), ("r", ProtonDelivery.REJECTED),
                        ("l", ProtonDelivery.RELEASED), ("m", ProtonDelivery.MODIFIED)):
-        transport._unsettled[tag] = ("out", lambda ok, tag=tag: heard.__setitem__(tag, ok))
+        transport._unsettled[tag] = _Sent("out", "hostbus.event", "k", 0.0,
+                                          lambda ok, tag=tag: heard.__setitem__(tag, ok))
         dlv = FakeDelivery(FakeLink(sender=True), tag=tag, state=state)
         handler.on_delivery(Event(dlv))
         assert dlv.was_settled
-    assert heard == {"a": True, "r": False, "l": None, "m": None}
+    # released: RabbitMQ 4.x routed it nowhere, which a 0-9-1 broker confirms too
+    assert heard == {"a": True, "r": False, "l": True, "m": None}
     assert transport._unsettled == {}
+
+
+def test_a_mandatory_publish_released_by_the_broker_is_reported_unroutable() -> None:
+    events, transport = _events()
+    unroutable: list[tuple[str, str, str | None]] = []
+    transport.on_unroutable(lambda ex, key, props: unroutable.append((ex, key,
+                                                                      props.message_id)))
+    handler = _Deliveries(events)
+    for tag, state, mandatory in (("1", ProtonDelivery.RELEASED, True),
+                                  ("2", ProtonDelivery.ACCEPTED, True),
+                                  ("3", ProtonDelivery.RELEASED, False)):
+        transport._unsettled[tag] = _Sent(
+            "out", "hostbus.request", f"host.h{tag}", 0.0, None,
+            Properties(message_id=f"m{tag}") if mandatory else None)
+        handler.on_delivery(Event(FakeDelivery(FakeLink(sender=True), tag=tag,
+                                               state=state)))
+    assert unroutable == [("hostbus.request", "host.h1", "m1")]
 
 
 def test_a_state_that_is_not_final_keeps_the_publish_waiting() -> None:
     events, transport = _events()
     heard: list[bool | None] = []
-    transport._unsettled["1"] = ("out", heard.append)
+    transport._unsettled["1"] = _Sent("out", "hostbus.event", "k", 0.0, heard.append)
     _Deliveries(events).on_delivery(Event(FakeDelivery(
         FakeLink(sender=True), state=ProtonDelivery.RECEIVED)))
     assert heard == [] and "1" in transport._unsettled

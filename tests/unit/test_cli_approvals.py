@@ -18,6 +18,7 @@ def test_nothing_pending_exits_0_and_hosts_without_approvals_are_not_failures(fl
 
 def test_a_silent_host_still_counts(fleet):
     fleet.add("web01")
+    fleet.broker.enroll("ghost", ["host"])  # enrolled, but no agent runs there
     done = fleet.run("approvals", "list", "-H", "web01", "-H", "ghost", "-t", "0.3")
     assert done.exit_code == 4
     assert "ghost: no reply" in done.stderr

@@ -31,6 +31,7 @@ class BrokenServices:
 
 def test_a_silent_host_exits_4_and_a_failed_one_1(fleet):
     fleet.add("web01", agent_kw={"services": BrokenServices()})
+    fleet.broker.enroll("ghost", ["host"])  # enrolled, but no agent runs there
     silent = fleet.run("call", "host.identify", "-H", "web01", "-H", "ghost", "-t", "0.3",
                        "--json")
     assert silent.exit_code == 4
@@ -80,3 +81,11 @@ def test_no_validate_sends_what_the_local_schema_does_not_know(fleet):
     done = fleet.run("call", "host.nosuch", "--all", "--no-validate", "--json")
     assert done.exit_code == 1, done.stderr  # the agent answered: it has no such method
     assert json.loads(done.stdout)["results"][0]["error"]["code"] == "unknown_method"
+
+
+def test_a_host_nobody_enrolled_is_said_at_once_and_does_not_pass_for_ok(fleet):
+    fleet.add("web01")
+    done = fleet.run("call", "host.identify", "-H", "web01", "-H", "ghost", "-t", "30")
+    assert done.exit_code == 6, done.stdout  # not enrolled: its own code, at once
+    assert "no host 'ghost' has the agent 'host' enrolled" in done.stdout
+    assert "1 not enrolled" in done.stdout

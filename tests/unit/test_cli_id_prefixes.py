@@ -6,6 +6,8 @@ import pytest
 
 from console.commands.common import CliError, Exit, resolve_prefix
 from console.provisioner.agent import ProvisionAgent
+from console.provisioner.ledger import VmLedger
+from console.provisioner.quotas import Quotas
 from console.provisioner.store import RequestStore
 
 RIDS = ["6ba2c4e8-dd00-4d01-9f30-2f903cd8df11", "6ba2d000-0000-4000-8000-000000000000",
@@ -17,8 +19,10 @@ def provisioner(fleet, tmp_path):
     store = RequestStore(tmp_path / "requests.db")
     for rid in RIDS:
         store.accept(rid, "ops", "web", 1)
-    fleet.add("provisioner", agents=[ProvisionAgent(store)])
+    ledger = VmLedger(store.path)
+    fleet.add("provisioner", agents=[ProvisionAgent(store, ledger, Quotas(20, {}))])
     yield store
+    ledger.close()
     store.close()
 
 

@@ -1,6 +1,7 @@
 """`hostbus watch`: patterns are checked against the events the schemas declare."""
 
 import json
+import threading
 
 import pytest
 
@@ -35,3 +36,24 @@ def test_watch_prints_the_events_it_was_asked_for(fleet):
     done = fleet.run("watch", "agent.web01.heartbeat", "-n", "1", "--json")
     assert done.exit_code == 0, done.stderr
     assert json.loads(done.stdout)["event"] == "heartbeat"
+
+
+def test_watch_says_when_its_queue_is_deleted_and_restored_and_goes_on(fleet):
+    fleet.add("web01", heartbeat_interval=0.02)
+    pattern = "agent.web01.heartbeat"
+
+    def delete_the_watchers_queue() -> None:  # as an administrator would, mid-watch
+        pause = threading.Event()
+        while not (queue := next((q for ex, key, q in fleet.broker.bindings
+                                  if key == pattern), None)):
+            pause.wait(0.01)  # the watch has not subscribed yet
+        fleet.broker.delete_queue(queue)
+
+    deleter = threading.Thread(target=delete_the_watchers_queue)
+    deleter.start()
+    done = fleet.run("watch", pattern, "-n", "30")
+    deleter.join(10)
+    assert done.exit_code == 0, done.stderr
+    lost = done.stderr.index("! subscription hostbus.sub.console.")
+    assert "lost (queue" in done.stderr and "restored" in done.stderr[lost:]
+    assert done.stdout.count("heartbeat") == 30

@@ -9,8 +9,10 @@ import pytest
 from agents import virt
 from console.client import Console
 from console.provisioner.agent import ProvisionAgent
+from console.provisioner.ledger import VmLedger
 from console.provisioner.placement import Candidate, place
-from console.provisioner.service import Provisioner, Quotas
+from console.provisioner.quotas import Quotas
+from console.provisioner.service import Provisioner
 from console.provisioner.store import RequestStore
 from hostbus.envelope import PROVISION_TYPE
 from hostbus.errors import RemoteError
@@ -50,7 +52,7 @@ def test_the_store_survives_reopening(tmp_path):
     again = RequestStore(tmp_path / "p.db")
     record = again.get("r1")
     assert record.status == "completed" and record.plan == {"a": "h1", "b": "h2"}
-    assert not record.replied and again.vms_owned("alice") == 2
+    assert not record.replied
     assert [r.request_id for r in again.list(owner="alice")] == ["r1"]
 
 
@@ -88,7 +90,9 @@ def fleet(memory_broker, tmp_path):
     pt = MemoryTransport(memory_broker, user="provisioner")
     pt.start()
     store = RequestStore(tmp_path / "prov.db")
-    prov_agent = ProvisionAgent(store)
+    ledger = VmLedger(store.path)
+    quotas = Quotas(5, {"big": 100})
+    prov_agent = ProvisionAgent(store, ledger, quotas)
     prov_rt = AgentRuntime(pt, "provisioner", [prov_agent], heartbeat_interval=3600)
     prov_rt.start()
     ct = MemoryTransport(memory_broker, user="provisioner")
@@ -112,9 +116,12 @@ def fleet(memory_broker, tmp_path):
 
     received.deliveries = replies
 
-    prov = Provisioner(console=console, publisher=prov_rt.publisher, store=store,
-                       agent=prov_agent, host_id="provisioner", quotas=Quotas(5, {"big": 100}),
-                       policy=AllowAll(), audit=None, call_timeout=10, discovery_idle=0.1)
+    prov = Provisioner(console=console, publisher=prov_rt.publisher, store=store, ledger=ledger,
+                       agent=prov_agent, host_id="provisioner", quotas=quotas,
+                       policy=AllowAll(), audit=None, call_timeout=10, discovery_idle=0.1,
+                       reconcile_interval=3600)
+    prov.start()
+    assert prov.tracker.settled.wait(10), "the provisioner never listed the virt hosts"
     yield prov, agents, events, received, store
     prov.close()
     for rt in [*runtimes, prov_rt]:
@@ -143,7 +150,7 @@ def test_a_request_is_placed_spread_started_replied_and_acked(fleet):
     assert {h for _, h in names} == {"kvm01", "kvm02"}
     assert all(d["state"] == "running" for a in agents.values() for d in a.domain_objects())
     events.wait_until(lambda evs: any(e.event == "completed" for e, _ in evs))
-    kinds = [e.event for e, _ in events.events]
+    kinds = [e.event for e, _ in events.events if e.data.get("request_id") == "11111111-aaaa"]
     assert kinds == ["accepted", "progress", "progress", "progress", "completed"]
     [reply] = received()
     assert reply["status"] == "ok" and len(reply["result"]["vms"]) == 3
@@ -300,3 +307,442 @@ def test_a_domain_list_lost_on_the_way_is_asked_for_again(fleet):
     assert msg.outcome == "ack" and len(domains(agents)) == 2
     [reply] = received()
     assert reply["status"] == "ok"
+
+
+# ------------------------------------------------------------------ quotas that give back
+def quota_event(events, owner, count):
+    """The provisioner's latest announcement for ``owner`` says ``count`` VMs count."""
+    def latest(evs):
+        said = [e.data["count"] for e, _ in evs
+                if e.event == "quota" and e.data["owner"] == owner]
+        return bool(said) and said[-1] == count
+
+    return events.wait_until(latest)
+
+
+def remove_everything(agents, *, undefine=True):
+    """What an operator does with the CLI, behind the provisioner's back."""
+    for agent in agents.values():
+        for dom in agent.domain_objects():
+            agent.domain_destroy(dom["name"])
+            if undefine:
+                agent.domain_undefine(dom["name"], True)
+
+
+def test_destroying_every_vm_of_an_owner_frees_the_quota(fleet):
+    """The quota counts VMs that exist, kept current from the virt agents' lifecycle
+    events (periodic listings are an hour apart here): after destroying and undefining
+    every VM, the owner has 0, not 5 forever."""
+    prov, agents, events, received, _ = fleet
+    first = Settled(request(count=5), "q1")
+    prov.process(first.delivery)
+    assert first.outcome == "ack" and quota_event(events, "alice", 5)
+    over = Settled(request(count=1), "q2")
+    prov.process(over.delivery)
+    assert over.outcome == "dead"
+    assert received()[-1]["error"]["code"] == "unauthorized"
+    assert "owner alice has 5 VMs of a quota of 5" in received()[-1]["error"]["message"]
+    remove_everything(agents)
+    quota_event(events, "alice", 0)
+    again = Settled(request(count=5), "q3")
+    prov.process(again.delivery)
+    assert again.outcome == "ack" and received()[-1]["status"] == "ok"
+    assert len(domains(agents)) == 5
+
+
+def test_a_shut_off_vm_still_counts_until_it_is_undefined(fleet):
+    """A destroyed (shut off) VM keeps its disk and can be started again at any moment:
+    it counts, or an owner could stop VMs, provision more and start the old ones again
+    past the quota. Undefined, it stops counting."""
+    prov, agents, events, _, _ = fleet
+    prov.process(Settled(request(count=2), "d1").delivery)
+    quota_event(events, "alice", 2)
+    remove_everything(agents, undefine=False)  # shut off, still defined
+    over = Settled(request(count=4), "d2")
+    prov.process(over.delivery)
+    assert over.outcome == "dead"  # 2 + 4 > 5
+    (name, host), (gone, gone_host) = domains(agents)
+    agents[gone_host].domain_undefine(gone, True)
+    quota_event(events, "alice", 1)
+    answer = prov.console.call("provision", "quota", {"owner": "alice"}, host="provisioner")
+    assert answer.reply.result == {"owner": "alice", "count": 1, "max_vms": 5,
+                                   "vms": [{"name": name, "host": host, "request_id": "d1"}]}
+
+
+def test_vms_removed_while_events_went_missing_are_found_by_a_listing(fleet):
+    """Events can be lost (the provisioner's connection was down): a listing of the virt
+    hosts settles the count, and a quota refusal is given only after one."""
+    prov, agents, _events, received, _ = fleet
+    prov.process(Settled(request(count=5), "m1").delivery)
+    prov.tracker.stop()  # from here on, lifecycle events reach no one
+    remove_everything(agents)
+    assert prov.vms.count("alice") == 5  # it cannot know yet
+    again = Settled(request(count=2), "m2")
+    prov.process(again.delivery)
+    assert again.outcome == "ack" and received()[-1]["status"] == "ok"
+    assert prov.vms.count("alice") == 2
+    remove_everything(agents)
+    assert prov.tracker.reconcile() == 2  # both hosts listed
+    assert prov.vms.count("alice") == 0
+
+
+def test_a_reconnect_brings_a_listing(fleet):
+    """Events are lost while the provisioner's connection is down: once it is back, a
+    listing settles what they would have said."""
+    prov, agents, events, _, _ = fleet
+    prov.process(Settled(request(count=1), "c1").delivery)
+    [vm] = prov.vms.owned("alice")
+    remove_everything(agents)
+    quota_event(events, "alice", 0)
+    # What a missed "undefined" event leaves behind: the ledger believes it exists.
+    prov.announce_quota(prov.vms.record(owner="alice", request_id="c1", host=vm.host,
+                                        name=vm.name, uuid=vm.uuid))
+    quota_event(events, "alice", 1)
+    prov.console.transport.lose_connection()
+    prov.console.transport.restore_connection()
+    quota_event(events, "alice", 0)
+    assert prov.vms.count("alice") == 0
+
+
+def test_the_count_survives_a_restart_and_catches_up_with_what_changed_meanwhile(fleet):
+    prov, agents, _events, _received, store = fleet
+    prov.process(Settled(request(count=3), "r1").delivery)
+    prov.close()
+    name, host = domains(agents)[0]
+    agents[host].domain_destroy(name)
+    agents[host].domain_undefine(name, True)  # while no provisioner runs
+    ledger = VmLedger(store.path)
+    assert ledger.count("alice") == 3  # what it knew
+    restarted = Provisioner(console=prov.console, publisher=prov.publisher, store=store,
+                            ledger=ledger, agent=prov.agent, host_id="provisioner",
+                            quotas=prov.quotas, policy=AllowAll(), audit=None,
+                            call_timeout=10, discovery_idle=0.1, reconcile_interval=3600)
+    restarted.start()
+    try:
+        assert restarted.tracker.settled.wait(10)
+        assert ledger.count("alice") == 2
+    finally:
+        restarted.close()
+
+
+def test_vms_of_requests_completed_before_tracking_count_until_listed(fleet, tmp_path):
+    """A store from before the provisioner tracked VMs: its completed requests' VMs are
+    adopted, and a listing drops those that no longer exist."""
+    prov, agents, _, _, _ = fleet
+    agents["kvm01"].domain_define("old-1", "web", None, None, None, True)
+    store = RequestStore(tmp_path / "old.db")
+    store.accept("old", "carol", "web", 2)
+    store.complete("old", [{"name": "old-1", "host": "kvm01", "state": "running"},
+                           {"name": "old-2", "host": "kvm02", "state": "running"}])
+    ledger = VmLedger(store.path)
+    old = Provisioner(console=prov.console, publisher=prov.publisher, store=store,
+                      ledger=ledger, agent=prov.agent, host_id="provisioner",
+                      quotas=prov.quotas, policy=AllowAll(), audit=None, call_timeout=10,
+                      discovery_idle=0.1, reconcile_interval=3600)
+    old.start()
+    try:
+        assert old.tracker.settled.wait(10)
+        assert [(vm.name, vm.state) for vm in ledger.owned("carol", include_gone=True)] == \
+            [("old-1", "active"), ("old-2", "gone")]
+        assert ledger.owned("carol")[0].uuid is not None  # learnt from the listing
+    finally:
+        old.close()
+
+
+def test_a_listing_taken_before_a_change_never_undoes_it(tmp_path):
+    """Listings and events race: a listing asked for before a VM was recorded or an
+    event arrived is older news, and changes neither."""
+    ledger = VmLedger(tmp_path / "l.db")
+    ledger.record(owner="a", request_id="r", host="h", name="x", uuid="u1")
+    marker = ledger.marker()
+    assert ledger.apply_event("h", {"name": "x", "uuid": "u1", "event": "undefined",
+                                    "detail": "removed"}) == {"a"}
+    ledger.record(owner="a", request_id="r", host="h", name="y", uuid="u2")
+    # asked before both changes: still lists x, does not list y yet
+    assert ledger.reconcile({"h": [{"name": "x", "uuid": "u1", "state": "running"}]},
+                            marker) == set()
+    assert [(v.name, v.state) for v in ledger.owned("a", include_gone=True)] == \
+        [("x", "gone"), ("y", "active")]
+    # a listing asked for afterwards settles both
+    assert ledger.reconcile({"h": [{"name": "x", "uuid": "u1", "state": "shutoff"}]},
+                            ledger.marker()) == {"a"}
+    assert [(v.name, v.state) for v in ledger.owned("a", include_gone=True)] == \
+        [("x", "inactive"), ("y", "gone")]
+
+
+def test_a_host_speaks_only_for_its_own_vms_and_a_silent_host_changes_nothing(tmp_path):
+    ledger = VmLedger(tmp_path / "l.db")
+    ledger.record(owner="a", request_id="r", host="h1", name="x", uuid="u1")
+    assert ledger.apply_event("h2", {"name": "x", "uuid": "u1", "event": "undefined",
+                                     "detail": "removed"}) == set()
+    assert ledger.reconcile({"h2": []}, ledger.marker()) == set()  # h1 did not answer
+    assert ledger.count("a") == 1
+    # moved to h2 (a listing finds it by its UUID)
+    ledger.reconcile({"h1": [], "h2": [{"name": "x", "uuid": "u1", "state": "running"}]},
+                     ledger.marker())
+    assert [(v.host, v.state) for v in ledger.owned("a")] == [("h2", "active")]
+
+
+# ------------------------------------------------------------------------------ releases
+def release(**over):
+    body = {"v": 1, "action": "release"}
+    body.update(over)
+    return body
+
+
+def volumes(agents):
+    return sorted(v["name"] for a in agents.values() for v in a.volume_objects())
+
+
+def ours(events, rid):
+    return [e.event for e, _ in events.events if e.data.get("request_id") == rid]
+
+
+def test_a_release_removes_the_requests_vms_with_their_storage_and_frees_the_quota(fleet):
+    import jsonschema
+
+    from hostbus.schema import envelope_schema
+
+    prov, agents, events, received, store = fleet
+    base_volumes = volumes(agents)
+    prov.process(Settled(request(count=3), "aaaa1111-rel").delivery)
+    made = [n for n, _ in domains(agents)]
+    assert len(volumes(agents)) == len(base_volumes) + 3
+    msg = Settled(release(request_id="aaaa1111-rel"), "bbbb2222-rel")
+    prov.process(msg.delivery)
+    assert msg.outcome == "ack"
+    assert domains(agents) == [] and volumes(agents) == base_volumes
+    reply = received()[-1]
+    assert (reply["status"], reply["method"]) == ("ok", "release")
+    result = reply["result"]
+    jsonschema.validate(result, envelope_schema("provision-release-result"))
+    assert result["request_id"] == "bbbb2222-rel" and result["release_of"] == "aaaa1111-rel"
+    assert sorted(v["name"] for v in result["vms"]) == made
+    assert all(v["outcome"] == "released" and v["owner"] == "alice" and v["removed_volumes"]
+               for v in result["vms"])
+    events.wait_for(lambda e: e.event == "release.completed")
+    assert ours(events, "bbbb2222-rel") == ["release.accepted", "release.progress",
+                                            "release.progress", "release.progress",
+                                            "release.completed"]
+    quota_event(events, "alice", 0)
+    record = store.get("aaaa1111-rel")
+    assert record.status == "released" and {v["state"] for v in record.vms} == {"released"}
+
+
+def test_a_release_of_named_vms_removes_just_those(fleet):
+    prov, agents, _events, received, store = fleet
+    prov.process(Settled(request(count=2), "cccc3333-rel").delivery)
+    first, second = sorted(n for n, _ in domains(agents))
+    # sent over AMQP 1.0 to a 0-9-1 provisioner, RabbitMQ 3.x drops the type property:
+    # the body says it is a release
+    prov.process(Settled(release(vms=[first]), "named-1", type=None).delivery)
+    assert [n for n, _ in domains(agents)] == [second]
+    assert [v["name"] for v in received()[-1]["result"]["vms"]] == [first]
+    assert received()[-1]["result"]["release_of"] is None
+    record = store.get("cccc3333-rel")
+    assert record.status == "completed"  # one VM is still there
+    assert {v["name"]: v["state"] for v in record.vms} == {first: "released",
+                                                           second: "running"}
+    assert prov.vms.count("alice") == 1
+    prov.process(Settled(release(request_id="cccc3333-rel"), "named-2").delivery)
+    assert [v["outcome"] for v in received()[-1]["result"]["vms"]] == ["already_gone",
+                                                                      "released"]
+    record = store.get("cccc3333-rel")
+    assert record.status == "released"
+    assert {v["name"]: v["state"] for v in record.vms} == {first: "released",
+                                                           second: "released"}
+
+
+def test_a_release_is_idempotent(fleet):
+    """The same release again (a redelivery) is settled from the store: one reply. A new
+    release of what is already gone succeeds and says so."""
+    prov, _agents, _, received, _ = fleet
+    prov.process(Settled(request(count=2), "dddd4444-rel").delivery)
+    first = Settled(release(request_id="dddd4444-rel"), "idem-1")
+    again = Settled(release(request_id="dddd4444-rel"), "idem-1")
+    prov.process(first.delivery)
+    prov.process(again.delivery)
+    assert (first.outcome, again.outcome) == ("ack", "ack")
+    assert len(received()) == 2  # the submit's reply and one release reply
+    other = Settled(release(request_id="dddd4444-rel"), "idem-2")
+    prov.process(other.delivery)
+    assert other.outcome == "ack"
+    assert {v["outcome"] for v in received()[-1]["result"]["vms"]} == {"already_gone"}
+
+
+def test_a_release_redelivered_after_a_crash_finishes_and_does_not_fail(fleet):
+    """The provisioner dies after removing the first VM and destroying the second, before
+    undefining it: the broker redelivers the message and the release completes."""
+    prov, agents, events, received, _ = fleet
+    prov.process(Settled(request(count=2), "eeee5555-rel").delivery)
+    call = prov._call
+    undefines = []
+
+    def dies_on_the_second_undefine(method, args, host):
+        if method == "domain.undefine":
+            undefines.append(args["name"])
+            if len(undefines) == 2:
+                raise SystemError("the provisioner process dies here")
+        return call(method, args, host)
+
+    prov._call = dies_on_the_second_undefine
+    crashed = Settled(release(request_id="eeee5555-rel"), "crash-1")
+    prov.process(crashed.delivery)
+    assert crashed.outcome == "requeue" and len(domains(agents)) == 1
+    assert [r["method"] for r in received()] == ["submit"]  # no reply yet
+    prov._call = call
+    redelivered = Settled(release(request_id="eeee5555-rel"), "crash-1")
+    prov.process(redelivered.delivery)
+    assert redelivered.outcome == "ack" and domains(agents) == []
+    reply = received()[-1]
+    assert reply["status"] == "ok"
+    assert [v["outcome"] for v in reply["result"]["vms"]] == ["released", "released"]
+    assert [r["method"] for r in received()] == ["submit", "release"]
+    quota_event(events, "alice", 0)
+
+
+def test_a_release_touches_only_the_vm_the_provisioner_made(fleet):
+    """Someone removed the VM and made another of the same name: it is not ours (another
+    UUID) and stays."""
+    prov, agents, _, received, _ = fleet
+    prov.process(Settled({"v": 1, "template": "web", "name": "orders-db", "owner": "alice"},
+                         "ffff6666-rel").delivery)
+    [(_, host)] = domains(agents)
+    agents[host].domain_destroy("orders-db")
+    agents[host].domain_undefine("orders-db", True)
+    agents[host].domain_define("orders-db", "web", None, None, None, True)
+    prov.process(Settled(release(request_id="ffff6666-rel"), "lookalike").delivery)
+    assert received()[-1]["status"] == "ok"
+    assert [v["outcome"] for v in received()[-1]["result"]["vms"]] == ["already_gone"]
+    assert domains(agents) == [("orders-db", host)]
+
+
+def test_releases_are_decided_by_the_policy_on_the_owner_of_the_vms_and_audited(fleet,
+                                                                              tmp_path):
+    from hostbus.security.audit import AuditLog
+    from hostbus.security.policy import RulesPolicy
+
+    prov, agents, _, received, _ = fleet
+    prov.process(Settled(request(count=1, owner="alice"), "alice-req").delivery)
+    prov.process(Settled(request(count=1, owner="bob"), "bob-req").delivery)
+    rules = tmp_path / "policy.toml"
+    rules.write_text('[[rule]]\nname = "alice releases her own VMs"\ncallers = ["alice"]\n'
+                     'methods = ["release"]\nargs = { owner = { one_of = ["alice"] } }\n'
+                     'allow = true\n')
+    prov.policy = RulesPolicy.load(rules, "provisioner")
+    prov.audit = AuditLog(tmp_path / "audit.jsonl")
+    outcomes = []
+    for user, body, rid in (("mallory", release(request_id="alice-req"), "rel-m"),
+                            ("alice", release(request_id="bob-req"), "rel-ab"),
+                            ("alice", release(vms=[domains_of(agents, "bob-req")]), "rel-abn"),
+                            ("mallory", release(request_id="no-such-request"), "rel-mx"),
+                            ("alice", release(request_id="alice-req"), "rel-a")):
+        msg = Settled(body, rid, user_id=user)
+        prov.process(msg.delivery)
+        outcomes.append((msg.outcome, (received()[-1].get("error") or {}).get("code")))
+    assert outcomes == [("dead", "unauthorized"), ("dead", "unauthorized"),
+                        ("dead", "unauthorized"), ("dead", "unauthorized"), ("ack", None)]
+    assert [n for n, _ in domains(agents)] == [domains_of(agents, "bob-req")]
+    audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [(a["caller"], a["call"], a["owner"], a["event"]) for a in audit] == [
+        ("mallory", "provision.release", "alice", "denied"),
+        ("mallory", "provision.release", "alice", "failed"),
+        ("alice", "provision.release", "bob", "denied"),
+        ("alice", "provision.release", "bob", "failed"),
+        ("alice", "provision.release", "bob", "denied"),
+        ("alice", "provision.release", "bob", "failed"),
+        ("mallory", "provision.release", None, "denied"),
+        ("mallory", "provision.release", None, "failed"),
+        ("alice", "provision.release", "alice", "allowed"),
+        ("alice", "provision.release", "alice", "completed")]
+
+
+def domains_of(agents, rid):
+    short = "".join(c for c in rid.lower() if c.isalnum())[:8]
+    [name] = [n for n, _ in domains(agents) if f"-{short}-" in n]
+    return name
+
+
+@pytest.mark.parametrize(("body", "code", "fragment"), [
+    (release(), "bad_message", "either request_id"),
+    (release(request_id="x", vms=["a"]), "bad_message", "not both"),
+    (release(request_id="x", template="web"), "bad_message", "template"),
+    (release(vms=["</name>"]), "bad_message", "vms"),
+    (release(request_id="never-seen"), "not_found", "no provisioning request 'never-seen'"),
+    (release(vms=["not-ours"]), "not_found", "made no VM named not-ours"),
+])
+def test_a_release_that_cannot_be_done_is_refused_with_a_reason(fleet, body, code, fragment):
+    prov, _agents, events, received, _ = fleet
+    msg = Settled(body, f"bad-{uuid.uuid4().hex[:6]}")
+    prov.process(msg.delivery)
+    assert msg.outcome == "dead"
+    reply = received()[-1]
+    assert (reply["method"], reply["error"]["code"]) == ("release", code)
+    assert fragment in reply["error"]["message"]
+    failed = events.wait_for(lambda e: e.event == "release.failed")
+    assert failed.data["code"] == code
+
+
+def test_a_request_still_in_progress_cannot_be_released(fleet):
+    prov, _, _, received, store = fleet
+    store.accept("busy", "alice", "web", 1)
+    prov.process(Settled(release(request_id="busy"), "too-early").delivery)
+    assert received()[-1]["error"]["code"] == "conflict"
+
+
+def test_a_vm_recorded_again_without_its_uuid_is_the_same_vm(tmp_path):
+    """A roll back that fails records the VM again, by host and name only: it still
+    counts once."""
+    ledger = VmLedger(tmp_path / "l.db")
+    ledger.record(owner="a", request_id="r", host="h", name="x", uuid="u1")
+    assert ledger.record(owner="a", request_id="r", host="h", name="x", uuid=None) == set()
+    assert ledger.count("a") == 1 and ledger.owned("a")[0].uuid == "u1"
+    assert ledger.gone("h", "x") == {"a"} and ledger.count("a") == 0
+
+
+def test_a_vm_whose_define_answer_was_lost_is_rolled_back_too(fleet):
+    """The virt agent defined the second VM but its answer never came: the request fails
+    and leaves nothing behind, that VM included."""
+    prov, agents, _events, received, _ = fleet
+    call = prov._call
+    defines = []
+
+    def answer_lost_on_the_second_define(method, args, host):
+        result = call(method, args, host)
+        if method == "domain.define":
+            defines.append(args["name"])
+            if len(defines) == 2:
+                raise RemoteError("timeout", f"virt host {host} did not answer domain.define")
+        return result
+
+    prov._call = answer_lost_on_the_second_define
+    msg = Settled(request(count=3), "lost-define")
+    prov.process(msg.delivery)
+    assert msg.outcome == "dead" and received()[-1]["error"]["code"] == "timeout"
+    assert len(defines) == 2 and domains(agents) == []
+    assert prov.vms.count("alice") == 0
+
+
+def test_a_listing_cut_short_is_not_read_as_missing_vms(fleet):
+    """A host with more domains than one listing holds: the duplicate check refuses to
+    place rather than miss a VM, and the ledger does not take the VMs left out as
+    gone."""
+    prov, agents, _, received, _ = fleet
+    prov.process(Settled(request(count=2), "cut-1").delivery)
+    query = prov.console.query
+
+    def cut_short(*args, **kwargs):
+        result = query(*args, **kwargs)
+        for res in result.results:
+            if res.reply is not None and res.reply.ok:
+                res.reply.result["total"] = len(res.reply.result["objects"]) + 1
+                res.reply.result["objects"] = []
+        return result
+
+    prov.console.query = cut_short
+    msg = Settled(request(count=1), "cut-2")
+    prov.process(msg.delivery)
+    assert msg.outcome == "dead"
+    assert "could not list all its domains" in received()[-1]["error"]["message"]
+    assert prov.tracker.reconcile() == 0  # no host settled
+    assert prov.vms.count("alice") == 2 and len(domains(agents)) == 2

@@ -1,10 +1,12 @@
 """The agent runtime and the console library together, over the in-memory broker."""
 
+import threading
+
 import pytest
 
-from console.client import Console, Sequencer
+from console.client import Console, Seen, Sequencer
 from hostbus.envelope import Event
-from hostbus.errors import BrokerRefused, RemoteError, SchemaError
+from hostbus.errors import BrokerBlocked, BrokerRefused, RemoteError, SchemaError
 from hostbus.serving.agent import Agent, method
 from hostbus.serving.runtime import AgentRuntime
 from hostbus.transport.memory import MemoryTransport
@@ -64,14 +66,28 @@ def test_discovery_stops_once_every_expected_host_answered(fleet):
     assert {a.host for a in found} == {"web01", "web02"}
 
 
-def test_fanout_reports_each_host_and_a_missing_one(fleet):
+def test_fanout_reports_each_host_a_silent_one_and_one_not_enrolled(fleet, memory_broker):
     console, runtimes, _ = fleet
-    result = console.fanout("probe", "echo", {"text": "x"}, ["web01", "web02", "ghost"],
-                            timeout=0.5)
+    memory_broker.enroll("idle01", ["probe"])  # enrolled, but no agent runs there
+    result = console.fanout("probe", "echo", {"text": "x"},
+                            ["web01", "web02", "idle01", "ghost"], timeout=0.5)
     assert [(r.host, r.status) for r in result.results] == [
-        ("web01", "ok"), ("web02", "ok"), ("ghost", "no_reply")]
+        ("web01", "ok"), ("web02", "ok"), ("idle01", "no_reply"), ("ghost", "not_enrolled")]
+    assert result.results[3].to_dict()["error"] == {
+        "message": "no host 'ghost' has the agent 'probe' enrolled"}
     assert result.summary["ok"] == 2 and result.summary["no_reply"] == 1
+    assert result.summary["not_enrolled"] == 1
     assert all(probe.executed == ["echo"] for _, probe, _ in runtimes)
+
+
+def test_a_call_to_an_agent_no_host_has_is_answered_at_once(fleet):
+    console, _, _ = fleet
+    # No queue is bound for the request: the console says so at once, long before the
+    # timeout, as it does over RabbitMQ.
+    res = console.call("agent", "ping", {}, host="nohost", timeout=600)
+    assert res.status == "not_enrolled"
+    assert res.to_dict()["error"]["message"] == "no host 'nohost' has the agent 'agent' " \
+        "enrolled"
 
 
 def test_fanout_in_batches_still_reaches_every_host(fleet):
@@ -131,12 +147,36 @@ def test_the_sequencer_reports_gaps_restarts_and_duplicates():
         return Event(host="h", agent="host", event="metrics", data={}, seq=seq, epoch=epoch)
 
     seq = Sequencer()
-    assert seq.check(ev(1)) is None
-    assert seq.check(ev(2)) is None
-    assert "gap: 2 events" in seq.check(ev(5))
-    assert "duplicate" in seq.check(ev(5))
-    assert "restarted" in seq.check(ev(1, "e2"))
-    assert seq.check(ev(2, "e2")) is None
+    assert seq.check(ev(1)).note is None
+    assert seq.check(ev(2)).note is None
+    gap = seq.check(ev(5))
+    assert gap.fresh and "gap: 2 events" in gap.note
+    assert seq.check(ev(5)) == Seen(False, "repeat of seq 5 from h/host")
+    restart = seq.check(ev(1, "e2"))
+    assert restart.fresh and "restarted" in restart.note
+    assert seq.check(ev(2, "e2")) == Seen(True)
+
+
+def test_the_sequencer_delivers_a_late_event_once_and_drops_only_true_repeats():
+    def ev(seq, epoch="e1"):
+        return Event(host="h", agent="host", event="alert", data={}, seq=seq, epoch=epoch)
+
+    seq = Sequencer(window=10)
+    # 1, 2, 4, 3: 3 was overtaken by 4 on its way. It is delivered, with a note, once.
+    assert [seq.check(ev(n)).fresh for n in (1, 2, 4)] == [True, True, True]
+    late = seq.check(ev(3))
+    assert late.fresh and late.note.startswith("late: seq 3 from h/host arrived after seq 4")
+    assert not seq.check(ev(3)).fresh  # now it is a repeat
+    assert not seq.check(ev(2)).fresh
+    # An event from before a restart is judged against its own epoch.
+    assert seq.check(ev(1, "e2")).fresh
+    assert not seq.check(ev(4)).fresh and seq.check(ev(5)) == Seen(True)
+    # Beyond the window a number cannot be told from a repeat: delivered, with a note.
+    assert seq.check(ev(30)).fresh
+    old = seq.check(ev(6))
+    assert old.fresh and "older than the last 10 numbers" in old.note
+    # The holes the window forgot do not grow without bound.
+    assert len(seq.streams[("h", "host")]["e1"].holes) <= 10
 
 
 def test_an_agent_that_disagrees_with_its_schema_is_refused(memory_broker):
@@ -169,3 +209,24 @@ def test_undeclared_events_are_a_programming_error(fleet):
     _, runtimes, _ = fleet
     with pytest.raises(SchemaError, match=r"probe\.nonsense"):
         runtimes[0][1].emit("nonsense", {})
+
+
+def test_under_a_resource_alarm_a_call_fails_at_once_and_heartbeats_say_so(fleet):
+    console, runtimes, collector = fleet
+    runtime = runtimes[0][0]
+    blocked = threading.Event()
+    console.transport.on_blocked(lambda reason: blocked.set())
+    console.transport.block("resource alarm (low on memory)")
+    runtime.transport.block("resource alarm (low on memory)")
+    assert blocked.wait(5)
+    with pytest.raises(BrokerBlocked, match="the broker is refusing publishes: resource "
+                       r"alarm \(low on memory\); nothing was sent"):
+        console.call("agent", "ping", host="web01", timeout=600)
+    beat = collector.wait_for(lambda e: e.event == "heartbeat" and e.host == "web01"
+                              and "broker_blocked" in e.data)
+    assert beat.data["broker_blocked"] == "resource alarm (low on memory)"
+    cleared = threading.Event()
+    console.transport.on_unblocked(cleared.set)
+    console.transport.unblock()
+    assert cleared.wait(5)
+    assert console.call("agent", "ping", host="web01").status == "ok"
