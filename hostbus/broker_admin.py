@@ -48,6 +48,8 @@ KINDS = ("agent", "console", "app", "service")
 # The shared queues a service may be given: one word after hostbus. (hostbus.provision);
 # host, reply and subscription queues have more words and belong to their identities.
 SERVICE_QUEUE_RE = re.compile(r"hostbus\.[a-z][a-z0-9_]{0,62}")
+# An event pattern a service may be allowed to subscribe to (its binding key, exactly).
+EVENT_PATTERN_RE = re.compile(r"[a-z0-9_*#-]{1,63}(\.[a-z0-9_*#-]{1,63}){0,7}")
 
 
 def own_replies(n: str) -> str:
@@ -58,9 +60,12 @@ def own_replies(n: str) -> str:
     return rf"^hostbus\.reply\.{n}\."
 
 
-def grant_for(kind: str, name: str, *, queues: tuple[str, ...] = ()) -> Grant:
-    """The rights of identity ``name`` of ``kind``. ``queues``: for a service, the
-    shared queues it serves besides its own host queue (hostbus.provision)."""
+def grant_for(kind: str, name: str, *, queues: tuple[str, ...] = (),
+              events: tuple[str, ...] = ()) -> Grant:
+    """The rights of identity ``name`` of ``kind``. For a service: ``queues``, the
+    shared queues it serves besides its own host queue (hostbus.provision); ``events``,
+    the event patterns it may subscribe to, exactly (the provisioner:
+    virt.*.domain.lifecycle)."""
     n = re.escape(name)
     events_as_self = rf"^[a-z][a-z0-9_]*\.{n}\."  # <agent>.NAME.<event>
     if kind == "agent":
@@ -99,12 +104,19 @@ def grant_for(kind: str, name: str, *, queues: tuple[str, ...] = ()) -> Grant:
                 raise ValueError(f"invalid service queue {queue!r}: a shared queue "
                                  "hostbus.WORD, like hostbus.provision (host, reply and "
                                  "subscription queues belong to their own identities)")
+        for pattern in events:
+            if not EVENT_PATTERN_RE.fullmatch(pattern):
+                raise ValueError(f"invalid event pattern {pattern!r}: words of a-z 0-9 _ - "
+                                 "or * or #, separated by dots (virt.*.domain.lifecycle)")
         served = "|".join(re.escape(q) for q in (names.host_queue(name), *queues))
+        readable = "|".join(re.escape(p) for p in events)
         own = rf"(hostbus\.reply\.{n}\..*|{BROKER_NAMED})"
         return Grant(configure=rf"^{own}$",
                      write=rf"^(hostbus\.(request|event|reply)|{own})$",
-                     read=rf"^({served}|hostbus\.reply|{own})$",
-                     topics={names.EVENT_EXCHANGE: (events_as_self, "^$"),
+                     read=rf"^({served}|hostbus\.reply|{own}"
+                          + (r"|hostbus\.event" if events else "") + ")$",
+                     topics={names.EVENT_EXCHANGE: (events_as_self,
+                                                    rf"^({readable})$" if events else "^$"),
                              names.REPLY_EXCHANGE: (".*", own_replies(n))})
     raise ValueError(f"unknown identity kind {kind!r}: {', '.join(KINDS)}")
 
@@ -370,12 +382,13 @@ class BrokerAdmin:
         return keys
 
     def enroll_service(self, vhost: str, name: str, agents: list[str],
-                       queues: tuple[str, ...], *, queue_type: str = "classic") -> list[str]:
+                       queues: tuple[str, ...], *, queue_type: str = "classic",
+                       events: tuple[str, ...] = ()) -> list[str]:
         """A console-side service's own host queue and bindings, as for a host (its
         built-in agent and its service agents), after checking that the shared queues
         it is to serve exist. Returns the routing keys. Its user: ``create_identity``
-        with kind "service" and the same ``queues``."""
-        grant_for("service", name, queues=queues)  # the queue names, before anything
+        with kind "service" and the same ``queues`` and ``events``."""
+        grant_for("service", name, queues=queues, events=events)  # checked before anything
         for queue in queues:
             if self._get(f"/api/queues/{self._q(vhost)}/{self._q(queue)}") is None:
                 raise BrokerRefused(f"vhost {vhost!r} has no queue {queue!r}: run `hostbus "
@@ -440,12 +453,12 @@ class BrokerAdmin:
     # -- identities --
     def create_identity(self, vhost: str, kind: str, name: str,
                         password: str | None = None, *, certificate: bool = False,
-                        queues: tuple[str, ...] = ()) -> str:
+                        queues: tuple[str, ...] = (), events: tuple[str, ...] = ()) -> str:
         """Create (or reset) the broker user ``name`` with the rights of ``kind``;
         return its password (generated unless given). With ``certificate`` the user has
         no password at all: it can only log in with a TLS client certificate whose
-        common name is ``name`` (SASL EXTERNAL); "" is returned. ``queues``: a
-        service's shared queues (``grant_for``).
+        common name is ``name`` (SASL EXTERNAL); "" is returned. ``queues`` and
+        ``events``: a service's (``grant_for``).
 
         Broker users are global, so a name that is already a user with rights in
         another vhost, or a user that is not a hostbus identity (an administrator), is
@@ -453,7 +466,7 @@ class BrokerAdmin:
         if not IDENTITY_RE.fullmatch(name):
             raise ValueError(f"invalid identity name {name!r}: use 1-63 of a-z 0-9 _ -, "
                              "starting with a letter or digit (no dots)")
-        grant = grant_for(kind, name, queues=queues)
+        grant = grant_for(kind, name, queues=queues, events=events)
         self.check_free(vhost, name)
         if certificate:
             password = ""
@@ -502,17 +515,23 @@ class BrokerAdmin:
                 f"revoke {name}`: it loses access everywhere).")
 
     def regrant(self, vhost: str) -> list[str]:
-        """Bring the topic permissions of every hostbus identity with rights in
-        ``vhost`` up to what this version grants (the reply read permission above
-        all); return their names. Their other rights are kept as enrolled."""
+        """Give every hostbus identity with rights in ``vhost`` the topic permission on
+        hostbus.reply this version grants (consoles, apps and services read only their
+        own replies); return their names. Their other rights are kept as enrolled
+        (`broker enroll*` again for those)."""
         with_rights = {p["user"] for p in
                        self._call("GET", f"/api/vhosts/{self._q(vhost)}/permissions")}
         done = []
         for user in self._call("GET", "/api/users"):
-            kind = _kind(user)
-            if user["name"] in with_rights and kind in KINDS:
-                self._set_topic_permissions(vhost, user["name"], grant_for(kind, user["name"]))
-                done.append(user["name"])
+            kind, name = _kind(user), user["name"]
+            if name not in with_rights or kind not in KINDS:
+                continue
+            reply = grant_for(kind, name).topics.get(names.REPLY_EXCHANGE)
+            if reply is not None:  # one exchange's entry: the others stay as they are
+                self._call("PUT", f"/api/topic-permissions/{self._q(vhost)}/{self._q(name)}",
+                           {"exchange": names.REPLY_EXCHANGE, "write": reply[0],
+                            "read": reply[1]})
+                done.append(name)
         return sorted(done)
 
     def revoke(self, name: str) -> bool:

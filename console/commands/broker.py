@@ -299,6 +299,9 @@ def enroll_app(ctx: CliContext, name: str, config_out: str | None, force: bool,
 @click.option("--queue", "queues", multiple=True, metavar="QUEUE",
               help="A shared queue it serves (the provisioner: hostbus.provision); "
                    "repeatable.")
+@click.option("--events", "events", multiple=True, metavar="PATTERN",
+              help="An event pattern it may subscribe to, exactly (the provisioner: "
+                   "'virt.*.domain.lifecycle'); repeatable. Default: none.")
 @click.option("--queue-type", type=click.Choice(["classic", "quorum"]), default="classic",
               show_default=True, help="Of its own queue, as for `broker enroll`.")
 @config_out_option
@@ -310,21 +313,24 @@ def enroll_app(ctx: CliContext, name: str, config_out: str | None, force: bool,
 @json_option
 @click.pass_obj
 def enroll_service(ctx: CliContext, name: str, agents: str, queues: tuple[str, ...],
-                   queue_type: str, config_out: str | None, force: bool,
+                   events: tuple[str, ...], queue_type: str, config_out: str | None,
+                   force: bool,
                    broker_url: str | None, tls_dir: str | None, admin_url: str | None,
                    vhost: str | None, as_json: bool) -> Exit:
     """Create a console-side service's queue and broker user (idempotent).
 
     \b
     The provisioner:
-      hostbus broker enroll-service provisioner --agents provision --queue hostbus.provision
+      hostbus broker enroll-service provisioner --agents provision \\
+          --queue hostbus.provision --events 'virt.*.domain.lifecycle'
       hostbus provisioner --config provisioner.toml   # then add its other settings there
 
     It may read its own queue hostbus.host.NAME (its built-in agent and the agents
     given) and the --queue queues; call agents (publish requests, with reply queues
-    hostbus.reply.NAME.* of its own); publish replies, and events as NAME only. It may
-    not read events or another identity's queues or replies, nor post provisioning
-    requests. A ready config with its password is written to --config-out (mode 0600).
+    hostbus.reply.NAME.* of its own); subscribe to the --events patterns; publish
+    replies, and events as NAME only. It may not read other events or another
+    identity's queues or replies, nor post provisioning requests. A ready config with
+    its password is written to --config-out (mode 0600).
     """
     agent_list = [a.strip() for a in agents.split(",") if a.strip()]
     name_vhost = vhost_of(ctx, vhost)
@@ -336,10 +342,11 @@ def enroll_service(ctx: CliContext, name: str, agents: str, queues: tuple[str, .
         _check_writable(path, force)
         admin(ctx, admin_url).check_free(name_vhost, name)  # before anything is made
         keys = admin(ctx, admin_url).enroll_service(name_vhost, name, agent_list, queues,
-                                                    queue_type=queue_type)
+                                                    queue_type=queue_type, events=events)
         tls = _issue_client_cert(ctx, name, tls_dir, broker_url)
         password = admin(ctx, admin_url).create_identity(
-            name_vhost, "service", name, certificate=tls is not None, queues=queues)
+            name_vhost, "service", name, certificate=tls is not None, queues=queues,
+            events=events)
     provisioner = (f'\n# For `hostbus provisioner --config THIS_FILE` (etc/provisioner.toml has '
                    f'every key):\n[provisioner]\nhost_id = "{name}"\n'
                    if "provision" in agent_list else "")
@@ -350,7 +357,7 @@ def enroll_service(ctx: CliContext, name: str, agents: str, queues: tuple[str, .
         f"{provisioner}"), force)
     result = {"user": name, "kind": "service", "vhost": name_vhost,
               "queue": names.host_queue(name), "routing_keys": keys,
-              "serves": list(queues), "config": path}
+              "serves": list(queues), "events": list(events), "config": path}
     if as_json:
         emit_json(result)
     else:

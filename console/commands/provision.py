@@ -45,7 +45,8 @@ def provisioner(config_file: str | None) -> int:
     provisioner.toml):
 
     \b
-      hostbus broker enroll-service provisioner --agents provision --queue hostbus.provision
+      hostbus broker enroll-service provisioner --agents provision \\
+          --queue hostbus.provision --events 'virt.*.domain.lifecycle'
     """
     from console.provisioner.main import run
 

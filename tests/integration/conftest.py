@@ -69,7 +69,8 @@ def enroll(rabbitmq, tmp_path):
                    "console": ["broker", "enroll-console", name],
                    "app": ["broker", "enroll-app", name],
                    "service": ["broker", "enroll-service", name, "--agents", "provision",
-                               "--queue", "hostbus.provision"]}[kind]
+                               "--queue", "hostbus.provision",
+                               "--events", "virt.*.domain.lifecycle"]}[kind]
         done = run(*command, "-o", str(path), *extra)
         assert done.returncode == 0, done.stderr
         made.append(name)

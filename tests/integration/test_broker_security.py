@@ -353,15 +353,21 @@ def test_the_broker_refuses_a_service_anything_outside_its_grant(rabbitmq, enrol
         "", f"hostbus.host.{other}", b"{}", props)) == 403  # around the exchanges
     assert refusal(url, lambda ch: ch.queue_declare(f"hostbus.sub.{svc}.x")) == 403
 
-    def read_events(ch):
-        ch.queue_declare(own, exclusive=True)
-        ch.queue_bind(own, "hostbus.event", routing_key="#")
+    def read_events(pattern):
+        def action(ch):
+            queue = ch.queue_declare("", exclusive=True).method.queue
+            ch.queue_bind(queue, "hostbus.event", routing_key=pattern)
+        return action
+
+    # The events it was given (the provisioner follows the VMs' lifecycle), no others:
+    assert refusal(url, read_events("virt.*.domain.lifecycle")) is None
+    for pattern in ("#", "virt.#", "host.*.alert", "virt.*.domain.*"):
+        assert refusal(url, read_events(pattern)) == 403, pattern
 
     def read_anothers_replies(ch):
         ch.queue_declare(own, exclusive=True)
         ch.queue_bind(own, "hostbus.reply", routing_key="hostbus.reply.shop.#")
 
-    assert refusal(url, read_events) == 403
     assert refusal(url, read_anothers_replies) == 403
     assert refusal(url, lambda ch: ch.basic_publish(
         "hostbus.event", f"agent.{svc}.online", b"{}",
