@@ -14,8 +14,8 @@ from console.commands.options import json_option
 @click.option("--quick", is_flag=True, help="Small sizes: a smoke run of every benchmark.")
 @click.option("--only", multiple=True,
               type=click.Choice(["call", "fanout", "events", "amqp10", "provisioning",
-                                 "footprint", "soak"]),
-              help="Run only these (repeatable). Default: all but soak.")
+                                 "footprint", "soak", "faults"]),
+              help="Run only these (repeatable). Default: all but soak and faults.")
 @click.option("--calls", type=click.IntRange(10), help="Round trips per side (2000).")
 @click.option("--agents", metavar="N,N,...",
               help="Simulated agent counts for broadcast ping (100,1000,5000).")
@@ -23,6 +23,9 @@ from console.commands.options import json_option
 @click.option("--idle", "idle_s", type=click.FloatRange(1), help="Idle agent seconds (60).")
 @click.option("--soak-minutes", type=click.FloatRange(0.5), metavar="MIN",
               help="Length of --only soak: one agent under steady load, memory sampled (5).")
+@click.option("--alarm-seconds", type=click.FloatRange(5), metavar="S",
+              help="Length of the memory alarm in --only faults (70: past pika's 60 s "
+                   "blocked-connection timeout; --quick: 10).")
 @click.option("--png", type=click.Path(dir_okay=False), metavar="PATH",
               help="Write a chart (latency distribution, scaling with N) to PATH.")
 @click.option("--admin-url", envvar="HOSTBUS_CONSOLE_ADMIN_URL", metavar="URL",
@@ -31,8 +34,8 @@ from console.commands.options import json_option
 @click.pass_obj
 def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None,
           agents: str | None, n_events: int | None, idle_s: float | None,
-          soak_minutes: float | None, png: str | None, admin_url: str | None,
-          as_json: bool) -> Exit:
+          soak_minutes: float | None, alarm_seconds: float | None, png: str | None,
+          admin_url: str | None, as_json: bool) -> Exit:
     """Measure hostbus against raw pika and raw proton on this broker, in a throwaway vhost.
 
     Call round trips, broadcast ping to N simulated agents (the real dispatch path),
@@ -42,7 +45,10 @@ def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None
     minutes (--quick: seconds). Whatever the console's URL scheme, the broker is
     reached over both protocols on its one port.
     `--only soak --soak-minutes 10` runs one agent under steady load and reports
-    whether its memory stays flat.
+    whether its memory stays flat. `--only faults` starts a RabbitMQ node of its own
+    (root, a source checkout) and reports events lost, duplicated and reordered and the
+    seconds to recover when the broker crashes, raises a memory alarm or loses a host's
+    queues, and how fast a ping is answered behind 100 waiting calls.
     """
     from benchmarks import report
     from benchmarks.run import ALL, Plan, run
@@ -63,6 +69,8 @@ def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None
         plan.idle_s = idle_s
     if soak_minutes:
         plan.soak_minutes = soak_minutes
+    if alarm_seconds:
+        plan.alarm_s = alarm_seconds
     url = parse_url(ctx.url)
     scheme = url.scheme.removesuffix("10")  # the baselines are 0-9-1; amqp10 gets its own
     amqp = f"{scheme}://{url.user}:{url.password}@{url.host}:{url.port}"

@@ -122,6 +122,10 @@ def text(results: dict[str, Any]) -> str:
         lines.append(f"soak: {soaked['minutes']:g} min, {soaked['calls_ok']} calls "
                      f"({soaked['calls_failed']} failed), RSS MB every sample: "
                      f"{' '.join(rss)}")
+    if results.get("faults"):
+        from benchmarks.faults import text as faults_text
+
+        lines += ["", *faults_text(results["faults"])]
     lines += ["", "targets"]
     for what, measured, target, met in checks(results):
         lines.append(f"  {'ok  ' if met else 'MISS'} {what}: {measured} (target {target})")

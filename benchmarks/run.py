@@ -9,13 +9,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks import amqp10, call, events, fanout, footprint, provisioning, soak
+from benchmarks import amqp10, call, events, fanout, faults, footprint, provisioning, soak
 from benchmarks.harness import bench_vhost, progress
 from hostbus.envelope import now_rfc3339
 
 ALL = ("call", "fanout", "events", "amqp10", "provisioning", "footprint")
-#: Runs only when asked for (--only soak): it takes minutes by design.
-EXTRA = ("soak",)
+#: Run only when asked for (--only soak, --only faults): minutes by design, and faults
+#: starts a RabbitMQ node of its own (root, a source checkout).
+EXTRA = ("soak", "faults")
 
 
 @dataclass
@@ -27,12 +28,13 @@ class Plan:
     idle_s: float = 60.0
     storm_s: float = 10.0
     soak_minutes: float = 5.0
+    alarm_s: float = 70.0  # outlasts pika's 60 s blocked-connection timeout
     only: tuple[str, ...] = ALL
 
     @classmethod
     def quick(cls) -> Plan:
         return cls(calls=200, agents=[10, 50], events=1000, provision_requests=3, idle_s=2.0,
-                   storm_s=1.0)
+                   storm_s=1.0, alarm_s=10.0)
 
 
 def run(plan: Plan, *, amqp: str, admin_url: str) -> dict[str, Any]:
@@ -67,6 +69,8 @@ def run(plan: Plan, *, amqp: str, admin_url: str) -> dict[str, Any]:
             results["provisioning"] = provisioning.run(bench, plan.provision_requests)
         if "footprint" in plan.only:
             results["footprint"] = footprint.run(bench, plan.idle_s, plan.storm_s)
+        if "faults" in plan.only:
+            results["faults"] = faults.run(plan.alarm_s)
         if "soak" in plan.only:
             progress(f"soak: one agent under steady load for {plan.soak_minutes:g} min")
             results["soak"] = soak.run(bench, plan.soak_minutes)

@@ -29,6 +29,7 @@ from hostbus.envelope import (
     REPLY_TYPE,
     Event,
     Reply,
+    earlier_reply,
     new_provision,
     new_request,
     parse_event,
@@ -371,10 +372,15 @@ class Console:
                                                      "message": why},
                               correlation_id=reply.correlation_id, user_id=reply.user_id,
                               rejected=True)
+        outcome = reply if reply.rejected else earlier_reply(reply)
+        if outcome is None:  # a copy of our request, the first still running: wait for it
+            log.debug("host %s is still handling request %s", reply.host,
+                      reply.correlation_id)
+            return
         with self._lock:
-            waiting = self._pending.get(reply.correlation_id or "")
+            waiting = self._pending.get(outcome.correlation_id or "")
         if waiting is not None:
-            waiting.put((reply, time.perf_counter()))
+            waiting.put((outcome, time.perf_counter()))
 
     def _impostor(self, delivery: Delivery, host: str, what: str,
                   routing_key: str | None = None) -> bool:

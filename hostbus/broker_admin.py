@@ -69,11 +69,12 @@ def grant_for(kind: str, name: str, *, queues: tuple[str, ...] = (),
     n = re.escape(name)
     events_as_self = rf"^[a-z][a-z0-9_]*\.{n}\."  # <agent>.NAME.<event>
     if kind == "agent":
-        # No configure right; reads only its own queue; writes events (for its own host
-        # only, by topic permission) and replies (to whatever reply_to said: a refused
-        # reply would close the agent's channel, so reply keys are not restricted).
+        # No configure right; reads only its own queues (host and agent); writes events
+        # (for its own host only, by topic permission) and replies (to whatever reply_to
+        # said: a refused reply would close the agent's channel, so reply keys are not
+        # restricted).
         return Grant(configure="^$", write=r"^hostbus\.(event|reply)$",
-                     read=rf"^hostbus\.host\.{n}$",
+                     read=rf"^hostbus\.host\.{n}(\.agent)?$",
                      topics={names.EVENT_EXCHANGE: (events_as_self, ".*")})
     if kind == "console":
         # Requests and provisioning; its own reply and subscription queues (declare,
@@ -95,8 +96,8 @@ def grant_for(kind: str, name: str, *, queues: tuple[str, ...] = (),
                      topics={names.EVENT_EXCHANGE: ("^$", ".*"),
                              names.REPLY_EXCHANGE: ("^$", own_replies(n))})
     if kind == "service":
-        # A console-side service (the provisioner): serves its own host queue (its
-        # built-in agent and service agent) and the shared queues named for it; calls
+        # A console-side service (the provisioner): serves its own host queues (its
+        # service agents, and its built-in agent's) and the shared queues named for it; calls
         # agents with its own reply queues; publishes events as itself and replies.
         # No events to read, no subscriptions, no provisioning requests of its own.
         for queue in queues:
@@ -108,7 +109,8 @@ def grant_for(kind: str, name: str, *, queues: tuple[str, ...] = (),
             if not EVENT_PATTERN_RE.fullmatch(pattern):
                 raise ValueError(f"invalid event pattern {pattern!r}: words of a-z 0-9 _ - "
                                  "or * or #, separated by dots (virt.*.domain.lifecycle)")
-        served = "|".join(re.escape(q) for q in (names.host_queue(name), *queues))
+        served = "|".join(re.escape(q) for q in (names.host_queue(name),
+                                                 names.agent_queue(name), *queues))
         readable = "|".join(re.escape(p) for p in events)
         own = rf"(hostbus\.reply\.{n}\..*|{BROKER_NAMED})"
         return Grant(configure=rf"^{own}$",
@@ -341,44 +343,51 @@ class BrokerAdmin:
 
     def enroll_host(self, vhost: str, host_id: str, agents: list[str], *,
                     queue_type: str = "classic") -> list[str]:
-        """Create a host's durable queue and its bindings. Idempotent; returns the keys.
-        ``queue_type`` "quorum" replicates the queue over a cluster's nodes, so the
-        host's requests survive the loss of a node (broker_config/cluster/README.md)."""
+        """Create a host's durable queues and their bindings (``topology.host_queues``).
+        Idempotent; returns the routing keys. ``queue_type`` "quorum" replicates the
+        queues over a cluster's nodes, so the host's requests survive the loss of a node
+        (broker_config/cluster/README.md). Enrolling a host again moves bindings to
+        where the topology wants them and gives an existing agent user of that name the
+        rights the topology needs (its password stays)."""
         if queue_type not in ("classic", "quorum"):
             raise ValueError(f"queue type {queue_type!r}: classic or quorum")
-        queue = names.host_queue(host_id)
         ex = names.REQUEST_EXCHANGE
         if not self._exists("GET", f"/api/exchanges/{self._q(vhost)}/{self._q(ex)}"):
             raise BrokerRefused(
                 f"vhost {vhost!r} has no exchange {ex!r}: run `hostbus broker setup` first")
-        self._call("PUT", f"/api/queues/{self._q(vhost)}/{self._q(queue)}",
-                   {"durable": True, "auto_delete": False,
-                    # classic stays implicit: hosts enrolled before this option existed
-                    # must stay equivalent when enrolled again
-                    "arguments": {"x-queue-type": "quorum"} if queue_type == "quorum"
-                    else {}})
         keys = []
-        existing = {
-            (b["source"], b["routing_key"])
-            for b in self._call("GET", f"/api/queues/{self._q(vhost)}/{self._q(queue)}/bindings")
-        }
-        for exchange, key in topology.host_bindings(host_id, agents):
-            keys.append(key)
-            if (exchange, key) in existing:
-                continue
-            self._call(
-                "POST",
-                f"/api/bindings/{self._q(vhost)}/e/{self._q(exchange)}/q/{self._q(queue)}",
-                {"routing_key": key, "arguments": {}},
-            )
-        # Agents no longer enabled stop receiving requests.
-        for source, key in existing:
-            if source == names.REQUEST_EXCHANGE and key not in keys:
+        for queue, bindings in topology.host_queues(host_id, agents).items():
+            self._call("PUT", f"/api/queues/{self._q(vhost)}/{self._q(queue)}",
+                       {"durable": True, "auto_delete": False,
+                        # classic stays implicit: hosts enrolled before this option existed
+                        # must stay equivalent when enrolled again
+                        "arguments": {"x-queue-type": "quorum"} if queue_type == "quorum"
+                        else {}})
+            wanted = [key for _, key in bindings]
+            keys += wanted
+            existing = {
+                (b["source"], b["routing_key"])
+                for b in self._call(
+                    "GET", f"/api/queues/{self._q(vhost)}/{self._q(queue)}/bindings")
+            }
+            for exchange, key in bindings:
+                if (exchange, key) in existing:
+                    continue
                 self._call(
-                    "DELETE",
-                    f"/api/bindings/{self._q(vhost)}/e/{self._q(source)}/q/{self._q(queue)}/"
-                    f"{self._q(key)}",
+                    "POST",
+                    f"/api/bindings/{self._q(vhost)}/e/{self._q(exchange)}/q/{self._q(queue)}",
+                    {"routing_key": key, "arguments": {}},
                 )
+            # Agents no longer enabled stop receiving requests; the built-in agent's keys
+            # leave the host queue of an earlier enrollment for the agent queue.
+            for source, key in existing:
+                if source == ex and key not in wanted:
+                    self._call(
+                        "DELETE",
+                        f"/api/bindings/{self._q(vhost)}/e/{self._q(source)}/q/"
+                        f"{self._q(queue)}/{self._q(key)}",
+                    )
+        self._refresh_agent_grant(vhost, host_id)
         return keys
 
     def enroll_service(self, vhost: str, name: str, agents: list[str],
@@ -395,19 +404,36 @@ class BrokerAdmin:
                                     "broker setup` first (it makes hostbus.provision)")
         return self.enroll_host(vhost, name, agents, queue_type=queue_type)
 
+    def _refresh_agent_grant(self, vhost: str, host_id: str) -> None:
+        """An agent user enrolled by an earlier release may read only the host queue:
+        give it today's rights (the agent queue too) without touching its password."""
+        try:
+            user = self._call("GET", f"/api/users/{self._q(host_id)}")
+        except BrokerRefused as exc:
+            if "HTTP 404" in str(exc):
+                return
+            raise
+        if "hostbus-agent" not in str(user.get("tags", "")):
+            return
+        if not self._exists("GET", f"/api/permissions/{self._q(vhost)}/{self._q(host_id)}"):
+            return  # enrolled in another vhost only: not ours to extend
+        grant = grant_for("agent", host_id)
+        self._call("PUT", f"/api/permissions/{self._q(vhost)}/{self._q(host_id)}",
+                   {"configure": grant.configure, "write": grant.write, "read": grant.read})
+
     def enroll_many(self, vhost: str, hosts: list[str], agents: list[str]) -> None:
         """Enroll many hosts in one definitions import (simulated fleets: thousands of
         hosts in one HTTP call instead of several each)."""
         for start in range(0, len(hosts), 500):  # an import of 500 takes about a second
             queues, bindings = [], []
             for host_id in hosts[start:start + 500]:
-                queue = names.host_queue(host_id)
-                queues.append({"name": queue, "durable": True, "auto_delete": False,
-                               "arguments": {}})
-                bindings += [{"source": exchange, "destination": queue,
-                              "destination_type": "queue", "routing_key": key,
-                              "arguments": {}}
-                             for exchange, key in topology.host_bindings(host_id, agents)]
+                for queue, pairs in topology.host_queues(host_id, agents).items():
+                    queues.append({"name": queue, "durable": True, "auto_delete": False,
+                                   "arguments": {}})
+                    bindings += [{"source": exchange, "destination": queue,
+                                  "destination_type": "queue", "routing_key": key,
+                                  "arguments": {}}
+                                 for exchange, key in pairs]
             self._call("POST", f"/api/definitions/{self._q(vhost)}",
                        {"queues": queues, "bindings": bindings}, timeout=120)
 

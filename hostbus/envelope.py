@@ -249,14 +249,42 @@ def error_reply(
 
 def parse_reply(delivery: Delivery) -> Reply:
     body = codec.decode_object(delivery.body, what="reply body")
+    return _reply(body, delivery.properties.correlation_id, delivery.properties.user_id)
+
+
+def _reply(body: dict[str, Any], correlation_id: str | None, user_id: str | None) -> Reply:
     envelope_validator("reply").validate(body)
     return Reply(
         host=body["host"], agent=body["agent"], status=body["status"],
         method=body.get("method"), result=body.get("result"), error=body.get("error"),
-        elapsed_ms=body.get("elapsed_ms"),
-        correlation_id=delivery.properties.correlation_id,
-        user_id=delivery.properties.user_id,
+        elapsed_ms=body.get("elapsed_ms"), correlation_id=correlation_id, user_id=user_id,
     )
+
+
+def earlier_reply(reply: Reply) -> Reply | None:
+    """What a ``replayed`` answer to a request says of the request's outcome.
+
+    An agent answers ``replayed`` when a request reaches it a second time: the broker
+    redelivers what was unacknowledged when the agent's connection dropped. The action
+    ran (or runs) once. The outcome is the reply the first copy got, which the answer
+    carries in ``details.earlier_reply`` once there is one (returned, with the answer's
+    correlation id and sender); None while the first copy is still being handled
+    (``details.in_progress``: its own reply is still to come) or if what is carried is
+    not a reply from the same host. Any other reply, including a ``replayed`` that
+    speaks of something else (an approval decided twice), is returned as it is."""
+    for _ in range(4):  # agents of earlier releases could nest a replayed answer
+        details = (reply.error or {}).get("details") or {}
+        if reply.error_code != ErrorCode.REPLAYED.value or not (
+                "earlier_reply" in details or details.get("in_progress") is True):
+            return reply
+        earlier = details.get("earlier_reply")
+        if not isinstance(earlier, dict) or earlier.get("host") != reply.host:
+            return None
+        try:
+            reply = _reply(dict(earlier), reply.correlation_id, reply.user_id)
+        except RemoteError:
+            return None
+    return None
 
 
 # -------------------------------------------------------------------------- events

@@ -58,6 +58,12 @@ def host_queue(host_id: str) -> str:
     return f"{HOST_QUEUE_PREFIX}{host_id}"
 
 
+def agent_queue(host_id: str) -> str:
+    """The host's queue for the built-in agent (discovery, describe, queries, approvals):
+    apart from the host queue, so a ping never waits behind the host's work."""
+    return f"hostbus.host.{host_id}.agent"
+
+
 def request_key(agent: str, host_id: str | None) -> str:
     """Routing key of a request: directed to one host, or broadcast when host_id is None."""
     return f"{agent}.{host_id if host_id is not None else BROADCAST}"

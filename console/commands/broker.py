@@ -211,7 +211,7 @@ def enroll(ctx: CliContext, host: str, agents: str, no_user: bool, queue_type: s
             admin(ctx, admin_url).check_free(name, host)  # before the queue is made
         keys = admin(ctx, admin_url).enroll_host(name, host, agent_list, queue_type=queue_type)
     result: dict[str, Any] = {"vhost": name, "host": host, "queue": names.host_queue(host),
-                              "routing_keys": keys}
+                              "agent_queue": names.agent_queue(host), "routing_keys": keys}
     if not no_user:
         path = config_out or f"{host}.toml"
         _check_writable(path, force)
@@ -228,8 +228,9 @@ def enroll(ctx: CliContext, host: str, agents: str, no_user: bool, queue_type: s
     if as_json:
         emit_json(result)
     else:
-        click.echo(f"host {host} enrolled in vhost {name}: queue {names.host_queue(host)} "
-                   f"bound to {', '.join(keys)}")
+        click.echo(f"host {host} enrolled in vhost {name}: queues {names.host_queue(host)} "
+                   f"and {names.agent_queue(host)} (the built-in agent's), bound to "
+                   f"{', '.join(keys)}")
         if not no_user:
             click.echo(f"broker user {host} created; agent config written to "
                        f"{result['config']} (mode 0600): hostbus-agent --config "

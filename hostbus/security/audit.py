@@ -9,11 +9,14 @@ A flood must not fill the disk: each line is at most ``MAX_LINE_BYTES`` (long va
 cut, and the record says so), and refusals that repeat (same caller, call, decision,
 rule and outcome) are written ``REPEATS_WRITTEN`` times per ``WINDOW_S`` seconds, then
 counted; one ``repeated`` line per key gives the count when the window closes. Anything
-that ran is always written.
+that ran is always written, if the disk lets it: records that cannot be written (a full
+disk) are counted (``lost``, in the heartbeat), and the first line written once the disk
+has room again says how many were lost and since when.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -25,6 +28,7 @@ from typing import Any
 import orjson
 
 from hostbus.envelope import now_rfc3339
+from hostbus.files import Durability, disk_trouble
 
 log = logging.getLogger("hostbus.audit")
 
@@ -63,6 +67,13 @@ class AuditLog:
         self._lock = threading.Lock()
         self._window_end = 0.0
         self._repeats: dict[tuple[Any, ...], list[Any]] = {}  # key -> [count, example]
+        #: Records that could not be written (a full disk), counted; the first line
+        #: written after them says how many and since when.
+        self.lost = 0
+        self._lost_since: str | None = None
+        self._lost_pending = 0
+        self.durability = Durability("audit_log", self.path,
+                                     "audit records are counted, not written")
 
     def write(self, record: dict[str, Any]) -> None:
         record = {"time": now_rfc3339(), **record}
@@ -104,15 +115,41 @@ class AuditLog:
         self._repeats.clear()
         return lines
 
+    def retry(self) -> None:
+        """Periodically, while records could not be written: write the line that says
+        how many were lost, once the disk takes it (attempts spaced out)."""
+        if self.durability.due():
+            with self._lock:
+                self._append([])
+
     def _append(self, lines: list[bytes]) -> None:
+        """Under the lock. Losing an audit line is bad; taking the agent down for it is
+        worse: a record that cannot be written is counted, and said once."""
+        if self._lost_pending:
+            lines = [_bounded({"time": now_rfc3339(), "event": "lost",
+                               "count": self._lost_pending, "since": self._lost_since,
+                               "why": self.durability.reason}), *lines]
         if not lines:
             return
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             try:
-                os.write(fd, b"".join(lines))
+                data = b"".join(lines)
+                size = os.fstat(fd).st_size
+                if os.write(fd, data) != len(data):
+                    # A full disk takes what fits: cut the half line off again, so the
+                    # log stays one JSON record per line.
+                    os.ftruncate(fd, size)
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             finally:
                 os.close(fd)
-        except OSError:
-            # Losing an audit line is bad; taking the agent down for it is worse.
-            log.exception("could not append to the audit log %s", self.path)
+        except OSError as exc:
+            counted = len(lines) - (1 if self._lost_pending else 0)
+            if not self._lost_pending:
+                self._lost_since = now_rfc3339()
+            self._lost_pending += counted
+            self.lost += counted
+            self.durability.failed(disk_trouble(exc) or str(exc))
+            return
+        self._lost_pending = 0
+        self.durability.recovered()

@@ -20,6 +20,7 @@ queue (if it still exists) and, inside the approve reply, to the approver.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import sqlite3
 import threading
@@ -33,7 +34,7 @@ import orjson
 
 from hostbus.envelope import REQUEST_TYPE, Request, now_rfc3339, usable_reply_to
 from hostbus.errors import ErrorCode, RemoteError
-from hostbus.files import private_file
+from hostbus.files import Durability, disk_trouble, private_file
 from hostbus.transport.base import Delivery, Properties
 
 if TYPE_CHECKING:
@@ -100,15 +101,35 @@ _COLUMNS = ("approval_id, request_id, requester, call, args, digest, rule, creat
 
 
 class ApprovalStore:
-    """Parked requests on disk (or in memory without a path, for tests)."""
+    """Parked requests on disk (or in memory without a path, for tests).
+
+    Parking needs the disk: while the file cannot be written (a full disk), a request
+    that needs approval is refused with the reason instead of parked, and a decision
+    cannot be taken; what is parked stays listable. ``retry`` notices the disk is back."""
 
     def __init__(self, path: str | Path | None, ttl_s: float = 3600.0) -> None:
         self.ttl_s = ttl_s
         self._lock = threading.Lock()
-        if path is not None:
-            private_file(path)
-        self._db = sqlite3.connect(str(path) if path is not None else ":memory:",
-                                   check_same_thread=False, isolation_level=None)
+        self._path = Path(path) if path is not None else None
+        self._db: sqlite3.Connection | None = None
+        self._ready = False
+        self._probe = 0
+        self.durability = Durability(
+            "approvals", path or ":memory:",
+            "requests that need approval are refused instead of parked, and approvals "
+            "cannot be decided")
+        try:
+            self._open()
+        except (sqlite3.Error, OSError) as exc:
+            self._trouble(exc)
+
+    def _open(self) -> None:
+        if self._db is None:
+            if self._path is not None:
+                private_file(self._path)
+            self._db = sqlite3.connect(str(self._path) if self._path is not None
+                                       else ":memory:",
+                                       check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # rare writes; each one must stay
         self._db.execute(
@@ -116,6 +137,47 @@ class ApprovalStore:
             " requester TEXT, call TEXT, args BLOB, digest TEXT, rule TEXT, created REAL,"
             " expires REAL, state TEXT, decided_by TEXT, outcome TEXT, exchange TEXT,"
             " routing_key TEXT, properties BLOB, body BLOB)")
+        self._ready = True
+
+    def _trouble(self, exc: BaseException) -> str:
+        reason = disk_trouble(exc)
+        if reason is None:
+            raise exc
+        self.durability.failed(reason)
+        return reason
+
+    def _write(self, sql: str, params: tuple[Any, ...], doing: str) -> sqlite3.Cursor:
+        """Under the lock: a write the caller cannot do without; a full disk becomes a
+        ``failed`` answer that says what to do."""
+        try:
+            if not self._ready:
+                self._open()
+            assert self._db is not None
+            cur = self._db.execute(sql, params)
+        except (sqlite3.Error, OSError) as exc:
+            reason = self._trouble(exc)
+            raise RemoteError(ErrorCode.FAILED,
+                              f"cannot {doing}: this agent cannot write its approvals file "
+                              f"({reason}); ask again once its disk has room",
+                              {"state_disk": reason}) from None
+        self.durability.recovered()
+        return cur
+
+    def retry(self) -> None:
+        """Periodically, while the file could not be written: a small write tells
+        whether it can again (spaced out by ``durability``)."""
+        if not self.durability.due():
+            return
+        with self._lock:
+            try:
+                self._open()
+                assert self._db is not None
+                self._probe = 1 - self._probe
+                self._db.execute(f"PRAGMA user_version = {self._probe}")
+            except (sqlite3.Error, OSError) as exc:
+                self._trouble(exc)
+                return
+        self.durability.recovered()
 
     def park(self, delivery: Delivery, request: Request, rule: str, digest: str) -> Parked:
         now = time.time()
@@ -129,21 +191,28 @@ class ApprovalStore:
             properties={f: getattr(props, f) for f in props.__slots__},
         )
         with self._lock:
-            self._db.execute(
+            self._write(
                 f"INSERT INTO parked ({_COLUMNS}) VALUES ({', '.join('?' * 16)})",
                 (parked.approval_id, parked.request_id, parked.requester, parked.call,
                  orjson.dumps(parked.args), parked.digest, parked.rule, parked.created,
                  parked.expires, parked.state, None, None, parked.exchange,
-                 parked.routing_key, orjson.dumps(parked.properties), parked.body))
+                 parked.routing_key, orjson.dumps(parked.properties), parked.body),
+                f"park {parked.call} for approval")
         return parked
 
     def get(self, approval_id: str) -> Parked | None:
+        if not self._ready:
+            return None
+        assert self._db is not None
         with self._lock:
             row = self._db.execute(f"SELECT {_COLUMNS} FROM parked WHERE approval_id = ?",
                                    (approval_id,)).fetchone()
         return _row(row) if row else None
 
     def list(self, *, include_decided: bool = False) -> list[Parked]:
+        if not self._ready:
+            return []
+        assert self._db is not None
         where = "" if include_decided else "WHERE state = 'pending'"
         with self._lock:
             rows = self._db.execute(
@@ -154,28 +223,42 @@ class ApprovalStore:
         """Moves a pending approval to ``state``; False if it was no longer pending (so
         two approvers racing run the request once)."""
         with self._lock:
-            cur = self._db.execute(
+            cur = self._write(
                 "UPDATE parked SET state = ?, decided_by = ? "
-                "WHERE approval_id = ? AND state = 'pending'", (state, by, approval_id))
+                "WHERE approval_id = ? AND state = 'pending'", (state, by, approval_id),
+                f"record the decision on approval {approval_id}")
         return cur.rowcount == 1
 
     def record_outcome(self, approval_id: str, outcome: str) -> None:
-        with self._lock:
-            self._db.execute("UPDATE parked SET outcome = ?, body = x'' "
-                             "WHERE approval_id = ?", (outcome, approval_id))
+        # The call ran and was answered; on a full disk only the listing misses this.
+        with self._lock, contextlib.suppress(RemoteError):
+            self._write("UPDATE parked SET outcome = ?, body = x'' WHERE approval_id = ?",
+                        (outcome, approval_id), "record an outcome")
 
     def expire_due(self, now: float | None = None) -> list[Parked]:
         """Marks overdue pending approvals expired and returns them; forgets decided
-        ones after ``KEEP_DECIDED_S``."""
+        ones after ``KEEP_DECIDED_S``. While the file cannot be written nothing expires
+        (the next run after the disk is back does it)."""
+        if not self._ready or not self.durability.ok:
+            return []
+        assert self._db is not None
         now = time.time() if now is None else now
         with self._lock:
             rows = self._db.execute(
                 f"SELECT {_COLUMNS} FROM parked WHERE state = 'pending' AND expires <= ?",
                 (now,)).fetchall()
-            self._db.execute("UPDATE parked SET state = 'expired', body = x'' "
-                             "WHERE state = 'pending' AND expires <= ?", (now,))
-            self._db.execute("DELETE FROM parked WHERE state != 'pending' AND expires <= ?",
-                             (now - KEEP_DECIDED_S,))
+            try:
+                self._db.execute("BEGIN")
+                self._db.execute("UPDATE parked SET state = 'expired', body = x'' "
+                                 "WHERE state = 'pending' AND expires <= ?", (now,))
+                self._db.execute("DELETE FROM parked WHERE state != 'pending' AND "
+                                 "expires <= ?", (now - KEEP_DECIDED_S,))
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                self._trouble(exc)
+                return []
         expired = [_row(r) for r in rows]
         for parked in expired:
             parked.state = "expired"

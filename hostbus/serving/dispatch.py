@@ -55,6 +55,9 @@ class Outcome:
     #: The broker-checked user_id, even when the request could not be parsed: a refused
     #: message is audited under the identity that sent it.
     caller: str | None = None
+    #: A copy of a request seen before, answered ``replayed``: that answer is not the
+    #: request's own reply, and is not remembered as it.
+    repeat: bool = False
 
 
 @dataclass
@@ -175,6 +178,11 @@ class Dispatcher:
             ))
         try:
             self.replay.check(request.user_id or "", rid, request.deadline.timestamp())
+        except RemoteError as err:
+            outcome = refuse(err)
+            outcome.repeat = err.code is ErrorCode.REPLAYED
+            return outcome
+        try:
             checked = self.prepare(request, started)
         except RemoteError as err:
             return refuse(err)
@@ -192,7 +200,10 @@ class Dispatcher:
             return refuse(RemoteError(ErrorCode.APPROVAL_REQUIRED,
                                       f"{decision.reason}, but {why}",
                                       {"rule": decision.rule}), decision)
-        parked = self.approvals.park(delivery, request, decision.rule)
+        try:
+            parked = self.approvals.park(delivery, request, decision.rule)
+        except RemoteError as err:  # the approvals file cannot be written
+            return refuse(err, decision)
         outcome = refuse(RemoteError(
             ErrorCode.APPROVAL_REQUIRED,
             f"{decision.reason}; parked as approval {parked.approval_id} until "
@@ -253,6 +264,21 @@ class Dispatcher:
         checked.decision = Decision(True, decision.rule,
                                     f"{decision.reason}; approved by {parked.decided_by}")
         return checked
+
+    def late(self, checked: Checked) -> Outcome | None:
+        """A checked request whose deadline passed while it waited for a worker: the
+        ``expired`` answer (it is not run), or None if it may still run."""
+        request = checked.request
+        if datetime.now(UTC) <= request.deadline:
+            return None
+        err = RemoteError(ErrorCode.EXPIRED,
+                          f"deadline {request.deadline.isoformat()} passed while the request "
+                          "waited for a worker (the agent was busy); it was not run")
+        log.warning("refused %s %s.%s from %s: %s %s", request.message_id, request.agent,
+                    request.method, request.user_id or "-", err.code.value, err.message)
+        return Outcome(self._error(request.agent, request.method, err, request.message_id,
+                                   checked.started), request.reply_to, request,
+                       decision=checked.decision)
 
     def run(self, checked: Checked) -> Outcome:
         """Act on a checked request. Never raises: failures become error replies."""

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import orjson
 
-from hostbus.files import private_file
+from hostbus.files import Durability, disk_trouble, private_file
 from hostbus.publisher import Publisher
 from hostbus.transport.base import Properties
 
@@ -51,36 +51,87 @@ class Outgoing:
 
 
 class Spool:
-    """Events waiting for the broker, in a SQLite file (in memory without a path)."""
+    """Events waiting for the broker, in a SQLite file (in memory without a path).
+
+    If the file cannot be written (a full disk), events go to memory instead, and rows
+    sent since stay in the file marked gone; ``retry`` writes the former and deletes the
+    latter once the disk takes writes again, so nothing is lost meanwhile (unless the
+    agent dies) and nothing sent is sent again after a restart."""
 
     def __init__(self, path: str | Path | None, max_bytes: int = 64 << 20) -> None:
         self.max_bytes = max_bytes
-        if path is not None:
-            private_file(path)
-        self._db = sqlite3.connect(str(path) if path is not None else ":memory:",
-                                   check_same_thread=False, isolation_level=None)
+        self.dropped = 0
+        self._warned = False
+        self._path = Path(path) if path is not None else None
+        self._mem: dict[int, Outgoing] = {}  # events the file did not take
+        self._gone: set[int] = set()  # rows sent, still in the file
+        self._db: sqlite3.Connection | None = None
+        self._ready = False
+        self.durability = Durability(
+            "event_spool", path or ":memory:",
+            "events that wait for the broker are kept in memory (lost if the agent dies)")
+        self.count = self.bytes = 0
+        try:
+            self._open()
+            self.count, self.bytes = self._db.execute(  # type: ignore[union-attr]
+                "SELECT count(*), coalesce(sum(size), 0) FROM spool").fetchone()
+        except (sqlite3.Error, OSError) as exc:
+            self._trouble(exc)
+
+    def _open(self) -> None:
+        if self._db is None:
+            if self._path is not None:
+                private_file(self._path)
+            self._db = sqlite3.connect(str(self._path) if self._path is not None
+                                       else ":memory:",
+                                       check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # survives an agent crash
         self._db.execute("CREATE TABLE IF NOT EXISTS spool (oid INTEGER PRIMARY KEY, "
                          "periodic INTEGER, exchange TEXT, routing_key TEXT, props BLOB, "
                          "body BLOB, size INTEGER)")
-        self.count, self.bytes = self._db.execute(
-            "SELECT count(*), coalesce(sum(size), 0) FROM spool").fetchone()
-        self.dropped = 0
-        self._warned = False
+        self._ready = True
+
+    def _trouble(self, exc: BaseException) -> None:
+        reason = disk_trouble(exc)
+        if reason is None:
+            raise exc
+        self.durability.failed(reason)
+
+    def _writable(self) -> bool:
+        return self._ready and self.durability.ok
 
     def max_oid(self) -> int:
-        return int(self._db.execute("SELECT coalesce(max(oid), 0) FROM spool").fetchone()[0])
+        found = 0
+        if self._ready:
+            assert self._db is not None
+            found = int(self._db.execute("SELECT coalesce(max(oid), 0) FROM spool"
+                                         ).fetchone()[0])
+        return max(found, *self._mem, 0)
+
+    def _oldest_periodic(self) -> tuple[int, int] | None:
+        """(oid, size) of the oldest periodic sample waiting, file or memory."""
+        found = None
+        if self._ready:
+            assert self._db is not None
+            for oid, size in self._db.execute(
+                    "SELECT oid, size FROM spool WHERE periodic = 1 ORDER BY oid"):
+                if oid not in self._gone:
+                    found = (oid, size)
+                    break
+        kept = min((r.oid for r in self._mem.values() if r.periodic), default=None)
+        if kept is not None and (found is None or kept < found[0]):
+            found = (kept, self._mem[kept].size)
+        return found
 
     def put(self, rec: Outgoing) -> bool:
         """Store ``rec``, dropping periodic samples oldest first to stay in bounds;
         False if ``rec`` itself was dropped."""
         while self.bytes + rec.size > self.max_bytes:
-            row = self._db.execute("SELECT oid, size FROM spool WHERE periodic = 1 "
-                                   "ORDER BY oid LIMIT 1").fetchone()
-            if row is None:
+            oldest = self._oldest_periodic()
+            if oldest is None:
                 break
-            self._delete(row[0], row[1])
+            self._delete(*oldest)
             self.dropped += 1
         if self.bytes + rec.size > self.max_bytes:
             if rec.periodic:
@@ -90,34 +141,98 @@ class Spool:
                 log.warning("the event spool is over its limit of %d bytes with events "
                             "that are never dropped; keeping them", self.max_bytes)
                 self._warned = True
-        props = orjson.dumps({k: getattr(rec.props, k) for k in _PROPS})
-        cur = self._db.execute(
-            "INSERT OR IGNORE INTO spool VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (rec.oid, int(rec.periodic), rec.exchange, rec.routing_key, props, rec.body,
-             rec.size))
-        if cur.rowcount:
-            self.count += 1
-            self.bytes += rec.size
+        if rec.oid in self._mem:
+            return True
+        if self._writable():
+            assert self._db is not None
+            props = orjson.dumps({k: getattr(rec.props, k) for k in _PROPS})
+            try:
+                cur = self._db.execute(
+                    "INSERT OR IGNORE INTO spool VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (rec.oid, int(rec.periodic), rec.exchange, rec.routing_key, props,
+                     rec.body, rec.size))
+            except sqlite3.Error as exc:
+                self._trouble(exc)
+            else:
+                if cur.rowcount:
+                    self.count += 1
+                    self.bytes += rec.size
+                return True
+        self._mem[rec.oid] = rec
+        self.count += 1
+        self.bytes += rec.size
         return True
 
     def after(self, oid: int, limit: int) -> list[Outgoing]:
-        rows = self._db.execute(
-            "SELECT oid, periodic, exchange, routing_key, props, body FROM spool "
-            "WHERE oid > ? ORDER BY oid LIMIT ?", (oid, limit)).fetchall()
-        return [Outgoing(r[0], r[2], r[3], r[5], Properties(**orjson.loads(r[4])), bool(r[1]))
-                for r in rows]
+        found: list[Outgoing] = []
+        if self._ready:
+            assert self._db is not None
+            rows = self._db.execute(
+                "SELECT oid, periodic, exchange, routing_key, props, body FROM spool "
+                "WHERE oid > ? ORDER BY oid LIMIT ?", (oid, limit + len(self._gone)))
+            found = [Outgoing(r[0], r[2], r[3], r[5], Properties(**orjson.loads(r[4])),
+                              bool(r[1]))
+                     for r in rows if r[0] not in self._gone and r[0] not in self._mem]
+        found += [r for r in self._mem.values() if r.oid > oid]
+        found.sort(key=lambda r: r.oid)
+        return found[:limit]
 
     def remove(self, oid: int) -> None:
+        kept = self._mem.get(oid)
+        if kept is not None:
+            self._delete(oid, kept.size)
+            return
+        if not self._ready or oid in self._gone:
+            return
+        assert self._db is not None
         row = self._db.execute("SELECT size FROM spool WHERE oid = ?", (oid,)).fetchone()
         if row is not None:
             self._delete(oid, row[0])
 
     def _delete(self, oid: int, size: int) -> None:
-        self._db.execute("DELETE FROM spool WHERE oid = ?", (oid,))
+        if self._mem.pop(oid, None) is None:
+            deleted = False
+            if self._writable():
+                assert self._db is not None
+                try:
+                    self._db.execute("DELETE FROM spool WHERE oid = ?", (oid,))
+                    deleted = True
+                except sqlite3.Error as exc:
+                    self._trouble(exc)
+            if not deleted:
+                self._gone.add(oid)  # deleted from the file once it takes writes
         self.count -= 1
         self.bytes -= size
         if self.count == 0:
             self._warned = False
+
+    def retry(self) -> None:
+        """Periodically: once the disk takes writes again, move the events kept in
+        memory to the file and delete the rows sent meanwhile (attempts spaced out)."""
+        if not self.durability.due():
+            return
+        try:
+            self._open()
+            assert self._db is not None
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany("DELETE FROM spool WHERE oid = ?",
+                                     [(oid,) for oid in self._gone])
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO spool VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(r.oid, int(r.periodic), r.exchange, r.routing_key,
+                      orjson.dumps({k: getattr(r.props, k) for k in _PROPS}), r.body, r.size)
+                     for r in self._mem.values()])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            self._trouble(exc)
+            return
+        self._gone.clear()
+        self._mem.clear()
+        self.durability.recovered()
 
 
 class EventOutbox:
@@ -224,6 +339,14 @@ class EventOutbox:
             self._draining.clear()  # still in the spool: sent again after the reconnect
             self._cursor = 0
             self._idle.notify_all()
+
+    def retry(self) -> None:
+        """Periodically: the spool writes out what it kept in memory while its disk was
+        full, once it can (and sends on if the broker is there)."""
+        with self._lock:
+            self.spool.retry()
+            if self._online and self.spool.count:
+                self._pump()
 
     def resume(self) -> None:
         """Once the transport is connected: send what an earlier run left spooled."""

@@ -1,14 +1,16 @@
 """The agent runtime: one daemon, one connection, several agents.
 
-Where a message enters: the transport hands each delivery from the host's queue to
-``_on_delivery`` (on the I/O thread), which passes it to a worker; the worker runs the
-``Dispatcher`` (checks, then the call) and publishes the reply. Events from agents and
+Where a message enters: the transport hands each delivery from the host's queues (the
+host queue for the agents' work, the agent queue for the built-in agent) to
+``_on_delivery`` (on the I/O thread), which checks it and passes it to a worker; the
+worker runs the call and publishes the reply. Events from agents and
 the runtime's own lifecycle events (online, heartbeat, offline) go out through
 ``emit``, numbered per agent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from hostbus import __version__, names
 from hostbus.envelope import Event, error_reply, now_rfc3339, parse_request
 from hostbus.errors import BrokerRefused, ErrorCode, RemoteError, SchemaError
+from hostbus.files import Durability
 from hostbus.publisher import Publisher
 from hostbus.schema import AgentSchema, load_agent_schema
 from hostbus.security.audit import AuditLog, args_digest
@@ -83,7 +86,6 @@ class AgentRuntime:
         self._seq_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._inflight = threading.BoundedSemaphore(max(1, workers) * 16)
         self._own_pool = executor is None
         self._pool: Executor = executor or ThreadPoolExecutor(
             max_workers=max(1, workers), thread_name_prefix="hostbus-worker")
@@ -167,6 +169,9 @@ class AgentRuntime:
             )
         for hosted in self.hosted.values():
             hosted.agent.start()
+        # The agent queue first: over AMQP 0-9-1 a refused probe or consume closes the
+        # channel, which would hand back whatever the host queue had delivered by then.
+        self._consume_agent_queue()
         self.transport.consume(queue, self._on_delivery, manual_ack=True)
         self.outbox.resume()
         self.emit(names.BUILTIN_AGENT, "online", {
@@ -177,6 +182,8 @@ class AgentRuntime:
                  ", ".join(self.agent_names) or "none", self.epoch)
         if self.heartbeat_interval > 0:
             self._every(self.heartbeat_interval, self._heartbeat, "heartbeat")
+        if any(d.on_disk for d in self._durabilities()):  # not for a fleet in memory
+            self._every(1.0, self._retry_state, "state-disk")
         if self.dispatcher.approvals is not None:
             ttl = self.dispatcher.approvals.store.ttl_s
             self._every(min(60.0, max(1.0, ttl / 10)), self._expire_approvals,
@@ -187,6 +194,25 @@ class AgentRuntime:
                 interval = float(settings.get(setting, 0) or 0)
                 if interval > 0:
                     self._every(interval, task, f"{hosted.agent.name}.{task.__name__}")
+
+    def _consume_agent_queue(self) -> None:
+        """The built-in agent's own queue, where an enrollment made it. A host enrolled by
+        an earlier release has none: its discovery keeps arriving in the host queue,
+        behind the host's work, until it is enrolled again."""
+        queue = names.agent_queue(self.host_id)
+        why = None
+        try:
+            if self.transport.queue_exists(queue):
+                self.transport.consume(queue, self._on_delivery, manual_ack=True)
+                return
+            why = f"there is no queue {queue}"
+        except BrokerRefused as exc:
+            why = f"this agent may not read {queue} ({exc})"
+        agents = f" --agents {','.join(self.agent_names)}" if self.agent_names else ""
+        log.warning("%s, so pings and other requests to the built-in agent wait behind this "
+                    "host's work: run `hostbus broker enroll %s%s --no-user` (it adds the "
+                    "queue and keeps this host's password), then restart this agent", why,
+                    self.host_id, agents)
 
     def stop(self, reason: str = "stopped", *, close_transport: bool = True) -> None:
         if self._stop.is_set():
@@ -220,6 +246,8 @@ class AgentRuntime:
     def _on_delivery(self, delivery: Delivery) -> None:
         """On the I/O thread: every check runs here (microseconds, bounded), so refusals
         never wait behind slow work; inline methods run here too. The rest goes to a
+        worker. This never blocks: the broker hands out at most a consumer window
+        (prefetch) of unacknowledged requests per queue, which bounds what waits for a
         worker. A request is acknowledged only once answered: if this process dies
         while a method runs, the broker hands the request to the next start, whose
         recent-ids store answers it as interrupted instead of running it again."""
@@ -232,21 +260,22 @@ class AgentRuntime:
             self._answer(self.dispatcher.run(checked))
             delivery.ack()
             return
-        self._inflight.acquire()  # back-pressure: stop reading when workers are swamped
-        try:
+        # RuntimeError: the pool is shut down, we are stopping; the broker redelivers.
+        with contextlib.suppress(RuntimeError):
             self._pool.submit(self._serve, checked, delivery)
-        except RuntimeError:  # pool shut down: we are stopping; the broker redelivers
-            self._inflight.release()
 
     def _serve(self, checked: Checked, delivery: Delivery) -> None:
         try:
+            late = self.dispatcher.late(checked)
+            if late is not None:  # it waited for a worker past its deadline: not run
+                self._answer(late)
+                return
             request = checked.request
             # From here a crash leaves it "interrupted"; before, it runs after a restart.
             self.dispatcher.replay.started(request.user_id or "", request.message_id)
             self._answer(self.dispatcher.run(checked))
         finally:
             delivery.ack()
-            self._inflight.release()
 
     def _answer(self, outcome: Outcome) -> None:
         if self.audit is not None and (outcome.reply is not None or outcome.executed):
@@ -258,7 +287,9 @@ class AgentRuntime:
                     body = self.publisher.reply(outcome.reply_to, outcome.reply)
                 else:
                     body = outcome.reply.encode()[0]
-                if outcome.request is not None:
+                if outcome.request is not None and not outcome.repeat:
+                    # A repeat's refusal is not the request's reply: kept, it would
+                    # replace the real one (or stand for it, if the real one is running).
                     self.dispatcher.replay.remember_reply(outcome.request.user_id or "",
                                                           outcome.request.message_id, body)
         except Exception:
@@ -341,12 +372,35 @@ class AgentRuntime:
         })
 
     # ---------------------------------------------------------------- periodic
+    def _durabilities(self) -> list[Durability]:
+        found = [self.dispatcher.replay.durability, self.outbox.spool.durability,
+                 self.dispatcher.approvals.store.durability if self.dispatcher.approvals
+                 else None, self.audit.durability if self.audit else None]
+        return [d for d in found if d is not None]
+
+    def state_disk(self) -> dict[str, Any]:
+        """For the heartbeat: whether every state file takes writes, the reason of each
+        that does not (its store carries on in memory meanwhile), and audit records
+        lost to a full disk since start."""
+        failing = {d.store: d.reason for d in self._durabilities() if d.reason is not None}
+        return {"ok": not failing, "failing": failing,
+                "audit_records_lost": self.audit.lost if self.audit else 0}
+
+    def _retry_state(self) -> None:
+        """Each store that could not write tries again (each spaces out its attempts)."""
+        self.dispatcher.replay.retry()
+        self.outbox.retry()
+        if self.dispatcher.approvals is not None:
+            self.dispatcher.approvals.store.retry()
+        if self.audit is not None:
+            self.audit.retry()
+
     def _heartbeat(self) -> None:
         data: dict[str, Any] = {
             "agents": self.agent_names, "version": __version__, "epoch": self.epoch,
             "uptime_s": round(time.monotonic() - self._started_mono, 1),
             "interval_s": self.heartbeat_interval, "requests": self.requests_handled,
-            "events": self.outbox.status(),
+            "events": self.outbox.status(), "state_disk": self.state_disk(),
         }
         if self.transport.blocked is not None:  # sent once the broker takes it again
             data["broker_blocked"] = self.transport.blocked

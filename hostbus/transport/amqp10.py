@@ -484,7 +484,11 @@ class ProtonTransport(Transport):
             return False
         finally:
             self._links.remove(probe)
-        self._submit(lambda: probe.receiver.close())
+        def let_go() -> None:  # the probe's session too: an agent probes two queues
+            probe.receiver.close()
+            probe.receiver.session.close()
+
+        self._submit(let_go)
         return True
 
     def flush(self, timeout: float = 5.0) -> None:

@@ -92,11 +92,11 @@ class MemoryBroker:
                 self.bindings.append((exchange, key, queue_name))
 
     def enroll(self, host_id: str, agents: list[str]) -> None:
-        """Create a host's queue and bindings, as ``hostbus broker enroll`` does."""
-        q = names.host_queue(host_id)
-        self.declare_queue(q)
-        for exchange, key in topology.host_bindings(host_id, agents):
-            self.bind(exchange, key, q)
+        """Create a host's queues and bindings, as ``hostbus broker enroll`` does."""
+        for q, bindings in topology.host_queues(host_id, agents).items():
+            self.declare_queue(q)
+            for exchange, key in bindings:
+                self.bind(exchange, key, q)
 
     # -- routing --
     def route(self, exchange: str, delivery: Delivery) -> int:

@@ -100,10 +100,12 @@ def test_broker_definitions_match_the_names_the_code_uses():
     assert r"^hostbus\.reply\." in patterns  # unused reply queues expire
 
 
-def test_host_bindings_cover_directed_broadcast_and_the_builtin_agent():
-    assert topology.host_bindings("web01", ["host"]) == [
-        ("hostbus.request", "agent.web01"), ("hostbus.request", "agent._all"),
-        ("hostbus.request", "host.web01"), ("hostbus.request", "host._all")]
+def test_host_queues_cover_directed_broadcast_and_the_builtin_agent_apart():
+    assert topology.host_queues("web01", ["host"]) == {
+        "hostbus.host.web01": [("hostbus.request", "host.web01"),
+                               ("hostbus.request", "host._all")],
+        "hostbus.host.web01.agent": [("hostbus.request", "agent.web01"),
+                                     ("hostbus.request", "agent._all")]}
 
 
 def test_the_wheel_ships_every_package_and_data_file(tmp_path):

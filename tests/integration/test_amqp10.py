@@ -246,7 +246,8 @@ def test_an_agent_answering_many_consoles_over_amqp10_keeps_few_sessions(node):
         while not sessions and time.monotonic() < deadline:
             sessions = [c for c in node.admin.connections("hostbus")
                         if c.get("user") == "many0"]
-        # the host queue's consumer, the reply sender, the event sender for `online`
+        # the host and agent queues' consumers, the reply sender, the event sender for
+        # `online`
         assert 1 <= len(sessions) <= 4, [c.get("name") for c in sessions]
     finally:
         runtime.stop("test over")

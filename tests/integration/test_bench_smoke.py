@@ -29,3 +29,25 @@ def test_bench_quick_completes_and_writes_json_and_a_chart(rabbitmq, tmp_path):
     assert {t["what"] for t in results["targets"]} >= {"call round trip p50",
                                                        "events / raw pika"}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.timeout(900)  # a node of its own, and a 10 s alarm per protocol
+def test_bench_faults_reports_every_scenario_on_both_protocols():
+    """`hostbus bench --only faults --quick` on a RabbitMQ node of its own: every
+    scenario reports its counts (what they are is the benchmark's business)."""
+    from hostbus.testing.pytest_plugin import fail_or_skip
+
+    done = subprocess.run([str(Path(sys.executable).parent / "hostbus"), "bench", "--quick",
+                           "--only", "faults", "--json"], capture_output=True, text=True,
+                          timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    faults = json.loads(done.stdout)["faults"]
+    if "error" in faults:
+        fail_or_skip(faults["error"])
+    assert set(faults) == {"amqp091", "amqp10"}
+    for row in faults.values():
+        for scenario in ("crash", "alarm", "queue_deleted"):
+            counts = row[scenario]
+            assert counts["sent"] > 0 and counts["delivered"] >= counts["sent"] - counts["lost"]
+            assert {"lost", "duplicated", "reordered", "recovery_s"} <= set(counts)
+        assert [b["workers"] for b in row["backlog"]] == [1, 4]

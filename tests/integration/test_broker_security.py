@@ -50,6 +50,8 @@ def test_the_broker_refuses_an_agent_anything_outside_its_grant(rabbitmq, enroll
                                                     b"{}", props)) is None
     assert refusal(url, lambda ch: ch.basic_consume(f"hostbus.host.{host}",
                                                     lambda *a: None)) is None
+    assert refusal(url, lambda ch: ch.basic_consume(f"hostbus.host.{host}.agent",
+                                                    lambda *a: None)) is None
     # ...and nothing else:
     assert refusal(url, lambda ch: ch.basic_publish(
         "hostbus.event", f"host.{other}.metrics", b"{}", props)) == 403  # as another host
@@ -59,6 +61,8 @@ def test_the_broker_refuses_an_agent_anything_outside_its_grant(rabbitmq, enroll
         "", f"hostbus.host.{other}", b"{}", props)) == 403  # around the exchanges
     assert refusal(url, lambda ch: ch.basic_consume(
         f"hostbus.host.{other}", lambda *a: None)) == 403  # another host's queue
+    assert refusal(url, lambda ch: ch.basic_consume(
+        f"hostbus.host.{other}.agent", lambda *a: None)) == 403  # ...either of them
     assert refusal(url, lambda ch: ch.queue_declare("hostbus.sub.x")) == 403  # configure
     assert refusal(url, lambda ch: ch.basic_publish(
         "hostbus.event", f"host.{host}.metrics", b"{}",
@@ -333,6 +337,7 @@ def test_the_broker_refuses_a_service_anything_outside_its_grant(rabbitmq, enrol
 
     # What a service does: serve its queues, call agents, answer, report as itself.
     assert refusal(url, consume_briefly(f"hostbus.host.{svc}")) is None
+    assert refusal(url, consume_briefly(f"hostbus.host.{svc}.agent")) is None
     assert refusal(url, consume_briefly("hostbus.provision")) is None
     assert refusal(url, own_reply_queue) is None
     assert refusal(url, lambda ch: ch.basic_publish(
@@ -346,6 +351,7 @@ def test_the_broker_refuses_a_service_anything_outside_its_grant(rabbitmq, enrol
     assert refusal(url, lambda ch: ch.basic_publish(
         "hostbus.event", f"provision.{other}.accepted", b"{}", props)) == 403  # as another
     assert refusal(url, consume_briefly(f"hostbus.host.{other}")) == 403
+    assert refusal(url, consume_briefly(f"hostbus.host.{other}.agent")) == 403
     assert refusal(url, consume_briefly("hostbus.dead")) == 403
     assert refusal(url, lambda ch: ch.basic_publish(
         "hostbus.provision", "provision", b"{}", props)) == 403

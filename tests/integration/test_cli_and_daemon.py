@@ -157,11 +157,13 @@ def test_broker_setup_and_enroll_are_idempotent(rabbitmq):
                          "--json")
         assert enroll.returncode == 0, enroll.stderr
     assert json.loads(enroll.stdout)["routing_keys"] == [
-        f"agent.{host}", "agent._all", f"host.{host}", "host._all"]
-    bindings = rabbitmq.admin._call(
-        "GET", f"/api/queues/{rabbitmq.vhost}/hostbus.host.{host}/bindings")
-    assert sorted(b["routing_key"] for b in bindings if b["source"] == "hostbus.request") == \
-        sorted([f"agent.{host}", "agent._all", f"host.{host}", "host._all"])
+        f"host.{host}", "host._all", f"agent.{host}", "agent._all"]
+    for queue, keys in ((f"hostbus.host.{host}", [f"host.{host}", "host._all"]),
+                        (f"hostbus.host.{host}.agent", [f"agent.{host}", "agent._all"])):
+        bindings = rabbitmq.admin._call("GET",
+                                        f"/api/queues/{rabbitmq.vhost}/{queue}/bindings")
+        assert sorted(b["routing_key"] for b in bindings
+                      if b["source"] == "hostbus.request") == sorted(keys)
     bad = run_cli(rabbitmq, "broker", "enroll", "Bad.Host")
     assert bad.returncode == 2 and "no dots" in bad.stderr
 

@@ -54,7 +54,7 @@ def test_a_host_cannot_answer_discovery_as_an_invented_host(rabbitmq, evil_host)
                 answered.append(True)
             channel.basic_ack(method.delivery_tag)
 
-        ch.basic_consume(f"hostbus.host.{name}", answer)
+        ch.basic_consume(f"hostbus.host.{name}.agent", answer)  # where pings arrive
         found = []
         # The console waits for replies on its own thread; the evil host answers on this
         # one: serve it until discovery has finished.
