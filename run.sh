@@ -8,7 +8,7 @@
 # Run as root, or as a user with sudo.
 set -euo pipefail
 
-cd "$(dirname "$0")"
+cd "$(dirname "${BASH_SOURCE[0]}")"
 ROOT=$(pwd)
 RUN_DIR="$ROOT/.run"
 VENV="$ROOT/.venv"
@@ -111,6 +111,9 @@ ensure_rabbitmq() {
   if ! command -v rabbitmq-server >/dev/null && [ ! -x /usr/sbin/rabbitmq-server ]; then
     apt_install rabbitmq-server
   fi
+  local version; version=$(installed_rabbitmq_version)
+  [ -n "$version" ] || die "rabbitmqctl version failed: is rabbitmq-server installed?"
+  write_amqp10_conf "$version" "$(broker_conf)"
   if ! broker_up; then
     say "starting RabbitMQ"
     if [ -d /run/systemd/system ]; then
@@ -129,10 +132,14 @@ ensure_rabbitmq() {
   ensure_amqp10
 }
 
-# AMQP 1.0 (amqp10:// URLs) is the rabbitmq_amqp1_0 plugin, which lets a client without
-# credentials in as guest unless amqp1_0.default_user = none. A plugin enabled on a
-# running node does not read rabbitmq.conf again, so the setting goes into the file (for
-# the next boot) and into the running node, and is checked.
+# AMQP 1.0 (amqp10:// URLs) must not let a client in without credentials. How depends on
+# the broker's version, and a key the running version does not know stops it from
+# booting at its next restart, so only that version's key is written:
+#   3.x: AMQP 1.0 is the rabbitmq_amqp1_0 plugin; amqp1_0.default_user = none.
+#   4.x: AMQP 1.0 is built in; anonymous_login_user = none (no SASL ANONYMOUS).
+# broker_config/amqp10-rabbitmq3.conf and amqp10-rabbitmq4.conf say the same. The
+# setting goes into the file (for the next boot) and into the running node (a plugin
+# enabled on a running node does not read rabbitmq.conf again), and is checked.
 broker_conf() {
   local file
   file=$(sed -n 's/^\(RABBITMQ_\)\{0,1\}CONFIG_FILE=//p' /etc/rabbitmq/rabbitmq-env.conf 2>/dev/null | tr -d '"' | tail -1)
@@ -140,19 +147,51 @@ broker_conf() {
   printf '%s.conf\n' "${file%.conf}"
 }
 
-ensure_amqp10() {
-  local conf; conf=$(broker_conf)
-  if ! "${SUDO[@]}" grep -qs '^amqp1_0.default_user *= *none' "$conf"; then
-    say "AMQP 1.0: no anonymous login (amqp1_0.default_user = none in $conf)"
-    printf '\n# hostbus: AMQP 1.0 clients must log in (no anonymous guest)\namqp1_0.default_user = none\n' \
+# The installed RabbitMQ's version (its CLI is from the same package): known before the
+# broker is started, so a setting it would refuse can be fixed first.
+installed_rabbitmq_version() { "${SUDO[@]}" rabbitmqctl version 2>/dev/null | tail -1; }
+
+# write_amqp10_conf VERSION FILE: FILE turns off anonymous AMQP 1.0 logins the way
+# RabbitMQ VERSION wants, and holds no key of the other major version.
+write_amqp10_conf() {
+  local version=$1 conf=$2 key
+  if [ "${version%%.*}" -ge 4 ]; then
+    key=anonymous_login_user
+    # The 3.x key, written by an older run.sh before the broker was upgraded, would stop
+    # 4.x from booting ("unknown variable"): keep it only as a comment.
+    if "${SUDO[@]}" grep -qs '^amqp1_0\.default_user' "$conf"; then
+      say "RabbitMQ $version: commenting out amqp1_0.default_user in $conf (a 3.x key; 4.x does not boot with it)"
+      "${SUDO[@]}" sed -i 's/^amqp1_0\.default_user/# RabbitMQ 3.x only: &/' "$conf"
+    fi
+  else
+    key=amqp1_0.default_user
+    if "${SUDO[@]}" grep -qs '^anonymous_login_user' "$conf"; then
+      say "RabbitMQ $version: commenting out anonymous_login_user in $conf (a 4.x key; 3.x does not boot with it)"
+      "${SUDO[@]}" sed -i 's/^anonymous_login_user/# RabbitMQ 4.x only: &/' "$conf"
+    fi
+  fi
+  if ! "${SUDO[@]}" grep -qs "^${key//./\\.} *= *none" "$conf"; then
+    say "AMQP 1.0 on RabbitMQ $version: no anonymous login ($key = none in $conf)"
+    printf '\n# hostbus: AMQP 1.0 clients must log in (no anonymous guest)\n%s = none\n' "$key" \
       | "${SUDO[@]}" tee -a "$conf" >/dev/null
   fi
-  if ! "${SUDO[@]}" rabbitmq-plugins list -e -m 2>/dev/null | grep -qx rabbitmq_amqp1_0; then
-    say "enabling the RabbitMQ AMQP 1.0 plugin (for amqp10:// agents and consoles)"
-    "${SUDO[@]}" rabbitmq-plugins enable rabbitmq_amqp1_0 >/dev/null
+}
+
+# The running node, after write_amqp10_conf: the 3.x plugin enabled, the setting in force.
+ensure_amqp10() {
+  local version app env_key
+  version=$(installed_rabbitmq_version)
+  if [ "${version%%.*}" -ge 4 ]; then
+    app=rabbit env_key=anonymous_login_user
+  else
+    app=rabbitmq_amqp1_0 env_key=default_user
+    if ! "${SUDO[@]}" rabbitmq-plugins list -e -m 2>/dev/null | grep -qx rabbitmq_amqp1_0; then
+      say "enabling the RabbitMQ AMQP 1.0 plugin (for amqp10:// agents and consoles)"
+      "${SUDO[@]}" rabbitmq-plugins enable rabbitmq_amqp1_0 >/dev/null
+    fi
   fi
-  "${SUDO[@]}" rabbitmqctl -q eval 'application:set_env(rabbitmq_amqp1_0, default_user, none).' >/dev/null
-  "${SUDO[@]}" rabbitmqctl -q eval 'application:get_env(rabbitmq_amqp1_0, default_user).' \
+  "${SUDO[@]}" rabbitmqctl -q eval "application:set_env($app, $env_key, none)." >/dev/null
+  "${SUDO[@]}" rabbitmqctl -q eval "application:get_env($app, $env_key)." \
     | grep -q none || die "could not turn off anonymous AMQP 1.0 logins on the broker"
 }
 
@@ -186,6 +225,42 @@ ensure_hypervisor() {
     fi
     wait_for 60 "libvirtd" libvirtd_up
   fi
+}
+
+# ------------------------------------------------------------- RabbitMQ 4 (tests)
+# The core of the integration suite also runs against RabbitMQ 4.0, Debian 13's, on
+# nodes of the tests' own started from a Debian 13 root (tests/rabbit_node.py runs them
+# with chroot, in a mount namespace of their own). The root is built once with
+# debootstrap and kept in .cache/ (about 450 MB); HOSTBUS_TEST_RABBITMQ4_ROOT points at
+# another one. Delete the folder to build it again.
+RABBITMQ4_ROOT="${HOSTBUS_TEST_RABBITMQ4_ROOT:-$ROOT/.cache/rabbitmq4-root}"
+
+ensure_rabbitmq4_root() {
+  [ -f "$RABBITMQ4_ROOT/.hostbus-ready" ] && return 0
+  command -v debootstrap >/dev/null || apt_install debootstrap
+  command -v unshare >/dev/null || apt_install util-linux
+  local build="$RABBITMQ4_ROOT.build" started=$SECONDS
+  say "building a Debian 13 root with RabbitMQ 4 for the tests in $RABBITMQ4_ROOT (once)"
+  # In a mount namespace of its own: whatever debootstrap or a package script mounts
+  # (/proc) goes away with it, even when interrupted, so the rm -rf below is safe.
+  "${SUDO[@]}" unshare --mount --propagation private sh -euc '
+    build=$1
+    rm -rf "$build"
+    mkdir -p "$(dirname "$build")"
+    debootstrap --variant=minbase trixie "$build" >"$build.log" 2>&1 \
+      || { tail -20 "$build.log" >&2; exit 1; }
+    # Packages must not start services inside the root.
+    printf "#!/bin/sh\nexit 101\n" >"$build/usr/sbin/policy-rc.d"
+    chmod 0755 "$build/usr/sbin/policy-rc.d"
+    chroot "$build" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+      --no-install-recommends rabbitmq-server >>"$build.log" 2>&1 \
+      || { tail -20 "$build.log" >&2; exit 1; }
+    chroot "$build" apt-get clean
+    chroot "$build" dpkg-query -W -f "\${Version}\n" rabbitmq-server >"$build/.hostbus-ready"
+  ' - "$build" || die "could not build the RabbitMQ 4 root (log: $build.log)"
+  "${SUDO[@]}" rm -rf "$RABBITMQ4_ROOT" "$build.log"
+  "${SUDO[@]}" mv "$build" "$RABBITMQ4_ROOT"
+  echo "RabbitMQ $(cat "$RABBITMQ4_ROOT/.hostbus-ready") in $RABBITMQ4_ROOT ($((SECONDS - started)) s)"
 }
 
 # The tests run Node.js clients (examples/node) and a strict schema check (Ajv); their
@@ -281,6 +356,8 @@ run_tests() {
   ensure_python
   ensure_rabbitmq
   ensure_hypervisor
+  ensure_rabbitmq4_root
+  export HOSTBUS_TEST_RABBITMQ4_ROOT="$RABBITMQ4_ROOT"
   ensure_node
   cd "$ROOT"
   say "ruff check"
@@ -288,6 +365,9 @@ run_tests() {
   say "pytest (unit, contract, fuzz, integration against RabbitMQ)"
   "$VENV/bin/python" -m pytest "$@"
 }
+
+# Sourced (by a test of its functions): define them, run nothing.
+[ "${BASH_SOURCE[0]}" = "$0" ] || return 0
 
 case "${1:-}" in
   demo) shift; demo "$@" ;;

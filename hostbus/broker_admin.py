@@ -50,6 +50,15 @@ KINDS = ("agent", "console", "app", "service")
 SERVICE_QUEUE_RE = re.compile(r"hostbus\.[a-z][a-z0-9_]{0,62}")
 # An event pattern a service may be allowed to subscribe to (its binding key, exactly).
 EVENT_PATTERN_RE = re.compile(r"[a-z0-9_*#-]{1,63}(\.[a-z0-9_*#-]{1,63}){0,7}")
+# A quorum queue delivers a message at most x-delivery-limit + 1 times (a consumer that
+# dies holding it counts, on 3.x and 4.x alike), then dead-letters it to hostbus.dead
+# with x-death reason "delivery_limit": a request that kills its agent stops coming back
+# after six tries instead of for ever (3.x's default) or being dropped without a trace at
+# 4.x's default limit of 20, which applies when no dead-letter exchange is set. Expired
+# requests (their `expiration`) are dead-lettered there too, with reason "expired". The
+# provisioning queue has the same settings (broker_config/definitions.json).
+QUORUM_HOST_QUEUE = {"x-queue-type": "quorum", "x-delivery-limit": 5,
+                     "x-dead-letter-exchange": names.DEAD_EXCHANGE}
 
 
 def own_replies(n: str) -> str:
@@ -79,9 +88,12 @@ def grant_for(kind: str, name: str, *, queues: tuple[str, ...] = (),
     if kind == "console":
         # Requests and provisioning; its own reply and subscription queues (declare,
         # bind, read); events to read, and its own replies only (the binding key is
-        # checked). Over AMQP 1.0 a reply or event source is a queue the broker names
-        # amq.gen-* (clients cannot name a queue amq.*), so granting that pattern
-        # opens no one else's queue.
+        # checked). Over AMQP 1.0 on RabbitMQ 3.x a reply or event source is a queue the
+        # broker makes and names amq.gen-* (not exclusive: another identity that learnt
+        # its random name could read it; the names are not listed to consoles, and the
+        # queues expire by policy). Over 0-9-1 the broker names reply and subscription
+        # queues so too, exclusive. Clients cannot name a queue amq.*. On RabbitMQ 4
+        # hostbus names its own.
         own = rf"(hostbus\.(reply|sub)\.{n}\..*|{BROKER_NAMED})"
         return Grant(configure=rf"^{own}$",
                      write=rf"^(hostbus\.(request|provision)|{own})$",
@@ -97,9 +109,10 @@ def grant_for(kind: str, name: str, *, queues: tuple[str, ...] = (),
                              names.REPLY_EXCHANGE: ("^$", own_replies(n))})
     if kind == "service":
         # A console-side service (the provisioner): serves its own host queues (its
-        # service agents, and its built-in agent's) and the shared queues named for it; calls
-        # agents with its own reply queues; publishes events as itself and replies.
-        # No events to read, no subscriptions, no provisioning requests of its own.
+        # service agents, and its built-in agent's) and the shared queues named for it;
+        # calls agents with its own reply queues; reads the events of the patterns
+        # given only; publishes events as itself, and replies. No provisioning requests
+        # of its own.
         for queue in queues:
             if not SERVICE_QUEUE_RE.fullmatch(queue):
                 raise ValueError(f"invalid service queue {queue!r}: a shared queue "
@@ -357,12 +370,22 @@ class BrokerAdmin:
                 f"vhost {vhost!r} has no exchange {ex!r}: run `hostbus broker setup` first")
         keys = []
         for queue, bindings in topology.host_queues(host_id, agents).items():
-            self._call("PUT", f"/api/queues/{self._q(vhost)}/{self._q(queue)}",
-                       {"durable": True, "auto_delete": False,
-                        # classic stays implicit: hosts enrolled before this option existed
-                        # must stay equivalent when enrolled again
-                        "arguments": {"x-queue-type": "quorum"} if queue_type == "quorum"
-                        else {}})
+            try:
+                self._call("PUT", f"/api/queues/{self._q(vhost)}/{self._q(queue)}",
+                           {"durable": True, "auto_delete": False,
+                            # classic stays implicit: hosts enrolled before this option
+                            # existed must stay equivalent when enrolled again
+                            "arguments": QUORUM_HOST_QUEUE if queue_type == "quorum"
+                            else {}})
+            except BrokerRefused as exc:
+                if queue_type != "quorum" or "inequivalent" not in str(exc):
+                    raise
+                raise BrokerRefused(
+                    f"{queue} exists with other settings than hostbus gives a quorum host "
+                    f"queue now ({QUORUM_HOST_QUEUE}): without them RabbitMQ 4 drops a "
+                    "request after 20 deliveries without a trace. Delete the queue "
+                    f"(`rabbitmqctl delete_queue -p {vhost} {queue}`, its waiting requests "
+                    "go with it) and enroll the host again") from None
             wanted = [key for _, key in bindings]
             keys += wanted
             existing = {

@@ -12,7 +12,8 @@ arrives as a session or link error carrying the broker's words; it is logged, ke
 ``last_refusal`` and reported to confirm callbacks within milliseconds: False for the
 publishes it names, None (unknown: send again) for the others in flight on that link.
 
-One sender per exchange, each message routed by its subject, so an agent's events
+One sender per exchange, each message routed by its subject (RabbitMQ 3.x; on 4.x one
+sender without a target, each message routed by its own `to`), so an agent's events
 leave in the order of their numbers (a sender per routing key let an agent's metrics
 and alerts overtake each other on their way to the broker; consoles took the late ones
 for repeats). A consumer the broker ends while the connection stays up (its queue
@@ -30,6 +31,11 @@ wants binary, which proton's decoder discards; ``_Deliveries`` recovers it with
 
 A lost connection is reported (lost callbacks, unconfirmed publishes as None) and
 re-established with capped, jittered backoff; consumers are attached again.
+
+The address scheme (v1 on RabbitMQ 3.x, v2 on 4.x) is chosen from the broker's open
+frame on every connection (``addresses.for_broker``). On 4.x a consumer of what an
+exchange routes gets a queue declared and bound through the broker's management node
+(``amqp10_management``) before it attaches, on every attach.
 """
 
 from __future__ import annotations
@@ -61,7 +67,8 @@ from proton.reactor import ApplicationEvent, Container, EventInjector
 
 from hostbus import names
 from hostbus.errors import BrokerRefused, ConfigError, ConnectionFailed, TransportClosed
-from hostbus.transport.addresses import RabbitMQv1
+from hostbus.transport.addresses import RabbitMQv1, RabbitMQv2, for_broker
+from hostbus.transport.amqp10_management import Management, run_in_turn
 from hostbus.transport.amqp10_messages import encode_message, from_message, text_user_id
 from hostbus.transport.base import (
     DEFAULT_HEARTBEAT,
@@ -71,6 +78,7 @@ from hostbus.transport.base import (
     Handler,
     Properties,
     Transport,
+    named_exchange,
     reconnect_delay,
     refused_publishes,
 )
@@ -163,14 +171,22 @@ class _Sent:
     properties: Properties | None = None  # kept for a mandatory publish only
 
 
+# Outcome conditions that refuse an exchange, not one message.
+_EXCHANGE_REFUSALS = frozenset({"amqp:unauthorized-access", "amqp:not-found"})
+# What a consumer needs made before it attaches, on a broker without binding addresses
+# (RabbitMQ 4): its source address, and the management requests (method, path, body).
+Prepare = Callable[[], tuple[str, list[tuple[str, str, Any]]]]
+
+
 class _Link:
     """A consumer, kept to re-attach after the connection comes back or the broker
     ends it."""
 
     def __init__(self, source: str, handler: Handler, ack: str, credit: int,
-                 label: str) -> None:
+                 label: str, prepare: Prepare | None = None) -> None:
         self.name = ""  # the receiver's, new on every attach (see _attach)
         self.source = source
+        self.prepare = prepare  # run before every attach (each connection anew)
         self.label = label  # the name consume/subscribe/open_reply_queue returned
         self.handler = handler
         self.ack = ack  # broker | after_handler | handler
@@ -202,7 +218,10 @@ class ProtonTransport(Transport):
         self.urls = broker_urls(url)
         self.url = self.urls[0]
         self.user = self.url.user
-        self.addresses = RabbitMQv1()
+        # The broker's address scheme: v1 until the broker's open frame says otherwise
+        # (addresses.for_broker), on every connection.
+        self.addresses: RabbitMQv1 = RabbitMQv1()
+        self._management: Management | None = None  # RabbitMQ 4's, opened on first use
         self._name = connection_name
         self._reconnect = reconnect
         self._wait_first = wait_first
@@ -224,7 +243,7 @@ class ProtonTransport(Transport):
         self._injector = EventInjector()
         self._conn: Any = None
         self._container: Container | None = None
-        self._senders: dict[str, Any] = {}
+        self._senders: dict[str | None, Any] = {}
         # Outgoing deliveries awaiting the broker's outcome, by tag (ours, unique across
         # links: proton hands out a new wrapper object for the same delivery each time),
         # oldest first.
@@ -299,9 +318,17 @@ class ProtonTransport(Transport):
             for sent in pending.values():
                 if sent.confirm is not None:
                     _confirm(sent.confirm, None)
+            assert self._container is not None
+            if self._conn is not None and self._connected:
+                # Stop once the broker has answered the close and the socket is shut
+                # (_Events.on_transport_closed), or after a grace period. Stopped at once,
+                # the loop left the socket open: the broker kept the connection, with
+                # its consumers and the messages they held, until the process exited.
+                self._conn.close()
+                self._container.schedule(2.0, _Timer(self._container.stop))
+                return
             if self._conn is not None:
                 self._conn.close()
-            assert self._container is not None
             self._container.stop()
 
         self._hand_off(stop)
@@ -402,7 +429,7 @@ class ProtonTransport(Transport):
                 raise
             _confirm(confirm, None)
 
-    def _sender_target(self, exchange: str, address: str) -> str:
+    def _sender_target(self, exchange: str, address: str) -> str | None:
         """Where a sender for this publish attaches: one sender per exchange, the
         broker routing each message by its subject (the routing key). A sender per
         routing key made an agent keep a session and link open for every reply queue it
@@ -414,11 +441,14 @@ class ProtonTransport(Transport):
         repeats). On one link they reach the broker in the order sent. A refused
         routing key (a topic permission) ends that link's session: the refusal names
         the key, so only its publishes count as refused, and the others in flight are
-        reported unknown and sent again, in order (_refused)."""
+        reported unknown and sent again, in order (_refused). RabbitMQ 4.x: None, one
+        sender without a target for every exchange, each message routed by its `to` (a
+        sender on /exchanges/X publishes with an empty routing key); a refusal there is
+        the rejected outcome of that message alone (outcome)."""
         return self.addresses.send_to_exchange(exchange)
 
     def _attach(self, link: _Link, *, wait: bool) -> None:
-        def attach() -> None:
+        def open_receiver() -> None:
             assert self._container is not None
             # A new name on every attach: the broker may not have forgotten the last
             # one yet, and deliveries to an old receiver are told apart (received()).
@@ -426,6 +456,23 @@ class ProtonTransport(Transport):
             link.receiver = self._container.create_receiver(self._session(), link.source,
                                                             name=link.name)
             link.receiver.flow(link.credit)
+
+        def attach() -> None:
+            if link.prepare is None:
+                open_receiver()
+                return
+            source, requests = link.prepare()
+
+            def prepared(failure: str | None) -> None:
+                if failure is None:
+                    link.source = source
+                    open_receiver()
+                elif not link.opened.done() and link.waited:
+                    link.opened.set_exception(BrokerRefused(failure))
+                else:
+                    self._consumer_ended(link, failure)
+
+            run_in_turn(self._management_node(), requests, prepared)
 
         self._submit(attach)
         if wait:
@@ -441,12 +488,45 @@ class ProtonTransport(Transport):
         link.opened, link.waited = Future(), False
         self._attach(link, wait=False)
 
+    def _management_node(self) -> Management:
+        """RabbitMQ 4's management node on this connection (I/O thread)."""
+        if self._management is None:
+            assert self._container is not None and isinstance(self.addresses, RabbitMQv2)
+            self._management = Management(self._container, self._session(),
+                                          self.addresses.MANAGEMENT)
+        return self._management
+
+    def _bound_queue(self, exchange: str, patterns: list[str], handler: Handler,
+                     queue: Callable[[], str], label: str, *, durable: bool = False,
+                     ack: str = "broker") -> list[_Link]:
+        """Consumers of what ``exchange`` routes with ``patterns``. RabbitMQ 3.x: one
+        source address per pattern, for which the broker makes a private queue.
+        RabbitMQ 4.x: one queue, named by ``queue()`` for each attach, declared
+        exclusive to the connection (deleted with it; durable ones stay) and bound
+        through the management node, then consumed."""
+        if self.addresses.binds_by_attach:
+            return [_Link(self.addresses.bound(exchange, p), handler, ack, 1000, label)
+                    for p in patterns]
+        mapping = self.addresses
+
+        def prepare() -> tuple[str, list[tuple[str, str, Any]]]:
+            name = queue()
+            declare = {"durable": durable, "exclusive": not durable, "auto_delete": False,
+                       "arguments": {}}
+            return mapping.queue(name), [
+                ("PUT", mapping.queue_path(name), declare),
+                *[("POST", mapping.BINDINGS, mapping.binding(exchange, p, name))
+                  for p in patterns]]
+
+        return [_Link("", handler, ack, 1000, label, prepare)]
+
     def _add(self, link: _Link) -> None:
         self._links.append(link)
         try:
             self._attach(link, wait=True)
         except BrokerRefused:
-            self._links.remove(link)
+            if link in self._links:  # (the I/O thread may have dropped it already)
+                self._links.remove(link)
             raise
 
     def consume(self, queue: str, handler: Handler, *, manual_ack: bool = False) -> None:
@@ -454,24 +534,36 @@ class ProtonTransport(Transport):
                         "handler" if manual_ack else "after_handler", self._prefetch, queue))
 
     def open_reply_queue(self, handler: Handler) -> str:
+        """The logical reply queue name (what reply_to carries: the routing key on
+        hostbus.reply); on RabbitMQ 4 the queue bound with it gets a new name on every
+        attach, as over 0-9-1 (a re-declared name can be deleted by a cluster still
+        cleaning up after the old connection)."""
         name = names.new_reply_queue(self.user)
-        self._add(_Link(self.addresses.bound(names.REPLY_EXCHANGE, name), handler,
-                        "broker", 1000, name))
+        for link in self._bound_queue(names.REPLY_EXCHANGE, [name], handler,
+                                      lambda: names.new_reply_queue(self.user), name):
+            self._add(link)
         return name
 
     def subscribe(self, patterns: list[str], handler: Handler, *, name: str | None = None,
                   durable: bool = False) -> str:
         qname = names.subscription_queue(self.user, name)
+        if durable and not self.addresses.binds_by_attach:  # RabbitMQ 4: made here
+            for link in self._bound_queue(names.EVENT_EXCHANGE, patterns, handler,
+                                          lambda: qname, qname, durable=True,
+                                          ack="after_handler"):
+                self._add(link)
+            return qname
         if durable:
             if not self.queue_exists(qname):
-                raise ConfigError(f"a durable subscription over AMQP 1.0 needs its queue "
-                                  f"{qname} made beforehand (AMQP 1.0 cannot bind queues)")
+                raise ConfigError(f"a durable subscription over AMQP 1.0 on RabbitMQ 3.x "
+                                  f"needs its queue {qname} made beforehand (its AMQP 1.0 "
+                                  "cannot bind queues)")
             self._add(_Link(self.addresses.queue(qname), handler, "after_handler", 1000,
                             qname))
             return qname
-        for pattern in patterns:
-            self._add(_Link(self.addresses.bound(names.EVENT_EXCHANGE, pattern), handler,
-                            "broker", 1000, qname))
+        for link in self._bound_queue(names.EVENT_EXCHANGE, patterns, handler,
+                                      lambda: names.subscription_queue(self.user), qname):
+            self._add(link)
         return qname
 
     def queue_exists(self, queue: str) -> bool:
@@ -499,7 +591,8 @@ class ProtonTransport(Transport):
     def _deliver(self, link: _Link, receiver: Any, dlv: Any, msg: Message) -> None:
         try:
             body, props = from_message(msg)
-            exchange, routing_key = self.addresses.route_of(msg.address, msg.subject)
+            exchange, routing_key = self.addresses.route_of(msg.address, msg.subject,
+                                                            msg.annotations)
         except Exception:  # whatever arrives, the I/O thread carries on
             log.exception("unreadable message on %s: rejected", link.source)
             _settle(dlv, receiver, dlv.REJECTED)
@@ -522,10 +615,21 @@ class ProtonTransport(Transport):
     def _refused(self, link: Any, condition: Condition | None) -> None:
         address = link.target.address if link.is_sender else link.source.address
         reason = _describe(condition)
+        if link.name.startswith(Management.PREFIX):
+            # RabbitMQ 4 answers a refused management request (a binding key outside
+            # the user's topic permissions, say) by ending the session: the requests
+            # waiting fail with its reason; the next one opens a new pair.
+            if self._management is not None and link.name == self._management.name:
+                self.last_refusal = (address or "?", reason)
+                log.error("the broker's management node refused: %s", reason)
+                self._management.fail_all(reason)
+                self._management = None
+            return
         if link.is_sender:
             self.last_refusal = (address or "?", reason)
             log.error("the broker refused a publish to %s: %s", address, reason)
-            exchange, _ = self.addresses.route_of(address, None)
+            # (a sender without a target, RabbitMQ 4: the broker's words name it)
+            exchange = self.addresses.route_of(address, None)[0] or named_exchange(reason)
             self._broker_refused(exchange, address or "?", reason)
             self._senders = {a: s for a, s in self._senders.items() if s.name != link.name}
             ours = [t for t, sent in self._unsettled.items() if sent.link == link.name]
@@ -620,9 +724,9 @@ class _Events(MessagingHandler):  # type: ignore[misc]
         # what it kept), and a publish while not connected is handed back unsent.
         t._connected, t._attempt, t._tried = True, 0, 0
         t._blocked = None  # a new connection is blocked only once publishes stall
-        version = str((event.connection.remote_properties or {}).get("version", ""))
-        t.reports_unroutable = version.split(".")[0].isdigit() and int(
-            version.split(".")[0]) >= 4
+        t.addresses = for_broker(event.connection.remote_properties)
+        t.reports_unroutable = t.addresses.released_means_unroutable
+        t._management = None
         generation = t._generation
 
         def watch() -> None:
@@ -643,6 +747,10 @@ class _Events(MessagingHandler):  # type: ignore[misc]
     def on_disconnected(self, event: Any) -> None:
         if self.t._connected:
             self._failed(None)
+
+    def on_transport_closed(self, event: Any) -> None:
+        if self.t._stopping.is_set():  # closed by close(): the socket is shut, done
+            event.container.stop()
 
     def on_timer_task(self, event: Any) -> None:
         self.t._retry_scheduled = False
@@ -670,6 +778,11 @@ class _Events(MessagingHandler):  # type: ignore[misc]
     def received(self, receiver: Any, dlv: Any, msg: Message) -> None:
         """From ``_Deliveries``: a decoded message for one of our consumers."""
         name = receiver.name
+        management = self.t._management
+        if management is not None and name == management.name:
+            dlv.settle()  # pre-settled by the broker
+            management.answered(msg)
+            return
         for link in self.t._links:
             if link.name == name:
                 self.t._deliver(link, receiver, dlv, msg)
@@ -696,7 +809,17 @@ class _Events(MessagingHandler):  # type: ignore[misc]
         if sent is None:
             return
         if ok is False:
-            log.error("the broker rejected a message: %s", _describe(dlv.remote.condition))
+            condition = dlv.remote.condition
+            reason = _describe(condition)
+            address = t.addresses.send_to(sent.exchange, sent.routing_key)
+            log.error("the broker rejected a message to %s: %s", address, reason)
+            t.last_refusal = (address, reason)
+            # What a v1 broker says by ending the session (the exchange is missing or
+            # forbidden), RabbitMQ 4 says per message to a sender without a target:
+            # tell who listens for refusals, as then. Not a message refused for itself
+            # (a full queue's reject-publish): that is its publisher's alone.
+            if condition is not None and condition.name in _EXCHANGE_REFUSALS:
+                t._broker_refused(sent.exchange, address, reason)
         if state == dlv.RELEASED and sent.properties is not None:
             t._unroutable(sent.exchange, sent.routing_key, sent.properties)
         if sent.confirm is not None:
@@ -753,6 +876,22 @@ class _Events(MessagingHandler):  # type: ignore[misc]
             t._ready.set()
             return
         lost = t._connected
+        if t._management is not None:
+            t._management.fail_all(str(err))
+            t._management = None
+        if lost:
+            # A consumer whose first attach is still waited for: RabbitMQ 3.x refuses a
+            # binding it may not make (a key outside the user's topic read permission)
+            # by dropping the whole connection, without a reason. Fail its attach now,
+            # and do not attach it again after the reconnect (it would take the
+            # connection down again). Consumers being attached again (``waited`` False)
+            # stay: they come back with the connection.
+            for link in [k for k in t._links if k.waited and not k.opened.done()]:
+                t._links.remove(link)
+                link.opened.set_exception(BrokerRefused(
+                    f"{link.source}: the broker closed the connection while this consumer "
+                    f"was attaching ({_describe(condition)}); RabbitMQ 3.x does so when "
+                    "it refuses a binding: check the user's topic permissions"))
         if lost:
             t._connected = False
             log.warning("lost the AMQP 1.0 connection: %s", err)

@@ -1,4 +1,3 @@
-import os
 import stat
 import subprocess
 import sys
@@ -59,7 +58,7 @@ def enroll(rabbitmq, tmp_path):
     made = []
 
     def run(*args):
-        env = {**os.environ, "HOSTBUS_BROKER_URL": rabbitmq.url}
+        env = rabbitmq.env
         return subprocess.run([str(BIN / "hostbus"), *args], capture_output=True, text=True,
                               env=env, timeout=60, check=False)
 

@@ -6,7 +6,7 @@ from agents.host.alerts import Threshold
 from hostbus.schema import load_agent_schema
 from tests.fakes import EventCollector
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.hostbus_core]
 HOST = load_agent_schema("host")
 
 

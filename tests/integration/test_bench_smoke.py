@@ -2,7 +2,6 @@
 benchmarks measure, tests check)."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ pytestmark = pytest.mark.integration
 
 def test_bench_quick_completes_and_writes_json_and_a_chart(rabbitmq, tmp_path):
     png = tmp_path / "bench.png"
-    env = {**os.environ, "HOSTBUS_BROKER_URL": rabbitmq.url}
+    env = rabbitmq.env
     done = subprocess.run([str(Path(sys.executable).parent / "hostbus"), "bench", "--quick",
                            "--json", "--png", str(png)], capture_output=True, text=True,
                           env=env, timeout=600, check=False)

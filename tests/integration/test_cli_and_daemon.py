@@ -23,7 +23,7 @@ def _own_cache(tmp_path, monkeypatch):
 
 
 def run_cli(rabbitmq, *args, timeout=60):
-    env = {**os.environ, "HOSTBUS_BROKER_URL": rabbitmq.url}
+    env = rabbitmq.env
     return subprocess.run([str(BIN / "hostbus"), *args], capture_output=True, text=True,
                           env=env, timeout=timeout, check=False)
 

@@ -19,7 +19,14 @@ from console.client import Console
 from hostbus.serving.runtime import AgentRuntime
 from tests.fakes import EventCollector, make_host_agent, post_provision_raw
 from tests.integration.test_provisioning import GatedVirtAgent
-from tests.rabbit_node import RabbitNode, alerts_in_two_parts, kill, start_cluster, started
+from tests.rabbit_node import (
+    RabbitNode,
+    alerts_in_two_parts,
+    kill,
+    rabbitmq4_root,
+    start_cluster,
+    started,
+)
 
 # Starting RabbitMQ nodes of their own takes 10 s or more each (counted in the timeout).
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -27,14 +34,17 @@ BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def cluster(tmp_path_factory):
+@pytest.fixture(params=["rabbitmq3", "rabbitmq4"])
+def cluster(request, tmp_path_factory):
     # A fresh cluster for each run: a node killed and restarted by the run before can
     # still be recovering its queues, and RabbitMQ 3.10's AMQP 1.0 plugin closes the
     # connection of a publisher whose message the broker nacks in that state
-    # (docs/amqp10-interop.md, "Limits").
+    # (docs/amqp10-interop.md, "Limits"). The machine's RabbitMQ (3.10), and RabbitMQ 4
+    # from the Debian 13 root.
+    root = started("the RabbitMQ 4 root", rabbitmq4_root) \
+        if request.param == "rabbitmq4" else None
     folder = tmp_path_factory.mktemp("cluster")
-    nodes = started("a RabbitMQ cluster", lambda: start_cluster(folder))
+    nodes = started(f"a {request.param} cluster", lambda: start_cluster(folder, root=root))
     nodes[0].admin.setup("hostbus")  # after clustering: quorum queues span all three
     yield nodes
     for node in nodes:

@@ -13,7 +13,7 @@ import pytest
 
 from tests.fakes import raw_connection
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.hostbus_core]
 
 
 def deadline(seconds=10):

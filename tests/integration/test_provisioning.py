@@ -20,7 +20,7 @@ from console.client import Console
 from hostbus.serving.runtime import AgentRuntime
 from tests.fakes import EventCollector, post_provision_raw, raw_connection
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.hostbus_core]
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 DEMO_POLICY = ROOT / "etc" / "policy-demo.toml"  # guest may do anything

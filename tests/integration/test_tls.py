@@ -16,7 +16,7 @@ import pytest
 from console.client import Console
 from hostbus.errors import ConnectionFailed
 from tests.fakes import EventCollector
-from tests.rabbit_node import AMQP10_CONFIG, AMQP10_PLUGINS, RabbitNode, free_port, started
+from tests.rabbit_node import AMQP10_PLUGINS, RabbitNode, amqp10_config, free_port, started
 
 # Starting RabbitMQ nodes of their own takes 10 s or more each (counted in the timeout).
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -37,7 +37,7 @@ def tls_broker(tmp_path_factory):
     assert made.returncode == 0, made.stderr
     port = free_port()
     node = RabbitNode(folder / "node", plugins=("rabbitmq_auth_mechanism_ssl",
-                                                *AMQP10_PLUGINS), config=AMQP10_CONFIG + f"""
+                                                *AMQP10_PLUGINS), config=amqp10_config() + f"""
 listeners.ssl.default = {port}
 ssl_options.cacertfile = {tls}/ca.pem
 ssl_options.certfile = {tls}/broker.pem
@@ -150,24 +150,3 @@ def test_enrolling_with_a_certificate_needs_an_amqps_url(tls_broker, tmp_path):
                    "-o", str(tmp_path / "x.toml"))
     assert done.returncode == 2 and "needs TLS" in done.stderr
     assert not (tmp_path / "x.toml").exists()
-
-
-def test_the_shipped_broker_config_boots_and_refuses_guest_from_afar(tmp_path):
-    """broker_config/rabbitmq.conf with its enabled_plugins: RabbitMQ accepts every key
-    (a key of a plugin that is not enabled would stop it from starting)."""
-    from hostbus.resources import data_dir
-
-    shipped = data_dir("broker_config")
-    plugins = (shipped / "enabled_plugins").read_text().strip().strip("[].").split(",")
-    node = RabbitNode(tmp_path / "node", config=(shipped / "rabbitmq.conf").read_text(),
-                      plugins=tuple(p for p in plugins if p != "rabbitmq_management"))
-    try:
-        node.start()
-    except RuntimeError as exc:
-        pytest.fail(f"the shipped rabbitmq.conf does not boot: {exc}")
-    try:
-        env = node.ctl("environment")
-        assert "{default_user,none}" in env.replace(" ", "").replace("<<\"none\">>", "none")
-        assert "{loopback_users,[<<\"guest\">>]}" in env.replace(" ", "").replace("\n", "")
-    finally:
-        node.stop()
