@@ -125,7 +125,10 @@ def grant_for(kind: str, name: str, *, queues: tuple[str, ...] = (),
         served = "|".join(re.escape(q) for q in (names.host_queue(name),
                                                  names.agent_queue(name), *queues))
         readable = "|".join(re.escape(p) for p in events)
-        own = rf"(hostbus\.reply\.{n}\..*|{BROKER_NAMED})"
+        # Its own subscription queues only where it may subscribe (RabbitMQ 4 over AMQP
+        # 1.0 names them hostbus.sub.NAME.*; elsewhere the broker names them amq.gen-*).
+        mine = "(reply|sub)" if events else "reply"
+        own = rf"(hostbus\.{mine}\.{n}\..*|{BROKER_NAMED})"
         return Grant(configure=rf"^{own}$",
                      write=rf"^(hostbus\.(request|event|reply)|{own})$",
                      read=rf"^({served}|hostbus\.reply|{own}"
