@@ -99,7 +99,7 @@ def private_node() -> Iterator[Any]:
     nodes = rabbit_node()
     with tempfile.TemporaryDirectory(prefix="hostbus-faults-") as folder:
         node = nodes.RabbitNode(Path(folder) / "node", plugins=nodes.AMQP10_PLUGINS,
-                                config=nodes.AMQP10_CONFIG)
+                                config=nodes.amqp10_config())
         progress("faults: starting a RabbitMQ node of the bench's own")
         try:
             node.start()
