@@ -13,9 +13,10 @@ import base64
 import json
 import re
 import secrets
+import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -29,17 +30,26 @@ IDENTITY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")  # like host ids: no dot
 
 @dataclass(frozen=True)
 class Grant:
-    """One identity's rights in a vhost (RabbitMQ's three regexes) plus its topic
-    permissions on hostbus.event. Verified by tests/integration/test_broker_security.py."""
+    """One identity's rights in a vhost: RabbitMQ's three regexes over exchange and queue
+    names, and topic permissions, per exchange, over routing keys: (write, read). A
+    topic exchange with no entry does not restrict routing keys. RabbitMQ checks a topic
+    *write* permission on each publish and a topic *read* permission on each binding
+    (queue.bind, and an AMQP 1.0 source that binds), against the binding key's text.
+    Verified by tests/integration/test_broker_security.py."""
 
     configure: str
     write: str
     read: str
-    event_write: str = "^$"  # routing keys it may publish events with
-    event_read: str = ".*"
+    topics: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 BROKER_NAMED = r"amq\.gen-.*"  # server-named queues; what AMQP 1.0 sources get
+KINDS = ("agent", "console", "app", "service")
+# The shared queues a service may be given: one word after hostbus. (hostbus.provision);
+# host, reply and subscription queues have more words and belong to their identities.
+SERVICE_QUEUE_RE = re.compile(r"hostbus\.[a-z][a-z0-9_]{0,62}")
+# An event pattern a service may be allowed to subscribe to (its binding key, exactly).
+EVENT_PATTERN_RE = re.compile(r"[a-z0-9_*#-]{1,63}(\.[a-z0-9_*#-]{1,63}){0,7}")
 # A quorum queue delivers a message at most x-delivery-limit + 1 times (a consumer that
 # dies holding it counts, on 3.x and 4.x alike), then dead-letters it to hostbus.dead
 # with x-death reason "delivery_limit": a request that kills its agent stops coming back
@@ -51,32 +61,116 @@ QUORUM_HOST_QUEUE = {"x-queue-type": "quorum", "x-delivery-limit": 5,
                      "x-dead-letter-exchange": names.DEAD_EXCHANGE}
 
 
-def grant_for(kind: str, name: str) -> Grant:
+def own_replies(n: str) -> str:
+    """The reply routing keys (and binding keys) of the identity whose escaped name is
+    ``n``: hostbus.reply.NAME.<anything>. The user name has no dots and the first three
+    words are fixed, so no wildcard can widen a binding past them: ``hostbus.reply.NAME.#``
+    still only matches NAME's replies."""
+    return rf"^hostbus\.reply\.{n}\."
+
+
+def grant_for(kind: str, name: str, *, queues: tuple[str, ...] = (),
+              events: tuple[str, ...] = ()) -> Grant:
+    """The rights of identity ``name`` of ``kind``. For a service: ``queues``, the
+    shared queues it serves besides its own host queue (hostbus.provision); ``events``,
+    the event patterns it may subscribe to, exactly (the provisioner:
+    virt.*.domain.lifecycle)."""
     n = re.escape(name)
+    events_as_self = rf"^[a-z][a-z0-9_]*\.{n}\."  # <agent>.NAME.<event>
     if kind == "agent":
         # No configure right; reads only its own queues (host and agent); writes events
-        # (for its own host only, by topic permission) and replies.
+        # (for its own host only, by topic permission) and replies (to whatever reply_to
+        # said: a refused reply would close the agent's channel, so reply keys are not
+        # restricted).
         return Grant(configure="^$", write=r"^hostbus\.(event|reply)$",
                      read=rf"^hostbus\.host\.{n}(\.agent)?$",
-                     event_write=rf"^[a-z][a-z0-9_]*\.{n}\.")
+                     topics={names.EVENT_EXCHANGE: (events_as_self, ".*")})
     if kind == "console":
         # Requests and provisioning; its own reply and subscription queues (declare,
-        # bind, read); events and replies to read. Over AMQP 1.0 on RabbitMQ 3.x a
-        # reply or event source is a queue the broker makes and names amq.gen-* (not
-        # exclusive: another identity that learnt its random name could read it; the
-        # names are not listed to consoles, and the queues expire by policy). Over
-        # 0-9-1 the broker names reply and subscription queues so too, exclusive.
-        # Clients cannot name a queue amq.*. On RabbitMQ 4 hostbus names its own.
+        # bind, read); events to read, and its own replies only (the binding key is
+        # checked). Over AMQP 1.0 on RabbitMQ 3.x a reply or event source is a queue the
+        # broker makes and names amq.gen-* (not exclusive: another identity that learnt
+        # its random name could read it; the names are not listed to consoles, and the
+        # queues expire by policy). Over 0-9-1 the broker names reply and subscription
+        # queues so too, exclusive. Clients cannot name a queue amq.*. On RabbitMQ 4
+        # hostbus names its own.
         own = rf"(hostbus\.(reply|sub)\.{n}\..*|{BROKER_NAMED})"
         return Grant(configure=rf"^{own}$",
                      write=rf"^(hostbus\.(request|provision)|{own})$",
-                     read=rf"^(hostbus\.(reply|event)|{own})$")
+                     read=rf"^(hostbus\.(reply|event)|{own})$",
+                     topics={names.EVENT_EXCHANGE: ("^$", ".*"),
+                             names.REPLY_EXCHANGE: ("^$", own_replies(n))})
     if kind == "app":
         # Provisioning requests and its own reply queue, nothing else.
         own = rf"(hostbus\.reply\.{n}\..*|{BROKER_NAMED})"
         return Grant(configure=rf"^{own}$", write=rf"^(hostbus\.provision|{own})$",
-                     read=rf"^(hostbus\.reply|{own})$")
-    raise ValueError(f"unknown identity kind {kind!r}: agent, console or app")
+                     read=rf"^(hostbus\.reply|{own})$",
+                     topics={names.EVENT_EXCHANGE: ("^$", ".*"),
+                             names.REPLY_EXCHANGE: ("^$", own_replies(n))})
+    if kind == "service":
+        # A console-side service (the provisioner): serves its own host queues (its
+        # service agents, and its built-in agent's) and the shared queues named for it;
+        # calls agents with its own reply queues; reads the events of the patterns
+        # given only; publishes events as itself, and replies. No provisioning requests
+        # of its own.
+        for queue in queues:
+            if not SERVICE_QUEUE_RE.fullmatch(queue):
+                raise ValueError(f"invalid service queue {queue!r}: a shared queue "
+                                 "hostbus.WORD, like hostbus.provision (host, reply and "
+                                 "subscription queues belong to their own identities)")
+        for pattern in events:
+            if not EVENT_PATTERN_RE.fullmatch(pattern):
+                raise ValueError(f"invalid event pattern {pattern!r}: words of a-z 0-9 _ - "
+                                 "or * or #, separated by dots (virt.*.domain.lifecycle)")
+        served = "|".join(re.escape(q) for q in (names.host_queue(name),
+                                                 names.agent_queue(name), *queues))
+        readable = "|".join(re.escape(p) for p in events)
+        # Its own subscription queues only where it may subscribe (RabbitMQ 4 over AMQP
+        # 1.0 names them hostbus.sub.NAME.*; elsewhere the broker names them amq.gen-*).
+        mine = "(reply|sub)" if events else "reply"
+        own = rf"(hostbus\.{mine}\.{n}\..*|{BROKER_NAMED})"
+        return Grant(configure=rf"^{own}$",
+                     write=rf"^(hostbus\.(request|event|reply)|{own})$",
+                     read=rf"^({served}|hostbus\.reply|{own}"
+                          + (r"|hostbus\.event" if events else "") + ")$",
+                     topics={names.EVENT_EXCHANGE: (events_as_self,
+                                                    rf"^({readable})$" if events else "^$"),
+                             names.REPLY_EXCHANGE: (".*", own_replies(n))})
+    raise ValueError(f"unknown identity kind {kind!r}: {', '.join(KINDS)}")
+
+
+class IdentityConflict(ValueError):
+    """The name is taken by a broker user enrolling would break."""
+
+
+def _tags(user: dict[str, Any]) -> list[str]:
+    """A user's tags: a list, or (RabbitMQ 3.x) one comma-separated string."""
+    tags = user.get("tags") or []
+    return [t.strip() for t in (tags.split(",") if isinstance(tags, str) else tags) if t]
+
+
+def _kind(user: dict[str, Any]) -> str | None:
+    """The hostbus identity kind of a broker user (its hostbus-KIND tag), if any."""
+    kinds = [t.removeprefix("hostbus-") for t in _tags(user) if t.startswith("hostbus-")]
+    return kinds[0] if kinds else None
+
+
+def _described(queue: dict[str, Any]) -> bool:
+    """Whether the broker's statistics have caught up with a queue: its owner (when it
+    is exclusive) and its consumers (when it has any) are named."""
+    consumers = queue.get("consumers")
+    readers = [(c.get("channel_details") or {}).get("user")
+               for c in queue.get("consumer_details") or []]
+    return (consumers is not None and len(readers) >= consumers and all(readers)
+            and (not queue.get("exclusive") or bool(queue.get("owner_pid_details"))))
+
+
+def _reply_key_owner(key: str) -> str | None:
+    """USER of a reply key or queue name hostbus.reply.USER.<anything>."""
+    words = key.split(".")
+    if len(words) >= 4 and words[:2] == ["hostbus", "reply"] and IDENTITY_RE.fullmatch(words[2]):
+        return words[2]
+    return None
 
 
 class BrokerAdmin:
@@ -95,10 +189,12 @@ class BrokerAdmin:
         self.timeout = timeout
 
     def _call(self, method: str, path: str, body: Any = None, *,
-              timeout: float | None = None) -> Any:
+              timeout: float | None = None, reason: str | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base + path, data=data, method=method)
         req.add_header("Authorization", self._auth)
+        if reason:
+            req.add_header("X-Reason", reason)
         req.add_header("Content-Type", "application/json")
         try:
             with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
@@ -124,15 +220,26 @@ class BrokerAdmin:
             ) from None
         return json.loads(raw) if raw else None
 
-    def _exists(self, method: str, path: str, *, timeout: float | None = None) -> bool:
-        """Run a call for which 404 is an answer ("not there"), not an error."""
+    def _exists(self, method: str, path: str, *, timeout: float | None = None,
+                reason: str | None = None) -> bool:
+        """Run a call for which 404 is an answer ("not there"), not an error.
+        ``reason``: what a closed connection is told (X-Reason)."""
         try:
-            self._call(method, path, timeout=timeout)
+            self._call(method, path, timeout=timeout, reason=reason)
         except BrokerRefused as exc:
             if "HTTP 404" in str(exc):
                 return False
             raise
         return True
+
+    def _get(self, path: str) -> Any:
+        """GET, with None for 404 (not there)."""
+        try:
+            return self._call("GET", path)
+        except BrokerRefused as exc:
+            if "HTTP 404" in str(exc):
+                return None
+            raise
 
     @staticmethod
     def _q(name: str) -> str:
@@ -171,12 +278,84 @@ class BrokerAdmin:
         return list(found or [])
 
     # -- topology --
-    def setup(self, vhost: str) -> dict[str, int]:
-        """Create the vhost and import the hostbus topology. Idempotent."""
+    def setup(self, vhost: str) -> dict[str, Any]:
+        """Create the vhost and import the hostbus topology; bring an older install up
+        to date (``regrant``, ``migrate_replies``). Idempotent."""
         self.create_vhost(vhost)
+        updated = self.regrant(vhost)  # first: the new reply exchange checks them at once
+        migrated = self.migrate_replies(vhost)
         defs = topology.definitions()
         self._call("POST", f"/api/definitions/{self._q(vhost)}", defs)
-        return {k: len(defs.get(k, [])) for k in ("exchanges", "queues", "bindings", "policies")}
+        counts: dict[str, Any] = {k: len(defs.get(k, []))
+                                  for k in ("exchanges", "queues", "bindings", "policies")}
+        return {**counts, "identities": updated, **migrated}
+
+    def migrate_replies(self, vhost: str) -> dict[str, Any]:
+        """Make hostbus.reply a topic exchange where it is still the direct exchange of
+        older versions. An exchange's type cannot change in place: it is deleted, with
+        every binding to it, and made again at once. Then each binding comes back that
+        the new rules allow: of a reply queue its owner reads (named
+        hostbus.reply.USER.*, or consumed by USER) to USER's own replies, or of a user
+        that is no hostbus identity (topic permissions do not limit those anyway).
+        Bindings to another identity's replies are dropped and listed. A console's reply
+        queue over AMQP 0-9-1 is private to its connection, so nobody else may bind it:
+        that connection is closed instead, and a hostbus console reconnects by itself
+        (within a second) and binds a new one, under the new rules; a call it has in
+        flight then fails at once (connection lost). A reply published in the
+        milliseconds the exchange is missing is lost (its agent's channel is closed,
+        404, and it opens another). Returns what was done: nothing where the exchange
+        is already a topic exchange or does not exist yet."""
+        v, ex = self._q(vhost), self._q(names.REPLY_EXCHANGE)
+        where = f"/api/exchanges/{v}/{ex}"
+        exchange = self._get(where)
+        if exchange is None or exchange["type"] == "topic":
+            return {}
+        bindings = self._call("GET", f"{where}/bindings/source")
+        kinds = {u["name"]: _kind(u) for u in self._call("GET", "/api/users")}
+        queues = self._described_queues(vhost, {b["destination"] for b in bindings
+                                                if b["destination_type"] == "queue"})
+        keep, dropped, close = [], [], set()
+        for b in bindings:
+            queue, key = queues.get(b["destination"], {}), b["routing_key"]
+            if b["destination_type"] == "queue" and queue.get("exclusive"):
+                close.add((queue.get("owner_pid_details") or {}).get("name"))
+                continue  # bound again by its own client, once reconnected
+            readers = {c.get("channel_details", {}).get("user")
+                       for c in queue.get("consumer_details") or []}
+            reader = _reply_key_owner(b["destination"]) or (
+                readers.pop() if len(readers) == 1 else None)
+            if b["destination_type"] == "queue" and reader is not None and (
+                    reader == _reply_key_owner(key) or not kinds.get(reader)):
+                keep.append(b)
+            else:
+                dropped.append(f"{b['destination_type']} {b['destination']} (read by "
+                               f"{reader or 'an unknown user'}) bound with {key!r}")
+        self._call("DELETE", where)
+        self._call("PUT", where, {"type": "topic", "durable": True, "auto_delete": False,
+                                  "internal": False, "arguments": {}})
+        for b in keep:
+            self._call("POST", f"/api/bindings/{v}/e/{ex}/q/{self._q(b['destination'])}",
+                       {"routing_key": b["routing_key"], "arguments": b.get("arguments") or {}})
+        closed = [name for name in sorted(n for n in close if n) if self._exists(
+            "DELETE", f"/api/connections/{self._q(name)}",
+            reason="hostbus.reply became a topic exchange: reconnect")]
+        return {"reply_exchange_migrated": True, "reply_bindings_kept": len(keep),
+                "reply_bindings_dropped": dropped, "connections_closed": len(closed)}
+
+    def _described_queues(self, vhost: str, wanted: set[str]) -> dict[str, Any]:
+        """The broker's facts about ``wanted`` queues, by name, once its statistics
+        describe them all: who owns and who consumes a queue is known only from them,
+        up to their interval (5 s by default) after it was made. Asked again, backing
+        off, for 15 s at most."""
+        delay, deadline = 0.25, time.monotonic() + 15
+        while True:  # (only a single queue's answer names its owner and consumers)
+            found = {name: self._get(f"/api/queues/{self._q(vhost)}/{self._q(name)}")
+                     for name in sorted(wanted)}
+            found = {name: q for name, q in found.items() if q is not None}
+            if all(_described(q) for q in found.values()) or time.monotonic() > deadline:
+                return found
+            time.sleep(delay)
+            delay = min(2.0, delay * 2)
 
     def enroll_host(self, vhost: str, host_id: str, agents: list[str], *,
                     queue_type: str = "classic") -> list[str]:
@@ -236,6 +415,20 @@ class BrokerAdmin:
                     )
         self._refresh_agent_grant(vhost, host_id)
         return keys
+
+    def enroll_service(self, vhost: str, name: str, agents: list[str],
+                       queues: tuple[str, ...], *, queue_type: str = "classic",
+                       events: tuple[str, ...] = ()) -> list[str]:
+        """A console-side service's own host queue and bindings, as for a host (its
+        built-in agent and its service agents), after checking that the shared queues
+        it is to serve exist. Returns the routing keys. Its user: ``create_identity``
+        with kind "service" and the same ``queues`` and ``events``."""
+        grant_for("service", name, queues=queues, events=events)  # checked before anything
+        for queue in queues:
+            if self._get(f"/api/queues/{self._q(vhost)}/{self._q(queue)}") is None:
+                raise BrokerRefused(f"vhost {vhost!r} has no queue {queue!r}: run `hostbus "
+                                    "broker setup` first (it makes hostbus.provision)")
+        return self.enroll_host(vhost, name, agents, queue_type=queue_type)
 
     def _refresh_agent_grant(self, vhost: str, host_id: str) -> None:
         """An agent user enrolled by an earlier release may read only the host queue:
@@ -328,15 +521,22 @@ class BrokerAdmin:
 
     # -- identities --
     def create_identity(self, vhost: str, kind: str, name: str,
-                        password: str | None = None, *, certificate: bool = False) -> str:
+                        password: str | None = None, *, certificate: bool = False,
+                        queues: tuple[str, ...] = (), events: tuple[str, ...] = ()) -> str:
         """Create (or reset) the broker user ``name`` with the rights of ``kind``;
         return its password (generated unless given). With ``certificate`` the user has
         no password at all: it can only log in with a TLS client certificate whose
-        common name is ``name`` (SASL EXTERNAL); "" is returned."""
+        common name is ``name`` (SASL EXTERNAL); "" is returned. ``queues`` and
+        ``events``: a service's (``grant_for``).
+
+        Broker users are global, so a name that is already a user with rights in
+        another vhost, or a user that is not a hostbus identity (an administrator), is
+        refused with ``IdentityConflict``: resetting it would lock out whoever uses it."""
         if not IDENTITY_RE.fullmatch(name):
             raise ValueError(f"invalid identity name {name!r}: use 1-63 of a-z 0-9 _ -, "
                              "starting with a letter or digit (no dots)")
-        grant = grant_for(kind, name)
+        grant = grant_for(kind, name, queues=queues, events=events)
+        self.check_free(vhost, name)
         if certificate:
             password = ""
             user: dict[str, str] = {"password_hash": "", "tags": f"hostbus-{kind}"}
@@ -346,10 +546,62 @@ class BrokerAdmin:
         self._call("PUT", f"/api/users/{self._q(name)}", user)
         self._call("PUT", f"/api/permissions/{self._q(vhost)}/{self._q(name)}",
                    {"configure": grant.configure, "write": grant.write, "read": grant.read})
-        self._call("PUT", f"/api/topic-permissions/{self._q(vhost)}/{self._q(name)}",
-                   {"exchange": names.EVENT_EXCHANGE, "write": grant.event_write,
-                    "read": grant.event_read})
+        self._set_topic_permissions(vhost, name, grant)
         return password
+
+    def _set_topic_permissions(self, vhost: str, name: str, grant: Grant) -> None:
+        """Exactly the grant's topic permissions: an exchange left out of it (an agent's
+        hostbus.reply) must not keep an entry from an earlier grant."""
+        where = f"/api/topic-permissions/{self._q(vhost)}/{self._q(name)}"
+        if any(entry["exchange"] not in grant.topics for entry in self._get(where) or []):
+            self._exists("DELETE", where)  # the API deletes them all at once
+        for exchange, (write, read) in grant.topics.items():
+            self._call("PUT", where, {"exchange": exchange, "write": write, "read": read})
+
+    def check_free(self, vhost: str, name: str) -> None:
+        """Raise ``IdentityConflict`` if enrolling ``name`` in ``vhost`` would break a
+        user that exists (``create_identity`` checks too; callers that make queues
+        first ask before)."""
+        where = f"/api/users/{self._q(name)}"
+        found = self._get(where)
+        if found is None:
+            return
+        kind = _kind(found)
+        if kind is None:
+            raise IdentityConflict(
+                f"broker user {name!r} exists and is not a hostbus identity (tags: "
+                f"{', '.join(_tags(found)) or 'none'}): enrolling it would reset its "
+                "password and rights and lock out whoever uses it. Choose another name.")
+        elsewhere = sorted(p["vhost"] for p in self._call("GET", f"{where}/permissions")
+                           if p["vhost"] != vhost)
+        if elsewhere:
+            listed = ", ".join(repr(v) for v in elsewhere)
+            raise IdentityConflict(
+                f"broker user {name!r} already exists, a hostbus {kind} with rights in "
+                f"vhost {listed}. RabbitMQ users are global: enrolling {name!r} in vhost "
+                f"{vhost!r} would reset its password and break its config there. Choose "
+                f"another name for this vhost, or revoke it there first (`hostbus broker "
+                f"revoke {name}`: it loses access everywhere).")
+
+    def regrant(self, vhost: str) -> list[str]:
+        """Give every hostbus identity with rights in ``vhost`` the topic permission on
+        hostbus.reply this version grants (consoles, apps and services read only their
+        own replies); return their names. Their other rights are kept as enrolled
+        (`broker enroll*` again for those)."""
+        with_rights = {p["user"] for p in
+                       self._call("GET", f"/api/vhosts/{self._q(vhost)}/permissions")}
+        done = []
+        for user in self._call("GET", "/api/users"):
+            kind, name = _kind(user), user["name"]
+            if name not in with_rights or kind not in KINDS:
+                continue
+            reply = grant_for(kind, name).topics.get(names.REPLY_EXCHANGE)
+            if reply is not None:  # one exchange's entry: the others stay as they are
+                self._call("PUT", f"/api/topic-permissions/{self._q(vhost)}/{self._q(name)}",
+                           {"exchange": names.REPLY_EXCHANGE, "write": reply[0],
+                            "read": reply[1]})
+                done.append(name)
+        return sorted(done)
 
     def revoke(self, name: str) -> bool:
         """Delete the user (its connections close). Returns whether it existed."""

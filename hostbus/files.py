@@ -50,6 +50,20 @@ _SQLITE_DISK_CODES = {8: "read-only", 10: "I/O error", 13: "full", 14: "cannot o
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG}
 
 
+def open_database(path: str | Path | None, *, synchronous: str) -> sqlite3.Connection:
+    """A state database: the file made private (0600 in a 0700 folder) before SQLite
+    opens it, or in memory without a path; shared by threads (each store locks), in
+    autocommit mode, WAL journal. ``synchronous``: NORMAL survives a crash of the
+    process (not of the machine), FULL survives power loss."""
+    if path is not None:
+        private_file(path)
+    db = sqlite3.connect(str(path) if path is not None else ":memory:",
+                         check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={synchronous}")
+    return db
+
+
 def disk_trouble(exc: BaseException) -> str | None:
     """Why writing a state file failed, if the disk is the cause (full, out of quota,
     read-only, failing): the reason to report; None for anything else (a bug)."""

@@ -70,14 +70,27 @@ vhost_option = click.option("--vhost", metavar="NAME",
 @json_option
 @click.pass_obj
 def setup(ctx: CliContext, admin_url: str | None, vhost: str | None, as_json: bool) -> Exit:
-    """Create the vhost and apply broker_config/definitions.json (idempotent)."""
+    """Create the vhost and apply broker_config/definitions.json (idempotent).
+
+    On an older install it also brings each enrolled identity's topic permissions up to
+    date and turns hostbus.reply into a topic exchange (so each identity can bind only
+    its own replies): live consoles keep their reply bindings, bindings to another
+    identity's replies are dropped and listed, and replies published in the few
+    milliseconds the exchange is made again are lost.
+    """
     name = vhost_of(ctx, vhost)
-    counts = admin(ctx, admin_url).setup(name)
+    done = admin(ctx, admin_url).setup(name)
     if as_json:
-        emit_json({"vhost": name, **counts})
-    else:
-        click.echo(f"vhost {name}: {counts['exchanges']} exchanges, {counts['queues']} queues, "
-                   f"{counts['bindings']} bindings, {counts['policies']} policies applied")
+        emit_json({"vhost": name, **done})
+        return Exit.OK
+    click.echo(f"vhost {name}: {done['exchanges']} exchanges, {done['queues']} queues, "
+               f"{done['bindings']} bindings, {done['policies']} policies applied; "
+               f"{len(done['identities'])} identities' topic permissions brought up to date")
+    if done.get("reply_exchange_migrated"):
+        click.echo(f"hostbus.reply is now a topic exchange: {done['reply_bindings_kept']} "
+                   "reply bindings kept")
+        for dropped in done["reply_bindings_dropped"]:
+            click.echo(f"dropped a binding to another identity's replies: {dropped}")
     return Exit.OK
 
 
@@ -194,6 +207,8 @@ def enroll(ctx: CliContext, host: str, agents: str, no_user: bool, queue_type: s
         names.validate_host_id(host)
         for a in agent_list:
             names.validate_agent_name(a)
+        if not no_user:
+            admin(ctx, admin_url).check_free(name, host)  # before the queue is made
         keys = admin(ctx, admin_url).enroll_host(name, host, agent_list, queue_type=queue_type)
     result: dict[str, Any] = {"vhost": name, "host": host, "queue": names.host_queue(host),
                               "agent_queue": names.agent_queue(host), "routing_keys": keys}
@@ -275,6 +290,84 @@ def enroll_app(ctx: CliContext, name: str, config_out: str | None, force: bool,
     return _enroll_named(ctx, "app", name, config_out, force, broker_url, tls_dir, admin_url,
                          vhost, as_json, f"Post to exchange hostbus.provision; reply queue "
                                      f"hostbus.reply.{name}.<anything>.")
+
+
+@broker.command("enroll-service")
+@click.argument("name")
+@click.option("--agents", default="", metavar="A,B",
+              help="The agents it serves besides the built-in one (the provisioner: "
+                   "provision).")
+@click.option("--queue", "queues", multiple=True, metavar="QUEUE",
+              help="A shared queue it serves (the provisioner: hostbus.provision); "
+                   "repeatable.")
+@click.option("--events", "events", multiple=True, metavar="PATTERN",
+              help="An event pattern it may subscribe to, exactly (the provisioner: "
+                   "'virt.*.domain.lifecycle'); repeatable. Default: none.")
+@click.option("--queue-type", type=click.Choice(["classic", "quorum"]), default="classic",
+              show_default=True, help="Of its own queue, as for `broker enroll`.")
+@config_out_option
+@force_option
+@broker_url_option
+@tls_dir_option
+@admin_option
+@vhost_option
+@json_option
+@click.pass_obj
+def enroll_service(ctx: CliContext, name: str, agents: str, queues: tuple[str, ...],
+                   events: tuple[str, ...], queue_type: str, config_out: str | None,
+                   force: bool,
+                   broker_url: str | None, tls_dir: str | None, admin_url: str | None,
+                   vhost: str | None, as_json: bool) -> Exit:
+    """Create a console-side service's queue and broker user (idempotent).
+
+    \b
+    The provisioner:
+      hostbus broker enroll-service provisioner --agents provision \\
+          --queue hostbus.provision --events 'virt.*.domain.lifecycle'
+      hostbus provisioner --config provisioner.toml   # then add its other settings there
+
+    It may read its own queue hostbus.host.NAME (its built-in agent and the agents
+    given) and the --queue queues; call agents (publish requests, with reply queues
+    hostbus.reply.NAME.* of its own); subscribe to the --events patterns; publish
+    replies, and events as NAME only. It may not read other events or another
+    identity's queues or replies, nor post provisioning requests. A ready config with
+    its password is written to --config-out (mode 0600).
+    """
+    agent_list = [a.strip() for a in agents.split(",") if a.strip()]
+    name_vhost = vhost_of(ctx, vhost)
+    path = config_out or f"{name}.toml"
+    with bad_names():
+        names.validate_host_id(name)
+        for a in agent_list:
+            names.validate_agent_name(a)
+        _check_writable(path, force)
+        admin(ctx, admin_url).check_free(name_vhost, name)  # before anything is made
+        keys = admin(ctx, admin_url).enroll_service(name_vhost, name, agent_list, queues,
+                                                    queue_type=queue_type, events=events)
+        tls = _issue_client_cert(ctx, name, tls_dir, broker_url)
+        password = admin(ctx, admin_url).create_identity(
+            name_vhost, "service", name, certificate=tls is not None, queues=queues,
+            events=events)
+    provisioner = (f'\n# For `hostbus provisioner --config THIS_FILE` (etc/provisioner.toml has '
+                   f'every key):\n[provisioner]\nhost_id = "{name}"\n'
+                   if "provision" in agent_list else "")
+    _write_secret_file(path, (
+        f"# hostbus service configuration for {name}, written by `hostbus broker "
+        f"enroll-service`.\n# It holds the broker password: keep it mode 0600.\n\n"
+        f'[broker]\nurl = "{_identity_url(ctx, name, password, broker_url, tls)}"\n'
+        f"{provisioner}"), force)
+    result = {"user": name, "kind": "service", "vhost": name_vhost,
+              "queue": names.host_queue(name), "routing_keys": keys,
+              "serves": list(queues), "events": list(events), "config": path}
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"service {name} enrolled in vhost {name_vhost}: queue "
+                   f"{names.host_queue(name)} bound to {', '.join(keys)}"
+                   + (f"; it serves {', '.join(queues)}" if queues else ""))
+        click.echo(f"broker user {name} (service) created; config written to {path} "
+                   "(mode 0600)")
+    return Exit.OK
 
 
 @broker.command("dev-ca")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -30,6 +30,9 @@ from console.commands.common import (
 from console.commands.options import json_option, table_options, timeout_option
 from hostbus.errors import RemoteError
 
+if TYPE_CHECKING:
+    from hostbus.envelope import Reply
+
 REQUEST_COLUMNS = ["request_id", "owner", "template", "count", "status", "vms", "updated"]
 
 
@@ -44,7 +47,12 @@ def provisioner(config_file: str | None, check_config: bool) -> int:
 
     It consumes the queue hostbus.provision, places each VM on a virt host with room,
     drives the virt agents, publishes provision.* events and replies when the VMs run.
-    Enroll it once first: hostbus broker enroll provisioner --agents provision
+    Enroll it once first, as a service with a broker user of its own (it writes
+    provisioner.toml):
+
+    \b
+      hostbus broker enroll-service provisioner --agents provision \\
+          --queue hostbus.provision --events 'virt.*.domain.lifecycle'
     """
     if check_config:
         from console.provisioner.main import check
@@ -111,35 +119,11 @@ def provision_submit(ctx: CliContext, template: str, count: int, name: str | Non
         constraints["facts"] = parse_where(where)
     if constraints:
         body["constraints"] = constraints
-    from hostbus.schema import envelope_validator
-
-    try:
-        envelope_validator("provision").validate(dict(body))
-    except RemoteError as exc:
-        raise usage(exc.message.replace("body.", "")) from None
-    console = ctx.console()
-    rid = request_id or str(uuid.uuid4())
-    if not as_json and wait:
-        from console.render import event_line
-
-        def on_event(ev: Any, note: str | None) -> None:
-            if ev.data.get("request_id") == rid:
-                click.echo(event_line(ev), err=True)
-
-        console.subscribe(["provision.*.#"], on_event)
-    rid, reply = console.provision(body, request_id=rid, timeout=timeout, wait=wait)
-    if not wait:
-        if as_json:
-            emit_json({"request_id": rid, "status": "posted"})
-        else:
-            click.echo(f"posted {rid}; follow it with `hostbus provision status {rid}`")
-        return Exit.OK
+    _check(body)
+    rid, reply = _post_and_follow(ctx, body, request_id, wait=wait, timeout=timeout,
+                                  as_json=as_json, what="")
     if reply is None:
-        if as_json:
-            emit_json({"request_id": rid, "status": "no_reply"})
-        raise CliError(Exit.NO_REPLY, f"no reply to {rid} within {timeout:g} s (is `hostbus "
-                                      f"provisioner` running? `hostbus provision status {rid}` "
-                                      "tells later)")
+        return Exit.OK
     if as_json:
         emit_json({"request_id": rid, **reply.to_body()})
     elif reply.ok:
@@ -293,36 +277,13 @@ def provision_release(ctx: CliContext, request_id: str | None, vms: tuple[str, .
         body["request_id"] = request_id
     else:
         body["vms"] = list(vms)
-    from hostbus.schema import envelope_validator
-
-    try:
-        envelope_validator("provision").validate(dict(body))
-    except RemoteError as exc:
-        raise usage(exc.message.replace("body.", "")) from None
+    _check(body)
     if not yes:
         _confirm_release(ctx, request_id, vms, listed, provisioner)
-    console = ctx.console()
-    rid = release_id or str(uuid.uuid4())
-    if not as_json and wait:
-        from console.render import event_line
-
-        def on_event(ev: Any, note: str | None) -> None:
-            if ev.data.get("request_id") == rid:
-                click.echo(event_line(ev), err=True)
-
-        console.subscribe(["provision.*.#"], on_event)
-    rid, reply = console.provision(body, request_id=rid, timeout=timeout, wait=wait)
-    if not wait:
-        if as_json:
-            emit_json({"request_id": rid, "status": "posted"})
-        else:
-            click.echo(f"posted release {rid}")
-        return Exit.OK
+    rid, reply = _post_and_follow(ctx, body, release_id, wait=wait, timeout=timeout,
+                                  as_json=as_json, what="release ")
     if reply is None:
-        if as_json:
-            emit_json({"request_id": rid, "status": "no_reply"})
-        raise CliError(Exit.NO_REPLY, f"no reply to release {rid} within {timeout:g} s (is "
-                                      "`hostbus provisioner` running?)")
+        return Exit.OK
     if as_json:
         emit_json({"request_id": rid, **reply.to_body()})
     elif reply.ok:
@@ -380,3 +341,45 @@ def provision_quota(ctx: CliContext, owner: str, provisioner: str | None,
         console_out = out()
         console_out.print(objects_table(result["vms"], layout(console_out)))
     return Exit.OK
+
+
+def _check(body: dict[str, Any]) -> None:
+    """The body against the provisioning schema, before anything is sent."""
+    from hostbus.schema import envelope_validator
+
+    try:
+        envelope_validator("provision").validate(dict(body))
+    except RemoteError as exc:
+        raise usage(exc.message.replace("body.", "")) from None
+
+
+def _post_and_follow(ctx: CliContext, body: dict[str, Any], request_id: str | None, *,
+                     wait: bool, timeout: float, as_json: bool,
+                     what: str) -> tuple[str, Reply | None]:
+    """Post a provisioning message and, with ``wait``, print its provision.* events as
+    they come and return its reply. (rid, None) once posted without waiting; a reply that
+    does not come in time is a CliError (exit 4)."""
+    console = ctx.console()
+    rid = request_id or str(uuid.uuid4())
+    if not as_json and wait:
+        from console.render import event_line
+
+        def on_event(ev: Any, note: str | None) -> None:
+            if ev.data.get("request_id") == rid:
+                click.echo(event_line(ev), err=True)
+
+        console.subscribe(["provision.*.#"], on_event)
+    rid, reply = console.provision(body, request_id=rid, timeout=timeout, wait=wait)
+    if not wait:
+        if as_json:
+            emit_json({"request_id": rid, "status": "posted"})
+        else:
+            click.echo(f"posted {what}{rid}; follow it with `hostbus provision status {rid}`")
+        return rid, None
+    if reply is None:
+        if as_json:
+            emit_json({"request_id": rid, "status": "no_reply"})
+        raise CliError(Exit.NO_REPLY, f"no reply to {what}{rid} within {timeout:g} s (is "
+                                      f"`hostbus provisioner` running? `hostbus provision "
+                                      f"status {rid}` tells later)")
+    return rid, reply

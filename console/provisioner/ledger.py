@@ -24,7 +24,6 @@ Storage is one SQLite table; the class is thread-safe.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hostbus.envelope import now_rfc3339
-from hostbus.files import private_file
+from hostbus.files import open_database
 
 ACTIVE, INACTIVE, GONE = "active", "inactive", "gone"
 
@@ -71,12 +70,9 @@ class Vm:
 
 class VmLedger:
     def __init__(self, path: str | Path) -> None:
-        self.path = private_file(path)
+        self.path = Path(path)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False,
-                                   isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = open_database(self.path, synchronous="FULL")
         self._db.execute("""CREATE TABLE IF NOT EXISTS vms (
             id INTEGER PRIMARY KEY, uuid TEXT, host TEXT NOT NULL, name TEXT NOT NULL,
             owner TEXT NOT NULL, request_id TEXT NOT NULL, state TEXT NOT NULL,

@@ -10,14 +10,13 @@ acknowledgement.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hostbus.envelope import now_rfc3339
-from hostbus.files import private_file
+from hostbus.files import open_database
 
 
 @dataclass
@@ -43,12 +42,10 @@ class Record:
 
 class RequestStore:
     def __init__(self, path: str | Path) -> None:
-        self.path = private_file(path)
+        self.path = Path(path)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False,
-                                   isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a committed step survives power loss
+        # FULL: a committed step survives power loss
+        self._db = open_database(self.path, synchronous="FULL")
         self._db.execute("""CREATE TABLE IF NOT EXISTS requests (
             request_id TEXT PRIMARY KEY, owner TEXT NOT NULL, template TEXT NOT NULL,
             count INTEGER NOT NULL, status TEXT NOT NULL, plan TEXT NOT NULL DEFAULT '{}',

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from hostbus.errors import ErrorCode, RemoteError
-from hostbus.files import Durability, disk_trouble, private_file
+from hostbus.files import Durability, disk_trouble, open_database
 
 Key = tuple[str, str]  # (caller, message id)
 
@@ -77,13 +77,10 @@ class ReplayGuard:
     def _open(self) -> None:
         assert self._path is not None
         if self._db is None:
-            self._db = sqlite3.connect(str(private_file(self._path)),
-                                       check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # Runs on the I/O thread for every request: NORMAL survives a crash of the
-        # agent (not of the machine) and costs 74 us a request against 260 us for
-        # FULL (measured); ids only live until their deadline anyway.
-        self._db.execute("PRAGMA synchronous=NORMAL")
+            # Runs on the I/O thread for every request: NORMAL survives a crash of the
+            # agent (not of the machine) and costs 74 us a request against 260 us for
+            # FULL (measured); ids only live until their deadline anyway.
+            self._db = open_database(self._path, synchronous="NORMAL")
         self._db.execute("PRAGMA cache_size=-256")  # KiB; the table is small
         # The table of releases that kept ids without their caller: its ids expire
         # within minutes, so it is dropped rather than converted.

@@ -34,7 +34,7 @@ import orjson
 
 from hostbus.envelope import REQUEST_TYPE, Request, now_rfc3339, usable_reply_to
 from hostbus.errors import ErrorCode, RemoteError
-from hostbus.files import Durability, disk_trouble, private_file
+from hostbus.files import Durability, disk_trouble, open_database
 from hostbus.transport.base import Delivery, Properties
 
 if TYPE_CHECKING:
@@ -124,14 +124,8 @@ class ApprovalStore:
             self._trouble(exc)
 
     def _open(self) -> None:
-        if self._db is None:
-            if self._path is not None:
-                private_file(self._path)
-            self._db = sqlite3.connect(str(self._path) if self._path is not None
-                                       else ":memory:",
-                                       check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # rare writes; each one must stay
+        if self._db is None:  # rare writes; each one must stay
+            self._db = open_database(self._path, synchronous="FULL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS parked (approval_id TEXT PRIMARY KEY, request_id TEXT,"
             " requester TEXT, call TEXT, args BLOB, digest TEXT, rule TEXT, created REAL,"

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import orjson
 
-from hostbus.files import Durability, disk_trouble, private_file
+from hostbus.files import Durability, disk_trouble, open_database
 from hostbus.publisher import Publisher
 from hostbus.transport.base import Properties
 
@@ -79,14 +79,8 @@ class Spool:
             self._trouble(exc)
 
     def _open(self) -> None:
-        if self._db is None:
-            if self._path is not None:
-                private_file(self._path)
-            self._db = sqlite3.connect(str(self._path) if self._path is not None
-                                       else ":memory:",
-                                       check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # survives an agent crash
+        if self._db is None:  # NORMAL: survives an agent crash
+            self._db = open_database(self._path, synchronous="NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS spool (oid INTEGER PRIMARY KEY, "
                          "periodic INTEGER, exchange TEXT, routing_key TEXT, props BLOB, "
                          "body BLOB, size INTEGER)")

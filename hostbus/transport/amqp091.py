@@ -19,9 +19,11 @@ open, with no blocked-connection timeout.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import ssl
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -52,9 +54,12 @@ from hostbus.transport.base import (
     reconnect_delay,
     refused_publishes,
 )
+from hostbus.transport.sweep import Sweeper, Swept, is_internal_error
 from hostbus.transport.url import BrokerURL, broker_urls
 
 log = logging.getLogger(__name__)
+# Seconds a new consumer waits, after a sweep, for the handlers of what it handed over.
+SETTLE_WAIT = 5.0
 Task = Callable[[BlockingChannel], Any]  # _Publish is one too
 
 
@@ -255,6 +260,8 @@ class PikaTransport(Transport):
         self._next_tag = 1
         self._generation = 0
         self._topology: list[_TopologyItem] = []
+        # Clears a queue of a message the broker cannot deliver over AMQP 0-9-1.
+        self.sweeper = Sweeper()
         self._stopping = threading.Event()
         self._ready = threading.Event()
         self._start_error: HostbusError | None = None
@@ -336,9 +343,48 @@ class PikaTransport(Transport):
                 # If this node goes away, the next attempt starts with the one after it.
                 self._first = (i + 1) % len(self.urls)
         self._open_channel()
-        for item in self._topology:
+        items = list(self._topology)  # one added meanwhile is started by its own task
+        if self.sweeper.needed:
+            self.sweeper.sweep(self._conn, self._swept_queues(items))
+            self._settle_swept()
+        for item in items:
             item.channel, item.consumer_tag, item.lost, item.attempt = None, None, False, 0
             self._start(item)
+
+    def _swept_queues(self, items: list[_TopologyItem]) -> list[Any]:
+        """The durable queues among ``items`` (a private queue dies with its connection,
+        and what was in it), with what to do with a message the sweep takes."""
+        return [(item.queue, functools.partial(self._deliver_swept, item))
+                for item in items if item.ack != "broker" and not item.exclusive]
+
+    def _deliver_swept(self, item: _TopologyItem, method: Any, props: pika.BasicProperties,
+                       body: bytes) -> None:
+        """A message the sweep took (settled at the broker already: its ack only says
+        that the handler is done with it)."""
+        delivery = Delivery(body, _from_pika(props), method.exchange, method.routing_key,
+                            method.redelivered)
+        done = self.sweeper.hand_out()
+        delivery.ack, delivery.nack = done, (lambda requeue=False: done())
+        self._in_handler = True  # what it sends waits for _settle_swept
+        try:
+            item.handler(delivery)
+        except Exception:  # a handler bug must not take the I/O thread down
+            log.exception("message handler for queue %s failed", item.queue)
+        finally:
+            self._in_handler = False
+
+    def _settle_swept(self) -> None:
+        """Before consuming again: the replies to what a sweep handed over go out first
+        (for a while, not for ever: a slow method must not keep the queue unserved), so
+        that the next such message, closing the connection, cannot take them along. The
+        broker routes them before it sees the consumes that follow."""
+        assert self._conn is not None
+        deadline = time.monotonic() + SETTLE_WAIT
+        while True:
+            self._drain()
+            if not self.sweeper.handed_out() or time.monotonic() > deadline:
+                return
+            self._conn.process_data_events(time_limit=0.05)  # woken by each hand-off
 
     def _open_channel(self) -> None:
         """The channel publishes go out on."""
@@ -428,6 +474,8 @@ class PikaTransport(Transport):
         reconnect, or once the broker ended the consumer) it is logged and retried
         with backoff: a missing host queue must not keep the connection down."""
         assert self._conn is not None
+        if self.sweeper.needed:  # its channel alone was closed with 541
+            self.sweeper.sweep(self._conn, self._swept_queues([item]))
         try:
             ch = item.channel
             if ch is None or not ch.is_open:
@@ -479,6 +527,8 @@ class PikaTransport(Transport):
             )
             if item.ack == "handler":
                 delivery.ack, delivery.nack = self._settlers(channel, method.delivery_tag)
+                self.sweeper.received(channel, method.delivery_tag, item.queue,
+                                      props.message_id, body)
             # What the handler sends (a reply, an ack) is written after it returns, in
             # one flush, instead of one socket write each.
             self._in_handler = True
@@ -516,6 +566,7 @@ class PikaTransport(Transport):
             return  # ours, the connection's, or a consume that failed (retried already)
         item.channel = item.consumer_tag = None
         item.lost = True
+        self.sweeper.closed(reason)  # a 541 asks for a sweep before consuming again
         log.warning("the broker closed the consumer of %s: %s %s", item.queue,
                     reason.reply_code, reason.reply_text)
         self._consumer_lost(item.queue, f"{reason.reply_code} {reason.reply_text}")
@@ -566,6 +617,7 @@ class PikaTransport(Transport):
 
         def settle(ack: bool, requeue: bool) -> None:
             def task(_ch: BlockingChannel) -> None:
+                self.sweeper.settled(channel, tag)
                 if not channel.is_open:
                     log.info("delivery %d belonged to a closed channel; the broker "
                              "redelivers it", tag)
@@ -587,7 +639,12 @@ class PikaTransport(Transport):
         while not self._stopping.is_set():
             try:
                 self._open()
+            except Swept:
+                continue  # one message fewer in the way: go on sweeping at once
             except Exception as exc:
+                self.sweeper.closed(exc)
+                if self.sweeper.progressed():
+                    continue  # a sweep cleared messages: the next may be such a one too
                 err = translate_error(exc, where)
                 if (first and not self._wait_first) or not self._reconnect:
                     self._start_error = err
@@ -611,6 +668,7 @@ class PikaTransport(Transport):
             except (pex.AMQPConnectionError, pex.ConnectionClosed, pex.StreamLostError,
                     OSError) as exc:
                 self._ch = self._cch = None
+                self.sweeper.closed(exc)
                 if self._stopping.is_set():
                     self._fail_unconfirmed()
                     break
@@ -795,7 +853,14 @@ class PikaTransport(Transport):
 
     def _add(self, item: _TopologyItem) -> None:
         def task(_ch: BlockingChannel) -> None:
-            self._start(item, first=True)
+            try:
+                self._start(item, first=True)
+            except pex.ConnectionClosedByBroker as exc:
+                if not is_internal_error(exc):
+                    raise
+                # The queue holds a message the broker cannot deliver over AMQP 0-9-1:
+                # consumed once the sweep after the reconnect has removed it.
+                self.sweeper.closed(exc)
             self._topology.append(item)
 
         self._submit(task, wait=True)

@@ -91,7 +91,7 @@ def test_broker_definitions_match_the_names_the_code_uses():
     defs = topology.definitions()
     exchanges = {e["name"]: e["type"] for e in defs["exchanges"]}
     assert exchanges == {names.REQUEST_EXCHANGE: "topic", names.EVENT_EXCHANGE: "topic",
-                         names.REPLY_EXCHANGE: "direct", names.PROVISION_EXCHANGE: "direct",
+                         names.REPLY_EXCHANGE: "topic", names.PROVISION_EXCHANGE: "direct",
                          names.DEAD_EXCHANGE: "fanout"}
     queues = {q["name"]: q["arguments"] for q in defs["queues"]}
     assert queues["hostbus.provision"]["x-queue-type"] == "quorum"

@@ -66,7 +66,10 @@ def enroll(rabbitmq, tmp_path):
         path = tmp_path / f"{name}.toml"
         command = {"agent": ["broker", "enroll", name, "--agents", "host"],
                    "console": ["broker", "enroll-console", name],
-                   "app": ["broker", "enroll-app", name]}[kind]
+                   "app": ["broker", "enroll-app", name],
+                   "service": ["broker", "enroll-service", name, "--agents", "provision",
+                               "--queue", "hostbus.provision",
+                               "--events", "virt.*.domain.lifecycle"]}[kind]
         done = run(*command, "-o", str(path), *extra)
         assert done.returncode == 0, done.stderr
         made.append(name)
