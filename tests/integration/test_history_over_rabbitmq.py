@@ -5,6 +5,7 @@ import json
 import os
 import re
 import subprocess
+import tomllib
 import uuid
 
 import pytest
@@ -69,15 +70,23 @@ def cli(rabbitmq, *args, timeout=60):
 
 @pytest.fixture
 def historian(rabbitmq, tmp_path, postgres_url):
-    """`hostbus historian --setup`, enrolled, then the daemon on PostgreSQL."""
+    """`hostbus historian --setup`, enrolled as a service of its own (it may read its
+    queue and publish its own events, nothing else), then the daemon on PostgreSQL."""
     host_id = f"hist-{uuid.uuid4().hex[:6]}"
     setup = cli(rabbitmq, "historian", "--setup", "--admin-url", rabbitmq.admin_url)
     assert setup.returncode == 0, setup.stderr
     assert "hostbus.history" in setup.stdout and "made" in setup.stdout
-    rabbitmq.enroll(host_id, ["history"])
+    written = tmp_path / "enrolled.toml"
+    enrolled = cli(rabbitmq, "broker", "enroll-service", host_id, "--agents", "history",
+                   "--queue", "hostbus.history", "-o", str(written), "--admin-url",
+                   rabbitmq.admin_url)
+    assert enrolled.returncode == 0, enrolled.stderr
+    url = tomllib.loads(written.read_text())["broker"]["url"]
+    if rabbitmq.transport == "amqp10":
+        url = url.replace("amqp://", "amqp10://", 1)
     (tmp_path / "policy.toml").write_text('[[rule]]\nname = "tests"\nallow = true\n')
     cfg = tmp_path / "historian.toml"
-    cfg.write_text(f'[broker]\nurl = "{rabbitmq.url}"\n[historian]\nhost_id = "{host_id}"\n'
+    cfg.write_text(f'[broker]\nurl = "{url}"\n[historian]\nhost_id = "{host_id}"\n'
                    f'store = "{postgres_url}"\nstate_dir = "{tmp_path / "state"}"\n'
                    f'policy = "policy.toml"\nheartbeat_interval = 3600.0\n')
     check = subprocess.run([str(BIN / "hostbus"), "historian", "--config", str(cfg),
@@ -92,9 +101,12 @@ def historian(rabbitmq, tmp_path, postgres_url):
             break
     else:
         pytest.fail(f"the historian did not start (exit {proc.wait()})")
-    yield host_id
-    proc.terminate()
-    assert proc.wait(timeout=30) == 0
+    try:
+        yield host_id
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+        rabbitmq.admin.revoke(host_id)  # broker users are global, vhosts are not
 
 
 @pytest.mark.hostbus_core
