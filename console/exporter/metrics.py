@@ -36,6 +36,16 @@ MISSED_BEATS = 3.0
 CALL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                 5.0)
 PROVISION_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+#: At most this many alert or disk series per host: labels stay bounded whatever a
+#: host sends.
+PER_HOST_SERIES = 100
+
+
+def declared_events() -> frozenset[tuple[str, str]]:
+    """(agent, event) for every event the shipped schemas declare."""
+    from hostbus.schema import available_agents, load_agent_schema
+
+    return frozenset((a, e) for a in available_agents() for e in load_agent_schema(a).events)
 
 
 @dataclass
@@ -73,6 +83,7 @@ class FleetMetrics(Collector):
         self.forget_after_s = forget_after_s
         self._hosts: dict[str, _Host] = {}
         self._events: dict[tuple[str, str], int] = {}
+        self._declared = declared_events()
         self._provisions: dict[str, float] = {}  # request id -> accepted at (monotonic)
         self._provision_outcomes: dict[str, int] = {}
         self.calls = Histogram(
@@ -91,7 +102,10 @@ class FleetMetrics(Collector):
         now = self._clock()
         with self._lock:
             key = (ev.agent, ev.event)
-            self._events[key] = self._events.get(key, 0) + 1
+            # An agent may publish any event name under its own host: only names the
+            # schemas declare become label values, the rest count as "other".
+            counted = key if key in self._declared else ("other", "other")
+            self._events[counted] = self._events.get(counted, 0) + 1
             host = self._hosts.setdefault(ev.host, _Host())
             handler = _HANDLERS.get(key)
             if handler is not None:
@@ -133,7 +147,7 @@ class FleetMetrics(Collector):
                 "memory": {k: float(memory[k]) for k in
                            ("total_bytes", "available_bytes", "used_bytes") if k in memory},
                 "disks": {str(d["mountpoint"]): float(d["percent"]) / 100
-                          for d in data.get("disks") or []
+                          for d in (data.get("disks") or [])[:PER_HOST_SERIES]
                           if isinstance(d, dict) and "mountpoint" in d and "percent" in d},
             }
         except (KeyError, TypeError, ValueError, AttributeError):
@@ -141,9 +155,12 @@ class FleetMetrics(Collector):
 
     def _alert(self, host: _Host, data: dict[str, Any], now: float) -> None:
         # Event data is not checked against the agent's schema on the way in: a buggy
-        # or foreign agent's alert without a metric is skipped, not an error per event.
+        # or foreign agent's alert without a metric is skipped, not an error per event,
+        # and a host that invents resources gets at most PER_HOST_SERIES of them.
         metric, resource = data.get("metric"), data.get("resource", "")
-        if isinstance(metric, str) and isinstance(resource, str):
+        if not (isinstance(metric, str) and isinstance(resource, str)):
+            return
+        if (metric, resource) in host.alerts or len(host.alerts) < PER_HOST_SERIES:
             host.alerts[(metric, resource)] = data.get("state") == "raised"
 
     def _provision_accepted(self, host: _Host, data: dict[str, Any], now: float) -> None:

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hostbus.historian")
 
+#: Larger events are not stored (an agent's own requests are refused above this size).
+MAX_EVENT_BYTES = 1 << 20
 #: A historian's marker (``history.<id>.sync``): its own is waited for; none is stored.
 SYNC_EVENT = ("history", "sync")
 
@@ -65,6 +67,10 @@ class Ingest:
 
     # ------------------------------------------------------------ I/O thread
     def on_delivery(self, delivery: Delivery) -> None:
+        if len(delivery.body) > MAX_EVENT_BYTES:
+            self._refuse(delivery, f"{len(delivery.body)} bytes; events of at most "
+                                   f"{MAX_EVENT_BYTES} are stored")
+            return
         try:
             ev = parse_event(delivery)
         except RemoteError as err:

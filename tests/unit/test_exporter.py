@@ -129,6 +129,20 @@ def test_malformed_event_data_is_skipped_and_scrapes_go_on():
     assert value(s, "hostbus_agent_up", host="web01") == 1
 
 
+def test_labels_stay_bounded_whatever_a_host_sends():
+    registry, fleet, _ = a_fleet()
+    for i in range(300):
+        fleet.observe(ev("host", f"made_up_{i}", {}, seq=10 + i))
+        fleet.observe(ev("host", "alert", {**ALERT, "resource": f"/x{i}"}, seq=400 + i))
+    fleet.observe(ev("host", "metrics", {**METRICS, "disks": [
+        {"mountpoint": f"/d{i}", "percent": 1.0} for i in range(300)]}, seq=900))
+    s = scrape(registry)
+    assert value(s, "hostbus_events_total", agent="other", event="other") == 300
+    alerts = [k for k in s if k[0] == "hostbus_host_alert_active"]
+    disks = [k for k in s if k[0] == "hostbus_host_disk_used_ratio"]
+    assert len(alerts) == len(disks) == 100
+
+
 def exported_names():
     registry, _, _ = a_fleet()
     text = generate_latest(registry).decode()

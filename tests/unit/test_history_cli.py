@@ -90,7 +90,8 @@ def test_an_event_sent_again_is_stored_once(fleet, historian):
     assert len(lines(fleet.run("history", "*.web01.#", "--json"))) == 2
 
 
-def test_events_that_speak_for_another_host_are_not_stored(fleet, historian):
+def test_events_that_speak_for_another_host_or_are_too_large_are_not_stored(fleet,
+                                                                          historian):
     fleet.broker.enroll("mallory", [])
     forged = Event(host="web01", agent="host", event="alert", data=ALERT, seq=1, epoch="e")
     body, props = forged.encode()
@@ -100,9 +101,20 @@ def test_events_that_speak_for_another_host_are_not_stored(fleet, historian):
     sender.publish("hostbus.event", "host.web01.alert", body, props)
     sender.publish("hostbus.event", "host.web01.alert", b"not json",
                    Properties(user_id="mallory"))
-    done = threading.Event()
-    while historian.ingest.counters.refused < 2 and not done.wait(0.01):
-        pass
+    fleet.broker.enroll("web01", [])
+    huge = Event(host="web01", agent="host", event="alert",
+                 data={**ALERT, "pad": "x" * (1 << 20)}, seq=1, epoch="e")
+    body, props = huge.encode()
+    props.user_id = "web01"
+    web = MemoryTransport(fleet.broker, user="web01")
+    web.start()
+    web.publish("hostbus.event", "host.web01.alert", body, props)
+    pause, waited = threading.Event(), 0.0
+    while historian.ingest.counters.refused < 3 and waited < 5:
+        pause.wait(0.01)
+        waited += 0.01
+    web.close()
+    assert historian.ingest.counters.refused == 3
     assert lines(fleet.run("history", "*.web01.#", "--json")) == []
     sender.close()
 
