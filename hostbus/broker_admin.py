@@ -463,6 +463,38 @@ class BrokerAdmin:
             self._call("POST", f"/api/definitions/{self._q(vhost)}",
                        {"queues": queues, "bindings": bindings}, timeout=120)
 
+    def enroll_active_queue(self, vhost: str, service: str, patterns: list[str]) -> list[str]:
+        """Make a service's active queue (``topology.active_queue``: quorum, single
+        active consumer) bound to hostbus.event by exactly ``patterns`` and the tick key
+        of its instances. Idempotent; returns the binding keys. Services cannot declare
+        queues, so this is done at enrollment, by an administrator."""
+        queue, pairs = topology.active_queue(service, patterns)
+        q, queue_q = self._q(vhost), self._q(queue)
+        try:
+            self._call("PUT", f"/api/queues/{q}/{queue_q}",
+                       {"durable": True, "auto_delete": False,
+                        "arguments": topology.ACTIVE_QUEUE_ARGUMENTS})
+        except BrokerRefused as exc:
+            if "inequivalent" not in str(exc):
+                raise
+            raise BrokerRefused(
+                f"{queue} exists with other settings than hostbus gives an active queue "
+                f"({topology.ACTIVE_QUEUE_ARGUMENTS}). Delete it (`rabbitmqctl delete_queue "
+                f"-p {vhost} {queue}`; the events waiting in it go with it) and enroll "
+                "again") from None
+        wanted = {key for _, key in pairs}
+        bound = {b["routing_key"]: b["properties_key"]
+                 for b in self._call("GET", f"/api/queues/{q}/{queue_q}/bindings")
+                 if b["source"] == names.EVENT_EXCHANGE}
+        ex = self._q(names.EVENT_EXCHANGE)
+        for key in sorted(wanted - set(bound)):
+            self._call("POST", f"/api/bindings/{q}/e/{ex}/q/{queue_q}",
+                       {"routing_key": key, "arguments": {}})
+        for key in sorted(set(bound) - wanted):
+            self._call("DELETE", f"/api/bindings/{q}/e/{ex}/q/{queue_q}/"
+                                 f"{self._q(bound[key])}")
+        return [key for _, key in pairs]
+
     # -- named event subscriptions (hostbus.sub.USER.NAME, durable) --
     def subscriptions(self, vhost: str) -> list[dict[str, Any]]:
         """The named subscription queues in ``vhost``: ``queue``, ``patterns`` (its

@@ -64,6 +64,22 @@ def agent_queue(host_id: str) -> str:
     return f"hostbus.host.{host_id}.agent"
 
 
+def active_queue(service: str) -> str:
+    """A service's active queue: every instance consumes it, the broker delivers to one
+    (single active consumer), so whoever receives from it is the active instance."""
+    return f"hostbus.active.{service}"
+
+
+#: The pseudo-agent of the ticks a service's instances publish into their active queue.
+ACTIVE_AGENT = "active"
+TICK_EVENT = "tick"
+
+
+def tick_key(service: str) -> str:
+    """Routing key of a service instance's tick: an event of the service's own identity."""
+    return event_key(ACTIVE_AGENT, service, TICK_EVENT)
+
+
 def request_key(agent: str, host_id: str | None) -> str:
     """Routing key of a request: directed to one host, or broadcast when host_id is None."""
     return f"{agent}.{host_id if host_id is not None else BROADCAST}"

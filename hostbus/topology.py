@@ -35,3 +35,23 @@ def host_queues(host_id: str, agents: list[str]) -> dict[str, list[tuple[str, st
     work = [pair for agent in agents if agent != names.BUILTIN_AGENT for pair in keys(agent)]
     return {names.host_queue(host_id): work,
             names.agent_queue(host_id): keys(names.BUILTIN_AGENT)}
+
+
+#: A service's active queue (``names.active_queue``). Quorum, so it survives a node;
+#: single active consumer, so the broker delivers to one instance (the active one) and
+#: hands the queue, with what it held unacknowledged, to the next consumer when that
+#: one goes. drop-head: when no instance runs, the oldest events go first and publishers
+#: are never refused (an agent's events must not be nacked because a service is away).
+#: A delivery limit, without dead-lettering, drops an event that kills every instance
+#: that takes it.
+ACTIVE_QUEUE_ARGUMENTS: dict[str, Any] = {
+    "x-queue-type": "quorum", "x-single-active-consumer": True,
+    "x-max-length": 100_000, "x-overflow": "drop-head", "x-delivery-limit": 10}
+
+
+def active_queue(service: str, patterns: list[str]) -> tuple[str, list[tuple[str, str]]]:
+    """A service's active queue and the (exchange, binding key) pairs that feed it: the
+    event patterns it acts on, and its instances' ticks."""
+    names.validate_host_id(service)
+    keys = list(dict.fromkeys([*patterns, names.tick_key(service)]))
+    return names.active_queue(service), [(names.EVENT_EXCHANGE, k) for k in keys]

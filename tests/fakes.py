@@ -232,3 +232,14 @@ def raw_connection(url: str) -> Any:
     scheme, _, rest = url.partition("://")
     return pika.BlockingConnection(pika.URLParameters(
         f"{'amqps' if scheme.startswith('amqps') else 'amqp'}://{rest}"))
+
+
+def until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Whether ``condition`` came true within ``timeout``, checked every 20 ms: for what
+    has no event to wait on (a state a service reaches on a thread of its own)."""
+    pause = threading.Event()
+    for _ in range(int(timeout / 0.02)):
+        if condition():
+            return True
+        pause.wait(0.02)
+    return condition()

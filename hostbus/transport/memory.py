@@ -34,6 +34,8 @@ class _Queue:
     name: str
     exclusive_owner: MemoryTransport | None = None
     dead_letter_exchange: str | None = None
+    #: x-single-active-consumer: every message goes to the first consumer still there.
+    single_active: bool = False
     messages: deque[Delivery] = field(default_factory=deque)
     consumers: list[tuple[MemoryTransport, Handler]] = field(default_factory=list)
     _rr: itertools.count = field(default_factory=itertools.count)
@@ -66,10 +68,11 @@ class MemoryBroker:
         with self._lock:
             self.exchanges[name] = kind
 
-    def declare_queue(self, name: str, owner: MemoryTransport | None = None) -> None:
+    def declare_queue(self, name: str, owner: MemoryTransport | None = None, *,
+                      single_active: bool = False) -> None:
         with self._lock:
             made = name not in self.queues
-            self.queues.setdefault(name, _Queue(name, owner))
+            self.queues.setdefault(name, _Queue(name, owner, single_active=single_active))
             waiting = self._waiting.pop(name, []) if made else []
         for transport, handler in waiting:  # consumers that lost it come back
             transport._restore(name, handler)
@@ -98,6 +101,19 @@ class MemoryBroker:
             for exchange, key in bindings:
                 self.bind(exchange, key, q)
 
+    def enroll_active_queue(self, service: str, patterns: list[str]) -> None:
+        """A service's active queue, as ``BrokerAdmin.enroll_active_queue`` makes it."""
+        queue, pairs = topology.active_queue(service, patterns)
+        self.declare_queue(queue, single_active=True)
+        for exchange, key in pairs:
+            self.bind(exchange, key, queue)
+
+    @staticmethod
+    def _consumer(q: _Queue) -> tuple[MemoryTransport, Handler]:
+        if q.single_active:
+            return q.consumers[0]
+        return q.consumers[next(q._rr) % len(q.consumers)]
+
     # -- routing --
     def route(self, exchange: str, delivery: Delivery) -> int:
         """Route a message; returns how many queues took it."""
@@ -121,7 +137,7 @@ class MemoryBroker:
                 if q is None:
                     continue
                 if q.consumers:
-                    transport, handler = q.consumers[next(q._rr) % len(q.consumers)]
+                    transport, handler = self._consumer(q)
                     transport._deliver(handler, replace(delivery))
                 else:
                     q.messages.append(replace(delivery))
@@ -140,7 +156,7 @@ class MemoryBroker:
                 return
             again = replace(delivery, redelivered=True)
             if q.consumers:
-                transport, handler = q.consumers[next(q._rr) % len(q.consumers)]
+                transport, handler = self._consumer(q)
                 transport._deliver(handler, again)
             else:
                 q.messages.appendleft(again)
@@ -153,6 +169,8 @@ class MemoryBroker:
             if q.exclusive_owner not in (None, transport):
                 raise BrokerRefused(f"RESOURCE_LOCKED - queue '{queue_name}' is exclusive")
             q.consumers.append((transport, handler))
+            if q.single_active:  # the messages wait for the active consumer
+                transport, handler = q.consumers[0]
             while q.messages:
                 transport._deliver(handler, q.messages.popleft())
 
@@ -162,6 +180,10 @@ class MemoryBroker:
                 q.consumers = [c for c in q.consumers if c[0] is not transport]
                 if q.exclusive_owner is transport:
                     self.delete_queue(qname)
+                elif q.consumers and q.messages:  # the next single active consumer
+                    successor, handler = self._consumer(q)
+                    while q.messages:
+                        successor._deliver(handler, q.messages.popleft())
 
 
 class MemoryTransport(Transport):
