@@ -5,7 +5,7 @@
   (no thread hand-off at all: the floor). Queues on the default exchange, as the raw
   pika baseline.
 - raw proton call, blocking: the same through ``proton.utils.BlockingConnection``, the
-  simple synchronous client most programs would write (DESIGN section 8's figure).
+  simple synchronous client most programs would write.
 - hostbus call: Console.call -> AgentRuntime, both on amqp10://, the built-in `ping`.
 - events: a raw proton sender (unsettled sends: the broker accepts each) into one raw
   receiver in another process, against an agent's emit over amqp10:// into a console

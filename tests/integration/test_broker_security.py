@@ -1,6 +1,6 @@
 """Layer 1, broker least privilege: each identity gets its own broker user with the
-rights DESIGN section 7 gives it, and the broker itself refuses the rest (tested with a
-plain AMQP client and the enrolled credentials)."""
+rights its kind is granted (broker_config/README.md), and the broker itself refuses the
+rest (tested with a plain AMQP client and the enrolled credentials)."""
 
 import json
 import os
