@@ -157,3 +157,12 @@ def test_the_core_imports_nothing_from_agents_or_console():
 def test_no_method_takes_the_names_policies_use_for_classes(agent):
     """Policies decide a query of class C as the pseudo-method class.C."""
     assert not [m for m in load_agent_schema(agent).methods if m.startswith("class.")]
+
+
+def test_no_two_test_files_share_a_name():
+    # pytest imports test modules by basename (rootdir-relative packages are not used
+    # here): a second file of the same name stops the whole run at collection.
+    seen: dict[str, Path] = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        assert path.name not in seen, f"{path} and {seen[path.name]} share a name"
+        seen[path.name] = path
