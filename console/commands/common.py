@@ -40,6 +40,7 @@ class Exit(IntEnum):
     NO_REPLY = 4  # some hosts did not reply (takes precedence over FAILED)
     CONNECT = 5  # cannot reach the broker (or its management API), or it refused
     NOT_ENROLLED = 6  # a host named has no queue for the agent: told at once by the broker
+    PENDING = 7  # some calls wait for a second person's approval (parked on the host)
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), after what arrived was printed
     PIPE = 141  # the output was closed (128 + SIGPIPE), as other Unix tools
 
@@ -47,7 +48,7 @@ class Exit(IntEnum):
 EPILOG = """\b
 Exit codes: 0 all ok, 1 some failed, 2 usage error, 3 nothing discovered,
 4 some hosts did not reply, 5 cannot reach the broker, 6 a host named is not enrolled
-(for that agent), 130 interrupted.
+(for that agent), 7 some calls wait for approval, 130 interrupted.
 Configuration: --config FILE, else ~/.config/hostbus/console.toml if present;
 environment: HOSTBUS_BROKER_URL, HOSTBUS_CONSOLE_TIMEOUT, ... (see etc/console.toml).
 """

@@ -77,7 +77,7 @@ allow = true
         code, out, _ = cli(alice, "call", "host.reboot", "delay_s=90", "-H", host, "--yes",
                            "--json")
         error = json.loads(out)["results"][0]["error"]
-        assert code == 1 and error["code"] == "approval_required"
+        assert code == 7 and error["code"] == "approval_required"
         approval_id = error["details"]["approval_id"]
 
         code, out, err = cli(bob, "approvals", "list", "-H", host, "--json")
