@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from console.commands.argv import hoist_root_options, refuse_repeated_options
 from console.commands.common import (
     EPILOG,
     CliContext,
@@ -69,7 +70,9 @@ class RootGroup(click.Group):
         return plugin.load() if plugin is not None else None
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, hoist_root_options(self, ctx, args))
+        args = hoist_root_options(self, ctx, args)
+        refuse_repeated_options(self, ctx, args)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         with exit_on_error():
@@ -78,46 +81,6 @@ class RootGroup(click.Group):
         if code:
             raise click.exceptions.Exit(int(code))
         return None
-
-
-ROOT_OPTIONS = ("--url", "--config")  # the root group's options that take a value
-
-
-def hoist_root_options(group: click.Group, ctx: click.Context, args: list[str]) -> list[str]:
-    """``hostbus agents --url URL`` as ``hostbus --url URL agents``: operators append
-    options. A root option after the command moves before it, unless that command has
-    an option of the same name (``hostbus provisioner --config``: the provisioner's)."""
-    i = 0
-    while i < len(args) and args[i].startswith("-"):  # the root's own, before the command
-        i += 2 if args[i] in ROOT_OPTIONS else 1
-    command: click.Command | None = group
-    names: set[str] = set()
-    j = i
-    while isinstance(command, click.Group) and j < len(args):
-        command = command.get_command(ctx, args[j]) if not args[j].startswith("-") else None
-        j += 1
-        if command is not None:
-            names |= {o for p in command.params for o in p.opts}
-    hoisted: list[str] = []
-    rest = list(args[:i + 1])
-    k = i + 1
-    while k < len(args):
-        arg = args[k]
-        if arg == "--":
-            rest += args[k:]
-            break
-        name = arg.split("=", 1)[0]
-        if name in ROOT_OPTIONS and name not in names:
-            if "=" in arg:
-                hoisted.append(arg)
-                k += 1
-            else:
-                hoisted += args[k:k + 2]
-                k += 2
-            continue
-        rest.append(arg)
-        k += 1
-    return [*hoisted, *rest] if hoisted else args
 
 
 @click.group(cls=RootGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -152,7 +115,7 @@ def main() -> None:
     cli(prog_name="hostbus")
 
 
-__all__ = ["Exit", "cli", "main"]
+__all__ = ["Exit", "cli", "hoist_root_options", "main"]
 
 if __name__ == "__main__":
     main()

@@ -41,3 +41,24 @@ def test_a_command_with_a_config_of_its_own_keeps_it():
     # after `--` nothing is an option; the root's own before the command stay
     assert hoist_root_options(cli, ctx, ["--config", "c", "schema", "--", "--url"]) == \
         ["--config", "c", "schema", "--", "--url"]
+
+
+def test_an_option_of_one_value_given_twice_is_refused_before_anything_is_sent(fleet):
+    fleet.add("web01")
+    for argv in (["-t", "1", "--timeout=2"], ["-t1", "-t", "2"]):
+        done = fleet.run("call", "host.identify", "-H", "web01", *argv)
+        assert done.exit_code == 2, done.output
+        assert "hostbus call: --timeout/-t is given twice" in done.stderr
+        assert "give it once" in done.stderr
+    done = fleet.run("query", "host.process", "--columns", "pid", "--columns", "name")
+    assert done.exit_code == 2 and "--columns is given twice" in done.stderr
+    assert fleet.consoles == []  # nothing connected, nothing sent
+    # options meant to repeat still do
+    assert fleet.run("call", "host.identify", "-H", "web01", "-H", "web01").exit_code == 0
+
+
+def test_an_argument_given_twice_is_refused(fleet):
+    fleet.add("web01")
+    done = fleet.run("call", "host.processes", "limit=2", "limit:=3", "-H", "web01")
+    assert done.exit_code == 2
+    assert "limit is given twice (limit=2 and limit:=3); give it once" in done.stderr
