@@ -53,6 +53,7 @@ from hostbus.schema import (
 )
 from hostbus.transport import connect
 from hostbus.transport.base import Delivery, Properties, Transport
+from hostbus.transport.url import check_resolvable
 
 if TYPE_CHECKING:
     from hostbus.security.signing import Signer, Verifier
@@ -351,6 +352,7 @@ class Console:
 
     @classmethod
     def connect(cls, url: str, *, connect_timeout: float = 5.0, **kwargs: Any) -> Console:
+        check_resolvable(url)  # a typo in the host: said now, not after retries
         transport = connect(url, connection_name="hostbus-console",
                             connect_timeout=connect_timeout, reconnect=True)
         transport.start()
