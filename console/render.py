@@ -272,6 +272,10 @@ def print_host_result(out: RichConsole, res: HostResult, layout: Layout | None =
         out.print(f"  {escape(str(err['code']))}: {escape(str(err['message']))}", style="red",
                   highlight=False)
     elif res.reply.result is not None:
+        if res.reply.result.get("dry_run") is True:
+            out.print("  dry run: nothing was done, only logged on the host (its "
+                      "power_control or similar setting is \"dry-run\")", style="yellow",
+                      highlight=False)
         print_result(out, res.reply.result, layout)
 
 

@@ -92,7 +92,9 @@ allow = true
         code, out, err = cli(bob, "approvals", "approve", approval_id[:6], "-H", host,
                              "--yes", "--json")
         assert code == 0, out + err
-        assert json.loads(out)["result"]["reply"]["status"] == "ok"
+        released = json.loads(out)["result"]["reply"]
+        assert released["status"] == "ok"
+        assert released["result"]["dry_run"] is True  # power_control = "dry-run" says so
         code, out, err = cli(bob, "approvals", "approve", approval_id, "-H", host, "--yes")
         assert code == 1 and "already approved" in err
         decided = online.wait_for(lambda e: e.event == "approval.decided")
