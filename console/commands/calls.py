@@ -13,12 +13,13 @@ import click
 
 from console.args import method_help, parse_pairs
 from console.commands.common import (
-    EPILOG,
+    FANOUT,
     CliContext,
     CliError,
     Exit,
     check_columns,
     emit_json,
+    exits,
     layout,
     out,
     progress,
@@ -50,7 +51,8 @@ def _method_spec(agent: str, method: str) -> Any:
     return method_spec(agent, method)
 
 
-@click.command(add_help_option=False, epilog=EPILOG)
+@exits(*FANOUT, Exit.NOT_ENROLLED, Exit.PENDING)
+@click.command(add_help_option=False)
 @click.argument("target", required=False, metavar="AGENT.METHOD",
                 shell_complete=complete_method)
 @click.argument("pairs", nargs=-1, metavar="[KEY=VALUE]...", shell_complete=complete_argument)
@@ -290,7 +292,8 @@ def _warn_unknown_columns(columns: tuple[str, ...], result: FanoutResult) -> Non
                    f"{', '.join(sorted(seen))}", err=True)
 
 
-@click.command(epilog=EPILOG)
+@exits(*FANOUT, Exit.NOT_ENROLLED)
+@click.command()
 @click.argument("target", metavar="AGENT.CLASS", shell_complete=complete_class)
 @hosts_option("Only these hosts (default: every host that has the agent).")
 @hosts_from_option
