@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import click
 
-from console.commands.common import CONFIGURATION, EXIT_MEANING, Exit, exit_codes_text, exits
+from console.commands.common import CONFIGURATION, EXIT_MEANING, Exit, exits
 from hostbus import __version__
 
 
@@ -71,7 +71,9 @@ def render(root: click.Group) -> str:
         if cmd is not None and not cmd.hidden:
             lines += _command(cmd, click.Context(cmd, info_name=name, parent=ctx),
                               f"hostbus {name}")
-    lines += [".SH EXIT STATUS", *_paragraphs(exit_codes_text(EXIT_MEANING)),
+    lines += [".SH EXIT STATUS", "Each command's \\-\\-help lists the codes it can end with.",
+              *(item for code, meaning in EXIT_MEANING.items()
+                for item in (".TP", f"\\fB{int(code)}\\fR", _roff(meaning))),
               ".SH ENVIRONMENT AND FILES", *_paragraphs(CONFIGURATION),
               ".SH SEE ALSO", "hostbus\\-agent(1), rabbitmqctl(8)"]
     return "\n".join(lines) + "\n"
