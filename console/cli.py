@@ -46,6 +46,8 @@ COMMANDS: dict[str, str] = {
     "historian": "console.commands.history:historian",
     "history": "console.commands.history:history",
     "exporter": "console.commands.exporter:exporter",
+    "reactor": "console.commands.reactor:reactor",
+    "health": "console.commands.reactor:health",
 }
 PLUGIN_GROUP = "hostbus.commands"
 
