@@ -229,7 +229,8 @@ class HostAgent(Agent):
     def _power(self, action: str, delay_s: int, reason: str) -> dict[str, Any]:
         self.power.schedule(action, delay_s, reason)
         at = datetime.fromtimestamp(time.time() + delay_s, UTC)
-        return {"action": action, "scheduled_at": now_rfc3339(at), "delay_s": delay_s}
+        return {"action": action, "scheduled_at": now_rfc3339(at), "delay_s": delay_s,
+                "dry_run": self.power.dry_run}
 
     # --------------------------------------------------------------- objects
     @objects("host")

@@ -1,7 +1,8 @@
 """Setting up the broker over its management HTTP API: ``hostbus broker ...``.
 
-A new ``broker`` subcommand goes here: decorate it with ``@broker.command()`` and use
-``admin(ctx, admin_url)`` for the API (its failures exit 5 with the reason).
+A new ``broker`` subcommand goes here: decorate it with ``@exits(*BROKER)`` over
+``@broker.command()`` and use ``admin(ctx, admin_url)`` for the API (its failures exit
+5 with the reason).
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from console.commands.common import CliContext, CliError, Exit, emit_json, usage
+from console.commands.common import CliContext, CliError, Exit, emit_json, exits, usage
 from console.commands.options import json_option
 from hostbus import names
+
+#: What a broker command can end with: besides 0 and 2, failed, no such user, and the
+#: management API unreachable or refusing (its reason is printed).
+BROKER = (Exit.FAILED, Exit.NOTHING, Exit.CONNECT)
 
 if TYPE_CHECKING:
     from hostbus.broker_admin import BrokerAdmin
@@ -25,11 +30,7 @@ if TYPE_CHECKING:
 
 @click.group()
 def broker() -> None:
-    """Set up the broker: topology, and a queue per host (management HTTP API).
-
-    Exit codes: 0 done, 2 bad input, 3 no such user, 5 the management API is
-    unreachable or refused (its reason is printed).
-    """
+    """Set up the broker: topology, and a queue per host (management HTTP API)."""
 
 
 @contextlib.contextmanager
@@ -64,6 +65,7 @@ vhost_option = click.option("--vhost", metavar="NAME",
                             help="Virtual host (default: the broker URL's, 'hostbus').")
 
 
+@exits(*BROKER)
 @broker.command()
 @admin_option
 @vhost_option
@@ -174,6 +176,7 @@ tls_dir_option = click.option(
          "password (SASL EXTERNAL over amqps).")
 
 
+@exits(*BROKER)
 @broker.command()
 @click.argument("host")
 @click.option("--agents", default="host", show_default=True, metavar="A,B",
@@ -263,7 +266,7 @@ def identity_command(name: str) -> Callable[[Callable[..., Any]], Any]:
     def wrap(fn: Callable[..., Any]) -> Any:
         for option in (click.pass_obj, json_option, vhost_option, admin_option,
                        tls_dir_option, broker_url_option, force_option, config_out_option,
-                       click.argument("name"), broker.command(name)):
+                       click.argument("name"), broker.command(name), exits(*BROKER)):
             fn = option(fn)
         return fn
 
@@ -292,6 +295,7 @@ def enroll_app(ctx: CliContext, name: str, config_out: str | None, force: bool,
                                      f"hostbus.reply.{name}.<anything>.")
 
 
+@exits(*BROKER)
 @broker.command("enroll-service")
 @click.argument("name")
 @click.option("--agents", default="", metavar="A,B",
@@ -370,6 +374,7 @@ def enroll_service(ctx: CliContext, name: str, agents: str, queues: tuple[str, .
     return Exit.OK
 
 
+@exits(Exit.FAILED, configured=False)
 @broker.command("dev-ca")
 @click.argument("folder", type=click.Path(file_okay=False))
 @click.option("--broker-name", "broker_names", multiple=True, metavar="NAME",
@@ -415,6 +420,7 @@ def dev_ca(folder: str, broker_names: tuple[str, ...], clients: tuple[str, ...],
     return Exit.OK
 
 
+@exits(*BROKER)
 @broker.command()
 @click.argument("name")
 @admin_option

@@ -13,7 +13,16 @@ from typing import Any
 
 import click
 
-from console.commands.common import EPILOG, CliContext, CliError, Exit, emit_json, out, usage
+from console.commands.common import (
+    FANOUT,
+    CliContext,
+    CliError,
+    Exit,
+    emit_json,
+    exits,
+    out,
+    usage,
+)
 from console.commands.completion import complete_host
 from console.commands.options import json_option, yes_option
 from hostbus.errors import ErrorCode, RemoteError
@@ -21,7 +30,8 @@ from hostbus.errors import ErrorCode, RemoteError
 MIB = 1 << 20
 
 
-@click.group(epilog=EPILOG)
+@exits(*FANOUT)
+@click.group()
 @click.argument("name", metavar="NAME")
 @click.pass_context
 def vm(ctx: click.Context, name: str) -> None:
@@ -34,7 +44,8 @@ def vm(ctx: click.Context, name: str) -> None:
     ctx.meta["vm"] = name
 
 
-@vm.command("migrate", epilog=EPILOG)
+@exits(*FANOUT)
+@vm.command("migrate")
 @click.option("--to", "target", required=True, metavar="HOST", shell_complete=complete_host,
               help="The host to move it to (its virt agent offers migration_uri).")
 @click.option("--from", "source", metavar="HOST", shell_complete=complete_host,
@@ -114,7 +125,8 @@ def migrate(ctx: click.Context, target: str, source: str | None, uri: str | None
     return Exit.OK
 
 
-@vm.command("abort-migration", epilog=EPILOG)
+@exits(*FANOUT)
+@vm.command("abort-migration")
 @click.option("--from", "source", metavar="HOST", shell_complete=complete_host,
               help="The host migrating it (default: asked of every virt host).")
 @json_option
