@@ -8,7 +8,17 @@ from typing import Any
 
 import click
 
-from console.commands.common import EPILOG, CliContext, CliError, Exit, emit_json, layout, out
+from console.commands.common import (
+    FANOUT,
+    CliContext,
+    CliError,
+    Exit,
+    emit_json,
+    exits,
+    layout,
+    out,
+    service_exits,
+)
 from console.commands.options import (
     discovery_options,
     hosts_option,
@@ -24,7 +34,8 @@ def _config_error(exc: Exception) -> CliError:
     return CliError(Exit.FAILED, str(exc))
 
 
-@click.group("reactor", invoke_without_command=True, epilog=EPILOG)
+@service_exits()
+@click.group("reactor", invoke_without_command=True)
 @config_option
 @click.option("--check-config", is_flag=True,
               help="Check the configuration and its rules (calls against the schemas), "
@@ -103,7 +114,8 @@ def _store(click_ctx: click.Context, config_file: str | None) -> Any:
     return ReactorStore(where)
 
 
-@reactor.command("rules", epilog=EPILOG)
+@exits(Exit.FAILED, configured=False)
+@reactor.command("rules")
 @config_option
 @json_option
 @table_options
@@ -135,7 +147,8 @@ def rules(click_ctx: click.Context, config_file: str | None, as_json: bool, wide
     return Exit.OK
 
 
-@reactor.command("history", epilog=EPILOG)
+@exits(Exit.FAILED, configured=False)
+@reactor.command("history")
 @config_option
 @click.option("--limit", "-n", type=click.IntRange(1), default=50, show_default=True,
               metavar="N", help="The newest N decisions.")
@@ -179,7 +192,8 @@ def history(click_ctx: click.Context, config_file: str | None, limit: int,
     return Exit.OK
 
 
-@click.command("health", epilog=EPILOG)
+@exits(*FANOUT)
+@click.command("health")
 @hosts_option()
 @click.option("--state", type=click.Choice(["any", "passing", "warning", "failing",
                                             "unknown"]), default="any", show_default=True,

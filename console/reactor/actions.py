@@ -105,17 +105,15 @@ class Actor:
             self.store.update(decision_id, "ok", "done", request_id=request_id)
             log.warning("decision %s: %s on %s done (request %s)", decision_id[:8],
                         row["call"], row["host"], request_id)
-        elif status == "error" and reply is not None and reply.error_code == \
-                "approval_required":
-            details = (reply.error or {}).get("details") or {}
-            approval = str(details.get("approval_id", ""))
+        elif status == "pending" and result.approval is not None:
+            approval = str(result.approval["approval_id"])
             self.store.update(decision_id, "awaiting_approval",
-                              (reply.error or {}).get("message", ""), request_id=request_id,
-                              approval_id=approval or None)
+                              (reply.error or {}).get("message", "") if reply else "",
+                              request_id=request_id, approval_id=approval)
             log.warning("decision %s: %s on %s waits for approval %s (hostbus approvals "
                         "approve %s -H %s)", decision_id[:8], row["call"], row["host"],
                         approval, approval[:8], row["host"])
-        elif status == "error" and reply is not None:
+        elif reply is not None and status in ("error", "pending"):
             error = reply.error or {}
             self.store.update(decision_id, "failed",
                               f"{error.get('code')}: {error.get('message', '')}"[:1000],

@@ -38,7 +38,10 @@ def test_an_unhealthy_vm_is_rebooted_once_after_a_second_persons_approval(
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOSTBUS_")}
 
     # identities and keys: the agent trusts bob's and the reactor's keys
-    agent_cfg, _ = enroll("agent", host, "--agents", "virt,health")
+    agent_cfg = tmp_path / f"{host}.toml"
+    done = enroll.run("broker", "enroll", host, "--agents", "virt,health", "-o",
+                      str(agent_cfg))
+    assert done.returncode == 0, done.stderr
     bob_cfg, _ = enroll("console", bob)
     reactor_cfg = tmp_path / "reactor.toml"
     done = enroll.run("broker", "enroll-service", service, "--events", "health.*.check",
@@ -95,6 +98,7 @@ args = {{ name = "{{data.vm}}" }}
                       reactor_cfg, policy, trusted, app, tmp_path)
     finally:
         rabbitmq.admin.revoke(service)
+        rabbitmq.admin.revoke(host)
 
 
 def _scenario(rabbitmq, console, env, host, bob, service, agent_cfg, bob_cfg, reactor_cfg,
