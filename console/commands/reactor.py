@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,6 +63,7 @@ def reactor(click_ctx: click.Context, config_file: str | None, check_config: boo
       hostbus reactor --config /etc/hostbus/reactor.toml
       hostbus reactor rules --config ...      what the rules are
       hostbus reactor history --config ...    what it decided, and what came of it
+      hostbus reactor test --config ... -e JSON   what the rules make of one event
     """
     click_ctx.meta["reactor_config"] = config_file
     if click_ctx.invoked_subcommand is not None:
@@ -190,6 +192,57 @@ def history(click_ctx: click.Context, config_file: str | None, limit: int,
         return Exit.OK
     console.print(objects_table(rows, layout(console, wide, columns), list(columns) or None))
     return Exit.OK
+
+
+@exits(Exit.FAILED, configured=False)
+@reactor.command("test")
+@config_option
+@click.option("--event", "-e", "event_text", required=True, metavar="JSON|-",
+              help="The event: JSON as hostbus watch --json prints it (host, agent, event, "
+                   "data), or - to read it from stdin.")
+@json_option
+@click.pass_context
+def trial(click_ctx: click.Context, config_file: str | None, event_text: str,
+          as_json: bool) -> int:
+    """Which rules would act on one event, and what they would send; nothing is sent
+    and the reactor's store is not touched. Exit 0 if a rule would act, 1 if none.
+
+    \b
+      hostbus reactor test -c reactor.toml -e '{"host": "kvm01", "agent": "health",
+          "event": "check", "data": {"state": "failing", "vm": "web-a"}}'
+    """
+    import json
+
+    from console.reactor.main import load_config, load_rules
+    from console.reactor.trial import event_from, explain
+    from hostbus.errors import ConfigError
+
+    text = sys.stdin.read() if event_text == "-" else event_text
+    try:
+        rules_found = load_rules(load_config(config_file or click_ctx.meta.get(
+            "reactor_config")))
+        event = event_from(json.loads(text))
+    except json.JSONDecodeError as exc:
+        raise CliError(Exit.USAGE, f"--event is not JSON: {exc}") from None
+    except (ConfigError, ValueError) as exc:
+        raise _config_error(exc) from None
+    found = explain(rules_found, event)
+    acting = [f for f in found if f.get("outcome")]
+    if as_json:
+        emit_json({"event": event.routing_key(), "rules": found})
+    else:
+        for entry in found:
+            if not entry["selects"]:
+                click.echo(f"{entry['rule']}: not this event")
+            elif not entry["holds"]:
+                click.echo(f"{entry['rule']}: its conditions do not hold")
+            elif entry["action"] is None:
+                click.echo(f"{entry['rule']}: cannot make its action: {entry['why']}")
+            else:
+                action = entry["action"]
+                click.echo(f"{entry['rule']}: {entry['outcome']}: {action['call']} on "
+                           f"{action['host']} {json.dumps(action['args'])}")
+    return Exit.OK if acting else Exit.FAILED
 
 
 @exits(*FANOUT)

@@ -87,3 +87,21 @@ def test_a_bad_rule_is_named_with_exit_1(fleet, tmp_path):
                                                                    "domain.explode"))
     done = fleet.run("reactor", "--config", str(config), "--check-config")
     assert done.exit_code == 1 and "no method 'domain.explode'" in done.stderr
+
+
+def test_reactor_test_says_which_rules_act_on_an_event_and_sends_nothing(fleet, tmp_path):
+    config = tmp_path / "reactor.toml"
+    config.write_text(REACTOR_TOML.format(state=tmp_path / "state"))
+    event = {"host": "kvm01", "agent": "health", "event": "check",
+             "data": {"state": "failing", "vm": "web-a"}}
+    done = fleet.run("reactor", "test", "-c", str(config), "-e", json.dumps(event), "--json")
+    assert done.exit_code == 0, done.stderr
+    [rule] = json.loads(done.stdout)["rules"]
+    assert rule["action"] == {"call": "virt.domain.reboot", "host": "kvm01",
+                              "args": {"name": "web-a"}}
+    event["data"]["state"] = "passing"
+    done = fleet.run("reactor", "test", "-c", str(config), "-e", "-", input=json.dumps(event))
+    assert done.exit_code == 1 and "conditions do not hold" in done.stdout
+    done = fleet.run("reactor", "test", "-c", str(config), "-e", '{"host": 1}')
+    assert done.exit_code == 1 and "lacks agent, event, data" in done.stderr
+    assert not (tmp_path / "state").exists()  # nothing stored
