@@ -14,8 +14,10 @@ from console.commands.options import json_option
 @click.option("--quick", is_flag=True, help="Small sizes: a smoke run of every benchmark.")
 @click.option("--only", multiple=True,
               type=click.Choice(["call", "fanout", "events", "amqp10", "provisioning",
-                                 "footprint", "soak", "faults", "history", "tracing"]),
-              help="Run only these (repeatable). Default: all but soak, faults and history.")
+                                 "footprint", "soak", "faults", "history", "tracing",
+                                 "reactor"]),
+              help="Run only these (repeatable). Default: all but soak, faults, history and "
+                   "reactor.")
 @click.option("--calls", type=click.IntRange(10), help="Round trips per side (2000).")
 @click.option("--agents", metavar="N,N,...",
               help="Simulated agent counts for broadcast ping (100,1000,5000).")
@@ -58,7 +60,9 @@ def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None
     queues, and how fast a ping is answered behind 100 waiting calls. `--only history`
     measures the historian's stores against their raw drivers, its ingest through the
     broker, queries over --history-stored events (minutes: it fills a store), and a
-    RabbitMQ stream against the classic queue it reads.
+    RabbitMQ stream against the classic queue it reads. `--only reactor` bursts 10,000
+    events at the reactor with 100 rules (rules evaluated per second, memory, none
+    dropped) and measures a failing check to its action, each against raw pika.
     """
     from benchmarks import report
     from benchmarks.run import ALL, Plan, run

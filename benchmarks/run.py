@@ -18,6 +18,7 @@ from benchmarks import (
     footprint,
     history,
     provisioning,
+    reactor,
     soak,
     tracing,
 )
@@ -27,7 +28,7 @@ from hostbus.envelope import now_rfc3339
 ALL = ("call", "fanout", "events", "amqp10", "provisioning", "footprint", "tracing")
 #: Run only when asked for (--only soak, --only faults): minutes by design, and faults
 #: starts a RabbitMQ node of its own (root, a source checkout).
-EXTRA = ("soak", "faults", "history")
+EXTRA = ("soak", "faults", "history", "reactor")
 
 
 @dataclass
@@ -42,12 +43,14 @@ class Plan:
     alarm_s: float = 70.0  # outlasts pika's 60 s blocked-connection timeout
     history_stored: int = 10_000_000  # events in the store the queries run over
     history_postgres: str | None = None  # a server URL whose role may create databases
+    reactor_events: int = 10_000  # a burst into the reactor, each seen by every rule
+    reactor_rules: int = 100
     only: tuple[str, ...] = ALL
 
     @classmethod
     def quick(cls) -> Plan:
         return cls(calls=200, agents=[10, 50], events=1000, provision_requests=3, idle_s=2.0,
-                   storm_s=1.0, alarm_s=10.0, history_stored=20_000)
+                   storm_s=1.0, alarm_s=10.0, history_stored=20_000, reactor_events=1000)
 
 
 def _redacted(url: str | None) -> str | None:
@@ -107,6 +110,8 @@ def run(plan: Plan, *, amqp: str, admin_url: str) -> dict[str, Any]:
             results["history"] = history.run(bench, plan.events, plan.history_stored,
                                              plan.history_postgres,
                                              repeat=50 if plan.history_stored > 100_000 else 5)
+        if "reactor" in plan.only:
+            results["reactor"] = reactor.run(bench, plan.reactor_events, plan.reactor_rules)
         if "soak" in plan.only:
             progress(f"soak: one agent under steady load for {plan.soak_minutes:g} min")
             results["soak"] = soak.run(bench, plan.soak_minutes)

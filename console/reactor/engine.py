@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from console.reactor.rules import Missing, Rule, Target
+from console.reactor.rules import Missing, Rule, Target, flatten
 from console.reactor.store import IN_FLIGHT, ReactorStore
 from hostbus.envelope import Event
 
@@ -58,21 +58,32 @@ class Engine:
 
     def consider(self, event: Event) -> list[Decided]:
         """Handle one event, once (a repeat of a handled event decides nothing)."""
-        eid = event_id(event)
+        return self.consider_many([event])
+
+    def consider_many(self, events: list[Event]) -> list[Decided]:
+        """Handle events in order, in one transaction (one write to disk for a batch:
+        what a burst costs), each once."""
         now = self.clock()
         decided: list[Decided] = []
         with self.store.transaction():
-            if self.store.handled(eid):
-                log.debug("event %s was handled before", eid)
-                return []
-            for rule in self.rules:
-                if rule.selects(event):
-                    decided.extend(self._apply(rule, event, eid, now))
-            self.store.mark_handled(eid, now)
+            for event in events:
+                eid = event_id(event)
+                if self.store.handled(eid):
+                    log.debug("event %s was handled before", eid)
+                    continue
+                matched: dict[str, bool] = {}
+                flat = flatten(event.data)
+                for rule in self.rules:
+                    if rule.selects(event, matched):
+                        decided.extend(self._apply(rule, event, eid, now, flat))
+                self.store.mark_handled(eid, now)
         return decided
 
-    def _apply(self, rule: Rule, event: Event, eid: str, now: float) -> list[Decided]:
-        holds = rule.holds(event)
+    def _apply(self, rule: Rule, event: Event, eid: str, now: float,
+               flat: dict[str, Any]) -> list[Decided]:
+        holds = rule.holds(event, flat)
+        if not holds and not rule.for_s:
+            return []  # nothing to fire, and no waiting target to end
         try:
             target = rule.target(event)
         except Missing as why:

@@ -102,15 +102,22 @@ class Rule:
     dry_run: bool = False
     description: str = ""
 
-    def selects(self, event: Event) -> bool:
-        """The event is one this rule looks at (pattern and host), whatever its data."""
+    def selects(self, event: Event, matched: dict[str, bool] | None = None) -> bool:
+        """The event is one this rule looks at (pattern and host), whatever its data.
+        ``matched``: pattern -> whether it matches this event, shared by the rules that
+        look at one event (many rules, few patterns)."""
         key = event.routing_key()
-        return any(names.topic_matches(p, key) for p in self.events) and \
+        seen = matched if matched is not None else {}
+        for pattern in self.events:
+            if pattern not in seen:
+                seen[pattern] = names.topic_matches(pattern, key)
+        return any(seen[p] for p in self.events) and \
             (not self.hosts or any(fnmatch.fnmatchcase(event.host, h) for h in self.hosts))
 
-    def holds(self, event: Event) -> bool:
-        """The conditions hold for this event's data."""
-        return self.when.matches(flatten(event.data))
+    def holds(self, event: Event, flat: dict[str, Any] | None = None) -> bool:
+        """The conditions hold for this event's data (``flat``: the data flattened once
+        for all the rules that look at one event)."""
+        return self.when.matches(flat if flat is not None else flatten(event.data))
 
     def target(self, event: Event) -> Target:
         """The action for this event; ``Missing`` names a field the event lacks."""
