@@ -97,7 +97,7 @@ def test_load_over_window_averages_recent_samples_only():
 host_names = st.sampled_from([f"h{i}" for i in range(6)])
 hosts_st = st.lists(st.builds(
     HostView, name=host_names, state=st.sampled_from(HOST_STATES),
-    cpus=st.integers(1, 16), memory_mib=st.integers(0, 16384),
+    cpus=st.integers(1, 3), memory_mib=st.integers(0, 16384),
     free_memory_mib=st.none() | st.integers(0, 16384),
     cpu_load=st.none() | st.floats(0, 1), labels=st.just({})),
     min_size=0, max_size=6, unique_by=lambda h: h.name)
@@ -107,7 +107,7 @@ vms_st = st.lists(st.builds(
     state=st.sampled_from(["running", "shutoff", "paused"]), ha=st.booleans(),
     groups=st.lists(st.sampled_from(["g1", "g2"]), max_size=2).map(tuple)), max_size=12)
 requests_st = st.builds(
-    PlacementRequest, vcpus=st.integers(1, 8), memory_mib=st.integers(1, 8192),
+    PlacementRequest, vcpus=st.integers(1, 12), memory_mib=st.integers(1, 8192),
     count=st.integers(1, 4), pinned_hosts=st.lists(host_names, max_size=2).map(tuple),
     affinity_groups=st.lists(st.sampled_from(["g1", "g2"]), max_size=1).map(tuple),
     anti_affinity_groups=st.lists(st.sampled_from(["g1", "g2"]), max_size=1).map(tuple),
