@@ -14,6 +14,7 @@ from typing import Any
 
 from console.placement.fleet import Fleet
 from console.placement.model import ONLINE, PlacementRequest
+from hostbus.serving.agent import as_text
 
 
 @dataclass
@@ -74,14 +75,15 @@ def pinning(step: Step, name: str) -> str | None:
 
 
 def labels(step: Step, name: str) -> str | None:
+    """Facts compare as text, as a broadcast filter compares them (a list: any of)."""
     have = step.fleet.hosts[name].labels
     for key, want in step.request.labels.items():
-        value = have.get(key)
+        value = as_text(have.get(key))
         if isinstance(want, list | tuple):
-            if value not in want:
-                return f"{key} is {value!r}, not one of {list(want)!r}"
-        elif value != want:
-            return f"{key} is {value!r}, not {want!r}"
+            if value not in [as_text(w) for w in want]:
+                return f"{key} is {value!r}, not one of {[as_text(w) for w in want]!r}"
+        elif value != as_text(want):
+            return f"{key} is {value!r}, not {as_text(want)!r}"
     return None
 
 
