@@ -45,6 +45,9 @@ COMMANDS: dict[str, str] = {
     "historian": "console.commands.history:historian",
     "history": "console.commands.history:history",
     "exporter": "console.commands.exporter:exporter",
+    "manager": "console.commands.manager:manager",
+    "hosts": "console.commands.manager:hosts",
+    "vms": "console.commands.manager:vms",
 }
 PLUGIN_GROUP = "hostbus.commands"
 
