@@ -24,8 +24,9 @@ from dataclasses import replace
 from typing import Any
 
 from console.client import Console, HostResult
-from console.manager.fleet import DOWN, LOST, Fleet, VmView
-from console.manager.placement_standin import PlacementRequest, place
+from console.manager.fleet import DOWN, LOST, Fleet, VmRecord
+from console.manager.placing import place_away
+from console.placement import PlacementConfig
 
 log = logging.getLogger("hostbus.manager")
 _STOP = object()
@@ -39,7 +40,8 @@ class Actions:
     def __init__(self, console: Console, fleet: Fleet, *, call_timeout: float = 60.0,
                  shutdown_timeout: float = 120.0,
                  emit: Callable[[str, dict[str, Any]], None] = lambda event, data: None,
-                 allowed: Callable[[], bool] = lambda: True) -> None:
+                 allowed: Callable[[], bool] = lambda: True,
+                 placement: PlacementConfig | None = None) -> None:
         """``allowed()`` says whether this instance may act now (it is the active one);
         a job taken while it may not is dropped (the next active instance redoes it)."""
         self.console = console
@@ -48,6 +50,7 @@ class Actions:
         self.shutdown_timeout = shutdown_timeout
         self.emit = emit
         self.allowed = allowed
+        self.placement = placement
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._queued: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
@@ -132,16 +135,14 @@ class Actions:
                     return res.host, str(obj.get("state", ""))
         return None
 
-    def _choose(self, vm: VmView, avoid: str) -> tuple[str | None, str]:
-        decision = place(PlacementRequest(vcpus=max(1, vm.vcpus), memory_bytes=vm.memory_bytes,
-                                          avoid_hosts=frozenset({avoid})),
-                         self.fleet.hosts(), self.fleet.vms())
-        if decision.host is None:
-            why = "; ".join(f"{h}: {r}" for h, r in sorted(decision.reasons.items()))
-            return None, f"no host can take it ({why or 'no other virt host'})"
-        return decision.host, ""
+    def _choose(self, vm: VmRecord) -> tuple[str | None, str]:
+        """A host for ``vm`` other than its own, or None and why not."""
+        decision = place_away(vm, self.fleet.hosts(), self.fleet.vms(), config=self.placement)
+        if not decision.ok:
+            return None, decision.explain()
+        return decision.chosen[vm.name], ""
 
-    def _took(self, host: str, vm: VmView) -> None:
+    def _took(self, host: str, vm: VmRecord) -> None:
         """Count a VM started on ``host`` against its room until its next heartbeat."""
         h = self.fleet.host(host)
         if h is not None:
@@ -168,7 +169,7 @@ class Actions:
                 return
             self._restart(vm, host)
 
-    def _restart(self, vm: VmView, dead: str) -> None:
+    def _restart(self, vm: VmRecord, dead: str) -> None:
         event = {"vm": vm.name, "from_host": dead, "to_host": None}
         existing = self._where_is(vm.name, dead)
         if existing is not None:
@@ -190,7 +191,7 @@ class Actions:
                                      "why": "its domain XML was never learnt, so it cannot "
                                             "be defined elsewhere"})
             return
-        target, why = self._choose(vm, dead)
+        target, why = self._choose(vm)
         if target is None:
             self.emit("ha.restart", {**event, "status": "failed", "why": why})
             log.error("cannot restart HA VM %s of %s: %s", vm.name, dead, why)
@@ -225,8 +226,8 @@ class Actions:
         self.emit("maintenance", {"host": host, "status": "evacuated" if not failed
                                   else "incomplete", "moved": moved, "failed": failed})
 
-    def _move(self, vm: VmView, source: str) -> bool:
-        target, why = self._choose(vm, source)
+    def _move(self, vm: VmRecord, source: str) -> bool:
+        target, why = self._choose(vm)
         event: dict[str, Any] = {"vm": vm.name, "from_host": source, "to_host": target}
         if target is None:
             self.emit("move", {**event, "step": "failed", "why": why})
@@ -251,7 +252,7 @@ class Actions:
         self.emit("move", {**event, "step": "completed"})
         return True
 
-    def _cold(self, vm: VmView, source: str, target: str, event: dict[str, Any]) -> None:
+    def _cold(self, vm: VmRecord, source: str, target: str, event: dict[str, Any]) -> None:
         described = self._ok(source, "domain.xml", {"name": vm.name})
         xml = str(described.get("xml", ""))
         was_running = vm.running
@@ -279,29 +280,26 @@ class Actions:
         self.fleet.update_vm(vm.name, xml=xml if vm.ha else vm.xml)
 
 
-def plan_restarts(fleet: Fleet, host: str) -> list[dict[str, Any]]:
+def plan_restarts(fleet: Fleet, host: str, *,
+                  config: PlacementConfig | None = None) -> list[dict[str, Any]]:
     """What losing ``host`` would do to its VMs now (no action): each VM, whether it is
-    HA, and where it would be restarted (the targets' room taken in turn)."""
+    HA, and where it would be restarted (each restart counted before the next)."""
     hosts = {h.host: h for h in fleet.hosts()}
     if host in hosts:
         hosts[host] = replace(hosts[host], state=DOWN)
+    others = [v for v in fleet.vms() if v.host != host]
     moves = []
     for vm in sorted(fleet.vms(host), key=lambda v: (-v.ha_priority, v.name)):
         if not vm.ha:
             moves.append({"vm": vm.name, "ha": False, "to_host": None,
                           "why": "not HA: stays down with its host"})
             continue
-        decision = place(PlacementRequest(max(1, vm.vcpus), vm.memory_bytes,
-                                          frozenset({host})), list(hosts.values()),
-                         fleet.vms())
-        if decision.host is None:
+        decision = place_away(vm, hosts.values(), others, config=config)
+        if not decision.ok:
             moves.append({"vm": vm.name, "ha": True, "to_host": None,
-                          "why": "; ".join(f"{h}: {r}" for h, r in
-                                           sorted(decision.reasons.items()))})
+                          "why": decision.explain()})
             continue
-        t = hosts[decision.host]
-        hosts[t.host] = replace(t, free_vcpus=t.free_vcpus - vm.vcpus,
-                                unallocated_memory_bytes=t.unallocated_memory_bytes
-                                - vm.memory_bytes)
-        moves.append({"vm": vm.name, "ha": True, "to_host": decision.host, "why": ""})
+        target = decision.chosen[vm.name]
+        others.append(replace(vm, host=target))
+        moves.append({"vm": vm.name, "ha": True, "to_host": target, "why": ""})
     return moves

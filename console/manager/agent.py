@@ -9,6 +9,7 @@ from typing import Any
 
 from console.manager.actions import Actions, plan_restarts
 from console.manager.fleet import Fleet
+from console.placement import PlacementConfig
 from hostbus.errors import ErrorCode, RemoteError
 from hostbus.serving.agent import Agent, method, objects
 
@@ -18,7 +19,8 @@ class ManagerAgent(Agent):
 
     def __init__(self, fleet: Fleet, actions: Actions, *,
                  status: Callable[[], dict[str, Any]] = lambda: {},
-                 learn_xml: Callable[[str, str], bool] = lambda name, host: False) -> None:
+                 learn_xml: Callable[[str, str], bool] = lambda name, host: False,
+                 placement: PlacementConfig | None = None) -> None:
         """``status()`` says which instance answers and whether it is the active one;
         ``learn_xml(name, host)`` fetches a VM's XML (when it is marked HA)."""
         super().__init__()
@@ -26,6 +28,7 @@ class ManagerAgent(Agent):
         self.actions = actions
         self.status = status
         self.learn_xml = learn_xml
+        self.placement = placement
 
     @method()
     def hosts(self) -> dict[str, Any]:
@@ -71,7 +74,8 @@ class ManagerAgent(Agent):
         if self.fleet.host(host_down) is None:
             raise RemoteError(ErrorCode.NOT_FOUND, f"the manager knows no virt host "
                                                    f"{host_down!r}")
-        return {"host_down": host_down, "moves": plan_restarts(self.fleet, host_down)}
+        return {"host_down": host_down, "moves": plan_restarts(self.fleet, host_down,
+                                                                 config=self.placement)}
 
     @objects("vm")
     def vm_objects(self) -> list[dict[str, Any]]:

@@ -45,7 +45,7 @@ LOST = "lost"
 
 
 @dataclass(frozen=True)
-class HostView:
+class HostRecord:
     """One virt host as the manager sees it (what placement reads)."""
 
     host: str
@@ -73,7 +73,7 @@ class HostView:
 
 
 @dataclass(frozen=True)
-class VmView:
+class VmRecord:
     """One VM: where it is, its state, its size, whether it is highly available."""
 
     name: str
@@ -119,42 +119,42 @@ class Fleet:
                          "data TEXT NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS owners (request_id TEXT PRIMARY KEY, "
                          "owner TEXT NOT NULL)")
-        self._hosts: dict[str, HostView] = {
-            h: HostView(**json.loads(d)) for h, d in
+        self._hosts: dict[str, HostRecord] = {
+            h: HostRecord(**json.loads(d)) for h, d in
             self._db.execute("SELECT host, data FROM hosts").fetchall()}
-        self._vms: dict[str, VmView] = {
-            n: VmView(**json.loads(d)) for n, d in
+        self._vms: dict[str, VmRecord] = {
+            n: VmRecord(**json.loads(d)) for n, d in
             self._db.execute("SELECT name, data FROM vms").fetchall()}
 
     def close(self) -> None:
         self._db.close()
 
     # ------------------------------------------------------------------ reading
-    def hosts(self) -> list[HostView]:
+    def hosts(self) -> list[HostRecord]:
         with self._lock:
             return sorted(self._hosts.values(), key=lambda h: h.host)
 
-    def host(self, host: str) -> HostView | None:
+    def host(self, host: str) -> HostRecord | None:
         with self._lock:
             return self._hosts.get(host)
 
-    def vms(self, host: str | None = None) -> list[VmView]:
+    def vms(self, host: str | None = None) -> list[VmRecord]:
         with self._lock:
             return sorted((v for v in self._vms.values() if host is None or v.host == host),
                           key=lambda v: (v.host, v.name))
 
-    def vm(self, name: str) -> VmView | None:
+    def vm(self, name: str) -> VmRecord | None:
         with self._lock:
             return self._vms.get(name)
 
     # ---------------------------------------------------------------- writing
-    def _put_host(self, view: HostView) -> HostView:
+    def _put_host(self, view: HostRecord) -> HostRecord:
         self._hosts[view.host] = view
         self._db.execute("INSERT OR REPLACE INTO hosts (host, data) VALUES (?, ?)",
                          (view.host, json.dumps(asdict(view))))
         return view
 
-    def _put_vm(self, view: VmView) -> VmView:
+    def _put_vm(self, view: VmRecord) -> VmRecord:
         self._vms[view.name] = view
         self._db.execute("INSERT OR REPLACE INTO vms (name, data) VALUES (?, ?)",
                          (view.name, json.dumps(asdict(view))))
@@ -164,16 +164,16 @@ class Fleet:
         self._vms.pop(name, None)
         self._db.execute("DELETE FROM vms WHERE name = ?", (name,))
 
-    def update_host(self, host: str, **fields: Any) -> tuple[HostView | None, HostView]:
+    def update_host(self, host: str, **fields: Any) -> tuple[HostRecord | None, HostRecord]:
         """Change a host's fields (made if new); returns (before, after)."""
         with self._lock:
             before = self._hosts.get(host)
-            after = replace(before or HostView(host=host), **fields)
+            after = replace(before or HostRecord(host=host), **fields)
             if after != before:
                 self._put_host(after)
             return before, after
 
-    def update_vm(self, name: str, **fields: Any) -> VmView | None:
+    def update_vm(self, name: str, **fields: Any) -> VmRecord | None:
         """Change a known VM's fields; None if the manager does not know it."""
         with self._lock:
             before = self._vms.get(name)
@@ -182,8 +182,8 @@ class Fleet:
             after = replace(before, **fields, updated=self.clock())
             return self._put_vm(after) if after != before else before
 
-    def seen(self, host: str, *, interval: float | None = None) -> tuple[HostView | None,
-                                                                          HostView]:
+    def seen(self, host: str, *, interval: float | None = None) -> tuple[HostRecord | None,
+                                                                          HostRecord]:
         """The host spoke (online, heartbeat, metrics, a reply): it is online, unless
         the manager put it in standby."""
         fields: dict[str, Any] = {"last_seen": self.clock()}
@@ -196,7 +196,7 @@ class Fleet:
             return self.update_host(host, **fields)
 
     # ------------------------------------------------------------------ events
-    def apply_lifecycle(self, host: str, data: dict[str, Any]) -> VmView | None:
+    def apply_lifecycle(self, host: str, data: dict[str, Any]) -> VmRecord | None:
         """A ``virt.HOST.domain.lifecycle`` event. A VM known elsewhere that now shows up
         here (defined, started) has moved; ``undefined`` on its own host forgets it."""
         name, event = str(data.get("name", "")), str(data.get("event", ""))
@@ -209,7 +209,7 @@ class Fleet:
                     self._drop_vm(name)
                 return None
             if vm is None:
-                return self._put_vm(VmView(name=name, host=host, uuid=str(data.get("uuid", "")),
+                return self._put_vm(VmRecord(name=name, host=host, uuid=str(data.get("uuid", "")),
                                            state=EVENT_STATES.get(event, "shutoff"),
                                            updated=self.clock()))
             if vm.host != host and event not in ("defined", "started", "resumed"):
@@ -232,11 +232,11 @@ class Fleet:
 
     # ---------------------------------------------------------------- listings
     def reconcile(self, host: str, domains: Iterable[dict[str, Any]],
-                  node: dict[str, Any] | None = None) -> tuple[list[VmView], list[str]]:
+                  node: dict[str, Any] | None = None) -> tuple[list[VmRecord], list[str]]:
         """Settle one host from a full listing of its domains (``virt.domain`` objects)
         and its ``node.info``. Returns (VMs added or changed, names forgotten: known on
         this host and no longer there)."""
-        changed: list[VmView] = []
+        changed: list[VmRecord] = []
         listed: set[str] = set()
         with self._lock:
             if node is not None:
@@ -246,7 +246,7 @@ class Fleet:
             for dom in domains:
                 name = str(dom["name"])
                 listed.add(name)
-                vm = self._vms.get(name) or VmView(name=name, host=host)
+                vm = self._vms.get(name) or VmRecord(name=name, host=host)
                 new = replace(vm, host=host, uuid=str(dom.get("uuid", vm.uuid)),
                               state=str(dom.get("state", vm.state)),
                               vcpus=int(dom.get("vcpus", vm.vcpus)),

@@ -22,6 +22,7 @@ from console.manager.agent import ManagerAgent
 from console.manager.fencing import Fencer
 from console.manager.fleet import Fleet
 from console.manager.service import EVENT_PATTERNS, Manager
+from console.placement import PlacementConfig
 from console.services import wait_for_stop
 from hostbus import __version__, config, names
 from hostbus.errors import BrokerRefused, ConfigError, ConnectionFailed, HostbusError
@@ -58,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
         "policy": "",
         "audit_log": "",
     },
+    "placement": {},
     "security": {"signing_key": "", "multi_host_users": ["guest"]},
     "tracing": {"otlp_endpoint": ""},
 }
@@ -69,7 +71,8 @@ _MINIMUMS = {"heartbeat_grace": 0.0, "ping_timeout": 0.1, "fence_timeout": 1.0,
 
 
 def load_config(path: str | None) -> dict[str, Any]:
-    cfg = config.load(DEFAULTS, path)
+    cfg = config.load(DEFAULTS, path, free_form=("placement",))
+    cfg["placement_config"] = PlacementConfig.from_dict(cfg["placement"])
     m = cfg["manager"]
     names.validate_host_id(m["host_id"])
     for key, low in _MINIMUMS.items():
@@ -146,7 +149,8 @@ class ManagerService:
                                      on_change=self._changed, on_event=self._on_event)
         self.actions = Actions(console, fleet, call_timeout=float(m["call_timeout"]),
                                shutdown_timeout=float(m["shutdown_timeout"]), emit=self.emit,
-                               allowed=lambda: self.standby.active)
+                               allowed=lambda: self.standby.active,
+                               placement=cfg["placement_config"])
         self.manager = Manager(
             console, fleet, fencer=Fencer(m["fence_command"], timeout=float(m["fence_timeout"])),
             heartbeat_grace=float(m["heartbeat_grace"]), ping_timeout=float(m["ping_timeout"]),
@@ -156,7 +160,8 @@ class ManagerService:
             multi_host_users=frozenset(cfg["security"]["multi_host_users"]), emit=self.emit,
             on_down=self.actions.restart_ha, on_maintenance=self.actions.evacuate)
         self.agent = ManagerAgent(fleet, self.actions, status=self.status,
-                                  learn_xml=self.manager.learn_xml)
+                                  learn_xml=self.manager.learn_xml,
+                                  placement=cfg["placement_config"])
 
     def _on_event(self, delivery: Any) -> None:
         self.manager.on_event(delivery)

@@ -276,6 +276,6 @@ def test_a_host_in_maintenance_is_emptied_by_cold_migration(hypervisors):
     # Nothing is placed on a host in maintenance: a second host's loss has nowhere to go.
     h["fleet"].update_vm("web-1", ha=True)
     assert plan_restarts(h["fleet"], "kvm02")[0]["to_host"] is None
-    assert "in maintenance" in plan_restarts(h["fleet"], "kvm02")[0]["why"]
+    assert "kvm01 maintenance" in plan_restarts(h["fleet"], "kvm02")[0]["why"]
     with pytest.raises(RemoteError, match="knows no virt host 'kvm09'"):
         agent.maintenance("kvm09", True)
