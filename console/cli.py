@@ -48,6 +48,9 @@ COMMANDS: dict[str, str] = {
     "exporter": "console.commands.exporter:exporter",
     "reactor": "console.commands.reactor:reactor",
     "health": "console.commands.reactor:health",
+    "manager": "console.commands.manager:manager",
+    "hosts": "console.commands.manager:hosts",
+    "vms": "console.commands.manager:vms",
 }
 PLUGIN_GROUP = "hostbus.commands"
 
