@@ -157,7 +157,8 @@ def abort_migration(ctx: click.Context, source: str | None, as_json: bool) -> Ex
         Exit.NO_REPLY if res.status == "no_reply" else Exit.FAILED)
 
 
-@vm.command("ha", epilog=EPILOG)
+@exits(*FANOUT)
+@vm.command("ha")
 @click.argument("setting", type=click.Choice(["on", "off"]))
 @click.option("--priority", type=click.IntRange(0, 100), default=0, show_default=True,
               help="Higher priorities are restarted first.")
