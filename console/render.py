@@ -74,6 +74,53 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+BYTE_UNITS = {"_bytes": 1, "_kib": 1024, "_mib": 1024 ** 2, "_gib": 1024 ** 3}
+RATE = "_per_s"
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> 1.5 KiB (binary units, as free and ls -h)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_duration(seconds: float) -> str:
+    """3725 -> 1 h 2 min: the two largest units."""
+    if seconds < 60:
+        return f"{seconds:g} s" if seconds >= 1 or seconds == 0 else f"{seconds * 1000:.3g} ms"
+    parts = []
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min"), (1, "s")):
+        if seconds >= size:
+            parts.append(f"{int(seconds // size)} {unit}")
+            seconds %= size
+    return " ".join(parts[:2])
+
+
+def humanized(key: str, value: Any) -> str:
+    """A table cell: sizes and durations as a person reads them, by the field's unit
+    suffix (rss_bytes 305504256 -> 291.3 MiB, uptime_s 1020 -> 17 min); --json keeps
+    the raw numbers. Latencies in ms stay as they are: that is how they are read."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return _text(value)
+    name = key.rsplit(".", 1)[-1]
+    rate = name.endswith(RATE)
+    base = name.removesuffix(RATE) if rate else name
+    for suffix, scale in BYTE_UNITS.items():
+        if base.endswith(suffix) or name.endswith(f"{suffix}_s"):  # bandwidth_mib_s
+            return human_bytes(value * scale) + ("/s" if rate or name.endswith("_s")
+                                                 else "")
+    if rate:
+        return _text(value)
+    if name.endswith("_ns"):
+        return human_duration(value / 1e9)
+    if name.endswith("_s"):
+        return human_duration(value)
+    return _text(value)
+
+
 def _cell(value: Any) -> str:
     """Any value as markup-safe text: it comes from agents, and rich would read "[...]"
     in it as markup."""
@@ -109,7 +156,7 @@ def objects_table(rows: list[dict[str, Any]], layout: Layout, columns: list[str]
     """Rows of objects as a table that fits ``layout`` without cutting identifiers,
     or as one block per row where it cannot."""
     cols = _pick(rows, columns, layout)
-    cells = [[_text(row.get(c)) for c in cols] for row in rows]
+    cells = [[humanized(c, row.get(c)) for c in cols] for row in rows]
     values = [max((_width(r[i]) for r in cells), default=0) for i in range(len(cols))]
     natural = [max(v, _width(c)) for v, c in zip(values, cols, strict=True)]
     if layout.width is None:
@@ -236,8 +283,8 @@ def print_result(out: RichConsole, result: dict[str, Any], layout: Layout | None
     if flat:
         width = max(len(k) for k in flat)
         for key, value in flat.items():
-            out.print(f"  [bold]{escape(key):<{width}}[/bold]  {_cell(value)}",
-                      highlight=False)
+            out.print(f"  [bold]{escape(key):<{width}}[/bold]  "
+                      f"{escape(humanized(key, value))}", highlight=False)
     for key, rows in lists.items():
         out.print(objects_table(rows, layout, title=f"  {key} ({len(rows)})"))
 
