@@ -351,10 +351,14 @@ class Console:
         self.publisher.signer = signer
 
     @classmethod
-    def connect(cls, url: str, *, connect_timeout: float = 5.0, **kwargs: Any) -> Console:
+    def connect(cls, url: str, *, connect_timeout: float = 5.0, reconnect: bool = True,
+                **kwargs: Any) -> Console:
+        """``reconnect=False``: a lost connection ends this console's work (its waiting
+        calls fail at once) instead of being retried, for a program that would only
+        report it and stop (a command line)."""
         check_resolvable(url)  # a typo in the host: said now, not after retries
         transport = connect(url, connection_name="hostbus-console",
-                            connect_timeout=connect_timeout, reconnect=True)
+                            connect_timeout=connect_timeout, reconnect=reconnect)
         transport.start()
         console = cls(transport, **kwargs)
         try:

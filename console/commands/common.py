@@ -199,8 +199,9 @@ def connect_console(ctx: CliContext, validate: bool) -> Console:
                                                              ctx.config_path))
     try:
         return Console.connect(ctx.url, connect_timeout=float(ctx.cfg["broker"]["connect_timeout"]),
-                               validate=validate, signer=signer, agent_keys=agent_keys,
-                               multi_host_users=sec["multi_host_users"], tracer=ctx.tracer)
+                               reconnect=ctx.keep_connected, validate=validate, signer=signer,
+                               agent_keys=agent_keys, multi_host_users=sec["multi_host_users"],
+                               tracer=ctx.tracer)
     except ConnectionFailed as exc:  # it says where and why already
         raise CliError(Exit.CONNECT, str(exc)) from None
     except ConfigError:
@@ -219,6 +220,9 @@ class CliContext:
         self.config_path = config_path
         self._factory = factory
         self._console: Console | None = None
+        #: Whether the console reconnects after a lost connection: only for a command
+        #: that goes on (watch). Any other ends with the loss, with no retries logged.
+        self.keep_connected = False
         self.tracer: Tracer | None = None
         if cfg["tracing"]["otlp_endpoint"]:
             from hostbus.tracing import from_config

@@ -292,7 +292,10 @@ class PikaTransport(Transport):
     def close(self) -> None:
         if self._thread is None or self._stopping.is_set():
             return
-        if self._ready.is_set():  # not while still waiting for a first connection
+        # Not while waiting for a first connection, nor while the connection is lost:
+        # nothing would drain the flush until a reconnect (a command that ends after a
+        # lost connection would wait, and log reconnect attempts, that long).
+        if self._ready.is_set() and self._ch is not None:
             with contextlib.suppress(HostbusError):
                 self.flush(timeout=5)
         self._stopping.set()
@@ -742,7 +745,7 @@ class PikaTransport(Transport):
             with self._lock:
                 self._wake_scheduled = False
 
-    def _submit(self, task: Task, *, wait: bool) -> Any:
+    def _submit(self, task: Task, *, wait: bool, timeout: float | None = None) -> Any:
         if self._stopping.is_set():
             raise TransportClosed("the transport is closed")
         fut: Future[Any] | None = Future() if wait else None
@@ -756,7 +759,8 @@ class PikaTransport(Transport):
         if fut is None:
             return None
         try:
-            return fut.result(timeout=self._connect_timeout + 10)
+            return fut.result(timeout=self._connect_timeout + 10 if timeout is None
+                              else timeout)
         except TimeoutError:
             raise TransportClosed("the broker did not answer in time") from None
 
@@ -918,4 +922,4 @@ class PikaTransport(Transport):
     def flush(self, timeout: float = 5.0) -> None:
         if self._thread is None or threading.current_thread() is self._thread:
             return
-        self._submit(lambda ch: None, wait=True)
+        self._submit(lambda ch: None, wait=True, timeout=timeout)

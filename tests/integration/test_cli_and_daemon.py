@@ -331,3 +331,37 @@ def test_ctrl_c_during_a_call_prints_what_arrived_and_exits_130(rabbitmq, daemon
     rest = call.stdout.read()
     assert "1 host: 1 ok" in rest and "interrupted: 1 host not waited for" in rest
     assert "interrupted: 1 of 2 hosts answered" in call.stderr.read()
+
+
+def test_a_call_that_loses_the_broker_ends_at_once_without_reconnect_chatter(rabbitmq):
+    from hostbus import names
+    from tests.tcp_proxy import TcpProxy
+
+    host = f"ghost-{uuid.uuid4().hex[:6]}"
+    rabbitmq.enroll(host, ["host"])  # no agent: the call waits for its timeout
+    proxy = TcpProxy.to(rabbitmq.url)
+    conn = raw_connection(rabbitmq.url)
+    arrived = []
+    conn.channel().basic_consume(names.host_queue(host),
+                                 lambda *msg: arrived.append(msg), auto_ack=True)
+    proc = subprocess.Popen(
+        [str(BIN / "hostbus"), "call", "host.identify", "-H", host, "-t", "120"],
+        env={**rabbitmq.env, "HOSTBUS_BROKER_URL": proxy.url(rabbitmq.url)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):  # the request is out: the CLI waits for its reply
+            conn.process_data_events(time_limit=0.1)
+            if arrived or proc.poll() is not None:
+                break
+        assert arrived, proc.communicate()
+        proxy.refuse()  # the broker is gone for good, for this client
+        proxy.cut()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        conn.close()
+        proxy.close()
+    assert proc.returncode == 5, err
+    assert "hostbus: the broker connection was lost" in err
+    assert "reconnecting" not in err and "next try" not in err, err
