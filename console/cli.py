@@ -46,6 +46,11 @@ COMMANDS: dict[str, str] = {
     "historian": "console.commands.history:historian",
     "history": "console.commands.history:history",
     "exporter": "console.commands.exporter:exporter",
+    "reactor": "console.commands.reactor:reactor",
+    "health": "console.commands.reactor:health",
+    "manager": "console.commands.manager:manager",
+    "hosts": "console.commands.manager:hosts",
+    "vms": "console.commands.manager:vms",
 }
 PLUGIN_GROUP = "hostbus.commands"
 
