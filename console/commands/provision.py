@@ -30,7 +30,7 @@ from console.commands.common import (
     usage,
 )
 from console.commands.options import json_option, table_options, timeout_option
-from hostbus.errors import RemoteError
+from hostbus.errors import ConnectionLost, RemoteError
 
 if TYPE_CHECKING:
     from hostbus.envelope import Reply
@@ -377,7 +377,12 @@ def _post_and_follow(ctx: CliContext, body: dict[str, Any], request_id: str | No
                 click.echo(event_line(ev), err=True)
 
         console.subscribe(["provision.*.#"], on_event)
-    rid, reply = console.provision(body, request_id=rid, timeout=timeout, wait=wait)
+    try:
+        rid, reply = console.provision(body, request_id=rid, timeout=timeout, wait=wait)
+    except ConnectionLost as exc:  # only while waiting: the broker had confirmed it
+        raise CliError(Exit.CONNECT, f"{exc}; {what}{rid} was posted and the broker keeps "
+                                     f"it: `hostbus provision status {rid}` once it is "
+                                     "back") from None
     if not wait:
         if as_json:
             emit_json({"request_id": rid, "status": "posted"})

@@ -62,3 +62,4 @@ def test_an_argument_given_twice_is_refused(fleet):
     done = fleet.run("call", "host.processes", "limit=2", "limit:=3", "-H", "web01")
     assert done.exit_code == 2
     assert "limit is given twice (limit=2 and limit:=3); give it once" in done.stderr
+
