@@ -105,6 +105,9 @@ class HostResult:
     #: Why the request went nowhere: the broker had no queue for it (no such host, or
     #: the host does not have that agent enrolled); said at once, not at the timeout.
     not_enrolled: str | None = None
+    #: Why no reply was waited for: nothing consumes the host's queue (its agent is not
+    #: running), seen before sending.
+    offline: str | None = None
 
     @property
     def status(self) -> str:
@@ -138,8 +141,8 @@ class HostResult:
             out["request_id"] = self.request_id
         if self.approval is not None:
             out["approval_id"] = self.approval["approval_id"]
-        if self.not_enrolled is not None:
-            out["error"] = {"message": self.not_enrolled}
+        if self.not_enrolled is not None or self.offline is not None:
+            out["error"] = {"message": self.not_enrolled or self.offline}
         if self.reply is not None:
             if self.reply.result is not None:
                 out["result"] = self.reply.result
@@ -683,6 +686,21 @@ class Console:
         finally:
             self._forget(waiting)
         return [decided.get(r.request_id or "", r) for r in parked]
+
+    def offline_hosts(self, agent: str, hosts: Iterable[str]) -> dict[str, str]:
+        """The hosts among ``hosts`` whose queue for ``agent`` nobody consumes (their
+        agent is not running), each with what to say: a request there would wait in the
+        queue, unanswered, for its whole timeout. One passive check per host; hosts the
+        protocol cannot tell about (AMQP 1.0) are not listed."""
+        found = {}
+        for host in hosts:
+            queue = names.agent_queue(host) if agent == names.BUILTIN_AGENT else \
+                names.host_queue(host)
+            if self.transport.queue_consumers(queue) == 0:
+                found[host] = (f"{host} is offline: nothing consumes its queue {queue} "
+                               "(is hostbus-agent running there? `hostbus watch "
+                               f"'agent.{host}.*'` tells when it is back); not sent")
+        return found
 
     # --------------------------------------------------------------- discovery
     def discover(

@@ -313,7 +313,8 @@ def print_host_result(out: RichConsole, res: HostResult, layout: Layout | None =
     elif res.approval is not None:
         out.print(f"  {escape(pending_text(res.approval))}", style="cyan", highlight=False)
     elif res.reply is None:
-        out.print("  no reply before the timeout", style="yellow")
+        out.print(f"  {escape(res.offline or 'no reply before the timeout')}",
+                  style="yellow", highlight=False)
     elif res.reply.error is not None:
         err = res.reply.error
         out.print(f"  {escape(str(err['code']))}: {escape(str(err['message']))}", style="red",

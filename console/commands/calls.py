@@ -35,7 +35,13 @@ from console.commands.options import (
     parse_subset,
     table_options,
 )
-from console.commands.targeting import exit_for, pick_subset, read_hosts, select_hosts
+from console.commands.targeting import (
+    exit_for,
+    is_glob,
+    pick_subset,
+    read_hosts,
+    select_hosts,
+)
 from console.filters import check_keys, parse
 from hostbus.errors import RemoteError
 
@@ -43,6 +49,7 @@ if TYPE_CHECKING:
     from console.client import Console, FanoutResult, HostResult
 
 QUERY_MAX = 10000  # the most objects agent.query returns per host
+OFFLINE_CHECK_MAX = 20  # hosts named with -H checked for a running agent before a call
 
 
 def _method_spec(agent: str, method: str) -> Any:
@@ -134,6 +141,11 @@ def call(click_ctx: click.Context, target: str | None, pairs: tuple[str, ...],
     console = ctx.console(validate=not no_validate)
     selected = pick_subset(select_hosts(ctx, hosts, all_hosts, where, agent, timeout, idle,
                                         as_json), subset)
+    # Hosts named exactly were not discovered: one whose agent is not running would cost
+    # the whole timeout (its queue keeps the request). Discovered hosts just answered.
+    named = not all_hosts and not where and not any(is_glob(h) for h in hosts)
+    offline = console.offline_hosts(agent, selected) \
+        if named and len(selected) <= OFFLINE_CHECK_MAX else {}
     if spec is not None and spec.dangerous and not yes:
         _confirm_dangerous(target, args, selected)
     from console.client import FanoutResult
@@ -156,8 +168,17 @@ def call(click_ctx: click.Context, target: str | None, pairs: tuple[str, ...],
 
     try:
         try:
-            result = _fanout(console, agent, method, args, selected, ctx.timeout(timeout),
+            from console.client import HostResult
+
+            for host, why in offline.items():
+                on_result(HostResult(host, None, offline=why))
+            result = _fanout(console, agent, method, args,
+                             [h for h in selected if h not in offline], ctx.timeout(timeout),
                              batch, batch_sleep, on_result, wait_approval)
+            if offline:
+                answered = {r.host: r for r in result.results}
+                result = FanoutResult([answered.get(h) or HostResult(h, None, offline=offline[h])
+                                       for h in selected], result.elapsed_ms)
         finally:
             stop()
     except KeyboardInterrupt:

@@ -934,6 +934,23 @@ class PikaTransport(Transport):
 
         return bool(self._submit(task, wait=True))
 
+    def queue_consumers(self, queue: str) -> int | None:
+        """From a passive declare's answer, on a channel of its own (see queue_exists)."""
+
+        def task(_ch: BlockingChannel) -> int | None:
+            assert self._conn is not None
+            probe = self._conn.channel()
+            try:
+                declared = probe.queue_declare(queue, passive=True)
+            except pex.ChannelClosedByBroker as exc:
+                if exc.reply_code == 404:
+                    return None
+                raise
+            probe.close()
+            return int(declared.method.consumer_count)
+
+        return self._submit(task, wait=True)  # type: ignore[no-any-return]
+
     def flush(self, timeout: float = 5.0) -> None:
         if self._thread is None or threading.current_thread() is self._thread:
             return

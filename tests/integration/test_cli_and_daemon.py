@@ -365,3 +365,15 @@ def test_a_call_that_loses_the_broker_ends_at_once_without_reconnect_chatter(rab
     assert proc.returncode == 5, err
     assert "hostbus: the broker connection was lost" in err
     assert "reconnecting" not in err and "next try" not in err, err
+
+
+def test_a_named_host_whose_agent_is_not_running_is_said_offline(rabbitmq):
+    host = f"off-{uuid.uuid4().hex[:6]}"
+    rabbitmq.enroll(host, ["host"])  # its queue exists; no agent consumes it
+    done = run_cli(rabbitmq, "call", "host.identify", "-H", host, "-t", "3", "--json")
+    assert done.returncode == 4, done.stderr
+    [res] = json.loads(done.stdout)["results"]
+    if rabbitmq.transport == "amqp10":  # AMQP 1.0 cannot ask a queue's consumers
+        assert "error" not in res
+    else:
+        assert f"{host} is offline: nothing consumes its queue" in res["error"]["message"]

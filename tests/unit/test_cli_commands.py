@@ -31,7 +31,7 @@ class BrokenServices:
 
 def test_a_silent_host_exits_4_and_a_failed_one_1(fleet):
     fleet.add("web01", agent_kw={"services": BrokenServices()})
-    fleet.broker.enroll("ghost", ["host"])  # enrolled, but no agent runs there
+    fleet.add_silent("ghost")  # takes requests, never answers
     silent = fleet.run("call", "host.identify", "-H", "web01", "-H", "ghost", "-t", "0.3",
                        "--json")
     assert silent.exit_code == 4
