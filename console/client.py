@@ -696,7 +696,11 @@ class Console:
         for host in hosts:
             queue = names.agent_queue(host) if agent == names.BUILTIN_AGENT else \
                 names.host_queue(host)
-            if self.transport.queue_consumers(queue) == 0:
+            try:
+                consumers = self.transport.queue_consumers(queue)
+            except HostbusError:  # cannot tell: the call goes out and says what happens
+                consumers = None
+            if consumers == 0:
                 found[host] = (f"{host} is offline: nothing consumes its queue {queue} "
                                "(is hostbus-agent running there? `hostbus watch "
                                f"'agent.{host}.*'` tells when it is back); not sent")

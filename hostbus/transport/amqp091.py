@@ -942,10 +942,8 @@ class PikaTransport(Transport):
             probe = self._conn.channel()
             try:
                 declared = probe.queue_declare(queue, passive=True)
-            except pex.ChannelClosedByBroker as exc:
-                if exc.reply_code == 404:
-                    return None
-                raise
+            except pex.ChannelClosedByBroker:  # no such queue, or not this user's to see
+                return None
             probe.close()
             return int(declared.method.consumer_count)
 
