@@ -50,14 +50,18 @@ class Layout:
     width: int | None = None
     wide: bool = False
     columns: tuple[str, ...] = ()
+    #: For a pipe or a file fitted to COLUMNS: plain text still (no rules, no trailing
+    #: spaces), only fitted as on a terminal that wide.
+    plain: bool = False
 
     @classmethod
     def of(cls, out: RichConsole, *, wide: bool = False,
            columns: Iterable[str] = ()) -> Layout:
         width: int | None = out.width if out.is_terminal else None
+        plain = False
         if width is None and os.environ.get("COLUMNS", "").isdigit():
-            width = int(os.environ["COLUMNS"])
-        return cls(width, wide, tuple(columns))
+            width, plain = int(os.environ["COLUMNS"]), True
+        return cls(width, wide, tuple(columns), plain)
 
 
 def _text(value: Any) -> str:
@@ -182,8 +186,9 @@ def objects_table(rows: list[dict[str, Any]], layout: Layout, columns: list[str]
         return _blocks(cols, cells, title)
     hidden = [cols[i] for i in range(len(cols)) if i not in shown]
     # padding 1 on each side, collapsed between cells: GAP spaces between columns
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1),
-                  collapse_padding=True, header_style="bold")
+    table = Table(box=None if layout.plain else box.SIMPLE_HEAD, show_edge=False,
+                  pad_edge=False, padding=(0, 1), collapse_padding=not layout.plain,
+                  header_style="bold")
     for i, width in zip(shown, widths, strict=True):
         free = cols[i] in FREE_TEXT
         table.add_column(Text(_fold_header(cols[i], width)), width=width,
@@ -196,7 +201,18 @@ def objects_table(rows: list[dict[str, Any]], layout: Layout, columns: list[str]
     if hidden:
         parts.append(Text(f"  (hidden to fit: {', '.join(hidden)}; --wide shows them)",
                           style="dim"))
-    return Group(*parts)
+    return _stripped(Group(*parts), layout.width) if layout.plain else Group(*parts)
+
+
+def _stripped(renderable: RenderableType, width: int) -> Text:
+    """``renderable`` as plain lines ``width`` wide at most, without trailing spaces:
+    what a pipe gets (grep and awk see no padding)."""
+    import io
+
+    buf = io.StringIO()
+    RichConsole(file=buf, width=width, color_system=None, highlight=False,
+                soft_wrap=False).print(renderable)
+    return Text("\n".join(line.rstrip() for line in buf.getvalue().splitlines()))
 
 
 def _header_parts(header: str) -> list[str]:
