@@ -380,6 +380,9 @@ def query(ctx: CliContext, target: str, hosts: tuple[str, ...], hosts_from: str 
         if rows:
             console_out.print(objects_table(rows, layout(console_out, wide, columns),
                                             ["host", *fields] if fields else None))
+        elif result.by_status("ok"):
+            matching = f" matching {' and '.join(filters)}" if filters else ""
+            console_out.print(f"0 {class_name} objects{matching}", highlight=False)
         for r in result.results:
             if r.status != "ok":
                 print_host_result(console_out, r)

@@ -76,7 +76,7 @@ def provision() -> None:
     """Post provisioning requests and follow them (the provisioner does the work)."""
 
 
-@exits(*FANOUT)
+@exits(*FANOUT, Exit.NOT_ENROLLED)
 @provision.command("submit")
 @click.option("--template", "-T", required=True, help="Template name (virt.template.list).")
 @click.option("--count", "-n", type=click.IntRange(1, 50), default=1, show_default=True,
@@ -163,8 +163,15 @@ def ask_provisioner(ctx: CliContext, method: str, args: dict[str, Any], provisio
                     timeout: float | None) -> Any:
     """Call ``provision.METHOD`` on ``provisioner``; its result, or a ``CliError``
     saying why there is none."""
-    res = ctx.console().call("provision", method, args, host=provisioner,
-                             timeout=ctx.timeout(timeout))
+    console = ctx.console()
+    offline = console.offline_hosts("provision", [provisioner])
+    if offline:
+        raise CliError(Exit.NO_REPLY, f"provisioner {offline[provisioner]}")
+    res = console.call("provision", method, args, host=provisioner,
+                       timeout=ctx.timeout(timeout))
+    if res.not_enrolled is not None:
+        raise CliError(Exit.NOT_ENROLLED, f"{res.not_enrolled}: {provisioner} is no "
+                                          "provisioner (leave out --provisioner to find it)")
     if res.reply is None:
         raise CliError(Exit.NO_REPLY, f"provisioner {provisioner} did not answer")
     if not res.reply.ok:
@@ -177,7 +184,7 @@ provisioner_option = click.option("--provisioner", metavar="HOST",
                                   help="The provisioner's host id (default: discovered).")
 
 
-@exits(*FANOUT)
+@exits(*FANOUT, Exit.NOT_ENROLLED)
 @provision.command("status")
 @click.argument("request_id")
 @provisioner_option
@@ -204,7 +211,7 @@ def provision_status(ctx: CliContext, request_id: str, provisioner: str | None,
     return Exit.OK
 
 
-@exits(*FANOUT)
+@exits(*FANOUT, Exit.NOT_ENROLLED)
 @provision.command("list")
 @click.option("--owner", help="Only this owner's requests.")
 @click.option("--status", type=click.Choice(["accepted", "completed", "failed", "released"]),
@@ -238,7 +245,7 @@ def provision_list(ctx: CliContext, owner: str | None, status: str | None, limit
     return Exit.OK
 
 
-@exits(*FANOUT)
+@exits(*FANOUT, Exit.NOT_ENROLLED)
 @provision.command("release")
 @click.argument("request_id", required=False)
 @click.option("--vm", "vms", multiple=True, metavar="NAME",
@@ -326,7 +333,7 @@ def _confirm_release(ctx: CliContext, request_id: str | None, vms: tuple[str, ..
         raise usage("cancelled")
 
 
-@exits(*FANOUT)
+@exits(*FANOUT, Exit.NOT_ENROLLED)
 @provision.command("quota")
 @click.argument("owner", default=lambda: os.environ.get("USER") or "unknown")
 @provisioner_option

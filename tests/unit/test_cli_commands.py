@@ -89,3 +89,10 @@ def test_a_host_nobody_enrolled_is_said_at_once_and_does_not_pass_for_ok(fleet):
     assert done.exit_code == 6, done.stdout  # not enrolled: its own code, at once
     assert "no host 'ghost' has the agent 'host' enrolled" in done.stdout
     assert "1 not enrolled" in done.stdout
+
+
+def test_a_query_that_matches_no_object_says_so(fleet):
+    fleet.add("web01")
+    done = fleet.run("query", "host.process", "--filter", "name=nosuch*", "-H", "web01")
+    assert done.exit_code == 0, done.output
+    assert done.stdout.splitlines()[0] == "0 process objects matching name=nosuch*"
