@@ -204,6 +204,12 @@ def enroll(ctx: CliContext, host: str, agents: str, no_user: bool, queue_type: s
     it cannot publish requests or configure anything. A ready agent config with its
     password is written to --config-out (mode 0600).
     """
+    if no_user:
+        given = [opt for opt, value in (("--config-out", config_out), ("--tls-dir", tls_dir),
+                                        ("--broker-url", broker_url)) if value]
+        if given:  # they shape the user and its config file, which --no-user does not make
+            raise usage(f"--no-user makes no broker user and writes no config file: leave "
+                        f"out {' and '.join(given)}")
     agent_list = [a.strip() for a in agents.split(",") if a.strip()]
     name = vhost_of(ctx, vhost)
     with bad_names():

@@ -71,3 +71,13 @@ def test_a_provisioning_request_whose_connection_is_lost_says_it_was_posted(flee
     assert "connection was lost" in done.stderr
     assert "3f0c2b1e-0000-4000-8000-000000000001 was posted" in done.stderr
     assert "hostbus provision status 3f0c2b1e-0000-4000-8000-000000000001" in done.stderr
+
+
+def test_enroll_no_user_refuses_options_it_would_ignore(fleet, tmp_path):
+    out = tmp_path / "web01.toml"
+    done = fleet.run("broker", "enroll", "web01", "--no-user", "-o", str(out),
+                     "--admin-url", "http://guest:guest@127.0.0.1:1")
+    assert done.exit_code == 2, done.output
+    assert "--no-user makes no broker user and writes no config file: leave out " \
+           "--config-out" in done.stderr
+    assert not out.exists()
