@@ -377,3 +377,18 @@ def test_a_named_host_whose_agent_is_not_running_is_said_offline(rabbitmq):
         assert "error" not in res
     else:
         assert f"{host} is offline: nothing consumes its queue" in res["error"]["message"]
+
+
+def test_unenroll_removes_a_host_and_requests_for_it_are_refused_at_once(rabbitmq):
+    host = f"gone-{uuid.uuid4().hex[:6]}"
+    done = run_cli(rabbitmq, "broker", "enroll", host, "--no-user")
+    assert done.returncode == 0, done.stderr
+    done = run_cli(rabbitmq, "broker", "unenroll", host, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["queues"] == [f"hostbus.host.{host}",
+                                                 f"hostbus.host.{host}.agent"]
+    again = run_cli(rabbitmq, "broker", "unenroll", host)
+    assert again.returncode == 3 and "is not enrolled" in again.stderr
+    if rabbitmq.transport != "amqp10":  # RabbitMQ 3.10 drops unroutable 1.0 messages
+        call = run_cli(rabbitmq, "call", "host.identify", "-H", host, "-t", "30")
+        assert call.returncode == 6, call.stdout + call.stderr
