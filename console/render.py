@@ -407,7 +407,8 @@ def _release_summary(event: str, d: dict[str, Any]) -> str:
         return (f"release {d['request_id']} completed: {len(released)} of "
                 f"{len(d['vms'])} VMs released" + (f" ({', '.join(released)})" if released
                                                    else ""))
-    return f"release {d['request_id']} failed: {d.get('code')}: {d.get('reason')}"
+    code = "" if d.get("code") == "failed" else f"{d.get('code')}: "
+    return f"release {d['request_id']} failed: {code}{d.get('reason')}"
 
 
 def event_line(ev: Event) -> str:
@@ -435,7 +436,8 @@ def event_line(ev: Event) -> str:
     elif ev.agent == "provision" and ev.event == "progress":
         summary = f"{d['vm']} on {d['host']} ({d['step']}/{d['total']})  request {d['request_id']}"
     elif ev.agent == "provision" and ev.event == "failed":
-        summary = f"request {d['request_id']} failed: {d['code']}: {d['reason']}"
+        code = "" if d.get("code") == "failed" else f"{d.get('code')}: "  # not twice
+        summary = f"request {d['request_id']} failed: {code}{d['reason']}"
     elif ev.agent == "provision" and ev.event.startswith("release."):
         summary = _release_summary(ev.event, d)
     elif ev.agent == "provision" and ev.event == "quota":

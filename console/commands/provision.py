@@ -139,7 +139,8 @@ def provision_submit(ctx: CliContext, template: str, count: int, name: str | Non
                                         layout(console_out)))
     else:
         err = reply.error or {}
-        click.echo(f"request {rid} failed: {err.get('code')}: {err.get('message')}", err=True)
+        code = "" if err.get("code") == "failed" else f"{err.get('code')}: "  # not twice
+        click.echo(f"request {rid} failed: {code}{err.get('message')}", err=True)
     return Exit.OK if reply.ok else Exit.FAILED
 
 

@@ -53,3 +53,17 @@ def test_humanized_units(key, value, shown):
     from console.render import humanized
 
     assert humanized(key, value) == shown
+
+
+def test_a_failed_provisioning_event_does_not_say_failed_twice():
+    from console.render import event_line
+    from hostbus.envelope import Event
+
+    ev = Event(agent="provision", host="prov01", event="failed", seq=3, epoch="e",
+               time="2026-12-01T10:00:00.000Z",
+               data={"request_id": "cc8dceb3", "code": "failed",
+                     "reason": "no virt host offers template 'nosuch'; templates on offer: "
+                               "db, web"})
+    line = event_line(ev)
+    assert "request cc8dceb3 failed: no virt host offers template 'nosuch'" in line
+    assert "failed: failed" not in line and "templates on offer: db, web" in line
