@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
-import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -18,6 +16,7 @@ from console.commands.common import (
     CliError,
     Exit,
     check_columns,
+    confirm_dangerous,
     emit_json,
     exits,
     layout,
@@ -147,7 +146,7 @@ def call(click_ctx: click.Context, target: str | None, pairs: tuple[str, ...],
     offline = console.offline_hosts(agent, selected) \
         if named and len(selected) <= OFFLINE_CHECK_MAX else {}
     if spec is not None and spec.dangerous and not yes:
-        _confirm_dangerous(target, args, selected)
+        confirm_dangerous(target, args, selected)
     from console.client import FanoutResult
 
     console_out = fit = None
@@ -289,16 +288,6 @@ def _fanout(console: Console, agent: str, method: str, args: dict[str, Any],
                                keep_parked=keep_parked)
         results += group.results
     return FanoutResult(results, (time.perf_counter() - started) * 1000)
-
-
-def _confirm_dangerous(target: str, args: dict[str, Any], selected: list[str]) -> None:
-    what = " ".join([target, *(f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
-                               for k, v in args.items())])
-    if not sys.stdin.isatty():
-        raise usage(f"{what} is dangerous; pass --yes to run it on {len(selected)} host(s)")
-    hosts = ", ".join(selected[:5]) + (" ..." if len(selected) > 5 else "")
-    if not click.confirm(f"{what} is dangerous. Run it on {len(selected)} host(s): {hosts}?"):
-        raise usage("cancelled")
 
 
 def _warn_unknown_columns(columns: tuple[str, ...], result: FanoutResult) -> None:

@@ -363,6 +363,18 @@ def split_target(target: str, kind: str) -> tuple[str, str]:
                 f"{'host.identify' if kind == 'method' else 'host.disk'}")
 
 
+def confirm_dangerous(target: str, args: dict[str, Any], selected: list[str]) -> None:
+    """Ask before a dangerous method, showing the whole call; without a terminal,
+    refuse (--yes says it was meant)."""
+    what = " ".join([target, *(f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
+                               for k, v in args.items())])
+    if not sys.stdin.isatty():
+        raise usage(f"{what} is dangerous; pass --yes to run it on {len(selected)} host(s)")
+    hosts = ", ".join(selected[:5]) + (" ..." if len(selected) > 5 else "")
+    if not click.confirm(f"{what} is dangerous. Run it on {len(selected)} host(s): {hosts}?"):
+        raise usage("cancelled")
+
+
 MIN_PREFIX = 4
 
 
