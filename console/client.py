@@ -703,7 +703,7 @@ class Console:
             if consumers == 0:
                 found[host] = (f"{host} is offline: nothing consumes its queue {queue} "
                                "(is hostbus-agent running there? `hostbus watch "
-                               f"'agent.{host}.*'` tells when it is back); not sent")
+                               f"'agent.{host}.*'` tells when it is back)")
         return found
 
     # --------------------------------------------------------------- discovery

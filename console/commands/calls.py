@@ -143,8 +143,9 @@ def call(click_ctx: click.Context, target: str | None, pairs: tuple[str, ...],
     # Hosts named exactly were not discovered: one whose agent is not running would cost
     # the whole timeout (its queue keeps the request). Discovered hosts just answered.
     named = not all_hosts and not where and not any(is_glob(h) for h in hosts)
-    offline = console.offline_hosts(agent, selected) \
-        if named and len(selected) <= OFFLINE_CHECK_MAX else {}
+    offline = {host: f"{why}; not sent" for host, why in (
+        console.offline_hosts(agent, selected) if named and len(selected) <= OFFLINE_CHECK_MAX
+        else {}).items()}
     if spec is not None and spec.dangerous and not yes:
         confirm_dangerous(target, args, selected)
     from console.client import FanoutResult
