@@ -23,6 +23,7 @@ import click
 
 from hostbus import config
 from hostbus.errors import ConfigError, ConnectionFailed, HostbusError, RemoteError, SchemaError
+from hostbus.names import InvalidName
 
 if TYPE_CHECKING:
     from rich.console import Console as RichConsole
@@ -141,7 +142,7 @@ def exit_code_for(exc: BaseException) -> tuple[Exit, str | None]:
         return Exit.USAGE, str(exc)
     if isinstance(exc, RemoteError):  # the local schema refused the request
         return Exit.USAGE, exc.message
-    if isinstance(exc, SchemaError):
+    if isinstance(exc, SchemaError | InvalidName):  # a host named on the command line
         return Exit.USAGE, str(exc)
     if isinstance(exc, HostbusError):  # connection failed, lost or refused
         return Exit.CONNECT, str(exc)

@@ -40,7 +40,9 @@ on_option = click.option("--on", "host", metavar="HOST", shell_complete=complete
 
 def _locate(state: CliContext, name: str, host: str | None, timeout: float | None) -> str:
     if host is not None:
-        return host
+        from console.commands.targeting import valid_host
+
+        return valid_host(host)
     from console import migration
 
     try:

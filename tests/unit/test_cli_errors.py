@@ -81,3 +81,15 @@ def test_enroll_no_user_refuses_options_it_would_ignore(fleet, tmp_path):
     assert "--no-user makes no broker user and writes no config file: leave out " \
            "--config-out" in done.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["vm", "web-1", "abort-migration", "--from", "b@d"],
+    ["vm", "web-1", "migrate", "--to", "b@d", "--from", "c@d"],
+    ["vm", "web-1", "show", "--on", "b@d"],
+    ["inventory", "b@d"],
+])
+def test_a_host_that_cannot_be_one_is_a_usage_error_wherever_it_is_given(fleet, argv):
+    done = fleet.run(*argv)
+    assert done.exit_code == 2, done.output
+    assert "invalid host id 'b@d'" in done.stderr and "Traceback" not in done.output
