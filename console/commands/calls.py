@@ -18,6 +18,7 @@ from console.commands.common import (
     check_columns,
     confirm_dangerous,
     emit_json,
+    exit_codes_text,
     exits,
     layout,
     out,
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from console.client import Console, FanoutResult, HostResult
 
 QUERY_MAX = 10000  # the most objects agent.query returns per host
+CALL_EXITS = (*FANOUT, Exit.NOT_ENROLLED, Exit.PENDING)
 OFFLINE_CHECK_MAX = 20  # hosts named with -H checked for a running agent before a call
 
 
@@ -57,7 +59,7 @@ def _method_spec(agent: str, method: str) -> Any:
     return method_spec(agent, method)
 
 
-@exits(*FANOUT, Exit.NOT_ENROLLED, Exit.PENDING)
+@exits(*CALL_EXITS)
 @click.command(add_help_option=False)
 @click.argument("target", required=False, metavar="AGENT.METHOD",
                 shell_complete=complete_method)
@@ -118,6 +120,7 @@ def call(click_ctx: click.Context, target: str | None, pairs: tuple[str, ...],
             agent, method = split_target(target, "method")
             click.echo(method_help(agent, _method_spec(agent, method)))
             click.echo("\nUsage: hostbus call AGENT.METHOD [KEY=VALUE]... (-H HOST | --all)")
+            click.echo("\n" + exit_codes_text(CALL_EXITS))
         else:
             click.echo(click_ctx.get_help())
         return Exit.OK if show_help else Exit.USAGE
