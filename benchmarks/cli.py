@@ -20,6 +20,10 @@ from console.commands.options import json_option
 @click.option("--agents", metavar="N,N,...",
               help="Simulated agent counts for broadcast ping (100,1000,5000).")
 @click.option("--events", "n_events", type=click.IntRange(100), help="Events (20000).")
+@click.option("--provision-hosts", type=click.IntRange(1), metavar="N",
+              help="Virt agents (test driver) the provisioning benchmark places on (100).")
+@click.option("--provision-requests", type=click.IntRange(1), metavar="N",
+              help="Requests of one VM each the provisioning benchmark posts at once (300).")
 @click.option("--idle", "idle_s", type=click.FloatRange(1), help="Idle agent seconds (60).")
 @click.option("--soak-minutes", type=click.FloatRange(0.5), metavar="MIN",
               help="Length of --only soak: one agent under steady load, memory sampled (5).")
@@ -39,7 +43,8 @@ from console.commands.options import json_option
 @json_option
 @click.pass_obj
 def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None,
-          agents: str | None, n_events: int | None, idle_s: float | None,
+          agents: str | None, n_events: int | None, provision_hosts: int | None,
+          provision_requests: int | None, idle_s: float | None,
           soak_minutes: float | None, alarm_seconds: float | None,
           history_stored: int | None, history_postgres: str | None, png: str | None,
           admin_url: str | None, as_json: bool) -> Exit:
@@ -75,6 +80,10 @@ def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None
             raise usage(f"--agents {agents!r}: expected numbers like 100,1000") from None
     if n_events:
         plan.events = n_events
+    if provision_hosts:
+        plan.provision_hosts = provision_hosts
+    if provision_requests:
+        plan.provision_requests = provision_requests
     if idle_s:
         plan.idle_s = idle_s
     if soak_minutes:

@@ -30,6 +30,10 @@ def checks(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
             rows.append(("1,000 agents: all replies, command returned",
                          f"{item['replies']} replies, {ms:.0f} ms", "all, <= 1000 ms",
                          item["all_replied"] and ms <= 1000))
+    prov = results.get("provisioning")
+    if prov and prov["hosts"] >= 100:
+        rows.append((f"provisioning, {prov['hosts']} hosts", f"{prov['requests_per_s']} VMs/s",
+                     ">= 50 VMs/s", prov["requests_per_s"] >= 50))
     events = results.get("events")
     if events:
         rows.append(("events into one subscriber", f"{events['hostbus_per_s']}/s",
@@ -103,8 +107,12 @@ def text(results: dict[str, Any]) -> str:
                      f"{events['raw_pika_per_s']}/s ({events['events']} events)")
     prov = results.get("provisioning")
     if prov:
-        lines.append(f"provisioning (test driver): {prov['requests']} requests in "
-                     f"{prov['elapsed_s']} s = {prov['requests_per_s']}/s")
+        done, floor = prov["completion_ms"], prov["direct_defines"]
+        lines.append(f"provisioning (test driver, {prov['hosts']} hosts, {prov['workers']} "
+                     f"workers): {prov['requests']} requests in {prov['elapsed_s']} s = "
+                     f"{prov['requests_per_s']}/s (completed p50 {done['p50']:.0f} ms, p99 "
+                     f"{done['p99']:.0f} ms); direct domain.define {floor['vms_per_s']}/s: "
+                     f"{prov['ratio_to_direct']}x")
     over10 = results.get("amqp10")
     if over10:
         lines.append("AMQP 1.0 call round trip (ms) p50      p90      p99")

@@ -35,7 +35,8 @@ class Plan:
     calls: int = 2000
     agents: list[int] = field(default_factory=lambda: [100, 1000, 5000])
     events: int = 20000
-    provision_requests: int = 30
+    provision_requests: int = 300
+    provision_hosts: int = 100
     idle_s: float = 60.0
     storm_s: float = 10.0
     soak_minutes: float = 5.0
@@ -46,7 +47,8 @@ class Plan:
 
     @classmethod
     def quick(cls) -> Plan:
-        return cls(calls=200, agents=[10, 50], events=1000, provision_requests=3, idle_s=2.0,
+        return cls(calls=200, agents=[10, 50], events=1000, provision_requests=3,
+                   provision_hosts=2, idle_s=2.0,
                    storm_s=1.0, alarm_s=10.0, history_stored=20_000)
 
 
@@ -93,8 +95,8 @@ def run(plan: Plan, *, amqp: str, admin_url: str) -> dict[str, Any]:
             results["amqp10"] = amqp10.run(bench, plan.calls, plan.events)
         gc.collect()
         if "provisioning" in plan.only:
-            progress(f"provisioning: {plan.provision_requests} requests")
-            results["provisioning"] = provisioning.run(bench, plan.provision_requests)
+            results["provisioning"] = provisioning.run(bench, plan.provision_requests,
+                                                       plan.provision_hosts)
         if "tracing" in plan.only:
             progress(f"tracing: {plan.calls} calls each, off and on")
             results["tracing"] = tracing.run(bench, plan.calls)

@@ -25,6 +25,20 @@ class Step:
     fleet: Fleet
     request: PlacementRequest
     _fitting: dict[tuple[int, int], list[str]] = field(default_factory=dict)
+    _memory: dict[str, int] = field(default_factory=dict)  # rooms, asked once per step
+    _vcpus: dict[str, int] = field(default_factory=dict)
+
+    def memory_room(self, name: str) -> int:
+        room = self._memory.get(name)
+        if room is None:
+            room = self._memory[name] = self.fleet.memory_room(name)
+        return room
+
+    def vcpu_room(self, name: str) -> int:
+        room = self._vcpus.get(name)
+        if room is None:
+            room = self._vcpus[name] = self.fleet.vcpu_room(name)
+        return room
 
     @cached_property
     def ha_needs(self) -> dict[tuple[int, int], list[str]]:
@@ -43,7 +57,7 @@ class Step:
         if found is None:
             found = []
             for name in self.fleet.names():
-                if _fits(self.fleet, name, need):
+                if _fits(self, name, need):
                     found.append(name)
                     if len(found) == 3:
                         break
@@ -51,12 +65,12 @@ class Step:
         return found
 
 
-def _fits(fleet: Fleet, name: str, need: tuple[int, int], less: tuple[int, int] = (0, 0),
+def _fits(step: Step, name: str, need: tuple[int, int], less: tuple[int, int] = (0, 0),
           ) -> bool:
-    if fleet.hosts[name].state != ONLINE:
+    if step.fleet.hosts[name].state != ONLINE:
         return False
-    return fleet.memory_room(name) - less[0] >= need[0] and \
-        fleet.vcpu_room(name) - less[1] >= need[1]
+    return step.memory_room(name) - less[0] >= need[0] and \
+        step.vcpu_room(name) - less[1] >= need[1]
 
 
 Filter = Callable[[Step, str], "str | None"]
@@ -102,12 +116,12 @@ def template(step: Step, name: str) -> str | None:
 
 
 def memory(step: Step, name: str) -> str | None:
-    room, need = step.fleet.memory_room(name), step.request.memory_mib
+    room, need = step.memory_room(name), step.request.memory_mib
     return None if room >= need else f"memory {max(room, 0)} MiB free < {need} needed"
 
 
 def vcpus(step: Step, name: str) -> str | None:
-    room, need = step.fleet.vcpu_room(name), step.request.vcpus
+    room, need = step.vcpu_room(name), step.request.vcpus
     if room >= need:
         return None
     return (f"vCPUs {max(room, 0)} free < {need} needed (capacity "
@@ -160,13 +174,29 @@ def ha_reservation(step: Step, name: str) -> str | None:
                     f"({taken[0]} MiB, {taken[1]} vCPUs) if it failed")
     for need, hosts in step.ha_needs.items():
         fitting = step.fitting(need)
-        if name not in fitting or _fits(fleet, name, need, taken):
+        if name not in fitting or _fits(step, name, need, taken):
             continue  # this placement leaves the hosts that fit ``need`` as they are
         for lost in hosts:
             if lost != name and [h for h in fitting if h != lost] == [name]:
                 return (f"HA reservation: it is the only host with room to restart the "
                         f"largest HA VM of {lost} ({need[0]} MiB, {need[1]} vCPUs)")
     return None
+
+
+#: Filters a request cannot fail unless it asks for what they check.
+_ONLY_WHEN: dict[str, Callable[[PlacementRequest], bool]] = {
+    "pinning": lambda r: bool(r.pinned_hosts),
+    "labels": lambda r: bool(r.labels),
+    "template": lambda r: r.template is not None,
+    "affinity": lambda r: bool(r.affinity_groups),
+    "anti_affinity": lambda r: bool(r.anti_affinity_groups),
+    "ha_reservation": lambda r: r.ha_reservation,
+}
+
+
+def applies(name: str, request: PlacementRequest) -> bool:
+    when = _ONLY_WHEN.get(name)
+    return when is None or when(request)
 
 
 #: Name -> filter, in the order they run.

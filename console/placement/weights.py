@@ -25,13 +25,13 @@ def _relative(values: dict[str, float]) -> dict[str, float]:
 def memory_free(step: Step, candidates: list[str]) -> dict[str, float]:
     """Spread: more memory left after placing scores higher."""
     need = step.request.memory_mib
-    return _relative({n: step.fleet.memory_room(n) - need for n in candidates})
+    return _relative({n: step.memory_room(n) - need for n in candidates})
 
 
 def vcpu_free(step: Step, candidates: list[str]) -> dict[str, float]:
     """Spread: more vCPUs left after placing scores higher."""
     need = step.request.vcpus
-    return _relative({n: step.fleet.vcpu_room(n) - need for n in candidates})
+    return _relative({n: step.vcpu_room(n) - need for n in candidates})
 
 
 def cpu_load(step: Step, candidates: list[str]) -> dict[str, float]:
@@ -51,7 +51,7 @@ def consolidate(step: Step, candidates: list[str]) -> dict[str, float]:
     used = {}
     for n in candidates:
         capacity = max(1, fleet.hosts[n].memory_mib)
-        used[n] = 1.0 - max(0, fleet.memory_room(n)) / capacity
+        used[n] = 1.0 - max(0, step.memory_room(n)) / capacity
     return {n: min(1.0, max(0.0, v)) for n, v in used.items()}
 
 
