@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from console.placement.config import PlacementConfig
-from console.placement.filters import FILTERS, Step, applies
+from console.placement.filters import FILTERS, Filter, Step, applies
 from console.placement.fleet import Fleet
 from console.placement.model import HostView, Placement, PlacementRequest, VmView
 from console.placement.weights import WEIGHTS
@@ -26,6 +26,10 @@ def place(request: PlacementRequest, hosts: Iterable[HostView] | Fleet,
             fleet.remove(vm, unreported=True)
 
 
+def _passes(step: Step, host: str, filters: list[Filter]) -> bool:
+    return all(check(step, host) is None for check in filters)
+
+
 def _place(request: PlacementRequest, fleet: Fleet, planned: list[VmView]) -> Placement:
     cfg = fleet.config
     # Only the filters this request can fail (no pinning asked: no pinning filter).
@@ -38,8 +42,7 @@ def _place(request: PlacementRequest, fleet: Fleet, planned: list[VmView]) -> Pl
         step = Step(fleet, request)
         # A host is out at its first failing filter; every reason is gathered only for
         # a refusal, which is rare and must explain itself.
-        candidates = [host for host in names
-                      if not any(check(step, host) is not None for check in filters)]
+        candidates = [host for host in names if _passes(step, host, filters)]
         if not candidates:
             filtered = {}
             for host in names:

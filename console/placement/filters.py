@@ -25,20 +25,18 @@ class Step:
     fleet: Fleet
     request: PlacementRequest
     _fitting: dict[tuple[int, int], list[str]] = field(default_factory=dict)
-    _memory: dict[str, int] = field(default_factory=dict)  # rooms, asked once per step
-    _vcpus: dict[str, int] = field(default_factory=dict)
 
     def memory_room(self, name: str) -> int:
-        room = self._memory.get(name)
-        if room is None:
-            room = self._memory[name] = self.fleet.memory_room(name)
-        return room
+        return self.fleet.rooms(name)[0]
 
     def vcpu_room(self, name: str) -> int:
-        room = self._vcpus.get(name)
-        if room is None:
-            room = self._vcpus[name] = self.fleet.vcpu_room(name)
-        return room
+        return self.fleet.rooms(name)[1]
+
+    @cached_property
+    def ha_critical(self) -> frozenset[str]:
+        """Hosts among the few with room for some host's largest HA VM: the only ones
+        where placing can take that room away."""
+        return frozenset(h for need in self.ha_needs for h in self.fitting(need))
 
     @cached_property
     def ha_needs(self) -> dict[tuple[int, int], list[str]]:
@@ -172,6 +170,8 @@ def ha_reservation(step: Step, name: str) -> str | None:
             not [h for h in step.fitting(taken) if h != name]:
         return (f"HA reservation: no other host could restart this HA VM "
                     f"({taken[0]} MiB, {taken[1]} vCPUs) if it failed")
+    if name not in step.ha_critical:
+        return None
     for need, hosts in step.ha_needs.items():
         fitting = step.fitting(need)
         if name not in fitting or _fits(step, name, need, taken):

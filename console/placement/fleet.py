@@ -26,9 +26,11 @@ class HostLoad:
     unreported_vcpus: int = 0
     groups: Counter[str] = field(default_factory=Counter)
     ha_sizes: Counter[tuple[int, int]] = field(default_factory=Counter)  # (MiB, vcpus)
+    _largest: tuple[int, int] | None = None
 
     def largest_ha(self) -> tuple[int, int] | None:
-        return max(self.ha_sizes) if self.ha_sizes else None
+        """(MiB, vCPUs) of its largest HA VM (memory first), None without any."""
+        return self._largest
 
 
 class Fleet:
@@ -42,6 +44,8 @@ class Fleet:
         #: group -> host -> members there
         self.group_hosts: dict[str, Counter[str]] = {}
         self._names: list[str] | None = None
+        #: host -> (memory room, vCPU room), dropped whenever the host or its VMs change
+        self._rooms: dict[str, tuple[int, int]] = {}
         for host in hosts:
             self.set_host(host)
         for vm in vms:
@@ -52,6 +56,7 @@ class Fleet:
             self._names = None
         self.hosts[host.name] = host
         self.load.setdefault(host.name, HostLoad())
+        self._rooms.pop(host.name, None)
 
     def drop_host(self, name: str) -> None:
         if self.hosts.pop(name, None) is not None:
@@ -76,6 +81,7 @@ class Fleet:
 
     def _count(self, vm: VmView, sign: int, unreported: bool) -> None:
         host, mib, vcpus = vm.host, vm.memory_mib, vm.vcpus
+        self._rooms.pop(host, None)
         load = self.load.setdefault(host, HostLoad())
         load.memory_mib += sign * mib
         load.vcpus += sign * vcpus
@@ -95,12 +101,28 @@ class Fleet:
             load.ha_sizes[(mib, vcpus)] += sign
             if load.ha_sizes[(mib, vcpus)] <= 0:
                 del load.ha_sizes[(mib, vcpus)]
+            load._largest = max(load.ha_sizes) if load.ha_sizes else None
 
     # ------------------------------------------------------------------ room
+    def rooms(self, name: str) -> tuple[int, int]:
+        """(memory_room, vcpu_room), computed once per change of the host."""
+        found = self._rooms.get(name)
+        if found is None:
+            found = self._rooms[name] = (self._memory_room(name), self._vcpu_room(name))
+        return found
+
     def memory_room(self, name: str) -> int:
         """MiB a new VM may take on the host: its capacity (RAM times the overcommit,
         less the host's reserve) less what its VMs hold, and never more than the host
         itself reports free (less what was placed there since)."""
+        return self.rooms(name)[0]
+
+    def vcpu_room(self, name: str) -> int:
+        """vCPUs a new VM may take: the host's vCPU capacity less what its VMs hold,
+        never more than the host reports free (less what was placed there since)."""
+        return self.rooms(name)[1]
+
+    def _memory_room(self, name: str) -> int:
         host, load = self.hosts[name], self.load[name]
         cfg = self.config
         room = int(host.memory_mib * cfg.memory_overcommit) - cfg.host_reserved_memory_mib \
@@ -115,7 +137,7 @@ class Fleet:
             return host.vcpu_capacity
         return int(host.cpus * self.config.vcpu_overcommit)
 
-    def vcpu_room(self, name: str) -> int:
+    def _vcpu_room(self, name: str) -> int:
         host, load = self.hosts[name], self.load[name]
         room = self.vcpu_capacity(name) - load.vcpus
         if host.free_vcpus is not None:
