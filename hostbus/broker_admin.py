@@ -122,8 +122,11 @@ def grant_for(kind: str, name: str, *, queues: tuple[str, ...] = (),
             if not EVENT_PATTERN_RE.fullmatch(pattern):
                 raise ValueError(f"invalid event pattern {pattern!r}: words of a-z 0-9 _ - "
                                  "or * or #, separated by dots (virt.*.domain.lifecycle)")
+        # Its active queue too, where an administrator made one (enroll-service
+        # --active): every instance consumes it, and the broker delivers to one.
         served = "|".join(re.escape(q) for q in (names.host_queue(name),
-                                                 names.agent_queue(name), *queues))
+                                                 names.agent_queue(name),
+                                                 names.active_queue(name), *queues))
         readable = "|".join(re.escape(p) for p in events)
         # Its own subscription queues only where it may subscribe (RabbitMQ 4 over AMQP
         # 1.0 names them hostbus.sub.NAME.*; elsewhere the broker names them amq.gen-*).

@@ -1,7 +1,8 @@
 """Setting up the broker over its management HTTP API: ``hostbus broker ...``.
 
-A new ``broker`` subcommand goes here: decorate it with ``@broker.command()`` and use
-``admin(ctx, admin_url)`` for the API (its failures exit 5 with the reason).
+A new ``broker`` subcommand goes here: decorate it with ``@exits(*BROKER)`` over
+``@broker.command()`` and use ``admin(ctx, admin_url)`` for the API (its failures exit
+5 with the reason).
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from console.commands.common import CliContext, CliError, Exit, emit_json, usage
+from console.commands.common import CliContext, CliError, Exit, emit_json, exits, usage
 from console.commands.options import json_option
 from hostbus import names
+
+#: What a broker command can end with: besides 0 and 2, failed, no such user, and the
+#: management API unreachable or refusing (its reason is printed).
+BROKER = (Exit.FAILED, Exit.NOTHING, Exit.CONNECT)
 
 if TYPE_CHECKING:
     from hostbus.broker_admin import BrokerAdmin
@@ -25,11 +30,7 @@ if TYPE_CHECKING:
 
 @click.group()
 def broker() -> None:
-    """Set up the broker: topology, and a queue per host (management HTTP API).
-
-    Exit codes: 0 done, 2 bad input, 3 no such user, 5 the management API is
-    unreachable or refused (its reason is printed).
-    """
+    """Set up the broker: topology, and a queue per host (management HTTP API)."""
 
 
 @contextlib.contextmanager
@@ -64,6 +65,7 @@ vhost_option = click.option("--vhost", metavar="NAME",
                             help="Virtual host (default: the broker URL's, 'hostbus').")
 
 
+@exits(*BROKER)
 @broker.command()
 @admin_option
 @vhost_option
@@ -174,6 +176,7 @@ tls_dir_option = click.option(
          "password (SASL EXTERNAL over amqps).")
 
 
+@exits(*BROKER)
 @broker.command()
 @click.argument("host")
 @click.option("--agents", default="host", show_default=True, metavar="A,B",
@@ -263,7 +266,7 @@ def identity_command(name: str) -> Callable[[Callable[..., Any]], Any]:
     def wrap(fn: Callable[..., Any]) -> Any:
         for option in (click.pass_obj, json_option, vhost_option, admin_option,
                        tls_dir_option, broker_url_option, force_option, config_out_option,
-                       click.argument("name"), broker.command(name)):
+                       click.argument("name"), broker.command(name), exits(*BROKER)):
             fn = option(fn)
         return fn
 
@@ -292,6 +295,7 @@ def enroll_app(ctx: CliContext, name: str, config_out: str | None, force: bool,
                                      f"hostbus.reply.{name}.<anything>.")
 
 
+@exits(*BROKER)
 @broker.command("enroll-service")
 @click.argument("name")
 @click.option("--agents", default="", metavar="A,B",
@@ -305,6 +309,10 @@ def enroll_app(ctx: CliContext, name: str, config_out: str | None, force: bool,
                    "'virt.*.domain.lifecycle'); repeatable. Default: none.")
 @click.option("--queue-type", type=click.Choice(["classic", "quorum"]), default="classic",
               show_default=True, help="Of its own queue, as for `broker enroll`.")
+@click.option("--active", is_flag=True,
+              help="Several instances, one active (the manager): make its active queue "
+                   "hostbus.active.NAME (quorum, single active consumer) bound to the "
+                   "--events patterns; the service then reads its events from it.")
 @config_out_option
 @force_option
 @broker_url_option
@@ -314,7 +322,8 @@ def enroll_app(ctx: CliContext, name: str, config_out: str | None, force: bool,
 @json_option
 @click.pass_obj
 def enroll_service(ctx: CliContext, name: str, agents: str, queues: tuple[str, ...],
-                   events: tuple[str, ...], queue_type: str, config_out: str | None,
+                   events: tuple[str, ...], queue_type: str, active: bool,
+                   config_out: str | None,
                    force: bool,
                    broker_url: str | None, tls_dir: str | None, admin_url: str | None,
                    vhost: str | None, as_json: bool) -> Exit:
@@ -325,6 +334,9 @@ def enroll_service(ctx: CliContext, name: str, agents: str, queues: tuple[str, .
       hostbus broker enroll-service provisioner --agents provision \\
           --queue hostbus.provision --events 'virt.*.domain.lifecycle'
       hostbus provisioner --config provisioner.toml   # then add its other settings there
+    The manager (`hostbus manager --help` lists every --events it needs):
+      hostbus broker enroll-service manager --agents manager --active \\
+          --events 'agent.*.heartbeat' --events 'virt.*.domain.lifecycle' ...
 
     It may read its own queue hostbus.host.NAME (its built-in agent and the agents
     given) and the --queue queues; call agents (publish requests, with reply queues
@@ -334,6 +346,9 @@ def enroll_service(ctx: CliContext, name: str, agents: str, queues: tuple[str, .
     its password is written to --config-out (mode 0600).
     """
     agent_list = [a.strip() for a in agents.split(",") if a.strip()]
+    if active and not events:
+        raise usage("--active needs the --events patterns the service acts on: its active "
+                    "queue is bound to them")
     name_vhost = vhost_of(ctx, vhost)
     path = config_out or f"{name}.toml"
     with bad_names():
@@ -344,6 +359,8 @@ def enroll_service(ctx: CliContext, name: str, agents: str, queues: tuple[str, .
         admin(ctx, admin_url).check_free(name_vhost, name)  # before anything is made
         keys = admin(ctx, admin_url).enroll_service(name_vhost, name, agent_list, queues,
                                                     queue_type=queue_type, events=events)
+        if active:
+            admin(ctx, admin_url).enroll_active_queue(name_vhost, name, list(events))
         tls = _issue_client_cert(ctx, name, tls_dir, broker_url)
         password = admin(ctx, admin_url).create_identity(
             name_vhost, "service", name, certificate=tls is not None, queues=queues,
@@ -351,6 +368,9 @@ def enroll_service(ctx: CliContext, name: str, agents: str, queues: tuple[str, .
     provisioner = (f'\n# For `hostbus provisioner --config THIS_FILE` (etc/provisioner.toml has '
                    f'every key):\n[provisioner]\nhost_id = "{name}"\n'
                    if "provision" in agent_list else "")
+    if "manager" in agent_list:
+        provisioner = (f'\n# For `hostbus manager --config THIS_FILE` (etc/manager.toml has '
+                       f'every key):\n[manager]\nhost_id = "{name}"\n')
     _write_secret_file(path, (
         f"# hostbus service configuration for {name}, written by `hostbus broker "
         f"enroll-service`.\n# It holds the broker password: keep it mode 0600.\n\n"
@@ -358,18 +378,21 @@ def enroll_service(ctx: CliContext, name: str, agents: str, queues: tuple[str, .
         f"{provisioner}"), force)
     result = {"user": name, "kind": "service", "vhost": name_vhost,
               "queue": names.host_queue(name), "routing_keys": keys,
-              "serves": list(queues), "events": list(events), "config": path}
+              "serves": list(queues), "events": list(events), "config": path,
+              "active_queue": names.active_queue(name) if active else None}
     if as_json:
         emit_json(result)
     else:
         click.echo(f"service {name} enrolled in vhost {name_vhost}: queue "
                    f"{names.host_queue(name)} bound to {', '.join(keys)}"
-                   + (f"; it serves {', '.join(queues)}" if queues else ""))
+                   + (f"; it serves {', '.join(queues)}" if queues else "")
+                   + (f"; active queue {names.active_queue(name)}" if active else ""))
         click.echo(f"broker user {name} (service) created; config written to {path} "
                    "(mode 0600)")
     return Exit.OK
 
 
+@exits(Exit.FAILED, configured=False)
 @broker.command("dev-ca")
 @click.argument("folder", type=click.Path(file_okay=False))
 @click.option("--broker-name", "broker_names", multiple=True, metavar="NAME",
@@ -415,6 +438,7 @@ def dev_ca(folder: str, broker_names: tuple[str, ...], clients: tuple[str, ...],
     return Exit.OK
 
 
+@exits(*BROKER)
 @broker.command()
 @click.argument("name")
 @admin_option

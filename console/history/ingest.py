@@ -16,6 +16,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -57,6 +58,9 @@ class Ingest:
     agent_keys: Verifier | None = None
     batch_size: int = 1000
     counters: Counters = field(default_factory=Counters)
+    #: Settles a stored batch (``Transport.ack_all``: one hand-off to the transport's
+    #: I/O thread for the batch); by default each delivery's own ``ack``.
+    ack_all: Callable[[Sequence[Delivery]], None] | None = None
 
     def __post_init__(self) -> None:
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
@@ -170,8 +174,13 @@ class Ingest:
         with self._lock:
             self.counters.stored += added
             self.counters.repeats += len(rows) - added
+        deliveries = [item.delivery for item in batch]
+        if self.ack_all is not None:
+            self.ack_all(deliveries)
+        else:
+            for delivery in deliveries:
+                delivery.ack()
         for item in batch:
-            item.delivery.ack()
             if item.token is not None:
                 done = self._synced.pop(item.token, None)
                 if done is not None:

@@ -21,14 +21,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import socket
 import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import pika
 import pika.exceptions as pex
@@ -195,6 +197,11 @@ def translate_error(exc: BaseException, where: str) -> HostbusError:
             f"{where}: connection refused. Is RabbitMQ running and listening there? "
             "(`./run.sh demo` installs and starts it on this machine)"
         )
+    if isinstance(exc, socket.gaierror) or "gaierror" in text:
+        host = urlsplit(where).hostname or where
+        return ConnectionFailed(
+            f"{where}: cannot resolve the broker's host name {host!r}: check the host in "
+            "the broker URL, or the machine's DNS")
     if isinstance(exc, pex.AMQPConnectionError | OSError):
         return ConnectionFailed(f"{where}: cannot connect: {exc!r}")
     return HostbusError(f"{where}: {exc!r}")
@@ -526,7 +533,8 @@ class PikaTransport(Transport):
                 body, _from_pika(props), method.exchange, method.routing_key, method.redelivered
             )
             if item.ack == "handler":
-                delivery.ack, delivery.nack = self._settlers(channel, method.delivery_tag)
+                (delivery.ack, delivery.nack,
+                 delivery.ack_on_io_thread) = self._settlers(channel, method.delivery_tag)
                 self.sweeper.received(channel, method.delivery_tag, item.queue,
                                       props.message_id, body)
             # What the handler sends (a reply, an ack) is written after it returns, in
@@ -610,27 +618,41 @@ class PikaTransport(Transport):
 
     def _settlers(
         self, channel: BlockingChannel, tag: int
-    ) -> tuple[Callable[[], None], Callable[[bool], None]]:
-        """ack/nack for one delivery, safe to call from any thread. A delivery tag only
-        means something on its own channel: once that channel is closed (a reconnect)
-        the broker redelivers the message anyway, so settling it is skipped."""
+    ) -> tuple[Callable[[], None], Callable[[bool], None], Callable[[], None]]:
+        """ack/nack for one delivery, safe to call from any thread, and the ack's work
+        on the I/O thread (for ``ack_all``). A delivery tag only means something on its
+        own channel: once that channel is closed (a reconnect) the broker redelivers the
+        message anyway, so settling it is skipped."""
+
+        def on_io_thread(ack: bool, requeue: bool) -> None:
+            self.sweeper.settled(channel, tag)
+            if not channel.is_open:
+                log.info("delivery %d belonged to a closed channel; the broker "
+                         "redelivers it", tag)
+                return
+            if ack:  # the frame only: the drain flushes once for the batch
+                channel._impl.basic_ack(tag)
+            else:
+                channel._impl.basic_nack(tag, requeue=requeue)
+            self._frames_pending = True
 
         def settle(ack: bool, requeue: bool) -> None:
+            self._submit(lambda _ch: on_io_thread(ack, requeue), wait=False)
+
+        return ((lambda: settle(True, False)), (lambda requeue=False: settle(False, requeue)),
+                lambda: on_io_thread(True, False))
+
+    def ack_all(self, deliveries: Sequence[Delivery]) -> None:
+        direct = [d for d in deliveries if d.ack_on_io_thread is None]
+        handed = [d.ack_on_io_thread for d in deliveries if d.ack_on_io_thread is not None]
+        for delivery in direct:
+            delivery.ack()
+        if handed:
             def task(_ch: BlockingChannel) -> None:
-                self.sweeper.settled(channel, tag)
-                if not channel.is_open:
-                    log.info("delivery %d belonged to a closed channel; the broker "
-                             "redelivers it", tag)
-                    return
-                if ack:  # the frame only: the drain flushes once for the batch
-                    channel._impl.basic_ack(tag)
-                else:
-                    channel._impl.basic_nack(tag, requeue=requeue)
-                self._frames_pending = True
+                for ack in handed:
+                    ack()
 
             self._submit(task, wait=False)
-
-        return (lambda: settle(True, False)), (lambda requeue=False: settle(False, requeue))
 
     def _run(self) -> None:
         where = self.url.redacted()

@@ -1,0 +1,303 @@
+"""The manager's loop: events in, the fleet model kept current, hosts' liveness judged,
+and the work that follows (HA restarts, moves) handed to ``Actions``.
+
+Events reach the active instance through its active queue (``hostbus.serving.active``):
+at least once, and what a dead instance held goes to the next. Each is applied on the
+loop's thread and acknowledged afterwards. Listings by call (``reconcile``) settle the
+model at activation, every ``reconcile_interval`` and after a virt agent restarts.
+
+A host's liveness: online while it heartbeats; ``unresponsive`` once nothing came from
+it for its heartbeat interval plus ``heartbeat_grace`` (or it said offline); then it is
+pinged (its agent queue, ``ping_timeout``): an answer makes it online again, silence
+runs the fence step (``Fencer``), and only a fence that succeeds makes it ``down``,
+which is what lets its HA VMs be restarted elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from console.client import Console
+from console.manager.fencing import Fencer
+from console.manager.fleet import DOWN, ONLINE, UNRESPONSIVE, Fleet
+from console.provisioner.tracker import well_formed
+from hostbus.envelope import Event, parse_event
+from hostbus.errors import HostbusError, RemoteError
+from hostbus.transport.base import Delivery
+
+log = logging.getLogger("hostbus.manager")
+
+#: What the manager's active queue is bound to (``hostbus broker enroll-service manager
+#: --active --events ...`` with each of these).
+EVENT_PATTERNS = ("agent.*.online", "agent.*.heartbeat", "agent.*.offline",
+                  "host.*.metrics", "virt.*.domain.lifecycle", "provision.*.accepted",
+                  "provision.*.progress")
+LISTING_LIMIT = 10000
+_RECONCILE = object()
+_STOP = object()
+
+
+class Manager:
+    def __init__(self, console: Console, fleet: Fleet, *, fencer: Fencer,
+                 heartbeat_grace: float = 30.0, ping_timeout: float = 5.0,
+                 reconcile_interval: float = 60.0, check_interval: float = 1.0,
+                 call_timeout: float = 60.0, discovery_idle: float = 0.3,
+                 multi_host_users: frozenset[str] = frozenset({"guest"}),
+                 emit: Callable[[str, dict[str, Any]], None] = lambda event, data: None,
+                 on_down: Callable[[str], None] = lambda host: None,
+                 on_maintenance: Callable[[str], None] = lambda host: None) -> None:
+        """``emit(event, data)`` publishes a manager event; ``on_down(host)`` runs (on
+        the loop's thread) when a host is confirmed down, and at each listing for each
+        host down with HA VMs on it; ``on_maintenance(host)`` at each listing for each
+        host in maintenance with VMs on it (an evacuation an earlier instance left)."""
+        self.console = console
+        self.fleet = fleet
+        self.fencer = fencer
+        self.heartbeat_grace = heartbeat_grace
+        self.ping_timeout = ping_timeout
+        self.reconcile_interval = reconcile_interval
+        self.check_interval = check_interval
+        self.call_timeout = call_timeout
+        self.discovery_idle = discovery_idle
+        self.multi_host_users = multi_host_users
+        self.emit = emit
+        self.on_down = on_down
+        self.on_maintenance = on_maintenance
+        self.active = threading.Event()
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self.dropped = 0  # events refused as spoofed or malformed
+        #: Set after each completed listing (tests and the CLI's freshness).
+        self.reconciled = threading.Event()
+
+    # ------------------------------------------------------------------ running
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="hostbus-manager",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._inbox.put(_STOP)
+            self._thread.join(timeout=self.call_timeout + 5)
+            self._thread = None
+
+    def set_active(self, active: bool) -> None:
+        """Called when this instance becomes (or stops being) the active one."""
+        if active:
+            self.active.set()
+            self._inbox.put(_RECONCILE)
+        else:
+            self.active.clear()
+
+    def on_event(self, delivery: Delivery) -> None:
+        """On the transport's I/O thread: hand over; settled once applied."""
+        self._inbox.put(delivery)
+
+    def reconcile_soon(self) -> None:
+        self._inbox.put(_RECONCILE)
+
+    def _run(self) -> None:
+        due = time.monotonic() + self.reconcile_interval
+        next_check = time.monotonic()
+        failures = 0
+        while True:
+            wake = min(due, next_check)
+            try:
+                item = self._inbox.get(timeout=max(0.0, wake - time.monotonic()))
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                return
+            if item is _RECONCILE:
+                due = time.monotonic()
+            elif isinstance(item, Delivery):
+                self._apply(item)
+            if not self.active.is_set():
+                continue
+            now = time.monotonic()
+            if now >= due:
+                try:
+                    self.reconcile()
+                    failures = 0
+                    due = time.monotonic() + self.reconcile_interval
+                except HostbusError as exc:
+                    failures += 1
+                    wait = min(self.reconcile_interval, 2.0 ** min(failures, 6))
+                    log.warning("could not list the virt hosts (%s); again in %g s", exc, wait)
+                    due = time.monotonic() + wait
+            if now >= next_check:
+                try:
+                    self.check_liveness()
+                except HostbusError as exc:
+                    log.warning("could not check the hosts' liveness: %s", exc)
+                next_check = time.monotonic() + self.check_interval
+
+    # ------------------------------------------------------------------- events
+    def _apply(self, delivery: Delivery) -> None:
+        try:
+            event = parse_event(delivery)
+        except RemoteError as err:
+            self.dropped += 1
+            log.warning("ignored a malformed event on %s: %s", delivery.routing_key,
+                        err.message)
+            delivery.ack()
+            return
+        user = delivery.properties.user_id
+        if delivery.routing_key != event.routing_key() or (
+                user != event.host and user not in self.multi_host_users):
+            self.dropped += 1
+            log.warning("dropped event %s claiming host %r, sent by %r: a host may only "
+                        "speak for itself", delivery.routing_key, event.host, user)
+            delivery.ack()
+            return
+        try:
+            self.apply(event)
+        except Exception:
+            log.exception("could not apply event %s", delivery.routing_key)
+        delivery.ack()
+
+    def apply(self, event: Event) -> None:
+        """One fleet event (already checked) into the model."""
+        host, data, name = event.host, event.data, event.full_name
+        known = self.fleet.host(host) is not None
+        if name in ("agent.online", "agent.heartbeat"):
+            if "virt" not in data.get("agents", ()):
+                return
+            before, after = self.fleet.seen(host, interval=data.get("interval_s"))
+            if name == "agent.online":
+                facts = data.get("facts") or {}
+                self.fleet.update_host(host, migration_uri=str(facts.get("migration_uri", "")))
+            status = (data.get("status") or {}).get("virt") or {}
+            capacity = {k: int(status[k]) for k in ("free_vcpus", "unallocated_memory_bytes")
+                        if isinstance(status.get(k), int)}
+            if capacity:
+                self.fleet.update_host(host, **capacity)
+            self._changed(before, after.state, "it heartbeats again")
+            if name == "agent.online" and before is not None:
+                self.reconcile_soon()  # what happened while its agent was away
+        elif name == "agent.offline" and known:
+            before, after = self.fleet.update_host(
+                host, state=UNRESPONSIVE,
+                why=f"its agent said offline ({data.get('reason', 'no reason')})")
+            self._changed(before, after.state, after.why)
+        elif name == "host.metrics" and known:
+            load = data.get("load") or [None]
+            self.fleet.update_host(host, cpu_percent=_number(data.get("cpu_percent")),
+                                   load1=_number(load[0]))
+        elif name == "virt.domain.lifecycle":
+            self.fleet.apply_lifecycle(host, data)
+        elif name == "provision.accepted" and isinstance(data.get("owner"), str):
+            self.fleet.set_owner(str(data.get("request_id")), data["owner"])
+        elif name == "provision.progress" and isinstance(data.get("vm"), str):
+            owner = self.fleet.owner_of(str(data.get("request_id")))
+            if owner:
+                self.fleet.update_vm(data["vm"], owner=owner)
+
+    def _changed(self, before: Any, state: str, why: str) -> None:
+        if before is not None and before.state != state:
+            log.info("host %s: %s -> %s (%s)", before.host, before.state, state, why)
+            self.emit("host.state", {"host": before.host, "state": state,
+                                     "previous": before.state, "why": why})
+
+    # ---------------------------------------------------------------- liveness
+    def check_liveness(self) -> None:
+        """Online hosts silent too long become unresponsive; unresponsive ones are
+        pinged, and fenced if silent."""
+        now = self.fleet.clock()
+        for h in self.fleet.hosts():
+            silent = now - h.last_seen
+            if h.state == ONLINE and silent > h.heartbeat_interval + self.heartbeat_grace:
+                before, after = self.fleet.update_host(
+                    h.host, state=UNRESPONSIVE,
+                    why=f"no heartbeat for {silent:.1f} s (interval {h.heartbeat_interval:g} s"
+                        f" + grace {self.heartbeat_grace:g} s)")
+                self._changed(before, after.state, after.why)
+        for h in self.fleet.hosts():
+            if h.state == UNRESPONSIVE and now - h.last_seen > h.heartbeat_interval + \
+                    self.heartbeat_grace:
+                self._confirm(h.host)
+
+    def _confirm(self, host: str) -> None:
+        res = self.console.call("agent", "ping", {}, host=host, timeout=self.ping_timeout)
+        if res.reply is not None:
+            before, after = self.fleet.seen(host)
+            self._changed(before, after.state, "it answered a ping")
+            return
+        fenced, how = self.fencer.fence(host)
+        if not fenced:
+            why = f"silent and unanswered ping, but the fence step failed: {how}"
+            before, after = self.fleet.update_host(host, why=why)
+            if before is None or before.why != why:
+                log.error("host %s is not confirmed down, so its VMs are not restarted: %s",
+                          host, how)
+                self.emit("host.fence_failed", {"host": host, "error": how})
+            return
+        before, after = self.fleet.update_host(
+            host, state=DOWN, why=f"no heartbeat, no answer to a ping within "
+                                  f"{self.ping_timeout:g} s; {how}")
+        self._changed(before, DOWN, after.why)
+        self.on_down(host)
+
+    # ---------------------------------------------------------------- listings
+    def reconcile(self) -> int:
+        """Settle every virt host that answers from its node.info and domain listing,
+        and learn the XML of HA VMs. Returns how many hosts were settled."""
+        found = self.console.discover(filter={"agent": "virt"}, idle=self.discovery_idle)
+        hosts = [a.host for a in found]
+        for info in found:
+            before, after = self.fleet.seen(info.host)
+            self.fleet.update_host(info.host, migration_uri=str(
+                info.facts.get("migration_uri", "")))
+            self._changed(before, after.state, "it answered discovery")
+        settled = 0
+        if hosts:
+            nodes = self.console.fanout("virt", "node.info", {}, hosts,
+                                        timeout=self.call_timeout)
+            listing = self.console.query("virt", "domain", hosts=hosts, limit=LISTING_LIMIT,
+                                         timeout=self.call_timeout)
+            node_of = {r.host: r.reply.result for r in nodes.results
+                       if r.reply is not None and r.reply.ok}
+            for res in listing.results:
+                if res.reply is None or not res.reply.ok:
+                    continue
+                result = res.reply.result or {}
+                objects = result.get("objects", [])
+                if result.get("total", len(objects)) > len(objects):
+                    log.warning("virt host %s has more than %d domains: not settled",
+                                res.host, len(objects))
+                    continue
+                self.fleet.reconcile(res.host, well_formed(objects), node_of.get(res.host))
+                settled += 1
+        for vm in self.fleet.vms():
+            if vm.ha and vm.host in hosts:
+                self.learn_xml(vm.name, vm.host)
+        for h in self.fleet.hosts():
+            if h.state == DOWN and any(v.ha for v in self.fleet.vms(h.host)):
+                self.on_down(h.host)  # taken over from an instance that did not finish
+            elif h.maintenance and h.state != DOWN and self.fleet.vms(h.host):
+                self.on_maintenance(h.host)
+        self.reconciled.set()
+        return settled
+
+    def learn_xml(self, name: str, host: str) -> bool:
+        """Keep the VM's domain XML: what restarts it elsewhere if its host dies."""
+        res = self.console.call("virt", "domain.xml", {"name": name}, host=host,
+                                timeout=self.call_timeout)
+        if res.reply is None or not res.reply.ok:
+            return False
+        xml = (res.reply.result or {}).get("xml")
+        if isinstance(xml, str) and xml:
+            self.fleet.update_vm(name, xml=xml)
+            return True
+        return False
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) \
+        else None
