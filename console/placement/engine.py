@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from console.placement.config import PlacementConfig
-from console.placement.filters import FILTERS, Filter, Step, applies
+from console.placement.filters import FILTERS, Step, applies, batch
 from console.placement.fleet import Fleet
 from console.placement.model import HostView, Placement, PlacementRequest, VmView
 from console.placement.weights import WEIGHTS
@@ -26,14 +26,12 @@ def place(request: PlacementRequest, hosts: Iterable[HostView] | Fleet,
             fleet.remove(vm, unreported=True)
 
 
-def _passes(step: Step, host: str, filters: list[Filter]) -> bool:
-    return all(check(step, host) is None for check in filters)
-
-
 def _place(request: PlacementRequest, fleet: Fleet, planned: list[VmView]) -> Placement:
     cfg = fleet.config
     # Only the filters this request can fail (no pinning asked: no pinning filter).
-    filters = [FILTERS[n] for n in (cfg.filters or FILTERS) if applies(n, request)]
+    active = [n for n in (cfg.filters or FILTERS) if applies(n, request)]
+    filters = [FILTERS[n] for n in active]
+    batches = [batch(n) for n in active]
     weights = [(WEIGHTS[n], f) for n, f in cfg.weights.items() if f > 0]
     names = fleet.names()
     chosen: dict[str, str] = {}
@@ -42,7 +40,9 @@ def _place(request: PlacementRequest, fleet: Fleet, planned: list[VmView]) -> Pl
         step = Step(fleet, request)
         # A host is out at its first failing filter; every reason is gathered only for
         # a refusal, which is rare and must explain itself.
-        candidates = [host for host in names if _passes(step, host, filters)]
+        candidates = names
+        for keep in batches:
+            candidates = keep(step, candidates)
         if not candidates:
             filtered = {}
             for host in names:

@@ -46,6 +46,7 @@ class Fleet:
         self._names: list[str] | None = None
         #: host -> (memory room, vCPU room), dropped whenever the host or its VMs change
         self._rooms: dict[str, tuple[int, int]] = {}
+        self._ha_needs: dict[tuple[int, int], list[str]] | None = None
         for host in hosts:
             self.set_host(host)
         for vm in vms:
@@ -54,6 +55,7 @@ class Fleet:
     def set_host(self, host: HostView) -> None:
         if host.name not in self.hosts:
             self._names = None
+            self._ha_needs = None
         self.hosts[host.name] = host
         self.load.setdefault(host.name, HostLoad())
         self._rooms.pop(host.name, None)
@@ -61,6 +63,7 @@ class Fleet:
     def drop_host(self, name: str) -> None:
         if self.hosts.pop(name, None) is not None:
             self._names = None
+            self._ha_needs = None
 
     def names(self) -> list[str]:
         """Host names in order: every answer is the same whatever order hosts came in."""
@@ -102,6 +105,19 @@ class Fleet:
             if load.ha_sizes[(mib, vcpus)] <= 0:
                 del load.ha_sizes[(mib, vcpus)]
             load._largest = max(load.ha_sizes) if load.ha_sizes else None
+            self._ha_needs = None
+
+    def ha_needs(self) -> dict[tuple[int, int], list[str]]:
+        """(MiB, vCPUs) of each host's largest HA VM -> those hosts, in order; kept
+        until an HA VM or the set of hosts changes."""
+        if self._ha_needs is None:
+            needs: dict[tuple[int, int], list[str]] = {}
+            for name in self.names():
+                largest = self.load[name].largest_ha()
+                if largest is not None:
+                    needs.setdefault(largest, []).append(name)
+            self._ha_needs = dict(sorted(needs.items()))
+        return self._ha_needs
 
     # ------------------------------------------------------------------ room
     def rooms(self, name: str) -> tuple[int, int]:

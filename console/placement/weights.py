@@ -24,24 +24,21 @@ def _relative(values: dict[str, float]) -> dict[str, float]:
 
 def memory_free(step: Step, candidates: list[str]) -> dict[str, float]:
     """Spread: more memory left after placing scores higher."""
-    need = step.request.memory_mib
-    return _relative({n: step.memory_room(n) - need for n in candidates})
+    rooms, need = step.fleet.rooms, step.request.memory_mib
+    return _relative({n: rooms(n)[0] - need for n in candidates})
 
 
 def vcpu_free(step: Step, candidates: list[str]) -> dict[str, float]:
     """Spread: more vCPUs left after placing scores higher."""
-    need = step.request.vcpus
-    return _relative({n: step.vcpu_room(n) - need for n in candidates})
+    rooms, need = step.fleet.rooms, step.request.vcpus
+    return _relative({n: rooms(n)[1] - need for n in candidates})
 
 
 def cpu_load(step: Step, candidates: list[str]) -> dict[str, float]:
     """Idle hosts score higher (a host with no load figure counts as half busy)."""
-    return {n: 1.0 - min(1.0, _load(step, n)) for n in candidates}
-
-
-def _load(step: Step, name: str) -> float:
-    load = step.fleet.hosts[name].cpu_load
-    return 0.5 if load is None else load
+    hosts = step.fleet.hosts
+    return {n: 0.5 if (load := hosts[n].cpu_load) is None else 1.0 - min(1.0, load)
+            for n in candidates}
 
 
 def consolidate(step: Step, candidates: list[str]) -> dict[str, float]:
