@@ -13,13 +13,15 @@ from console.commands.options import json_option
 @click.command(epilog=EPILOG)
 @click.option("--quick", is_flag=True, help="Small sizes: a smoke run of every benchmark.")
 @click.option("--only", multiple=True,
-              type=click.Choice(["call", "fanout", "events", "amqp10", "provisioning",
+              type=click.Choice(["call", "fanout", "events", "amqp10", "placement", "provisioning",
                                  "footprint", "soak", "faults", "history", "tracing"]),
               help="Run only these (repeatable). Default: all but soak, faults and history.")
 @click.option("--calls", type=click.IntRange(10), help="Round trips per side (2000).")
 @click.option("--agents", metavar="N,N,...",
               help="Simulated agent counts for broadcast ping (100,1000,5000).")
 @click.option("--events", "n_events", type=click.IntRange(100), help="Events (20000).")
+@click.option("--placement-hosts", type=click.IntRange(10), metavar="N",
+              help="Simulated hosts (ten VMs each) placement decisions run over (1000).")
 @click.option("--provision-hosts", type=click.IntRange(1), metavar="N",
               help="Virt agents (test driver) the provisioning benchmark places on (100).")
 @click.option("--provision-requests", type=click.IntRange(1), metavar="N",
@@ -43,7 +45,8 @@ from console.commands.options import json_option
 @json_option
 @click.pass_obj
 def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None,
-          agents: str | None, n_events: int | None, provision_hosts: int | None,
+          agents: str | None, n_events: int | None, placement_hosts: int | None,
+          provision_hosts: int | None,
           provision_requests: int | None, idle_s: float | None,
           soak_minutes: float | None, alarm_seconds: float | None,
           history_stored: int | None, history_postgres: str | None, png: str | None,
@@ -80,6 +83,8 @@ def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None
             raise usage(f"--agents {agents!r}: expected numbers like 100,1000") from None
     if n_events:
         plan.events = n_events
+    if placement_hosts:
+        plan.placement_hosts = placement_hosts
     if provision_hosts:
         plan.provision_hosts = provision_hosts
     if provision_requests:

@@ -51,11 +51,11 @@ def _place(request: PlacementRequest, fleet: Fleet, planned: list[VmView]) -> Pl
             return Placement(chosen, refused_vm=vm_name, filtered=filtered)
         scores = dict.fromkeys(candidates, 0.0)
         for weight, factor in weights:
-            for host, score in weight(step, candidates).items():
-                scores[host] += factor * score
-        # Highest score; ties to the first by name (candidates are in name order and
+            part = weight(step, candidates)
+            scores = {host: total + factor * part[host] for host, total in scores.items()}
+        # Highest score; ties to the first by name (the scores are in name order and
         # max keeps the first of equals).
-        best = max(candidates, key=lambda h: scores[h])
+        best = max(scores, key=scores.__getitem__)
         chosen[vm_name] = best
         vm = VmView(vm_name, best, request.vcpus, request.memory_mib, "defined",
                     request.ha, request.owner, request.groups())

@@ -207,13 +207,13 @@ def _host_state_batch(step: Step, names: list[str]) -> list[str]:
 
 
 def _memory_batch(step: Step, names: list[str]) -> list[str]:
-    rooms, need = step.fleet.rooms, step.request.memory_mib
-    return [n for n in names if rooms(n)[0] >= need]
+    rooms, need = step.fleet.room_table(), step.request.memory_mib
+    return [n for n in names if rooms[n][0] >= need]
 
 
 def _vcpus_batch(step: Step, names: list[str]) -> list[str]:
-    rooms, need = step.fleet.rooms, step.request.vcpus
-    return [n for n in names if rooms(n)[1] >= need]
+    rooms, need = step.fleet.room_table(), step.request.vcpus
+    return [n for n in names if rooms[n][1] >= need]
 
 
 def _cpu_load_batch(step: Step, names: list[str]) -> list[str]:

@@ -44,8 +44,10 @@ class Fleet:
         #: group -> host -> members there
         self.group_hosts: dict[str, Counter[str]] = {}
         self._names: list[str] | None = None
-        #: host -> (memory room, vCPU room), dropped whenever the host or its VMs change
+        #: host -> (memory room, vCPU room), computed again when the host or its VMs
+        #: change (``_stale``: hosts changed since)
         self._rooms: dict[str, tuple[int, int]] = {}
+        self._stale: set[str] = set()
         self._ha_needs: dict[tuple[int, int], list[str]] | None = None
         for host in hosts:
             self.set_host(host)
@@ -58,12 +60,14 @@ class Fleet:
             self._ha_needs = None
         self.hosts[host.name] = host
         self.load.setdefault(host.name, HostLoad())
-        self._rooms.pop(host.name, None)
+        self._stale.add(host.name)
 
     def drop_host(self, name: str) -> None:
         if self.hosts.pop(name, None) is not None:
             self._names = None
             self._ha_needs = None
+            self._rooms.pop(name, None)
+            self._stale.discard(name)
 
     def names(self) -> list[str]:
         """Host names in order: every answer is the same whatever order hosts came in."""
@@ -84,7 +88,8 @@ class Fleet:
 
     def _count(self, vm: VmView, sign: int, unreported: bool) -> None:
         host, mib, vcpus = vm.host, vm.memory_mib, vm.vcpus
-        self._rooms.pop(host, None)
+        if host in self.hosts:
+            self._stale.add(host)
         load = self.load.setdefault(host, HostLoad())
         load.memory_mib += sign * mib
         load.vcpus += sign * vcpus
@@ -120,12 +125,18 @@ class Fleet:
         return self._ha_needs
 
     # ------------------------------------------------------------------ room
+    def room_table(self) -> dict[str, tuple[int, int]]:
+        """Host -> (memory_room, vcpu_room) for every host, each computed once per change
+        of the host or its VMs. Read it, never change it."""
+        if self._stale:
+            for name in self._stale:
+                self._rooms[name] = (self._memory_room(name), self._vcpu_room(name))
+            self._stale.clear()
+        return self._rooms
+
     def rooms(self, name: str) -> tuple[int, int]:
-        """(memory_room, vcpu_room), computed once per change of the host."""
-        found = self._rooms.get(name)
-        if found is None:
-            found = self._rooms[name] = (self._memory_room(name), self._vcpu_room(name))
-        return found
+        """(memory_room, vcpu_room) of one host."""
+        return self.room_table()[name]
 
     def memory_room(self, name: str) -> int:
         """MiB a new VM may take on the host: its capacity (RAM times the overcommit,

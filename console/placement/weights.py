@@ -19,25 +19,25 @@ def _relative(values: dict[str, float]) -> dict[str, float]:
     top = max(values.values(), default=0.0)
     if top <= 0:
         return dict.fromkeys(values, 0.0)
-    return {name: max(value, 0.0) / top for name, value in values.items()}
+    return {name: value / top if value > 0 else 0.0 for name, value in values.items()}
 
 
 def memory_free(step: Step, candidates: list[str]) -> dict[str, float]:
     """Spread: more memory left after placing scores higher."""
-    rooms, need = step.fleet.rooms, step.request.memory_mib
-    return _relative({n: rooms(n)[0] - need for n in candidates})
+    rooms, need = step.fleet.room_table(), step.request.memory_mib
+    return _relative({n: rooms[n][0] - need for n in candidates})
 
 
 def vcpu_free(step: Step, candidates: list[str]) -> dict[str, float]:
     """Spread: more vCPUs left after placing scores higher."""
-    rooms, need = step.fleet.rooms, step.request.vcpus
-    return _relative({n: rooms(n)[1] - need for n in candidates})
+    rooms, need = step.fleet.room_table(), step.request.vcpus
+    return _relative({n: rooms[n][1] - need for n in candidates})
 
 
 def cpu_load(step: Step, candidates: list[str]) -> dict[str, float]:
     """Idle hosts score higher (a host with no load figure counts as half busy)."""
     hosts = step.fleet.hosts
-    return {n: 0.5 if (load := hosts[n].cpu_load) is None else 1.0 - min(1.0, load)
+    return {n: 0.5 if (load := hosts[n].cpu_load) is None else 0.0 if load >= 1 else 1.0 - load
             for n in candidates}
 
 
