@@ -13,14 +13,21 @@ from console.commands.options import json_option
 @click.command(epilog=EPILOG)
 @click.option("--quick", is_flag=True, help="Small sizes: a smoke run of every benchmark.")
 @click.option("--only", multiple=True,
-              type=click.Choice(["call", "fanout", "events", "amqp10", "provisioning",
-                                 "footprint", "soak", "faults", "history", "tracing", "scale"]),
+              type=click.Choice(["call", "fanout", "events", "amqp10", "placement",
+                                 "provisioning", "footprint", "soak", "faults", "history",
+                                 "tracing", "scale"]),
               help="Run only these (repeatable). Default: all but soak, faults, history "
                    "and scale.")
 @click.option("--calls", type=click.IntRange(10), help="Round trips per side (2000).")
 @click.option("--agents", metavar="N,N,...",
               help="Simulated agent counts for broadcast ping (100,1000,5000).")
 @click.option("--events", "n_events", type=click.IntRange(100), help="Events (20000).")
+@click.option("--placement-hosts", type=click.IntRange(10), metavar="N",
+              help="Simulated hosts (ten VMs each) placement decisions run over (1000).")
+@click.option("--provision-hosts", type=click.IntRange(1), metavar="N",
+              help="Virt agents (test driver) the provisioning benchmark places on (100).")
+@click.option("--provision-requests", type=click.IntRange(1), metavar="N",
+              help="Requests of one VM each the provisioning benchmark posts at once (300).")
 @click.option("--idle", "idle_s", type=click.FloatRange(1), help="Idle agent seconds (60).")
 @click.option("--soak-minutes", type=click.FloatRange(0.5), metavar="MIN",
               help="Length of --only soak: one agent under steady load, memory sampled (5).")
@@ -46,7 +53,9 @@ from console.commands.options import json_option
 @json_option
 @click.pass_obj
 def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None,
-          agents: str | None, n_events: int | None, idle_s: float | None,
+          agents: str | None, n_events: int | None, placement_hosts: int | None,
+          provision_hosts: int | None,
+          provision_requests: int | None, idle_s: float | None,
           soak_minutes: float | None, alarm_seconds: float | None,
           history_stored: int | None, history_postgres: str | None,
           scale_hosts: int | None, scale_agents: int | None, png: str | None,
@@ -85,6 +94,12 @@ def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None
             raise usage(f"--agents {agents!r}: expected numbers like 100,1000") from None
     if n_events:
         plan.events = n_events
+    if placement_hosts:
+        plan.placement_hosts = placement_hosts
+    if provision_hosts:
+        plan.provision_hosts = provision_hosts
+    if provision_requests:
+        plan.provision_requests = provision_requests
     if idle_s:
         plan.idle_s = idle_s
     if soak_minutes:

@@ -17,6 +17,7 @@ from benchmarks import (
     faults,
     footprint,
     history,
+    placement,
     provisioning,
     scale,
     soak,
@@ -25,7 +26,8 @@ from benchmarks import (
 from benchmarks.harness import bench_vhost, progress
 from hostbus.envelope import now_rfc3339
 
-ALL = ("call", "fanout", "events", "amqp10", "provisioning", "footprint", "tracing")
+ALL = ("call", "fanout", "events", "amqp10", "placement", "provisioning", "footprint",
+       "tracing")
 #: Run only when asked for (--only soak, --only faults, ...): minutes by design; faults
 #: and scale start a RabbitMQ node of their own (root, a source checkout).
 EXTRA = ("soak", "faults", "history", "scale")
@@ -36,7 +38,9 @@ class Plan:
     calls: int = 2000
     agents: list[int] = field(default_factory=lambda: [100, 1000, 5000])
     events: int = 20000
-    provision_requests: int = 30
+    provision_requests: int = 300
+    provision_hosts: int = 100
+    placement_hosts: int = 1000
     idle_s: float = 60.0
     storm_s: float = 10.0
     soak_minutes: float = 5.0
@@ -49,7 +53,8 @@ class Plan:
 
     @classmethod
     def quick(cls) -> Plan:
-        return cls(calls=200, agents=[10, 50], events=1000, provision_requests=3, idle_s=2.0,
+        return cls(calls=200, agents=[10, 50], events=1000, provision_requests=3,
+                   provision_hosts=2, placement_hosts=100, idle_s=2.0,
                    storm_s=1.0, alarm_s=10.0, history_stored=20_000, scale_hosts=1000,
                    scale_agents=20)
 
@@ -96,9 +101,13 @@ def run(plan: Plan, *, amqp: str, admin_url: str) -> dict[str, Any]:
         if "amqp10" in plan.only:
             results["amqp10"] = amqp10.run(bench, plan.calls, plan.events)
         gc.collect()
+        if "placement" in plan.only:
+            progress(f"placement: decisions over {plan.placement_hosts} simulated hosts")
+            results["placement"] = placement.run(plan.placement_hosts)
+        gc.collect()
         if "provisioning" in plan.only:
-            progress(f"provisioning: {plan.provision_requests} requests")
-            results["provisioning"] = provisioning.run(bench, plan.provision_requests)
+            results["provisioning"] = provisioning.run(bench, plan.provision_requests,
+                                                       plan.provision_hosts)
         if "tracing" in plan.only:
             progress(f"tracing: {plan.calls} calls each, off and on")
             results["tracing"] = tracing.run(bench, plan.calls)

@@ -19,13 +19,15 @@ def test_bench_quick_completes_and_writes_json_and_a_chart(rabbitmq, tmp_path):
                           env=env, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout)
-    assert {"meta", "call", "fanout", "events", "provisioning", "footprint", "tracing",
-            "targets"} <= set(results)
+    assert {"meta", "call", "fanout", "events", "placement", "provisioning", "footprint",
+            "tracing", "targets"} <= set(results)
     assert results["tracing"]["on"]["n"] == results["tracing"]["off"]["n"] == 200
     assert results["call"]["hostbus"]["n"] == 200
     assert [f["agents"] for f in results["fanout"]] == [10, 50]
     assert all(f["all_replied"] for f in results["fanout"])
     assert results["provisioning"]["requests"] == 3
+    assert results["provisioning"]["direct_defines"]["vms"] == 3
+    assert results["placement"]["hosts"] == 100 and results["placement"]["plain"]["n"] == 500
     assert {t["what"] for t in results["targets"]} >= {"call round trip p50",
                                                        "events / raw pika"}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
