@@ -38,7 +38,6 @@ EVENT_PATTERNS = ("agent.*.online", "agent.*.heartbeat", "agent.*.offline",
                   "host.*.metrics", "virt.*.domain.lifecycle", "provision.*.accepted",
                   "provision.*.progress")
 LISTING_LIMIT = 10000
-_RECONCILE = object()
 _STOP = object()
 
 
@@ -63,6 +62,8 @@ class Manager:
         self.reconcile_interval = reconcile_interval
         self.check_interval = check_interval
         self.call_timeout = call_timeout
+        #: Listings and reads are quick calls: a host silent this long is left as it was.
+        self.listing_timeout = min(call_timeout, 10.0)
         self.discovery_idle = discovery_idle
         self.multi_host_users = multi_host_users
         self.emit = emit
@@ -70,28 +71,41 @@ class Manager:
         self.on_maintenance = on_maintenance
         self.active = threading.Event()
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._listing_wanted = threading.Event()
         self.dropped = 0  # events refused as spoofed or malformed
         #: Set after each completed listing (tests and the CLI's freshness).
         self.reconciled = threading.Event()
 
     # ------------------------------------------------------------------ running
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="hostbus-manager",
-                                        daemon=True)
-        self._thread.start()
+        """The loop (events, liveness) and the lister (listings by call) on threads of
+        their own: a listing waiting on a host that just died never delays an event."""
+        self._stop.clear()
+        for target, label in ((self._run, "manager"), (self._list, "manager-lister")):
+            thread = threading.Thread(target=target, name=f"hostbus-{label}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def stop(self) -> None:
-        if self._thread is not None:
-            self._inbox.put(_STOP)
-            self._thread.join(timeout=self.call_timeout + 5)
-            self._thread = None
+        self._stop.set()
+        self._inbox.put(_STOP)
+        self._listing_wanted.set()
+        loop, lister = self._threads or (None, None)
+        if loop is not None:
+            loop.join(timeout=self.call_timeout + 5)  # the event being applied, if any
+        if lister is not None:
+            # A listing waiting on a silent host is abandoned: it only reads the fleet.
+            lister.join(timeout=1.0)
+        self._threads = []
 
     def set_active(self, active: bool) -> None:
         """Called when this instance becomes (or stops being) the active one."""
         if active:
+            self.fleet.reload()  # an instance sharing the state file may have written it
             self.active.set()
-            self._inbox.put(_RECONCILE)
+            self.reconcile_soon()
         else:
             self.active.clear()
 
@@ -100,43 +114,47 @@ class Manager:
         self._inbox.put(delivery)
 
     def reconcile_soon(self) -> None:
-        self._inbox.put(_RECONCILE)
+        self._listing_wanted.set()
 
     def _run(self) -> None:
-        due = time.monotonic() + self.reconcile_interval
         next_check = time.monotonic()
-        failures = 0
         while True:
-            wake = min(due, next_check)
             try:
-                item = self._inbox.get(timeout=max(0.0, wake - time.monotonic()))
+                item = self._inbox.get(timeout=max(0.0, next_check - time.monotonic()))
             except queue.Empty:
                 item = None
             if item is _STOP:
                 return
-            if item is _RECONCILE:
-                due = time.monotonic()
-            elif isinstance(item, Delivery):
+            if isinstance(item, Delivery):
                 self._apply(item)
-            if not self.active.is_set():
+            if time.monotonic() < next_check:
                 continue
-            now = time.monotonic()
-            if now >= due:
-                try:
-                    self.reconcile()
-                    failures = 0
-                    due = time.monotonic() + self.reconcile_interval
-                except HostbusError as exc:
-                    failures += 1
-                    wait = min(self.reconcile_interval, 2.0 ** min(failures, 6))
-                    log.warning("could not list the virt hosts (%s); again in %g s", exc, wait)
-                    due = time.monotonic() + wait
-            if now >= next_check:
+            next_check = time.monotonic() + self.check_interval
+            if self.active.is_set():
                 try:
                     self.check_liveness()
                 except HostbusError as exc:
                     log.warning("could not check the hosts' liveness: %s", exc)
-                next_check = time.monotonic() + self.check_interval
+
+    def _list(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            wait = self.reconcile_interval if failures == 0 else \
+                min(self.reconcile_interval, 2.0 ** min(failures, 6))
+            self._listing_wanted.wait(wait)
+            self._listing_wanted.clear()
+            if self._stop.is_set() or not self.active.is_set():
+                continue
+            try:
+                self.reconcile()
+                failures = 0
+            except Exception as exc:
+                if self._stop.is_set():
+                    return  # stopping: the connection or the state file closed under it
+                if not isinstance(exc, HostbusError):
+                    raise
+                failures += 1
+                log.warning("could not list the virt hosts (%s); trying again", exc)
 
     # ------------------------------------------------------------------- events
     def _apply(self, delivery: Delivery) -> None:
@@ -248,6 +266,7 @@ class Manager:
     def reconcile(self) -> int:
         """Settle every virt host that answers from its node.info and domain listing,
         and learn the XML of HA VMs. Returns how many hosts were settled."""
+        asked = self.fleet.clock()
         found = self.console.discover(filter={"agent": "virt"}, idle=self.discovery_idle)
         hosts = [a.host for a in found]
         for info in found:
@@ -258,9 +277,9 @@ class Manager:
         settled = 0
         if hosts:
             nodes = self.console.fanout("virt", "node.info", {}, hosts,
-                                        timeout=self.call_timeout)
+                                        timeout=self.listing_timeout)
             listing = self.console.query("virt", "domain", hosts=hosts, limit=LISTING_LIMIT,
-                                         timeout=self.call_timeout)
+                                         timeout=self.listing_timeout)
             node_of = {r.host: r.reply.result for r in nodes.results
                        if r.reply is not None and r.reply.ok}
             for res in listing.results:
@@ -272,7 +291,8 @@ class Manager:
                     log.warning("virt host %s has more than %d domains: not settled",
                                 res.host, len(objects))
                     continue
-                self.fleet.reconcile(res.host, well_formed(objects), node_of.get(res.host))
+                self.fleet.reconcile(res.host, well_formed(objects), node_of.get(res.host),
+                                     asked=asked)
                 settled += 1
         for vm in self.fleet.vms():
             if vm.ha and vm.host in hosts:
@@ -288,7 +308,7 @@ class Manager:
     def learn_xml(self, name: str, host: str) -> bool:
         """Keep the VM's domain XML: what restarts it elsewhere if its host dies."""
         res = self.console.call("virt", "domain.xml", {"name": name}, host=host,
-                                timeout=self.call_timeout)
+                                timeout=self.listing_timeout)
         if res.reply is None or not res.reply.ok:
             return False
         xml = (res.reply.result or {}).get("xml")

@@ -38,8 +38,9 @@ def fleet(rabbitmq, enroll, tmp_path):
                        f'agents = ["virt"]\nheartbeat_interval = 0.5\n'
                        f'state_dir = "{tmp_path / host_id}"\n[virt]\nstats_interval = 0\n'
                        f'[security]\npolicy = "{policy}"\n')
-        proc = subprocess.Popen([str(BIN / "hostbus-agent"), "--config", str(cfg)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        with open(tmp_path / f"{host_id}.log", "w") as out:
+            proc = subprocess.Popen([str(BIN / "hostbus-agent"), "--config", str(cfg)],
+                                    stdout=out, stderr=subprocess.STDOUT, text=True)
         procs.append(proc)
         return host_id, proc
 
@@ -61,8 +62,12 @@ def fleet(rabbitmq, enroll, tmp_path):
                       f'shutdown_timeout = 10.0\ntick_interval = 0.5\npolicy = "{policy}"\n')
 
     def manager() -> subprocess.Popen[str]:
-        proc = subprocess.Popen([str(BIN / "hostbus"), "manager", "--config", str(config)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        log = tmp_path / f"manager-{len(procs)}.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen([str(BIN / "hostbus"), "manager", "--config",
+                                     str(config)], stdout=out, stderr=subprocess.STDOUT,
+                                    text=True)
+        proc.log = log  # type: ignore[attr-defined]
         procs.append(proc)
         return proc
 
@@ -159,3 +164,35 @@ def test_a_host_in_maintenance_is_emptied_onto_the_other(rabbitmq, console, flee
     cli(rabbitmq, "hosts", "activate", host_a)
     hosts = {h["host"]: h["maintenance"] for h in cli(rabbitmq, "hosts", "--json")["hosts"]}
     assert hosts == {host_a: False, host_b: False}
+
+
+def test_the_standby_manager_takes_over_and_restarts_the_ha_vm(rabbitmq, console, fleet):
+    """Two instances sharing a state folder; the active one SIGKILLed, then a host: the
+    standby, now active, knows the HA flag set through the first and restarts the VM."""
+    online, restarts = EventCollector(), EventCollector()
+    console.subscribe([f"agent.{fleet['name']}.online"], online)
+    console.subscribe([f"manager.{fleet['name']}.ha.restart"], restarts)
+    host_a, agent_a = fleet["host"]()
+    host_b, _ = fleet["host"]()
+    first = fleet["manager"]()
+    online.wait_for(lambda e: True, timeout=60)
+    second = fleet["manager"]()
+    assert until(lambda: "waiting to be the active instance" in second.log.read_text(),
+                 timeout=60)
+    define(console, host_a, "ha-2")
+    assert until(lambda: "ha-2" in vms_of(rabbitmq), timeout=30)
+    cli(rabbitmq, "vm", "ha-2", "ha", "on")
+    assert cli(rabbitmq, "vms", "--json")["manager"]["active"] is True
+
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    online.wait_until(lambda events: len(events) == 2, timeout=60)  # the second serves
+    agent_a.send_signal(signal.SIGKILL)
+    agent_a.wait(timeout=30)
+    try:
+        done = restarts.wait_for(lambda e: e.data["status"] == "completed", timeout=60)
+    except AssertionError:
+        raise AssertionError(second.log.read_text()) from None  # what it did instead
+    assert (done.data["vm"], done.data["to_host"]) == ("ha-2", host_b)
+    assert [e.data["status"] for e, _ in restarts.events] == ["started", "completed"]
+    assert vms_of(rabbitmq)["ha-2"] == (host_b, "running")

@@ -109,6 +109,16 @@ def test_a_listing_settles_a_host_and_forgets_what_it_no_longer_has(tmp_path):
                                  "unallocated_memory_bytes": 15 * GIB, "vcpus_allocated": 2})
     assert [v.name for v in changed] == ["web-1"] and gone == ["old"]
     assert fleet.host("kvm01").cpus == 4 and fleet.vm("web-1").vcpus == 2
+    # A listing asked for before an event is older than it: it changes nothing the
+    # event told, and does not forget a VM the event made.
+    asked = fleet.clock() - 60
+    fleet.apply_lifecycle("kvm01", {"name": "web-1", "event": "stopped"})
+    fleet.apply_lifecycle("kvm01", {"name": "new", "event": "defined"})
+    changed, gone = fleet.reconcile("kvm01", [
+        {"name": "web-1", "uuid": "u1", "state": "running", "vcpus": 2,
+         "memory_bytes": GIB}], asked=asked)
+    assert (changed, gone) == ([], [])
+    assert fleet.vm("web-1").state == "shutoff" and fleet.vm("new") is not None
 
 
 def test_a_spoofed_event_is_dropped_and_acknowledged(tmp_path):
