@@ -18,8 +18,9 @@ from console.commands.common import (
     emit_json,
     layout,
     out,
+    usage,
 )
-from console.commands.options import json_option, table_options, timeout_option
+from console.commands.options import json_option, table_options, timeout_option, yes_option
 
 GIB = 1 << 30
 HOST_COLUMNS = ["host", "state", "maintenance", "vms", "free_vcpus", "cpus", "free_mem_gib",
@@ -137,6 +138,7 @@ def hosts(ctx: click.Context, manager_host: str | None, timeout: float | None, w
     \b
       hostbus hosts maintenance kvm01     move its VMs away, place nothing there
       hostbus hosts activate kvm01        end its maintenance
+      hostbus hosts confirm-down kvm01    it is off: restart its HA VMs elsewhere
     """
     ctx.meta["manager_host"] = manager_host
     if ctx.invoked_subcommand is not None:
@@ -189,6 +191,39 @@ def maintenance(ctx: click.Context, host: str, timeout: float | None, as_json: b
 def activate(ctx: click.Context, host: str, timeout: float | None, as_json: bool) -> Exit:
     """End HOST's maintenance: VMs may be placed there again."""
     return _maintenance(ctx, host, False, timeout, as_json)
+
+
+@hosts.command("confirm-down", epilog=EPILOG)
+@click.argument("host")
+@yes_option
+@timeout_option
+@json_option
+@click.pass_context
+def confirm_down(ctx: click.Context, host: str, yes: bool, timeout: float | None,
+                 as_json: bool) -> Exit:
+    """Tell the manager that HOST, silent, is off (powered down by hand, say), where its
+    fence step failed or there is none: its HA VMs are then started elsewhere.
+
+    Only an unresponsive host that does not answer a ping is accepted. If it still runs
+    its VMs, they will run twice and their disks be corrupted: check first.
+    """
+    import sys
+
+    if not yes:
+        what = (f"confirm that {host} is off; its HA VMs will be started on other hosts. "
+                "If it still runs them, their disks will be corrupted")
+        if not sys.stdin.isatty():
+            raise usage(f"{what}: pass --yes")
+        if not click.confirm(f"{what[0].upper()}{what[1:]}. Go on?"):
+            raise usage("cancelled")
+    result = ask_manager(ctx.obj, "confirm_down", {"host": host},
+                         ctx.meta.get("manager_host"), timeout)
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"{host} is down ({result['why']}); its HA VMs are being restarted "
+                   "elsewhere (hostbus watch 'manager.*.ha.restart')")
+    return Exit.OK
 
 
 @click.command("vms", epilog=EPILOG)

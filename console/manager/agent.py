@@ -11,7 +11,7 @@ from console.manager.actions import Actions, plan_restarts
 from console.manager.fleet import Fleet
 from console.placement import PlacementConfig
 from hostbus.errors import ErrorCode, RemoteError
-from hostbus.serving.agent import Agent, method, objects
+from hostbus.serving.agent import Agent, CallContext, method, objects
 
 
 class ManagerAgent(Agent):
@@ -20,7 +20,8 @@ class ManagerAgent(Agent):
     def __init__(self, fleet: Fleet, actions: Actions, *,
                  status: Callable[[], dict[str, Any]] = lambda: {},
                  learn_xml: Callable[[str, str], bool] = lambda name, host: False,
-                 placement: PlacementConfig | None = None) -> None:
+                 placement: PlacementConfig | None = None,
+                 confirm_down: Callable[[str, str], str] | None = None) -> None:
         """``status()`` says which instance answers and whether it is the active one;
         ``learn_xml(name, host)`` fetches a VM's XML (when it is marked HA)."""
         super().__init__()
@@ -29,6 +30,7 @@ class ManagerAgent(Agent):
         self.status = status
         self.learn_xml = learn_xml
         self.placement = placement
+        self._confirm_down = confirm_down
 
     @method()
     def hosts(self) -> dict[str, Any]:
@@ -68,6 +70,15 @@ class ManagerAgent(Agent):
         if enabled:
             self.actions.evacuate(host)
         return {**after.to_dict(), "vms": len(self.fleet.vms(host))}
+
+    @method()
+    def confirm_down(self, host: str, ctx: CallContext) -> dict[str, Any]:
+        if self._confirm_down is None:
+            raise RemoteError(ErrorCode.UNSUPPORTED, "this manager cannot confirm hosts down")
+        why = self._confirm_down(host, ctx.caller or "an unknown caller")
+        h = self.fleet.host(host)
+        assert h is not None
+        return {**h.to_dict(), "why": why, "vms": len(self.fleet.vms(host))}
 
     @method()
     def plan(self, host_down: str) -> dict[str, Any]:

@@ -161,7 +161,8 @@ class ManagerService:
             on_down=self.actions.restart_ha, on_maintenance=self.actions.evacuate)
         self.agent = ManagerAgent(fleet, self.actions, status=self.status,
                                   learn_xml=self.manager.learn_xml,
-                                  placement=cfg["placement_config"])
+                                  placement=cfg["placement_config"],
+                                  confirm_down=self.manager.confirm_down)
 
     def _on_event(self, delivery: Any) -> None:
         self.manager.on_event(delivery)

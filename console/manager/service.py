@@ -27,7 +27,7 @@ from console.manager.fencing import Fencer
 from console.manager.fleet import DOWN, ONLINE, UNRESPONSIVE, Fleet
 from console.provisioner.tracker import well_formed
 from hostbus.envelope import Event, parse_event
-from hostbus.errors import HostbusError, RemoteError
+from hostbus.errors import ErrorCode, HostbusError, RemoteError
 from hostbus.transport.base import Delivery
 
 log = logging.getLogger("hostbus.manager")
@@ -38,6 +38,8 @@ EVENT_PATTERNS = ("agent.*.online", "agent.*.heartbeat", "agent.*.offline",
                   "host.*.metrics", "virt.*.domain.lifecycle", "provision.*.accepted",
                   "provision.*.progress")
 LISTING_LIMIT = 10000
+#: Longest wait before fencing a silent host again after a failed attempt.
+FENCE_RETRY_MAX_S = 300.0
 _STOP = object()
 
 
@@ -75,6 +77,7 @@ class Manager:
         self._stop = threading.Event()
         self._listing_wanted = threading.Event()
         self.dropped = 0  # events refused as spoofed or malformed
+        self._retry: dict[str, tuple[int, float]] = {}  # host -> (failed fences, next try)
         #: Set after each completed listing (tests and the CLI's freshness).
         self.reconciled = threading.Event()
 
@@ -238,8 +241,10 @@ class Manager:
                 self._changed(before, after.state, after.why)
         for h in self.fleet.hosts():
             if h.state == UNRESPONSIVE and now - h.last_seen > h.heartbeat_interval + \
-                    self.heartbeat_grace:
+                    self.heartbeat_grace and now >= self._retry.get(h.host, (0, 0.0))[1]:
                 self._confirm(h.host)
+            elif h.state != UNRESPONSIVE:
+                self._retry.pop(h.host, None)
 
     def _confirm(self, host: str) -> None:
         res = self.console.call("agent", "ping", {}, host=host, timeout=self.ping_timeout)
@@ -249,6 +254,10 @@ class Manager:
             return
         fenced, how = self.fencer.fence(host)
         if not fenced:
+            # Again later, backing off: a fence command is a power switch, not a probe.
+            failures = self._retry.get(host, (0, 0.0))[0] + 1
+            self._retry[host] = (failures, self.fleet.clock() + min(
+                FENCE_RETRY_MAX_S, self.check_interval * 2.0 ** failures))
             why = f"silent and unanswered ping, but the fence step failed: {how}"
             before, after = self.fleet.update_host(host, why=why)
             if before is None or before.why != why:
@@ -261,6 +270,33 @@ class Manager:
                                   f"{self.ping_timeout:g} s; {how}")
         self._changed(before, DOWN, after.why)
         self.on_down(host)
+
+    def confirm_down(self, host: str, who: str) -> str:
+        """An operator says the host is off (the way one confirms a host was rebooted
+        when no fence step can): after a ping goes unanswered, it is ``down`` and its HA
+        VMs restart elsewhere. Raises ``RemoteError`` when that would be wrong."""
+        h = self.fleet.host(host)
+        if h is None:
+            raise RemoteError(ErrorCode.NOT_FOUND, f"the manager knows no virt host {host!r}")
+        if h.state == DOWN:
+            return h.why
+        if h.state != UNRESPONSIVE:
+            raise RemoteError(ErrorCode.CONFLICT,
+                              f"{host} is {h.state}, not unresponsive: only a silent host can "
+                              "be confirmed down (to empty a working host, put it in "
+                              "maintenance)", {"state": h.state})
+        res = self.console.call("agent", "ping", {}, host=host, timeout=self.ping_timeout)
+        if res.reply is not None:
+            before, after = self.fleet.seen(host)
+            self._changed(before, after.state, "it answered a ping")
+            raise RemoteError(ErrorCode.CONFLICT, f"{host} answered a ping just now: it is "
+                                                  "up, so it is not confirmed down")
+        why = f"confirmed down by {who} (no answer to a ping within {self.ping_timeout:g} s)"
+        before, after = self.fleet.update_host(host, state=DOWN, why=why)
+        log.warning("host %s %s", host, why)
+        self._changed(before, DOWN, why)
+        self.on_down(host)
+        return why
 
     # ---------------------------------------------------------------- listings
     def reconcile(self) -> int:

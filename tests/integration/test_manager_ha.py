@@ -61,7 +61,10 @@ def fleet(rabbitmq, enroll, tmp_path):
                       'reconcile_interval = 3600.0\ncall_timeout = 20.0\n'
                       f'shutdown_timeout = 10.0\ntick_interval = 0.5\npolicy = "{policy}"\n')
 
-    def manager() -> subprocess.Popen[str]:
+    def manager(extra: str = "") -> subprocess.Popen[str]:
+        """A manager instance; ``extra``: more [manager] keys."""
+        if extra:
+            config.write_text(config.read_text() + extra)
         log = tmp_path / f"manager-{len(procs)}.log"
         with open(log, "w") as out:
             proc = subprocess.Popen([str(BIN / "hostbus"), "manager", "--config",
@@ -82,10 +85,12 @@ def fleet(rabbitmq, enroll, tmp_path):
     rabbitmq.admin.revoke(name)
 
 
-def cli(rabbitmq, *args: str) -> Any:
+def cli(rabbitmq, *args: str, code: int = 0) -> Any:
     done = subprocess.run([str(BIN / "hostbus"), "--url", rabbitmq.url, *args],
                           capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, f"hostbus {' '.join(args)}: {done.stdout}{done.stderr}"
+    assert done.returncode == code, f"hostbus {' '.join(args)}: {done.stdout}{done.stderr}"
+    if code:
+        return done.stderr
     return json.loads(done.stdout) if "--json" in args else done.stdout
 
 
@@ -196,3 +201,35 @@ def test_the_standby_manager_takes_over_and_restarts_the_ha_vm(rabbitmq, console
     assert (done.data["vm"], done.data["to_host"]) == ("ha-2", host_b)
     assert [e.data["status"] for e, _ in restarts.events] == ["started", "completed"]
     assert vms_of(rabbitmq)["ha-2"] == (host_b, "running")
+
+
+def test_a_failed_fence_restarts_nothing_until_an_operator_confirms(rabbitmq, console, fleet):
+    events = EventCollector()
+    console.subscribe([f"manager.{fleet['name']}.#"], events)
+    host_a, agent_a = fleet["host"]()
+    host_b, _ = fleet["host"]()
+    fleet["manager"]('fence_command = ["false"]\n')
+    assert until(lambda: len(console.discover(filter={"agent": "manager"})) == 1, timeout=60)
+    define(console, host_a, "ha-3")
+    assert until(lambda: "ha-3" in vms_of(rabbitmq), timeout=30)
+    cli(rabbitmq, "vm", "ha-3", "ha", "on")
+    # A working host cannot be confirmed down.
+    assert "is online, not unresponsive" in cli(rabbitmq, "hosts", "confirm-down", host_b,
+                                                "--yes", code=1)
+    agent_a.send_signal(signal.SIGKILL)
+    agent_a.wait(timeout=30)
+    failed = events.wait_for(lambda e: e.event == "host.fence_failed", timeout=60)
+    assert failed.data == {"host": host_a, "error": "fence command false exited 1"}
+    hosts = {h["host"]: h for h in cli(rabbitmq, "hosts", "--json")["hosts"]}
+    assert hosts[host_a]["state"] == "unresponsive"
+    assert "the fence step failed" in hosts[host_a]["why"]
+    assert not [e for e, _ in events.events if e.event == "ha.restart"]
+    on_b = console.query("virt", "domain", hosts=[host_b], timeout=10).results[0]
+    assert on_b.reply.result["objects"] == []
+
+    out = cli(rabbitmq, "hosts", "confirm-down", host_a, "--yes")
+    assert f"{host_a} is down (confirmed down by guest" in out
+    done = events.wait_for(lambda e: e.event == "ha.restart" and
+                           e.data["status"] == "completed", timeout=60)
+    assert (done.data["vm"], done.data["to_host"]) == ("ha-3", host_b)
+    assert vms_of(rabbitmq)["ha-3"] == (host_b, "running")

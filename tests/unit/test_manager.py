@@ -185,6 +185,13 @@ def test_a_silent_host_is_pinged_and_fenced_before_it_counts_as_down(tmp_path, f
     if fence == ["false"]:
         assert emitted.named("host.fence_failed")[0]["host"] == "kvm01"
         assert "fence command false exited 1" in fleet.host("kvm01").why
+        # Fenced again only after a backoff (a fence is a power switch), told once.
+        manager.check_liveness()
+        assert console.pinged == ["kvm01"]
+        clock.now += 2.5
+        manager.check_liveness()
+        assert console.pinged == ["kvm01", "kvm01"]
+        assert len(emitted.named("host.fence_failed")) == 1
     # A heartbeat brings a host back whatever it was.
     manager.apply(heartbeat("kvm01", seq=2))
     assert fleet.host("kvm01").state == ONLINE
