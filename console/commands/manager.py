@@ -103,23 +103,41 @@ def manager(ctx: click.Context, config_file: str | None, check_config: bool) -> 
 
 
 @manager.command("plan", epilog=EPILOG)
-@click.option("--host-down", required=True, metavar="HOST",
-              help="What losing this host now would do to its VMs.")
+@click.option("--policy", type=click.Choice(["host_down", "even_distribution", "power_saving"]),
+              default=None, help="What to plan (default: host_down with --host-down, else "
+                                 "even_distribution).")
+@click.option("--host-down", metavar="HOST", help="What losing this host now would do to "
+                                                  "its VMs.")
 @manager_option
 @timeout_option
 @table_options
 @json_option
 @click.pass_obj
-def plan(ctx: CliContext, host_down: str, manager_host: str | None, timeout: float | None,
-         wide: bool, columns: tuple[str, ...], as_json: bool) -> Exit:
-    """Show the moves the manager would make, and why, without making any."""
-    result = ask_manager(ctx, "plan", {"host_down": host_down}, manager_host, timeout)
+def plan(ctx: CliContext, policy: str | None, host_down: str | None,
+         manager_host: str | None, timeout: float | None, wide: bool,
+         columns: tuple[str, ...], as_json: bool) -> Exit:
+    """Show the moves the manager would make, and why, without making any.
+
+    \b
+      hostbus manager plan --host-down kvm01          its HA VMs restarted where
+      hostbus manager plan --policy even_distribution off hosts above the threshold
+      hostbus manager plan --policy power_saving      hosts it would empty and stand by
+    """
+    policy = policy or ("host_down" if host_down else "even_distribution")
+    if policy == "host_down" and not host_down:
+        raise usage("--policy host_down needs --host-down HOST")
+    result = ask_manager(ctx, "plan", {"policy": policy, "host_down": host_down},
+                         manager_host, timeout)
     if as_json:
         emit_json(result)
         return Exit.OK
-    rows = [{"vm": m["vm"], "ha": m["ha"], "to_host": m["to_host"] or "-", "why": m["why"]}
-            for m in result["moves"]]
-    _table(rows, ["vm", "ha", "to_host", "why"], wide, columns, "VM")
+    rows = [{"vm": m["vm"], "from_host": m["from_host"], "to_host": m["to_host"],
+             "ha": "yes" if m["ha"] else "", "why": m["why"]} for m in result["moves"]]
+    rows += [{"vm": m["vm"], "from_host": "", "to_host": "-", "ha": "", "why": m["why"]}
+             for m in result["left"]]
+    _table(rows, ["vm", "from_host", "to_host", "ha", "why"], wide, columns, "VM")
+    if result["standby"]:
+        click.echo(f"standby afterwards: {', '.join(result['standby'])}")
     return Exit.OK
 
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from console.manager.actions import Actions, plan_restarts
+from console.manager.actions import Actions
 from console.manager.fleet import Fleet
+from console.manager.policies import Thresholds, plan
 from console.placement import PlacementConfig
 from hostbus.errors import ErrorCode, RemoteError
 from hostbus.serving.agent import Agent, CallContext, method, objects
@@ -21,7 +22,8 @@ class ManagerAgent(Agent):
                  status: Callable[[], dict[str, Any]] = lambda: {},
                  learn_xml: Callable[[str, str], bool] = lambda name, host: False,
                  placement: PlacementConfig | None = None,
-                 confirm_down: Callable[[str, str], str] | None = None) -> None:
+                 confirm_down: Callable[[str, str], str] | None = None,
+                 thresholds: Thresholds | None = None) -> None:
         """``status()`` says which instance answers and whether it is the active one;
         ``learn_xml(name, host)`` fetches a VM's XML (when it is marked HA)."""
         super().__init__()
@@ -31,6 +33,7 @@ class ManagerAgent(Agent):
         self.learn_xml = learn_xml
         self.placement = placement
         self._confirm_down = confirm_down
+        self.thresholds = thresholds or Thresholds()
 
     @method()
     def hosts(self) -> dict[str, Any]:
@@ -80,13 +83,16 @@ class ManagerAgent(Agent):
         assert h is not None
         return {**h.to_dict(), "why": why, "vms": len(self.fleet.vms(host))}
 
-    @method()
-    def plan(self, host_down: str) -> dict[str, Any]:
-        if self.fleet.host(host_down) is None:
+    @method("plan")
+    def plan_moves(self, policy: str, host_down: str | None) -> dict[str, Any]:
+        if policy == "host_down" and host_down is None:
+            raise RemoteError(ErrorCode.INVALID_ARGS, "policy host_down needs host_down: the "
+                              "host whose loss to plan", {"path": "args.host_down"})
+        if host_down is not None and self.fleet.host(host_down) is None:
             raise RemoteError(ErrorCode.NOT_FOUND, f"the manager knows no virt host "
                                                    f"{host_down!r}")
-        return {"host_down": host_down, "moves": plan_restarts(self.fleet, host_down,
-                                                                 config=self.placement)}
+        return plan(self.fleet, policy, host_down=host_down, thresholds=self.thresholds,
+                    config=self.placement)
 
     @objects("vm")
     def vm_objects(self) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from console.manager.actions import Actions
 from console.manager.agent import ManagerAgent
 from console.manager.fencing import Fencer
 from console.manager.fleet import Fleet
+from console.manager.policies import Thresholds
 from console.manager.service import EVENT_PATTERNS, Manager
 from console.placement import PlacementConfig
 from console.services import wait_for_stop
@@ -59,6 +60,8 @@ DEFAULTS: dict[str, Any] = {
         "policy": "",
         "audit_log": "",
     },
+    "policies": {"balance_memory_threshold": 0.8, "balance_cpu_threshold": 0.8,
+                 "power_saving_threshold": 0.2},
     "placement": {},
     "security": {"signing_key": "", "multi_host_users": ["guest"]},
     "tracing": {"otlp_endpoint": ""},
@@ -78,6 +81,14 @@ def load_config(path: str | None) -> dict[str, Any]:
     for key, low in _MINIMUMS.items():
         if float(m[key]) < low:
             raise ConfigError(f"[manager] {key} = {m[key]}: give at least {low:g} (seconds)")
+    for key, value in cfg["policies"].items():
+        if not 0 < float(value) <= 1:
+            raise ConfigError(f"[policies] {key} = {value}: give a fraction above 0 and at "
+                              "most 1 (0.8 is 80%)")
+    p = cfg["policies"]
+    cfg["thresholds"] = Thresholds(balance_memory=float(p["balance_memory_threshold"]),
+                                   balance_cpu=float(p["balance_cpu_threshold"]),
+                                   power_saving=float(p["power_saving_threshold"]))
     if not all(isinstance(a, str) and a for a in m["fence_command"]):
         raise ConfigError("[manager] fence_command: a list of words, program first, such as "
                           '["ipmitool", "-H", "{host}-ipmi", "chassis", "power", "off"]')
@@ -162,7 +173,8 @@ class ManagerService:
         self.agent = ManagerAgent(fleet, self.actions, status=self.status,
                                   learn_xml=self.manager.learn_xml,
                                   placement=cfg["placement_config"],
-                                  confirm_down=self.manager.confirm_down)
+                                  confirm_down=self.manager.confirm_down,
+                                  thresholds=cfg["thresholds"])
 
     def _on_event(self, delivery: Any) -> None:
         self.manager.on_event(delivery)

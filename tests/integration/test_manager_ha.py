@@ -121,8 +121,9 @@ def test_a_killed_hosts_ha_vm_runs_on_the_other_host_once(rabbitmq, console, fle
     assert "HA on" in cli(rabbitmq, "vm", "ha-1", "ha", "on")
     hosts = {h["host"]: h["state"] for h in cli(rabbitmq, "hosts", "--json")["hosts"]}
     assert hosts == {host_a: "online", host_b: "online"}
-    assert [m["to_host"] for m in cli(rabbitmq, "manager", "plan", "--host-down", host_a,
-                                      "--json")["moves"]] == [host_b, None]
+    planned = cli(rabbitmq, "manager", "plan", "--host-down", host_a, "--json")
+    assert [(m["vm"], m["to_host"]) for m in planned["moves"]] == [("ha-1", host_b)]
+    assert [m["vm"] for m in planned["left"]] == ["plain-1"]
 
     agent_a.send_signal(signal.SIGKILL)  # the host dies with its hypervisor
     agent_a.wait(timeout=30)
