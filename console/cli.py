@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from console.commands.argv import hoist_root_options, refuse_repeated_options
 from console.commands.common import (
     EPILOG,
     CliContext,
@@ -45,6 +46,8 @@ COMMANDS: dict[str, str] = {
     "historian": "console.commands.history:historian",
     "history": "console.commands.history:history",
     "exporter": "console.commands.exporter:exporter",
+    "reactor": "console.commands.reactor:reactor",
+    "health": "console.commands.reactor:health",
     "manager": "console.commands.manager:manager",
     "hosts": "console.commands.manager:hosts",
     "vms": "console.commands.manager:vms",
@@ -70,6 +73,11 @@ class RootGroup(click.Group):
             return getattr(importlib.import_module(module), attr)
         plugin = self._plugins().get(cmd_name)
         return plugin.load() if plugin is not None else None
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        args = hoist_root_options(self, ctx, args)
+        refuse_repeated_options(self, ctx, args)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         with exit_on_error():
@@ -112,7 +120,7 @@ def main() -> None:
     cli(prog_name="hostbus")
 
 
-__all__ = ["Exit", "cli", "main"]
+__all__ = ["Exit", "cli", "hoist_root_options", "main"]
 
 if __name__ == "__main__":
     main()

@@ -53,6 +53,7 @@ from hostbus.schema import (
 )
 from hostbus.transport import connect
 from hostbus.transport.base import Delivery, Properties, Transport
+from hostbus.transport.url import check_resolvable
 
 if TYPE_CHECKING:
     from hostbus.security.signing import Signer, Verifier
@@ -107,16 +108,36 @@ class HostResult:
 
     @property
     def status(self) -> str:
+        """ok, error, no_reply, not_enrolled, or pending: parked on the host until a
+        second person approves it (its reply comes then, see ``Console.await_decisions``)."""
         if self.not_enrolled is not None:
             return "not_enrolled"
         if self.reply is None:
             return "no_reply"
-        return "ok" if self.reply.ok else "error"
+        if self.reply.ok:
+            return "ok"
+        return "pending" if self.approval is not None else "error"
+
+    @property
+    def approval(self) -> dict[str, Any] | None:
+        """The approval this request waits for (``approval_id``, ``expires``, ``rule``),
+        if the host parked it. An agent that cannot take approvals also answers
+        ``approval_required``, without an approval id: that is an error."""
+        if self.reply is None or self.reply.error is None:
+            return None
+        error = self.reply.error
+        details = error.get("details") or {}
+        if error.get("code") != ErrorCode.APPROVAL_REQUIRED.value or \
+                not details.get("approval_id"):
+            return None
+        return dict(details)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"host": self.host, "status": self.status}
         if self.request_id is not None:
             out["request_id"] = self.request_id
+        if self.approval is not None:
+            out["approval_id"] = self.approval["approval_id"]
         if self.not_enrolled is not None:
             out["error"] = {"message": self.not_enrolled}
         if self.reply is not None:
@@ -144,6 +165,7 @@ class FanoutResult:
                 "failed": len(self.by_status("error")),
                 "no_reply": len(self.by_status("no_reply")),
                 "not_enrolled": len(self.by_status("not_enrolled")),
+                "pending": len(self.by_status("pending")),
                 "elapsed_ms": round(self.elapsed_ms, 1)}
 
 
@@ -309,6 +331,9 @@ class Console:
         self.schemas = dict(schemas or {})
         self._specs: dict[tuple[str, str], MethodSpec] = {}
         self._pending: dict[str, queue.SimpleQueue[Any]] = {}
+        # Where the later replies of requests parked for approval go (fanout's
+        # keep_parked), until await_decisions reads them.
+        self._decisions: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._reply_queue: str | None = None
         self._notices: dict[str, Callable[[str], None]] = {}  # subscription -> on_notice
@@ -327,6 +352,7 @@ class Console:
 
     @classmethod
     def connect(cls, url: str, *, connect_timeout: float = 5.0, **kwargs: Any) -> Console:
+        check_resolvable(url)  # a typo in the host: said now, not after retries
         transport = connect(url, connection_name="hostbus-console",
                             connect_timeout=connect_timeout, reconnect=True)
         transport.start()
@@ -542,10 +568,12 @@ class Console:
     def fanout(
         self, agent: str, method: str, args: dict[str, Any], hosts: list[str], *,
         timeout: float = 10.0, batch: int = 0,
-        on_result: Callable[[HostResult], None] | None = None,
+        on_result: Callable[[HostResult], None] | None = None, keep_parked: bool = False,
     ) -> FanoutResult:
         """Send to each host (at most ``batch`` outstanding; 0 = all at once) and collect
-        replies concurrently until all answered or ``timeout`` passed since the last send."""
+        replies concurrently until all answered or ``timeout`` passed since the last send.
+        With ``keep_parked`` the console goes on listening for the outcome of requests
+        parked for approval (status pending): ``await_decisions`` waits for it."""
         for host in hosts:
             names.validate_host_id(host)
         self.check_args(agent, method, args)
@@ -556,6 +584,7 @@ class Console:
         sent: dict[str, tuple[str, float]] = {}  # message id -> (host, send time)
         results: dict[str, HostResult] = {}
         rejected: dict[str, HostResult] = {}  # failed verification: used if nothing better
+        parked: set[str] = set()  # request ids kept for await_decisions
         next_i = 0
         deadline = time.monotonic() + timeout
 
@@ -586,6 +615,9 @@ class Console:
                         send_more()
                     continue
                 reply, at = item
+                if reply.correlation_id in parked:  # decided before we moved it
+                    self._decisions.put(item)
+                    continue
                 origin = sent.get(reply.correlation_id)
                 if origin is None or origin[0] in results:
                     continue
@@ -600,11 +632,15 @@ class Console:
                     rejected.setdefault(host, res)
                     continue
                 results[host] = res
+                if keep_parked and res.status == "pending":
+                    with self._lock:  # its decision, whenever it comes, is kept
+                        self._pending[reply.correlation_id] = self._decisions
+                    parked.add(reply.correlation_id)
                 if on_result is not None:
                     on_result(res)
                 send_more()
         finally:
-            self._forget(sent)
+            self._forget(mid for mid in sent if mid not in parked)
         ordered = []
         request_ids = {host: mid for mid, (host, _) in sent.items()}
         for host in todo:
@@ -614,6 +650,35 @@ class Console:
                 on_result(res)
             ordered.append(res)
         return FanoutResult(ordered, (time.perf_counter() - started) * 1000)
+
+    def await_decisions(self, parked: list[HostResult], *, until: float,
+                        on_result: Callable[[HostResult], None] | None = None
+                        ) -> list[HostResult]:
+        """The outcomes of requests a ``fanout(keep_parked=True)`` left pending: each
+        host's second reply (its result once approved; ``unauthorized`` if denied,
+        ``expired`` if nobody decided), as they come, until ``until`` (monotonic).
+        Those still undecided then are returned as they were."""
+        waiting = {r.request_id: r for r in parked if r.status == "pending" and r.request_id}
+        decided: dict[str, HostResult] = {}
+        try:
+            while len(decided) < len(waiting):
+                item = self._next_reply(self._decisions, until)
+                if item is None:
+                    break
+                if isinstance(item, _Unroutable):
+                    continue
+                reply, _at = item
+                mid = reply.correlation_id or ""
+                first = waiting.get(mid)
+                if first is None or mid in decided or reply.host != first.host \
+                        or reply.rejected:
+                    continue
+                decided[mid] = HostResult(first.host, reply, first.elapsed_ms, mid)
+                if on_result is not None:
+                    on_result(decided[mid])
+        finally:
+            self._forget(waiting)
+        return [decided.get(r.request_id or "", r) for r in parked]
 
     # --------------------------------------------------------------- discovery
     def discover(

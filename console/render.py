@@ -27,7 +27,8 @@ from rich.text import Text
 from console.client import AgentInfo, FanoutResult, HostResult
 from hostbus.envelope import Event
 
-STATUS_STYLE = {"ok": "green", "error": "red", "no_reply": "yellow", "not_enrolled": "magenta"}
+STATUS_STYLE = {"ok": "green", "error": "red", "no_reply": "yellow", "not_enrolled": "magenta",
+                "pending": "cyan"}
 
 # Columns of free text: the only ones a table may shorten to fit (with an ellipsis).
 FREE_TEXT = frozenset({"cmdline", "description", "fields", "facts", "outcome", "message",
@@ -262,6 +263,8 @@ def print_host_result(out: RichConsole, res: HostResult, layout: Layout | None =
               highlight=False)
     if res.not_enrolled is not None:
         out.print(f"  {escape(res.not_enrolled)}", style="magenta", highlight=False)
+    elif res.approval is not None:
+        out.print(f"  {escape(pending_text(res.approval))}", style="cyan", highlight=False)
     elif res.reply is None:
         out.print("  no reply before the timeout", style="yellow")
     elif res.reply.error is not None:
@@ -269,25 +272,45 @@ def print_host_result(out: RichConsole, res: HostResult, layout: Layout | None =
         out.print(f"  {escape(str(err['code']))}: {escape(str(err['message']))}", style="red",
                   highlight=False)
     elif res.reply.result is not None:
+        if res.reply.result.get("dry_run") is True:
+            out.print("  dry run: nothing was done, only logged on the host (its "
+                      "power_control or similar setting is \"dry-run\")", style="yellow",
+                      highlight=False)
         print_result(out, res.reply.result, layout)
+
+
+def pending_text(approval: dict[str, Any]) -> str:
+    """What a requester is told about a call parked for approval: its id and how it
+    gets approved."""
+    aid = approval["approval_id"]
+    rule = f" (rule {approval['rule']!r})" if approval.get("rule") else ""
+    until = f" before {approval['expires']}" if approval.get("expires") else ""
+    return (f"waits for approval {aid}{rule}: another person runs `hostbus approvals "
+            f"approve {aid}`{until}; it runs then. --wait-approval waits for its result")
 
 
 def print_summary(out: RichConsole, result: FanoutResult, interrupted: int = 0) -> None:
     """The counts, then the hosts that failed or stayed silent, by name (and with
     ``interrupted``, how many were still being waited for)."""
     s = result.summary
-    out.print(
-        f"{s['hosts']} host{'s' if s['hosts'] != 1 else ''}: [green]{s['ok']} ok[/green], "
-        f"[red]{s['failed']} failed[/red], [yellow]{s['no_reply']} no reply[/yellow] "
-        + (f"[magenta]{s['not_enrolled']} not enrolled[/magenta] " if s["not_enrolled"]
-           else "")
-        + f"in {s['elapsed_ms']:.1f} ms", highlight=False,
-    )
+    counts = [f"[green]{s['ok']} ok[/green]", f"[red]{s['failed']} failed[/red]",
+              f"[yellow]{s['no_reply']} no reply[/yellow]"]
+    if s.get("not_enrolled"):
+        counts.append(f"[magenta]{s['not_enrolled']} not enrolled[/magenta]")
+    if s.get("pending"):
+        counts.append(f"[cyan]{s['pending']} pending approval[/cyan]")
+    out.print(f"{s['hosts']} host{'s' if s['hosts'] != 1 else ''}: {', '.join(counts)} "
+              f"in {s['elapsed_ms']:.1f} ms", highlight=False)
     failed = [r for r in result.results if r.status == "error"]
     if failed:
         out.print("[red]failed:[/red] " + ", ".join(
             f"{escape(r.host)} ({escape(str((r.reply.error or {}).get('code')))})"
             for r in failed if r.reply is not None), highlight=False)
+    pending = [r for r in result.results if r.approval is not None]
+    if pending:
+        out.print("[cyan]pending approval:[/cyan] " + ", ".join(
+            f"{escape(r.host)} ({escape(str(r.approval['approval_id']))})"
+            for r in pending if r.approval is not None), highlight=False)
     silent = [r.host for r in result.results if r.status == "no_reply"]
     if silent:
         out.print(f"[yellow]no reply:[/yellow] {escape(', '.join(silent))}", highlight=False)

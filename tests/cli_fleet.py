@@ -15,6 +15,7 @@ from agents.host.power import RecordingPower
 from console.cli import cli
 from console.client import Console
 from console.commands.common import CliContext
+from hostbus.security.signing import Signer
 from hostbus.serving.agent import Agent
 from hostbus.serving.runtime import AgentRuntime
 from hostbus.transport.memory import MemoryBroker, MemoryTransport
@@ -33,6 +34,8 @@ class Fleet:
     power: dict[str, RecordingPower] = field(default_factory=dict)
     consoles: list[Console] = field(default_factory=list)
     user: str = "console"
+    #: Keys the CLI's console signs with, by user (none: unsigned requests).
+    signers: dict[str, Signer] = field(default_factory=dict)
 
     def add(self, host_id: str, facts: dict[str, Any] | None = None,
             agent_kw: dict[str, Any] | None = None, agents: list[Agent] | None = None,
@@ -57,7 +60,7 @@ class Fleet:
         """The console factory the CLI is given instead of a broker connection."""
         transport = MemoryTransport(self.broker, user=self.user)
         transport.start()
-        console = Console(transport, validate=validate)
+        console = Console(transport, validate=validate, signer=self.signers.get(self.user))
         console.open()
         self.consoles.append(console)
         return console

@@ -13,12 +13,13 @@ import click
 
 from console.args import method_help, parse_pairs
 from console.commands.common import (
-    EPILOG,
+    FANOUT,
     CliContext,
     CliError,
     Exit,
     check_columns,
     emit_json,
+    exits,
     layout,
     out,
     progress,
@@ -50,7 +51,8 @@ def _method_spec(agent: str, method: str) -> Any:
     return method_spec(agent, method)
 
 
-@click.command(add_help_option=False, epilog=EPILOG)
+@exits(*FANOUT, Exit.NOT_ENROLLED, Exit.PENDING)
+@click.command(add_help_option=False)
 @click.argument("target", required=False, metavar="AGENT.METHOD",
                 shell_complete=complete_method)
 @click.argument("pairs", nargs=-1, metavar="[KEY=VALUE]...", shell_complete=complete_argument)
@@ -67,6 +69,10 @@ def _method_spec(agent: str, method: str) -> Any:
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before a dangerous method.")
 @click.option("--no-validate", is_flag=True,
               help="Send even if the local schema does not know the method or arguments.")
+@click.option("--wait-approval", is_flag=True,
+              help="When a host parks the call for a second person's approval (exit 7, "
+                   "pending), wait until it is decided and print its result (until the "
+                   "approval expires; Ctrl-C stops waiting, the call stays parked).")
 @discovery_options
 @click.option("--display", type=click.Choice(["all", "ok", "failed"]), default="all",
               show_default=True,
@@ -83,7 +89,8 @@ def _method_spec(agent: str, method: str) -> Any:
 def call(click_ctx: click.Context, target: str | None, pairs: tuple[str, ...],
          hosts: tuple[str, ...], hosts_from: str | None, all_hosts: bool,
          subset: tuple[int, bool] | None, batch: int, batch_sleep: float | None, yes: bool,
-         no_validate: bool, where: tuple[str, ...], idle: float | None, timeout: float | None,
+         no_validate: bool, wait_approval: bool, where: tuple[str, ...], idle: float | None,
+         timeout: float | None,
          display: str, collect: bool, wide: bool, columns: tuple[str, ...], as_json: bool,
          show_help: bool) -> Exit:
     """Call AGENT.METHOD on one host, a list, or every matching host.
@@ -95,7 +102,9 @@ def call(click_ctx: click.Context, target: str | None, pairs: tuple[str, ...],
       hostbus call host.processes --help      (the method's arguments)
       hostbus agents --where role=web --json | hostbus call host.identify --hosts-from -
     Each host's result is printed as it arrives, with its request id (the id in the
-    host's audit log); Ctrl-C prints what arrived and exits 130.
+    host's audit log); Ctrl-C prints what arrived and exits 130. A call the host's
+    policy parks for a second person's approval is pending (exit 7): the approval id is
+    printed, someone else approves it, and it runs then; --wait-approval waits for that.
     """
     ctx: CliContext = click_ctx.obj
     if show_help or target is None:
@@ -148,7 +157,7 @@ def call(click_ctx: click.Context, target: str | None, pairs: tuple[str, ...],
     try:
         try:
             result = _fanout(console, agent, method, args, selected, ctx.timeout(timeout),
-                             batch, batch_sleep, on_result)
+                             batch, batch_sleep, on_result, wait_approval)
         finally:
             stop()
     except KeyboardInterrupt:
@@ -157,6 +166,12 @@ def call(click_ctx: click.Context, target: str | None, pairs: tuple[str, ...],
                        interrupted=len(selected) - len(arrived))
         raise CliError(Exit.INTERRUPTED, f"interrupted: {len(arrived)} of "
                                          f"{len(selected)} hosts answered") from None
+    if wait_approval and result.by_status("pending"):
+        result = _await_approval(console, result, as_json,
+                                 on_result if not collect else (lambda _r: None),
+                                 lambda partial: _print_results(
+                                     agent, method, partial, as_json, collect, display,
+                                     console_out, fit))
     _print_results(agent, method, result, as_json, collect, display, console_out, fit)
     if not as_json:
         _warn_unknown_columns(columns, result)
@@ -183,14 +198,64 @@ def _print_results(agent: str, method: str, result: FanoutResult, as_json: bool,
     print_summary(console_out, result, interrupted)
 
 
+APPROVAL_GRACE_S = 30.0  # past an approval's expiry: the agent's "expired" reply
+
+
+def _await_approval(console: Console, result: FanoutResult, as_json: bool,
+                    on_result: Callable[[HostResult], None],
+                    on_interrupt: Callable[[FanoutResult], None]) -> FanoutResult:
+    """--wait-approval: the fan-out's result with each pending call replaced by its
+    outcome, as it is decided (until the last approval expires)."""
+    from datetime import UTC, datetime
+
+    from console.client import FanoutResult
+
+    pending = result.by_status("pending")
+    left = 0.0
+    for res in pending:
+        assert res.approval is not None
+        try:
+            expires = datetime.fromisoformat(str(res.approval.get("expires")))
+            left = max(left, (expires - datetime.now(UTC)).total_seconds())
+        except (TypeError, ValueError):  # no expiry said: the agents' default, 1 h
+            left = max(left, 3600.0)
+    if not as_json:
+        ids = ", ".join(f"{r.host} ({r.approval['approval_id']})" for r in pending
+                        if r.approval is not None)
+        click.echo(f"hostbus: waiting for approval of {ids}; Ctrl-C stops waiting (the "
+                   "call stays parked)", err=True)
+    started = time.perf_counter()
+    decided: list[HostResult] = []
+
+    def merged() -> FanoutResult:
+        by_id = {r.request_id: r for r in decided}
+        return FanoutResult([by_id.get(r.request_id, r) for r in result.results],
+                            result.elapsed_ms + (time.perf_counter() - started) * 1000)
+
+    def on_decided(res: HostResult) -> None:
+        decided.append(res)
+        on_result(res)
+
+    try:
+        console.await_decisions(pending, until=time.monotonic() + left + APPROVAL_GRACE_S,
+                                on_result=on_decided)
+    except KeyboardInterrupt:
+        on_interrupt(merged())
+        raise CliError(Exit.INTERRUPTED, "stopped waiting: what is still pending stays "
+                                         "parked until it is approved or expires") from None
+    return merged()
+
+
 def _fanout(console: Console, agent: str, method: str, args: dict[str, Any],
             hosts: list[str], timeout: float, batch: int, batch_sleep: float | None,
-            on_result: Callable[[HostResult], None]) -> FanoutResult:
+            on_result: Callable[[HostResult], None], keep_parked: bool = False
+            ) -> FanoutResult:
     """One fan-out (at most ``batch`` outstanding), or with ``batch_sleep`` groups of
-    ``batch`` hosts, one after the other, with a pause between them."""
+    ``batch`` hosts, one after the other, with a pause between them. ``keep_parked``:
+    see ``Console.fanout``."""
     if not batch_sleep:
         return console.fanout(agent, method, args, hosts, timeout=timeout, batch=batch,
-                              on_result=on_result)
+                              on_result=on_result, keep_parked=keep_parked)
     from console.client import FanoutResult
 
     started = time.perf_counter()
@@ -199,7 +264,8 @@ def _fanout(console: Console, agent: str, method: str, args: dict[str, Any],
         if first:
             time.sleep(batch_sleep)  # the pause operators ask for, between groups
         group = console.fanout(agent, method, args, hosts[first:first + batch],
-                               timeout=timeout, on_result=on_result)
+                               timeout=timeout, on_result=on_result,
+                               keep_parked=keep_parked)
         results += group.results
     return FanoutResult(results, (time.perf_counter() - started) * 1000)
 
@@ -226,7 +292,8 @@ def _warn_unknown_columns(columns: tuple[str, ...], result: FanoutResult) -> Non
                    f"{', '.join(sorted(seen))}", err=True)
 
 
-@click.command(epilog=EPILOG)
+@exits(*FANOUT, Exit.NOT_ENROLLED)
+@click.command()
 @click.argument("target", metavar="AGENT.CLASS", shell_complete=complete_class)
 @hosts_option("Only these hosts (default: every host that has the agent).")
 @hosts_from_option

@@ -5,11 +5,12 @@ from __future__ import annotations
 import click
 
 from console.commands.common import (
-    EPILOG,
+    FANOUT,
     CliContext,
     Exit,
     check_columns,
     emit_json,
+    exits,
     layout,
     out,
     plural,
@@ -24,7 +25,8 @@ from console.commands.options import (
 from console.commands.targeting import discover, is_glob, read_hosts, refusal
 
 
-@click.command(epilog=EPILOG)
+@exits(*FANOUT)
+@click.command()
 @hosts_option()
 @click.option("--agent", "-a", metavar="NAME", help="Only daemons hosting this agent.")
 @discovery_options
@@ -73,7 +75,8 @@ def agents(ctx: CliContext, hosts: tuple[str, ...], agent: str | None, where: tu
     return Exit.OK
 
 
-@click.command(epilog=EPILOG)
+@exits(*FANOUT)
+@click.command()
 @hosts_option()
 @hosts_from_option
 @discovery_options

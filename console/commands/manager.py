@@ -10,14 +10,16 @@ from typing import Any
 import click
 
 from console.commands.common import (
-    EPILOG,
+    FANOUT,
     CliContext,
     CliError,
     Exit,
     check_columns,
     emit_json,
+    exits,
     layout,
     out,
+    service_exits,
     usage,
 )
 from console.commands.options import json_option, table_options, timeout_option, yes_option
@@ -65,7 +67,8 @@ def _table(rows: list[dict[str, Any]], known: list[str], wide: bool,
 
 
 # ------------------------------------------------------------------ the service
-@click.group("manager", invoke_without_command=True, epilog=EPILOG)
+@service_exits()
+@click.group("manager", invoke_without_command=True)
 @click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False),
               metavar="FILE", help="Manager config (see etc/manager.toml).")
 @click.option("--check-config", is_flag=True,
@@ -102,7 +105,8 @@ def manager(ctx: click.Context, config_file: str | None, check_config: bool) -> 
     return run(config_file)
 
 
-@manager.command("plan", epilog=EPILOG)
+@exits(*FANOUT)
+@manager.command("plan")
 @click.option("--policy", type=click.Choice(["host_down", "even_distribution", "power_saving"]),
               default=None, help="What to plan (default: host_down with --host-down, else "
                                  "even_distribution).")
@@ -142,7 +146,8 @@ def plan(ctx: CliContext, policy: str | None, host_down: str | None,
 
 
 # -------------------------------------------------------------------- the fleet
-@click.group("hosts", invoke_without_command=True, epilog=EPILOG)
+@exits(*FANOUT)
+@click.group("hosts", invoke_without_command=True)
 @manager_option
 @timeout_option
 @table_options
@@ -189,7 +194,8 @@ def _maintenance(ctx: click.Context, host: str, enabled: bool, timeout: float | 
     return Exit.OK
 
 
-@hosts.command("maintenance", epilog=EPILOG)
+@exits(*FANOUT)
+@hosts.command("maintenance")
 @click.argument("host")
 @timeout_option
 @json_option
@@ -201,7 +207,8 @@ def maintenance(ctx: click.Context, host: str, timeout: float | None, as_json: b
     return _maintenance(ctx, host, True, timeout, as_json)
 
 
-@hosts.command("activate", epilog=EPILOG)
+@exits(*FANOUT)
+@hosts.command("activate")
 @click.argument("host")
 @timeout_option
 @json_option
@@ -211,7 +218,8 @@ def activate(ctx: click.Context, host: str, timeout: float | None, as_json: bool
     return _maintenance(ctx, host, False, timeout, as_json)
 
 
-@hosts.command("confirm-down", epilog=EPILOG)
+@exits(*FANOUT)
+@hosts.command("confirm-down")
 @click.argument("host")
 @yes_option
 @timeout_option
@@ -244,7 +252,8 @@ def confirm_down(ctx: click.Context, host: str, yes: bool, timeout: float | None
     return Exit.OK
 
 
-@click.command("vms", epilog=EPILOG)
+@exits(*FANOUT)
+@click.command("vms")
 @click.option("--host", "-H", "on_host", metavar="HOST", help="Only this host's VMs.")
 @manager_option
 @timeout_option

@@ -16,15 +16,17 @@ import click
 
 from console.args import parse_where
 from console.commands.common import (
-    EPILOG,
+    FANOUT,
     CliContext,
     CliError,
     Exit,
     check_columns,
     emit_json,
+    exits,
     layout,
     out,
     resolve_prefix,
+    service_exits,
     usage,
 )
 from console.commands.options import json_option, table_options, timeout_option
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 REQUEST_COLUMNS = ["request_id", "owner", "template", "count", "status", "vms", "updated"]
 
 
+@service_exits()
 @click.command("provisioner")
 @click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False),
               metavar="FILE", help="Provisioner config (see etc/provisioner.toml).")
@@ -73,7 +76,8 @@ def provision() -> None:
     """Post provisioning requests and follow them (the provisioner does the work)."""
 
 
-@provision.command("submit", epilog=EPILOG)
+@exits(*FANOUT)
+@provision.command("submit")
 @click.option("--template", "-T", required=True, help="Template name (virt.template.list).")
 @click.option("--count", "-n", type=click.IntRange(1, 50), default=1, show_default=True,
               help="How many VMs.")
@@ -173,7 +177,8 @@ provisioner_option = click.option("--provisioner", metavar="HOST",
                                   help="The provisioner's host id (default: discovered).")
 
 
-@provision.command("status", epilog=EPILOG)
+@exits(*FANOUT)
+@provision.command("status")
 @click.argument("request_id")
 @provisioner_option
 @timeout_option
@@ -199,7 +204,8 @@ def provision_status(ctx: CliContext, request_id: str, provisioner: str | None,
     return Exit.OK
 
 
-@provision.command("list", epilog=EPILOG)
+@exits(*FANOUT)
+@provision.command("list")
 @click.option("--owner", help="Only this owner's requests.")
 @click.option("--status", type=click.Choice(["accepted", "completed", "failed", "released"]),
               help="Only requests in this state.")
@@ -232,7 +238,8 @@ def provision_list(ctx: CliContext, owner: str | None, status: str | None, limit
     return Exit.OK
 
 
-@provision.command("release", epilog=EPILOG)
+@exits(*FANOUT)
+@provision.command("release")
 @click.argument("request_id", required=False)
 @click.option("--vm", "vms", multiple=True, metavar="NAME",
               help="Release just this VM (repeatable) instead of a whole request.")
@@ -319,7 +326,8 @@ def _confirm_release(ctx: CliContext, request_id: str | None, vms: tuple[str, ..
         raise usage("cancelled")
 
 
-@provision.command("quota", epilog=EPILOG)
+@exits(*FANOUT)
+@provision.command("quota")
 @click.argument("owner", default=lambda: os.environ.get("USER") or "unknown")
 @provisioner_option
 @timeout_option

@@ -14,7 +14,16 @@ from typing import Any
 
 import click
 
-from console.commands.common import EPILOG, CliContext, CliError, Exit, emit_json, out, usage
+from console.commands.common import (
+    FANOUT,
+    CliContext,
+    CliError,
+    Exit,
+    emit_json,
+    exits,
+    out,
+    usage,
+)
 from console.commands.completion import complete_host
 from console.commands.options import json_option, yes_option
 from hostbus.errors import ErrorCode, RemoteError
@@ -22,7 +31,8 @@ from hostbus.errors import ErrorCode, RemoteError
 MIB = 1 << 20
 
 
-@click.group(epilog=EPILOG)
+@exits(*FANOUT)
+@click.group()
 @click.argument("name", metavar="NAME")
 @click.pass_context
 def vm(ctx: click.Context, name: str) -> None:
@@ -37,7 +47,8 @@ def vm(ctx: click.Context, name: str) -> None:
     ctx.meta["vm"] = name
 
 
-@vm.command("migrate", epilog=EPILOG)
+@exits(*FANOUT)
+@vm.command("migrate")
 @click.option("--to", "target", required=True, metavar="HOST", shell_complete=complete_host,
               help="The host to move it to (its virt agent offers migration_uri).")
 @click.option("--from", "source", metavar="HOST", shell_complete=complete_host,
@@ -117,7 +128,8 @@ def migrate(ctx: click.Context, target: str, source: str | None, uri: str | None
     return Exit.OK
 
 
-@vm.command("abort-migration", epilog=EPILOG)
+@exits(*FANOUT)
+@vm.command("abort-migration")
 @click.option("--from", "source", metavar="HOST", shell_complete=complete_host,
               help="The host migrating it (default: asked of every virt host).")
 @json_option
@@ -193,14 +205,15 @@ def _lifecycle(action: str) -> click.Command:
 
     command.__doc__ = (f"{what[0].upper()}{what[1:]} (virt.{method}), on whichever host "
                        "it is.")
-    return vm.command(action, epilog=EPILOG)(command)
+    return exits(*FANOUT)(vm.command(action)(command))
 
 
 for _action in ACTIONS:
     _lifecycle(_action)
 
 
-@vm.command("ha", epilog=EPILOG)
+@exits(*FANOUT)
+@vm.command("ha")
 @click.argument("setting", type=click.Choice(["on", "off"]))
 @click.option("--priority", type=click.IntRange(0, 100), default=0, show_default=True,
               help="Higher priorities are restarted first.")

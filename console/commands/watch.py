@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from console.commands.common import EPILOG, CliContext, Exit, plural, usage
+from console.commands.common import CliContext, Exit, exits, plural, usage
 from console.commands.completion import complete_pattern
 from console.commands.history import historian_option, parse_since, since_option
 from console.commands.options import json_option
@@ -62,7 +62,8 @@ def check_pattern(pattern: str, events: list[tuple[str, str]]) -> None:
                 + " (--no-validate takes it anyway)")
 
 
-@click.command(epilog=EPILOG)
+@exits(Exit.CONNECT)
+@click.command()
 @click.argument("patterns", nargs=-1, metavar="[PATTERN]...", shell_complete=complete_pattern)
 @click.option("--count", "-n", type=click.IntRange(0), default=0, help="Stop after N events.")
 @click.option("--duration", "-d", type=click.FloatRange(0), default=0, metavar="S",

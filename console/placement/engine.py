@@ -30,7 +30,7 @@ def _place(request: PlacementRequest, fleet: Fleet, planned: list[VmView]) -> Pl
     cfg = fleet.config
     filters = [(n, FILTERS[n]) for n in (cfg.filters or FILTERS)]
     weights = [(WEIGHTS[n], f) for n, f in cfg.weights.items() if f > 0]
-    names = sorted(fleet.hosts)
+    names = fleet.names()
     chosen: dict[str, str] = {}
     scores: dict[str, float] = {}
     for vm_name in request.vm_names():

@@ -30,11 +30,11 @@ class Step:
     def ha_needs(self) -> dict[tuple[int, int], list[str]]:
         """HA room needed: (MiB, vCPUs) of each host's largest HA VM -> those hosts."""
         needs: dict[tuple[int, int], list[str]] = {}
-        for name, load in self.fleet.load.items():
-            largest = load.largest_ha()
-            if largest is not None and name in self.fleet.hosts:
+        for name in self.fleet.names():
+            largest = self.fleet.load[name].largest_ha()
+            if largest is not None:
                 needs.setdefault(largest, []).append(name)
-        return needs
+        return dict(sorted(needs.items()))
 
     def fitting(self, need: tuple[int, int]) -> list[str]:
         """Up to three online hosts with room for a VM of ``need`` (MiB, vCPUs) now:
@@ -42,7 +42,7 @@ class Step:
         found = self._fitting.get(need)
         if found is None:
             found = []
-            for name in self.fleet.hosts:
+            for name in self.fleet.names():
                 if _fits(self.fleet, name, need):
                     found.append(name)
                     if len(found) == 3:

@@ -41,17 +41,27 @@ class Fleet:
         self.load: dict[str, HostLoad] = {}
         #: group -> host -> members there
         self.group_hosts: dict[str, Counter[str]] = {}
+        self._names: list[str] | None = None
         for host in hosts:
             self.set_host(host)
         for vm in vms:
             self.add(vm)
 
     def set_host(self, host: HostView) -> None:
+        if host.name not in self.hosts:
+            self._names = None
         self.hosts[host.name] = host
         self.load.setdefault(host.name, HostLoad())
 
     def drop_host(self, name: str) -> None:
-        self.hosts.pop(name, None)
+        if self.hosts.pop(name, None) is not None:
+            self._names = None
+
+    def names(self) -> list[str]:
+        """Host names in order: every answer is the same whatever order hosts came in."""
+        if self._names is None:
+            self._names = sorted(self.hosts)
+        return self._names
 
     def add(self, vm: VmView, *, unreported: bool = False) -> None:
         """A VM now on its host. ``unreported``: placed after the host last reported what

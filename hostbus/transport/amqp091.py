@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -29,6 +30,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import pika
 import pika.exceptions as pex
@@ -195,6 +197,11 @@ def translate_error(exc: BaseException, where: str) -> HostbusError:
             f"{where}: connection refused. Is RabbitMQ running and listening there? "
             "(`./run.sh demo` installs and starts it on this machine)"
         )
+    if isinstance(exc, socket.gaierror) or "gaierror" in text:
+        host = urlsplit(where).hostname or where
+        return ConnectionFailed(
+            f"{where}: cannot resolve the broker's host name {host!r}: check the host in "
+            "the broker URL, or the machine's DNS")
     if isinstance(exc, pex.AMQPConnectionError | OSError):
         return ConnectionFailed(f"{where}: cannot connect: {exc!r}")
     return HostbusError(f"{where}: {exc!r}")

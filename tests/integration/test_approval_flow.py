@@ -77,7 +77,7 @@ allow = true
         code, out, _ = cli(alice, "call", "host.reboot", "delay_s=90", "-H", host, "--yes",
                            "--json")
         error = json.loads(out)["results"][0]["error"]
-        assert code == 1 and error["code"] == "approval_required"
+        assert code == 7 and error["code"] == "approval_required"
         approval_id = error["details"]["approval_id"]
 
         code, out, err = cli(bob, "approvals", "list", "-H", host, "--json")
@@ -92,7 +92,9 @@ allow = true
         code, out, err = cli(bob, "approvals", "approve", approval_id[:6], "-H", host,
                              "--yes", "--json")
         assert code == 0, out + err
-        assert json.loads(out)["result"]["reply"]["status"] == "ok"
+        released = json.loads(out)["result"]["reply"]
+        assert released["status"] == "ok"
+        assert released["result"]["dry_run"] is True  # power_control = "dry-run" says so
         code, out, err = cli(bob, "approvals", "approve", approval_id, "-H", host, "--yes")
         assert code == 1 and "already approved" in err
         decided = online.wait_for(lambda e: e.event == "approval.decided")

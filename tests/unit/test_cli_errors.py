@@ -23,3 +23,29 @@ def test_a_bad_admin_url_is_a_usage_error(fleet):
     done = fleet.run("broker", "setup", "--admin-url", "ftp://127.0.0.1")
     assert done.exit_code == 2
     assert "must be http(s)://user:pass@host:15672" in done.stderr
+
+
+@pytest.mark.parametrize("scheme", ["amqp", "amqp10"])
+def test_a_broker_host_that_does_not_resolve_is_named_at_once(scheme):
+    from click.testing import CliRunner
+
+    from console.cli import cli
+
+    # .invalid never resolves (RFC 6761); no broker is involved
+    done = CliRunner().invoke(cli, ["--url", f"{scheme}://u:secret@nosuchhost.invalid/hostbus",
+                                    "agents"])
+    assert done.exit_code == 5, done.output
+    assert "cannot resolve the broker's host name 'nosuchhost.invalid'" in done.stderr
+    assert "check the host in the broker URL" in done.stderr
+    assert "secret" not in done.output and "Traceback" not in done.output
+
+
+def test_an_empty_vhost_path_is_explained_not_guessed():
+    from click.testing import CliRunner
+
+    from console.cli import cli
+
+    done = CliRunner().invoke(cli, ["--url", "amqp://u:secret@127.0.0.1:5672/", "agents"])
+    assert done.exit_code == 2, done.output
+    assert "empty vhost path" in done.stderr and "/%2F" in done.stderr
+    assert "/hostbus" in done.stderr and "secret" not in done.output
