@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from console.client import Console
 from console.manager.fencing import Fencer
@@ -28,7 +28,11 @@ from console.manager.fleet import DOWN, ONLINE, UNRESPONSIVE, Fleet
 from console.provisioner.tracker import well_formed
 from hostbus.envelope import Event, parse_event
 from hostbus.errors import ErrorCode, HostbusError, RemoteError
+from hostbus.security.provenance import why_not_from
 from hostbus.transport.base import Delivery
+
+if TYPE_CHECKING:
+    from hostbus.security.signing import Verifier
 
 log = logging.getLogger("hostbus.manager")
 
@@ -49,6 +53,7 @@ class Manager:
                  reconcile_interval: float = 60.0, check_interval: float = 1.0,
                  call_timeout: float = 60.0, discovery_idle: float = 0.3,
                  multi_host_users: frozenset[str] = frozenset({"guest"}),
+                 agent_keys: Verifier | None = None,
                  emit: Callable[[str, dict[str, Any]], None] = lambda event, data: None,
                  on_down: Callable[[str], None] = lambda host: None,
                  on_maintenance: Callable[[str], None] = lambda host: None) -> None:
@@ -68,6 +73,7 @@ class Manager:
         self.listing_timeout = min(call_timeout, 10.0)
         self.discovery_idle = discovery_idle
         self.multi_host_users = multi_host_users
+        self.agent_keys = agent_keys  # with them, only signed events count
         self.emit = emit
         self.on_down = on_down
         self.on_maintenance = on_maintenance
@@ -169,12 +175,13 @@ class Manager:
                         err.message)
             delivery.ack()
             return
-        user = delivery.properties.user_id
-        if delivery.routing_key != event.routing_key() or (
-                user != event.host and user not in self.multi_host_users):
+        why = why_not_from(delivery, event.host, routing_key=event.routing_key(),
+                           multi_host_users=self.multi_host_users, verifier=self.agent_keys,
+                           who="the manager")
+        if why is not None:
             self.dropped += 1
-            log.warning("dropped event %s claiming host %r, sent by %r: a host may only "
-                        "speak for itself", delivery.routing_key, event.host, user)
+            log.warning("dropped event %s claiming host %r: %s", delivery.routing_key,
+                        event.host, why)
             delivery.ack()
             return
         try:

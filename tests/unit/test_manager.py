@@ -25,6 +25,7 @@ from hostbus.errors import RemoteError
 from hostbus.serving.runtime import AgentRuntime
 from hostbus.transport.base import Delivery
 from hostbus.transport.memory import MemoryTransport
+from tests.fakes import until
 
 GIB = 1 << 30
 
@@ -346,3 +347,33 @@ def test_power_saving_empties_idle_hosts_only_when_all_their_vms_fit(tmp_path):
     fleet.update_host("kvm03", unallocated_memory_bytes=2 * GIB)
     assert plan(fleet, "power_saving")["standby"] == []
     assert plan(fleet, "power_saving")["moves"] == []
+
+
+def test_with_agent_keys_only_events_the_host_signed_count(tmp_path):
+    from hostbus.publisher import Publisher
+    from hostbus.security.signing import Signer, Verifier, generate
+    from hostbus.transport.memory import MemoryBroker
+
+    private, _ = generate("kvm01", tmp_path / "keys")
+    broker = MemoryBroker()
+    broker.enroll_active_queue("manager", ["agent.*.heartbeat"])
+    fleet = Fleet(tmp_path / "m.db")
+    manager = Manager(console=None, fleet=fleet, fencer=Fencer(),  # type: ignore[arg-type]
+                      agent_keys=Verifier.from_folder(tmp_path / "keys"))
+    got: list[Delivery] = []
+    reader = MemoryTransport(broker, user="manager")
+    reader.start()
+    reader.consume("hostbus.active.manager", got.append, manual_ack=True)
+    for signer, seq in ((None, 1), (Signer.load(private), 2)):
+        sender = MemoryTransport(broker, user="kvm01")
+        sender.start()
+        ev = heartbeat("kvm01", seq=seq, free_vcpus=seq)
+        body, props = ev.encode()
+        Publisher(sender, signer).publish("hostbus.event", ev.routing_key(), body, props)
+        sender.close()
+    assert until(lambda: len(got) == 2)
+    manager._apply(got[0])  # unsigned: dropped
+    assert fleet.hosts() == [] and manager.dropped == 1
+    manager._apply(got[1])
+    assert fleet.host("kvm01").free_vcpus == 2
+    reader.close()
