@@ -20,6 +20,7 @@ DAEMONS = {
     "hostbus-historian": "hostbus historian --config /etc/hostbus/historian.toml",
     "hostbus-exporter": "hostbus exporter --config /etc/hostbus/exporter.toml",
     "hostbus-reactor": "hostbus reactor --config /etc/hostbus/reactor.toml",
+    "hostbus-manager": "hostbus manager --config /etc/hostbus/manager.toml",
 }
 
 

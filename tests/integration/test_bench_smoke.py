@@ -19,13 +19,15 @@ def test_bench_quick_completes_and_writes_json_and_a_chart(rabbitmq, tmp_path):
                           env=env, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout)
-    assert {"meta", "call", "fanout", "events", "provisioning", "footprint", "tracing",
-            "targets"} <= set(results)
+    assert {"meta", "call", "fanout", "events", "placement", "provisioning", "footprint",
+            "tracing", "targets"} <= set(results)
     assert results["tracing"]["on"]["n"] == results["tracing"]["off"]["n"] == 200
     assert results["call"]["hostbus"]["n"] == 200
     assert [f["agents"] for f in results["fanout"]] == [10, 50]
     assert all(f["all_replied"] for f in results["fanout"])
     assert results["provisioning"]["requests"] == 3
+    assert results["provisioning"]["direct_defines"]["vms"] == 3
+    assert results["placement"]["hosts"] == 100 and results["placement"]["plain"]["n"] == 500
     assert {t["what"] for t in results["targets"]} >= {"call round trip p50",
                                                        "events / raw pika"}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -75,6 +77,8 @@ def test_bench_faults_reports_every_scenario_on_both_protocols():
 def test_bench_reactor_handles_the_whole_burst_and_acts_on_each_failing_check(rabbitmq):
     """`hostbus bench --only reactor --quick`: every event handled (none dropped), one
     action per failing check, against raw pika."""
+    if rabbitmq.transport != "amqp091":
+        pytest.skip("the benchmark speaks 0-9-1 whatever the test's transport: run once")
     done = subprocess.run([str(Path(sys.executable).parent / "hostbus"), "bench", "--quick",
                            "--only", "reactor", "--json"], capture_output=True, text=True,
                           timeout=600, check=False)
@@ -83,3 +87,18 @@ def test_bench_reactor_handles_the_whole_burst_and_acts_on_each_failing_check(ra
     assert result["dropped"] == 0 and result["events"] == 1000 and result["rules"] == 100
     assert result["actions"] == 200
     assert result["rules_evaluated_per_s"] > 0 and result["raw_events_per_s"] > 0
+
+
+@pytest.mark.timeout(600)  # a node of its own
+def test_bench_scale_enrolls_in_bulk_and_reports_the_brokers_cost():
+    """`hostbus bench --only scale --quick` on a RabbitMQ node of its own: the hosts are
+    enrolled both ways and the agents connected (the figures are the benchmark's)."""
+    done = subprocess.run([str(Path(sys.executable).parent / "hostbus"), "bench", "--quick",
+                           "--only", "scale", "--scale-hosts", "600", "--scale-agents", "5",
+                           "--json"], capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    scale = json.loads(done.stdout)["scale"]
+    assert scale["hosts"] == 600 and scale["agents"] == 5
+    assert scale["enroll"]["bulk_s"] > 0 and scale["enroll"]["one_by_one_per_host_ms"] > 0
+    assert {"erlang", "rss"} == set(scale["memory_per_connected_agent_kib"])
