@@ -57,7 +57,7 @@ def reactor(click_ctx: click.Context, config_file: str | None, check_config: boo
     \b
     Once, as an administrator (the rules say which events it needs):
       hostbus reactor --config reactor.toml --setup
-      hostbus broker enroll-service reactor --events 'health.*.check' \\
+      hostbus broker enroll-service reactor --active --events 'health.*.check' \\
           --events 'agent.*.approval.decided'
     Then, with the written config's broker URL in etc/reactor.toml:
       hostbus reactor --config /etc/hostbus/reactor.toml
@@ -87,7 +87,7 @@ def reactor(click_ctx: click.Context, config_file: str | None, check_config: boo
                    f"{' '.join(keys)}")
         events = " ".join(f"--events '{p}'" for p in wanted)
         click.echo(f"enroll the reactor, if not yet: hostbus broker enroll-service {service} "
-                   f"{events} -o {service}.toml")
+                   f"--active {events} -o {service}.toml")
         return Exit.OK
     if check_config:
         try:
