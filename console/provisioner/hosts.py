@@ -71,10 +71,11 @@ class HostBook:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        """Ask the hosts now, then every ``interval`` seconds, on a thread of its own."""
-        self._thread = threading.Thread(target=self._run, name="hostbus-host-book",
-                                        daemon=True)
+    def start(self, *, after: threading.Event | None = None) -> None:
+        """Ask the hosts now (once ``after`` is set, or ``call_timeout`` has passed),
+        then every ``interval`` seconds, on a thread of its own."""
+        self._thread = threading.Thread(target=self._run, args=(after,),
+                                        name="hostbus-host-book", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -90,7 +91,11 @@ class HostBook:
             self._changed.add(host)
         self._wake.set()
 
-    def _run(self) -> None:
+    def _run(self, after: threading.Event | None) -> None:
+        if after is not None:
+            # One discovery at a time at start: two at once on a busy machine can each
+            # end their idle window before a slow host answers.
+            after.wait(self.call_timeout)
         failures = 0
         due = time.monotonic()
         while not self._stop.is_set():
@@ -182,7 +187,10 @@ class HostBook:
                 self._settle(name, asked)
 
     def _settle(self, host: str, asked: float) -> None:
-        """Drop what a report asked for at ``asked`` already counts."""
+        """Drop what a report asked for at ``asked`` already counts: VMs whose define
+        was answered before. One answered after may be in the report too; it stays held
+        (counted twice: less room, never more) until the next report of that host, which
+        its own lifecycle events bring within a second."""
         kept = []
         for held in self._held.get(host, []):
             if held.defined_at is not None and held.defined_at < asked:

@@ -30,7 +30,11 @@ def test_room_placed_by_requests_in_flight_is_held_until_the_hosts_report_it(fle
     """Each test host has 16 GiB; a web VM takes 1 GiB. 20 requests of 2 VMs at once,
     all placed on one view of the hosts: exactly 32 fit, and no host gets a 17th."""
     prov, agents, _, received, _ = fleet
-    prov.hosts.stop()  # no refresh in between: only the room held keeps count
+    assert prov.hosts.refreshed.wait(10)
+    # No report in between (none on a schedule, on events, or on a refusal): only the
+    # room held keeps count.
+    prov.hosts.stop()
+    prov.hosts.refresh = lambda **kw: 0
     msgs = [Settled(request(owner="big", count=2), f"room-{i:02d}") for i in range(20)]
     run_all(prov, msgs)
     per_host = Counter(h for _, h in domains(agents))
