@@ -162,6 +162,10 @@ def text(results: dict[str, Any]) -> str:
         from benchmarks.history import text as history_text
 
         lines += ["", *history_text(results["history"])]
+    if results.get("scale"):
+        from benchmarks.scale import text as scale_text
+
+        lines += ["", *scale_text(results["scale"])]
     if results.get("faults"):
         from benchmarks.faults import text as faults_text
 

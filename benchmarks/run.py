@@ -19,6 +19,7 @@ from benchmarks import (
     history,
     placement,
     provisioning,
+    scale,
     soak,
     tracing,
 )
@@ -27,9 +28,9 @@ from hostbus.envelope import now_rfc3339
 
 ALL = ("call", "fanout", "events", "amqp10", "placement", "provisioning", "footprint",
        "tracing")
-#: Run only when asked for (--only soak, --only faults): minutes by design, and faults
-#: starts a RabbitMQ node of its own (root, a source checkout).
-EXTRA = ("soak", "faults", "history")
+#: Run only when asked for (--only soak, --only faults, ...): minutes by design; faults
+#: and scale start a RabbitMQ node of their own (root, a source checkout).
+EXTRA = ("soak", "faults", "history", "scale")
 
 
 @dataclass
@@ -46,13 +47,16 @@ class Plan:
     alarm_s: float = 70.0  # outlasts pika's 60 s blocked-connection timeout
     history_stored: int = 10_000_000  # events in the store the queries run over
     history_postgres: str | None = None  # a server URL whose role may create databases
+    scale_hosts: int = 10_000  # hosts enrolled by --only scale
+    scale_agents: int = 200  # of which connected, a connection each
     only: tuple[str, ...] = ALL
 
     @classmethod
     def quick(cls) -> Plan:
         return cls(calls=200, agents=[10, 50], events=1000, provision_requests=3,
                    provision_hosts=2, placement_hosts=100, idle_s=2.0,
-                   storm_s=1.0, alarm_s=10.0, history_stored=20_000)
+                   storm_s=1.0, alarm_s=10.0, history_stored=20_000, scale_hosts=1000,
+                   scale_agents=20)
 
 
 def _redacted(url: str | None) -> str | None:
@@ -116,6 +120,8 @@ def run(plan: Plan, *, amqp: str, admin_url: str) -> dict[str, Any]:
             results["history"] = history.run(bench, plan.events, plan.history_stored,
                                              plan.history_postgres,
                                              repeat=50 if plan.history_stored > 100_000 else 5)
+        if "scale" in plan.only:
+            results["scale"] = scale.run(plan.scale_hosts, plan.scale_agents, plan.idle_s)
         if "soak" in plan.only:
             progress(f"soak: one agent under steady load for {plan.soak_minutes:g} min")
             results["soak"] = soak.run(bench, plan.soak_minutes)
