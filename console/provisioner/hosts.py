@@ -8,8 +8,10 @@ the tracker) have just that host asked for ``node.info`` again, a moment later a
 once for a burst of events, so room freed or taken by anyone shows within a second.
 What the provisioner itself places is held back from each host's last report
 (``Fleet.add(unreported=True)``) until a report asked for after that VM was defined
-counts it; a report older than the one a host has is never applied. A define refused
-for lack of room all the same fails only its request, which says so.
+counts it; a report older than the one a host has is never applied. What a host was
+given in the moment before its report shows a VM someone else started is not checked
+again: the virt agent defines what it is asked (a hypervisor that cannot start it fails
+that request, which says so).
 
 Thread-safe: requests reserve and settle concurrently under one lock, and the lock is
 never held over a call to a host.
