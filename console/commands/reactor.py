@@ -140,7 +140,8 @@ def rules(click_ctx: click.Context, config_file: str | None, as_json: bool, wide
 
     rows = [{"name": r["name"], "events": " ".join(r["events"]), "when": r["when"],
              "window": (f"{r['count']} in {r['within_s']:g}s" if r["count"] > 1 else
-                        f"for {r['for_s']:g}s" if r["for_s"] else "each"),
+                        f"for {r['for_s']:g}s" if r["for_s"] else
+                        f"absent {r['absent_s']:g}s" if r["absent_s"] else "each"),
              "cooldown_s": r["cooldown_s"], "action": r["action"]["call"],
              "on": r["action"]["host"], "args": r["action"]["args"],
              "dry_run": r["dry_run"]} for r in found]

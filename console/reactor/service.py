@@ -189,8 +189,9 @@ class Reactor:
         return None if signer == event.host else f"it was signed by {signer!r}"
 
     def _timer(self) -> None:
-        """Rules with ``for_s`` fire when their time has come, not on an event."""
-        if not any(r.for_s for r in self.engine.rules):
+        """Rules with ``for_s`` or ``absent_s`` fire when their time has come, not on an
+        event."""
+        if not any(r.for_s or r.absent_s for r in self.engine.rules):
             return
         while not self._stop.wait(1.0):
             if not self.standby.active:
