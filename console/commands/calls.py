@@ -300,6 +300,10 @@ def _warn_unknown_columns(columns: tuple[str, ...], result: FanoutResult) -> Non
     seen = {key for r in result.results if r.reply and r.reply.result
             for value in r.reply.result.values() if isinstance(value, list)
             for item in value if isinstance(item, dict) for key in item}
+    if columns and not seen:
+        click.echo("hostbus: --columns chooses columns of result tables (lists of objects, "
+                   "as host.processes returns); this result has none", err=True)
+        return
     unknown = [c for c in columns if c not in seen]
     if unknown and seen:
         click.echo(f"hostbus: no result table has column {', '.join(unknown)}; columns: "
