@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from console.history.store import EventStore, Row, time_ms
-from hostbus.envelope import EVENT_TYPE, parse_event
+from hostbus.envelope import parse_event
 from hostbus.errors import RemoteError
+from hostbus.security.provenance import why_not_from
 from hostbus.transport.base import Delivery
 
 if TYPE_CHECKING:
@@ -97,22 +98,9 @@ class Ingest:
 
     def _why_not(self, delivery: Delivery, host: str, routing_key: str) -> str | None:
         """Why this event may not be stored, or None: the same rules as a console's."""
-        if delivery.routing_key and delivery.routing_key != routing_key:
-            return (f"its routing key {delivery.routing_key!r} does not match its body "
-                    f"({routing_key!r})")
-        user = delivery.properties.user_id
-        if user != host and user not in self.multi_host_users:
-            return f"it was sent by broker user {user!r}, and a host may only speak for itself"
-        if self.agent_keys is not None:
-            try:
-                signer = self.agent_keys.verify(
-                    delivery.exchange, delivery.routing_key, delivery.properties,
-                    delivery.body, kind=EVENT_TYPE, what="event", who="this historian")
-            except RemoteError as err:
-                return err.message
-            if signer != host:
-                return f"it names host {host!r} but was signed by {signer!r}"
-        return None
+        return why_not_from(delivery, host, routing_key=routing_key,
+                            multi_host_users=self.multi_host_users, verifier=self.agent_keys,
+                            who="this historian")
 
     def _refuse(self, delivery: Delivery, why: str) -> None:
         with self._lock:
