@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from console.commands.common import EPILOG, CliContext, Exit, emit_json, usage
+from console.commands.common import EPILOG, CliContext, CliError, Exit, emit_json, usage
 from console.commands.options import json_option
 
 
@@ -14,8 +14,9 @@ from console.commands.options import json_option
 @click.option("--quick", is_flag=True, help="Small sizes: a smoke run of every benchmark.")
 @click.option("--only", multiple=True,
               type=click.Choice(["call", "fanout", "events", "amqp10", "provisioning",
-                                 "footprint", "soak", "faults", "history", "tracing"]),
-              help="Run only these (repeatable). Default: all but soak, faults and history.")
+                                 "footprint", "soak", "faults", "history", "tracing", "peers"]),
+              help="Run only these (repeatable). Default: all but soak, faults, history "
+                   "and peers.")
 @click.option("--calls", type=click.IntRange(10), help="Round trips per side (2000).")
 @click.option("--agents", metavar="N,N,...",
               help="Simulated agent counts for broadcast ping (100,1000,5000).")
@@ -32,6 +33,8 @@ from console.commands.options import json_option
 @click.option("--history-postgres", envvar="HOSTBUS_BENCH_POSTGRES", metavar="URL",
               help="With --only history: a PostgreSQL server to measure too, as a URL of a "
                    "role that may create databases (one is made and dropped).")
+@click.option("--peer-servers", type=click.IntRange(1), metavar="N",
+              help="Servers the --only peers broadcast reaches (100; --quick: 10).")
 @click.option("--png", type=click.Path(dir_okay=False), metavar="PATH",
               help="Write a chart (latency distribution, scaling with N) to PATH.")
 @click.option("--admin-url", envvar="HOSTBUS_CONSOLE_ADMIN_URL", metavar="URL",
@@ -41,7 +44,8 @@ from console.commands.options import json_option
 def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None,
           agents: str | None, n_events: int | None, idle_s: float | None,
           soak_minutes: float | None, alarm_seconds: float | None,
-          history_stored: int | None, history_postgres: str | None, png: str | None,
+          history_stored: int | None, history_postgres: str | None,
+          peer_servers: int | None, png: str | None,
           admin_url: str | None, as_json: bool) -> Exit:
     """Measure hostbus against raw pika and raw proton on this broker, in a throwaway vhost.
 
@@ -58,9 +62,13 @@ def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None
     queues, and how fast a ping is answered behind 100 waiting calls. `--only history`
     measures the historian's stores against their raw drivers, its ingest through the
     broker, queries over --history-stored events (minutes: it fills a store), and a
-    RabbitMQ stream against the classic queue it reads.
+    RabbitMQ stream against the classic queue it reads. `--only peers` measures the
+    same call, broadcast and events against oslo.messaging and nameko, each installed on
+    first use into a virtual environment of its own under ~/.cache/hostbus-bench/peers
+    ($HOSTBUS_BENCH_PEERS_CACHE), never into hostbus's.
     """
     from benchmarks import report
+    from benchmarks.peers import PeerError
     from benchmarks.run import ALL, Plan, run
     from hostbus.transport.url import parse_url
 
@@ -84,10 +92,15 @@ def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None
     if history_stored:
         plan.history_stored = history_stored
     plan.history_postgres = history_postgres
+    if peer_servers:
+        plan.peer_servers = peer_servers
     url = parse_url(ctx.url)
     scheme = url.scheme.removesuffix("10")  # the baselines are 0-9-1; amqp10 gets its own
     amqp = f"{scheme}://{url.user}:{url.password}@{url.host}:{url.port}"
-    results = run(plan, amqp=amqp, admin_url=admin_url or ctx.cfg["console"]["admin_url"])
+    try:
+        results = run(plan, amqp=amqp, admin_url=admin_url or ctx.cfg["console"]["admin_url"])
+    except PeerError as exc:
+        raise CliError(Exit.FAILED, f"bench --only peers: {exc}") from exc
     if png:
         report.chart(results, png)
     shown = dict(results)

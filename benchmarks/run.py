@@ -17,6 +17,7 @@ from benchmarks import (
     faults,
     footprint,
     history,
+    peers,
     provisioning,
     soak,
     tracing,
@@ -25,9 +26,10 @@ from benchmarks.harness import bench_vhost, progress
 from hostbus.envelope import now_rfc3339
 
 ALL = ("call", "fanout", "events", "amqp10", "provisioning", "footprint", "tracing")
-#: Run only when asked for (--only soak, --only faults): minutes by design, and faults
-#: starts a RabbitMQ node of its own (root, a source checkout).
-EXTRA = ("soak", "faults", "history")
+#: Run only when asked for (--only soak, --only faults): minutes by design, faults
+#: starts a RabbitMQ node of its own (root, a source checkout), peers installs
+#: oslo.messaging and nameko into virtual environments of their own.
+EXTRA = ("soak", "faults", "history", "peers")
 
 
 @dataclass
@@ -42,12 +44,17 @@ class Plan:
     alarm_s: float = 70.0  # outlasts pika's 60 s blocked-connection timeout
     history_stored: int = 10_000_000  # events in the store the queries run over
     history_postgres: str | None = None  # a server URL whose role may create databases
+    peer_servers: int = 100  # servers a peer broadcast reaches
+    peer_broadcasts: int = 20  # broadcasts per side
+    peer_events: int = 5000  # events per run, per side
+    peer_event_rounds: int = 3  # event runs per side
     only: tuple[str, ...] = ALL
 
     @classmethod
     def quick(cls) -> Plan:
         return cls(calls=200, agents=[10, 50], events=1000, provision_requests=3, idle_s=2.0,
-                   storm_s=1.0, alarm_s=10.0, history_stored=20_000)
+                   storm_s=1.0, alarm_s=10.0, history_stored=20_000, peer_servers=10,
+                   peer_broadcasts=3, peer_events=300, peer_event_rounds=1)
 
 
 def _redacted(url: str | None) -> str | None:
@@ -107,6 +114,11 @@ def run(plan: Plan, *, amqp: str, admin_url: str) -> dict[str, Any]:
             results["history"] = history.run(bench, plan.events, plan.history_stored,
                                              plan.history_postgres,
                                              repeat=50 if plan.history_stored > 100_000 else 5)
+        gc.collect()
+        if "peers" in plan.only:
+            results["peers"] = peers.run(bench, plan.calls, plan.peer_servers,
+                                         plan.peer_broadcasts, plan.peer_events,
+                                         plan.peer_event_rounds)
         if "soak" in plan.only:
             progress(f"soak: one agent under steady load for {plan.soak_minutes:g} min")
             results["soak"] = soak.run(bench, plan.soak_minutes)

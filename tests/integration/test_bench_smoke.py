@@ -2,6 +2,7 @@
 benchmarks measure, tests check)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,37 @@ def test_bench_faults_reports_every_scenario_on_both_protocols():
             assert counts["sent"] > 0 and counts["delivered"] >= counts["sent"] - counts["lost"]
             assert {"lost", "duplicated", "reordered", "recovery_s"} <= set(counts)
         assert [b["workers"] for b in row["backlog"]] == [1, 4]
+
+
+@pytest.mark.timeout(1200)  # the first run installs oslo.messaging and nameko
+def test_bench_peers_measures_hostbus_and_both_peers_in_one_run():
+    """`hostbus bench --only peers --quick`: call, broadcast and events for raw pika,
+    hostbus, oslo.messaging and nameko on the test broker, each peer from a virtual
+    environment of its own (installed on first use), never from hostbus's. The peers
+    speak AMQP 0-9-1 only, so this runs once, not once per transport (the bench makes
+    a vhost of its own)."""
+    import importlib.util
+
+    env = {**os.environ,
+           "HOSTBUS_BROKER_URL": os.environ.get("HOSTBUS_TEST_AMQP",
+                                                "amqp://guest:guest@127.0.0.1:5672"),
+           "HOSTBUS_CONSOLE_ADMIN_URL": os.environ.get("HOSTBUS_TEST_ADMIN_URL",
+                                                       "http://guest:guest@127.0.0.1:15672")}
+    done = subprocess.run([str(Path(sys.executable).parent / "hostbus"), "bench", "--quick",
+                           "--only", "peers", "--json"], capture_output=True, text=True,
+                          env=env, timeout=1200, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout)
+    peers = results["peers"]
+    sides = {"raw_pika", "hostbus", "oslo.messaging", "nameko"}
+    assert set(peers["peers"]) == {"oslo.messaging", "nameko"}
+    for side in sides:
+        assert peers["call"][side]["n"] == 200
+        assert peers["broadcast"][side]["n"] == 3
+        assert len(peers["events"][side]["per_s"]) == 1 and peers["events"][side]["per_s"][0] > 0
+    assert peers["broadcast"]["servers"] == 10
+    assert set(peers["call"]["over_hostbus"]) == sides - {"hostbus"}
+    assert {"oslo.messaging call p50 / hostbus call p50",
+            "nameko events/s / hostbus's"} <= {t["what"] for t in results["targets"]}
+    for module in ("oslo_messaging", "nameko", "eventlet"):  # never in hostbus's environment
+        assert importlib.util.find_spec(module) is None
