@@ -89,7 +89,11 @@ class _PeerBroadcast:
         self.n = n
         prefix = f"bench{uuid.uuid4().hex[:6]}"
         self._server = _started(Driver(peer, python, "server", url, prefix, servers=n))
-        self._client = Driver(peer, python, "client", url, prefix)
+        try:
+            self._client = Driver(peer, python, "client", url, prefix)
+        except BaseException:
+            self._server.close()
+            raise
 
     def broadcast(self) -> float:
         elapsed: float = self._client.ask({"do": "broadcast", "servers": self.n})["ms"]
