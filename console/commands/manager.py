@@ -10,16 +10,19 @@ from typing import Any
 import click
 
 from console.commands.common import (
-    EPILOG,
+    FANOUT,
     CliContext,
     CliError,
     Exit,
     check_columns,
     emit_json,
+    exits,
     layout,
     out,
+    service_exits,
+    usage,
 )
-from console.commands.options import json_option, table_options, timeout_option
+from console.commands.options import json_option, table_options, timeout_option, yes_option
 
 GIB = 1 << 30
 HOST_COLUMNS = ["host", "state", "maintenance", "vms", "free_vcpus", "cpus", "free_mem_gib",
@@ -64,7 +67,8 @@ def _table(rows: list[dict[str, Any]], known: list[str], wide: bool,
 
 
 # ------------------------------------------------------------------ the service
-@click.group("manager", invoke_without_command=True, epilog=EPILOG)
+@service_exits()
+@click.group("manager", invoke_without_command=True)
 @click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False),
               metavar="FILE", help="Manager config (see etc/manager.toml).")
 @click.option("--check-config", is_flag=True,
@@ -101,29 +105,49 @@ def manager(ctx: click.Context, config_file: str | None, check_config: bool) -> 
     return run(config_file)
 
 
-@manager.command("plan", epilog=EPILOG)
-@click.option("--host-down", required=True, metavar="HOST",
-              help="What losing this host now would do to its VMs.")
+@exits(*FANOUT)
+@manager.command("plan")
+@click.option("--policy", type=click.Choice(["host_down", "even_distribution", "power_saving"]),
+              default=None, help="What to plan (default: host_down with --host-down, else "
+                                 "even_distribution).")
+@click.option("--host-down", metavar="HOST", help="What losing this host now would do to "
+                                                  "its VMs.")
 @manager_option
 @timeout_option
 @table_options
 @json_option
 @click.pass_obj
-def plan(ctx: CliContext, host_down: str, manager_host: str | None, timeout: float | None,
-         wide: bool, columns: tuple[str, ...], as_json: bool) -> Exit:
-    """Show the moves the manager would make, and why, without making any."""
-    result = ask_manager(ctx, "plan", {"host_down": host_down}, manager_host, timeout)
+def plan(ctx: CliContext, policy: str | None, host_down: str | None,
+         manager_host: str | None, timeout: float | None, wide: bool,
+         columns: tuple[str, ...], as_json: bool) -> Exit:
+    """Show the moves the manager would make, and why, without making any.
+
+    \b
+      hostbus manager plan --host-down kvm01          its HA VMs restarted where
+      hostbus manager plan --policy even_distribution off hosts above the threshold
+      hostbus manager plan --policy power_saving      hosts it would empty and stand by
+    """
+    policy = policy or ("host_down" if host_down else "even_distribution")
+    if policy == "host_down" and not host_down:
+        raise usage("--policy host_down needs --host-down HOST")
+    result = ask_manager(ctx, "plan", {"policy": policy, "host_down": host_down},
+                         manager_host, timeout)
     if as_json:
         emit_json(result)
         return Exit.OK
-    rows = [{"vm": m["vm"], "ha": m["ha"], "to_host": m["to_host"] or "-", "why": m["why"]}
-            for m in result["moves"]]
-    _table(rows, ["vm", "ha", "to_host", "why"], wide, columns, "VM")
+    rows = [{"vm": m["vm"], "from_host": m["from_host"], "to_host": m["to_host"],
+             "ha": "yes" if m["ha"] else "", "why": m["why"]} for m in result["moves"]]
+    rows += [{"vm": m["vm"], "from_host": "", "to_host": "-", "ha": "", "why": m["why"]}
+             for m in result["left"]]
+    _table(rows, ["vm", "from_host", "to_host", "ha", "why"], wide, columns, "VM")
+    if result["standby"]:
+        click.echo(f"standby afterwards: {', '.join(result['standby'])}")
     return Exit.OK
 
 
 # -------------------------------------------------------------------- the fleet
-@click.group("hosts", invoke_without_command=True, epilog=EPILOG)
+@exits(*FANOUT)
+@click.group("hosts", invoke_without_command=True)
 @manager_option
 @timeout_option
 @table_options
@@ -137,6 +161,7 @@ def hosts(ctx: click.Context, manager_host: str | None, timeout: float | None, w
     \b
       hostbus hosts maintenance kvm01     move its VMs away, place nothing there
       hostbus hosts activate kvm01        end its maintenance
+      hostbus hosts confirm-down kvm01    it is off: restart its HA VMs elsewhere
     """
     ctx.meta["manager_host"] = manager_host
     if ctx.invoked_subcommand is not None:
@@ -169,7 +194,8 @@ def _maintenance(ctx: click.Context, host: str, enabled: bool, timeout: float | 
     return Exit.OK
 
 
-@hosts.command("maintenance", epilog=EPILOG)
+@exits(*FANOUT)
+@hosts.command("maintenance")
 @click.argument("host")
 @timeout_option
 @json_option
@@ -181,7 +207,8 @@ def maintenance(ctx: click.Context, host: str, timeout: float | None, as_json: b
     return _maintenance(ctx, host, True, timeout, as_json)
 
 
-@hosts.command("activate", epilog=EPILOG)
+@exits(*FANOUT)
+@hosts.command("activate")
 @click.argument("host")
 @timeout_option
 @json_option
@@ -191,7 +218,42 @@ def activate(ctx: click.Context, host: str, timeout: float | None, as_json: bool
     return _maintenance(ctx, host, False, timeout, as_json)
 
 
-@click.command("vms", epilog=EPILOG)
+@exits(*FANOUT)
+@hosts.command("confirm-down")
+@click.argument("host")
+@yes_option
+@timeout_option
+@json_option
+@click.pass_context
+def confirm_down(ctx: click.Context, host: str, yes: bool, timeout: float | None,
+                 as_json: bool) -> Exit:
+    """Tell the manager that HOST, silent, is off (powered down by hand, say), where its
+    fence step failed or there is none: its HA VMs are then started elsewhere.
+
+    Only an unresponsive host that does not answer a ping is accepted. If it still runs
+    its VMs, they will run twice and their disks be corrupted: check first.
+    """
+    import sys
+
+    if not yes:
+        what = (f"confirm that {host} is off; its HA VMs will be started on other hosts. "
+                "If it still runs them, their disks will be corrupted")
+        if not sys.stdin.isatty():
+            raise usage(f"{what}: pass --yes")
+        if not click.confirm(f"{what[0].upper()}{what[1:]}. Go on?"):
+            raise usage("cancelled")
+    result = ask_manager(ctx.obj, "confirm_down", {"host": host},
+                         ctx.meta.get("manager_host"), timeout)
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"{host} is down ({result['why']}); its HA VMs are being restarted "
+                   "elsewhere (hostbus watch 'manager.*.ha.restart')")
+    return Exit.OK
+
+
+@exits(*FANOUT)
+@click.command("vms")
 @click.option("--host", "-H", "on_host", metavar="HOST", help="Only this host's VMs.")
 @manager_option
 @timeout_option

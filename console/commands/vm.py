@@ -42,6 +42,9 @@ def vm(ctx: click.Context, name: str) -> None:
       hostbus vm web-1 migrate --to kvm02      move it there while it runs
       hostbus vm web-1 abort-migration         stop that, it stays where it was
       hostbus vm web-1 ha on                   restart it elsewhere if its host dies
+      hostbus vm web-1 show                    where it is, its state
+      hostbus vm web-1 suspend                 (resume, start, shutdown, reboot,
+                                               destroy, undefine)
     """
     ctx.meta["vm"] = name
 
@@ -226,3 +229,8 @@ def _progress(console: Any, route: Any, enabled: bool) -> Any:
     console.subscribe([migration.progress_pattern(route)], on_event)
     bar.start()
     return bar.stop
+
+
+from console.commands.vm_lifecycle import add_lifecycle  # noqa: E402 (after the group)
+
+add_lifecycle(vm)

@@ -20,7 +20,6 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from console.client import Console, HostResult
@@ -278,28 +277,3 @@ class Actions:
         self._ok(source, "domain.undefine", {"name": vm.name, "remove_storage": False})
         self.emit("move", {**event, "step": "undefined_on_source"})
         self.fleet.update_vm(vm.name, xml=xml if vm.ha else vm.xml)
-
-
-def plan_restarts(fleet: Fleet, host: str, *,
-                  config: PlacementConfig | None = None) -> list[dict[str, Any]]:
-    """What losing ``host`` would do to its VMs now (no action): each VM, whether it is
-    HA, and where it would be restarted (each restart counted before the next)."""
-    hosts = {h.host: h for h in fleet.hosts()}
-    if host in hosts:
-        hosts[host] = replace(hosts[host], state=DOWN)
-    others = [v for v in fleet.vms() if v.host != host]
-    moves = []
-    for vm in sorted(fleet.vms(host), key=lambda v: (-v.ha_priority, v.name)):
-        if not vm.ha:
-            moves.append({"vm": vm.name, "ha": False, "to_host": None,
-                          "why": "not HA: stays down with its host"})
-            continue
-        decision = place_away(vm, hosts.values(), others, config=config)
-        if not decision.ok:
-            moves.append({"vm": vm.name, "ha": True, "to_host": None,
-                          "why": decision.explain()})
-            continue
-        target = decision.chosen[vm.name]
-        others.append(replace(vm, host=target))
-        moves.append({"vm": vm.name, "ha": True, "to_host": target, "why": ""})
-    return moves

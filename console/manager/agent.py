@@ -7,11 +7,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from console.manager.actions import Actions, plan_restarts
+from console.manager.actions import Actions
 from console.manager.fleet import Fleet
+from console.manager.policies import Thresholds, plan
 from console.placement import PlacementConfig
 from hostbus.errors import ErrorCode, RemoteError
-from hostbus.serving.agent import Agent, method, objects
+from hostbus.serving.agent import Agent, CallContext, method, objects
 
 
 class ManagerAgent(Agent):
@@ -20,7 +21,9 @@ class ManagerAgent(Agent):
     def __init__(self, fleet: Fleet, actions: Actions, *,
                  status: Callable[[], dict[str, Any]] = lambda: {},
                  learn_xml: Callable[[str, str], bool] = lambda name, host: False,
-                 placement: PlacementConfig | None = None) -> None:
+                 placement: PlacementConfig | None = None,
+                 confirm_down: Callable[[str, str], str] | None = None,
+                 thresholds: Thresholds | None = None) -> None:
         """``status()`` says which instance answers and whether it is the active one;
         ``learn_xml(name, host)`` fetches a VM's XML (when it is marked HA)."""
         super().__init__()
@@ -29,6 +32,8 @@ class ManagerAgent(Agent):
         self.status = status
         self.learn_xml = learn_xml
         self.placement = placement
+        self._confirm_down = confirm_down
+        self.thresholds = thresholds or Thresholds()
 
     @method()
     def hosts(self) -> dict[str, Any]:
@@ -70,12 +75,24 @@ class ManagerAgent(Agent):
         return {**after.to_dict(), "vms": len(self.fleet.vms(host))}
 
     @method()
-    def plan(self, host_down: str) -> dict[str, Any]:
-        if self.fleet.host(host_down) is None:
+    def confirm_down(self, host: str, ctx: CallContext) -> dict[str, Any]:
+        if self._confirm_down is None:
+            raise RemoteError(ErrorCode.UNSUPPORTED, "this manager cannot confirm hosts down")
+        why = self._confirm_down(host, ctx.caller or "an unknown caller")
+        h = self.fleet.host(host)
+        assert h is not None
+        return {**h.to_dict(), "why": why, "vms": len(self.fleet.vms(host))}
+
+    @method("plan")
+    def plan_moves(self, policy: str, host_down: str | None) -> dict[str, Any]:
+        if policy == "host_down" and host_down is None:
+            raise RemoteError(ErrorCode.INVALID_ARGS, "policy host_down needs host_down: the "
+                              "host whose loss to plan", {"path": "args.host_down"})
+        if host_down is not None and self.fleet.host(host_down) is None:
             raise RemoteError(ErrorCode.NOT_FOUND, f"the manager knows no virt host "
                                                    f"{host_down!r}")
-        return {"host_down": host_down, "moves": plan_restarts(self.fleet, host_down,
-                                                                 config=self.placement)}
+        return plan(self.fleet, policy, host_down=host_down, thresholds=self.thresholds,
+                    config=self.placement)
 
     @objects("vm")
     def vm_objects(self) -> list[dict[str, Any]]:

@@ -119,12 +119,18 @@ class Fleet:
                          "data TEXT NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS owners (request_id TEXT PRIMARY KEY, "
                          "owner TEXT NOT NULL)")
-        self._hosts: dict[str, HostRecord] = {
-            h: HostRecord(**json.loads(d)) for h, d in
-            self._db.execute("SELECT host, data FROM hosts").fetchall()}
-        self._vms: dict[str, VmRecord] = {
-            n: VmRecord(**json.loads(d)) for n, d in
-            self._db.execute("SELECT name, data FROM vms").fetchall()}
+        self._hosts: dict[str, HostRecord] = {}
+        self._vms: dict[str, VmRecord] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the state file again: what another instance sharing it wrote while this
+        one was standby."""
+        with self._lock:
+            self._hosts = {h: HostRecord(**json.loads(d)) for h, d in
+                           self._db.execute("SELECT host, data FROM hosts").fetchall()}
+            self._vms = {n: VmRecord(**json.loads(d)) for n, d in
+                         self._db.execute("SELECT name, data FROM vms").fetchall()}
 
     def close(self) -> None:
         self._db.close()
@@ -232,10 +238,14 @@ class Fleet:
 
     # ---------------------------------------------------------------- listings
     def reconcile(self, host: str, domains: Iterable[dict[str, Any]],
-                  node: dict[str, Any] | None = None) -> tuple[list[VmRecord], list[str]]:
+                  node: dict[str, Any] | None = None, *,
+                  asked: float | None = None) -> tuple[list[VmRecord], list[str]]:
         """Settle one host from a full listing of its domains (``virt.domain`` objects)
-        and its ``node.info``. Returns (VMs added or changed, names forgotten: known on
-        this host and no longer there)."""
+        and its ``node.info``, asked for at time ``asked``: a VM changed since (by an
+        event, or by the manager itself) is newer than the listing and left as it is.
+        Returns (VMs added or changed, names forgotten: known on this host and no
+        longer there)."""
+        since = self.clock() if asked is None else asked
         changed: list[VmRecord] = []
         listed: set[str] = set()
         with self._lock:
@@ -247,6 +257,8 @@ class Fleet:
                 name = str(dom["name"])
                 listed.add(name)
                 vm = self._vms.get(name) or VmRecord(name=name, host=host)
+                if vm.updated > since:
+                    continue
                 new = replace(vm, host=host, uuid=str(dom.get("uuid", vm.uuid)),
                               state=str(dom.get("state", vm.state)),
                               vcpus=int(dom.get("vcpus", vm.vcpus)),
@@ -254,7 +266,7 @@ class Fleet:
                 if new != vm or name not in self._vms:
                     changed.append(self._put_vm(replace(new, updated=self.clock())))
             gone = [v.name for v in self._vms.values()
-                    if v.host == host and v.name not in listed]
+                    if v.host == host and v.name not in listed and v.updated <= since]
             for name in gone:
                 self._drop_vm(name)
         return changed, gone

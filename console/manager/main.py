@@ -21,6 +21,7 @@ from console.manager.actions import Actions
 from console.manager.agent import ManagerAgent
 from console.manager.fencing import Fencer
 from console.manager.fleet import Fleet
+from console.manager.policies import Thresholds
 from console.manager.service import EVENT_PATTERNS, Manager
 from console.placement import PlacementConfig
 from console.services import wait_for_stop
@@ -34,7 +35,7 @@ from hostbus.serving.active import ActiveStandby
 from hostbus.serving.runtime import AgentRuntime
 
 if TYPE_CHECKING:
-    from hostbus.security.signing import Signer
+    from hostbus.security.signing import Signer, Verifier
     from hostbus.tracing import Tracer
 
 log = logging.getLogger("hostbus.manager")
@@ -59,8 +60,10 @@ DEFAULTS: dict[str, Any] = {
         "policy": "",
         "audit_log": "",
     },
+    "policies": {"balance_memory_threshold": 0.8, "balance_cpu_threshold": 0.8,
+                 "power_saving_threshold": 0.2},
     "placement": {},
-    "security": {"signing_key": "", "multi_host_users": ["guest"]},
+    "security": {"signing_key": "", "agent_keys": "", "multi_host_users": ["guest"]},
     "tracing": {"otlp_endpoint": ""},
 }
 
@@ -78,6 +81,14 @@ def load_config(path: str | None) -> dict[str, Any]:
     for key, low in _MINIMUMS.items():
         if float(m[key]) < low:
             raise ConfigError(f"[manager] {key} = {m[key]}: give at least {low:g} (seconds)")
+    for key, value in cfg["policies"].items():
+        if not 0 < float(value) <= 1:
+            raise ConfigError(f"[policies] {key} = {value}: give a fraction above 0 and at "
+                              "most 1 (0.8 is 80%)")
+    p = cfg["policies"]
+    cfg["thresholds"] = Thresholds(balance_memory=float(p["balance_memory_threshold"]),
+                                   balance_cpu=float(p["balance_cpu_threshold"]),
+                                   power_saving=float(p["power_saving_threshold"]))
     if not all(isinstance(a, str) and a for a in m["fence_command"]):
         raise ConfigError("[manager] fence_command: a list of words, program first, such as "
                           '["ipmitool", "-H", "{host}-ipmi", "chassis", "power", "off"]')
@@ -104,6 +115,14 @@ def _signer(cfg: dict[str, Any], config_path: str | None) -> Signer | None:
     return Signer.load(config.resolve(cfg["security"]["signing_key"], config_path))
 
 
+def _agent_keys(cfg: dict[str, Any], config_path: str | None) -> Verifier | None:
+    if not cfg["security"]["agent_keys"]:
+        return None
+    from hostbus.security.signing import Verifier
+
+    return Verifier.from_folder(config.resolve(cfg["security"]["agent_keys"], config_path))
+
+
 def check(config_path: str | None) -> list[str]:
     """What ``--check-config`` reports, without connecting or writing anything. Raises
     ``ConfigError`` (or ``ValueError``)."""
@@ -118,6 +137,8 @@ def check(config_path: str | None) -> list[str]:
                  "policy: none, so only discovery is answered (set [manager] policy)")
     if _signer(cfg, config_path) is not None:
         found.append("signing key: ok")
+    if _agent_keys(cfg, config_path) is not None:
+        found.append("agent keys: ok (only signed events are acted on)")
     found.append("fence step: " + Fencer(m["fence_command"]).describe())
     found.append("events it needs bound: " + " ".join(EVENT_PATTERNS))
     return found
@@ -129,7 +150,7 @@ class ManagerService:
 
     def __init__(self, cfg: dict[str, Any], *, console: Console, fleet: Fleet,
                  policy: Policy, audit: AuditLog, signer: Signer | None = None,
-                 tracer: Tracer | None = None) -> None:
+                 agent_keys: Verifier | None = None, tracer: Tracer | None = None) -> None:
         from hostbus.transport import connect
 
         m = cfg["manager"]
@@ -157,11 +178,14 @@ class ManagerService:
             reconcile_interval=float(m["reconcile_interval"]),
             check_interval=float(m["check_interval"]), call_timeout=float(m["call_timeout"]),
             discovery_idle=float(m["discovery_idle"]),
-            multi_host_users=frozenset(cfg["security"]["multi_host_users"]), emit=self.emit,
+            multi_host_users=frozenset(cfg["security"]["multi_host_users"]),
+            agent_keys=agent_keys, emit=self.emit,
             on_down=self.actions.restart_ha, on_maintenance=self.actions.evacuate)
         self.agent = ManagerAgent(fleet, self.actions, status=self.status,
                                   learn_xml=self.manager.learn_xml,
-                                  placement=cfg["placement_config"])
+                                  placement=cfg["placement_config"],
+                                  confirm_down=self.manager.confirm_down,
+                                  thresholds=cfg["thresholds"])
 
     def _on_event(self, delivery: Any) -> None:
         self.manager.on_event(delivery)
@@ -223,6 +247,7 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
         m = cfg["manager"]
         policy = load_policy(cfg, config_path)
         signer = _signer(cfg, config_path)
+        agent_keys = _agent_keys(cfg, config_path)
         from hostbus.tracing import from_config
 
         tracer = from_config(cfg["tracing"], "hostbus-manager", m["host_id"])
@@ -244,13 +269,14 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
         console = Console.connect(cfg["broker"]["url"],
                                   connect_timeout=float(cfg["broker"]["connect_timeout"]),
                                   signer=signer, tracer=tracer,
-                                  multi_host_users=cfg["security"]["multi_host_users"])
+                                  multi_host_users=cfg["security"]["multi_host_users"],
+                                  agent_keys=agent_keys)
     except ConnectionFailed as exc:
         log.error("%s", exc)
         fleet.close()
         return 2
     service = ManagerService(cfg, console=console, fleet=fleet, policy=policy, audit=audit,
-                             signer=signer, tracer=tracer)
+                             signer=signer, agent_keys=agent_keys, tracer=tracer)
     try:
         service.start()
     except ConnectionFailed as exc:

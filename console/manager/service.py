@@ -20,15 +20,19 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from console.client import Console
 from console.manager.fencing import Fencer
 from console.manager.fleet import DOWN, ONLINE, UNRESPONSIVE, Fleet
 from console.provisioner.tracker import well_formed
 from hostbus.envelope import Event, parse_event
-from hostbus.errors import HostbusError, RemoteError
+from hostbus.errors import ErrorCode, HostbusError, RemoteError
+from hostbus.security.provenance import why_not_from
 from hostbus.transport.base import Delivery
+
+if TYPE_CHECKING:
+    from hostbus.security.signing import Verifier
 
 log = logging.getLogger("hostbus.manager")
 
@@ -38,7 +42,8 @@ EVENT_PATTERNS = ("agent.*.online", "agent.*.heartbeat", "agent.*.offline",
                   "host.*.metrics", "virt.*.domain.lifecycle", "provision.*.accepted",
                   "provision.*.progress")
 LISTING_LIMIT = 10000
-_RECONCILE = object()
+#: Longest wait before fencing a silent host again after a failed attempt.
+FENCE_RETRY_MAX_S = 300.0
 _STOP = object()
 
 
@@ -48,6 +53,7 @@ class Manager:
                  reconcile_interval: float = 60.0, check_interval: float = 1.0,
                  call_timeout: float = 60.0, discovery_idle: float = 0.3,
                  multi_host_users: frozenset[str] = frozenset({"guest"}),
+                 agent_keys: Verifier | None = None,
                  emit: Callable[[str, dict[str, Any]], None] = lambda event, data: None,
                  on_down: Callable[[str], None] = lambda host: None,
                  on_maintenance: Callable[[str], None] = lambda host: None) -> None:
@@ -63,35 +69,52 @@ class Manager:
         self.reconcile_interval = reconcile_interval
         self.check_interval = check_interval
         self.call_timeout = call_timeout
+        #: Listings and reads are quick calls: a host silent this long is left as it was.
+        self.listing_timeout = min(call_timeout, 10.0)
         self.discovery_idle = discovery_idle
         self.multi_host_users = multi_host_users
+        self.agent_keys = agent_keys  # with them, only signed events count
         self.emit = emit
         self.on_down = on_down
         self.on_maintenance = on_maintenance
         self.active = threading.Event()
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._listing_wanted = threading.Event()
         self.dropped = 0  # events refused as spoofed or malformed
+        self._retry: dict[str, tuple[int, float]] = {}  # host -> (failed fences, next try)
         #: Set after each completed listing (tests and the CLI's freshness).
         self.reconciled = threading.Event()
 
     # ------------------------------------------------------------------ running
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="hostbus-manager",
-                                        daemon=True)
-        self._thread.start()
+        """The loop (events, liveness) and the lister (listings by call) on threads of
+        their own: a listing waiting on a host that just died never delays an event."""
+        self._stop.clear()
+        for target, label in ((self._run, "manager"), (self._list, "manager-lister")):
+            thread = threading.Thread(target=target, name=f"hostbus-{label}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def stop(self) -> None:
-        if self._thread is not None:
-            self._inbox.put(_STOP)
-            self._thread.join(timeout=self.call_timeout + 5)
-            self._thread = None
+        self._stop.set()
+        self._inbox.put(_STOP)
+        self._listing_wanted.set()
+        loop, lister = self._threads or (None, None)
+        if loop is not None:
+            loop.join(timeout=self.call_timeout + 5)  # the event being applied, if any
+        if lister is not None:
+            # A listing waiting on a silent host is abandoned: it only reads the fleet.
+            lister.join(timeout=1.0)
+        self._threads = []
 
     def set_active(self, active: bool) -> None:
         """Called when this instance becomes (or stops being) the active one."""
         if active:
+            self.fleet.reload()  # an instance sharing the state file may have written it
             self.active.set()
-            self._inbox.put(_RECONCILE)
+            self.reconcile_soon()
         else:
             self.active.clear()
 
@@ -100,43 +123,47 @@ class Manager:
         self._inbox.put(delivery)
 
     def reconcile_soon(self) -> None:
-        self._inbox.put(_RECONCILE)
+        self._listing_wanted.set()
 
     def _run(self) -> None:
-        due = time.monotonic() + self.reconcile_interval
         next_check = time.monotonic()
-        failures = 0
         while True:
-            wake = min(due, next_check)
             try:
-                item = self._inbox.get(timeout=max(0.0, wake - time.monotonic()))
+                item = self._inbox.get(timeout=max(0.0, next_check - time.monotonic()))
             except queue.Empty:
                 item = None
             if item is _STOP:
                 return
-            if item is _RECONCILE:
-                due = time.monotonic()
-            elif isinstance(item, Delivery):
+            if isinstance(item, Delivery):
                 self._apply(item)
-            if not self.active.is_set():
+            if time.monotonic() < next_check:
                 continue
-            now = time.monotonic()
-            if now >= due:
-                try:
-                    self.reconcile()
-                    failures = 0
-                    due = time.monotonic() + self.reconcile_interval
-                except HostbusError as exc:
-                    failures += 1
-                    wait = min(self.reconcile_interval, 2.0 ** min(failures, 6))
-                    log.warning("could not list the virt hosts (%s); again in %g s", exc, wait)
-                    due = time.monotonic() + wait
-            if now >= next_check:
+            next_check = time.monotonic() + self.check_interval
+            if self.active.is_set():
                 try:
                     self.check_liveness()
                 except HostbusError as exc:
                     log.warning("could not check the hosts' liveness: %s", exc)
-                next_check = time.monotonic() + self.check_interval
+
+    def _list(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            wait = self.reconcile_interval if failures == 0 else \
+                min(self.reconcile_interval, 2.0 ** min(failures, 6))
+            self._listing_wanted.wait(wait)
+            self._listing_wanted.clear()
+            if self._stop.is_set() or not self.active.is_set():
+                continue
+            try:
+                self.reconcile()
+                failures = 0
+            except Exception as exc:
+                if self._stop.is_set():
+                    return  # stopping: the connection or the state file closed under it
+                if not isinstance(exc, HostbusError):
+                    raise
+                failures += 1
+                log.warning("could not list the virt hosts (%s); trying again", exc)
 
     # ------------------------------------------------------------------- events
     def _apply(self, delivery: Delivery) -> None:
@@ -148,12 +175,13 @@ class Manager:
                         err.message)
             delivery.ack()
             return
-        user = delivery.properties.user_id
-        if delivery.routing_key != event.routing_key() or (
-                user != event.host and user not in self.multi_host_users):
+        why = why_not_from(delivery, event.host, routing_key=event.routing_key(),
+                           multi_host_users=self.multi_host_users, verifier=self.agent_keys,
+                           who="the manager")
+        if why is not None:
             self.dropped += 1
-            log.warning("dropped event %s claiming host %r, sent by %r: a host may only "
-                        "speak for itself", delivery.routing_key, event.host, user)
+            log.warning("dropped event %s claiming host %r: %s", delivery.routing_key,
+                        event.host, why)
             delivery.ack()
             return
         try:
@@ -220,8 +248,10 @@ class Manager:
                 self._changed(before, after.state, after.why)
         for h in self.fleet.hosts():
             if h.state == UNRESPONSIVE and now - h.last_seen > h.heartbeat_interval + \
-                    self.heartbeat_grace:
+                    self.heartbeat_grace and now >= self._retry.get(h.host, (0, 0.0))[1]:
                 self._confirm(h.host)
+            elif h.state != UNRESPONSIVE:
+                self._retry.pop(h.host, None)
 
     def _confirm(self, host: str) -> None:
         res = self.console.call("agent", "ping", {}, host=host, timeout=self.ping_timeout)
@@ -231,6 +261,10 @@ class Manager:
             return
         fenced, how = self.fencer.fence(host)
         if not fenced:
+            # Again later, backing off: a fence command is a power switch, not a probe.
+            failures = self._retry.get(host, (0, 0.0))[0] + 1
+            self._retry[host] = (failures, self.fleet.clock() + min(
+                FENCE_RETRY_MAX_S, self.check_interval * 2.0 ** failures))
             why = f"silent and unanswered ping, but the fence step failed: {how}"
             before, after = self.fleet.update_host(host, why=why)
             if before is None or before.why != why:
@@ -244,10 +278,38 @@ class Manager:
         self._changed(before, DOWN, after.why)
         self.on_down(host)
 
+    def confirm_down(self, host: str, who: str) -> str:
+        """An operator says the host is off (the way one confirms a host was rebooted
+        when no fence step can): after a ping goes unanswered, it is ``down`` and its HA
+        VMs restart elsewhere. Raises ``RemoteError`` when that would be wrong."""
+        h = self.fleet.host(host)
+        if h is None:
+            raise RemoteError(ErrorCode.NOT_FOUND, f"the manager knows no virt host {host!r}")
+        if h.state == DOWN:
+            return h.why
+        if h.state != UNRESPONSIVE:
+            raise RemoteError(ErrorCode.CONFLICT,
+                              f"{host} is {h.state}, not unresponsive: only a silent host can "
+                              "be confirmed down (to empty a working host, put it in "
+                              "maintenance)", {"state": h.state})
+        res = self.console.call("agent", "ping", {}, host=host, timeout=self.ping_timeout)
+        if res.reply is not None:
+            before, after = self.fleet.seen(host)
+            self._changed(before, after.state, "it answered a ping")
+            raise RemoteError(ErrorCode.CONFLICT, f"{host} answered a ping just now: it is "
+                                                  "up, so it is not confirmed down")
+        why = f"confirmed down by {who} (no answer to a ping within {self.ping_timeout:g} s)"
+        before, after = self.fleet.update_host(host, state=DOWN, why=why)
+        log.warning("host %s %s", host, why)
+        self._changed(before, DOWN, why)
+        self.on_down(host)
+        return why
+
     # ---------------------------------------------------------------- listings
     def reconcile(self) -> int:
         """Settle every virt host that answers from its node.info and domain listing,
         and learn the XML of HA VMs. Returns how many hosts were settled."""
+        asked = self.fleet.clock()
         found = self.console.discover(filter={"agent": "virt"}, idle=self.discovery_idle)
         hosts = [a.host for a in found]
         for info in found:
@@ -258,9 +320,9 @@ class Manager:
         settled = 0
         if hosts:
             nodes = self.console.fanout("virt", "node.info", {}, hosts,
-                                        timeout=self.call_timeout)
+                                        timeout=self.listing_timeout)
             listing = self.console.query("virt", "domain", hosts=hosts, limit=LISTING_LIMIT,
-                                         timeout=self.call_timeout)
+                                         timeout=self.listing_timeout)
             node_of = {r.host: r.reply.result for r in nodes.results
                        if r.reply is not None and r.reply.ok}
             for res in listing.results:
@@ -272,7 +334,8 @@ class Manager:
                     log.warning("virt host %s has more than %d domains: not settled",
                                 res.host, len(objects))
                     continue
-                self.fleet.reconcile(res.host, well_formed(objects), node_of.get(res.host))
+                self.fleet.reconcile(res.host, well_formed(objects), node_of.get(res.host),
+                                     asked=asked)
                 settled += 1
         for vm in self.fleet.vms():
             if vm.ha and vm.host in hosts:
@@ -288,7 +351,7 @@ class Manager:
     def learn_xml(self, name: str, host: str) -> bool:
         """Keep the VM's domain XML: what restarts it elsewhere if its host dies."""
         res = self.console.call("virt", "domain.xml", {"name": name}, host=host,
-                                timeout=self.call_timeout)
+                                timeout=self.listing_timeout)
         if res.reply is None or not res.reply.ok:
             return False
         xml = (res.reply.result or {}).get("xml")

@@ -38,8 +38,9 @@ def fleet(rabbitmq, enroll, tmp_path):
                        f'agents = ["virt"]\nheartbeat_interval = 0.5\n'
                        f'state_dir = "{tmp_path / host_id}"\n[virt]\nstats_interval = 0\n'
                        f'[security]\npolicy = "{policy}"\n')
-        proc = subprocess.Popen([str(BIN / "hostbus-agent"), "--config", str(cfg)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        with open(tmp_path / f"{host_id}.log", "w") as out:
+            proc = subprocess.Popen([str(BIN / "hostbus-agent"), "--config", str(cfg)],
+                                    stdout=out, stderr=subprocess.STDOUT, text=True)
         procs.append(proc)
         return host_id, proc
 
@@ -60,9 +61,16 @@ def fleet(rabbitmq, enroll, tmp_path):
                       'reconcile_interval = 3600.0\ncall_timeout = 20.0\n'
                       f'shutdown_timeout = 10.0\ntick_interval = 0.5\npolicy = "{policy}"\n')
 
-    def manager() -> subprocess.Popen[str]:
-        proc = subprocess.Popen([str(BIN / "hostbus"), "manager", "--config", str(config)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    def manager(extra: str = "") -> subprocess.Popen[str]:
+        """A manager instance; ``extra``: more [manager] keys."""
+        if extra:
+            config.write_text(config.read_text() + extra)
+        log = tmp_path / f"manager-{len(procs)}.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen([str(BIN / "hostbus"), "manager", "--config",
+                                     str(config)], stdout=out, stderr=subprocess.STDOUT,
+                                    text=True)
+        proc.log = log  # type: ignore[attr-defined]
         procs.append(proc)
         return proc
 
@@ -77,10 +85,12 @@ def fleet(rabbitmq, enroll, tmp_path):
     rabbitmq.admin.revoke(name)
 
 
-def cli(rabbitmq, *args: str) -> Any:
+def cli(rabbitmq, *args: str, code: int = 0) -> Any:
     done = subprocess.run([str(BIN / "hostbus"), "--url", rabbitmq.url, *args],
                           capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, f"hostbus {' '.join(args)}: {done.stdout}{done.stderr}"
+    assert done.returncode == code, f"hostbus {' '.join(args)}: {done.stdout}{done.stderr}"
+    if code:
+        return done.stderr
     return json.loads(done.stdout) if "--json" in args else done.stdout
 
 
@@ -111,8 +121,9 @@ def test_a_killed_hosts_ha_vm_runs_on_the_other_host_once(rabbitmq, console, fle
     assert "HA on" in cli(rabbitmq, "vm", "ha-1", "ha", "on")
     hosts = {h["host"]: h["state"] for h in cli(rabbitmq, "hosts", "--json")["hosts"]}
     assert hosts == {host_a: "online", host_b: "online"}
-    assert [m["to_host"] for m in cli(rabbitmq, "manager", "plan", "--host-down", host_a,
-                                      "--json")["moves"]] == [host_b, None]
+    planned = cli(rabbitmq, "manager", "plan", "--host-down", host_a, "--json")
+    assert [(m["vm"], m["to_host"]) for m in planned["moves"]] == [("ha-1", host_b)]
+    assert [m["vm"] for m in planned["left"]] == ["plain-1"]
 
     agent_a.send_signal(signal.SIGKILL)  # the host dies with its hypervisor
     agent_a.wait(timeout=30)
@@ -159,3 +170,67 @@ def test_a_host_in_maintenance_is_emptied_onto_the_other(rabbitmq, console, flee
     cli(rabbitmq, "hosts", "activate", host_a)
     hosts = {h["host"]: h["maintenance"] for h in cli(rabbitmq, "hosts", "--json")["hosts"]}
     assert hosts == {host_a: False, host_b: False}
+
+
+def test_the_standby_manager_takes_over_and_restarts_the_ha_vm(rabbitmq, console, fleet):
+    """Two instances sharing a state folder; the active one SIGKILLed, then a host: the
+    standby, now active, knows the HA flag set through the first and restarts the VM."""
+    online, restarts = EventCollector(), EventCollector()
+    console.subscribe([f"agent.{fleet['name']}.online"], online)
+    console.subscribe([f"manager.{fleet['name']}.ha.restart"], restarts)
+    host_a, agent_a = fleet["host"]()
+    host_b, _ = fleet["host"]()
+    first = fleet["manager"]()
+    online.wait_for(lambda e: True, timeout=60)
+    second = fleet["manager"]()
+    assert until(lambda: "waiting to be the active instance" in second.log.read_text(),
+                 timeout=60)
+    define(console, host_a, "ha-2")
+    assert until(lambda: "ha-2" in vms_of(rabbitmq), timeout=30)
+    cli(rabbitmq, "vm", "ha-2", "ha", "on")
+    assert cli(rabbitmq, "vms", "--json")["manager"]["active"] is True
+
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    online.wait_until(lambda events: len(events) == 2, timeout=60)  # the second serves
+    agent_a.send_signal(signal.SIGKILL)
+    agent_a.wait(timeout=30)
+    try:
+        done = restarts.wait_for(lambda e: e.data["status"] == "completed", timeout=60)
+    except AssertionError:
+        raise AssertionError(second.log.read_text()) from None  # what it did instead
+    assert (done.data["vm"], done.data["to_host"]) == ("ha-2", host_b)
+    assert [e.data["status"] for e, _ in restarts.events] == ["started", "completed"]
+    assert vms_of(rabbitmq)["ha-2"] == (host_b, "running")
+
+
+def test_a_failed_fence_restarts_nothing_until_an_operator_confirms(rabbitmq, console, fleet):
+    events = EventCollector()
+    console.subscribe([f"manager.{fleet['name']}.#"], events)
+    host_a, agent_a = fleet["host"]()
+    host_b, _ = fleet["host"]()
+    fleet["manager"]('fence_command = ["false"]\n')
+    assert until(lambda: len(console.discover(filter={"agent": "manager"})) == 1, timeout=60)
+    define(console, host_a, "ha-3")
+    assert until(lambda: "ha-3" in vms_of(rabbitmq), timeout=30)
+    cli(rabbitmq, "vm", "ha-3", "ha", "on")
+    # A working host cannot be confirmed down.
+    assert "is online, not unresponsive" in cli(rabbitmq, "hosts", "confirm-down", host_b,
+                                                "--yes", code=1)
+    agent_a.send_signal(signal.SIGKILL)
+    agent_a.wait(timeout=30)
+    failed = events.wait_for(lambda e: e.event == "host.fence_failed", timeout=60)
+    assert failed.data == {"host": host_a, "error": "fence command false exited 1"}
+    hosts = {h["host"]: h for h in cli(rabbitmq, "hosts", "--json")["hosts"]}
+    assert hosts[host_a]["state"] == "unresponsive"
+    assert "the fence step failed" in hosts[host_a]["why"]
+    assert not [e for e, _ in events.events if e.event == "ha.restart"]
+    on_b = console.query("virt", "domain", hosts=[host_b], timeout=10).results[0]
+    assert on_b.reply.result["objects"] == []
+
+    out = cli(rabbitmq, "hosts", "confirm-down", host_a, "--yes")
+    assert f"{host_a} is down (confirmed down by guest" in out
+    done = events.wait_for(lambda e: e.event == "ha.restart" and
+                           e.data["status"] == "completed", timeout=60)
+    assert (done.data["vm"], done.data["to_host"]) == ("ha-3", host_b)
+    assert vms_of(rabbitmq)["ha-3"] == (host_b, "running")

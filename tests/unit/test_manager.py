@@ -14,16 +14,18 @@ import pytest
 
 from agents import virt
 from console.client import Console
-from console.manager.actions import Actions, plan_restarts
+from console.manager.actions import Actions
 from console.manager.agent import ManagerAgent
 from console.manager.fencing import Fencer
 from console.manager.fleet import DOWN, LOST, ONLINE, UNRESPONSIVE, Fleet
+from console.manager.policies import Thresholds, plan
 from console.manager.service import Manager
 from hostbus.envelope import Event
 from hostbus.errors import RemoteError
 from hostbus.serving.runtime import AgentRuntime
 from hostbus.transport.base import Delivery
 from hostbus.transport.memory import MemoryTransport
+from tests.fakes import until
 
 GIB = 1 << 30
 
@@ -109,6 +111,16 @@ def test_a_listing_settles_a_host_and_forgets_what_it_no_longer_has(tmp_path):
                                  "unallocated_memory_bytes": 15 * GIB, "vcpus_allocated": 2})
     assert [v.name for v in changed] == ["web-1"] and gone == ["old"]
     assert fleet.host("kvm01").cpus == 4 and fleet.vm("web-1").vcpus == 2
+    # A listing asked for before an event is older than it: it changes nothing the
+    # event told, and does not forget a VM the event made.
+    asked = fleet.clock() - 60
+    fleet.apply_lifecycle("kvm01", {"name": "web-1", "event": "stopped"})
+    fleet.apply_lifecycle("kvm01", {"name": "new", "event": "defined"})
+    changed, gone = fleet.reconcile("kvm01", [
+        {"name": "web-1", "uuid": "u1", "state": "running", "vcpus": 2,
+         "memory_bytes": GIB}], asked=asked)
+    assert (changed, gone) == ([], [])
+    assert fleet.vm("web-1").state == "shutoff" and fleet.vm("new") is not None
 
 
 def test_a_spoofed_event_is_dropped_and_acknowledged(tmp_path):
@@ -175,6 +187,13 @@ def test_a_silent_host_is_pinged_and_fenced_before_it_counts_as_down(tmp_path, f
     if fence == ["false"]:
         assert emitted.named("host.fence_failed")[0]["host"] == "kvm01"
         assert "fence command false exited 1" in fleet.host("kvm01").why
+        # Fenced again only after a backoff (a fence is a power switch), told once.
+        manager.check_liveness()
+        assert console.pinged == ["kvm01"]
+        clock.now += 2.5
+        manager.check_liveness()
+        assert console.pinged == ["kvm01", "kvm01"]
+        assert len(emitted.named("host.fence_failed")) == 1
     # A heartbeat brings a host back whatever it was.
     manager.apply(heartbeat("kvm01", seq=2))
     assert fleet.host("kvm01").state == ONLINE
@@ -225,10 +244,11 @@ def test_the_ha_vms_of_a_host_confirmed_down_restart_elsewhere_once(hypervisors)
     agent.attach(lambda a, e, d: h["emitted"](e, d))
     agent.ha("web-ha", True, 5)
     assert "<name>web-ha</name>" in fleet.vm("web-ha").xml
-    assert plan_restarts(fleet, "kvm01") == [
-        {"vm": "web-ha", "ha": True, "to_host": "kvm02", "why": ""},
-        {"vm": "web-plain", "ha": False, "to_host": None,
-         "why": "not HA: stays down with its host"}]
+    assert agent.plan_moves("host_down", "kvm01") == {
+        "policy": "host_down", "host_down": "kvm01", "standby": [],
+        "moves": [{"vm": "web-ha", "from_host": "kvm01", "to_host": "kvm02", "ha": True,
+                   "why": "HA restart (priority 5)"}],
+        "left": [{"vm": "web-plain", "why": "not HA: stays down with its host"}]}
     # kvm01 dies (its agent stops answering), and is confirmed down.
     h["runtimes"]["kvm01"].stop("killed")
     fleet.update_host("kvm01", state=DOWN)
@@ -275,7 +295,85 @@ def test_a_host_in_maintenance_is_emptied_by_cold_migration(hypervisors):
                                                      "moved": 2, "failed": 0}
     # Nothing is placed on a host in maintenance: a second host's loss has nowhere to go.
     h["fleet"].update_vm("web-1", ha=True)
-    assert plan_restarts(h["fleet"], "kvm02")[0]["to_host"] is None
-    assert "kvm01 maintenance" in plan_restarts(h["fleet"], "kvm02")[0]["why"]
+    planned = agent.plan_moves("host_down", "kvm02")
+    assert planned["moves"] == [] and planned["left"][0]["vm"] == "web-1"
+    assert "kvm01 maintenance" in planned["left"][0]["why"]
     with pytest.raises(RemoteError, match="knows no virt host 'kvm09'"):
         agent.maintenance("kvm09", True)
+
+
+# ------------------------------------------------------------------ policies
+def _host(fleet: Fleet, name: str, used_gib: int, *, total_gib: int = 16,
+          cpu: float | None = None) -> None:
+    fleet.update_host(name, cpus=8, memory_bytes=total_gib * GIB, free_vcpus=32,
+                      unallocated_memory_bytes=(total_gib - used_gib) * GIB, cpu_percent=cpu)
+
+
+def _vm(fleet: Fleet, name: str, host: str, gib: int) -> None:
+    fleet.apply_lifecycle(host, {"name": name, "event": "started"})
+    fleet.update_vm(name, vcpus=1, memory_bytes=gib * GIB)
+
+
+def test_even_distribution_moves_the_smallest_vms_off_a_full_host_without_thrashing(tmp_path):
+    fleet = Fleet(tmp_path / "m.db")
+    _host(fleet, "kvm01", 15)  # 94% used
+    _host(fleet, "kvm02", 4)
+    _host(fleet, "kvm03", 12)  # 75%: below the threshold, may not go above it
+    for name, gib in (("big", 8), ("mid", 4), ("small-a", 1), ("small-b", 2)):
+        _vm(fleet, name, "kvm01", gib)
+    result = plan(fleet, "even_distribution")
+    assert [(m["vm"], m["to_host"]) for m in result["moves"]] == [("small-a", "kvm02"),
+                                                                  ("small-b", "kvm02")]
+    assert "kvm01 uses 94% of its memory" in result["moves"][0]["why"]
+    # Nothing to do on a balanced fleet.
+    assert plan(fleet, "even_distribution", thresholds=Thresholds(balance_memory=0.95,
+                                                                  balance_cpu=0.95))[
+        "moves"] == []
+
+
+def test_power_saving_empties_idle_hosts_only_when_all_their_vms_fit(tmp_path):
+    fleet = Fleet(tmp_path / "m.db")
+    _host(fleet, "kvm01", 8)
+    _host(fleet, "kvm02", 1, cpu=5.0)
+    _host(fleet, "kvm03", 2, cpu=50.0)  # idle memory, busy CPU: kept
+    _vm(fleet, "a", "kvm02", 1)
+    _vm(fleet, "b", "kvm03", 2)
+    result = plan(fleet, "power_saving")
+    assert result["standby"] == ["kvm02"]
+    assert [(m["vm"], m["from_host"]) for m in result["moves"]] == [("a", "kvm02")]
+    # A host whose VMs do not all fit elsewhere is left as it is.
+    _vm(fleet, "huge", "kvm02", 3)
+    fleet.update_host("kvm01", unallocated_memory_bytes=2 * GIB)
+    fleet.update_host("kvm03", unallocated_memory_bytes=2 * GIB)
+    assert plan(fleet, "power_saving")["standby"] == []
+    assert plan(fleet, "power_saving")["moves"] == []
+
+
+def test_with_agent_keys_only_events_the_host_signed_count(tmp_path):
+    from hostbus.publisher import Publisher
+    from hostbus.security.signing import Signer, Verifier, generate
+    from hostbus.transport.memory import MemoryBroker
+
+    private, _ = generate("kvm01", tmp_path / "keys")
+    broker = MemoryBroker()
+    broker.enroll_active_queue("manager", ["agent.*.heartbeat"])
+    fleet = Fleet(tmp_path / "m.db")
+    manager = Manager(console=None, fleet=fleet, fencer=Fencer(),  # type: ignore[arg-type]
+                      agent_keys=Verifier.from_folder(tmp_path / "keys"))
+    got: list[Delivery] = []
+    reader = MemoryTransport(broker, user="manager")
+    reader.start()
+    reader.consume("hostbus.active.manager", got.append, manual_ack=True)
+    for signer, seq in ((None, 1), (Signer.load(private), 2)):
+        sender = MemoryTransport(broker, user="kvm01")
+        sender.start()
+        ev = heartbeat("kvm01", seq=seq, free_vcpus=seq)
+        body, props = ev.encode()
+        Publisher(sender, signer).publish("hostbus.event", ev.routing_key(), body, props)
+        sender.close()
+    assert until(lambda: len(got) == 2)
+    manager._apply(got[0])  # unsigned: dropped
+    assert fleet.hosts() == [] and manager.dropped == 1
+    manager._apply(got[1])
+    assert fleet.host("kvm01").free_vcpus == 2
+    reader.close()
