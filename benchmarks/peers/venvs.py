@@ -90,5 +90,6 @@ def _run(argv: list[str], what: str) -> None:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=900, check=False)
     if done.returncode != 0:
         raise PeerError(f"could not {what} (exit {done.returncode}); the peers benchmark "
-                        f"installs each peer from the package index pip is set up for: "
+                        f"installs each peer from the package index pip is set up for "
+                        f"(PIP_INDEX_URL, pip.conf): "
                         f"{(done.stderr or done.stdout).strip()[-1500:]}")

@@ -99,14 +99,9 @@ def test_bench_peers_measures_hostbus_and_both_peers_in_one_run():
     a vhost of its own)."""
     import importlib.util
 
-    env = {**os.environ,
-           "HOSTBUS_BROKER_URL": os.environ.get("HOSTBUS_TEST_AMQP",
-                                                "amqp://guest:guest@127.0.0.1:5672"),
-           "HOSTBUS_CONSOLE_ADMIN_URL": os.environ.get("HOSTBUS_TEST_ADMIN_URL",
-                                                       "http://guest:guest@127.0.0.1:15672")}
     done = subprocess.run([str(Path(sys.executable).parent / "hostbus"), "bench", "--quick",
                            "--only", "peers", "--json"], capture_output=True, text=True,
-                          env=env, timeout=1200, check=False)
+                          env=_bench_env(), timeout=1200, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout)
     peers = results["peers"]
@@ -122,3 +117,28 @@ def test_bench_peers_measures_hostbus_and_both_peers_in_one_run():
             "nameko events/s / hostbus's"} <= {t["what"] for t in results["targets"]}
     for module in ("oslo_messaging", "nameko", "eventlet"):  # never in hostbus's environment
         assert importlib.util.find_spec(module) is None
+
+
+def _bench_env(**extra: str) -> dict[str, str]:
+    return {**os.environ,
+            "HOSTBUS_BROKER_URL": os.environ.get("HOSTBUS_TEST_AMQP",
+                                                 "amqp://guest:guest@127.0.0.1:5672"),
+            "HOSTBUS_CONSOLE_ADMIN_URL": os.environ.get("HOSTBUS_TEST_ADMIN_URL",
+                                                        "http://guest:guest@127.0.0.1:15672"),
+            **extra}
+
+
+def test_bench_peers_that_cannot_be_installed_are_named_and_leave_nothing(tmp_path):
+    """No package index: `hostbus bench --only peers` exits 1 with pip's reason and the
+    peer it could not install, and leaves no half-made venv in its cache."""
+    cache = tmp_path / "peers"
+    done = subprocess.run([str(Path(sys.executable).parent / "hostbus"), "bench", "--quick",
+                           "--only", "peers"], capture_output=True, text=True, timeout=300,
+                          env=_bench_env(HOSTBUS_BENCH_PEERS_CACHE=str(cache), PIP_NO_INDEX="1",
+                                         PIP_FIND_LINKS=str(tmp_path / "no-wheels")),
+                          check=False)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "could not pip install oslo.messaging==18.3.1" in done.stderr
+    assert "No matching distribution" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert list(cache.iterdir()) == []
