@@ -228,11 +228,9 @@ def machine() -> dict[str, Any]:
 
 
 def _ratios(out: dict[str, Any], sides: list[str], key: str) -> None:
-    hostbus = out["hostbus"][key] if isinstance(out["hostbus"], dict) else out["hostbus"]
-    out["over_hostbus"] = {}
-    for side in sides:
-        value = out[side][key] if isinstance(out[side], dict) else out[side]
-        out["over_hostbus"][side] = round(value / hostbus, 2)
+    """``out["over_hostbus"][side]``: each side's ``key`` over hostbus's."""
+    out["over_hostbus"] = {side: round(out[side][key] / out["hostbus"][key], 2)
+                           for side in sides}
 
 
 def run(bench: Bench, calls: int, servers: int, broadcasts: int, n_events: int,
