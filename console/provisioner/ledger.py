@@ -108,6 +108,23 @@ class VmLedger:
                                     (owner, GONE)).fetchone()
         return int(n)
 
+    def count_with(self, owner: str, asked: dict[str, int]) -> int:
+        """``count(owner)`` plus the VMs that the owner's requests in flight (request id
+        -> VMs asked) have yet to make, read at one instant: a VM recorded between two
+        separate reads would be counted by neither (it is made, so no longer coming,
+        but was not there yet when the count was read)."""
+        with self._lock:
+            coming = 0
+            for rid, count in asked.items():
+                (made,) = self._db.execute(
+                    "SELECT COUNT(*) FROM vms WHERE request_id = ? AND state != ?",
+                    (rid, GONE)).fetchone()
+                coming += max(0, count - int(made))
+            (have,) = self._db.execute(
+                "SELECT COUNT(*) FROM vms WHERE owner = ? AND state != ?",
+                (owner, GONE)).fetchone()
+            return int(have) + coming
+
     def owned(self, owner: str, *, include_gone: bool = False) -> list[Vm]:
         with self._lock:
             rows = self._select("owner = ?" + ("" if include_gone else " AND state != 'gone'"),

@@ -310,20 +310,11 @@ class Provisioner:
                 return self._accept_within_quota(rid, owner, template, count)
 
     def _accept_within_quota(self, rid: str, owner: str, template: str, count: int) -> Any:
-        self.quotas.check(owner, self.vms.count(owner) + self._coming(owner), count)
+        asked = {rid: n for rid, (who, n) in self._inflight.items() if who == owner}
+        self.quotas.check(owner, self.vms.count_with(owner, asked), count)
         record = self.store.accept(rid, owner, template, count)
         self._inflight[rid] = (owner, count)
         return record
-
-    def _coming(self, owner: str) -> int:
-        """VMs of ``owner``'s requests being carried out that the ledger does not hold
-        yet (call with ``_admit`` held)."""
-        coming = 0
-        for rid, (who, count) in self._inflight.items():
-            if who == owner:
-                made = sum(1 for vm in self.vms.of_request(rid) if vm.state != GONE)
-                coming += max(0, count - made)
-        return coming
 
     def _audit(self, rid: str, caller: str, action: str, owner: str | None,
                args: dict[str, Any], what: str, detail: str) -> None:
