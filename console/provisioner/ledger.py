@@ -190,6 +190,11 @@ class VmLedger:
             if row is None:
                 return set()
             vm = self._vm(row)
+            if vm.state == GONE and event != "defined":
+                # Older news: a removed domain is not stopped or started. A listing may
+                # have found it gone before its last events were applied (they wait in
+                # the tracker's inbox); applied now, a "stopped" counted it again.
+                return set()
             state = EVENT_STATES.get(str(event), vm.state)
             if event == "defined" and vm.state == GONE:
                 state = INACTIVE
