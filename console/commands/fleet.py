@@ -9,11 +9,12 @@ from typing import Any
 import click
 
 from console.commands.common import (
-    EPILOG,
+    FANOUT,
     CliContext,
     CliError,
     Exit,
     emit_json,
+    exits,
     layout,
     out,
     plural,
@@ -32,7 +33,8 @@ SECTIONS = (("identity", "host", "identify"), ("hardware", "host", "inventory"),
             ("now", "host", "metrics"), ("hypervisor", "virt", "node.info"))
 
 
-@click.command(epilog=EPILOG)
+@exits(*FANOUT)
+@click.command()
 @click.argument("host")
 @timeout_option
 @table_options
@@ -68,9 +70,11 @@ def inventory(ctx: CliContext, host: str, timeout: float | None, wide: bool,
 
         out_console = out()
         fit = layout(out_console, wide, columns)
-        out_console.print(f"[bold]{escape(host)}[/bold]  agents {escape(', '.join(info.agents))}"
-                          f"  hostbus {escape(info.version)}  started {escape(info.started)}"
-                          f"  rtt {info.rtt_ms:.1f} ms", highlight=False)
+        out_console.print(f"[bold]{escape(host)}[/bold]", highlight=False)
+        # one line each: at 80 columns a single header line wrapped mid-value
+        print_result(out_console, {"agents": ", ".join(info.agents), "hostbus": info.version,
+                                   "started": info.started, "rtt_ms": round(info.rtt_ms, 1)},
+                     fit)
         out_console.print("[bold]facts[/bold]")
         print_result(out_console, info.facts, fit)
         for title, agent, method in asked:
@@ -89,7 +93,8 @@ def inventory(ctx: CliContext, host: str, timeout: float | None, wide: bool,
     return Exit.FAILED if failed else Exit.OK
 
 
-@click.command(epilog=EPILOG)
+@exits(*FANOUT)
+@click.command()
 @click.argument("keys", nargs=-1, metavar="[KEY]...")
 @hosts_option()
 @click.option("--agent", "-a", metavar="NAME", help="Only daemons hosting this agent.")
