@@ -15,9 +15,9 @@ from console.commands.options import json_option
 @click.option("--only", multiple=True,
               type=click.Choice(["call", "fanout", "events", "amqp10", "placement",
                                  "provisioning", "footprint", "soak", "faults", "history",
-                                 "tracing", "scale", "peers"]),
+                                 "tracing", "scale", "peers", "reactor"]),
               help="Run only these (repeatable). Default: all but soak, faults, history, "
-                   "scale and peers.")
+                   "scale, peers and reactor.")
 @click.option("--calls", type=click.IntRange(10), help="Round trips per side (2000).")
 @click.option("--agents", metavar="N,N,...",
               help="Simulated agent counts for broadcast ping (100,1000,5000).")
@@ -84,6 +84,9 @@ def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None
     `--only peers` measures the same call, broadcast and events against oslo.messaging
     and nameko, each installed on first use into a virtual environment of its own under
     ~/.cache/hostbus-bench/peers ($HOSTBUS_BENCH_PEERS_CACHE), never into hostbus's.
+    `--only reactor` bursts 10,000 events at the reactor with 100 rules (rules
+    evaluated per second, memory, none dropped) and measures a failing check to its
+    action, each against raw pika.
     """
     from benchmarks import report
     from benchmarks.peers import PeerError

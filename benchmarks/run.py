@@ -20,6 +20,7 @@ from benchmarks import (
     peers,
     placement,
     provisioning,
+    reactor,
     scale,
     soak,
     tracing,
@@ -32,7 +33,7 @@ ALL = ("call", "fanout", "events", "amqp10", "placement", "provisioning", "footp
 #: Run only when asked for (--only soak, --only faults, ...): minutes by design; faults
 #: and scale start a RabbitMQ node of their own (root, a source checkout); peers
 #: installs oslo.messaging and nameko into virtual environments of their own.
-EXTRA = ("soak", "faults", "history", "scale", "peers")
+EXTRA = ("soak", "faults", "history", "scale", "peers", "reactor")
 
 
 @dataclass
@@ -55,6 +56,8 @@ class Plan:
     peer_broadcasts: int = 20  # broadcasts per side
     peer_events: int = 5000  # events per run, per side
     peer_event_rounds: int = 3  # event runs per side
+    reactor_events: int = 10_000  # a burst into the reactor, each seen by every rule
+    reactor_rules: int = 100
     only: tuple[str, ...] = ALL
 
     @classmethod
@@ -63,7 +66,7 @@ class Plan:
                    provision_hosts=2, placement_hosts=100, idle_s=2.0,
                    storm_s=1.0, alarm_s=10.0, history_stored=20_000, scale_hosts=1000,
                    scale_agents=20, peer_servers=10, peer_broadcasts=3, peer_events=300,
-                   peer_event_rounds=1)
+                   peer_event_rounds=1, reactor_events=1000)
 
 
 def _redacted(url: str | None) -> str | None:
@@ -134,6 +137,8 @@ def run(plan: Plan, *, amqp: str, admin_url: str) -> dict[str, Any]:
             results["peers"] = peers.run(bench, plan.calls, plan.peer_servers,
                                          plan.peer_broadcasts, plan.peer_events,
                                          plan.peer_event_rounds)
+        if "reactor" in plan.only:
+            results["reactor"] = reactor.run(bench, plan.reactor_events, plan.reactor_rules)
         if "soak" in plan.only:
             progress(f"soak: one agent under steady load for {plan.soak_minutes:g} min")
             results["soak"] = soak.run(bench, plan.soak_minutes)

@@ -75,6 +75,21 @@ def test_bench_faults_reports_every_scenario_on_both_protocols():
         assert [b["workers"] for b in row["backlog"]] == [1, 4]
 
 
+def test_bench_reactor_handles_the_whole_burst_and_acts_on_each_failing_check(rabbitmq):
+    """`hostbus bench --only reactor --quick`: every event handled (none dropped), one
+    action per failing check, against raw pika."""
+    if rabbitmq.transport != "amqp091":
+        pytest.skip("the benchmark speaks 0-9-1 whatever the test's transport: run once")
+    done = subprocess.run([str(Path(sys.executable).parent / "hostbus"), "bench", "--quick",
+                           "--only", "reactor", "--json"], capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)["reactor"]
+    assert result["dropped"] == 0 and result["events"] == 1000 and result["rules"] == 100
+    assert result["actions"] == 200
+    assert result["rules_evaluated_per_s"] > 0 and result["raw_events_per_s"] > 0
+
+
 @pytest.mark.timeout(600)  # a node of its own
 def test_bench_scale_enrolls_in_bulk_and_reports_the_brokers_cost():
     """`hostbus bench --only scale --quick` on a RabbitMQ node of its own: the hosts are
