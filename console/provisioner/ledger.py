@@ -217,8 +217,12 @@ class VmLedger:
             if row is None:
                 return set()
             vm = self._vm(row)
-            if vm.state == GONE and vm.uuid in self._removed:
-                return set()  # a late event of a VM the provisioner removed
+            if vm.state == GONE and (event != "defined" or vm.uuid in self._removed):
+                # Older news: a removed domain is not stopped or started, and one the
+                # provisioner removed itself is not defined again by a late event. A
+                # listing may have found it gone before its last events were applied
+                # (they wait in the tracker's inbox); a "stopped" counted it again.
+                return set()
             state = EVENT_STATES.get(str(event), vm.state)
             if event == "defined" and vm.state == GONE:
                 state = INACTIVE

@@ -48,16 +48,22 @@ function text(value) {
 
 /** What a received message says about itself, for reading and verifying it. */
 function received(msg, kind) {
-  // The route: a 1.0 sender's `to` names the exchange and key; for a 0-9-1 publish
-  // RabbitMQ 3.x gives only the routing key, as the subject (the exchange is then the
-  // one the kind travels through).
+  // The route. RabbitMQ 4.x says it in the message annotations x-exchange and
+  // x-routing-key, for messages from either protocol. RabbitMQ 3.x: a 1.0 sender's `to`
+  // names the exchange and key; for a 0-9-1 publish it gives only the routing key, as
+  // the subject (the exchange is then the one the kind travels through).
+  const annotations = msg.message_annotations ?? {};
   let exchange = '';
   let routingKey = text(msg.subject) ?? '';
   const to = text(msg.to);
-  if (to?.startsWith('/exchange/')) {
-    const [x, ...key] = to.slice('/exchange/'.length).split('/');
-    exchange = decodeURIComponent(x);
-    if (key.length) routingKey = decodeURIComponent(key.join('/'));
+  const route = to?.match(/^\/exchanges?\/([^/]*)(?:\/(.*))?$/);
+  if (route) {
+    exchange = decodeURIComponent(route[1]);
+    if (route[2] !== undefined) routingKey = decodeURIComponent(route[2]);
+  }
+  if (annotations['x-exchange'] !== undefined) exchange = text(annotations['x-exchange']);
+  if (annotations['x-routing-key'] !== undefined) {
+    routingKey = text(annotations['x-routing-key']);
   }
   const replyTo = text(msg.reply_to)?.replace(/^\/queue\//, '');
   const body = msg.body?.typecode === 0x75 ? Buffer.from(msg.body.content) : Buffer.alloc(0);

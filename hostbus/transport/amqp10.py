@@ -7,7 +7,9 @@ TLS, with the same ``cafile``/``certfile``/``keyfile`` query as amqps). One prot
 ``hostbus.transport.addresses``.
 
 Every link has a session of its own: RabbitMQ answers a refused attach or publish by
-closing the session, and that must not take the consumers down with it. A refusal
+closing the session, and that must not take the consumers down with it. Sessions are
+never ended by hostbus while the connection lasts, but kept for the next link
+(``amqp10_sessions``: RabbitMQ 4.0 lost attaches on a channel number reused). A refusal
 arrives as a session or link error carrying the broker's words; it is logged, kept in
 ``last_refusal`` and reported to confirm callbacks within milliseconds: False for the
 publishes it names, None (unknown: send again) for the others in flight on that link.
@@ -70,6 +72,7 @@ from hostbus.errors import BrokerRefused, ConfigError, ConnectionFailed, Transpo
 from hostbus.transport.addresses import RabbitMQv1, RabbitMQv2, for_broker
 from hostbus.transport.amqp10_management import Management, run_in_turn
 from hostbus.transport.amqp10_messages import encode_message, from_message, text_user_id
+from hostbus.transport.amqp10_sessions import Sessions
 from hostbus.transport.base import (
     DEFAULT_HEARTBEAT,
     DEFAULT_MAX_BACKOFF,
@@ -242,6 +245,8 @@ class ProtonTransport(Transport):
         self._wake_pending = False
         self._injector = EventInjector()
         self._conn: Any = None
+        self._sessions: Sessions | None = None  # the connection's (amqp10_sessions)
+        self._letting_go: dict[str, Future[None]] = {}  # links closed by us, by name
         self._container: Container | None = None
         self._senders: dict[str | None, Any] = {}
         # Outgoing deliveries awaiting the broker's outcome, by tag (ours, unique across
@@ -301,6 +306,7 @@ class ProtonTransport(Transport):
         if not url.external:
             options |= {"user": url.user, "password": url.password}
         self._conn = container.connect(**options)
+        self._sessions = Sessions(self._conn)
 
     def _next_broker(self) -> bool:
         """Move on to the next URL; False once every one was tried in this round."""
@@ -382,9 +388,8 @@ class ProtonTransport(Transport):
                 log.exception("AMQP 1.0 I/O task failed")
 
     def _session(self) -> Any:
-        session = self._conn.session()
-        session.open()
-        return session
+        assert self._sessions is not None
+        return self._sessions.take()
 
     # ------------------------------------------------------------------ API
     def publish(self, exchange: str, routing_key: str, body: bytes, properties: Properties,
@@ -576,11 +581,22 @@ class ProtonTransport(Transport):
             return False
         finally:
             self._links.remove(probe)
-        def let_go() -> None:  # the probe's session too: an agent probes two queues
+        # Let go, and wait until the broker has detached it: its session then takes the
+        # next link (amqp10_sessions) instead of a new one beside it (an agent probes
+        # two queues, then consumes them).
+        gone: Future[None] = Future()
+
+        def let_go() -> None:
+            self._letting_go[probe.name] = gone
             probe.receiver.close()
-            probe.receiver.session.close()
 
         self._submit(let_go)
+        try:
+            gone.result(timeout=self._connect_timeout)
+        except TimeoutError:
+            pass  # its session stays busy; the next link takes another
+        finally:
+            self._submit(lambda: self._letting_go.pop(probe.name, None))
         return True
 
     def flush(self, timeout: float = 5.0) -> None:
@@ -703,6 +719,38 @@ class ProtonTransport(Transport):
             log.warning("consuming %s again", link.label)
             self._consumer_restored(link.label)
 
+    def _tell_restored_once_attached(self, where: str) -> None:
+        """On the I/O thread, after a reconnect: the restored callbacks run once every
+        consumer is attached again (or after the attach timeout, for one the broker
+        refuses and that retries with backoff). On RabbitMQ 4 a reply queue is declared
+        and bound through the management node first: told at once, a console sent its
+        next request before its reply queue was bound, and the reply went nowhere
+        (the first call after a reconnect, about one in three)."""
+        generation, waiting = self._generation, [link.opened for link in self._links]
+        remaining, told = len(waiting), False
+
+        def tell() -> None:
+            nonlocal told
+            if told or generation != self._generation or not self._connected:
+                return
+            told = True
+            log.info("reconnected to %s; %d consumers restored", where, len(self._links))
+            self._connection_restored()
+
+        def attached(_: Future[None]) -> None:  # set on the I/O thread, so called there
+            nonlocal remaining
+            remaining -= 1
+            if remaining == 0:
+                tell()
+
+        if not waiting:
+            tell()
+            return
+        assert self._container is not None
+        self._container.schedule(self._connect_timeout + 5, _Timer(tell))
+        for opened in waiting:
+            opened.add_done_callback(attached)
+
     def _check_blocked(self) -> None:
         """Every second while connected: a publish unsettled for BLOCKED_AFTER_S means
         the broker is not taking them (see the module's docstring)."""
@@ -752,9 +800,7 @@ class _Events(MessagingHandler):  # type: ignore[misc]
             for link in t._links:
                 link.lost, link.attempt = False, 0
                 t._reattach(link)
-            log.info("reconnected to %s; %d consumers restored", url.redacted(),
-                     len(t._links))
-            t._connection_restored()
+            t._tell_restored_once_attached(url.redacted())
         t._ready.set()
 
     def on_disconnected(self, event: Any) -> None:
@@ -778,6 +824,21 @@ class _Events(MessagingHandler):  # type: ignore[misc]
             if link.name == event.link.name and not link.opened.done():
                 link.opened.set_result(None)
                 self.t._consumer_opened(link)
+
+    def on_link_remote_detach(self, event: Any) -> None:
+        # RabbitMQ 3.x answers our closing detach with a detach that does not close:
+        # for a link we closed, the same as closed.
+        if event.link.state & Endpoint.LOCAL_CLOSED:
+            self.on_link_closed(event)
+
+    def on_link_closed(self, event: Any) -> None:
+        # Closed at both ends (by us or by the broker): its session may take another.
+        sessions = self.t._sessions
+        if sessions is not None and sessions.connection == event.connection:
+            sessions.link_closed(event.link)
+        gone = self.t._letting_go.pop(event.link.name, None)
+        if gone is not None:
+            gone.set_result(None)
 
     def on_link_closing(self, event: Any) -> None:
         # The broker detached one of our links without an error (proton closes our end
@@ -843,7 +904,7 @@ class _Events(MessagingHandler):  # type: ignore[misc]
 
     def on_session_error(self, event: Any) -> None:
         # RabbitMQ refuses a publish or an attach by ending the session, with its
-        # reason; every link on that session (one: a session per link) is done. Not
+        # reason; every link on that session (one: a link per session) is done. Not
         # the connection: proton's default would close it.
         link = event.connection.link_head(0)
         while link is not None:

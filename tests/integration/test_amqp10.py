@@ -308,3 +308,34 @@ def test_a_subscription_outside_the_users_topic_permission_is_refused_at_once(no
     finally:
         console.close()
         node.admin.revoke("narrow0")
+
+
+def test_every_attach_is_answered_after_links_close_on_the_connection(node):
+    """An agent starts by probing its host and agent queues, then consumes them. The
+    transport used to end each probe's session, and the next link began a session on the
+    channel number just freed: RabbitMQ 4.0 sometimes never answered the attach there (3
+    starts in 100; the agent then took its own queue for missing, and calls to it went
+    unanswered). Sessions now stay open for the next link: every attach is answered."""
+    import pika
+
+    setup = pika.BlockingConnection(pika.URLParameters(url091(node)))
+    for queue_name in ("cycles.host", "cycles.agent"):
+        setup.channel().queue_declare(queue_name, durable=True)
+    setup.close()
+    unanswered = []
+    for start in range(200):
+        transport = connect(url10(node), reconnect=False, connect_timeout=2)
+        transport.start()
+        try:
+            found = [transport.queue_exists("cycles.host"),
+                     transport.queue_exists("cycles.agent")]
+            try:
+                transport.consume("cycles.agent", lambda delivery: None)
+                found.append(True)
+            except BrokerRefused:
+                found.append(False)
+            if found != [True, True, True]:
+                unanswered.append((start, found, transport.last_refusal))
+        finally:
+            transport.close()
+    assert unanswered == []

@@ -24,14 +24,19 @@ from hostbus.serving.outbox import EventOutbox
 from hostbus.serving.runtime import AgentRuntime
 from hostbus.transport import connect
 from tests.fakes import EventCollector, make_host_agent
-from tests.rabbit_node import RabbitNode, hostbus_node, kill
+from tests.rabbit_node import RabbitNode, hostbus_node, kill, rabbitmq4_root, started
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    with hostbus_node(tmp_path_factory.mktemp("faults") / "node", "a RabbitMQ node") as made:
+@pytest.fixture(scope="module", params=["rabbitmq3", "rabbitmq4"])
+def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A node of the machine's RabbitMQ (3.10), and one of RabbitMQ 4 from the Debian 13
+    root."""
+    root = started("the RabbitMQ 4 root", rabbitmq4_root) \
+        if request.param == "rabbitmq4" else None
+    with hostbus_node(tmp_path_factory.mktemp("faults") / "node",
+                      f"a {request.param} node", root=root) as made:
         yield made
 
 

