@@ -179,7 +179,7 @@ class ManagerService:
             check_interval=float(m["check_interval"]), call_timeout=float(m["call_timeout"]),
             discovery_idle=float(m["discovery_idle"]),
             multi_host_users=frozenset(cfg["security"]["multi_host_users"]),
-            agent_keys=agent_keys, emit=self.emit,
+            agent_keys=agent_keys, placement=cfg["placement_config"], emit=self.emit,
             on_down=self.actions.restart_ha, on_maintenance=self.actions.evacuate)
         self.agent = ManagerAgent(fleet, self.actions, status=self.status,
                                   learn_xml=self.manager.learn_xml,

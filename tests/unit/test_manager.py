@@ -18,7 +18,7 @@ from console.manager.actions import Actions
 from console.manager.agent import ManagerAgent
 from console.manager.fencing import Fencer
 from console.manager.fleet import DOWN, LOST, ONLINE, UNRESPONSIVE, Fleet
-from console.manager.policies import Thresholds, plan
+from console.manager.policies import Thresholds, n_plus_one, plan
 from console.manager.service import Manager
 from hostbus.envelope import Event
 from hostbus.errors import RemoteError
@@ -377,3 +377,23 @@ def test_with_agent_keys_only_events_the_host_signed_count(tmp_path):
     manager._apply(got[1])
     assert fleet.host("kvm01").free_vcpus == 2
     reader.close()
+
+
+def test_n_plus_one_names_the_ha_vms_the_largest_hosts_loss_would_strand(tmp_path):
+    fleet = Fleet(tmp_path / "m.db")
+    _host(fleet, "kvm01", 10, total_gib=32)  # the largest
+    _host(fleet, "kvm02", 10)  # 6 GiB free
+    for name, gib in (("db", 8), ("web", 2)):
+        _vm(fleet, name, "kvm01", gib)
+        fleet.update_vm(name, ha=True)
+    assert n_plus_one(fleet) == {"ok": False, "largest_host": "kvm01", "unplaced": ["db"]}
+    fleet.update_vm("db", ha=False)
+    assert n_plus_one(fleet)["ok"] is True
+    emitted = Emitted()
+    manager = Manager(console=None, fleet=fleet, fencer=Fencer(),  # type: ignore[arg-type]
+                      emit=emitted)
+    manager.check_capacity()
+    manager.check_capacity()  # told once per change
+    fleet.update_vm("db", ha=True)
+    manager.check_capacity()
+    assert [d["ok"] for d in emitted.named("capacity")] == [True, False]
