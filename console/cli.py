@@ -14,7 +14,11 @@ from typing import Any
 
 import click
 
-from console.commands.argv import hoist_root_options, refuse_repeated_options
+from console.commands.argv import (
+    hoist_root_options,
+    lower_command_options,
+    refuse_repeated_options,
+)
 from console.commands.common import (
     EPILOG,
     CliContext,
@@ -75,7 +79,7 @@ class RootGroup(click.Group):
         return plugin.load() if plugin is not None else None
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        args = hoist_root_options(self, ctx, args)
+        args = hoist_root_options(self, ctx, lower_command_options(self, ctx, args))
         refuse_repeated_options(self, ctx, args)
         return super().parse_args(ctx, args)
 

@@ -105,6 +105,9 @@ class HostResult:
     #: Why the request went nowhere: the broker had no queue for it (no such host, or
     #: the host does not have that agent enrolled); said at once, not at the timeout.
     not_enrolled: str | None = None
+    #: Why no reply was waited for: nothing consumes the host's queue (its agent is not
+    #: running), seen before sending.
+    offline: str | None = None
 
     @property
     def status(self) -> str:
@@ -138,8 +141,8 @@ class HostResult:
             out["request_id"] = self.request_id
         if self.approval is not None:
             out["approval_id"] = self.approval["approval_id"]
-        if self.not_enrolled is not None:
-            out["error"] = {"message": self.not_enrolled}
+        if self.not_enrolled is not None or self.offline is not None:
+            out["error"] = {"message": self.not_enrolled or self.offline}
         if self.reply is not None:
             if self.reply.result is not None:
                 out["result"] = self.reply.result
@@ -351,10 +354,14 @@ class Console:
         self.publisher.signer = signer
 
     @classmethod
-    def connect(cls, url: str, *, connect_timeout: float = 5.0, **kwargs: Any) -> Console:
+    def connect(cls, url: str, *, connect_timeout: float = 5.0, reconnect: bool = True,
+                **kwargs: Any) -> Console:
+        """``reconnect=False``: a lost connection ends this console's work (its waiting
+        calls fail at once) instead of being retried, for a program that would only
+        report it and stop (a command line)."""
         check_resolvable(url)  # a typo in the host: said now, not after retries
         transport = connect(url, connection_name="hostbus-console",
-                            connect_timeout=connect_timeout, reconnect=True)
+                            connect_timeout=connect_timeout, reconnect=reconnect)
         transport.start()
         console = cls(transport, **kwargs)
         try:
@@ -679,6 +686,25 @@ class Console:
         finally:
             self._forget(waiting)
         return [decided.get(r.request_id or "", r) for r in parked]
+
+    def offline_hosts(self, agent: str, hosts: Iterable[str]) -> dict[str, str]:
+        """The hosts among ``hosts`` whose queue for ``agent`` nobody consumes (their
+        agent is not running), each with what to say: a request there would wait in the
+        queue, unanswered, for its whole timeout. One passive check per host; hosts the
+        protocol cannot tell about (AMQP 1.0) are not listed."""
+        found = {}
+        for host in hosts:
+            queue = names.agent_queue(host) if agent == names.BUILTIN_AGENT else \
+                names.host_queue(host)
+            try:
+                consumers = self.transport.queue_consumers(queue)
+            except HostbusError:  # cannot tell: the call goes out and says what happens
+                consumers = None
+            if consumers == 0:
+                found[host] = (f"{host} is offline: nothing consumes its queue {queue} "
+                               "(is hostbus-agent running there? `hostbus watch "
+                               f"'agent.{host}.*'` tells when it is back)")
+        return found
 
     # --------------------------------------------------------------- discovery
     def discover(

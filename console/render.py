@@ -50,14 +50,18 @@ class Layout:
     width: int | None = None
     wide: bool = False
     columns: tuple[str, ...] = ()
+    #: For a pipe or a file fitted to COLUMNS: plain text still (no rules, no trailing
+    #: spaces), only fitted as on a terminal that wide.
+    plain: bool = False
 
     @classmethod
     def of(cls, out: RichConsole, *, wide: bool = False,
            columns: Iterable[str] = ()) -> Layout:
         width: int | None = out.width if out.is_terminal else None
+        plain = False
         if width is None and os.environ.get("COLUMNS", "").isdigit():
-            width = int(os.environ["COLUMNS"])
-        return cls(width, wide, tuple(columns))
+            width, plain = int(os.environ["COLUMNS"]), True
+        return cls(width, wide, tuple(columns), plain)
 
 
 def _text(value: Any) -> str:
@@ -72,6 +76,53 @@ def _text(value: Any) -> str:
     if isinstance(value, dict | list):
         return json.dumps(value, separators=(",", ":"))
     return str(value)
+
+
+BYTE_UNITS = {"_bytes": 1, "_kib": 1024, "_mib": 1024 ** 2, "_gib": 1024 ** 3}
+RATE = "_per_s"
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> 1.5 KiB (binary units, as free and ls -h)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_duration(seconds: float) -> str:
+    """3725 -> 1 h 2 min: the two largest units."""
+    if seconds < 60:
+        return f"{seconds:g} s" if seconds >= 1 or seconds == 0 else f"{seconds * 1000:.3g} ms"
+    parts = []
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min"), (1, "s")):
+        if seconds >= size:
+            parts.append(f"{int(seconds // size)} {unit}")
+            seconds %= size
+    return " ".join(parts[:2])
+
+
+def humanized(key: str, value: Any) -> str:
+    """A table cell: sizes and durations as a person reads them, by the field's unit
+    suffix (rss_bytes 305504256 -> 291.3 MiB, uptime_s 1020 -> 17 min); --json keeps
+    the raw numbers. Latencies in ms stay as they are: that is how they are read."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return _text(value)
+    name = key.rsplit(".", 1)[-1]
+    rate = name.endswith(RATE)
+    base = name.removesuffix(RATE) if rate else name
+    for suffix, scale in BYTE_UNITS.items():
+        if base.endswith(suffix) or name.endswith(f"{suffix}_s"):  # bandwidth_mib_s
+            return human_bytes(value * scale) + ("/s" if rate or name.endswith("_s")
+                                                 else "")
+    if rate:
+        return _text(value)
+    if name.endswith("_ns"):
+        return human_duration(value / 1e9)
+    if name.endswith("_s"):
+        return human_duration(value)
+    return _text(value)
 
 
 def _cell(value: Any) -> str:
@@ -109,7 +160,7 @@ def objects_table(rows: list[dict[str, Any]], layout: Layout, columns: list[str]
     """Rows of objects as a table that fits ``layout`` without cutting identifiers,
     or as one block per row where it cannot."""
     cols = _pick(rows, columns, layout)
-    cells = [[_text(row.get(c)) for c in cols] for row in rows]
+    cells = [[humanized(c, row.get(c)) for c in cols] for row in rows]
     values = [max((_width(r[i]) for r in cells), default=0) for i in range(len(cols))]
     natural = [max(v, _width(c)) for v, c in zip(values, cols, strict=True)]
     if layout.width is None:
@@ -135,8 +186,9 @@ def objects_table(rows: list[dict[str, Any]], layout: Layout, columns: list[str]
         return _blocks(cols, cells, title)
     hidden = [cols[i] for i in range(len(cols)) if i not in shown]
     # padding 1 on each side, collapsed between cells: GAP spaces between columns
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1),
-                  collapse_padding=True, header_style="bold")
+    table = Table(box=None if layout.plain else box.SIMPLE_HEAD, show_edge=False,
+                  pad_edge=False, padding=(0, 1), collapse_padding=not layout.plain,
+                  header_style="bold")
     for i, width in zip(shown, widths, strict=True):
         free = cols[i] in FREE_TEXT
         table.add_column(Text(_fold_header(cols[i], width)), width=width,
@@ -149,7 +201,18 @@ def objects_table(rows: list[dict[str, Any]], layout: Layout, columns: list[str]
     if hidden:
         parts.append(Text(f"  (hidden to fit: {', '.join(hidden)}; --wide shows them)",
                           style="dim"))
-    return Group(*parts)
+    return _stripped(Group(*parts), layout.width) if layout.plain else Group(*parts)
+
+
+def _stripped(renderable: RenderableType, width: int) -> Text:
+    """``renderable`` as plain lines ``width`` wide at most, without trailing spaces:
+    what a pipe gets (grep and awk see no padding)."""
+    import io
+
+    buf = io.StringIO()
+    RichConsole(file=buf, width=width, color_system=None, highlight=False,
+                soft_wrap=False).print(renderable)
+    return Text("\n".join(line.rstrip() for line in buf.getvalue().splitlines()))
 
 
 def _header_parts(header: str) -> list[str]:
@@ -236,8 +299,8 @@ def print_result(out: RichConsole, result: dict[str, Any], layout: Layout | None
     if flat:
         width = max(len(k) for k in flat)
         for key, value in flat.items():
-            out.print(f"  [bold]{escape(key):<{width}}[/bold]  {_cell(value)}",
-                      highlight=False)
+            out.print(f"  [bold]{escape(key):<{width}}[/bold]  "
+                      f"{escape(humanized(key, value))}", highlight=False)
     for key, rows in lists.items():
         out.print(objects_table(rows, layout, title=f"  {key} ({len(rows)})"))
 
@@ -266,7 +329,8 @@ def print_host_result(out: RichConsole, res: HostResult, layout: Layout | None =
     elif res.approval is not None:
         out.print(f"  {escape(pending_text(res.approval))}", style="cyan", highlight=False)
     elif res.reply is None:
-        out.print("  no reply before the timeout", style="yellow")
+        out.print(f"  {escape(res.offline or 'no reply before the timeout')}",
+                  style="yellow", highlight=False)
     elif res.reply.error is not None:
         err = res.reply.error
         out.print(f"  {escape(str(err['code']))}: {escape(str(err['message']))}", style="red",
@@ -343,7 +407,8 @@ def _release_summary(event: str, d: dict[str, Any]) -> str:
         return (f"release {d['request_id']} completed: {len(released)} of "
                 f"{len(d['vms'])} VMs released" + (f" ({', '.join(released)})" if released
                                                    else ""))
-    return f"release {d['request_id']} failed: {d.get('code')}: {d.get('reason')}"
+    code = "" if d.get("code") == "failed" else f"{d.get('code')}: "
+    return f"release {d['request_id']} failed: {code}{d.get('reason')}"
 
 
 def event_line(ev: Event) -> str:
@@ -371,7 +436,8 @@ def event_line(ev: Event) -> str:
     elif ev.agent == "provision" and ev.event == "progress":
         summary = f"{d['vm']} on {d['host']} ({d['step']}/{d['total']})  request {d['request_id']}"
     elif ev.agent == "provision" and ev.event == "failed":
-        summary = f"request {d['request_id']} failed: {d['code']}: {d['reason']}"
+        code = "" if d.get("code") == "failed" else f"{d.get('code')}: "  # not twice
+        summary = f"request {d['request_id']} failed: {code}{d['reason']}"
     elif ev.agent == "provision" and ev.event.startswith("release."):
         summary = _release_summary(ev.event, d)
     elif ev.agent == "provision" and ev.event == "quota":

@@ -1,11 +1,47 @@
-"""The command line before click parses it: root options given after the command, and
-single-valued options given twice."""
+"""The command line before click parses it: root options given after the command, the
+options most commands share given before it, and single-valued options given twice."""
 
 from __future__ import annotations
 
 import click
 
 ROOT_OPTIONS = ("--url", "--config")  # the root group's options that take a value
+#: Options most commands take, accepted before the command too (``hostbus --json
+#: agents``): they move after it. Whether each takes a value.
+COMMAND_OPTIONS = {"--json": False, "--timeout": True, "-t": True}
+
+
+def lower_command_options(group: click.Group, ctx: click.Context,
+                          args: list[str]) -> list[str]:
+    """``hostbus --json -t 3 agents`` as ``hostbus agents --json -t 3``; a command
+    without such an option is told so."""
+    root: list[str] = []
+    lowered: list[str] = []
+    i = 0
+    while i < len(args) and args[i].startswith("-"):
+        arg, name = args[i], args[i].split("=", 1)[0]
+        if name in COMMAND_OPTIONS:
+            width = 2 if COMMAND_OPTIONS[name] and "=" not in arg else 1
+            lowered += args[i:i + width]
+        else:
+            width = 2 if arg in ROOT_OPTIONS else 1
+            root += args[i:i + width]
+        i += width
+    if not lowered:
+        return args
+    if any(a in ("-h", "--help", "--version") for a in root):
+        return [*root, *args[i:]]  # what is asked for is the root's help or version
+    rest = args[i:]
+    command, start = _leaf(group, ctx, rest)
+    if command is None:
+        raise click.UsageError(f"{lowered[0]} goes with a command: hostbus COMMAND "
+                               f"{' '.join(lowered)} (hostbus --help lists them)")
+    known = {o for p in command.params for o in p.opts}
+    for opt in lowered:
+        name = opt.split("=", 1)[0]
+        if name in COMMAND_OPTIONS and name not in known:
+            raise click.UsageError(f"hostbus {command.name} has no {name} option")
+    return [*root, *rest[:start], *lowered, *rest[start:]]
 
 
 def hoist_root_options(group: click.Group, ctx: click.Context, args: list[str]) -> list[str]:

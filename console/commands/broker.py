@@ -226,6 +226,12 @@ def enroll(ctx: CliContext, host: str | None, from_file: TextIO | None,
     Many hosts at once (10,000 in well under a minute):
       hostbus broker enroll --from hosts.txt --config-dir configs/
     """
+    if no_user:
+        given = [opt for opt, value in (("--config-out", config_out), ("--tls-dir", tls_dir),
+                                        ("--broker-url", broker_url)) if value]
+        if given:  # they shape the user and its config file, which --no-user does not make
+            raise usage(f"--no-user makes no broker user and writes no config file: leave "
+                        f"out {' and '.join(given)}")
     agent_list = [a.strip() for a in agents.split(",") if a.strip()]
     if from_file is not None:
         from console.commands.broker_bulk import enroll_from_file
@@ -478,7 +484,8 @@ def dev_ca(folder: str, broker_names: tuple[str, ...], clients: tuple[str, ...],
 @click.pass_obj
 def revoke(ctx: CliContext, name: str, admin_url: str | None, as_json: bool) -> Exit:
     """Delete an identity's broker user; its connections are closed at once. (A host's
-    queue stays: `broker enroll` it again to give it a new password.)"""
+    queues stay: `broker enroll` it again to give it a new password; `broker unenroll`
+    removes the host altogether.)"""
     with bad_names():
         existed = admin(ctx, admin_url).revoke(name)
     if as_json:
@@ -487,4 +494,35 @@ def revoke(ctx: CliContext, name: str, admin_url: str | None, as_json: bool) -> 
         click.echo(f"broker user {name} revoked")
     else:
         raise CliError(Exit.NOTHING, f"there is no broker user {name}")
+    return Exit.OK
+
+
+@exits(*BROKER)
+@broker.command()
+@click.argument("host")
+@vhost_option
+@admin_option
+@json_option
+@click.pass_obj
+def unenroll(ctx: CliContext, host: str, vhost: str | None, admin_url: str | None,
+             as_json: bool) -> Exit:
+    """Remove HOST from the fleet: its broker user (connections close at once) and its
+    two queues, with any requests waiting in them. Requests for it are then refused at
+    once (not enrolled, exit 6). `broker enroll` brings it back."""
+    name = vhost_of(ctx, vhost)
+    with bad_names():
+        names.validate_host_id(host)
+        api = admin(ctx, admin_url)
+        removed = {"user": api.revoke(host),
+                   "queues": [q for q in (names.host_queue(host), names.agent_queue(host))
+                              if api.delete_queue(name, q)]}
+    if as_json:
+        emit_json({"vhost": name, "host": host, **removed})
+    elif removed["user"] or removed["queues"]:
+        parts = ([f"broker user {host}"] if removed["user"] else []) + [
+            f"queue {q}" for q in removed["queues"]]
+        click.echo(f"host {host} unenrolled from vhost {name}: removed {', '.join(parts)}")
+    else:
+        raise CliError(Exit.NOTHING, f"host {host} is not enrolled in vhost {name} (no user, "
+                                     "no queue)")
     return Exit.OK

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
-import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -18,7 +16,9 @@ from console.commands.common import (
     CliError,
     Exit,
     check_columns,
+    confirm_dangerous,
     emit_json,
+    exit_codes_text,
     exits,
     layout,
     out,
@@ -35,7 +35,13 @@ from console.commands.options import (
     parse_subset,
     table_options,
 )
-from console.commands.targeting import exit_for, pick_subset, read_hosts, select_hosts
+from console.commands.targeting import (
+    exit_for,
+    is_glob,
+    pick_subset,
+    read_hosts,
+    select_hosts,
+)
 from console.filters import check_keys, parse
 from hostbus.errors import RemoteError
 
@@ -43,6 +49,8 @@ if TYPE_CHECKING:
     from console.client import Console, FanoutResult, HostResult
 
 QUERY_MAX = 10000  # the most objects agent.query returns per host
+CALL_EXITS = (*FANOUT, Exit.NOT_ENROLLED, Exit.PENDING)
+OFFLINE_CHECK_MAX = 20  # hosts named with -H checked for a running agent before a call
 
 
 def _method_spec(agent: str, method: str) -> Any:
@@ -51,7 +59,7 @@ def _method_spec(agent: str, method: str) -> Any:
     return method_spec(agent, method)
 
 
-@exits(*FANOUT, Exit.NOT_ENROLLED, Exit.PENDING)
+@exits(*CALL_EXITS)
 @click.command(add_help_option=False)
 @click.argument("target", required=False, metavar="AGENT.METHOD",
                 shell_complete=complete_method)
@@ -112,6 +120,7 @@ def call(click_ctx: click.Context, target: str | None, pairs: tuple[str, ...],
             agent, method = split_target(target, "method")
             click.echo(method_help(agent, _method_spec(agent, method)))
             click.echo("\nUsage: hostbus call AGENT.METHOD [KEY=VALUE]... (-H HOST | --all)")
+            click.echo("\n" + exit_codes_text(CALL_EXITS))
         else:
             click.echo(click_ctx.get_help())
         return Exit.OK if show_help else Exit.USAGE
@@ -134,8 +143,14 @@ def call(click_ctx: click.Context, target: str | None, pairs: tuple[str, ...],
     console = ctx.console(validate=not no_validate)
     selected = pick_subset(select_hosts(ctx, hosts, all_hosts, where, agent, timeout, idle,
                                         as_json), subset)
+    # Hosts named exactly were not discovered: one whose agent is not running would cost
+    # the whole timeout (its queue keeps the request). Discovered hosts just answered.
+    named = not all_hosts and not where and not any(is_glob(h) for h in hosts)
+    offline = {host: f"{why}; not sent" for host, why in (
+        console.offline_hosts(agent, selected) if named and len(selected) <= OFFLINE_CHECK_MAX
+        else {}).items()}
     if spec is not None and spec.dangerous and not yes:
-        _confirm_dangerous(target, args, selected)
+        confirm_dangerous(target, args, selected)
     from console.client import FanoutResult
 
     console_out = fit = None
@@ -156,8 +171,17 @@ def call(click_ctx: click.Context, target: str | None, pairs: tuple[str, ...],
 
     try:
         try:
-            result = _fanout(console, agent, method, args, selected, ctx.timeout(timeout),
+            from console.client import HostResult
+
+            for host, why in offline.items():
+                on_result(HostResult(host, None, offline=why))
+            result = _fanout(console, agent, method, args,
+                             [h for h in selected if h not in offline], ctx.timeout(timeout),
                              batch, batch_sleep, on_result, wait_approval)
+            if offline:
+                answered = {r.host: r for r in result.results}
+                result = FanoutResult([answered.get(h) or HostResult(h, None, offline=offline[h])
+                                       for h in selected], result.elapsed_ms)
         finally:
             stop()
     except KeyboardInterrupt:
@@ -270,16 +294,6 @@ def _fanout(console: Console, agent: str, method: str, args: dict[str, Any],
     return FanoutResult(results, (time.perf_counter() - started) * 1000)
 
 
-def _confirm_dangerous(target: str, args: dict[str, Any], selected: list[str]) -> None:
-    what = " ".join([target, *(f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
-                               for k, v in args.items())])
-    if not sys.stdin.isatty():
-        raise usage(f"{what} is dangerous; pass --yes to run it on {len(selected)} host(s)")
-    hosts = ", ".join(selected[:5]) + (" ..." if len(selected) > 5 else "")
-    if not click.confirm(f"{what} is dangerous. Run it on {len(selected)} host(s): {hosts}?"):
-        raise usage("cancelled")
-
-
 def _warn_unknown_columns(columns: tuple[str, ...], result: FanoutResult) -> None:
     """Results are typed loosely (their objects' fields are not all declared): a
     --columns name is checked against what came back."""
@@ -359,6 +373,9 @@ def query(ctx: CliContext, target: str, hosts: tuple[str, ...], hosts_from: str 
         if rows:
             console_out.print(objects_table(rows, layout(console_out, wide, columns),
                                             ["host", *fields] if fields else None))
+        elif result.by_status("ok"):
+            matching = f" matching {' and '.join(filters)}" if filters else ""
+            console_out.print(f"0 {class_name} objects{matching}", highlight=False)
         for r in result.results:
             if r.status != "ok":
                 print_host_result(console_out, r)

@@ -23,6 +23,7 @@ import click
 
 from hostbus import config
 from hostbus.errors import ConfigError, ConnectionFailed, HostbusError, RemoteError, SchemaError
+from hostbus.names import InvalidName
 
 if TYPE_CHECKING:
     from rich.console import Console as RichConsole
@@ -141,7 +142,7 @@ def exit_code_for(exc: BaseException) -> tuple[Exit, str | None]:
         return Exit.USAGE, str(exc)
     if isinstance(exc, RemoteError):  # the local schema refused the request
         return Exit.USAGE, exc.message
-    if isinstance(exc, SchemaError):
+    if isinstance(exc, SchemaError | InvalidName):  # a host named on the command line
         return Exit.USAGE, str(exc)
     if isinstance(exc, HostbusError):  # connection failed, lost or refused
         return Exit.CONNECT, str(exc)
@@ -199,8 +200,9 @@ def connect_console(ctx: CliContext, validate: bool) -> Console:
                                                              ctx.config_path))
     try:
         return Console.connect(ctx.url, connect_timeout=float(ctx.cfg["broker"]["connect_timeout"]),
-                               validate=validate, signer=signer, agent_keys=agent_keys,
-                               multi_host_users=sec["multi_host_users"], tracer=ctx.tracer)
+                               reconnect=ctx.keep_connected, validate=validate, signer=signer,
+                               agent_keys=agent_keys, multi_host_users=sec["multi_host_users"],
+                               tracer=ctx.tracer)
     except ConnectionFailed as exc:  # it says where and why already
         raise CliError(Exit.CONNECT, str(exc)) from None
     except ConfigError:
@@ -219,6 +221,9 @@ class CliContext:
         self.config_path = config_path
         self._factory = factory
         self._console: Console | None = None
+        #: Whether the console reconnects after a lost connection: only for a command
+        #: that goes on (watch). Any other ends with the loss, with no retries logged.
+        self.keep_connected = False
         self.tracer: Tracer | None = None
         if cfg["tracing"]["otlp_endpoint"]:
             from hostbus.tracing import from_config
@@ -357,6 +362,18 @@ def split_target(target: str, kind: str) -> tuple[str, str]:
         raise usage(f"{target!r}: expected {what}; did you mean {' or '.join(meant)}?")
     raise usage(f"{target!r}: expected {what}, e.g. "
                 f"{'host.identify' if kind == 'method' else 'host.disk'}")
+
+
+def confirm_dangerous(target: str, args: dict[str, Any], selected: list[str]) -> None:
+    """Ask before a dangerous method, showing the whole call; without a terminal,
+    refuse (--yes says it was meant)."""
+    what = " ".join([target, *(f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
+                               for k, v in args.items())])
+    if not sys.stdin.isatty():
+        raise usage(f"{what} is dangerous; pass --yes to run it on {len(selected)} host(s)")
+    hosts = ", ".join(selected[:5]) + (" ..." if len(selected) > 5 else "")
+    if not click.confirm(f"{what} is dangerous. Run it on {len(selected)} host(s): {hosts}?"):
+        raise usage("cancelled")
 
 
 MIN_PREFIX = 4

@@ -30,7 +30,7 @@ from console.commands.common import (
     usage,
 )
 from console.commands.options import json_option, table_options, timeout_option
-from hostbus.errors import RemoteError
+from hostbus.errors import ConnectionLost, RemoteError
 
 if TYPE_CHECKING:
     from hostbus.envelope import Reply
@@ -76,7 +76,7 @@ def provision() -> None:
     """Post provisioning requests and follow them (the provisioner does the work)."""
 
 
-@exits(*FANOUT)
+@exits(*FANOUT, Exit.NOT_ENROLLED)
 @provision.command("submit")
 @click.option("--template", "-T", required=True, help="Template name (virt.template.list).")
 @click.option("--count", "-n", type=click.IntRange(1, 50), default=1, show_default=True,
@@ -139,7 +139,8 @@ def provision_submit(ctx: CliContext, template: str, count: int, name: str | Non
                                         layout(console_out)))
     else:
         err = reply.error or {}
-        click.echo(f"request {rid} failed: {err.get('code')}: {err.get('message')}", err=True)
+        code = "" if err.get("code") == "failed" else f"{err.get('code')}: "  # not twice
+        click.echo(f"request {rid} failed: {code}{err.get('message')}", err=True)
     return Exit.OK if reply.ok else Exit.FAILED
 
 
@@ -163,8 +164,15 @@ def ask_provisioner(ctx: CliContext, method: str, args: dict[str, Any], provisio
                     timeout: float | None) -> Any:
     """Call ``provision.METHOD`` on ``provisioner``; its result, or a ``CliError``
     saying why there is none."""
-    res = ctx.console().call("provision", method, args, host=provisioner,
-                             timeout=ctx.timeout(timeout))
+    console = ctx.console()
+    offline = console.offline_hosts("provision", [provisioner])
+    if offline:
+        raise CliError(Exit.NO_REPLY, f"provisioner {offline[provisioner]}")
+    res = console.call("provision", method, args, host=provisioner,
+                       timeout=ctx.timeout(timeout))
+    if res.not_enrolled is not None:
+        raise CliError(Exit.NOT_ENROLLED, f"{res.not_enrolled}: {provisioner} is no "
+                                          "provisioner (leave out --provisioner to find it)")
     if res.reply is None:
         raise CliError(Exit.NO_REPLY, f"provisioner {provisioner} did not answer")
     if not res.reply.ok:
@@ -177,7 +185,7 @@ provisioner_option = click.option("--provisioner", metavar="HOST",
                                   help="The provisioner's host id (default: discovered).")
 
 
-@exits(*FANOUT)
+@exits(*FANOUT, Exit.NOT_ENROLLED)
 @provision.command("status")
 @click.argument("request_id")
 @provisioner_option
@@ -204,7 +212,7 @@ def provision_status(ctx: CliContext, request_id: str, provisioner: str | None,
     return Exit.OK
 
 
-@exits(*FANOUT)
+@exits(*FANOUT, Exit.NOT_ENROLLED)
 @provision.command("list")
 @click.option("--owner", help="Only this owner's requests.")
 @click.option("--status", type=click.Choice(["accepted", "completed", "failed", "released"]),
@@ -238,7 +246,7 @@ def provision_list(ctx: CliContext, owner: str | None, status: str | None, limit
     return Exit.OK
 
 
-@exits(*FANOUT)
+@exits(*FANOUT, Exit.NOT_ENROLLED)
 @provision.command("release")
 @click.argument("request_id", required=False)
 @click.option("--vm", "vms", multiple=True, metavar="NAME",
@@ -326,7 +334,7 @@ def _confirm_release(ctx: CliContext, request_id: str | None, vms: tuple[str, ..
         raise usage("cancelled")
 
 
-@exits(*FANOUT)
+@exits(*FANOUT, Exit.NOT_ENROLLED)
 @provision.command("quota")
 @click.argument("owner", default=lambda: os.environ.get("USER") or "unknown")
 @provisioner_option
@@ -377,7 +385,12 @@ def _post_and_follow(ctx: CliContext, body: dict[str, Any], request_id: str | No
                 click.echo(event_line(ev), err=True)
 
         console.subscribe(["provision.*.#"], on_event)
-    rid, reply = console.provision(body, request_id=rid, timeout=timeout, wait=wait)
+    try:
+        rid, reply = console.provision(body, request_id=rid, timeout=timeout, wait=wait)
+    except ConnectionLost as exc:  # only while waiting: the broker had confirmed it
+        raise CliError(Exit.CONNECT, f"{exc}; {what}{rid} was posted and the broker keeps "
+                                     f"it: `hostbus provision status {rid}` once it is "
+                                     "back") from None
     if not wait:
         if as_json:
             emit_json({"request_id": rid, "status": "posted"})

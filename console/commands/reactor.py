@@ -3,12 +3,23 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
 import click
 
-from console.commands.common import EPILOG, CliContext, CliError, Exit, emit_json, layout, out
+from console.commands.common import (
+    FANOUT,
+    CliContext,
+    CliError,
+    Exit,
+    emit_json,
+    exits,
+    layout,
+    out,
+    service_exits,
+)
 from console.commands.options import (
     discovery_options,
     hosts_option,
@@ -24,7 +35,8 @@ def _config_error(exc: Exception) -> CliError:
     return CliError(Exit.FAILED, str(exc))
 
 
-@click.group("reactor", invoke_without_command=True, epilog=EPILOG)
+@service_exits()
+@click.group("reactor", invoke_without_command=True)
 @config_option
 @click.option("--check-config", is_flag=True,
               help="Check the configuration and its rules (calls against the schemas), "
@@ -51,6 +63,7 @@ def reactor(click_ctx: click.Context, config_file: str | None, check_config: boo
       hostbus reactor --config /etc/hostbus/reactor.toml
       hostbus reactor rules --config ...      what the rules are
       hostbus reactor history --config ...    what it decided, and what came of it
+      hostbus reactor test --config ... -e JSON   what the rules make of one event
     """
     click_ctx.meta["reactor_config"] = config_file
     if click_ctx.invoked_subcommand is not None:
@@ -103,7 +116,8 @@ def _store(click_ctx: click.Context, config_file: str | None) -> Any:
     return ReactorStore(where)
 
 
-@reactor.command("rules", epilog=EPILOG)
+@exits(Exit.FAILED, configured=False)
+@reactor.command("rules")
 @config_option
 @json_option
 @table_options
@@ -135,7 +149,8 @@ def rules(click_ctx: click.Context, config_file: str | None, as_json: bool, wide
     return Exit.OK
 
 
-@reactor.command("history", epilog=EPILOG)
+@exits(Exit.FAILED, configured=False)
+@reactor.command("history")
 @config_option
 @click.option("--limit", "-n", type=click.IntRange(1), default=50, show_default=True,
               metavar="N", help="The newest N decisions.")
@@ -179,7 +194,59 @@ def history(click_ctx: click.Context, config_file: str | None, limit: int,
     return Exit.OK
 
 
-@click.command("health", epilog=EPILOG)
+@exits(Exit.FAILED, configured=False)
+@reactor.command("test")
+@config_option
+@click.option("--event", "-e", "event_text", required=True, metavar="JSON|-",
+              help="The event: JSON as hostbus watch --json prints it (host, agent, event, "
+                   "data), or - to read it from stdin.")
+@json_option
+@click.pass_context
+def trial(click_ctx: click.Context, config_file: str | None, event_text: str,
+          as_json: bool) -> int:
+    """Which rules would act on one event, and what they would send; nothing is sent
+    and the reactor's store is not touched. Exit 0 if a rule would act, 1 if none.
+
+    \b
+      hostbus reactor test -c reactor.toml -e '{"host": "kvm01", "agent": "health",
+          "event": "check", "data": {"state": "failing", "vm": "web-a"}}'
+    """
+    import json
+
+    from console.reactor.main import load_config, load_rules
+    from console.reactor.trial import event_from, explain
+    from hostbus.errors import ConfigError
+
+    text = sys.stdin.read() if event_text == "-" else event_text
+    try:
+        rules_found = load_rules(load_config(config_file or click_ctx.meta.get(
+            "reactor_config")))
+        event = event_from(json.loads(text))
+    except json.JSONDecodeError as exc:
+        raise CliError(Exit.USAGE, f"--event is not JSON: {exc}") from None
+    except (ConfigError, ValueError) as exc:
+        raise _config_error(exc) from None
+    found = explain(rules_found, event)
+    acting = [f for f in found if f.get("outcome")]
+    if as_json:
+        emit_json({"event": event.routing_key(), "rules": found})
+    else:
+        for entry in found:
+            if not entry["selects"]:
+                click.echo(f"{entry['rule']}: not this event")
+            elif not entry["holds"]:
+                click.echo(f"{entry['rule']}: its conditions do not hold")
+            elif entry["action"] is None:
+                click.echo(f"{entry['rule']}: cannot make its action: {entry['why']}")
+            else:
+                action = entry["action"]
+                click.echo(f"{entry['rule']}: {entry['outcome']}: {action['call']} on "
+                           f"{action['host']} {json.dumps(action['args'])}")
+    return Exit.OK if acting else Exit.FAILED
+
+
+@exits(*FANOUT)
+@click.command("health")
 @hosts_option()
 @click.option("--state", type=click.Choice(["any", "passing", "warning", "failing",
                                             "unknown"]), default="any", show_default=True,

@@ -42,7 +42,9 @@ def vm(ctx: click.Context, name: str) -> None:
       hostbus vm web-1 migrate --to kvm02      move it there while it runs
       hostbus vm web-1 abort-migration         stop that, it stays where it was
       hostbus vm web-1 ha on                   restart it elsewhere if its host dies
-      hostbus vm web-1 shutdown --yes          also start, destroy, reboot, suspend, resume
+      hostbus vm web-1 show                    where it is, its state
+      hostbus vm web-1 suspend                 (resume, start, shutdown, reboot,
+                                               destroy, undefine)
     """
     ctx.meta["vm"] = name
 
@@ -158,60 +160,6 @@ def abort_migration(ctx: click.Context, source: str | None, as_json: bool) -> Ex
         Exit.NO_REPLY if res.status == "no_reply" else Exit.FAILED)
 
 
-#: Lifecycle actions by name: (virt method, dangerous, what it does).
-ACTIONS = {"start": ("domain.start", False, "start it"),
-           "shutdown": ("domain.shutdown", True, "ask its guest to shut down"),
-           "destroy": ("domain.destroy", True, "power it off at once"),
-           "reboot": ("domain.reboot", True, "reboot it"),
-           "suspend": ("domain.suspend", True, "pause it"),
-           "resume": ("domain.resume", False, "resume it")}
-
-
-def _lifecycle(action: str) -> click.Command:
-    method, dangerous, what = ACTIONS[action]
-
-    @click.option("--on", "host", metavar="HOST", shell_complete=complete_host,
-                  help="The host it is on (default: asked of every virt host).")
-    @yes_option
-    @json_option
-    @click.pass_context
-    def command(ctx: click.Context, host: str | None, yes: bool, as_json: bool) -> Exit:
-        from console import migration
-
-        name = ctx.meta["vm"]
-        state: CliContext = ctx.obj
-        console = state.console()
-        try:
-            host = host or migration.find_domain(console, name, timeout=state.timeout(None))
-        except RemoteError as exc:
-            raise CliError(Exit.NOTHING if exc.code == ErrorCode.NOT_FOUND else Exit.USAGE,
-                           exc.message) from None
-        if dangerous and not yes:
-            if not sys.stdin.isatty():
-                raise usage(f"{action} {name} on {host} is dangerous; pass --yes")
-            if not click.confirm(f"{action.capitalize()} {name} on {host}?"):
-                raise usage("cancelled")
-        res = console.call("virt", method, {"name": name}, host=host,
-                           timeout=state.timeout(None) if action != "shutdown" else 130.0)
-        if as_json:
-            emit_json(res.to_dict())
-        elif res.status == "ok" and res.reply is not None:
-            click.echo(f"{name} on {host}: {(res.reply.result or {}).get('state')}")
-        else:
-            error = (res.reply.error if res.reply else None) or {"message": "no reply"}
-            click.echo(f"hostbus: {error['message']}", err=True)
-        return Exit.OK if res.status == "ok" else (
-            Exit.NO_REPLY if res.status == "no_reply" else Exit.FAILED)
-
-    command.__doc__ = (f"{what[0].upper()}{what[1:]} (virt.{method}), on whichever host "
-                       "it is.")
-    return exits(*FANOUT)(vm.command(action)(command))
-
-
-for _action in ACTIONS:
-    _lifecycle(_action)
-
-
 @exits(*FANOUT)
 @vm.command("ha")
 @click.argument("setting", type=click.Choice(["on", "off"]))
@@ -281,3 +229,8 @@ def _progress(console: Any, route: Any, enabled: bool) -> Any:
     console.subscribe([migration.progress_pattern(route)], on_event)
     bar.start()
     return bar.stop
+
+
+from console.commands.vm_lifecycle import add_lifecycle  # noqa: E402 (after the group)
+
+add_lifecycle(vm)

@@ -103,6 +103,7 @@ def watch(ctx: CliContext, patterns: tuple[str, ...], count: int, duration: floa
     wanted = list(patterns) or ["#"]
     start = parse_since(since) if since is not None else None
     rebound = _bind_named(ctx, name, wanted) if name is not None else None
+    ctx.keep_connected = True  # a broker restart is waited out, and said
     console = ctx.console()
     done = threading.Event()
     seen = [0]

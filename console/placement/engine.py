@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from console.placement.config import PlacementConfig
-from console.placement.filters import FILTERS, Step
+from console.placement.filters import FILTERS, Step, applies, batch
 from console.placement.fleet import Fleet
 from console.placement.model import HostView, Placement, PlacementRequest, VmView
 from console.placement.weights import WEIGHTS
@@ -28,30 +28,34 @@ def place(request: PlacementRequest, hosts: Iterable[HostView] | Fleet,
 
 def _place(request: PlacementRequest, fleet: Fleet, planned: list[VmView]) -> Placement:
     cfg = fleet.config
-    filters = [(n, FILTERS[n]) for n in (cfg.filters or FILTERS)]
+    # Only the filters this request can fail (no pinning asked: no pinning filter).
+    active = [n for n in (cfg.filters or FILTERS) if applies(n, request)]
+    filters = [FILTERS[n] for n in active]
+    batches = [batch(n) for n in active]
     weights = [(WEIGHTS[n], f) for n, f in cfg.weights.items() if f > 0]
     names = fleet.names()
     chosen: dict[str, str] = {}
     scores: dict[str, float] = {}
     for vm_name in request.vm_names():
         step = Step(fleet, request)
-        candidates, filtered = [], {}
-        for host in names:
-            reasons = [why for _, check in filters if (why := check(step, host)) is not None]
-            if reasons:
-                filtered[host] = "; ".join(reasons) if len(reasons) == 1 else \
-                    reasons[0] + "".join(f", {r}" for r in reasons[1:])
-            else:
-                candidates.append(host)
+        # A host is out at its first failing filter; every reason is gathered only for
+        # a refusal, which is rare and must explain itself.
+        candidates = names
+        for keep in batches:
+            candidates = keep(step, candidates)
         if not candidates:
+            filtered = {}
+            for host in names:
+                reasons = [why for check in filters if (why := check(step, host)) is not None]
+                filtered[host] = ", ".join(reasons)
             return Placement(chosen, refused_vm=vm_name, filtered=filtered)
         scores = dict.fromkeys(candidates, 0.0)
         for weight, factor in weights:
-            for host, score in weight(step, candidates).items():
-                scores[host] += factor * score
-        # Highest score; ties to the first by name (candidates are in name order and
+            part = weight(step, candidates)
+            scores = {host: total + factor * part[host] for host, total in scores.items()}
+        # Highest score; ties to the first by name (the scores are in name order and
         # max keeps the first of equals).
-        best = max(candidates, key=lambda h: scores[h])
+        best = max(scores, key=scores.__getitem__)
         chosen[vm_name] = best
         vm = VmView(vm_name, best, request.vcpus, request.memory_mib, "defined",
                     request.ha, request.owner, request.groups())

@@ -26,15 +26,22 @@ class Step:
     request: PlacementRequest
     _fitting: dict[tuple[int, int], list[str]] = field(default_factory=dict)
 
+    def memory_room(self, name: str) -> int:
+        return self.fleet.rooms(name)[0]
+
+    def vcpu_room(self, name: str) -> int:
+        return self.fleet.rooms(name)[1]
+
     @cached_property
+    def ha_critical(self) -> frozenset[str]:
+        """Hosts among the few with room for some host's largest HA VM: the only ones
+        where placing can take that room away."""
+        return frozenset(h for need in self.ha_needs for h in self.fitting(need))
+
+    @property
     def ha_needs(self) -> dict[tuple[int, int], list[str]]:
         """HA room needed: (MiB, vCPUs) of each host's largest HA VM -> those hosts."""
-        needs: dict[tuple[int, int], list[str]] = {}
-        for name in self.fleet.names():
-            largest = self.fleet.load[name].largest_ha()
-            if largest is not None:
-                needs.setdefault(largest, []).append(name)
-        return dict(sorted(needs.items()))
+        return self.fleet.ha_needs()
 
     def fitting(self, need: tuple[int, int]) -> list[str]:
         """Up to three online hosts with room for a VM of ``need`` (MiB, vCPUs) now:
@@ -43,7 +50,7 @@ class Step:
         if found is None:
             found = []
             for name in self.fleet.names():
-                if _fits(self.fleet, name, need):
+                if _fits(self, name, need):
                     found.append(name)
                     if len(found) == 3:
                         break
@@ -51,12 +58,12 @@ class Step:
         return found
 
 
-def _fits(fleet: Fleet, name: str, need: tuple[int, int], less: tuple[int, int] = (0, 0),
+def _fits(step: Step, name: str, need: tuple[int, int], less: tuple[int, int] = (0, 0),
           ) -> bool:
-    if fleet.hosts[name].state != ONLINE:
+    if step.fleet.hosts[name].state != ONLINE:
         return False
-    return fleet.memory_room(name) - less[0] >= need[0] and \
-        fleet.vcpu_room(name) - less[1] >= need[1]
+    return step.memory_room(name) - less[0] >= need[0] and \
+        step.vcpu_room(name) - less[1] >= need[1]
 
 
 Filter = Callable[[Step, str], "str | None"]
@@ -102,12 +109,12 @@ def template(step: Step, name: str) -> str | None:
 
 
 def memory(step: Step, name: str) -> str | None:
-    room, need = step.fleet.memory_room(name), step.request.memory_mib
+    room, need = step.memory_room(name), step.request.memory_mib
     return None if room >= need else f"memory {max(room, 0)} MiB free < {need} needed"
 
 
 def vcpus(step: Step, name: str) -> str | None:
-    room, need = step.fleet.vcpu_room(name), step.request.vcpus
+    room, need = step.vcpu_room(name), step.request.vcpus
     if room >= need:
         return None
     return (f"vCPUs {max(room, 0)} free < {need} needed (capacity "
@@ -158,15 +165,87 @@ def ha_reservation(step: Step, name: str) -> str | None:
             not [h for h in step.fitting(taken) if h != name]:
         return (f"HA reservation: no other host could restart this HA VM "
                     f"({taken[0]} MiB, {taken[1]} vCPUs) if it failed")
+    if name not in step.ha_critical:
+        return None
     for need, hosts in step.ha_needs.items():
         fitting = step.fitting(need)
-        if name not in fitting or _fits(fleet, name, need, taken):
+        if name not in fitting or _fits(step, name, need, taken):
             continue  # this placement leaves the hosts that fit ``need`` as they are
         for lost in hosts:
             if lost != name and [h for h in fitting if h != lost] == [name]:
                 return (f"HA reservation: it is the only host with room to restart the "
                         f"largest HA VM of {lost} ({need[0]} MiB, {need[1]} vCPUs)")
     return None
+
+
+#: Filters a request cannot fail unless it asks for what they check.
+_ONLY_WHEN: dict[str, Callable[[PlacementRequest], bool]] = {
+    "pinning": lambda r: bool(r.pinned_hosts),
+    "labels": lambda r: bool(r.labels),
+    "template": lambda r: r.template is not None,
+    "affinity": lambda r: bool(r.affinity_groups),
+    "anti_affinity": lambda r: bool(r.anti_affinity_groups),
+    "ha_reservation": lambda r: r.ha_reservation,
+}
+
+
+def applies(name: str, request: PlacementRequest) -> bool:
+    when = _ONLY_WHEN.get(name)
+    return when is None or when(request)
+
+
+# ----------------------------------------------------------- whole-list forms
+# The same rules over a list of hosts in one pass, for the engine's first pass (a
+# decision over a thousand hosts stays around a millisecond); each must keep exactly
+# the hosts its filter passes (the property tests compare the two).
+Batch = Callable[[Step, list[str]], list[str]]
+
+
+def _host_state_batch(step: Step, names: list[str]) -> list[str]:
+    hosts = step.fleet.hosts
+    return [n for n in names if hosts[n].state == ONLINE]
+
+
+def _memory_batch(step: Step, names: list[str]) -> list[str]:
+    rooms, need = step.fleet.room_table(), step.request.memory_mib
+    return [n for n in names if rooms[n][0] >= need]
+
+
+def _vcpus_batch(step: Step, names: list[str]) -> list[str]:
+    rooms, need = step.fleet.room_table(), step.request.vcpus
+    return [n for n in names if rooms[n][1] >= need]
+
+
+def _cpu_load_batch(step: Step, names: list[str]) -> list[str]:
+    hosts, limit = step.fleet.hosts, step.fleet.config.max_cpu_load
+    return [n for n in names if (load := hosts[n].cpu_load) is None or load <= limit]
+
+
+def _ha_reservation_batch(step: Step, names: list[str]) -> list[str]:
+    req = step.request
+    if req.ha and len(step.fitting((req.memory_mib, req.vcpus))) < 2:
+        return [n for n in names if ha_reservation(step, n) is None]
+    # Otherwise a host can fail only if it is one of the few with room for some need.
+    critical = step.ha_critical
+    return [n for n in names if n not in critical or ha_reservation(step, n) is None]
+
+
+BATCHES: dict[str, Batch] = {
+    "host_state": _host_state_batch,
+    "memory": _memory_batch,
+    "vcpus": _vcpus_batch,
+    "cpu_load": _cpu_load_batch,
+    "ha_reservation": _ha_reservation_batch,
+}
+
+
+def batch(name: str) -> Batch:
+    """The whole-list form of filter ``name`` (a loop over the filter if it has none)."""
+    found = BATCHES.get(name)
+    if found is not None:
+        return found
+    check = FILTERS[name]
+    return lambda step, names: [n for n in names if check(step, n) is None]
 
 
 #: Name -> filter, in the order they run.

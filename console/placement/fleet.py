@@ -26,9 +26,11 @@ class HostLoad:
     unreported_vcpus: int = 0
     groups: Counter[str] = field(default_factory=Counter)
     ha_sizes: Counter[tuple[int, int]] = field(default_factory=Counter)  # (MiB, vcpus)
+    _largest: tuple[int, int] | None = None
 
     def largest_ha(self) -> tuple[int, int] | None:
-        return max(self.ha_sizes) if self.ha_sizes else None
+        """(MiB, vCPUs) of its largest HA VM (memory first), None without any."""
+        return self._largest
 
 
 class Fleet:
@@ -42,6 +44,11 @@ class Fleet:
         #: group -> host -> members there
         self.group_hosts: dict[str, Counter[str]] = {}
         self._names: list[str] | None = None
+        #: host -> (memory room, vCPU room), computed again when the host or its VMs
+        #: change (``_stale``: hosts changed since)
+        self._rooms: dict[str, tuple[int, int]] = {}
+        self._stale: set[str] = set()
+        self._ha_needs: dict[tuple[int, int], list[str]] | None = None
         for host in hosts:
             self.set_host(host)
         for vm in vms:
@@ -50,12 +57,17 @@ class Fleet:
     def set_host(self, host: HostView) -> None:
         if host.name not in self.hosts:
             self._names = None
+            self._ha_needs = None
         self.hosts[host.name] = host
         self.load.setdefault(host.name, HostLoad())
+        self._stale.add(host.name)
 
     def drop_host(self, name: str) -> None:
         if self.hosts.pop(name, None) is not None:
             self._names = None
+            self._ha_needs = None
+            self._rooms.pop(name, None)
+            self._stale.discard(name)
 
     def names(self) -> list[str]:
         """Host names in order: every answer is the same whatever order hosts came in."""
@@ -76,6 +88,8 @@ class Fleet:
 
     def _count(self, vm: VmView, sign: int, unreported: bool) -> None:
         host, mib, vcpus = vm.host, vm.memory_mib, vm.vcpus
+        if host in self.hosts:
+            self._stale.add(host)
         load = self.load.setdefault(host, HostLoad())
         load.memory_mib += sign * mib
         load.vcpus += sign * vcpus
@@ -95,12 +109,47 @@ class Fleet:
             load.ha_sizes[(mib, vcpus)] += sign
             if load.ha_sizes[(mib, vcpus)] <= 0:
                 del load.ha_sizes[(mib, vcpus)]
+            load._largest = max(load.ha_sizes) if load.ha_sizes else None
+            self._ha_needs = None
+
+    def ha_needs(self) -> dict[tuple[int, int], list[str]]:
+        """(MiB, vCPUs) of each host's largest HA VM -> those hosts, in order; kept
+        until an HA VM or the set of hosts changes."""
+        if self._ha_needs is None:
+            needs: dict[tuple[int, int], list[str]] = {}
+            for name in self.names():
+                largest = self.load[name].largest_ha()
+                if largest is not None:
+                    needs.setdefault(largest, []).append(name)
+            self._ha_needs = dict(sorted(needs.items()))
+        return self._ha_needs
 
     # ------------------------------------------------------------------ room
+    def room_table(self) -> dict[str, tuple[int, int]]:
+        """Host -> (memory_room, vcpu_room) for every host, each computed once per change
+        of the host or its VMs. Read it, never change it."""
+        if self._stale:
+            for name in self._stale:
+                self._rooms[name] = (self._memory_room(name), self._vcpu_room(name))
+            self._stale.clear()
+        return self._rooms
+
+    def rooms(self, name: str) -> tuple[int, int]:
+        """(memory_room, vcpu_room) of one host."""
+        return self.room_table()[name]
+
     def memory_room(self, name: str) -> int:
         """MiB a new VM may take on the host: its capacity (RAM times the overcommit,
         less the host's reserve) less what its VMs hold, and never more than the host
         itself reports free (less what was placed there since)."""
+        return self.rooms(name)[0]
+
+    def vcpu_room(self, name: str) -> int:
+        """vCPUs a new VM may take: the host's vCPU capacity less what its VMs hold,
+        never more than the host reports free (less what was placed there since)."""
+        return self.rooms(name)[1]
+
+    def _memory_room(self, name: str) -> int:
         host, load = self.hosts[name], self.load[name]
         cfg = self.config
         room = int(host.memory_mib * cfg.memory_overcommit) - cfg.host_reserved_memory_mib \
@@ -115,7 +164,7 @@ class Fleet:
             return host.vcpu_capacity
         return int(host.cpus * self.config.vcpu_overcommit)
 
-    def vcpu_room(self, name: str) -> int:
+    def _vcpu_room(self, name: str) -> int:
         host, load = self.hosts[name], self.load[name]
         room = self.vcpu_capacity(name) - load.vcpus
         if host.free_vcpus is not None:

@@ -19,29 +19,26 @@ def _relative(values: dict[str, float]) -> dict[str, float]:
     top = max(values.values(), default=0.0)
     if top <= 0:
         return dict.fromkeys(values, 0.0)
-    return {name: max(value, 0.0) / top for name, value in values.items()}
+    return {name: value / top if value > 0 else 0.0 for name, value in values.items()}
 
 
 def memory_free(step: Step, candidates: list[str]) -> dict[str, float]:
     """Spread: more memory left after placing scores higher."""
-    need = step.request.memory_mib
-    return _relative({n: step.fleet.memory_room(n) - need for n in candidates})
+    rooms, need = step.fleet.room_table(), step.request.memory_mib
+    return _relative({n: rooms[n][0] - need for n in candidates})
 
 
 def vcpu_free(step: Step, candidates: list[str]) -> dict[str, float]:
     """Spread: more vCPUs left after placing scores higher."""
-    need = step.request.vcpus
-    return _relative({n: step.fleet.vcpu_room(n) - need for n in candidates})
+    rooms, need = step.fleet.room_table(), step.request.vcpus
+    return _relative({n: rooms[n][1] - need for n in candidates})
 
 
 def cpu_load(step: Step, candidates: list[str]) -> dict[str, float]:
     """Idle hosts score higher (a host with no load figure counts as half busy)."""
-    return {n: 1.0 - min(1.0, _load(step, n)) for n in candidates}
-
-
-def _load(step: Step, name: str) -> float:
-    load = step.fleet.hosts[name].cpu_load
-    return 0.5 if load is None else load
+    hosts = step.fleet.hosts
+    return {n: 0.5 if (load := hosts[n].cpu_load) is None else 0.0 if load >= 1 else 1.0 - load
+            for n in candidates}
 
 
 def consolidate(step: Step, candidates: list[str]) -> dict[str, float]:
@@ -51,7 +48,7 @@ def consolidate(step: Step, candidates: list[str]) -> dict[str, float]:
     used = {}
     for n in candidates:
         capacity = max(1, fleet.hosts[n].memory_mib)
-        used[n] = 1.0 - max(0, fleet.memory_room(n)) / capacity
+        used[n] = 1.0 - max(0, step.memory_room(n)) / capacity
     return {n: min(1.0, max(0.0, v)) for n, v in used.items()}
 
 

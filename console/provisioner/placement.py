@@ -48,7 +48,9 @@ def refusal(decision: Placement, request: PlacementRequest, hosts: list[HostView
     if not online:
         why = "no virt host answered discovery"
     elif not offering:
-        why = f"no virt host offers template {template!r}"
+        offered = sorted({t for h in online for t in (h.templates or {})})
+        why = f"no virt host offers template {template!r}" + (
+            f"; templates on offer: {', '.join(offered)}" if offered else "")
     elif all(_over_limits(h.templates[template], vcpus, memory_mib) for h in offering):
         limits = {(h.templates[template].max_vcpus, h.templates[template].max_memory_mib)
                   for h in offering}

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -92,12 +93,13 @@ class Provisioner:
         self.quotas = quotas
         self.call_timeout = call_timeout
         self.discovery_idle = discovery_idle
-        self.tracker = VmTracker(console, ledger, interval=reconcile_interval,
-                                 call_timeout=call_timeout, discovery_idle=discovery_idle,
-                                 on_change=self.announce_quota)
         self.hosts = HostBook(console, placement or PlacementConfig(),
                               call_timeout=call_timeout, discovery_idle=discovery_idle,
                               interval=host_refresh_interval)
+        self.tracker = VmTracker(console, ledger, interval=reconcile_interval,
+                                 call_timeout=call_timeout, discovery_idle=discovery_idle,
+                                 on_change=self.announce_quota,
+                                 on_host_event=self.hosts.changed)
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers),
                                         thread_name_prefix="hostbus-provision")
         self.idle = threading.Event()  # set while no request is being handled
@@ -381,13 +383,14 @@ class Provisioner:
             request = request_for(names, template=body["template"], vcpus=body.get("vcpus"),
                                   memory_mib=body.get("memory_mib"), hosts=views,
                                   constraints=body.get("constraints", {}), owner=body["owner"])
+            decided = time.monotonic()
             decision = self.hosts.reserve(request)
             if decision.ok:
                 return decision.chosen
             if attempt == 1:
                 log.info("no room in the view of the virt hosts (%s); asking them again",
                          decision.explain())
-                self.hosts.refresh()
+                self.hosts.refresh(unless_since=decided)
         raise refusal(decision, request, views, vcpus=body.get("vcpus"),
                       memory_mib=body.get("memory_mib"))
 

@@ -3,6 +3,10 @@ from the reactor's own identity (signed with its key, when it has one), so the t
 agent's policy decides, and a rule's action that policy marks ``requires_approval`` is
 parked there for a person (``hostbus approvals approve``).
 
+Before sending, the actor asks the target host for approvals already pending for the
+same call from the reactor's identity (``agent.approvals``): one asked by another
+instance, or before a restart, is adopted instead of asking a second time.
+
 At most ``workers`` actions are in flight at once; more wait in order. A decision is
 marked ``sending`` before its request leaves and never sent twice: after a crash one
 left ``sending`` is marked ``interrupted`` (it may or may not have reached its agent;
@@ -84,6 +88,18 @@ class Actor:
         if row is None or row["state"] != "queued":
             return  # decided otherwise meanwhile (another worker, or a restart's resume)
         agent, _, method = row["call"].partition(".")
+        parked = self._already_parked(row)
+        if parked is not None:
+            self.store.update(
+                decision_id, "awaiting_approval",
+                f"not sent: approval {parked['approval_id']} for this call, asked by this "
+                f"reactor's identity (another instance, or before a restart), waits at "
+                f"{row['host']} already", request_id=parked.get("request_id"),
+                approval_id=parked["approval_id"])
+            log.warning("decision %s: %s on %s already waits for approval %s: not sent "
+                        "again", decision_id[:8], row["call"], row["host"],
+                        parked["approval_id"])
+            return
         self.store.update(decision_id, "sending")
         log.info("decision %s: calling %s on %s with %s (rule %r)", decision_id[:8],
                  row["call"], row["host"], row["args"], row["rule"])
@@ -98,6 +114,22 @@ class Actor:
         self.sent += 1
         self._record(decision_id, row, result)
 
+    def _already_parked(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        """The same call from this identity, parked at the host for approval: asked by
+        another instance of the reactor (each keeps its own store) or before a restart.
+        The agent is the one place that knows; an agent whose policy does not let the
+        reactor list approvals (``agent.approvals``) lists nothing here."""
+        try:
+            parked, _ = self.console.approvals([row["host"]], timeout=5.0)
+        except HostbusError as exc:
+            log.debug("could not list approvals at %s: %s", row["host"], exc)
+            return None
+        for approval in parked:
+            if approval.get("requester") == self.console.transport.user and \
+                    approval.get("call") == row["call"] and approval.get("args") == row["args"]:
+                return approval
+        return None
+
     def _record(self, decision_id: str, row: dict[str, Any], result: HostResult) -> None:
         status, reply = result.status, result.reply
         request_id = result.request_id
@@ -105,17 +137,15 @@ class Actor:
             self.store.update(decision_id, "ok", "done", request_id=request_id)
             log.warning("decision %s: %s on %s done (request %s)", decision_id[:8],
                         row["call"], row["host"], request_id)
-        elif status == "error" and reply is not None and reply.error_code == \
-                "approval_required":
-            details = (reply.error or {}).get("details") or {}
-            approval = str(details.get("approval_id", ""))
+        elif status == "pending" and result.approval is not None:
+            approval = str(result.approval["approval_id"])
             self.store.update(decision_id, "awaiting_approval",
-                              (reply.error or {}).get("message", ""), request_id=request_id,
-                              approval_id=approval or None)
+                              (reply.error or {}).get("message", "") if reply else "",
+                              request_id=request_id, approval_id=approval)
             log.warning("decision %s: %s on %s waits for approval %s (hostbus approvals "
                         "approve %s -H %s)", decision_id[:8], row["call"], row["host"],
                         approval, approval[:8], row["host"])
-        elif status == "error" and reply is not None:
+        elif reply is not None and status in ("error", "pending"):
             error = reply.error or {}
             self.store.update(decision_id, "failed",
                               f"{error.get('code')}: {error.get('message', '')}"[:1000],

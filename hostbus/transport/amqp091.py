@@ -292,7 +292,10 @@ class PikaTransport(Transport):
     def close(self) -> None:
         if self._thread is None or self._stopping.is_set():
             return
-        if self._ready.is_set():  # not while still waiting for a first connection
+        # Not while waiting for a first connection, nor while the connection is lost:
+        # nothing would drain the flush until a reconnect (a command that ends after a
+        # lost connection would wait, and log reconnect attempts, that long).
+        if self._ready.is_set() and self._ch is not None:
             with contextlib.suppress(HostbusError):
                 self.flush(timeout=5)
         self._stopping.set()
@@ -757,7 +760,7 @@ class PikaTransport(Transport):
             with self._lock:
                 self._wake_scheduled = False
 
-    def _submit(self, task: Task, *, wait: bool) -> Any:
+    def _submit(self, task: Task, *, wait: bool, timeout: float | None = None) -> Any:
         if self._stopping.is_set():
             raise TransportClosed("the transport is closed")
         fut: Future[Any] | None = Future() if wait else None
@@ -771,7 +774,8 @@ class PikaTransport(Transport):
         if fut is None:
             return None
         try:
-            return fut.result(timeout=self._connect_timeout + 10)
+            return fut.result(timeout=self._connect_timeout + 10 if timeout is None
+                              else timeout)
         except TimeoutError:
             raise TransportClosed("the broker did not answer in time") from None
 
@@ -930,7 +934,22 @@ class PikaTransport(Transport):
 
         return bool(self._submit(task, wait=True))
 
+    def queue_consumers(self, queue: str) -> int | None:
+        """From a passive declare's answer, on a channel of its own (see queue_exists)."""
+
+        def task(_ch: BlockingChannel) -> int | None:
+            assert self._conn is not None
+            probe = self._conn.channel()
+            try:
+                declared = probe.queue_declare(queue, passive=True)
+            except pex.ChannelClosedByBroker:  # no such queue, or not this user's to see
+                return None
+            probe.close()
+            return int(declared.method.consumer_count)
+
+        return self._submit(task, wait=True)  # type: ignore[no-any-return]
+
     def flush(self, timeout: float = 5.0) -> None:
         if self._thread is None or threading.current_thread() is self._thread:
             return
-        self._submit(lambda ch: None, wait=True)
+        self._submit(lambda ch: None, wait=True, timeout=timeout)

@@ -193,6 +193,11 @@ class Transport(abc.ABC):
     def queue_exists(self, queue: str) -> bool:
         """Whether a queue exists (a passive check: needs no configure permission)."""
 
+    def queue_consumers(self, queue: str) -> int | None:
+        """How many consumers a queue has (a passive check), or None where the protocol
+        does not say (AMQP 1.0) or the queue does not exist."""
+        return None
+
     @abc.abstractmethod
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything published so far has been handed to the broker."""

@@ -209,3 +209,12 @@ def test_exit_codes_agree_in_code_docs_and_every_commands_help():
             for parts in lines:
                 code = Exit(int(parts[0]))
                 assert " ".join(parts[1:]) == EXIT_MEANING[code], (path, code)
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    import click
+
+    silent = [(path, param.opts) for path, cmd, _ctx in _leaf_commands() if path != "bench"
+              for param in cmd.params
+              if isinstance(param, click.Option) and not param.hidden and not param.help]
+    assert silent == []

@@ -99,8 +99,27 @@ allow = true
         assert code == 1 and "already approved" in err
         decided = online.wait_for(lambda e: e.event == "approval.decided")
         assert decided.data["by"] == bob and decided.data["outcome"] == "ok"
+
+        # --wait-approval: alice's call waits for bob's decision and prints the result
+        waiting = subprocess.Popen(
+            [str(BIN / "hostbus"), "--config", str(consoles[alice]), "call", "host.reboot",
+             "delay_s=91", "-H", host, "--yes", "--wait-approval", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            parked = online.wait_for(lambda e: e.event == "approval.pending"
+                                     and e.data["approval_id"] != approval_id)
+            code, out, err = cli(bob, "approvals", "approve", parked.data["approval_id"],
+                                 "-H", host, "--yes")
+            assert code == 0, out + err
+            out, err = waiting.communicate(timeout=60)
+        finally:
+            if waiting.poll() is None:
+                waiting.kill()
+        assert waiting.returncode == 0, out + err
+        [result] = json.loads(out)["results"]
+        assert result["status"] == "ok" and result["result"]["delay_s"] == 91
     finally:
         proc.terminate()
         proc.wait(30)
     log = proc.stderr.read()
-    assert log.count("would reboot") == 1, log
+    assert log.count("would reboot") == 2, log  # once per approved call, never more

@@ -62,3 +62,17 @@ def test_an_argument_given_twice_is_refused(fleet):
     done = fleet.run("call", "host.processes", "limit=2", "limit:=3", "-H", "web01")
     assert done.exit_code == 2
     assert "limit is given twice (limit=2 and limit:=3); give it once" in done.stderr
+
+
+
+def test_json_and_timeout_before_the_command_go_with_it(fleet):
+    fleet.add("web01")
+    done = CliRunner().invoke(cli, ["--json", "-t", "2", "--config", str(fleet.config),
+                                    "call", "host.identify", "-H", "web01"],
+                              obj=fleet.console, catch_exceptions=False)
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["results"][0]["status"] == "ok"
+    done = CliRunner().invoke(cli, ["--timeout=2", "schema"])
+    assert done.exit_code == 2 and "hostbus schema has no --timeout option" in done.output
+    done = CliRunner().invoke(cli, ["--json"])
+    assert done.exit_code == 2 and "--json goes with a command" in done.output

@@ -177,3 +177,18 @@ def test_ha_reservation_is_never_broken_by_a_placement(hosts, vms, request):
         if request.ha and (largest is None or (request.memory_mib, request.vcpus) > largest):
             assert host in after  # its new largest HA VM can be restarted elsewhere
         before = after
+
+
+@settings(max_examples=300, deadline=None)
+@given(hosts_st, vms_st, requests_st)
+def test_each_filters_whole_list_form_keeps_exactly_the_hosts_it_passes(hosts, vms, request):
+    from console.placement.filters import BATCHES, FILTERS, batch
+
+    known = {h.name for h in hosts}
+    fleet = Fleet(hosts, [vm for vm in vms if vm.host in known])
+    names = fleet.names()
+    for name in FILTERS:
+        step = Step(fleet, request)
+        one_by_one = [n for n in names if FILTERS[name](step, n) is None]
+        assert batch(name)(Step(fleet, request), names) == one_by_one, name
+    assert set(BATCHES) <= set(FILTERS)

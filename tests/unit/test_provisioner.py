@@ -37,7 +37,8 @@ def test_placement_spreads_and_respects_room_and_templates():
               candidates=hosts)
     with pytest.raises(RemoteError, match="allows at most 4 vcpus and 8192 MiB"):
         place(["x"], template="web", vcpus=None, memory_mib=9000, candidates=hosts)
-    with pytest.raises(RemoteError, match="no virt host offers template 'gpu'"):
+    with pytest.raises(RemoteError, match="no virt host offers template 'gpu'; templates "
+                                          "on offer: db, web"):
         place(["x"], template="gpu", vcpus=None, memory_mib=None, candidates=hosts)
     with pytest.raises(RemoteError, match="no virt host answered"):
         place(["x"], template="web", vcpus=None, memory_mib=None, candidates=[])

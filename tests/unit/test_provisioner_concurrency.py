@@ -5,6 +5,7 @@ anything before defining its VMs."""
 
 from collections import Counter
 
+from tests.fakes import until
 from tests.unit.test_provisioner import Settled, domains, fleet, request  # noqa: F401
 
 
@@ -86,3 +87,21 @@ def json_method(body: bytes) -> str:
     import json
 
     return json.loads(body)["method"]
+
+
+def test_a_vm_made_by_someone_else_shows_in_the_view_from_its_events(fleet):  # noqa: F811
+    """Between full refreshes, a host's lifecycle events have it asked again: an 8 GiB VM
+    started behind the provisioner's back takes its room from the view at once, and a
+    request that needs more than is left goes to the other host."""
+    prov, agents, _, _, _ = fleet
+    assert prov.hosts.refreshed.wait(10)
+    full = prov.hosts._last_full
+    before = prov.hosts.fleet.memory_room("kvm01")
+    agents["kvm01"].domain_define("outsider", "db", None, None, 8192, True)
+    assert until(lambda: prov.hosts.fleet.memory_room("kvm01") == before - 8192, 10)
+    assert prov.hosts._last_full == full  # no full refresh: the event did it
+    msg = Settled(request(owner="big", count=1, template="db", memory_mib=10240),
+                  "after-outsider")
+    prov.process(msg.delivery)
+    assert msg.outcome == "ack"
+    assert ("shop-afterout-1", "kvm02") in domains(agents)

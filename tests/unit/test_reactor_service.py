@@ -119,6 +119,9 @@ def test_after_a_crash_a_decision_being_sent_is_not_sent_again_and_a_queued_one_
     done = threading.Event()
 
     class Console:
+        def approvals(self, hosts, *, timeout):
+            return [], None
+
         def call(self, agent, method, args, *, host, timeout):
             calls.append((agent, method, args, host))
             done.set()
