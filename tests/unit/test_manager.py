@@ -285,12 +285,11 @@ def test_a_host_in_maintenance_is_emptied_by_cold_migration(hypervisors):
     on_kvm02 = {d["name"]: d["state"] for d in h["agents"]["kvm02"].domain_objects()}
     assert on_kvm02 == {"web-1": "running", "web-2": "shutoff"}
     assert h["agents"]["kvm01"].domain_objects() == []
-    steps = [(d["vm"], d["step"]) for d in h["emitted"].named("move")]
-    assert steps == [("web-1", "started"), ("web-1", "shut_down"),
-                     ("web-1", "started_on_target"), ("web-1", "undefined_on_source"),
-                     ("web-1", "completed"), ("web-2", "started"),
-                     ("web-2", "defined_on_target"), ("web-2", "undefined_on_source"),
-                     ("web-2", "completed")]
+    moves = h["emitted"].named("move")  # two at a time: each VM's steps in order
+    assert [d["step"] for d in moves if d["vm"] == "web-1"] == [
+        "started", "shut_down", "started_on_target", "undefined_on_source", "completed"]
+    assert [d["step"] for d in moves if d["vm"] == "web-2"] == [
+        "started", "defined_on_target", "undefined_on_source", "completed"]
     assert h["emitted"].named("maintenance")[-1] == {"host": "kvm01", "status": "evacuated",
                                                      "moved": 2, "failed": 0}
     # Nothing is placed on a host in maintenance: a second host's loss has nowhere to go.
