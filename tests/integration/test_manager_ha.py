@@ -239,3 +239,37 @@ def test_a_failed_fence_restarts_nothing_until_an_operator_confirms(rabbitmq, co
                            e.data["status"] == "completed", timeout=60)
     assert (done.data["vm"], done.data["to_host"]) == ("ha-3", host_b)
     assert vms_of(rabbitmq)["ha-3"] == (host_b, "running")
+
+
+def test_the_active_manager_killed_while_fencing_the_standby_finishes(rabbitmq, console,
+                                                                      fleet, tmp_path):
+    """The first instance dies in the middle of confirming a host down (its fence command
+    hangs); the second takes over, fences, and restarts the HA VM, once."""
+    online, restarts = EventCollector(), EventCollector()
+    console.subscribe([f"agent.{fleet['name']}.online"], online)
+    console.subscribe([f"manager.{fleet['name']}.ha.restart"], restarts)
+    marker = tmp_path / "fencing"
+    # The first fence hangs (the first instance is killed in it); later ones succeed.
+    fence = f'["sh", "-c", "test -e {marker} && exit 0; touch {marker}; exec sleep 30"]'
+    host_a, agent_a = fleet["host"]()
+    host_b, _ = fleet["host"]()
+    first = fleet["manager"](f"fence_command = {fence}\n")
+    online.wait_for(lambda e: True, timeout=60)
+    second = fleet["manager"]()
+    assert until(lambda: "waiting to be the active instance" in second.log.read_text(),
+                 timeout=60)
+    define(console, host_a, "ha-4")
+    assert until(lambda: "ha-4" in vms_of(rabbitmq), timeout=30)
+    cli(rabbitmq, "vm", "ha-4", "ha", "on")
+    agent_a.send_signal(signal.SIGKILL)
+    agent_a.wait(timeout=30)
+    assert until(marker.exists, timeout=60)  # the first instance is fencing host a
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    try:
+        done = restarts.wait_for(lambda e: e.data["status"] == "completed", timeout=60)
+    except AssertionError:
+        raise AssertionError(second.log.read_text()) from None
+    assert (done.data["vm"], done.data["to_host"]) == ("ha-4", host_b)
+    assert [e.data["status"] for e, _ in restarts.events] == ["started", "completed"]
+    assert vms_of(rabbitmq)["ha-4"] == (host_b, "running")
