@@ -121,6 +121,13 @@ def test_a_listing_settles_a_host_and_forgets_what_it_no_longer_has(tmp_path):
          "memory_bytes": GIB}], asked=asked)
     assert (changed, gone) == ([], [])
     assert fleet.vm("web-1").state == "shutoff" and fleet.vm("new") is not None
+    # A host back after its HA VM was restarted elsewhere lists a shut-off copy: the
+    # running one stays the VM.
+    fleet.apply_lifecycle("kvm02", {"name": "web-1", "event": "started"})
+    fleet.reconcile("kvm01", [{"name": "web-1", "uuid": "u1", "state": "shutoff",
+                               "vcpus": 2, "memory_bytes": GIB}],
+                    asked=fleet.clock() + 1)
+    assert (fleet.vm("web-1").host, fleet.vm("web-1").state) == ("kvm02", "running")
 
 
 def test_a_spoofed_event_is_dropped_and_acknowledged(tmp_path):
