@@ -180,6 +180,10 @@ def hosts(ctx: click.Context, manager_host: str | None, timeout: float | None, w
              "mem_gib": round(h["memory_bytes"] / GIB, 1),
              "maintenance": "yes" if h["maintenance"] else ""} for h in result["hosts"]]
     _table(rows, HOST_COLUMNS, wide, columns, "host")
+    me = result.get("manager") or {}
+    if me.get("instances"):
+        click.echo(f"manager: {me['instance']} active, {len(me['instances'])} instance"
+                   f"{'s' if len(me['instances']) != 1 else ''} running")
     spare = result.get("n_plus_one") or {}
     if spare and not spare["ok"]:
         click.echo(f"warning: losing {spare['largest_host']} now would leave HA VMs with "

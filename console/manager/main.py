@@ -198,7 +198,10 @@ class ManagerService:
         self.agent.emit(event, data)
 
     def status(self) -> dict[str, Any]:
-        return {"instance": self.standby.instance, "active": self.standby.active}
+        """This instance, and (known to the active one) every instance it hears from."""
+        found = self.standby.status()
+        return {"instance": found["instance"], "active": found["active"],
+                "instances": [p["instance"] for p in found["instances"]]}
 
     def start(self) -> None:
         """Raises ``ConnectionFailed``, or ``HostbusError`` when the active queue is

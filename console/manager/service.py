@@ -118,6 +118,11 @@ class Manager:
         """Called when this instance becomes (or stops being) the active one."""
         if active:
             self.fleet.reload()  # an instance sharing the state file may have written it
+            # Liveness waits for a first listing: every host's last word in the state
+            # file is as old as the takeover, and judging them before discovery has
+            # heard them would make live hosts unresponsive (and no target for an HA
+            # restart) until they answered a ping.
+            self.reconciled.clear()
             self.active.set()
             self.reconcile_soon()
         else:
@@ -144,7 +149,7 @@ class Manager:
             if time.monotonic() < next_check:
                 continue
             next_check = time.monotonic() + self.check_interval
-            if self.active.is_set():
+            if self.active.is_set() and self.reconciled.is_set():
                 try:
                     self.check_liveness()
                 except HostbusError as exc:

@@ -194,6 +194,8 @@ def test_the_standby_manager_takes_over_and_restarts_the_ha_vm(rabbitmq, console
     assert until(lambda: "ha-2" in vms_of(rabbitmq), timeout=30)
     cli(rabbitmq, "vm", "ha-2", "ha", "on")
     assert cli(rabbitmq, "vms", "--json")["manager"]["active"] is True
+    assert until(lambda: len(cli(rabbitmq, "hosts", "--json")["manager"]["instances"]) == 2,
+                 timeout=30)  # the active one hears the standby's ticks
 
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
@@ -205,7 +207,8 @@ def test_the_standby_manager_takes_over_and_restarts_the_ha_vm(rabbitmq, console
     except AssertionError:
         raise AssertionError(second.log.read_text()) from None  # what it did instead
     assert (done.data["vm"], done.data["to_host"]) == ("ha-2", host_b)
-    assert [e.data["status"] for e, _ in restarts.events] == ["started", "completed"]
+    assert [e.data["status"] for e, _ in restarts.events] == ["started", "completed"], \
+        [e.data for e, _ in restarts.events]
     assert vms_of(rabbitmq)["ha-2"] == (host_b, "running")
 
 
