@@ -82,6 +82,8 @@ def fleet(rabbitmq, enroll, tmp_path):
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+    for log in sorted(tmp_path.glob("*.log")):  # shown by pytest when the test failed
+        print(f"--- {log.name}\n{log.read_text()}")
     rabbitmq.admin.revoke(name)
 
 
