@@ -57,7 +57,7 @@ def reactor(click_ctx: click.Context, config_file: str | None, check_config: boo
     \b
     Once, as an administrator (the rules say which events it needs):
       hostbus reactor --config reactor.toml --setup
-      hostbus broker enroll-service reactor --events 'health.*.check' \\
+      hostbus broker enroll-service reactor --active --events 'health.*.check' \\
           --events 'agent.*.approval.decided'
     Then, with the written config's broker URL in etc/reactor.toml:
       hostbus reactor --config /etc/hostbus/reactor.toml
@@ -87,7 +87,7 @@ def reactor(click_ctx: click.Context, config_file: str | None, check_config: boo
                    f"{' '.join(keys)}")
         events = " ".join(f"--events '{p}'" for p in wanted)
         click.echo(f"enroll the reactor, if not yet: hostbus broker enroll-service {service} "
-                   f"{events} -o {service}.toml")
+                   f"--active {events} -o {service}.toml")
         return Exit.OK
     if check_config:
         try:
@@ -140,7 +140,8 @@ def rules(click_ctx: click.Context, config_file: str | None, as_json: bool, wide
 
     rows = [{"name": r["name"], "events": " ".join(r["events"]), "when": r["when"],
              "window": (f"{r['count']} in {r['within_s']:g}s" if r["count"] > 1 else
-                        f"for {r['for_s']:g}s" if r["for_s"] else "each"),
+                        f"for {r['for_s']:g}s" if r["for_s"] else
+                        f"absent {r['absent_s']:g}s" if r["absent_s"] else "each"),
              "cooldown_s": r["cooldown_s"], "action": r["action"]["call"],
              "on": r["action"]["host"], "args": r["action"]["args"],
              "dry_run": r["dry_run"]} for r in found]

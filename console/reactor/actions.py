@@ -120,10 +120,17 @@ class Actor:
         The agent is the one place that knows; an agent whose policy does not let the
         reactor list approvals (``agent.approvals``) lists nothing here."""
         try:
-            parked, _ = self.console.approvals([row["host"]], timeout=5.0)
+            parked, asked = self.console.approvals([row["host"]], timeout=5.0)
         except HostbusError as exc:
-            log.debug("could not list approvals at %s: %s", row["host"], exc)
+            log.warning("could not learn whether %s already waits for approval at %s (%s); "
+                        "sending it", row["call"], row["host"], exc)
             return None
+        for result in asked.results:
+            if result.status != "ok":
+                error = (result.reply.error or {}) if result.reply else {}
+                log.warning("could not learn whether %s already waits for approval at %s "
+                            "(agent.approvals: %s %s); sending it", row["call"], row["host"],
+                            result.status, error.get("code", ""))
         for approval in parked:
             if approval.get("requester") == self.console.transport.user and \
                     approval.get("call") == row["call"] and approval.get("args") == row["args"]:

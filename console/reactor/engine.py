@@ -7,7 +7,9 @@ would send) is rendered from the event; then:
 
 - the conditions hold: with ``count``/``within_s`` the event is counted in the target's
   window and the rule fires once ``count`` are in it; with ``for_s`` the target starts
-  waiting (``due`` fires it once ``for_s`` has passed); else it fires at once;
+  waiting (``due`` fires it once ``for_s`` has passed); with ``absent_s`` its wait
+  starts again (``due`` fires it once no such event came for ``absent_s``: no
+  heartbeat); else it fires at once;
 - they do not: a waiting target stops waiting (the state it waited on ended).
 
 Firing is decided against what was done before: nothing while an earlier action for
@@ -24,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from console.reactor.rules import Missing, Rule, Target
+from console.reactor.rules import Missing, Rule, Target, flatten
 from console.reactor.store import IN_FLIGHT, ReactorStore
 from hostbus.envelope import Event
 
@@ -58,21 +60,32 @@ class Engine:
 
     def consider(self, event: Event) -> list[Decided]:
         """Handle one event, once (a repeat of a handled event decides nothing)."""
-        eid = event_id(event)
+        return self.consider_many([event])
+
+    def consider_many(self, events: list[Event]) -> list[Decided]:
+        """Handle events in order, in one transaction (one write to disk for a batch:
+        what a burst costs), each once."""
         now = self.clock()
         decided: list[Decided] = []
         with self.store.transaction():
-            if self.store.handled(eid):
-                log.debug("event %s was handled before", eid)
-                return []
-            for rule in self.rules:
-                if rule.selects(event):
-                    decided.extend(self._apply(rule, event, eid, now))
-            self.store.mark_handled(eid, now)
+            for event in events:
+                eid = event_id(event)
+                if self.store.handled(eid):
+                    log.debug("event %s was handled before", eid)
+                    continue
+                matched: dict[str, bool] = {}
+                flat = flatten(event.data)
+                for rule in self.rules:
+                    if rule.selects(event, matched):
+                        decided.extend(self._apply(rule, event, eid, now, flat))
+                self.store.mark_handled(eid, now)
         return decided
 
-    def _apply(self, rule: Rule, event: Event, eid: str, now: float) -> list[Decided]:
-        holds = rule.holds(event)
+    def _apply(self, rule: Rule, event: Event, eid: str, now: float,
+               flat: dict[str, Any]) -> list[Decided]:
+        holds = rule.holds(event, flat)
+        if not holds and not rule.for_s:
+            return []  # nothing to fire, and no waiting target to end
         try:
             target = rule.target(event)
         except Missing as why:
@@ -88,6 +101,10 @@ class Engine:
         if rule.for_s:
             self.store.start_waiting(rule.name, target.key, now, eid, target.host,
                                      f"{target.agent}.{target.method}", target.args)
+            return []
+        if rule.absent_s:  # this event is what must keep coming: the wait starts again
+            self.store.restart_waiting(rule.name, target.key, now, eid, target.host,
+                                       f"{target.agent}.{target.method}", target.args)
             return []
         events = [eid]
         if rule.count > 1:
@@ -108,18 +125,20 @@ class Engine:
         with self.store.transaction():
             for waiting in self.store.waiting():
                 rule = self.by_name.get(waiting["rule"])
-                if rule is None or not rule.for_s:  # the rule went from the config
+                wait = (rule.for_s or rule.absent_s) if rule is not None else 0.0
+                if rule is None or not wait:  # the rule went from the config
                     self.store.stop_waiting(waiting["rule"], waiting["target"])
                     continue
-                if now - waiting["since"] < rule.for_s:
+                if now - waiting["since"] < wait:
                     continue
                 agent, _, method = waiting["call"].partition(".")
                 target = Target(waiting["host"], agent, method, waiting["args"])
                 self.store.stop_waiting(rule.name, target.key)
-                decided.append(self._fire(
-                    rule, target, [waiting["event_id"]],
-                    f"the condition held for {now - waiting['since']:.0f} s "
-                    f"(for_s {rule.for_s:g})", now))
+                why = (f"the condition held for {now - waiting['since']:.0f} s "
+                       f"(for_s {rule.for_s:g})" if rule.for_s else
+                       f"no matching event for {now - waiting['since']:.0f} s after "
+                       f"{waiting['event_id']} (absent_s {rule.absent_s:g})")
+                decided.append(self._fire(rule, target, [waiting["event_id"]], why, now))
         return decided
 
     def _fire(self, rule: Rule, target: Target, events: list[str], why: str,

@@ -12,6 +12,8 @@ commented examples):
     within_s = 0                           # ... within this many seconds (0: any time)
     for_s = 0                              # or: the condition held this long, no event
                                            #   of the same target saying otherwise
+    absent_s = 0                           # or: no matching event for the target came
+                                           #   this long after the last (no heartbeat)
     cooldown_s = 600                       # at most one action per target this often
     dry_run = false                        # decide and record, send nothing
     [rule.action]
@@ -52,7 +54,7 @@ _CALL = re.compile(r"[a-z][a-z0-9_]{0,31}\.[a-z][a-z0-9_.]{0,63}")
 _PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*(?:\.[A-Za-z0-9_-]+)*)\}")
 _PATTERN = re.compile(r"(\*|#|[a-z0-9_-]+)(\.(\*|#|[a-z0-9_-]+))*")
 _RULE_KEYS = {"name", "events", "hosts", "when", "count", "within_s", "for_s",
-              "cooldown_s", "dry_run", "action", "description"}
+              "absent_s", "cooldown_s", "dry_run", "action", "description"}
 _ACTION_KEYS = {"call", "host", "args", "timeout_s"}
 
 
@@ -98,19 +100,27 @@ class Rule:
     count: int = 1
     within_s: float = 0.0
     for_s: float = 0.0
+    absent_s: float = 0.0
     cooldown_s: float = 300.0
     dry_run: bool = False
     description: str = ""
 
-    def selects(self, event: Event) -> bool:
-        """The event is one this rule looks at (pattern and host), whatever its data."""
+    def selects(self, event: Event, matched: dict[str, bool] | None = None) -> bool:
+        """The event is one this rule looks at (pattern and host), whatever its data.
+        ``matched``: pattern -> whether it matches this event, shared by the rules that
+        look at one event (many rules, few patterns)."""
         key = event.routing_key()
-        return any(names.topic_matches(p, key) for p in self.events) and \
+        seen = matched if matched is not None else {}
+        for pattern in self.events:
+            if pattern not in seen:
+                seen[pattern] = names.topic_matches(pattern, key)
+        return any(seen[p] for p in self.events) and \
             (not self.hosts or any(fnmatch.fnmatchcase(event.host, h) for h in self.hosts))
 
-    def holds(self, event: Event) -> bool:
-        """The conditions hold for this event's data."""
-        return self.when.matches(flatten(event.data))
+    def holds(self, event: Event, flat: dict[str, Any] | None = None) -> bool:
+        """The conditions hold for this event's data (``flat``: the data flattened once
+        for all the rules that look at one event)."""
+        return self.when.matches(flat if flat is not None else flatten(event.data))
 
     def target(self, event: Event) -> Target:
         """The action for this event; ``Missing`` names a field the event lacks."""
@@ -127,7 +137,8 @@ class Rule:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "events": list(self.events), "hosts": list(self.hosts),
                 "when": self.when.text, "count": self.count, "within_s": self.within_s,
-                "for_s": self.for_s, "cooldown_s": self.cooldown_s, "dry_run": self.dry_run,
+                "for_s": self.for_s, "absent_s": self.absent_s,
+                "cooldown_s": self.cooldown_s, "dry_run": self.dry_run,
                 "action": {"call": self.action.call, "host": self.action.host,
                            "args": self.action.args, "timeout_s": self.action.timeout_s},
                 "description": self.description}
@@ -222,7 +233,7 @@ def _rule(where: str, table: dict[str, Any], check_calls: bool) -> Rule:
         raise ConfigError(f"{where}: {exc}") from None
     numbers: dict[str, float] = {}
     for key, default, low in (("count", 1, 1), ("within_s", 0.0, 0.0), ("for_s", 0.0, 0.0),
-                              ("cooldown_s", 300.0, 0.0)):
+                              ("absent_s", 0.0, 0.0), ("cooldown_s", 300.0, 0.0)):
         value = table.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float) or value < low:
             raise ConfigError(f"{where}: {key} = {value!r}: give a number of at least {low:g}")
@@ -230,15 +241,17 @@ def _rule(where: str, table: dict[str, Any], check_calls: bool) -> Rule:
     if numbers["count"] > 1 and numbers["within_s"] <= 0:
         raise ConfigError(f"{where}: count = {numbers['count']:g} needs within_s (the "
                           "window the events must fall in)")
-    if numbers["for_s"] and numbers["count"] > 1:
-        raise ConfigError(f"{where}: give count/within_s or for_s, not both")
+    if sum(bool(x) for x in (numbers["for_s"], numbers["absent_s"],
+                             numbers["count"] > 1)) > 1:
+        raise ConfigError(f"{where}: give one window: count/within_s, for_s or absent_s")
     dry_run = table.get("dry_run", False)
     if not isinstance(dry_run, bool):
         raise ConfigError(f"{where}: dry_run must be true or false")
     action = _action(where, table.get("action"), check_calls)
     return Rule(name=table["name"], events=tuple(events), hosts=tuple(hosts), when=when,
                 count=int(numbers["count"]), within_s=float(numbers["within_s"]),
-                for_s=float(numbers["for_s"]), cooldown_s=float(numbers["cooldown_s"]),
+                for_s=float(numbers["for_s"]), absent_s=float(numbers["absent_s"]),
+                cooldown_s=float(numbers["cooldown_s"]),
                 dry_run=dry_run, action=action,
                 description=str(table.get("description", "")))
 

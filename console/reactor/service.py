@@ -102,35 +102,58 @@ class Reactor:
 
     def _intake(self) -> None:
         while True:
-            item = self._inbox.get()
-            if item is _STOP:
+            batch = [self._inbox.get()]
+            # What else has arrived goes in the same transaction: a burst costs one
+            # write to disk per batch, not per event (at most the prefetch window).
+            while len(batch) < 256 and batch[-1] is not _STOP:
+                try:
+                    batch.append(self._inbox.get_nowait())
+                except queue.Empty:
+                    break
+            stop = batch[-1] is _STOP
+            deliveries = [d for d in batch if d is not _STOP]
+            if deliveries:
+                self._handle_batch(deliveries)
+            if stop:
                 return
+
+    def _handle_batch(self, deliveries: list[Delivery]) -> None:
+        try:
+            self.handle_many(deliveries)
+        except Exception:
+            # The store failed (disk?): not acknowledged, so the broker keeps them for
+            # this instance's successor; this one goes on with the next.
+            log.exception("could not handle %d event(s); left to the broker",
+                          len(deliveries))
+            return
+        for delivery in deliveries:  # only once their decisions are stored
             try:
-                self.handle(item)
-            except Exception:
-                # The store failed (disk?): not acknowledged, so the broker keeps it for
-                # this instance's successor; this one goes on with the next.
-                log.exception("could not handle the event on %s; left to the broker",
-                              item.routing_key)
-                continue
-            try:
-                item.ack()
+                delivery.ack()
             except HostbusError as exc:  # the connection went: the broker hands it on
                 log.info("could not acknowledge an event (%s)", exc)
+                return
 
     def handle(self, delivery: Delivery) -> None:
-        event = self._trusted(delivery)
-        if event is None:
-            self.dropped += 1
-            return
-        self.handled += 1
-        if event.full_name == "agent.approval.decided":
-            if event.data.get("requester") == self.transport.user:
-                self.actor.approval_decided(event.data, event.host)
-            return
-        for decided in self.engine.consider(event):
-            if decided.decision == "fired":
-                self.actor.submit(decided.decision_id)
+        self.handle_many([delivery])
+
+    def handle_many(self, deliveries: list[Delivery]) -> None:
+        """Decide on these events, in order; send what fired."""
+        events: list[Event] = []
+        for delivery in deliveries:
+            event = self._trusted(delivery)
+            if event is None:
+                self.dropped += 1
+            elif event.full_name == "agent.approval.decided":
+                self.handled += 1
+                if event.data.get("requester") == self.transport.user:
+                    self.actor.approval_decided(event.data, event.host)
+            else:
+                events.append(event)
+        decided = self.engine.consider_many(events) if events else []
+        self.handled += len(events)
+        for d in decided:
+            if d.decision == "fired":
+                self.actor.submit(d.decision_id)
 
     def _trusted(self, delivery: Delivery) -> Event | None:
         """The event, if it speaks for its sender; else None (logged)."""
@@ -166,8 +189,9 @@ class Reactor:
         return None if signer == event.host else f"it was signed by {signer!r}"
 
     def _timer(self) -> None:
-        """Rules with ``for_s`` fire when their time has come, not on an event."""
-        if not any(r.for_s for r in self.engine.rules):
+        """Rules with ``for_s`` or ``absent_s`` fire when their time has come, not on an
+        event."""
+        if not any(r.for_s or r.absent_s for r in self.engine.rules):
             return
         while not self._stop.wait(1.0):
             if not self.standby.active:

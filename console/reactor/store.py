@@ -104,6 +104,14 @@ class ReactorStore:
                              (rule, target, since, event_id, host, call,
                               orjson.dumps(args).decode()))
 
+    def restart_waiting(self, rule: str, target: str, since: float, event_id: str,
+                        host: str, call: str, args: dict[str, Any]) -> None:
+        """Wait afresh from ``since`` (an event came: the absence starts again)."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO waiting VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (rule, target, since, event_id, host, call,
+                              orjson.dumps(args).decode()))
+
     def stop_waiting(self, rule: str, target: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM waiting WHERE rule = ? AND target = ?",

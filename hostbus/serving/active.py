@@ -157,6 +157,11 @@ class ActiveStandby:
             with contextlib.suppress(HostbusError):  # closing: the broker forgets ticks
                 delivery.ack()
             return
+        with self._lock:
+            # The broker handed this consumer a message: it holds the queue. Under a
+            # backlog the ticks wait behind the events, so events count as ticks here
+            # (else the active instance would give up in the middle of a burst).
+            self._last_tick = time.monotonic()
         self._promote()
         if self.on_event is None:
             delivery.ack()

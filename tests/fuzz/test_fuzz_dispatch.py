@@ -4,6 +4,7 @@ executes anything that should have been refused."""
 import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -12,6 +13,10 @@ from hostbus.schema import envelope_validator, load_agent_schema
 from hostbus.serving.dispatch import Dispatcher, HostedAgent
 from hostbus.transport.base import Delivery, Properties
 from tests.fakes import PROBE_SCHEMA, ProbeAgent, make_host_agent
+
+# 10,000 examples a test in CI: about a minute each on a quiet machine of two cores,
+# several on a busy one. The suite's 120 s per test is for tests that wait on something.
+pytestmark = pytest.mark.timeout(900)
 
 ERROR_CODES = set(envelope_validator("reply").schema["properties"]["error"]["properties"]
                   ["code"]["enum"])

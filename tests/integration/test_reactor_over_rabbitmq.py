@@ -66,12 +66,17 @@ class Scene:
         return done.returncode, done.stdout, done.stderr
 
     def start_reactor(self, state: str = "reactor-state") -> subprocess.Popen:
-        proc = subprocess.Popen(
-            [str(BIN / "hostbus"), "reactor", "--config", str(self.reactor_cfg)],
-            stderr=subprocess.PIPE, text=True,
-            env={**self.env, "HOSTBUS_REACTOR_STATE_DIR": str(self.tmp / state)})
+        # Its log to a file: a pipe nobody reads while it runs would stop it once full.
+        with (self.tmp / f"{state}.log").open("w") as log:
+            proc = subprocess.Popen(
+                [str(BIN / "hostbus"), "reactor", "--config", str(self.reactor_cfg)],
+                stderr=log, text=True,
+                env={**self.env, "HOSTBUS_REACTOR_STATE_DIR": str(self.tmp / state)})
         self.reactors.append(proc)
         return proc
+
+    def reactor_log(self, state: str = "reactor-state") -> str:
+        return (self.tmp / f"{state}.log").read_text()
 
     def store(self, state: str = "reactor-state") -> ReactorStore:
         return ReactorStore(self.tmp / state / f"reactor-{self.service}.db")
@@ -164,13 +169,14 @@ args = {{ name = "{{data.vm}}" }}
             code, out, err = s.reactor_cli("--check-config")
             assert code == 0 and "reboot an unhealthy VM -> virt.domain.reboot" in out, \
                 out + err
-            agent = subprocess.Popen(
-                [str(BIN / "hostbus-agent"), "--config", str(agent_cfg)],
-                stderr=subprocess.PIPE, text=True,
-                env={**env, "HOSTBUS_SECURITY_POLICY": str(policy),
-                     "HOSTBUS_SECURITY_TRUSTED_KEYS": str(trusted),
-                     "HOSTBUS_AGENT_STATE_DIR": str(tmp_path / "agent-state"),
-                     "HOSTBUS_SECURITY_AUDIT_LOG": str(s.audit)})
+            with (tmp_path / "agent.log").open("w") as agent_log:  # a pipe could fill
+                agent = subprocess.Popen(
+                    [str(BIN / "hostbus-agent"), "--config", str(agent_cfg)],
+                    stderr=agent_log, text=True,
+                    env={**env, "HOSTBUS_SECURITY_POLICY": str(policy),
+                         "HOSTBUS_SECURITY_TRUSTED_KEYS": str(trusted),
+                         "HOSTBUS_AGENT_STATE_DIR": str(tmp_path / "agent-state"),
+                         "HOSTBUS_SECURITY_AUDIT_LOG": str(s.audit)})
             events.wait_for(lambda e: e.full_name == "agent.online", timeout=30)
             code, out, err = s.cli("call", "virt.domain.define", "name=vm1", "template=web",
                                    "start=true", "-H", host, "--yes")
@@ -226,8 +232,8 @@ def test_an_unhealthy_vm_is_rebooted_once_after_a_second_persons_approval(scene)
     store.close()
     assert done["approved_by"] == s.bob and "approved by" in done["detail"]
     reactor.terminate()
-    log = reactor.stderr.read()
-    assert reactor.wait(60) == 0, log
+    assert reactor.wait(60) == 0, s.reactor_log()
+    log = s.reactor_log()
     assert f"waits for approval {approval_id}" in log and "approved by" in log, log
     [reboot] = s.executed("virt.domain.reboot")  # once
     assert reboot["caller"] == s.service and reboot["approved_by"] == s.bob

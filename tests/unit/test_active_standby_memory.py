@@ -144,6 +144,22 @@ def test_an_instance_whose_ticks_stop_coming_back_gives_up_within_its_lease(brok
     assert not first.standby.active
 
 
+def test_events_arriving_keep_it_active_while_ticks_wait_behind_them(broker, instances):
+    """A backlog: the ticks queue up behind the events, but every event the broker hands
+    over shows this consumer holds the queue. Found with hostbus bench --only reactor:
+    the reactor gave up and took over again every lease in a 10,000-event burst."""
+    first = start(broker, instances, "one")
+    assert first.next_change() is True
+    with broker._lock:  # no tick comes back from now on
+        broker.bindings = [b for b in broker.bindings if b[1] != names.tick_key(SERVICE)]
+    for seq in range(1, 21):  # events for four leases, one every fifth of a lease
+        lifecycle(broker, "kvm01", seq)
+        first.events.get(timeout=WAIT)
+        first.standby._stop.wait(0.1)  # pacing what arrives, not waiting for a result
+    assert first.changes.empty() and first.standby.active
+    assert first.next_change() is False  # events stop too: it gives up
+
+
 def test_without_the_active_queue_it_names_the_enrollment_to_run(instances):
     bare = Instance(MemoryBroker(), "one")
     instances.append(bare)

@@ -162,3 +162,33 @@ def test_rule_mistakes_are_named(change, words):
 def test_the_shipped_config_checks():
     rules = load_rules(load_config("etc/reactor.toml"))
     assert [r.action.call for r in rules] == ["virt.domain.reboot"]
+
+
+def test_the_absence_of_an_event_for_absent_s_fires_once_per_silence(tmp_path):
+    clock = Clock()
+    rule = {"name": "no heartbeat", "events": ["agent.*.heartbeat"], "absent_s": 30,
+            "cooldown_s": 0, "action": {"call": "host.service.restart",
+                                        "host": "{host}", "args": {"name": "hostbus-agent"}}}
+    e = engine(tmp_path, rule, clock=clock)
+
+    def beat(host, seq):
+        return Event(host=host, agent="agent", event="heartbeat", seq=seq, epoch="e",
+                     data={})
+
+    e.consider(beat("web01", 1))
+    e.consider(beat("web02", 1))
+    clock.now += 20
+    e.consider(beat("web02", 2))  # web02 keeps beating, web01 went silent
+    clock.now += 15
+    [fired] = e.due()
+    assert fired.decision == "fired" and "no matching event for 35 s" in fired.detail
+    assert e.store.get(fired.decision_id)["host"] == "web01"
+    assert e.due() == []  # once per silence
+    clock.now += 20
+    assert [e.store.get(d.decision_id)["host"] for d in e.due()] == ["web02"]
+
+
+def test_one_window_per_rule():
+    with pytest.raises(ConfigError) as err:
+        parse_rules([{**REBOOT, "for_s": 10, "absent_s": 10}])
+    assert "give one window" in str(err.value)

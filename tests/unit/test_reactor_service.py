@@ -120,7 +120,7 @@ def test_after_a_crash_a_decision_being_sent_is_not_sent_again_and_a_queued_one_
 
     class Console:
         def approvals(self, hosts, *, timeout):
-            return [], None
+            return [], type("Asked", (), {"results": []})()
 
         def call(self, agent, method, args, *, host, timeout):
             calls.append((agent, method, args, host))
