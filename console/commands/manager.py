@@ -36,7 +36,11 @@ manager_option = click.option("--manager", "manager_host", metavar="HOST",
 def find_manager(ctx: CliContext, timeout: float | None) -> str:
     """The host id of the manager that answers discovery (only the active instance
     serves the agent)."""
-    found = ctx.console().discover(filter={"agent": "manager"}, timeout=ctx.timeout(timeout))
+    # The first answer is worth waiting for (a busy manager may take more than
+    # discovery's usual second); then no more than the idle window.
+    wait = ctx.timeout(timeout)
+    found = ctx.console().discover(filter={"agent": "manager"}, timeout=wait,
+                                   first_reply_wait=wait)
     if not found:
         raise CliError(Exit.NOTHING, "no manager answered (start one: hostbus manager "
                                      "--config FILE; a standby instance does not answer)")
@@ -176,6 +180,14 @@ def hosts(ctx: click.Context, manager_host: str | None, timeout: float | None, w
              "mem_gib": round(h["memory_bytes"] / GIB, 1),
              "maintenance": "yes" if h["maintenance"] else ""} for h in result["hosts"]]
     _table(rows, HOST_COLUMNS, wide, columns, "host")
+    me = result.get("manager") or {}
+    if me.get("instances"):
+        click.echo(f"manager: {me['instance']} active, {len(me['instances'])} instance"
+                   f"{'s' if len(me['instances']) != 1 else ''} running")
+    spare = result.get("n_plus_one") or {}
+    if spare and not spare["ok"]:
+        click.echo(f"warning: losing {spare['largest_host']} now would leave HA VMs with "
+                   f"nowhere to go: {', '.join(spare['unplaced'])}", err=True)
     return Exit.OK
 
 

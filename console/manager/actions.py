@@ -7,7 +7,8 @@ asked whether it already has it (an earlier attempt, by this instance or one tha
 and a VM found is adopted, not defined again. So a restart happens once even when the
 job runs twice.
 
-Moves use live migration (``virt.domain.migrate``) when both hosts offer a
+Moves (``parallel_moves`` at once, each target chosen and its room taken before the
+next choice) use live migration (``virt.domain.migrate``) when both hosts offer a
 ``migration_uri``, and otherwise a cold migration: shut down (destroyed after
 ``shutdown_timeout``), define on the target from the source's XML, start there, undefine
 on the source (its disks stay: a cold migration assumes storage both hosts reach at the
@@ -20,6 +21,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from console.client import Console, HostResult
@@ -40,8 +42,9 @@ class Actions:
                  shutdown_timeout: float = 120.0,
                  emit: Callable[[str, dict[str, Any]], None] = lambda event, data: None,
                  allowed: Callable[[], bool] = lambda: True,
-                 placement: PlacementConfig | None = None) -> None:
-        """``allowed()`` says whether this instance may act now (it is the active one);
+                 placement: PlacementConfig | None = None, parallel_moves: int = 2) -> None:
+        """``parallel_moves``: VMs moved at once off a host in maintenance.
+        ``allowed()`` says whether this instance may act now (it is the active one);
         a job taken while it may not is dropped (the next active instance redoes it)."""
         self.console = console
         self.fleet = fleet
@@ -50,6 +53,8 @@ class Actions:
         self.emit = emit
         self.allowed = allowed
         self.placement = placement
+        self.parallel_moves = max(1, parallel_moves)
+        self._placing = threading.RLock()
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._queued: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
@@ -141,13 +146,17 @@ class Actions:
             return None, decision.explain()
         return decision.chosen[vm.name], ""
 
-    def _took(self, host: str, vm: VmRecord) -> None:
-        """Count a VM started on ``host`` against its room until its next heartbeat."""
-        h = self.fleet.host(host)
-        if h is not None:
-            self.fleet.update_host(host, free_vcpus=max(0, h.free_vcpus - vm.vcpus),
-                                   unallocated_memory_bytes=max(
-                                       0, h.unallocated_memory_bytes - vm.memory_bytes))
+    def _took(self, host: str, vm: VmRecord, *, give_back: bool = False) -> None:
+        """Count a VM going to ``host`` against its room until its next heartbeat (or
+        give that room back: the move failed)."""
+        sign = -1 if give_back else 1
+        with self._placing:
+            h = self.fleet.host(host)
+            if h is not None:
+                self.fleet.update_host(
+                    host, free_vcpus=max(0, h.free_vcpus - sign * vm.vcpus),
+                    unallocated_memory_bytes=max(
+                        0, h.unallocated_memory_bytes - sign * vm.memory_bytes))
 
     # ------------------------------------------------------------- HA restart
     def _restart_host(self, host: str) -> None:
@@ -213,20 +222,25 @@ class Actions:
         h = self.fleet.host(host)
         if h is None or not h.maintenance:
             return
-        vms = self.fleet.vms(host)
-        moved = failed = 0
-        for vm in vms:
+        def one(vm: VmRecord) -> bool | None:
             if not self.allowed() or not (self.fleet.host(host) or h).maintenance:
-                return
-            if self._move(vm, host):
-                moved += 1
-            else:
-                failed += 1
+                return None  # no longer ours to do, or maintenance ended
+            return self._move(vm, host)
+
+        with ThreadPoolExecutor(max_workers=self.parallel_moves,
+                                thread_name_prefix="hostbus-manager-move") as pool:
+            outcomes = list(pool.map(one, self.fleet.vms(host)))
+        if None in outcomes:
+            return
+        moved, failed = outcomes.count(True), outcomes.count(False)
         self.emit("maintenance", {"host": host, "status": "evacuated" if not failed
                                   else "incomplete", "moved": moved, "failed": failed})
 
     def _move(self, vm: VmRecord, source: str) -> bool:
-        target, why = self._choose(vm)
+        with self._placing:  # one choice at a time, its room taken before the next
+            target, why = self._choose(vm)
+            if target is not None:
+                self._took(target, vm)
         event: dict[str, Any] = {"vm": vm.name, "from_host": source, "to_host": target}
         if target is None:
             self.emit("move", {**event, "step": "failed", "why": why})
@@ -243,11 +257,11 @@ class Actions:
             else:
                 self._cold(vm, source, target, event)
         except StepFailed as exc:
+            self._took(target, vm, give_back=True)
             self.emit("move", {**event, "step": "failed", "why": str(exc)})
             log.error("moving %s from %s to %s failed: %s", vm.name, source, target, exc)
             return False
         self.fleet.update_vm(vm.name, host=target)
-        self._took(target, vm)
         self.emit("move", {**event, "step": "completed"})
         return True
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from console.manager.actions import Actions
 from console.manager.fleet import Fleet
-from console.manager.policies import Thresholds, plan
+from console.manager.policies import Thresholds, n_plus_one, plan
 from console.placement import PlacementConfig
 from hostbus.errors import ErrorCode, RemoteError
 from hostbus.serving.agent import Agent, CallContext, method, objects
@@ -40,6 +40,7 @@ class ManagerAgent(Agent):
         vms = self.fleet.vms()
         return {"hosts": [{**h.to_dict(), "vms": sum(1 for v in vms if v.host == h.host)}
                           for h in self.fleet.hosts()],
+                "n_plus_one": n_plus_one(self.fleet, config=self.placement),
                 "manager": self.status()}
 
     @method()

@@ -23,6 +23,7 @@ The class is thread-safe; every change is written through at once.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterable
@@ -31,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from hostbus.files import open_database
+
+log = logging.getLogger("hostbus.manager")
 
 ONLINE, UNRESPONSIVE, DOWN, STANDBY = "online", "unresponsive", "down", "standby"
 HOST_STATES = (ONLINE, UNRESPONSIVE, DOWN, STANDBY)
@@ -248,6 +251,7 @@ class Fleet:
         since = self.clock() if asked is None else asked
         changed: list[VmRecord] = []
         listed: set[str] = set()
+        stale: list[str] = []
         with self._lock:
             if node is not None:
                 self.update_host(host, **{k: int(node[k]) for k in (
@@ -259,6 +263,11 @@ class Fleet:
                 vm = self._vms.get(name) or VmRecord(name=name, host=host)
                 if vm.updated > since:
                     continue
+                if vm.host != host and vm.running and dom.get("state") == "shutoff":
+                    # A stale copy (a host back after its HA VMs were restarted
+                    # elsewhere): the running one is the VM.
+                    stale.append(name)
+                    continue
                 new = replace(vm, host=host, uuid=str(dom.get("uuid", vm.uuid)),
                               state=str(dom.get("state", vm.state)),
                               vcpus=int(dom.get("vcpus", vm.vcpus)),
@@ -269,4 +278,8 @@ class Fleet:
                     if v.host == host and v.name not in listed and v.updated <= since]
             for name in gone:
                 self._drop_vm(name)
+        if stale:
+            log.warning("host %s still has shut-off copies of VMs running elsewhere (left "
+                        "alone; undefine them there once checked): %s", host,
+                        ", ".join(stale))
         return changed, gone

@@ -53,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
         "check_interval": 1.0,
         "call_timeout": 60.0,
         "shutdown_timeout": 120.0,
+        "parallel_moves": 2,
         "discovery_idle": 0.3,
         "tick_interval": 1.0,
         "heartbeat_interval": 10.0,
@@ -81,6 +82,8 @@ def load_config(path: str | None) -> dict[str, Any]:
     for key, low in _MINIMUMS.items():
         if float(m[key]) < low:
             raise ConfigError(f"[manager] {key} = {m[key]}: give at least {low:g} (seconds)")
+    if int(m["parallel_moves"]) < 1:
+        raise ConfigError(f"[manager] parallel_moves = {m['parallel_moves']}: give at least 1")
     for key, value in cfg["policies"].items():
         if not 0 < float(value) <= 1:
             raise ConfigError(f"[policies] {key} = {value}: give a fraction above 0 and at "
@@ -171,7 +174,8 @@ class ManagerService:
         self.actions = Actions(console, fleet, call_timeout=float(m["call_timeout"]),
                                shutdown_timeout=float(m["shutdown_timeout"]), emit=self.emit,
                                allowed=lambda: self.standby.active,
-                               placement=cfg["placement_config"])
+                               placement=cfg["placement_config"],
+                               parallel_moves=int(m["parallel_moves"]))
         self.manager = Manager(
             console, fleet, fencer=Fencer(m["fence_command"], timeout=float(m["fence_timeout"])),
             heartbeat_grace=float(m["heartbeat_grace"]), ping_timeout=float(m["ping_timeout"]),
@@ -179,7 +183,7 @@ class ManagerService:
             check_interval=float(m["check_interval"]), call_timeout=float(m["call_timeout"]),
             discovery_idle=float(m["discovery_idle"]),
             multi_host_users=frozenset(cfg["security"]["multi_host_users"]),
-            agent_keys=agent_keys, emit=self.emit,
+            agent_keys=agent_keys, placement=cfg["placement_config"], emit=self.emit,
             on_down=self.actions.restart_ha, on_maintenance=self.actions.evacuate)
         self.agent = ManagerAgent(fleet, self.actions, status=self.status,
                                   learn_xml=self.manager.learn_xml,
@@ -194,7 +198,10 @@ class ManagerService:
         self.agent.emit(event, data)
 
     def status(self) -> dict[str, Any]:
-        return {"instance": self.standby.instance, "active": self.standby.active}
+        """This instance, and (known to the active one) every instance it hears from."""
+        found = self.standby.status()
+        return {"instance": found["instance"], "active": found["active"],
+                "instances": [p["instance"] for p in found["instances"]]}
 
     def start(self) -> None:
         """Raises ``ConnectionFailed``, or ``HostbusError`` when the active queue is

@@ -164,3 +164,18 @@ def plan(fleet: Fleet, policy: str, *, host_down: str | None = None,
         raise ValueError(f"unknown policy {policy!r}: {', '.join(POLICIES)}")
     return {"policy": policy, "host_down": host_down, "moves": sim.moves,
             "standby": standby, "left": left}
+
+
+def n_plus_one(fleet: Fleet, *, config: PlacementConfig | None = None) -> dict[str, Any]:
+    """Whether the fleet could restart every HA VM of its largest host (by memory) if it
+    lost it now: ``{"ok", "largest_host", "unplaced": [VM names]}``."""
+    hosts = [h for h in fleet.hosts() if h.state == ONLINE and h.memory_bytes]
+    if len(hosts) < 2:
+        return {"ok": len(hosts) == 0 or not any(v.ha for v in fleet.vms()),
+                "largest_host": hosts[0].host if hosts else None,
+                "unplaced": [v.name for v in fleet.vms() if v.ha]}
+    largest = max(hosts, key=lambda h: (h.memory_bytes, h.host))
+    result = plan(fleet, "host_down", host_down=largest.host, config=config)
+    ha_left = {v.name for v in fleet.vms(largest.host) if v.ha}
+    unplaced = sorted(m["vm"] for m in result["left"] if m["vm"] in ha_left)
+    return {"ok": not unplaced, "largest_host": largest.host, "unplaced": unplaced}

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from console.client import Console
 from console.manager.fencing import Fencer
 from console.manager.fleet import DOWN, ONLINE, UNRESPONSIVE, Fleet
+from console.manager.policies import n_plus_one
 from console.provisioner.tracker import well_formed
 from hostbus.envelope import Event, parse_event
 from hostbus.errors import ErrorCode, HostbusError, RemoteError
@@ -32,6 +33,7 @@ from hostbus.security.provenance import why_not_from
 from hostbus.transport.base import Delivery
 
 if TYPE_CHECKING:
+    from console.placement import PlacementConfig
     from hostbus.security.signing import Verifier
 
 log = logging.getLogger("hostbus.manager")
@@ -54,6 +56,7 @@ class Manager:
                  call_timeout: float = 60.0, discovery_idle: float = 0.3,
                  multi_host_users: frozenset[str] = frozenset({"guest"}),
                  agent_keys: Verifier | None = None,
+                 placement: PlacementConfig | None = None,
                  emit: Callable[[str, dict[str, Any]], None] = lambda event, data: None,
                  on_down: Callable[[str], None] = lambda host: None,
                  on_maintenance: Callable[[str], None] = lambda host: None) -> None:
@@ -74,6 +77,7 @@ class Manager:
         self.discovery_idle = discovery_idle
         self.multi_host_users = multi_host_users
         self.agent_keys = agent_keys  # with them, only signed events count
+        self.placement = placement
         self.emit = emit
         self.on_down = on_down
         self.on_maintenance = on_maintenance
@@ -84,6 +88,7 @@ class Manager:
         self._listing_wanted = threading.Event()
         self.dropped = 0  # events refused as spoofed or malformed
         self._retry: dict[str, tuple[int, float]] = {}  # host -> (failed fences, next try)
+        self._capacity: dict[str, Any] | None = None  # the last n+1 finding told
         #: Set after each completed listing (tests and the CLI's freshness).
         self.reconciled = threading.Event()
 
@@ -113,6 +118,11 @@ class Manager:
         """Called when this instance becomes (or stops being) the active one."""
         if active:
             self.fleet.reload()  # an instance sharing the state file may have written it
+            # Liveness waits for a first listing: every host's last word in the state
+            # file is as old as the takeover, and judging them before discovery has
+            # heard them would make live hosts unresponsive (and no target for an HA
+            # restart) until they answered a ping.
+            self.reconciled.clear()
             self.active.set()
             self.reconcile_soon()
         else:
@@ -139,7 +149,7 @@ class Manager:
             if time.monotonic() < next_check:
                 continue
             next_check = time.monotonic() + self.check_interval
-            if self.active.is_set():
+            if self.active.is_set() and self.reconciled.is_set():
                 try:
                     self.check_liveness()
                 except HostbusError as exc:
@@ -207,6 +217,8 @@ class Manager:
             if capacity:
                 self.fleet.update_host(host, **capacity)
             self._changed(before, after.state, "it heartbeats again")
+            if before is None:
+                self.reconcile_soon()  # a new host: its size comes from node.info
             if name == "agent.online" and before is not None:
                 self.reconcile_soon()  # what happened while its agent was away
         elif name == "agent.offline" and known:
@@ -345,8 +357,21 @@ class Manager:
                 self.on_down(h.host)  # taken over from an instance that did not finish
             elif h.maintenance and h.state != DOWN and self.fleet.vms(h.host):
                 self.on_maintenance(h.host)
+        self.check_capacity()
         self.reconciled.set()
         return settled
+
+    def check_capacity(self) -> dict[str, Any]:
+        """n+1: warn (log and event, once per change) when the fleet could not restart
+        the HA VMs of its largest host if it lost it now."""
+        found = n_plus_one(self.fleet, config=self.placement)
+        if found != self._capacity:
+            self._capacity = found
+            if not found["ok"]:
+                log.warning("losing %s now would leave HA VMs with nowhere to go: %s",
+                            found["largest_host"], ", ".join(found["unplaced"]))
+            self.emit("capacity", found)
+        return found
 
     def learn_xml(self, name: str, host: str) -> bool:
         """Keep the VM's domain XML: what restarts it elsewhere if its host dies."""

@@ -82,6 +82,8 @@ def fleet(rabbitmq, enroll, tmp_path):
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+    for log in sorted(tmp_path.glob("*.log")):  # shown by pytest when the test failed
+        print(f"--- {log.name}\n{log.read_text()}")
     rabbitmq.admin.revoke(name)
 
 
@@ -119,8 +121,12 @@ def test_a_killed_hosts_ha_vm_runs_on_the_other_host_once(rabbitmq, console, fle
     define(console, host_a, "plain-1")
     assert until(lambda: vms_of(rabbitmq).get("plain-1") == (host_a, "running"), timeout=30)
     assert "HA on" in cli(rabbitmq, "vm", "ha-1", "ha", "on")
-    hosts = {h["host"]: h["state"] for h in cli(rabbitmq, "hosts", "--json")["hosts"]}
-    assert hosts == {host_a: "online", host_b: "online"}
+    def sized() -> dict[str, tuple[str, bool]]:  # listed: its memory and CPUs are known
+        return {h["host"]: (h["state"], h["memory_bytes"] > 0)
+                for h in cli(rabbitmq, "hosts", "--json")["hosts"]}
+
+    assert until(lambda: sized() == {host_a: ("online", True), host_b: ("online", True)},
+                 timeout=30)
     planned = cli(rabbitmq, "manager", "plan", "--host-down", host_a, "--json")
     assert [(m["vm"], m["to_host"]) for m in planned["moves"]] == [("ha-1", host_b)]
     assert [m["vm"] for m in planned["left"]] == ["plain-1"]
@@ -140,7 +146,8 @@ def test_a_killed_hosts_ha_vm_runs_on_the_other_host_once(rabbitmq, console, fle
     assert on_b.count("defined") == 1 and on_b.count("started") == 1
     assert vms_of(rabbitmq) == {"ha-1": (host_b, "running"), "plain-1": (host_a, "lost")}
     seen = [(e.event, e.data.get("vm") or e.data.get("host"), e.data.get("status") or
-             e.data.get("state")) for e, _ in manager_events.events if e.event != "online"]
+             e.data.get("state")) for e, _ in manager_events.events
+            if e.event not in ("online", "capacity")]
     assert seen == [("vm.ha", "ha-1", None), ("host.state", host_a, "unresponsive"),
                     ("host.state", host_a, "down"), ("ha.restart", "ha-1", "started"),
                     ("ha.restart", "ha-1", "completed"), ("ha.restart", "plain-1", "not_ha")]
@@ -189,6 +196,8 @@ def test_the_standby_manager_takes_over_and_restarts_the_ha_vm(rabbitmq, console
     assert until(lambda: "ha-2" in vms_of(rabbitmq), timeout=30)
     cli(rabbitmq, "vm", "ha-2", "ha", "on")
     assert cli(rabbitmq, "vms", "--json")["manager"]["active"] is True
+    assert until(lambda: len(cli(rabbitmq, "hosts", "--json")["manager"]["instances"]) == 2,
+                 timeout=30)  # the active one hears the standby's ticks
 
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
@@ -200,7 +209,8 @@ def test_the_standby_manager_takes_over_and_restarts_the_ha_vm(rabbitmq, console
     except AssertionError:
         raise AssertionError(second.log.read_text()) from None  # what it did instead
     assert (done.data["vm"], done.data["to_host"]) == ("ha-2", host_b)
-    assert [e.data["status"] for e, _ in restarts.events] == ["started", "completed"]
+    assert [e.data["status"] for e, _ in restarts.events] == ["started", "completed"], \
+        [e.data for e, _ in restarts.events]
     assert vms_of(rabbitmq)["ha-2"] == (host_b, "running")
 
 
@@ -234,3 +244,37 @@ def test_a_failed_fence_restarts_nothing_until_an_operator_confirms(rabbitmq, co
                            e.data["status"] == "completed", timeout=60)
     assert (done.data["vm"], done.data["to_host"]) == ("ha-3", host_b)
     assert vms_of(rabbitmq)["ha-3"] == (host_b, "running")
+
+
+def test_the_active_manager_killed_while_fencing_the_standby_finishes(rabbitmq, console,
+                                                                      fleet, tmp_path):
+    """The first instance dies in the middle of confirming a host down (its fence command
+    hangs); the second takes over, fences, and restarts the HA VM, once."""
+    online, restarts = EventCollector(), EventCollector()
+    console.subscribe([f"agent.{fleet['name']}.online"], online)
+    console.subscribe([f"manager.{fleet['name']}.ha.restart"], restarts)
+    marker = tmp_path / "fencing"
+    # The first fence hangs (the first instance is killed in it); later ones succeed.
+    fence = f'["sh", "-c", "test -e {marker} && exit 0; touch {marker}; exec sleep 30"]'
+    host_a, agent_a = fleet["host"]()
+    host_b, _ = fleet["host"]()
+    first = fleet["manager"](f"fence_command = {fence}\n")
+    online.wait_for(lambda e: True, timeout=60)
+    second = fleet["manager"]()
+    assert until(lambda: "waiting to be the active instance" in second.log.read_text(),
+                 timeout=60)
+    define(console, host_a, "ha-4")
+    assert until(lambda: "ha-4" in vms_of(rabbitmq), timeout=30)
+    cli(rabbitmq, "vm", "ha-4", "ha", "on")
+    agent_a.send_signal(signal.SIGKILL)
+    agent_a.wait(timeout=30)
+    assert until(marker.exists, timeout=60)  # the first instance is fencing host a
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    try:
+        done = restarts.wait_for(lambda e: e.data["status"] == "completed", timeout=60)
+    except AssertionError:
+        raise AssertionError(second.log.read_text()) from None
+    assert (done.data["vm"], done.data["to_host"]) == ("ha-4", host_b)
+    assert [e.data["status"] for e, _ in restarts.events] == ["started", "completed"]
+    assert vms_of(rabbitmq)["ha-4"] == (host_b, "running")

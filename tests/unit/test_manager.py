@@ -18,7 +18,7 @@ from console.manager.actions import Actions
 from console.manager.agent import ManagerAgent
 from console.manager.fencing import Fencer
 from console.manager.fleet import DOWN, LOST, ONLINE, UNRESPONSIVE, Fleet
-from console.manager.policies import Thresholds, plan
+from console.manager.policies import Thresholds, n_plus_one, plan
 from console.manager.service import Manager
 from hostbus.envelope import Event
 from hostbus.errors import RemoteError
@@ -121,6 +121,13 @@ def test_a_listing_settles_a_host_and_forgets_what_it_no_longer_has(tmp_path):
          "memory_bytes": GIB}], asked=asked)
     assert (changed, gone) == ([], [])
     assert fleet.vm("web-1").state == "shutoff" and fleet.vm("new") is not None
+    # A host back after its HA VM was restarted elsewhere lists a shut-off copy: the
+    # running one stays the VM.
+    fleet.apply_lifecycle("kvm02", {"name": "web-1", "event": "started"})
+    fleet.reconcile("kvm01", [{"name": "web-1", "uuid": "u1", "state": "shutoff",
+                               "vcpus": 2, "memory_bytes": GIB}],
+                    asked=fleet.clock() + 1)
+    assert (fleet.vm("web-1").host, fleet.vm("web-1").state) == ("kvm02", "running")
 
 
 def test_a_spoofed_event_is_dropped_and_acknowledged(tmp_path):
@@ -285,12 +292,11 @@ def test_a_host_in_maintenance_is_emptied_by_cold_migration(hypervisors):
     on_kvm02 = {d["name"]: d["state"] for d in h["agents"]["kvm02"].domain_objects()}
     assert on_kvm02 == {"web-1": "running", "web-2": "shutoff"}
     assert h["agents"]["kvm01"].domain_objects() == []
-    steps = [(d["vm"], d["step"]) for d in h["emitted"].named("move")]
-    assert steps == [("web-1", "started"), ("web-1", "shut_down"),
-                     ("web-1", "started_on_target"), ("web-1", "undefined_on_source"),
-                     ("web-1", "completed"), ("web-2", "started"),
-                     ("web-2", "defined_on_target"), ("web-2", "undefined_on_source"),
-                     ("web-2", "completed")]
+    moves = h["emitted"].named("move")  # two at a time: each VM's steps in order
+    assert [d["step"] for d in moves if d["vm"] == "web-1"] == [
+        "started", "shut_down", "started_on_target", "undefined_on_source", "completed"]
+    assert [d["step"] for d in moves if d["vm"] == "web-2"] == [
+        "started", "defined_on_target", "undefined_on_source", "completed"]
     assert h["emitted"].named("maintenance")[-1] == {"host": "kvm01", "status": "evacuated",
                                                      "moved": 2, "failed": 0}
     # Nothing is placed on a host in maintenance: a second host's loss has nowhere to go.
@@ -377,3 +383,23 @@ def test_with_agent_keys_only_events_the_host_signed_count(tmp_path):
     manager._apply(got[1])
     assert fleet.host("kvm01").free_vcpus == 2
     reader.close()
+
+
+def test_n_plus_one_names_the_ha_vms_the_largest_hosts_loss_would_strand(tmp_path):
+    fleet = Fleet(tmp_path / "m.db")
+    _host(fleet, "kvm01", 10, total_gib=32)  # the largest
+    _host(fleet, "kvm02", 10)  # 6 GiB free
+    for name, gib in (("db", 8), ("web", 2)):
+        _vm(fleet, name, "kvm01", gib)
+        fleet.update_vm(name, ha=True)
+    assert n_plus_one(fleet) == {"ok": False, "largest_host": "kvm01", "unplaced": ["db"]}
+    fleet.update_vm("db", ha=False)
+    assert n_plus_one(fleet)["ok"] is True
+    emitted = Emitted()
+    manager = Manager(console=None, fleet=fleet, fencer=Fencer(),  # type: ignore[arg-type]
+                      emit=emitted)
+    manager.check_capacity()
+    manager.check_capacity()  # told once per change
+    fleet.update_vm("db", ha=True)
+    manager.check_capacity()
+    assert [d["ok"] for d in emitted.named("capacity")] == [True, False]
