@@ -71,7 +71,14 @@ def checks(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
 
 def text(results: dict[str, Any]) -> str:
     lines = [f"hostbus bench ({results['meta']['when']}, {results['meta']['cpus']} cpus, "
-             f"RabbitMQ {results['meta'].get('broker', '?')})", ""]
+             f"RabbitMQ {results['meta'].get('broker', '?')})"]
+    meta = results["meta"]
+    if "machine" in meta:
+        from benchmarks.machine import text as machine_text
+
+        for when, wakeup in (meta.get("wakeup_us") or {}).items():
+            lines.append(f"{machine_text(meta['machine'], wakeup)} [{when} the benchmarks]")
+    lines.append("")
     call = results.get("call")
     if call:
         lines.append("call round trip (ms)        p50      p90      p99")
