@@ -45,6 +45,7 @@ from hostbus.errors import (
 from hostbus.transport.base import (
     DEFAULT_HEARTBEAT,
     DEFAULT_MAX_BACKOFF,
+    Caller,
     Confirm,
     Delivery,
     Handler,
@@ -266,6 +267,11 @@ class PikaTransport(Transport):
         self._ready = threading.Event()
         self._start_error: HostbusError | None = None
         self._thread: threading.Thread | None = None
+
+    def caller(self) -> Caller:
+        from hostbus.transport.amqp091_caller import PikaCaller  # it builds on this module
+
+        return PikaCaller(self)
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
