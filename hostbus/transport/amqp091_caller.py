@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import select
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -127,9 +128,24 @@ class PikaCaller:
             self._ch.basic_publish(exchange, routing_key, body,
                                    _to_pika(properties, persistent), mandatory)
             _coalesce(self._conn)
-            self._conn._flush_output(lambda: True)
+            self._send_now()
         except Exception as exc:
             raise self._failed(exc) from None
+
+    def _send_now(self) -> None:
+        """Write the frames to the socket now. Over a plain socket: what pika's loop does
+        once it finds the socket writable, without the loop pass that finds it (a poll);
+        what a full socket does not take is written by ``wait``'s loop, as pika would.
+        Over TLS, or if pika's internals are not as expected: pika's own flush."""
+        assert self._conn is not None
+        transport = getattr(self._conn._impl, "_transport", None)
+        writable = getattr(transport, "_on_socket_writable", None)
+        if writable is not None and not isinstance(getattr(transport, "_sock", None),
+                                                   ssl.SSLSocket) \
+                and getattr(transport, "_tx_buffers", None):
+            writable()
+            return
+        self._conn._flush_output(lambda: True)
 
     def wait(self, until: float, done: Callable[[], bool]) -> None:
         """Process this connection's data events on this thread until ``done()`` or
