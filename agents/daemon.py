@@ -176,7 +176,8 @@ def check_config(cfg: dict[str, Any], config_path: str | None) -> list[str]:
         except ModuleNotFoundError as exc:
             raise ConfigError(f"agent {name!r} needs the Python module {exc.name!r}, which "
                               "is not installed (virt: pip install 'hostbus[virt]')") from None
-        found.append(f"agent {name}: ok")
+        check = getattr(registry.load_module(name), "check_config", None)
+        found.append(f"agent {name}: " + (check(cfg[name]) if check else "ok"))
     return found
 
 

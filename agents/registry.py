@@ -15,6 +15,7 @@ from hostbus.errors import ConfigError
 AGENT_MODULES: dict[str, str] = {
     "host": "agents.host",
     "virt": "agents.virt",
+    "health": "agents.health",
 }
 
 

@@ -13,13 +13,21 @@ from console.commands.options import json_option
 @click.command(epilog=EPILOG)
 @click.option("--quick", is_flag=True, help="Small sizes: a smoke run of every benchmark.")
 @click.option("--only", multiple=True,
-              type=click.Choice(["call", "fanout", "events", "amqp10", "provisioning",
-                                 "footprint", "soak", "faults", "history", "tracing"]),
-              help="Run only these (repeatable). Default: all but soak, faults and history.")
+              type=click.Choice(["call", "fanout", "events", "amqp10", "placement",
+                                 "provisioning", "footprint", "soak", "faults", "history",
+                                 "tracing", "scale"]),
+              help="Run only these (repeatable). Default: all but soak, faults, history "
+                   "and scale.")
 @click.option("--calls", type=click.IntRange(10), help="Round trips per side (2000).")
 @click.option("--agents", metavar="N,N,...",
               help="Simulated agent counts for broadcast ping (100,1000,5000).")
 @click.option("--events", "n_events", type=click.IntRange(100), help="Events (20000).")
+@click.option("--placement-hosts", type=click.IntRange(10), metavar="N",
+              help="Simulated hosts (ten VMs each) placement decisions run over (1000).")
+@click.option("--provision-hosts", type=click.IntRange(1), metavar="N",
+              help="Virt agents (test driver) the provisioning benchmark places on (100).")
+@click.option("--provision-requests", type=click.IntRange(1), metavar="N",
+              help="Requests of one VM each the provisioning benchmark posts at once (300).")
 @click.option("--idle", "idle_s", type=click.FloatRange(1), help="Idle agent seconds (60).")
 @click.option("--soak-minutes", type=click.FloatRange(0.5), metavar="MIN",
               help="Length of --only soak: one agent under steady load, memory sampled (5).")
@@ -32,6 +40,12 @@ from console.commands.options import json_option
 @click.option("--history-postgres", envvar="HOSTBUS_BENCH_POSTGRES", metavar="URL",
               help="With --only history: a PostgreSQL server to measure too, as a URL of a "
                    "role that may create databases (one is made and dropped).")
+@click.option("--scale-hosts", type=click.IntRange(100), metavar="N",
+              help="Hosts --only scale enrolls on a node of its own (10,000; --quick: "
+                   "1,000).")
+@click.option("--scale-agents", type=click.IntRange(1), metavar="N",
+              help="Of which --only scale connects as idle agents, a connection each (200; "
+                   "--quick: 20).")
 @click.option("--png", type=click.Path(dir_okay=False), metavar="PATH",
               help="Write a chart (latency distribution, scaling with N) to PATH.")
 @click.option("--admin-url", envvar="HOSTBUS_CONSOLE_ADMIN_URL", metavar="URL",
@@ -39,9 +53,12 @@ from console.commands.options import json_option
 @json_option
 @click.pass_obj
 def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None,
-          agents: str | None, n_events: int | None, idle_s: float | None,
+          agents: str | None, n_events: int | None, placement_hosts: int | None,
+          provision_hosts: int | None,
+          provision_requests: int | None, idle_s: float | None,
           soak_minutes: float | None, alarm_seconds: float | None,
-          history_stored: int | None, history_postgres: str | None, png: str | None,
+          history_stored: int | None, history_postgres: str | None,
+          scale_hosts: int | None, scale_agents: int | None, png: str | None,
           admin_url: str | None, as_json: bool) -> Exit:
     """Measure hostbus against raw pika and raw proton on this broker, in a throwaway vhost.
 
@@ -58,7 +75,9 @@ def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None
     queues, and how fast a ping is answered behind 100 waiting calls. `--only history`
     measures the historian's stores against their raw drivers, its ingest through the
     broker, queries over --history-stored events (minutes: it fills a store), and a
-    RabbitMQ stream against the classic queue it reads.
+    RabbitMQ stream against the classic queue it reads. `--only scale` (a node of its
+    own) enrolls --scale-hosts hosts in bulk against one at a time, and reports the
+    broker's memory per enrolled host and its memory and CPU per connected idle agent.
     """
     from benchmarks import report
     from benchmarks.run import ALL, Plan, run
@@ -75,6 +94,12 @@ def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None
             raise usage(f"--agents {agents!r}: expected numbers like 100,1000") from None
     if n_events:
         plan.events = n_events
+    if placement_hosts:
+        plan.placement_hosts = placement_hosts
+    if provision_hosts:
+        plan.provision_hosts = provision_hosts
+    if provision_requests:
+        plan.provision_requests = provision_requests
     if idle_s:
         plan.idle_s = idle_s
     if soak_minutes:
@@ -84,6 +109,10 @@ def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None
     if history_stored:
         plan.history_stored = history_stored
     plan.history_postgres = history_postgres
+    if scale_hosts:
+        plan.scale_hosts = scale_hosts
+    if scale_agents:
+        plan.scale_agents = min(scale_agents, plan.scale_hosts)
     url = parse_url(ctx.url)
     scheme = url.scheme.removesuffix("10")  # the baselines are 0-9-1; amqp10 gets its own
     amqp = f"{scheme}://{url.user}:{url.password}@{url.host}:{url.port}"

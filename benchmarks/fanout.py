@@ -108,7 +108,7 @@ class SimulatedFleet:
     def __init__(self, bench: Bench, n: int) -> None:
         self.prefix = f"sim{uuid.uuid4().hex[:4]}"
         self.hosts = [f"{self.prefix}-{i:05d}" for i in range(n)]
-        bench.admin.enroll_many(bench.vhost, self.hosts, [])
+        bench.admin.enroll_many(bench.vhost, [(host, []) for host in self.hosts])
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sim-worker")
         self.transports: list[Transport] = []
         self.runtimes: list[AgentRuntime] = []

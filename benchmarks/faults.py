@@ -94,13 +94,13 @@ def rabbit_node() -> Any:
 
 
 @contextlib.contextmanager
-def private_node() -> Iterator[Any]:
+def private_node(label: str = "faults") -> Iterator[Any]:
     """A RabbitMQ node of the bench's own, with the hostbus topology; stopped after."""
     nodes = rabbit_node()
-    with tempfile.TemporaryDirectory(prefix="hostbus-faults-") as folder:
+    with tempfile.TemporaryDirectory(prefix=f"hostbus-{label}-") as folder:
         node = nodes.RabbitNode(Path(folder) / "node", plugins=nodes.AMQP10_PLUGINS,
                                 config=nodes.amqp10_config())
-        progress("faults: starting a RabbitMQ node of the bench's own")
+        progress(f"{label}: starting a RabbitMQ node of the bench's own")
         try:
             node.start()
             node.admin.setup("hostbus")

@@ -272,7 +272,7 @@ def drain(bench: Bench, n: int, folder: Path) -> dict[str, Any]:
             done = threading.Event()
             if side == "historian_sqlite_per_s":
                 store = SQLiteStore(folder / f"drain{turn}.db")
-                ingest = Ingest(store, "bench")
+                ingest = Ingest(store, "bench", ack_all=transport.ack_all)
                 ingest.start()
                 handler = ingest.on_delivery
             else:

@@ -30,6 +30,15 @@ def checks(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
             rows.append(("1,000 agents: all replies, command returned",
                          f"{item['replies']} replies, {ms:.0f} ms", "all, <= 1000 ms",
                          item["all_replied"] and ms <= 1000))
+    placed = results.get("placement")
+    if placed and placed["hosts"] >= 1000:
+        p50 = placed["plain"]["p50"]
+        rows.append((f"placement decision p50, {placed['hosts']} hosts", f"{p50:.3f} ms",
+                     "< 1 ms", p50 < 1.0))
+    prov = results.get("provisioning")
+    if prov and prov["hosts"] >= 100:
+        rows.append((f"provisioning, {prov['hosts']} hosts", f"{prov['requests_per_s']} VMs/s",
+                     ">= 50 VMs/s", prov["requests_per_s"] >= 50))
     events = results.get("events")
     if events:
         rows.append(("events into one subscriber", f"{events['hostbus_per_s']}/s",
@@ -108,10 +117,22 @@ def text(results: dict[str, Any]) -> str:
     if events:
         lines.append(f"events: hostbus {events['hostbus_per_s']}/s, raw pika "
                      f"{events['raw_pika_per_s']}/s ({events['events']} events)")
+    placed = results.get("placement")
+    if placed:
+        lines.append(f"placement decisions ({placed['hosts']} hosts, {placed['vms']} VMs; "
+                     "ms)    p50      p90      p99")
+        for key in ("plain", "ha_anti_affinity", "pinned_10", "naive"):
+            r = placed[key]
+            lines.append(f"  {key:30} {r['p50']:7.3f}  {r['p90']:7.3f}  {r['p99']:7.3f}")
+        lines.append(f"  plain / naive loop p50: {placed['ratio_plain_to_naive_p50']}x")
     prov = results.get("provisioning")
     if prov:
-        lines.append(f"provisioning (test driver): {prov['requests']} requests in "
-                     f"{prov['elapsed_s']} s = {prov['requests_per_s']}/s")
+        done, floor = prov["completion_ms"], prov["direct_defines"]
+        lines.append(f"provisioning (test driver, {prov['hosts']} hosts, {prov['workers']} "
+                     f"workers): {prov['requests']} requests in {prov['elapsed_s']} s = "
+                     f"{prov['requests_per_s']}/s (completed p50 {done['p50']:.0f} ms, p99 "
+                     f"{done['p99']:.0f} ms); direct domain.define {floor['vms_per_s']}/s: "
+                     f"{prov['ratio_to_direct']}x")
     over10 = results.get("amqp10")
     if over10:
         lines.append("AMQP 1.0 call round trip (ms) p50      p90      p99")
@@ -148,6 +169,10 @@ def text(results: dict[str, Any]) -> str:
         from benchmarks.history import text as history_text
 
         lines += ["", *history_text(results["history"])]
+    if results.get("scale"):
+        from benchmarks.scale import text as scale_text
+
+        lines += ["", *scale_text(results["scale"])]
     if results.get("faults"):
         from benchmarks.faults import text as faults_text
 

@@ -18,17 +18,20 @@ from benchmarks import (
     footprint,
     history,
     machine,
+    placement,
     provisioning,
+    scale,
     soak,
     tracing,
 )
 from benchmarks.harness import bench_vhost, progress
 from hostbus.envelope import now_rfc3339
 
-ALL = ("call", "fanout", "events", "amqp10", "provisioning", "footprint", "tracing")
-#: Run only when asked for (--only soak, --only faults): minutes by design, and faults
-#: starts a RabbitMQ node of its own (root, a source checkout).
-EXTRA = ("soak", "faults", "history")
+ALL = ("call", "fanout", "events", "amqp10", "placement", "provisioning", "footprint",
+       "tracing")
+#: Run only when asked for (--only soak, --only faults, ...): minutes by design; faults
+#: and scale start a RabbitMQ node of their own (root, a source checkout).
+EXTRA = ("soak", "faults", "history", "scale")
 
 
 @dataclass
@@ -36,19 +39,25 @@ class Plan:
     calls: int = 2000
     agents: list[int] = field(default_factory=lambda: [100, 1000, 5000])
     events: int = 20000
-    provision_requests: int = 30
+    provision_requests: int = 300
+    provision_hosts: int = 100
+    placement_hosts: int = 1000
     idle_s: float = 60.0
     storm_s: float = 10.0
     soak_minutes: float = 5.0
     alarm_s: float = 70.0  # outlasts pika's 60 s blocked-connection timeout
     history_stored: int = 10_000_000  # events in the store the queries run over
     history_postgres: str | None = None  # a server URL whose role may create databases
+    scale_hosts: int = 10_000  # hosts enrolled by --only scale
+    scale_agents: int = 200  # of which connected, a connection each
     only: tuple[str, ...] = ALL
 
     @classmethod
     def quick(cls) -> Plan:
-        return cls(calls=200, agents=[10, 50], events=1000, provision_requests=3, idle_s=2.0,
-                   storm_s=1.0, alarm_s=10.0, history_stored=20_000)
+        return cls(calls=200, agents=[10, 50], events=1000, provision_requests=3,
+                   provision_hosts=2, placement_hosts=100, idle_s=2.0,
+                   storm_s=1.0, alarm_s=10.0, history_stored=20_000, scale_hosts=1000,
+                   scale_agents=20)
 
 
 def _redacted(url: str | None) -> str | None:
@@ -97,9 +106,13 @@ def run(plan: Plan, *, amqp: str, admin_url: str) -> dict[str, Any]:
         if "amqp10" in plan.only:
             results["amqp10"] = amqp10.run(bench, plan.calls, plan.events)
         gc.collect()
+        if "placement" in plan.only:
+            progress(f"placement: decisions over {plan.placement_hosts} simulated hosts")
+            results["placement"] = placement.run(plan.placement_hosts)
+        gc.collect()
         if "provisioning" in plan.only:
-            progress(f"provisioning: {plan.provision_requests} requests")
-            results["provisioning"] = provisioning.run(bench, plan.provision_requests)
+            results["provisioning"] = provisioning.run(bench, plan.provision_requests,
+                                                       plan.provision_hosts)
         if "tracing" in plan.only:
             progress(f"tracing: {plan.calls} calls each, off and on")
             results["tracing"] = tracing.run(bench, plan.calls)
@@ -112,6 +125,8 @@ def run(plan: Plan, *, amqp: str, admin_url: str) -> dict[str, Any]:
             results["history"] = history.run(bench, plan.events, plan.history_stored,
                                              plan.history_postgres,
                                              repeat=50 if plan.history_stored > 100_000 else 5)
+        if "scale" in plan.only:
+            results["scale"] = scale.run(plan.scale_hosts, plan.scale_agents, plan.idle_s)
         if "soak" in plan.only:
             progress(f"soak: one agent under steady load for {plan.soak_minutes:g} min")
             results["soak"] = soak.run(bench, plan.soak_minutes)

@@ -62,7 +62,13 @@ def convert(key: str, raw: str, prop: dict[str, Any]) -> Any:
 def parse_pairs(pairs: tuple[str, ...] | list[str], spec: MethodSpec | None) -> dict[str, Any]:
     props = (spec.args.get("properties", {}) if spec else {})
     args: dict[str, Any] = {}
+    given: dict[str, str] = {}  # key -> the pair that gave it
     for pair in pairs:
+        key = pair.split("=", 1)[0].removesuffix(":")
+        if key in given:  # the last one would win in silence
+            raise ArgumentError(f"{key} is given twice ({given[key]} and {pair}); give it "
+                                "once (a list is key:='[...]')")
+        given[key] = pair
         if ":=" in pair and ("=" not in pair or pair.index(":=") < pair.index("=")):
             key, raw = pair.split(":=", 1)
             try:

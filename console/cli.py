@@ -14,6 +14,11 @@ from typing import Any
 
 import click
 
+from console.commands.argv import (
+    hoist_root_options,
+    lower_command_options,
+    refuse_repeated_options,
+)
 from console.commands.common import (
     EPILOG,
     CliContext,
@@ -45,6 +50,11 @@ COMMANDS: dict[str, str] = {
     "historian": "console.commands.history:historian",
     "history": "console.commands.history:history",
     "exporter": "console.commands.exporter:exporter",
+    "reactor": "console.commands.reactor:reactor",
+    "health": "console.commands.reactor:health",
+    "manager": "console.commands.manager:manager",
+    "hosts": "console.commands.manager:hosts",
+    "vms": "console.commands.manager:vms",
 }
 PLUGIN_GROUP = "hostbus.commands"
 
@@ -67,6 +77,11 @@ class RootGroup(click.Group):
             return getattr(importlib.import_module(module), attr)
         plugin = self._plugins().get(cmd_name)
         return plugin.load() if plugin is not None else None
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        args = hoist_root_options(self, ctx, lower_command_options(self, ctx, args))
+        refuse_repeated_options(self, ctx, args)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         with exit_on_error():
@@ -109,7 +124,7 @@ def main() -> None:
     cli(prog_name="hostbus")
 
 
-__all__ = ["Exit", "cli", "main"]
+__all__ = ["Exit", "cli", "hoist_root_options", "main"]
 
 if __name__ == "__main__":
     main()

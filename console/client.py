@@ -54,6 +54,7 @@ from hostbus.schema import (
 )
 from hostbus.transport import connect
 from hostbus.transport.base import Caller, Delivery, Properties, Transport
+from hostbus.transport.url import check_resolvable
 
 if TYPE_CHECKING:
     from hostbus.security.signing import Signer, Verifier
@@ -105,21 +106,44 @@ class HostResult:
     #: Why the request went nowhere: the broker had no queue for it (no such host, or
     #: the host does not have that agent enrolled); said at once, not at the timeout.
     not_enrolled: str | None = None
+    #: Why no reply was waited for: nothing consumes the host's queue (its agent is not
+    #: running), seen before sending.
+    offline: str | None = None
 
     @property
     def status(self) -> str:
+        """ok, error, no_reply, not_enrolled, or pending: parked on the host until a
+        second person approves it (its reply comes then, see ``Console.await_decisions``)."""
         if self.not_enrolled is not None:
             return "not_enrolled"
         if self.reply is None:
             return "no_reply"
-        return "ok" if self.reply.ok else "error"
+        if self.reply.ok:
+            return "ok"
+        return "pending" if self.approval is not None else "error"
+
+    @property
+    def approval(self) -> dict[str, Any] | None:
+        """The approval this request waits for (``approval_id``, ``expires``, ``rule``),
+        if the host parked it. An agent that cannot take approvals also answers
+        ``approval_required``, without an approval id: that is an error."""
+        if self.reply is None or self.reply.error is None:
+            return None
+        error = self.reply.error
+        details = error.get("details") or {}
+        if error.get("code") != ErrorCode.APPROVAL_REQUIRED.value or \
+                not details.get("approval_id"):
+            return None
+        return dict(details)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"host": self.host, "status": self.status}
         if self.request_id is not None:
             out["request_id"] = self.request_id
-        if self.not_enrolled is not None:
-            out["error"] = {"message": self.not_enrolled}
+        if self.approval is not None:
+            out["approval_id"] = self.approval["approval_id"]
+        if self.not_enrolled is not None or self.offline is not None:
+            out["error"] = {"message": self.not_enrolled or self.offline}
         if self.reply is not None:
             if self.reply.result is not None:
                 out["result"] = self.reply.result
@@ -145,6 +169,7 @@ class FanoutResult:
                 "failed": len(self.by_status("error")),
                 "no_reply": len(self.by_status("no_reply")),
                 "not_enrolled": len(self.by_status("not_enrolled")),
+                "pending": len(self.by_status("pending")),
                 "elapsed_ms": round(self.elapsed_ms, 1)}
 
 
@@ -310,6 +335,9 @@ class Console:
         self.schemas = dict(schemas or {})
         self._specs: dict[tuple[str, str], MethodSpec] = {}
         self._pending: dict[str, queue.SimpleQueue[Any]] = {}
+        # Where the later replies of requests parked for approval go (fanout's
+        # keep_parked), until await_decisions reads them.
+        self._decisions: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._reply_queue: str | None = None
         self._notices: dict[str, Callable[[str], None]] = {}  # subscription -> on_notice
@@ -333,9 +361,14 @@ class Console:
         self.publisher.signer = signer
 
     @classmethod
-    def connect(cls, url: str, *, connect_timeout: float = 5.0, **kwargs: Any) -> Console:
+    def connect(cls, url: str, *, connect_timeout: float = 5.0, reconnect: bool = True,
+                **kwargs: Any) -> Console:
+        """``reconnect=False``: a lost connection ends this console's work (its waiting
+        calls fail at once) instead of being retried, for a program that would only
+        report it and stop (a command line)."""
+        check_resolvable(url)  # a typo in the host: said now, not after retries
         transport = connect(url, connection_name="hostbus-console",
-                            connect_timeout=connect_timeout, reconnect=True)
+                            connect_timeout=connect_timeout, reconnect=reconnect)
         transport.start()
         console = cls(transport, **kwargs)
         try:
@@ -677,10 +710,12 @@ class Console:
     def fanout(
         self, agent: str, method: str, args: dict[str, Any], hosts: list[str], *,
         timeout: float = 10.0, batch: int = 0,
-        on_result: Callable[[HostResult], None] | None = None,
+        on_result: Callable[[HostResult], None] | None = None, keep_parked: bool = False,
     ) -> FanoutResult:
         """Send to each host (at most ``batch`` outstanding; 0 = all at once) and collect
-        replies concurrently until all answered or ``timeout`` passed since the last send."""
+        replies concurrently until all answered or ``timeout`` passed since the last send.
+        With ``keep_parked`` the console goes on listening for the outcome of requests
+        parked for approval (status pending): ``await_decisions`` waits for it."""
         for host in hosts:
             names.validate_host_id(host)
         self.check_args(agent, method, args)
@@ -691,6 +726,7 @@ class Console:
         sent: dict[str, tuple[str, float]] = {}  # message id -> (host, send time)
         results: dict[str, HostResult] = {}
         rejected: dict[str, HostResult] = {}  # failed verification: used if nothing better
+        parked: set[str] = set()  # request ids kept for await_decisions
         next_i = 0
         deadline = time.monotonic() + timeout
 
@@ -721,6 +757,9 @@ class Console:
                         send_more()
                     continue
                 reply, at = item
+                if reply.correlation_id in parked:  # decided before we moved it
+                    self._decisions.put(item)
+                    continue
                 origin = sent.get(reply.correlation_id)
                 if origin is None or origin[0] in results:
                     continue
@@ -735,11 +774,15 @@ class Console:
                     rejected.setdefault(host, res)
                     continue
                 results[host] = res
+                if keep_parked and res.status == "pending":
+                    with self._lock:  # its decision, whenever it comes, is kept
+                        self._pending[reply.correlation_id] = self._decisions
+                    parked.add(reply.correlation_id)
                 if on_result is not None:
                     on_result(res)
                 send_more()
         finally:
-            self._forget(sent)
+            self._forget(mid for mid in sent if mid not in parked)
         ordered = []
         request_ids = {host: mid for mid, (host, _) in sent.items()}
         for host in todo:
@@ -749,6 +792,54 @@ class Console:
                 on_result(res)
             ordered.append(res)
         return FanoutResult(ordered, (time.perf_counter() - started) * 1000)
+
+    def await_decisions(self, parked: list[HostResult], *, until: float,
+                        on_result: Callable[[HostResult], None] | None = None
+                        ) -> list[HostResult]:
+        """The outcomes of requests a ``fanout(keep_parked=True)`` left pending: each
+        host's second reply (its result once approved; ``unauthorized`` if denied,
+        ``expired`` if nobody decided), as they come, until ``until`` (monotonic).
+        Those still undecided then are returned as they were."""
+        waiting = {r.request_id: r for r in parked if r.status == "pending" and r.request_id}
+        decided: dict[str, HostResult] = {}
+        try:
+            while len(decided) < len(waiting):
+                item = self._next_reply(self._decisions, until)
+                if item is None:
+                    break
+                if isinstance(item, _Unroutable):
+                    continue
+                reply, _at = item
+                mid = reply.correlation_id or ""
+                first = waiting.get(mid)
+                if first is None or mid in decided or reply.host != first.host \
+                        or reply.rejected:
+                    continue
+                decided[mid] = HostResult(first.host, reply, first.elapsed_ms, mid)
+                if on_result is not None:
+                    on_result(decided[mid])
+        finally:
+            self._forget(waiting)
+        return [decided.get(r.request_id or "", r) for r in parked]
+
+    def offline_hosts(self, agent: str, hosts: Iterable[str]) -> dict[str, str]:
+        """The hosts among ``hosts`` whose queue for ``agent`` nobody consumes (their
+        agent is not running), each with what to say: a request there would wait in the
+        queue, unanswered, for its whole timeout. One passive check per host; hosts the
+        protocol cannot tell about (AMQP 1.0) are not listed."""
+        found = {}
+        for host in hosts:
+            queue = names.agent_queue(host) if agent == names.BUILTIN_AGENT else \
+                names.host_queue(host)
+            try:
+                consumers = self.transport.queue_consumers(queue)
+            except HostbusError:  # cannot tell: the call goes out and says what happens
+                consumers = None
+            if consumers == 0:
+                found[host] = (f"{host} is offline: nothing consumes its queue {queue} "
+                               "(is hostbus-agent running there? `hostbus watch "
+                               f"'agent.{host}.*'` tells when it is back)")
+        return found
 
     # --------------------------------------------------------------- discovery
     def discover(

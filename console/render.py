@@ -27,7 +27,8 @@ from rich.text import Text
 from console.client import AgentInfo, FanoutResult, HostResult
 from hostbus.envelope import Event
 
-STATUS_STYLE = {"ok": "green", "error": "red", "no_reply": "yellow", "not_enrolled": "magenta"}
+STATUS_STYLE = {"ok": "green", "error": "red", "no_reply": "yellow", "not_enrolled": "magenta",
+                "pending": "cyan"}
 
 # Columns of free text: the only ones a table may shorten to fit (with an ellipsis).
 FREE_TEXT = frozenset({"cmdline", "description", "fields", "facts", "outcome", "message",
@@ -49,14 +50,18 @@ class Layout:
     width: int | None = None
     wide: bool = False
     columns: tuple[str, ...] = ()
+    #: For a pipe or a file fitted to COLUMNS: plain text still (no rules, no trailing
+    #: spaces), only fitted as on a terminal that wide.
+    plain: bool = False
 
     @classmethod
     def of(cls, out: RichConsole, *, wide: bool = False,
            columns: Iterable[str] = ()) -> Layout:
         width: int | None = out.width if out.is_terminal else None
+        plain = False
         if width is None and os.environ.get("COLUMNS", "").isdigit():
-            width = int(os.environ["COLUMNS"])
-        return cls(width, wide, tuple(columns))
+            width, plain = int(os.environ["COLUMNS"]), True
+        return cls(width, wide, tuple(columns), plain)
 
 
 def _text(value: Any) -> str:
@@ -71,6 +76,53 @@ def _text(value: Any) -> str:
     if isinstance(value, dict | list):
         return json.dumps(value, separators=(",", ":"))
     return str(value)
+
+
+BYTE_UNITS = {"_bytes": 1, "_kib": 1024, "_mib": 1024 ** 2, "_gib": 1024 ** 3}
+RATE = "_per_s"
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> 1.5 KiB (binary units, as free and ls -h)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_duration(seconds: float) -> str:
+    """3725 -> 1 h 2 min: the two largest units."""
+    if seconds < 60:
+        return f"{seconds:g} s" if seconds >= 1 or seconds == 0 else f"{seconds * 1000:.3g} ms"
+    parts = []
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min"), (1, "s")):
+        if seconds >= size:
+            parts.append(f"{int(seconds // size)} {unit}")
+            seconds %= size
+    return " ".join(parts[:2])
+
+
+def humanized(key: str, value: Any) -> str:
+    """A table cell: sizes and durations as a person reads them, by the field's unit
+    suffix (rss_bytes 305504256 -> 291.3 MiB, uptime_s 1020 -> 17 min); --json keeps
+    the raw numbers. Latencies in ms stay as they are: that is how they are read."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return _text(value)
+    name = key.rsplit(".", 1)[-1]
+    rate = name.endswith(RATE)
+    base = name.removesuffix(RATE) if rate else name
+    for suffix, scale in BYTE_UNITS.items():
+        if base.endswith(suffix) or name.endswith(f"{suffix}_s"):  # bandwidth_mib_s
+            return human_bytes(value * scale) + ("/s" if rate or name.endswith("_s")
+                                                 else "")
+    if rate:
+        return _text(value)
+    if name.endswith("_ns"):
+        return human_duration(value / 1e9)
+    if name.endswith("_s"):
+        return human_duration(value)
+    return _text(value)
 
 
 def _cell(value: Any) -> str:
@@ -108,7 +160,7 @@ def objects_table(rows: list[dict[str, Any]], layout: Layout, columns: list[str]
     """Rows of objects as a table that fits ``layout`` without cutting identifiers,
     or as one block per row where it cannot."""
     cols = _pick(rows, columns, layout)
-    cells = [[_text(row.get(c)) for c in cols] for row in rows]
+    cells = [[humanized(c, row.get(c)) for c in cols] for row in rows]
     values = [max((_width(r[i]) for r in cells), default=0) for i in range(len(cols))]
     natural = [max(v, _width(c)) for v, c in zip(values, cols, strict=True)]
     if layout.width is None:
@@ -134,8 +186,9 @@ def objects_table(rows: list[dict[str, Any]], layout: Layout, columns: list[str]
         return _blocks(cols, cells, title)
     hidden = [cols[i] for i in range(len(cols)) if i not in shown]
     # padding 1 on each side, collapsed between cells: GAP spaces between columns
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1),
-                  collapse_padding=True, header_style="bold")
+    table = Table(box=None if layout.plain else box.SIMPLE_HEAD, show_edge=False,
+                  pad_edge=False, padding=(0, 1), collapse_padding=not layout.plain,
+                  header_style="bold")
     for i, width in zip(shown, widths, strict=True):
         free = cols[i] in FREE_TEXT
         table.add_column(Text(_fold_header(cols[i], width)), width=width,
@@ -148,7 +201,18 @@ def objects_table(rows: list[dict[str, Any]], layout: Layout, columns: list[str]
     if hidden:
         parts.append(Text(f"  (hidden to fit: {', '.join(hidden)}; --wide shows them)",
                           style="dim"))
-    return Group(*parts)
+    return _stripped(Group(*parts), layout.width) if layout.plain else Group(*parts)
+
+
+def _stripped(renderable: RenderableType, width: int) -> Text:
+    """``renderable`` as plain lines ``width`` wide at most, without trailing spaces:
+    what a pipe gets (grep and awk see no padding)."""
+    import io
+
+    buf = io.StringIO()
+    RichConsole(file=buf, width=width, color_system=None, highlight=False,
+                soft_wrap=False).print(renderable)
+    return Text("\n".join(line.rstrip() for line in buf.getvalue().splitlines()))
 
 
 def _header_parts(header: str) -> list[str]:
@@ -235,8 +299,8 @@ def print_result(out: RichConsole, result: dict[str, Any], layout: Layout | None
     if flat:
         width = max(len(k) for k in flat)
         for key, value in flat.items():
-            out.print(f"  [bold]{escape(key):<{width}}[/bold]  {_cell(value)}",
-                      highlight=False)
+            out.print(f"  [bold]{escape(key):<{width}}[/bold]  "
+                      f"{escape(humanized(key, value))}", highlight=False)
     for key, rows in lists.items():
         out.print(objects_table(rows, layout, title=f"  {key} ({len(rows)})"))
 
@@ -262,32 +326,55 @@ def print_host_result(out: RichConsole, res: HostResult, layout: Layout | None =
               highlight=False)
     if res.not_enrolled is not None:
         out.print(f"  {escape(res.not_enrolled)}", style="magenta", highlight=False)
+    elif res.approval is not None:
+        out.print(f"  {escape(pending_text(res.approval))}", style="cyan", highlight=False)
     elif res.reply is None:
-        out.print("  no reply before the timeout", style="yellow")
+        out.print(f"  {escape(res.offline or 'no reply before the timeout')}",
+                  style="yellow", highlight=False)
     elif res.reply.error is not None:
         err = res.reply.error
         out.print(f"  {escape(str(err['code']))}: {escape(str(err['message']))}", style="red",
                   highlight=False)
     elif res.reply.result is not None:
+        if res.reply.result.get("dry_run") is True:
+            out.print("  dry run: nothing was done, only logged on the host (its "
+                      "power_control or similar setting is \"dry-run\")", style="yellow",
+                      highlight=False)
         print_result(out, res.reply.result, layout)
+
+
+def pending_text(approval: dict[str, Any]) -> str:
+    """What a requester is told about a call parked for approval: its id and how it
+    gets approved."""
+    aid = approval["approval_id"]
+    rule = f" (rule {approval['rule']!r})" if approval.get("rule") else ""
+    until = f" before {approval['expires']}" if approval.get("expires") else ""
+    return (f"waits for approval {aid}{rule}: another person runs `hostbus approvals "
+            f"approve {aid}`{until}; it runs then. --wait-approval waits for its result")
 
 
 def print_summary(out: RichConsole, result: FanoutResult, interrupted: int = 0) -> None:
     """The counts, then the hosts that failed or stayed silent, by name (and with
     ``interrupted``, how many were still being waited for)."""
     s = result.summary
-    out.print(
-        f"{s['hosts']} host{'s' if s['hosts'] != 1 else ''}: [green]{s['ok']} ok[/green], "
-        f"[red]{s['failed']} failed[/red], [yellow]{s['no_reply']} no reply[/yellow] "
-        + (f"[magenta]{s['not_enrolled']} not enrolled[/magenta] " if s["not_enrolled"]
-           else "")
-        + f"in {s['elapsed_ms']:.1f} ms", highlight=False,
-    )
+    counts = [f"[green]{s['ok']} ok[/green]", f"[red]{s['failed']} failed[/red]",
+              f"[yellow]{s['no_reply']} no reply[/yellow]"]
+    if s.get("not_enrolled"):
+        counts.append(f"[magenta]{s['not_enrolled']} not enrolled[/magenta]")
+    if s.get("pending"):
+        counts.append(f"[cyan]{s['pending']} pending approval[/cyan]")
+    out.print(f"{s['hosts']} host{'s' if s['hosts'] != 1 else ''}: {', '.join(counts)} "
+              f"in {s['elapsed_ms']:.1f} ms", highlight=False)
     failed = [r for r in result.results if r.status == "error"]
     if failed:
         out.print("[red]failed:[/red] " + ", ".join(
             f"{escape(r.host)} ({escape(str((r.reply.error or {}).get('code')))})"
             for r in failed if r.reply is not None), highlight=False)
+    pending = [r for r in result.results if r.approval is not None]
+    if pending:
+        out.print("[cyan]pending approval:[/cyan] " + ", ".join(
+            f"{escape(r.host)} ({escape(str(r.approval['approval_id']))})"
+            for r in pending if r.approval is not None), highlight=False)
     silent = [r.host for r in result.results if r.status == "no_reply"]
     if silent:
         out.print(f"[yellow]no reply:[/yellow] {escape(', '.join(silent))}", highlight=False)
@@ -320,7 +407,8 @@ def _release_summary(event: str, d: dict[str, Any]) -> str:
         return (f"release {d['request_id']} completed: {len(released)} of "
                 f"{len(d['vms'])} VMs released" + (f" ({', '.join(released)})" if released
                                                    else ""))
-    return f"release {d['request_id']} failed: {d.get('code')}: {d.get('reason')}"
+    code = "" if d.get("code") == "failed" else f"{d.get('code')}: "
+    return f"release {d['request_id']} failed: {code}{d.get('reason')}"
 
 
 def event_line(ev: Event) -> str:
@@ -348,7 +436,8 @@ def event_line(ev: Event) -> str:
     elif ev.agent == "provision" and ev.event == "progress":
         summary = f"{d['vm']} on {d['host']} ({d['step']}/{d['total']})  request {d['request_id']}"
     elif ev.agent == "provision" and ev.event == "failed":
-        summary = f"request {d['request_id']} failed: {d['code']}: {d['reason']}"
+        code = "" if d.get("code") == "failed" else f"{d.get('code')}: "  # not twice
+        summary = f"request {d['request_id']} failed: {code}{d['reason']}"
     elif ev.agent == "provision" and ev.event.startswith("release."):
         summary = _release_summary(ev.event, d)
     elif ev.agent == "provision" and ev.event == "quota":

@@ -10,12 +10,15 @@ half a second here), and the whole topology is imported from one definitions fil
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import os
 import re
 import secrets
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -122,8 +125,11 @@ def grant_for(kind: str, name: str, *, queues: tuple[str, ...] = (),
             if not EVENT_PATTERN_RE.fullmatch(pattern):
                 raise ValueError(f"invalid event pattern {pattern!r}: words of a-z 0-9 _ - "
                                  "or * or #, separated by dots (virt.*.domain.lifecycle)")
+        # Its active queue too, where an administrator made one (enroll-service
+        # --active): every instance consumes it, and the broker delivers to one.
         served = "|".join(re.escape(q) for q in (names.host_queue(name),
-                                                 names.agent_queue(name), *queues))
+                                                 names.agent_queue(name),
+                                                 names.active_queue(name), *queues))
         readable = "|".join(re.escape(p) for p in events)
         # Its own subscription queues only where it may subscribe (RabbitMQ 4 over AMQP
         # 1.0 names them hostbus.sub.NAME.*; elsewhere the broker names them amq.gen-*).
@@ -141,6 +147,13 @@ def grant_for(kind: str, name: str, *, queues: tuple[str, ...] = (),
 
 class IdentityConflict(ValueError):
     """The name is taken by a broker user enrolling would break."""
+
+
+def password_hash(password: str) -> str:
+    """RabbitMQ's salted SHA-256 password hash (its default hashing module), as a
+    definitions import takes it: base64(salt + sha256(salt + password)), 4-byte salt."""
+    salt = os.urandom(4)
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
 
 
 def _tags(user: dict[str, Any]) -> list[str]:
@@ -447,21 +460,79 @@ class BrokerAdmin:
         self._call("PUT", f"/api/permissions/{self._q(vhost)}/{self._q(host_id)}",
                    {"configure": grant.configure, "write": grant.write, "read": grant.read})
 
-    def enroll_many(self, vhost: str, hosts: list[str], agents: list[str]) -> None:
-        """Enroll many hosts in one definitions import (simulated fleets: thousands of
-        hosts in one HTTP call instead of several each)."""
-        for start in range(0, len(hosts), 500):  # an import of 500 takes about a second
+    def enroll_many(self, vhost: str, hosts: Sequence[tuple[str, Sequence[str]]], *,
+                    passwords: Mapping[str, str] | None = None, queue_type: str = "classic",
+                    chunk: int = 500,
+                    progress: Callable[[int, int], None] | None = None) -> None:
+        """Enroll many hosts (``(host_id, agents)`` pairs) through definitions imports
+        of ``chunk`` hosts each, instead of several HTTP calls a host: their queues and
+        bindings and, with ``passwords`` (host -> password), each one's agent user with
+        the same rights ``enroll_host`` gives (the password travels as RabbitMQ's salted
+        SHA-256 hash). New hosts are the point: an import only adds, so an enrolled
+        host that should lose an agent's bindings is enrolled again on its own.
+        ``progress(done, total)`` after each import. Names were validated by the caller;
+        users are checked first (``check_many_free``), so nothing is made when one
+        conflicts."""
+        if queue_type not in ("classic", "quorum"):
+            raise ValueError(f"queue type {queue_type!r}: classic or quorum")
+        if passwords:
+            self.check_many_free(vhost, list(passwords))
+        arguments = QUORUM_HOST_QUEUE if queue_type == "quorum" else {}
+        for start in range(0, len(hosts), chunk):
+            part = hosts[start:start + chunk]
             queues, bindings = [], []
-            for host_id in hosts[start:start + 500]:
-                for queue, pairs in topology.host_queues(host_id, agents).items():
-                    queues.append({"name": queue, "durable": True, "auto_delete": False,
-                                   "arguments": {}})
-                    bindings += [{"source": exchange, "destination": queue,
+            users, permissions, topics = [], [], []
+            for host_id, agents in part:
+                for queue, pairs in topology.host_queues(host_id, list(agents)).items():
+                    queues.append({"name": queue, "vhost": vhost, "durable": True,
+                                   "auto_delete": False, "arguments": arguments})
+                    bindings += [{"source": exchange, "vhost": vhost, "destination": queue,
                                   "destination_type": "queue", "routing_key": key,
                                   "arguments": {}}
                                  for exchange, key in pairs]
-            self._call("POST", f"/api/definitions/{self._q(vhost)}",
-                       {"queues": queues, "bindings": bindings}, timeout=120)
+                if passwords and host_id in passwords:
+                    grant = grant_for("agent", host_id)
+                    users.append({"name": host_id, "tags": "hostbus-agent",
+                                  "hashing_algorithm": "rabbit_password_hashing_sha256",
+                                  "password_hash": password_hash(passwords[host_id])})
+                    permissions.append({"user": host_id, "vhost": vhost,
+                                        "configure": grant.configure, "write": grant.write,
+                                        "read": grant.read})
+                    topics += [{"user": host_id, "vhost": vhost, "exchange": exchange,
+                                "write": write, "read": read}
+                               for exchange, (write, read) in grant.topics.items()]
+            self._call("POST", f"/api/definitions/{self._q(vhost)}" if not users
+                       else "/api/definitions",  # users are global: the whole-broker import
+                       {"queues": queues, "bindings": bindings, "users": users,
+                        "permissions": permissions, "topic_permissions": topics},
+                       timeout=300)
+            if progress is not None:
+                progress(min(start + chunk, len(hosts)), len(hosts))
+
+    def check_many_free(self, vhost: str, wanted: Sequence[str]) -> None:
+        """``check_free`` for many names in two HTTP calls: raise ``IdentityConflict``
+        naming (up to ten of) those that exist as another kind of user or with rights
+        in another vhost."""
+        wanted_set = set(wanted)
+        users = {u["name"]: u for u in self._call("GET", "/api/users")
+                 if u["name"] in wanted_set}
+        if not users:
+            return
+        foreign = sorted(name for name, user in users.items() if _kind(user) is None)
+        elsewhere = sorted({p["user"] for p in self._call("GET", "/api/permissions")
+                            if p["user"] in users and p["vhost"] != vhost})
+        if foreign:
+            raise IdentityConflict(
+                f"broker users that are not hostbus identities: {', '.join(foreign[:10])}"
+                f"{' and more' if len(foreign) > 10 else ''} ({len(foreign)} in all). "
+                "Enrolling them would reset their passwords and rights: choose other names.")
+        if elsewhere:
+            raise IdentityConflict(
+                f"hostbus identities with rights in another vhost: {', '.join(elsewhere[:10])}"
+                f"{' and more' if len(elsewhere) > 10 else ''} ({len(elsewhere)} in all). "
+                "RabbitMQ users are global, "
+                f"so enrolling them in {vhost!r} would break their configs there. Choose "
+                "other names, or revoke them there first (`hostbus broker revoke NAME`).")
 
     def enroll_active_queue(self, vhost: str, service: str, patterns: list[str]) -> list[str]:
         """Make a service's active queue (``topology.active_queue``: quorum, single

@@ -27,9 +27,13 @@ AGENT_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 REPLY_TO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
 
 
+class InvalidName(ValueError):
+    """A host id or agent name that cannot be one (bad input, not a bug)."""
+
+
 def validate_host_id(host_id: str) -> str:
     if not isinstance(host_id, str) or not HOST_ID_RE.fullmatch(host_id):
-        raise ValueError(
+        raise InvalidName(
             f"invalid host id {host_id!r}: use 1-63 characters of a-z, 0-9, '_' and '-', "
             "starting with a letter or digit (no dots: dots separate routing-key words)"
         )
@@ -38,7 +42,7 @@ def validate_host_id(host_id: str) -> str:
 
 def validate_agent_name(name: str) -> str:
     if not isinstance(name, str) or not AGENT_NAME_RE.fullmatch(name):
-        raise ValueError(
+        raise InvalidName(
             f"invalid agent name {name!r}: use a lowercase letter then up to 31 of a-z, 0-9, '_'"
         )
     return name

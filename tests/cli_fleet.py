@@ -15,6 +15,8 @@ from agents.host.power import RecordingPower
 from console.cli import cli
 from console.client import Console
 from console.commands.common import CliContext
+from hostbus import names
+from hostbus.security.signing import Signer
 from hostbus.serving.agent import Agent
 from hostbus.serving.runtime import AgentRuntime
 from hostbus.transport.memory import MemoryBroker, MemoryTransport
@@ -33,6 +35,9 @@ class Fleet:
     power: dict[str, RecordingPower] = field(default_factory=dict)
     consoles: list[Console] = field(default_factory=list)
     user: str = "console"
+    #: Keys the CLI's console signs with, by user (none: unsigned requests).
+    signers: dict[str, Signer] = field(default_factory=dict)
+    silent: list[MemoryTransport] = field(default_factory=list)
 
     def add(self, host_id: str, facts: dict[str, Any] | None = None,
             agent_kw: dict[str, Any] | None = None, agents: list[Agent] | None = None,
@@ -53,11 +58,20 @@ class Fleet:
         self.runtimes[host_id] = runtime
         return runtime
 
+    def add_silent(self, host_id: str) -> None:
+        """A host whose agent takes requests and never answers (a hung agent): its
+        queue is consumed, so the CLI does not see it offline, and waits."""
+        self.broker.enroll(host_id, ["host"])
+        transport = MemoryTransport(self.broker, user=host_id)
+        transport.start()
+        transport.consume(names.host_queue(host_id), lambda _delivery: None)
+        self.silent.append(transport)
+
     def console(self, ctx: CliContext, validate: bool) -> Console:
         """The console factory the CLI is given instead of a broker connection."""
         transport = MemoryTransport(self.broker, user=self.user)
         transport.start()
-        console = Console(transport, validate=validate)
+        console = Console(transport, validate=validate, signer=self.signers.get(self.user))
         console.open()
         self.consoles.append(console)
         return console
@@ -77,6 +91,8 @@ class Fleet:
             runtime.stop("test over")
         for console in self.consoles:
             console.close()
+        for transport in self.silent:
+            transport.close()
 
 
 @pytest.fixture

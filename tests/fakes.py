@@ -97,9 +97,36 @@ class FakeServices:
             {"name": "cron", "load": "loaded", "active": "failed", "sub": "failed",
              "description": "cron"},
         ]
+        self.actions: list[tuple[str, str]] = []
 
     def list(self) -> list[dict[str, Any]]:
         return self.services
+
+    def _find(self, name: str) -> dict[str, Any]:
+        unit = name.removesuffix(".service")
+        for service in self.services:
+            if service["name"] == unit:
+                return service
+        raise RemoteError(ErrorCode.NOT_FOUND, f"no unit {unit}.service on this host")
+
+    def status(self, name: str) -> dict[str, Any]:
+        s = self._find(name)
+        return {"name": s["name"], "unit": f"{s['name']}.service",
+                "description": s["description"], "load": s["load"], "active": s["active"],
+                "sub": s["sub"], "enabled": s.get("enabled", "enabled"),
+                "main_pid": 100 if s["active"] == "active" else 0, "exit_status": 0,
+                "restarts": 0, "active_since": ""}
+
+    def control(self, action: str, name: str) -> None:
+        """Does to the listed unit what systemd would; every action is recorded."""
+        s = self._find(name)
+        self.actions.append((action, f"{s['name']}.service"))
+        if action in ("start", "restart", "reload"):
+            s["active"], s["sub"] = "active", "running"
+        elif action == "stop":
+            s["active"], s["sub"] = "inactive", "dead"
+        else:
+            s["enabled"] = "enabled" if action == "enable" else "disabled"
 
 
 DEFAULT_ALERTS = {

@@ -1,4 +1,5 @@
-"""The host agent: identity, inventory, metrics, processes, services and power control.
+"""The host agent: identity, inventory, metrics, processes, services (listing, status
+and control) and power control.
 
 psutil (or a stand-in with the same functions), the service manager and the power
 controller are passed in, so tests run the real code against fakes.
@@ -18,7 +19,7 @@ from typing import Any
 
 from agents.host.alerts import AlertTracker, Threshold
 from agents.host.power import PowerController
-from agents.host.services import ServiceManager
+from agents.host.services import ServiceManager, unit_name
 from hostbus import __version__
 from hostbus.envelope import now_rfc3339
 from hostbus.serving.agent import Agent, method, objects, periodic
@@ -182,6 +183,41 @@ class HostAgent(Agent):
         ]
         return {"total": len(found), "services": found}
 
+    @method("service.status")
+    def service_status(self, name: str) -> dict[str, Any]:
+        return self.service_manager.status(name)
+
+    @method("service.start")
+    def service_start(self, name: str) -> dict[str, Any]:
+        return self._control("start", name)
+
+    @method("service.stop")
+    def service_stop(self, name: str) -> dict[str, Any]:
+        return self._control("stop", name)
+
+    @method("service.restart")
+    def service_restart(self, name: str) -> dict[str, Any]:
+        return self._control("restart", name)
+
+    @method("service.reload")
+    def service_reload(self, name: str) -> dict[str, Any]:
+        return self._control("reload", name)
+
+    @method("service.enable")
+    def service_enable(self, name: str) -> dict[str, Any]:
+        return self._control("enable", name)
+
+    @method("service.disable")
+    def service_disable(self, name: str) -> dict[str, Any]:
+        return self._control("disable", name)
+
+    def _control(self, action: str, name: str) -> dict[str, Any]:
+        """Act, then answer with the unit's state afterwards (what the caller wants to
+        know: did it come up)."""
+        unit = unit_name(name)  # a hostile name is refused before anything runs
+        self.service_manager.control(action, unit)
+        return {"action": action, **self.service_manager.status(unit)}
+
     @method()
     def reboot(self, delay_s: int, reason: str) -> dict[str, Any]:
         return self._power("reboot", delay_s, reason)
@@ -193,7 +229,8 @@ class HostAgent(Agent):
     def _power(self, action: str, delay_s: int, reason: str) -> dict[str, Any]:
         self.power.schedule(action, delay_s, reason)
         at = datetime.fromtimestamp(time.time() + delay_s, UTC)
-        return {"action": action, "scheduled_at": now_rfc3339(at), "delay_s": delay_s}
+        return {"action": action, "scheduled_at": now_rfc3339(at), "delay_s": delay_s,
+                "dry_run": self.power.dry_run}
 
     # --------------------------------------------------------------- objects
     @objects("host")

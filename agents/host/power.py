@@ -14,6 +14,9 @@ log = logging.getLogger("hostbus.host.power")
 
 
 class PowerController(Protocol):
+    #: True when nothing is really done (only logged): replies say so.
+    dry_run: bool
+
     def schedule(self, action: str, delay_s: int, reason: str) -> None:
         """``action`` is reboot or shutdown; act after ``delay_s`` seconds."""
 
@@ -28,6 +31,8 @@ def shutdown_argv(binary: str, action: str, reason: str) -> list[str]:
 class SystemPower:
     """Calls the system's shutdown command after the delay (on a timer, so the reply is
     sent first)."""
+
+    dry_run = False
 
     def schedule(self, action: str, delay_s: int, reason: str) -> None:
         import shutil  # here, not at import: only hosts that really power off need it
@@ -50,6 +55,7 @@ class RecordingPower:
     "dry-run"`` (the quick start's setting)."""
 
     calls: list[tuple[str, int, str]] = field(default_factory=list)
+    dry_run: bool = True
 
     def schedule(self, action: str, delay_s: int, reason: str) -> None:
         log.warning("dry-run: would %s in %d s: %s", action, delay_s, reason)

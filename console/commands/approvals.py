@@ -9,12 +9,13 @@ from typing import Any
 import click
 
 from console.commands.common import (
-    EPILOG,
+    FANOUT,
     CliContext,
     CliError,
     Exit,
     check_columns,
     emit_json,
+    exits,
     layout,
     out,
     plural,
@@ -61,7 +62,8 @@ def _approvals_on(ctx: CliContext, hosts: tuple[str, ...], which: str,
     return ctx.console().approvals(selected, state=which, timeout=ctx.timeout(timeout))
 
 
-@approvals.command("list", epilog=EPILOG)
+@exits(*FANOUT, Exit.NOT_ENROLLED)
+@approvals.command("list")
 @approval_hosts_option
 @click.option("--all", "every_state", is_flag=True,
               help="Also approved, denied and expired ones (last 7 days).")
@@ -169,7 +171,8 @@ def _decide(ctx: CliContext, approval: dict[str, Any], verb: str, reason: str,
     return code
 
 
-@approvals.command("approve", epilog=EPILOG)
+@exits(*FANOUT)
+@approvals.command("approve")
 @click.argument("approval_id")
 @approval_hosts_option
 @yes_option
@@ -190,7 +193,8 @@ def approvals_approve(ctx: CliContext, approval_id: str, hosts: tuple[str, ...],
     return _decide(ctx, approval, "approve", "", timeout, as_json)
 
 
-@approvals.command("deny", epilog=EPILOG)
+@exits(*FANOUT)
+@approvals.command("deny")
 @click.argument("approval_id")
 @click.option("--reason", "-r", default="", help="Told to the requester.")
 @approval_hosts_option

@@ -1,7 +1,8 @@
 """Setting up the broker over its management HTTP API: ``hostbus broker ...``.
 
-A new ``broker`` subcommand goes here: decorate it with ``@broker.command()`` and use
-``admin(ctx, admin_url)`` for the API (its failures exit 5 with the reason).
+A new ``broker`` subcommand goes here: decorate it with ``@exits(*BROKER)`` over
+``@broker.command()`` and use ``admin(ctx, admin_url)`` for the API (its failures exit
+5 with the reason).
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
-from console.commands.common import CliContext, CliError, Exit, emit_json, usage
+from console.commands.common import CliContext, CliError, Exit, emit_json, exits, usage
 from console.commands.options import json_option
 from hostbus import names
+
+#: What a broker command can end with: besides 0 and 2, failed, no such user, and the
+#: management API unreachable or refusing (its reason is printed).
+BROKER = (Exit.FAILED, Exit.NOTHING, Exit.CONNECT)
 
 if TYPE_CHECKING:
     from hostbus.broker_admin import BrokerAdmin
@@ -25,11 +30,7 @@ if TYPE_CHECKING:
 
 @click.group()
 def broker() -> None:
-    """Set up the broker: topology, and a queue per host (management HTTP API).
-
-    Exit codes: 0 done, 2 bad input, 3 no such user, 5 the management API is
-    unreachable or refused (its reason is printed).
-    """
+    """Set up the broker: topology, and a queue per host (management HTTP API)."""
 
 
 @contextlib.contextmanager
@@ -64,6 +65,7 @@ vhost_option = click.option("--vhost", metavar="NAME",
                             help="Virtual host (default: the broker URL's, 'hostbus').")
 
 
+@exits(*BROKER)
 @broker.command()
 @admin_option
 @vhost_option
@@ -127,7 +129,7 @@ def _issue_client_cert(ctx: CliContext, name: str, tls_dir: str | None,
     return Path(tls_dir).resolve() / CA_CERT, cert.resolve(), key.resolve()
 
 
-def _write_secret_file(path: str, text: str, force: bool) -> None:
+def write_secret_file(path: str, text: str, force: bool) -> None:
     """Create the file with mode 0600 from the start (it holds a password)."""
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
     try:
@@ -142,7 +144,16 @@ def _write_secret_file(path: str, text: str, force: bool) -> None:
     os.chmod(path, 0o600)
 
 
-def _check_writable(path: str, force: bool) -> None:
+def agent_config(host: str, url: str, agents: list[str]) -> str:
+    """The agent config ``broker enroll`` writes: the host's credentials, nothing else."""
+    return (f"# hostbus-agent configuration for host {host}, written by "
+            f"`hostbus broker enroll`.\n# It holds this host's broker credentials: keep it "
+            f"mode 0600. Every other setting is in etc/agent.toml.\n\n"
+            f'[broker]\nurl = "{url}"\n\n'
+            f'[agent]\nhost_id = "{host}"\nagents = {json.dumps(agents)}\n')
+
+
+def check_writable(path: str, force: bool) -> None:
     """Before any user is created: a refusal later would leave a user nobody can use."""
     if os.path.exists(path) and not force:
         raise usage(f"{path} exists; pass --force to replace it (the old password stops "
@@ -174,8 +185,17 @@ tls_dir_option = click.option(
          "password (SASL EXTERNAL over amqps).")
 
 
+@exits(*BROKER)
 @broker.command()
-@click.argument("host")
+@click.argument("host", required=False)
+@click.option("--from", "from_file", type=click.File("r"), metavar="FILE",
+              help="Enroll every host listed in FILE ('-': standard input), one a line: "
+                   "HOST [AGENT,AGENT...] (--agents where none are given); '#' starts a "
+                   "comment. Thousands of hosts in a few definitions imports; with users, "
+                   "each one's config is written to --config-dir.")
+@click.option("--config-dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="With --from: the folder for each host's config, DIR/HOST.toml "
+                   "(mode 0600; made if missing). Default: the current folder.")
 @click.option("--agents", default="host", show_default=True, metavar="A,B",
               help="Agents this host runs (comma-separated).")
 @click.option("--no-user", is_flag=True,
@@ -192,7 +212,8 @@ tls_dir_option = click.option(
 @vhost_option
 @json_option
 @click.pass_obj
-def enroll(ctx: CliContext, host: str, agents: str, no_user: bool, queue_type: str,
+def enroll(ctx: CliContext, host: str | None, from_file: TextIO | None,
+           config_dir: str | None, agents: str, no_user: bool, queue_type: str,
            config_out: str | None, force: bool, broker_url: str | None, tls_dir: str | None,
            admin_url: str | None, vhost: str | None, as_json: bool) -> Exit:
     """Create HOST's queue and bindings, and its own broker user (idempotent).
@@ -200,8 +221,32 @@ def enroll(ctx: CliContext, host: str, agents: str, no_user: bool, queue_type: s
     The user may read only HOST's queue and publish only events for HOST and replies;
     it cannot publish requests or configure anything. A ready agent config with its
     password is written to --config-out (mode 0600).
+
+    \b
+    Many hosts at once (10,000 in well under a minute):
+      hostbus broker enroll --from hosts.txt --config-dir configs/
     """
+    if no_user:
+        given = [opt for opt, value in (("--config-out", config_out), ("--tls-dir", tls_dir),
+                                        ("--broker-url", broker_url)) if value]
+        if given:  # they shape the user and its config file, which --no-user does not make
+            raise usage(f"--no-user makes no broker user and writes no config file: leave "
+                        f"out {' and '.join(given)}")
     agent_list = [a.strip() for a in agents.split(",") if a.strip()]
+    if from_file is not None:
+        from console.commands.broker_bulk import enroll_from_file
+
+        if host is not None or config_out is not None or tls_dir is not None:
+            raise usage("--from enrolls the hosts its file lists: give no HOST, and no "
+                        "--config-out or --tls-dir (certificates are issued one host at a "
+                        "time: `hostbus broker enroll HOST --tls-dir DIR`)")
+        return enroll_from_file(
+            admin(ctx, admin_url), vhost_of(ctx, vhost), from_file, agent_list,
+            users=not no_user, queue_type=queue_type, config_dir=config_dir or ".",
+            force=force, url_of=lambda h, pw: _identity_url(ctx, h, pw, broker_url),
+            as_json=as_json)
+    if host is None:
+        raise usage("name the HOST to enroll, or give --from FILE")
     name = vhost_of(ctx, vhost)
     with bad_names():
         names.validate_host_id(host)
@@ -214,16 +259,12 @@ def enroll(ctx: CliContext, host: str, agents: str, no_user: bool, queue_type: s
                               "agent_queue": names.agent_queue(host), "routing_keys": keys}
     if not no_user:
         path = config_out or f"{host}.toml"
-        _check_writable(path, force)
+        check_writable(path, force)
         tls = _issue_client_cert(ctx, host, tls_dir, broker_url)
         password = _create_identity(ctx, "agent", host, admin_url, vhost,
                                     certificate=tls is not None)
-        _write_secret_file(path, (
-            f"# hostbus-agent configuration for host {host}, written by "
-            f"`hostbus broker enroll`.\n# It holds this host's broker credentials: keep it "
-            f"mode 0600. Every other setting is in etc/agent.toml.\n\n"
-            f'[broker]\nurl = "{_identity_url(ctx, host, password, broker_url, tls)}"\n\n'
-            f'[agent]\nhost_id = "{host}"\nagents = {json.dumps(agent_list)}\n'), force)
+        write_secret_file(path, agent_config(
+            host, _identity_url(ctx, host, password, broker_url, tls), agent_list), force)
         result |= {"user": host, "config": path}
     if as_json:
         emit_json(result)
@@ -242,11 +283,11 @@ def _enroll_named(ctx: CliContext, kind: str, name: str, config_out: str | None,
                   broker_url: str | None, tls_dir: str | None, admin_url: str | None,
                   vhost: str | None, as_json: bool, what: str) -> Exit:
     path = config_out or f"{name}.toml"
-    _check_writable(path, force)
+    check_writable(path, force)
     tls = _issue_client_cert(ctx, name, tls_dir, broker_url)
     password = _create_identity(ctx, kind, name, admin_url, vhost, certificate=tls is not None)
     url = _identity_url(ctx, name, password, broker_url, tls)
-    _write_secret_file(path, (
+    write_secret_file(path, (
         f"# hostbus {kind} configuration for {name}, written by `hostbus broker "
         f"enroll-{kind}`.\n# It holds the broker password: keep it mode 0600.\n"
         f"# {what}\n\n[broker]\nurl = \"{url}\"\n"), force)
@@ -263,7 +304,7 @@ def identity_command(name: str) -> Callable[[Callable[..., Any]], Any]:
     def wrap(fn: Callable[..., Any]) -> Any:
         for option in (click.pass_obj, json_option, vhost_option, admin_option,
                        tls_dir_option, broker_url_option, force_option, config_out_option,
-                       click.argument("name"), broker.command(name)):
+                       click.argument("name"), broker.command(name), exits(*BROKER)):
             fn = option(fn)
         return fn
 
@@ -292,6 +333,7 @@ def enroll_app(ctx: CliContext, name: str, config_out: str | None, force: bool,
                                      f"hostbus.reply.{name}.<anything>.")
 
 
+@exits(*BROKER)
 @broker.command("enroll-service")
 @click.argument("name")
 @click.option("--agents", default="", metavar="A,B",
@@ -305,6 +347,10 @@ def enroll_app(ctx: CliContext, name: str, config_out: str | None, force: bool,
                    "'virt.*.domain.lifecycle'); repeatable. Default: none.")
 @click.option("--queue-type", type=click.Choice(["classic", "quorum"]), default="classic",
               show_default=True, help="Of its own queue, as for `broker enroll`.")
+@click.option("--active", is_flag=True,
+              help="Several instances, one active (the manager): make its active queue "
+                   "hostbus.active.NAME (quorum, single active consumer) bound to the "
+                   "--events patterns; the service then reads its events from it.")
 @config_out_option
 @force_option
 @broker_url_option
@@ -314,7 +360,8 @@ def enroll_app(ctx: CliContext, name: str, config_out: str | None, force: bool,
 @json_option
 @click.pass_obj
 def enroll_service(ctx: CliContext, name: str, agents: str, queues: tuple[str, ...],
-                   events: tuple[str, ...], queue_type: str, config_out: str | None,
+                   events: tuple[str, ...], queue_type: str, active: bool,
+                   config_out: str | None,
                    force: bool,
                    broker_url: str | None, tls_dir: str | None, admin_url: str | None,
                    vhost: str | None, as_json: bool) -> Exit:
@@ -325,6 +372,9 @@ def enroll_service(ctx: CliContext, name: str, agents: str, queues: tuple[str, .
       hostbus broker enroll-service provisioner --agents provision \\
           --queue hostbus.provision --events 'virt.*.domain.lifecycle'
       hostbus provisioner --config provisioner.toml   # then add its other settings there
+    The manager (`hostbus manager --help` lists every --events it needs):
+      hostbus broker enroll-service manager --agents manager --active \\
+          --events 'agent.*.heartbeat' --events 'virt.*.domain.lifecycle' ...
 
     It may read its own queue hostbus.host.NAME (its built-in agent and the agents
     given) and the --queue queues; call agents (publish requests, with reply queues
@@ -334,16 +384,21 @@ def enroll_service(ctx: CliContext, name: str, agents: str, queues: tuple[str, .
     its password is written to --config-out (mode 0600).
     """
     agent_list = [a.strip() for a in agents.split(",") if a.strip()]
+    if active and not events:
+        raise usage("--active needs the --events patterns the service acts on: its active "
+                    "queue is bound to them")
     name_vhost = vhost_of(ctx, vhost)
     path = config_out or f"{name}.toml"
     with bad_names():
         names.validate_host_id(name)
         for a in agent_list:
             names.validate_agent_name(a)
-        _check_writable(path, force)
+        check_writable(path, force)
         admin(ctx, admin_url).check_free(name_vhost, name)  # before anything is made
         keys = admin(ctx, admin_url).enroll_service(name_vhost, name, agent_list, queues,
                                                     queue_type=queue_type, events=events)
+        if active:
+            admin(ctx, admin_url).enroll_active_queue(name_vhost, name, list(events))
         tls = _issue_client_cert(ctx, name, tls_dir, broker_url)
         password = admin(ctx, admin_url).create_identity(
             name_vhost, "service", name, certificate=tls is not None, queues=queues,
@@ -351,25 +406,31 @@ def enroll_service(ctx: CliContext, name: str, agents: str, queues: tuple[str, .
     provisioner = (f'\n# For `hostbus provisioner --config THIS_FILE` (etc/provisioner.toml has '
                    f'every key):\n[provisioner]\nhost_id = "{name}"\n'
                    if "provision" in agent_list else "")
-    _write_secret_file(path, (
+    if "manager" in agent_list:
+        provisioner = (f'\n# For `hostbus manager --config THIS_FILE` (etc/manager.toml has '
+                       f'every key):\n[manager]\nhost_id = "{name}"\n')
+    write_secret_file(path, (
         f"# hostbus service configuration for {name}, written by `hostbus broker "
         f"enroll-service`.\n# It holds the broker password: keep it mode 0600.\n\n"
         f'[broker]\nurl = "{_identity_url(ctx, name, password, broker_url, tls)}"\n'
         f"{provisioner}"), force)
     result = {"user": name, "kind": "service", "vhost": name_vhost,
               "queue": names.host_queue(name), "routing_keys": keys,
-              "serves": list(queues), "events": list(events), "config": path}
+              "serves": list(queues), "events": list(events), "config": path,
+              "active_queue": names.active_queue(name) if active else None}
     if as_json:
         emit_json(result)
     else:
         click.echo(f"service {name} enrolled in vhost {name_vhost}: queue "
                    f"{names.host_queue(name)} bound to {', '.join(keys)}"
-                   + (f"; it serves {', '.join(queues)}" if queues else ""))
+                   + (f"; it serves {', '.join(queues)}" if queues else "")
+                   + (f"; active queue {names.active_queue(name)}" if active else ""))
         click.echo(f"broker user {name} (service) created; config written to {path} "
                    "(mode 0600)")
     return Exit.OK
 
 
+@exits(Exit.FAILED, configured=False)
 @broker.command("dev-ca")
 @click.argument("folder", type=click.Path(file_okay=False))
 @click.option("--broker-name", "broker_names", multiple=True, metavar="NAME",
@@ -415,6 +476,7 @@ def dev_ca(folder: str, broker_names: tuple[str, ...], clients: tuple[str, ...],
     return Exit.OK
 
 
+@exits(*BROKER)
 @broker.command()
 @click.argument("name")
 @admin_option
@@ -422,7 +484,8 @@ def dev_ca(folder: str, broker_names: tuple[str, ...], clients: tuple[str, ...],
 @click.pass_obj
 def revoke(ctx: CliContext, name: str, admin_url: str | None, as_json: bool) -> Exit:
     """Delete an identity's broker user; its connections are closed at once. (A host's
-    queue stays: `broker enroll` it again to give it a new password.)"""
+    queues stay: `broker enroll` it again to give it a new password; `broker unenroll`
+    removes the host altogether.)"""
     with bad_names():
         existed = admin(ctx, admin_url).revoke(name)
     if as_json:
@@ -431,4 +494,35 @@ def revoke(ctx: CliContext, name: str, admin_url: str | None, as_json: bool) -> 
         click.echo(f"broker user {name} revoked")
     else:
         raise CliError(Exit.NOTHING, f"there is no broker user {name}")
+    return Exit.OK
+
+
+@exits(*BROKER)
+@broker.command()
+@click.argument("host")
+@vhost_option
+@admin_option
+@json_option
+@click.pass_obj
+def unenroll(ctx: CliContext, host: str, vhost: str | None, admin_url: str | None,
+             as_json: bool) -> Exit:
+    """Remove HOST from the fleet: its broker user (connections close at once) and its
+    two queues, with any requests waiting in them. Requests for it are then refused at
+    once (not enrolled, exit 6). `broker enroll` brings it back."""
+    name = vhost_of(ctx, vhost)
+    with bad_names():
+        names.validate_host_id(host)
+        api = admin(ctx, admin_url)
+        removed = {"user": api.revoke(host),
+                   "queues": [q for q in (names.host_queue(host), names.agent_queue(host))
+                              if api.delete_queue(name, q)]}
+    if as_json:
+        emit_json({"vhost": name, "host": host, **removed})
+    elif removed["user"] or removed["queues"]:
+        parts = ([f"broker user {host}"] if removed["user"] else []) + [
+            f"queue {q}" for q in removed["queues"]]
+        click.echo(f"host {host} unenrolled from vhost {name}: removed {', '.join(parts)}")
+    else:
+        raise CliError(Exit.NOTHING, f"host {host} is not enrolled in vhost {name} (no user, "
+                                     "no queue)")
     return Exit.OK

@@ -17,12 +17,13 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from enum import IntEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from hostbus import config
 from hostbus.errors import ConfigError, ConnectionFailed, HostbusError, RemoteError, SchemaError
+from hostbus.names import InvalidName
 
 if TYPE_CHECKING:
     from rich.console import Console as RichConsole
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from console.client import Console
     from console.render import Layout
     from hostbus.tracing import Tracer
+
+
+C = TypeVar("C", bound=click.Command)
 
 
 class Exit(IntEnum):
@@ -40,17 +44,68 @@ class Exit(IntEnum):
     NO_REPLY = 4  # some hosts did not reply (takes precedence over FAILED)
     CONNECT = 5  # cannot reach the broker (or its management API), or it refused
     NOT_ENROLLED = 6  # a host named has no queue for the agent: told at once by the broker
+    PENDING = 7  # some calls wait for a second person's approval (parked on the host)
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), after what arrived was printed
     PIPE = 141  # the output was closed (128 + SIGPIPE), as other Unix tools
 
 
-EPILOG = """\b
-Exit codes: 0 all ok, 1 some failed, 2 usage error, 3 nothing discovered,
-4 some hosts did not reply, 5 cannot reach the broker, 6 a host named is not enrolled
-(for that agent), 130 interrupted.
-Configuration: --config FILE, else ~/.config/hostbus/console.toml if present;
-environment: HOSTBUS_BROKER_URL, HOSTBUS_CONSOLE_TIMEOUT, ... (see etc/console.toml).
-"""
+#: What each exit code means, as --help and docs/errors.md say it (a contract test
+#: keeps the three in step).
+EXIT_MEANING: dict[Exit, str] = {
+    Exit.OK: "all ok",
+    Exit.FAILED: "failed (some hosts, or the action)",
+    Exit.USAGE: "usage error: nothing was sent",
+    Exit.NOTHING: "nothing discovered or found",
+    Exit.NO_REPLY: "some hosts did not reply",
+    Exit.CONNECT: "cannot reach the broker (or its management API), or it refused",
+    Exit.NOT_ENROLLED: "a host named is not enrolled (for that agent)",
+    Exit.PENDING: "some calls wait for a second person's approval",
+    Exit.INTERRUPTED: "interrupted (Ctrl-C)",
+    Exit.PIPE: "the output was closed",
+}
+CONFIGURATION = """Configuration: --config FILE, else ~/.config/hostbus/console.toml if present;
+environment: HOSTBUS_BROKER_URL, HOSTBUS_CONSOLE_TIMEOUT, ... (see etc/console.toml)."""
+#: What a command that asks hosts can end with (besides 0, 2, 130 and 141).
+FANOUT = (Exit.FAILED, Exit.NOTHING, Exit.NO_REPLY, Exit.CONNECT)
+
+
+def exit_codes_text(codes: Iterable[Exit]) -> str:
+    """``Exit codes:`` and one line per code: these and those every command has."""
+    every = sorted({Exit.OK, Exit.USAGE, Exit.INTERRUPTED, Exit.PIPE, *codes})
+    return "Exit codes:\n" + "\n".join(f"  {int(c):<4} {EXIT_MEANING[c]}" for c in every)
+
+
+def exits(*codes: Exit, configured: bool = True) -> Callable[[C], C]:
+    """Put under a command's decorators (so it is applied last): its --help ends with
+    the exit codes it can end with (and, if it reads the console configuration, where
+    that comes from)."""
+
+    def wrap(command: C) -> C:
+        lines = [CONFIGURATION] if configured else []
+        command.epilog = "\b\n" + "\n".join([*lines, exit_codes_text(codes)])
+        return command
+
+    return wrap
+
+
+def service_exits(refused: bool = True) -> Callable[[C], C]:
+    """``exits`` for a long-running service (provisioner, historian, exporter): a
+    supervisor reads its exit codes, which are the agent's (docs/operations.md)."""
+    codes = ["  0    stopped by SIGTERM or SIGINT (--check-config: the configuration is good)",
+             "  1    a configuration error: not worth restarting",
+             "  2    the broker (or its store) cannot be reached: restart later"]
+    if refused:
+        codes.append("  3    refused: not enrolled, or a queue it needs is missing")
+
+    def wrap(command: C) -> C:
+        command.epilog = "\b\nExit codes:\n" + "\n".join(codes)
+        return command
+
+    return wrap
+
+
+#: The root group's: every code.
+EPILOG = "\b\n" + CONFIGURATION + "\n" + exit_codes_text(EXIT_MEANING)
 
 CONSOLE_DEFAULTS: dict[str, Any] = {
     "broker": {"url": "amqp://guest:guest@127.0.0.1:5672/hostbus", "connect_timeout": 5.0},
@@ -87,7 +142,7 @@ def exit_code_for(exc: BaseException) -> tuple[Exit, str | None]:
         return Exit.USAGE, str(exc)
     if isinstance(exc, RemoteError):  # the local schema refused the request
         return Exit.USAGE, exc.message
-    if isinstance(exc, SchemaError):
+    if isinstance(exc, SchemaError | InvalidName):  # a host named on the command line
         return Exit.USAGE, str(exc)
     if isinstance(exc, HostbusError):  # connection failed, lost or refused
         return Exit.CONNECT, str(exc)
@@ -145,8 +200,9 @@ def connect_console(ctx: CliContext, validate: bool) -> Console:
                                                              ctx.config_path))
     try:
         return Console.connect(ctx.url, connect_timeout=float(ctx.cfg["broker"]["connect_timeout"]),
-                               validate=validate, signer=signer, agent_keys=agent_keys,
-                               multi_host_users=sec["multi_host_users"], tracer=ctx.tracer)
+                               reconnect=ctx.keep_connected, validate=validate, signer=signer,
+                               agent_keys=agent_keys, multi_host_users=sec["multi_host_users"],
+                               tracer=ctx.tracer)
     except ConnectionFailed as exc:  # it says where and why already
         raise CliError(Exit.CONNECT, str(exc)) from None
     except ConfigError:
@@ -165,6 +221,9 @@ class CliContext:
         self.config_path = config_path
         self._factory = factory
         self._console: Console | None = None
+        #: Whether the console reconnects after a lost connection: only for a command
+        #: that goes on (watch). Any other ends with the loss, with no retries logged.
+        self.keep_connected = False
         self.tracer: Tracer | None = None
         if cfg["tracing"]["otlp_endpoint"]:
             from hostbus.tracing import from_config
@@ -303,6 +362,18 @@ def split_target(target: str, kind: str) -> tuple[str, str]:
         raise usage(f"{target!r}: expected {what}; did you mean {' or '.join(meant)}?")
     raise usage(f"{target!r}: expected {what}, e.g. "
                 f"{'host.identify' if kind == 'method' else 'host.disk'}")
+
+
+def confirm_dangerous(target: str, args: dict[str, Any], selected: list[str]) -> None:
+    """Ask before a dangerous method, showing the whole call; without a terminal,
+    refuse (--yes says it was meant)."""
+    what = " ".join([target, *(f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
+                               for k, v in args.items())])
+    if not sys.stdin.isatty():
+        raise usage(f"{what} is dangerous; pass --yes to run it on {len(selected)} host(s)")
+    hosts = ", ".join(selected[:5]) + (" ..." if len(selected) > 5 else "")
+    if not click.confirm(f"{what} is dangerous. Run it on {len(selected)} host(s): {hosts}?"):
+        raise usage("cancelled")
 
 
 MIN_PREFIX = 4

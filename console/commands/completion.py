@@ -17,7 +17,7 @@ from typing import Any
 import click
 from click.shell_completion import CompletionItem, get_completion_class
 
-from console.commands.common import CliContext, Exit
+from console.commands.common import CliContext, Exit, exits
 
 SHELLS = ("bash", "zsh", "fish")
 MAX_BROKERS = 10  # brokers (and vhosts) whose hosts are remembered, the latest ones
@@ -125,6 +125,7 @@ def complete_argument(ctx: click.Context, _param: click.Parameter,
 
 
 # --------------------------------------------------------------------- command
+@exits(configured=False)
 @click.command()
 @click.argument("shell", type=click.Choice(SHELLS))
 @click.pass_context

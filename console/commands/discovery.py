@@ -5,11 +5,12 @@ from __future__ import annotations
 import click
 
 from console.commands.common import (
-    EPILOG,
+    FANOUT,
     CliContext,
     Exit,
     check_columns,
     emit_json,
+    exits,
     layout,
     out,
     plural,
@@ -24,7 +25,8 @@ from console.commands.options import (
 from console.commands.targeting import discover, is_glob, read_hosts, refusal
 
 
-@click.command(epilog=EPILOG)
+@exits(*FANOUT)
+@click.command()
 @hosts_option()
 @click.option("--agent", "-a", metavar="NAME", help="Only daemons hosting this agent.")
 @discovery_options
@@ -73,7 +75,8 @@ def agents(ctx: CliContext, hosts: tuple[str, ...], agent: str | None, where: tu
     return Exit.OK
 
 
-@click.command(epilog=EPILOG)
+@exits(*FANOUT)
+@click.command()
 @hosts_option()
 @hosts_from_option
 @discovery_options
@@ -95,9 +98,12 @@ def ping(ctx: CliContext, hosts: tuple[str, ...], hosts_from: str | None,
     refused = [i for i in found if i.refused]
     exact = [h for h in hosts if not is_glob(h)]
     missing = sorted(set(exact) - {i.host for i in found})
+    # why a named host is silent, when the broker can tell: nothing consumes its queue
+    offline = ctx.console().offline_hosts("agent", missing) if missing else {}
     if as_json:
         emit_json({"replies": [{"host": i.host, "rtt_ms": round(i.rtt_ms, 3), "epoch": i.epoch}
                                for i in infos], "missing": missing,
+                   "offline": sorted(offline),
                    "refused": [i.to_dict() for i in refused]})
     else:
         console = out()
@@ -110,7 +116,9 @@ def ping(ctx: CliContext, hosts: tuple[str, ...], hosts_from: str | None,
             console.print(f"{escape(info.host):<{width}}  [red]refused[/red]  "
                           f"{info.rtt_ms:7.2f} ms  {escape(refusal(info))}")
         for host in missing:
-            console.print(f"{escape(host):<{width}}  [yellow]no reply[/yellow]")
+            why = f"  {escape(offline[host])}" if host in offline else ""
+            console.print(f"{escape(host):<{width}}  [yellow]no reply[/yellow]{why}",
+                          highlight=False)
         console.print(f"{len(infos)} answered, " + (f"{len(refused)} refused, " if refused
                                                      else "") + f"{len(missing)} missing")
     if missing:

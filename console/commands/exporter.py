@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
-from console.commands.common import CliError, Exit
+from console.commands.common import CliError, Exit, service_exits
 
 
+@service_exits(refused=False)
 @click.command("exporter")
 @click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False),
               metavar="FILE", help="Exporter config (see etc/exporter.toml).")

@@ -9,11 +9,12 @@ from typing import Any
 import click
 
 from console.commands.common import (
-    EPILOG,
+    FANOUT,
     CliContext,
     CliError,
     Exit,
     emit_json,
+    exits,
     layout,
     out,
     plural,
@@ -32,7 +33,8 @@ SECTIONS = (("identity", "host", "identify"), ("hardware", "host", "inventory"),
             ("now", "host", "metrics"), ("hypervisor", "virt", "node.info"))
 
 
-@click.command(epilog=EPILOG)
+@exits(*FANOUT)
+@click.command()
 @click.argument("host")
 @timeout_option
 @table_options
@@ -89,7 +91,8 @@ def inventory(ctx: CliContext, host: str, timeout: float | None, wide: bool,
     return Exit.FAILED if failed else Exit.OK
 
 
-@click.command(epilog=EPILOG)
+@exits(*FANOUT)
+@click.command()
 @click.argument("keys", nargs=-1, metavar="[KEY]...")
 @hosts_option()
 @click.option("--agent", "-a", metavar="NAME", help="Only daemons hosting this agent.")

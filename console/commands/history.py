@@ -11,7 +11,16 @@ from typing import Any
 
 import click
 
-from console.commands.common import EPILOG, CliContext, CliError, Exit, plural, usage
+from console.commands.common import (
+    FANOUT,
+    CliContext,
+    CliError,
+    Exit,
+    exits,
+    plural,
+    service_exits,
+    usage,
+)
 from console.commands.completion import complete_pattern
 from console.commands.options import json_option, timeout_option
 
@@ -66,6 +75,7 @@ since_option = click.option(
     help="From this time: a span back from now (30s, 10m, 1h, 2d) or an RFC 3339 time.")
 
 
+@service_exits()
 @click.command("historian")
 @click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False),
               metavar="FILE", help="Historian config (see etc/historian.toml).")
@@ -125,7 +135,8 @@ def historian(ctx: CliContext, config_file: str | None, check_config: bool, setu
     return run(config_file)
 
 
-@click.command("history", epilog=EPILOG)
+@exits(*FANOUT, Exit.NOT_ENROLLED)
+@click.command("history")
 @click.argument("patterns", nargs=-1, metavar="[PATTERN]...", shell_complete=complete_pattern)
 @since_option
 @click.option("--until", "-u", metavar="WHEN", help="Up to this time (as --since).")

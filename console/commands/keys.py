@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from console.commands.common import CliError, Exit, emit_json, usage
+from console.commands.common import CliError, Exit, emit_json, exits, usage
 from console.commands.options import json_option
 
 
@@ -13,6 +13,7 @@ def keys() -> None:
     """Ed25519 keys for signing requests."""
 
 
+@exits(Exit.FAILED, configured=False)
 @keys.command("generate")
 @click.argument("name")
 @click.option("--out", "folder", default=".", show_default=True, type=click.Path(),

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import click
 
-from console.commands.common import EPILOG, Exit
+from console.commands.common import CONFIGURATION, EXIT_MEANING, Exit, exits
 from hostbus import __version__
 
 
@@ -71,13 +71,15 @@ def render(root: click.Group) -> str:
         if cmd is not None and not cmd.hidden:
             lines += _command(cmd, click.Context(cmd, info_name=name, parent=ctx),
                               f"hostbus {name}")
-    lines += [".SH EXIT STATUS", *_paragraphs(EPILOG.split("Configuration:")[0]),
-              ".SH ENVIRONMENT AND FILES", *_paragraphs("Configuration:" +
-                                                          EPILOG.split("Configuration:")[1]),
+    lines += [".SH EXIT STATUS", "Each command's \\-\\-help lists the codes it can end with.",
+              *(item for code, meaning in EXIT_MEANING.items()
+                for item in (".TP", f"\\fB{int(code)}\\fR", _roff(meaning))),
+              ".SH ENVIRONMENT AND FILES", *_paragraphs(CONFIGURATION),
               ".SH SEE ALSO", "hostbus\\-agent(1), rabbitmqctl(8)"]
     return "\n".join(lines) + "\n"
 
 
+@exits(configured=False)
 @click.command()
 @click.pass_context
 def manpage(click_ctx: click.Context) -> Exit:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from console.args import parse_pairs
-from console.commands.common import Exit, emit_json, split_target, usage
+from console.commands.common import Exit, emit_json, exits, split_target, usage
 from console.commands.options import json_option
 from console.commands.targeting import valid_host
 
@@ -15,6 +15,7 @@ def policy() -> None:
     """Check what an agent's policy file allows, without sending anything."""
 
 
+@exits(Exit.FAILED, configured=False)
 @policy.command("check")
 @click.argument("caller")
 @click.argument("target", metavar="AGENT.METHOD")

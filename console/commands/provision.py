@@ -16,19 +16,21 @@ import click
 
 from console.args import parse_where
 from console.commands.common import (
-    EPILOG,
+    FANOUT,
     CliContext,
     CliError,
     Exit,
     check_columns,
     emit_json,
+    exits,
     layout,
     out,
     resolve_prefix,
+    service_exits,
     usage,
 )
 from console.commands.options import json_option, table_options, timeout_option
-from hostbus.errors import RemoteError
+from hostbus.errors import ConnectionLost, RemoteError
 
 if TYPE_CHECKING:
     from hostbus.envelope import Reply
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 REQUEST_COLUMNS = ["request_id", "owner", "template", "count", "status", "vms", "updated"]
 
 
+@service_exits()
 @click.command("provisioner")
 @click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False),
               metavar="FILE", help="Provisioner config (see etc/provisioner.toml).")
@@ -73,7 +76,8 @@ def provision() -> None:
     """Post provisioning requests and follow them (the provisioner does the work)."""
 
 
-@provision.command("submit", epilog=EPILOG)
+@exits(*FANOUT, Exit.NOT_ENROLLED)
+@provision.command("submit")
 @click.option("--template", "-T", required=True, help="Template name (virt.template.list).")
 @click.option("--count", "-n", type=click.IntRange(1, 50), default=1, show_default=True,
               help="How many VMs.")
@@ -135,7 +139,8 @@ def provision_submit(ctx: CliContext, template: str, count: int, name: str | Non
                                         layout(console_out)))
     else:
         err = reply.error or {}
-        click.echo(f"request {rid} failed: {err.get('code')}: {err.get('message')}", err=True)
+        code = "" if err.get("code") == "failed" else f"{err.get('code')}: "  # not twice
+        click.echo(f"request {rid} failed: {code}{err.get('message')}", err=True)
     return Exit.OK if reply.ok else Exit.FAILED
 
 
@@ -159,8 +164,15 @@ def ask_provisioner(ctx: CliContext, method: str, args: dict[str, Any], provisio
                     timeout: float | None) -> Any:
     """Call ``provision.METHOD`` on ``provisioner``; its result, or a ``CliError``
     saying why there is none."""
-    res = ctx.console().call("provision", method, args, host=provisioner,
-                             timeout=ctx.timeout(timeout))
+    console = ctx.console()
+    offline = console.offline_hosts("provision", [provisioner])
+    if offline:
+        raise CliError(Exit.NO_REPLY, f"provisioner {offline[provisioner]}")
+    res = console.call("provision", method, args, host=provisioner,
+                       timeout=ctx.timeout(timeout))
+    if res.not_enrolled is not None:
+        raise CliError(Exit.NOT_ENROLLED, f"{res.not_enrolled}: {provisioner} is no "
+                                          "provisioner (leave out --provisioner to find it)")
     if res.reply is None:
         raise CliError(Exit.NO_REPLY, f"provisioner {provisioner} did not answer")
     if not res.reply.ok:
@@ -173,7 +185,8 @@ provisioner_option = click.option("--provisioner", metavar="HOST",
                                   help="The provisioner's host id (default: discovered).")
 
 
-@provision.command("status", epilog=EPILOG)
+@exits(*FANOUT, Exit.NOT_ENROLLED)
+@provision.command("status")
 @click.argument("request_id")
 @provisioner_option
 @timeout_option
@@ -199,7 +212,8 @@ def provision_status(ctx: CliContext, request_id: str, provisioner: str | None,
     return Exit.OK
 
 
-@provision.command("list", epilog=EPILOG)
+@exits(*FANOUT, Exit.NOT_ENROLLED)
+@provision.command("list")
 @click.option("--owner", help="Only this owner's requests.")
 @click.option("--status", type=click.Choice(["accepted", "completed", "failed", "released"]),
               help="Only requests in this state.")
@@ -232,7 +246,8 @@ def provision_list(ctx: CliContext, owner: str | None, status: str | None, limit
     return Exit.OK
 
 
-@provision.command("release", epilog=EPILOG)
+@exits(*FANOUT, Exit.NOT_ENROLLED)
+@provision.command("release")
 @click.argument("request_id", required=False)
 @click.option("--vm", "vms", multiple=True, metavar="NAME",
               help="Release just this VM (repeatable) instead of a whole request.")
@@ -319,7 +334,8 @@ def _confirm_release(ctx: CliContext, request_id: str | None, vms: tuple[str, ..
         raise usage("cancelled")
 
 
-@provision.command("quota", epilog=EPILOG)
+@exits(*FANOUT, Exit.NOT_ENROLLED)
+@provision.command("quota")
 @click.argument("owner", default=lambda: os.environ.get("USER") or "unknown")
 @provisioner_option
 @timeout_option
@@ -369,7 +385,12 @@ def _post_and_follow(ctx: CliContext, body: dict[str, Any], request_id: str | No
                 click.echo(event_line(ev), err=True)
 
         console.subscribe(["provision.*.#"], on_event)
-    rid, reply = console.provision(body, request_id=rid, timeout=timeout, wait=wait)
+    try:
+        rid, reply = console.provision(body, request_id=rid, timeout=timeout, wait=wait)
+    except ConnectionLost as exc:  # only while waiting: the broker had confirmed it
+        raise CliError(Exit.CONNECT, f"{exc}; {what}{rid} was posted and the broker keeps "
+                                     f"it: `hostbus provision status {rid}` once it is "
+                                     "back") from None
     if not wait:
         if as_json:
             emit_json({"request_id": rid, "status": "posted"})

@@ -5,11 +5,12 @@ from __future__ import annotations
 import click
 
 from console.args import method_help
-from console.commands.common import Exit, emit_json, layout, out, usage
+from console.commands.common import Exit, emit_json, exits, layout, out, usage
 from console.commands.completion import complete_schema_target
 from console.commands.options import json_option, table_options
 
 
+@exits(configured=False)
 @click.command()
 @click.argument("target", required=False, metavar="[AGENT[.METHOD]]",
                 shell_complete=complete_schema_target)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from console.commands.broker import admin, admin_option, vhost_of
-from console.commands.common import CliContext, CliError, Exit, emit_json, layout, out, usage
+from console.commands.common import CliContext, CliError, Exit, emit_json, exits, layout, out, usage
 from console.commands.options import json_option
 from hostbus import names
 
@@ -35,6 +35,7 @@ def subscriptions() -> None:
     """
 
 
+@exits(Exit.NOTHING, Exit.CONNECT)
 @subscriptions.command("list")
 @click.option("--all", "everyone", is_flag=True, help="Every user's, not only yours.")
 @admin_option
@@ -63,6 +64,7 @@ def subscriptions_list(ctx: CliContext, everyone: bool, admin_url: str | None,
     return Exit.OK
 
 
+@exits(Exit.NOTHING, Exit.CONNECT)
 @subscriptions.command("delete")
 @click.argument("name")
 @click.option("--user", metavar="USER", help="Another user's subscription (default: yours).")

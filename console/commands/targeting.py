@@ -115,6 +115,9 @@ def exit_for(summary: dict[str, Any]) -> Exit:
         return Exit.NO_REPLY
     if summary["failed"]:
         return Exit.FAILED
+    # Not a failure, not done either: a script must not take it for a result.
+    if summary.get("pending"):
+        return Exit.PENDING
     return Exit.OK
 
 

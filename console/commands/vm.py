@@ -1,5 +1,6 @@
-"""One VM, wherever it runs: ``hostbus vm NAME migrate --to HOST`` and
-``hostbus vm NAME abort-migration``.
+"""One VM, wherever it runs: ``hostbus vm NAME migrate --to HOST``,
+``hostbus vm NAME abort-migration`` and ``hostbus vm NAME ha on|off`` (asked of the
+manager).
 
 The console finds the host the VM runs on and the target's libvirt URI (its agent's
 ``migration_uri`` fact) through ``console.migration``; the source host's virt agent
@@ -13,7 +14,16 @@ from typing import Any
 
 import click
 
-from console.commands.common import EPILOG, CliContext, CliError, Exit, emit_json, out, usage
+from console.commands.common import (
+    FANOUT,
+    CliContext,
+    CliError,
+    Exit,
+    emit_json,
+    exits,
+    out,
+    usage,
+)
 from console.commands.completion import complete_host
 from console.commands.options import json_option, yes_option
 from hostbus.errors import ErrorCode, RemoteError
@@ -21,7 +31,8 @@ from hostbus.errors import ErrorCode, RemoteError
 MIB = 1 << 20
 
 
-@click.group(epilog=EPILOG)
+@exits(*FANOUT)
+@click.group()
 @click.argument("name", metavar="NAME")
 @click.pass_context
 def vm(ctx: click.Context, name: str) -> None:
@@ -30,11 +41,16 @@ def vm(ctx: click.Context, name: str) -> None:
     \b
       hostbus vm web-1 migrate --to kvm02      move it there while it runs
       hostbus vm web-1 abort-migration         stop that, it stays where it was
+      hostbus vm web-1 ha on                   restart it elsewhere if its host dies
+      hostbus vm web-1 show                    where it is, its state
+      hostbus vm web-1 suspend                 (resume, start, shutdown, reboot,
+                                               destroy, undefine)
     """
     ctx.meta["vm"] = name
 
 
-@vm.command("migrate", epilog=EPILOG)
+@exits(*FANOUT)
+@vm.command("migrate")
 @click.option("--to", "target", required=True, metavar="HOST", shell_complete=complete_host,
               help="The host to move it to (its virt agent offers migration_uri).")
 @click.option("--from", "source", metavar="HOST", shell_complete=complete_host,
@@ -114,7 +130,8 @@ def migrate(ctx: click.Context, target: str, source: str | None, uri: str | None
     return Exit.OK
 
 
-@vm.command("abort-migration", epilog=EPILOG)
+@exits(*FANOUT)
+@vm.command("abort-migration")
 @click.option("--from", "source", metavar="HOST", shell_complete=complete_host,
               help="The host migrating it (default: asked of every virt host).")
 @json_option
@@ -141,6 +158,32 @@ def abort_migration(ctx: click.Context, source: str | None, as_json: bool) -> Ex
         click.echo(f"hostbus: {error['message']}", err=True)
     return Exit.OK if res.status == "ok" else (
         Exit.NO_REPLY if res.status == "no_reply" else Exit.FAILED)
+
+
+@exits(*FANOUT)
+@vm.command("ha")
+@click.argument("setting", type=click.Choice(["on", "off"]))
+@click.option("--priority", type=click.IntRange(0, 100), default=0, show_default=True,
+              help="Higher priorities are restarted first.")
+@click.option("--manager", "manager_host", metavar="HOST",
+              help="The manager's host id (default: discovered).")
+@json_option
+@click.pass_context
+def ha(ctx: click.Context, setting: str, priority: int, manager_host: str | None,
+       as_json: bool) -> Exit:
+    """Mark the VM highly available (on) or not (off): the manager restarts an HA VM on
+    another host when its host is confirmed down."""
+    from console.commands.manager import ask_manager
+
+    name = ctx.meta["vm"]
+    result = ask_manager(ctx.obj, "ha", {"name": name, "enabled": setting == "on",
+                                         "priority": priority}, manager_host, None)
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"{name} on {result['host']}: HA {setting}"
+                   + (f" (priority {priority})" if setting == "on" else ""))
+    return Exit.OK
 
 
 def _summary(result: dict[str, Any]) -> str:
@@ -186,3 +229,8 @@ def _progress(console: Any, route: Any, enabled: bool) -> Any:
     console.subscribe([migration.progress_pattern(route)], on_event)
     bar.start()
     return bar.stop
+
+
+from console.commands.vm_lifecycle import add_lifecycle  # noqa: E402 (after the group)
+
+add_lifecycle(vm)

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from console.commands.common import EPILOG, CliContext, Exit, plural, usage
+from console.commands.common import CliContext, Exit, exits, plural, usage
 from console.commands.completion import complete_pattern
 from console.commands.history import historian_option, parse_since, since_option
 from console.commands.options import json_option
@@ -62,7 +62,8 @@ def check_pattern(pattern: str, events: list[tuple[str, str]]) -> None:
                 + " (--no-validate takes it anyway)")
 
 
-@click.command(epilog=EPILOG)
+@exits(Exit.CONNECT)
+@click.command()
 @click.argument("patterns", nargs=-1, metavar="[PATTERN]...", shell_complete=complete_pattern)
 @click.option("--count", "-n", type=click.IntRange(0), default=0, help="Stop after N events.")
 @click.option("--duration", "-d", type=click.FloatRange(0), default=0, metavar="S",
@@ -102,6 +103,7 @@ def watch(ctx: CliContext, patterns: tuple[str, ...], count: int, duration: floa
     wanted = list(patterns) or ["#"]
     start = parse_since(since) if since is not None else None
     rebound = _bind_named(ctx, name, wanted) if name is not None else None
+    ctx.keep_connected = True  # a broker restart is waited out, and said
     console = ctx.console()
     done = threading.Event()
     seen = [0]

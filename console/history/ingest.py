@@ -16,12 +16,14 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from console.history.store import EventStore, Row, time_ms
-from hostbus.envelope import EVENT_TYPE, parse_event
+from hostbus.envelope import parse_event
 from hostbus.errors import RemoteError
+from hostbus.security.provenance import why_not_from
 from hostbus.transport.base import Delivery
 
 if TYPE_CHECKING:
@@ -57,6 +59,9 @@ class Ingest:
     agent_keys: Verifier | None = None
     batch_size: int = 1000
     counters: Counters = field(default_factory=Counters)
+    #: Settles a stored batch (``Transport.ack_all``: one hand-off to the transport's
+    #: I/O thread for the batch); by default each delivery's own ``ack``.
+    ack_all: Callable[[Sequence[Delivery]], None] | None = None
 
     def __post_init__(self) -> None:
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
@@ -93,22 +98,9 @@ class Ingest:
 
     def _why_not(self, delivery: Delivery, host: str, routing_key: str) -> str | None:
         """Why this event may not be stored, or None: the same rules as a console's."""
-        if delivery.routing_key and delivery.routing_key != routing_key:
-            return (f"its routing key {delivery.routing_key!r} does not match its body "
-                    f"({routing_key!r})")
-        user = delivery.properties.user_id
-        if user != host and user not in self.multi_host_users:
-            return f"it was sent by broker user {user!r}, and a host may only speak for itself"
-        if self.agent_keys is not None:
-            try:
-                signer = self.agent_keys.verify(
-                    delivery.exchange, delivery.routing_key, delivery.properties,
-                    delivery.body, kind=EVENT_TYPE, what="event", who="this historian")
-            except RemoteError as err:
-                return err.message
-            if signer != host:
-                return f"it names host {host!r} but was signed by {signer!r}"
-        return None
+        return why_not_from(delivery, host, routing_key=routing_key,
+                            multi_host_users=self.multi_host_users, verifier=self.agent_keys,
+                            who="this historian")
 
     def _refuse(self, delivery: Delivery, why: str) -> None:
         with self._lock:
@@ -170,8 +162,13 @@ class Ingest:
         with self._lock:
             self.counters.stored += added
             self.counters.repeats += len(rows) - added
+        deliveries = [item.delivery for item in batch]
+        if self.ack_all is not None:
+            self.ack_all(deliveries)
+        else:
+            for delivery in deliveries:
+                delivery.ack()
         for item in batch:
-            item.delivery.ack()
             if item.token is not None:
                 done = self._synced.pop(item.token, None)
                 if done is not None:

@@ -156,7 +156,7 @@ class Historian:
         self.store = store
         self.queue = queue
         self.ingest = Ingest(store, host_id, multi_host_users, agent_keys,
-                             batch_size=batch_size)
+                             batch_size=batch_size, ack_all=transport.ack_all)
         self.agent = HistoryAgent(store, self.ingest, sync_timeout=sync_timeout,
                                   max_age_s=max_age_s, max_bytes=max_bytes)
         self.runtime = AgentRuntime(

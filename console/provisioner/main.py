@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from console.client import Console
+from console.placement import PlacementConfig
+from console.placement.config import DEFAULT_WEIGHTS
+from console.placement.filters import FILTERS
 from console.provisioner.agent import ProvisionAgent
 from console.provisioner.ledger import VmLedger
 from console.provisioner.quotas import Quotas
@@ -35,12 +38,23 @@ DEFAULTS: dict[str, Any] = {
         "call_timeout": 60.0,
         "discovery_idle": 0.3,
         "reconcile_interval": 60.0,
+        "host_refresh_interval": 10.0,
+        "workers": 8,
         "heartbeat_interval": 10.0,
         "log_level": "info",
         "policy": "",
         "audit_log": "",
     },
     "quotas": {"default_max_vms": 20, "owners": {}},
+    "placement": {
+        "vcpu_overcommit": 4.0,
+        "memory_overcommit": 1.0,
+        "host_reserved_memory_mib": 0,
+        "max_cpu_load": 0.9,
+        "cpu_load_window_s": 300.0,
+        "filters": list(FILTERS),
+        "weights": dict(DEFAULT_WEIGHTS),
+    },
     "security": {"signing_key": ""},
     "tracing": {"otlp_endpoint": ""},
 }
@@ -51,7 +65,28 @@ def state_dir(configured: str) -> Path:
 
 
 def load_config(path: str | None) -> dict[str, Any]:
-    return config.load(DEFAULTS, path, free_form=("quotas.owners",))
+    return config.load(DEFAULTS, path, free_form=("quotas.owners", "placement.weights"))
+
+
+def service_settings(cfg: dict[str, Any]) -> tuple[PlacementConfig, int, float, float]:
+    """The placement engine's settings, the workers, and the two intervals (seconds
+    between listings of the virt hosts' domains, and between asking them what they have
+    free); raises ``ConfigError`` naming the key to fix."""
+    pcfg = cfg["provisioner"]
+    placement = PlacementConfig.from_dict(cfg["placement"])
+    workers = int(pcfg["workers"])
+    if not 1 <= workers <= 64:
+        raise ConfigError(f"[provisioner] workers = {workers}: give 1 to 64 (requests "
+                          "handled at once)")
+    reconcile = float(pcfg["reconcile_interval"])
+    if reconcile < 1:
+        raise ConfigError(f"[provisioner] reconcile_interval = {reconcile:g}: give at least 1 "
+                          "(seconds between listings of the virt hosts)")
+    refresh = float(pcfg["host_refresh_interval"])
+    if refresh < 1:
+        raise ConfigError(f"[provisioner] host_refresh_interval = {refresh:g}: give at least "
+                          "1 (seconds between asking the virt hosts what they have free)")
+    return placement, workers, reconcile, refresh
 
 
 def check(config_path: str | None) -> list[str]:
@@ -61,11 +96,13 @@ def check(config_path: str | None) -> list[str]:
     pcfg = cfg["provisioner"]
     host_id = names.validate_host_id(pcfg["host_id"])
     quotas = {str(k): int(v) for k, v in cfg["quotas"]["owners"].items()}
-    if float(pcfg["reconcile_interval"]) < 1:
-        raise ConfigError("[provisioner] reconcile_interval: give at least 1 (seconds)")
+    placement, workers, _, _ = service_settings(cfg)
+    weights = ", ".join(f"{n} {f:g}" for n, f in placement.weights.items() if f > 0)
     found = [f"configuration {config_path or '(defaults)'}: ok",
              f"host {host_id}, state in {state_dir(pcfg['state_dir'])}, quotas for "
-             f"{len(quotas)} owners (others {int(cfg['quotas']['default_max_vms'])} VMs)"]
+             f"{len(quotas)} owners (others {int(cfg['quotas']['default_max_vms'])} VMs)",
+             f"{workers} requests at once; placement filters "
+             f"{', '.join(placement.filters or FILTERS)}; weights {weights}"]
     if pcfg["policy"]:
         rules = RulesPolicy.load(config.resolve(pcfg["policy"], config_path), host_id).rules
         found.append(f"policy {pcfg['policy']}: {len(rules)} rules (default deny)")
@@ -85,10 +122,7 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
         pcfg = cfg["provisioner"]
         host_id = names.validate_host_id(pcfg["host_id"])
         owners = {str(k): int(v) for k, v in cfg["quotas"]["owners"].items()}
-        reconcile_interval = float(pcfg["reconcile_interval"])
-        if reconcile_interval < 1:
-            raise ConfigError(f"[provisioner] reconcile_interval = {reconcile_interval:g}: "
-                              "give at least 1 (seconds between listings of the virt hosts)")
+        placement, workers, reconcile_interval, refresh_interval = service_settings(cfg)
     except (ConfigError, ValueError) as exc:
         print(f"hostbus provisioner: {exc}")
         return 1
@@ -114,10 +148,11 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
                      else store.path.parent / f"audit-{host_id}.jsonl")
     url = cfg["broker"]["url"]
     timeout = float(cfg["broker"]["connect_timeout"])
-    # One request at a time off the provisioning queue (prefetch 1); calls to the virt
-    # agents go over a second connection so replies never wait behind a busy worker.
+    # As many requests off the provisioning queue as there are workers (the prefetch);
+    # calls to the virt agents go over a second connection so replies never wait
+    # behind busy workers.
     agent_transport = connect(url, connection_name=f"hostbus-provisioner {host_id}",
-                              connect_timeout=timeout, prefetch=1)
+                              connect_timeout=timeout, prefetch=workers)
     agent = ProvisionAgent(store, ledger, quotas)
     signer = None
     if cfg["security"]["signing_key"]:
@@ -151,7 +186,8 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
         console=console, publisher=runtime.publisher, store=store, agent=agent, host_id=host_id,
         ledger=ledger, quotas=quotas, call_timeout=float(pcfg["call_timeout"]),
         discovery_idle=float(pcfg["discovery_idle"]), reconcile_interval=reconcile_interval,
-        policy=policy, audit=audit, tracer=tracer,
+        policy=policy, audit=audit, tracer=tracer, workers=workers, placement=placement,
+        host_refresh_interval=refresh_interval,
     )
     try:
         runtime.start()
@@ -165,7 +201,7 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
     log.info("hostbus provisioner %s serving %s as %s (state in %s)", __version__,
              "hostbus.provision", host_id, store.path)
     reason = wait_for_stop(stop)
-    log.info("stopping (%s); the request in progress, if any, is finished first",
+    log.info("stopping (%s); the requests in progress, if any, are finished first",
              reason or "asked to")
     provisioner.close()
     runtime.stop(reason or "stopped")

@@ -1,13 +1,21 @@
 """Where a provisioning message enters (``Provisioner.on_message``) and how it is carried
-out (``Provisioner.process``), one message at a time on a worker thread.
+out (``Provisioner.process``), several messages at once on a pool of worker threads.
 
 A message is a submit (make VMs) or a release (give them back), told apart by its
 body's ``action``. It is acknowledged only when its work is finished. After a crash the
-broker redelivers it and the work resumes: VM names are derived from the request id and
-looked up across the fleet before anything is placed, so a VM defined before the crash
-is adopted, never duplicated; a release saved the VMs it removes before removing any,
+broker redelivers it and the work resumes: VM names are derived from the request id,
+and the plan (VM -> host) is stored before any VM is defined, so a resumed request
+looks for its VMs on the hosts of its plan only and adopts those defined before the
+crash, never duplicating them; a release saved the VMs it removes before removing any,
 and a VM already removed counts as done; the durable store remembers whether the reply
-was sent.
+was sent. Two copies of one message (a redelivery while the first is still being
+handled) are handled one after the other, the second settling what the first did.
+
+Placing asks no host anything: the ``HostBook`` keeps what each virt host has free
+(refreshed every ``host_refresh_interval`` seconds, and at once when a request finds no
+room), and the placement engine (console/placement) decides on it. Quotas count the
+ledger's VMs plus those of requests still being carried out, decided under one lock,
+so requests handled at once cannot together pass a quota none could pass alone.
 """
 
 from __future__ import annotations
@@ -15,14 +23,17 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from console.client import Console
+from console.placement import PlacementConfig
 from console.provisioner.agent import ProvisionAgent
+from console.provisioner.hosts import HostBook
 from console.provisioner.ledger import GONE, VmLedger, listed_state
-from console.provisioner.placement import Candidate, place
+from console.provisioner.placement import refusal, request_for
 from console.provisioner.quotas import Quotas
 from console.provisioner.store import ReleaseRecord, RequestStore
 from console.provisioner.tracker import LISTING_LIMIT, VmTracker, well_formed
@@ -54,7 +65,9 @@ class Provisioner:
                  ledger: VmLedger, agent: ProvisionAgent, host_id: str, quotas: Quotas,
                  policy: Policy, audit: AuditLog | None, call_timeout: float = 60.0,
                  discovery_idle: float = 0.3, reconcile_interval: float = 60.0,
-                 tracer: Tracer | None = None) -> None:
+                 tracer: Tracer | None = None, workers: int = 8,
+                 placement: PlacementConfig | None = None,
+                 host_refresh_interval: float = 10.0) -> None:
         """``policy`` decides who may ask for what, default deny, with the agents' rules
         engine: the caller is the message's broker-checked user_id, the call
         ``provision.submit`` or ``provision.release``, and the arguments the message's
@@ -65,7 +78,9 @@ class Provisioner:
         ``ledger`` holds the VMs made, which ``start`` keeps current from the virt hosts
         (events, and listings every ``reconcile_interval`` seconds). ``tracer`` makes
         the handling of each message a span of its sender's trace, and the calls to the
-        virt agents its children (hostbus.tracing; None: off)."""
+        virt agents its children (hostbus.tracing; None: off). ``workers`` requests
+        are handled at once; ``placement`` configures the engine; the virt hosts' free
+        room is asked for every ``host_refresh_interval`` seconds."""
         self.tracer = tracer
         self.publisher = publisher
         self.policy = policy
@@ -78,22 +93,35 @@ class Provisioner:
         self.quotas = quotas
         self.call_timeout = call_timeout
         self.discovery_idle = discovery_idle
+        self.hosts = HostBook(console, placement or PlacementConfig(),
+                              call_timeout=call_timeout, discovery_idle=discovery_idle,
+                              interval=host_refresh_interval)
         self.tracker = VmTracker(console, ledger, interval=reconcile_interval,
                                  call_timeout=call_timeout, discovery_idle=discovery_idle,
-                                 on_change=self.announce_quota)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hostbus-provision")
-        self.idle = threading.Event()
+                                 on_change=self.announce_quota,
+                                 on_host_event=self.hosts.changed)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers),
+                                        thread_name_prefix="hostbus-provision")
+        self.idle = threading.Event()  # set while no request is being handled
         self.idle.set()
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+        self._admit = threading.Lock()  # quota check and acceptance, one request at a time
+        self._inflight: dict[str, tuple[str, int]] = {}  # request id -> (owner, VMs asked)
+        self._copies: dict[str, tuple[threading.Lock, int]] = {}  # request id -> lock, users
 
     def start(self) -> None:
         """Follow the virt hosts' VMs (call once the console is connected)."""
         if self.vms.is_empty():
             self._adopt_recorded_vms()
         self.tracker.start()
+        self.hosts.start()
 
     def on_message(self, delivery: Delivery) -> None:
         """On the transport's I/O thread: hand over, never block it."""
-        self.idle.clear()
+        with self._busy_lock:
+            self._busy += 1
+            self.idle.clear()
         self._pool.submit(self.process if self.tracer is None else self._traced, delivery)
 
     def _traced(self, delivery: Delivery) -> None:
@@ -103,6 +131,7 @@ class Provisioner:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self.hosts.stop()
         self.tracker.stop()
 
     def announce_quota(self, owners: set[str]) -> None:
@@ -125,6 +154,32 @@ class Provisioner:
     # ------------------------------------------------------------------ a job
     def process(self, delivery: Delivery) -> None:
         rid = delivery.properties.message_id or ""
+        lock = self._copy_lock(rid)
+        try:
+            with lock:
+                self._process_retrying(delivery, rid)
+        finally:
+            self._copy_done(rid)
+            with self._busy_lock:
+                self._busy = max(0, self._busy - 1)
+                if self._busy == 0:
+                    self.idle.set()
+
+    def _copy_lock(self, rid: str) -> threading.Lock:
+        with self._busy_lock:
+            lock, users = self._copies.get(rid, (threading.Lock(), 0))
+            self._copies[rid] = (lock, users + 1)
+            return lock
+
+    def _copy_done(self, rid: str) -> None:
+        with self._busy_lock:
+            lock, users = self._copies[rid]
+            if users <= 1:
+                del self._copies[rid]
+            else:
+                self._copies[rid] = (lock, users - 1)
+
+    def _process_retrying(self, delivery: Delivery, rid: str) -> None:
         try:
             for attempt in range(1, 4):
                 try:
@@ -144,8 +199,6 @@ class Provisioner:
             # delivery limit dead-letters it if this keeps happening.
             log.exception("provisioning request %s failed unexpectedly; requeued", rid)
             delivery.nack(True)
-        finally:
-            self.idle.set()
 
     def _process(self, delivery: Delivery, rid: str) -> None:
         reply_to = delivery.properties.reply_to
@@ -185,14 +238,19 @@ class Provisioner:
         try:
             if record is None:
                 self._authorize(rid, caller, SUBMIT, self._args(body), owner)
-                self._check_quota(owner, count)
-                record = self.store.accept(rid, owner, body["template"], count)
+                record = self._admit_request(rid, owner, body["template"], count)
                 log.info("accepted %s: %d x %s for %s", rid, count, body["template"], owner)
                 self.agent.emit("accepted", {"request_id": rid, "owner": owner,
                                              "template": body["template"], "count": count})
             else:
                 log.info("resuming %s after a redelivery", rid)
-            vms = self._carry_out(rid, body, record.plan)
+                with self._admit:
+                    self._inflight[rid] = (owner, count)
+            try:
+                vms = self._carry_out(rid, body, record.plan)
+            finally:
+                with self._admit:
+                    self._inflight.pop(rid, None)
         except RemoteError as err:
             log.warning("request %s failed: %s %s", rid, err.code.value, err.message)
             if self.store.get(rid) is None:
@@ -235,9 +293,11 @@ class Provisioner:
                 ErrorCode.UNAUTHORIZED
             raise RemoteError(code, decision.reason, {"rule": decision.rule})
 
-    def _check_quota(self, owner: str, count: int) -> None:
+    def _admit_request(self, rid: str, owner: str, template: str, count: int) -> Any:
+        """Check the quota and accept, as one step among concurrent requests."""
         try:
-            self.quotas.check(owner, self.vms.count(owner), count)
+            with self._admit:
+                return self._accept_within_quota(rid, owner, template, count)
         except RemoteError:
             # Refuse only on what the hosts say now: events about VMs removed a moment
             # ago may still be on their way.
@@ -246,7 +306,24 @@ class Provisioner:
             except HostbusError as exc:
                 log.warning("could not list the virt hosts to recount %s's VMs: %s", owner,
                             exc)
-            self.quotas.check(owner, self.vms.count(owner), count)
+            with self._admit:
+                return self._accept_within_quota(rid, owner, template, count)
+
+    def _accept_within_quota(self, rid: str, owner: str, template: str, count: int) -> Any:
+        self.quotas.check(owner, self.vms.count(owner) + self._coming(owner), count)
+        record = self.store.accept(rid, owner, template, count)
+        self._inflight[rid] = (owner, count)
+        return record
+
+    def _coming(self, owner: str) -> int:
+        """VMs of ``owner``'s requests being carried out that the ledger does not hold
+        yet (call with ``_admit`` held)."""
+        coming = 0
+        for rid, (who, count) in self._inflight.items():
+            if who == owner:
+                made = sum(1 for vm in self.vms.of_request(rid) if vm.state != GONE)
+                coming += max(0, count - made)
+        return coming
 
     def _audit(self, rid: str, caller: str, action: str, owner: str | None,
                args: dict[str, Any], what: str, detail: str) -> None:
@@ -266,8 +343,7 @@ class Provisioner:
 
     def _carry_out(self, rid: str, body: dict[str, Any], plan: dict[str, str]) -> list[dict]:
         wanted = self.vm_names(rid, body)
-        hosts = self._virt_hosts(body.get("constraints", {}))
-        existing = self._existing(hosts, set(wanted))
+        existing = self._existing(rid, body, plan, set(wanted))
         ours = set(plan)  # VMs an earlier attempt of this request placed
         for name, (host, _domain) in existing.items():
             if body.get("name") and name not in ours:
@@ -275,11 +351,52 @@ class Provisioner:
                                   f"a VM named {name} already exists on {host}")
             plan[name] = host
         missing = [n for n in wanted if n not in plan]
+        size = self._size(body, [n for n in wanted if n not in existing])
+        for name in plan:
+            if name not in existing:  # placed before a crash, not defined: hold its room
+                self.hosts.hold(name, plan[name], *size)
         if missing:
-            plan.update(place(missing, template=body["template"], vcpus=body.get("vcpus"),
-                              memory_mib=body.get("memory_mib"),
-                              candidates=self._candidates(hosts)))
-        self.store.save_plan(rid, plan)  # before any VM is defined
+            plan.update(self._place(missing, body))
+        held = [n for n in wanted if n not in existing]
+        try:
+            self.store.save_plan(rid, plan)  # before any VM is defined
+            return self._define_all(rid, body, wanted, plan, existing)
+        finally:
+            for name in held:
+                self.hosts.settle(name, plan[name])
+
+    def _size(self, body: dict[str, Any], names: list[str]) -> tuple[int, int]:
+        """(vCPUs, MiB) to hold for each VM: as asked, else the template's default."""
+        if not names:
+            return (0, 0)
+        request = request_for(names, template=body["template"], vcpus=body.get("vcpus"),
+                              memory_mib=body.get("memory_mib"), hosts=self.hosts.views())
+        return request.vcpus, request.memory_mib
+
+    def _place(self, names: list[str], body: dict[str, Any]) -> dict[str, str]:
+        """A host for each of ``names``, its room held; asks the hosts again when the
+        view kept of them has no room (it may be older than a VM's removal)."""
+        if not self.hosts.refreshed.is_set():
+            self.hosts.refreshed.wait(self.call_timeout)
+        for attempt in (1, 2):
+            views = self.hosts.views()
+            request = request_for(names, template=body["template"], vcpus=body.get("vcpus"),
+                                  memory_mib=body.get("memory_mib"), hosts=views,
+                                  constraints=body.get("constraints", {}), owner=body["owner"])
+            decided = time.monotonic()
+            decision = self.hosts.reserve(request)
+            if decision.ok:
+                return decision.chosen
+            if attempt == 1:
+                log.info("no room in the view of the virt hosts (%s); asking them again",
+                         decision.explain())
+                self.hosts.refresh(unless_since=decided)
+        raise refusal(decision, request, views, vcpus=body.get("vcpus"),
+                      memory_mib=body.get("memory_mib"))
+
+    def _define_all(self, rid: str, body: dict[str, Any], wanted: list[str],
+                    plan: dict[str, str], existing: dict[str, tuple[str, dict[str, Any]]],
+                    ) -> list[dict]:
         created: list[tuple[str, str]] = []
         vms = []
         counted: set[str] = set()  # owners whose count changed: one quota event each
@@ -302,6 +419,7 @@ class Provisioner:
                             created.append((name, host))
                         raise
                     created.append((name, host))
+                    self.hosts.defined(name, host)
                 state = result.get("state", "running")
                 counted |= self.vms.record(owner=body["owner"], request_id=rid, host=host,
                                            name=name, uuid=result.get("uuid"),
@@ -358,6 +476,7 @@ class Provisioner:
         for name, host in reversed(created):
             try:
                 self._remove(name, host)
+                self.hosts.cancel(name, host)
             except RemoteError as err:
                 # Left behind: it counts for its owner until a listing finds it gone.
                 log.info("roll back of %s on %s: %s", name, host, err.message)
@@ -367,18 +486,17 @@ class Provisioner:
             owners |= self.vms.gone(host, name)
         return owners
 
-    def _virt_hosts(self, constraints: dict[str, Any]) -> list[str]:
-        bfilter: dict[str, Any] = {"agent": "virt"}
-        if constraints.get("facts"):
-            bfilter["facts"] = constraints["facts"]
-        found = [a.host for a in self.console.discover(filter=bfilter,
-                                                       idle=self.discovery_idle)]
-        allowed = constraints.get("hosts")
-        return [h for h in found if allowed is None or h in allowed]
+    def _answering(self, hosts: list[str]) -> list[str]:
+        """Which of ``hosts`` answer a virt discovery now (it ends once all have)."""
+        found = self.console.discover(filter={"agent": "virt"}, idle=self.discovery_idle,
+                                      expect=hosts)
+        return [a.host for a in found if a.host in hosts]
 
-    def _domains(self, hosts: list[str], why: str) -> dict[str, dict[str, dict[str, Any]]]:
-        """Every domain on each of ``hosts``: host -> name -> object. Raises unless every
-        host answered in full (``why`` says what cannot be done without it)."""
+    def _domains(self, hosts: list[str], why: str, where: dict[str, Any] | None = None,
+                 ) -> dict[str, dict[str, dict[str, Any]]]:
+        """Every domain on each of ``hosts`` (those matching ``where``): host -> name ->
+        object. Raises unless every host answered in full (``why`` says what cannot be
+        done without it)."""
         if not hosts:
             return {}
         found: dict[str, dict[str, dict[str, Any]]] = {}
@@ -389,7 +507,7 @@ class Provisioner:
         # transport (PikaTransport._apply); this stays as a cheap second line.
         for attempt in range(1, 4):
             result = self.console.query("virt", "domain", hosts=ask, limit=LISTING_LIMIT,
-                                        timeout=self.call_timeout)
+                                        where=where, timeout=self.call_timeout)
             ask = []
             for res in result.results:
                 if res.reply is None:
@@ -409,29 +527,26 @@ class Provisioner:
         raise RemoteError(ErrorCode.TIMEOUT, f"virt host {ask[0]} did not list its domains; "
                           f"{why}")
 
-    def _existing(self, hosts: list[str],
+    def _existing(self, rid: str, body: dict[str, Any], plan: dict[str, str],
                   wanted: set[str]) -> dict[str, tuple[str, dict[str, Any]]]:
-        """Wanted VM names that already exist somewhere: name -> (host, domain)."""
-        listing = self._domains(hosts, "cannot rule out a duplicate, so not placing")
+        """Wanted VM names that already exist: name -> (host, domain). A name the
+        sender chose is looked for on every virt host (someone may have made a VM of
+        that name a moment ago); names derived from the request id only on the hosts
+        of its stored plan, the only hosts an earlier attempt could have defined them
+        on (the plan is stored before the first define). A first attempt asks nothing."""
+        if body.get("name"):
+            hosts = [a.host for a in self.console.discover(filter={"agent": "virt"},
+                                                           idle=self.discovery_idle)]
+            listing = self._domains(hosts, "cannot rule out a duplicate, so not placing",
+                                    where={"name": body["name"]})
+        elif plan:
+            listing = self._domains(sorted(set(plan.values())),
+                                    f"cannot tell which VMs of {rid} were made before, so "
+                                    "not placing")
+        else:
+            return {}
         return {name: (host, domain) for host, domains in listing.items()
                 for name, domain in domains.items() if name in wanted}
-
-    def _candidates(self, hosts: list[str]) -> list[Candidate]:
-        if not hosts:
-            return []
-        nodes = self.console.fanout("virt", "node.info", {}, hosts, timeout=self.call_timeout)
-        tpls = self.console.fanout("virt", "template.list", {}, hosts,
-                                   timeout=self.call_timeout)
-        catalogs = {r.host: {t["name"]: t for t in r.reply.result["templates"]}
-                    for r in tpls.results if r.reply is not None and r.reply.ok}
-        out = []
-        for res in nodes.results:
-            if res.reply is None or not res.reply.ok or res.host not in catalogs:
-                continue
-            node = res.reply.result or {}
-            out.append(Candidate(res.host, int(node["unallocated_memory_bytes"]),
-                                 int(node["free_vcpus"]), catalogs[res.host]))
-        return out
 
     # --------------------------------------------------------------- releases
     def _release(self, delivery: Delivery, rid: str, caller: str,
@@ -539,7 +654,7 @@ class Provisioner:
         rid, targets = record.release_id, record.targets
         todo = [t for t in targets if t["outcome"] in (None, "releasing")]
         hosts = sorted({t["host"] for t in todo})
-        answering = set(self._virt_hosts({"hosts": hosts})) if hosts else set()
+        answering = set(self._answering(hosts)) if hosts else set()
         silent = [h for h in hosts if h not in answering]
         if silent:
             raise RemoteError(ErrorCode.FAILED, f"virt host {', '.join(silent)} does not "

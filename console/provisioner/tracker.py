@@ -45,15 +45,18 @@ def well_formed(objects: Any) -> list[dict[str, Any]]:
 class VmTracker:
     def __init__(self, console: Console, ledger: VmLedger, *, interval: float = 60.0,
                  call_timeout: float = 60.0, discovery_idle: float = 0.3,
-                 on_change: Callable[[set[str]], None] = lambda owners: None) -> None:
+                 on_change: Callable[[set[str]], None] = lambda owners: None,
+                 on_host_event: Callable[[str], None] = lambda host: None) -> None:
         """``on_change(owners)`` runs after a change of what the quota counts for those
-        owners, on whichever thread made it."""
+        owners, on whichever thread made it; ``on_host_event(host)`` after each
+        lifecycle event of a host, on the tracker's thread (keep it short)."""
         self.console = console
         self.ledger = ledger
         self.interval = interval
         self.call_timeout = call_timeout
         self.discovery_idle = discovery_idle
         self.on_change = on_change
+        self.on_host_event = on_host_event
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         #: Set once a first listing has settled the ledger after ``start``.
@@ -99,6 +102,7 @@ class VmTracker:
                 host, data = item
                 try:
                     self._changed(self.ledger.apply_event(host, data))
+                    self.on_host_event(host)
                 except Exception:
                     log.exception("could not apply a lifecycle event from %s", host)
             if time.monotonic() < due:

@@ -21,14 +21,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import socket
 import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import pika
 import pika.exceptions as pex
@@ -196,6 +198,11 @@ def translate_error(exc: BaseException, where: str) -> HostbusError:
             f"{where}: connection refused. Is RabbitMQ running and listening there? "
             "(`./run.sh demo` installs and starts it on this machine)"
         )
+    if isinstance(exc, socket.gaierror) or "gaierror" in text:
+        host = urlsplit(where).hostname or where
+        return ConnectionFailed(
+            f"{where}: cannot resolve the broker's host name {host!r}: check the host in "
+            "the broker URL, or the machine's DNS")
     if isinstance(exc, pex.AMQPConnectionError | OSError):
         return ConnectionFailed(f"{where}: cannot connect: {exc!r}")
     return HostbusError(f"{where}: {exc!r}")
@@ -292,7 +299,10 @@ class PikaTransport(Transport):
     def close(self) -> None:
         if self._thread is None or self._stopping.is_set():
             return
-        if self._ready.is_set():  # not while still waiting for a first connection
+        # Not while waiting for a first connection, nor while the connection is lost:
+        # nothing would drain the flush until a reconnect (a command that ends after a
+        # lost connection would wait, and log reconnect attempts, that long).
+        if self._ready.is_set() and self._ch is not None:
             with contextlib.suppress(HostbusError):
                 self.flush(timeout=5)
         self._stopping.set()
@@ -533,7 +543,8 @@ class PikaTransport(Transport):
                 body, _from_pika(props), method.exchange, method.routing_key, method.redelivered
             )
             if item.ack == "handler":
-                delivery.ack, delivery.nack = self._settlers(channel, method.delivery_tag)
+                (delivery.ack, delivery.nack,
+                 delivery.ack_on_io_thread) = self._settlers(channel, method.delivery_tag)
                 self.sweeper.received(channel, method.delivery_tag, item.queue,
                                       props.message_id, body)
             # What the handler sends (a reply, an ack) is written after it returns, in
@@ -622,27 +633,41 @@ class PikaTransport(Transport):
 
     def _settlers(
         self, channel: BlockingChannel, tag: int
-    ) -> tuple[Callable[[], None], Callable[[bool], None]]:
-        """ack/nack for one delivery, safe to call from any thread. A delivery tag only
-        means something on its own channel: once that channel is closed (a reconnect)
-        the broker redelivers the message anyway, so settling it is skipped."""
+    ) -> tuple[Callable[[], None], Callable[[bool], None], Callable[[], None]]:
+        """ack/nack for one delivery, safe to call from any thread, and the ack's work
+        on the I/O thread (for ``ack_all``). A delivery tag only means something on its
+        own channel: once that channel is closed (a reconnect) the broker redelivers the
+        message anyway, so settling it is skipped."""
+
+        def on_io_thread(ack: bool, requeue: bool) -> None:
+            self.sweeper.settled(channel, tag)
+            if not channel.is_open:
+                log.info("delivery %d belonged to a closed channel; the broker "
+                         "redelivers it", tag)
+                return
+            if ack:  # the frame only: the drain flushes once for the batch
+                channel._impl.basic_ack(tag)
+            else:
+                channel._impl.basic_nack(tag, requeue=requeue)
+            self._frames_pending = True
 
         def settle(ack: bool, requeue: bool) -> None:
+            self._submit(lambda _ch: on_io_thread(ack, requeue), wait=False)
+
+        return ((lambda: settle(True, False)), (lambda requeue=False: settle(False, requeue)),
+                lambda: on_io_thread(True, False))
+
+    def ack_all(self, deliveries: Sequence[Delivery]) -> None:
+        direct = [d for d in deliveries if d.ack_on_io_thread is None]
+        handed = [d.ack_on_io_thread for d in deliveries if d.ack_on_io_thread is not None]
+        for delivery in direct:
+            delivery.ack()
+        if handed:
             def task(_ch: BlockingChannel) -> None:
-                self.sweeper.settled(channel, tag)
-                if not channel.is_open:
-                    log.info("delivery %d belonged to a closed channel; the broker "
-                             "redelivers it", tag)
-                    return
-                if ack:  # the frame only: the drain flushes once for the batch
-                    channel._impl.basic_ack(tag)
-                else:
-                    channel._impl.basic_nack(tag, requeue=requeue)
-                self._frames_pending = True
+                for ack in handed:
+                    ack()
 
             self._submit(task, wait=False)
-
-        return (lambda: settle(True, False)), (lambda requeue=False: settle(False, requeue))
 
     def _run(self) -> None:
         where = self.url.redacted()
@@ -751,7 +776,7 @@ class PikaTransport(Transport):
             with self._lock:
                 self._wake_scheduled = False
 
-    def _submit(self, task: Task, *, wait: bool) -> Any:
+    def _submit(self, task: Task, *, wait: bool, timeout: float | None = None) -> Any:
         if self._stopping.is_set():
             raise TransportClosed("the transport is closed")
         fut: Future[Any] | None = Future() if wait else None
@@ -765,7 +790,8 @@ class PikaTransport(Transport):
         if fut is None:
             return None
         try:
-            return fut.result(timeout=self._connect_timeout + 10)
+            return fut.result(timeout=self._connect_timeout + 10 if timeout is None
+                              else timeout)
         except TimeoutError:
             raise TransportClosed("the broker did not answer in time") from None
 
@@ -924,7 +950,22 @@ class PikaTransport(Transport):
 
         return bool(self._submit(task, wait=True))
 
+    def queue_consumers(self, queue: str) -> int | None:
+        """From a passive declare's answer, on a channel of its own (see queue_exists)."""
+
+        def task(_ch: BlockingChannel) -> int | None:
+            assert self._conn is not None
+            probe = self._conn.channel()
+            try:
+                declared = probe.queue_declare(queue, passive=True)
+            except pex.ChannelClosedByBroker:  # no such queue, or not this user's to see
+                return None
+            probe.close()
+            return int(declared.method.consumer_count)
+
+        return self._submit(task, wait=True)  # type: ignore[no-any-return]
+
     def flush(self, timeout: float = 5.0) -> None:
         if self._thread is None or threading.current_thread() is self._thread:
             return
-        self._submit(lambda ch: None, wait=True)
+        self._submit(lambda ch: None, wait=True, timeout=timeout)

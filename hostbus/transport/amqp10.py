@@ -45,7 +45,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from ssl import get_default_verify_paths as default_verify_paths
@@ -587,6 +587,18 @@ class ProtonTransport(Transport):
         if self._thread is not None and threading.current_thread() is not self._thread:
             self._submit(lambda: None, wait=True, timeout=timeout)
 
+    def ack_all(self, deliveries: Sequence[Delivery]) -> None:
+        direct = [d for d in deliveries if d.ack_on_io_thread is None]
+        handed = [d.ack_on_io_thread for d in deliveries if d.ack_on_io_thread is not None]
+        for delivery in direct:
+            delivery.ack()
+        if handed:
+            def task() -> None:
+                for ack in handed:
+                    ack()
+
+            self._submit(task)
+
     # -------------------------------------------------- events (I/O thread)
     def _deliver(self, link: _Link, receiver: Any, dlv: Any, msg: Message) -> None:
         try:
@@ -605,6 +617,7 @@ class ProtonTransport(Transport):
 
             delivery.ack = lambda: settle(True)
             delivery.nack = lambda requeue=False: settle(False, requeue)
+            delivery.ack_on_io_thread = lambda: _settle(dlv, receiver, dlv.ACCEPTED)
         try:
             link.handler(delivery)
         except Exception:

@@ -14,7 +14,7 @@ import abc
 import logging
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -103,6 +103,10 @@ class Delivery:
     #: ``nack(requeue=False)`` dead-letters it where the queue has a dead-letter exchange.
     ack: Callable[[], None] = field(default=_settled, repr=False)
     nack: Callable[[bool], None] = field(default=_settled, repr=False)
+    #: The acknowledgement's own work, which ``ack`` hands to the transport's I/O
+    #: thread; ``Transport.ack_all`` runs many of them in one hand-off. None where
+    #: ``ack`` needs no hand-off.
+    ack_on_io_thread: Callable[[], None] | None = field(default=None, repr=False)
 
 
 Handler = Callable[[Delivery], None]
@@ -196,6 +200,14 @@ class Transport(abc.ABC):
         queue does not exist or may not be read.
         """
 
+    def ack_all(self, deliveries: Sequence[Delivery]) -> None:
+        """Acknowledge these deliveries, as calling each one's ``ack`` does, from any
+        thread. A transport with an I/O thread hands them over once, not once each: a
+        consumer that settles in batches (the historian) saves a thread wake-up per
+        message."""
+        for delivery in deliveries:
+            delivery.ack()
+
     @abc.abstractmethod
     def open_reply_queue(self, handler: Handler) -> str:
         """Create this process's reply queue, bound to ``hostbus.reply``; return its name."""
@@ -212,6 +224,11 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def queue_exists(self, queue: str) -> bool:
         """Whether a queue exists (a passive check: needs no configure permission)."""
+
+    def queue_consumers(self, queue: str) -> int | None:
+        """How many consumers a queue has (a passive check), or None where the protocol
+        does not say (AMQP 1.0) or the queue does not exist."""
+        return None
 
     @abc.abstractmethod
     def flush(self, timeout: float = 5.0) -> None:

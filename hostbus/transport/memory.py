@@ -345,6 +345,11 @@ class MemoryTransport(Transport):
     def queue_exists(self, queue: str) -> bool:
         return queue in self.broker.queues
 
+    def queue_consumers(self, queue: str) -> int | None:
+        with self.broker._lock:
+            q = self.broker.queues.get(queue)
+            return None if q is None else len(q.consumers)
+
     def flush(self, timeout: float = 5.0) -> None:
         # Routing is synchronous; what remains is work queued for this I/O thread.
         if self._thread is not None and threading.current_thread() is not self._thread:

@@ -3,11 +3,12 @@ files in the query; several comma-separated URLs are the nodes of one cluster.""
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from hostbus.errors import ConfigError
+from hostbus.errors import ConfigError, ConnectionFailed
 
 
 def broker_urls(url: str) -> list[BrokerURL]:
@@ -70,6 +71,14 @@ def parse_url(url: str) -> BrokerURL:
     tls_scheme = parts.scheme in ("amqps", "amqps10")
     default_port = 5671 if tls_scheme else 5672
     path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    if parts.path == "/":
+        # amqp://host/ reads as the empty vhost (the AMQP URI spec) or RabbitMQ's "/"
+        # to different people; hostbus's default would be a third answer: say which.
+        raise ConfigError(
+            f"broker URL {parts.scheme}://{parts.hostname or ''}/ ends in an empty vhost "
+            "path (a lone '/'): write /hostbus for "
+            "hostbus's vhost (the default when there is no path at all), or /%2F for "
+            "RabbitMQ's default vhost '/'")
     try:
         port = parts.port or default_port
     except ValueError as exc:
@@ -102,3 +111,20 @@ def parse_url(url: str) -> BrokerURL:
     )
 
 
+def check_resolvable(url: str) -> None:
+    """Raise ``ConnectionFailed`` naming the host and the fix when no broker node's host
+    name resolves (a typo in the URL): said at once, not as a connect timeout or a
+    reconnect loop. Callers that must wait for DNS at boot (agents) do not call this."""
+    nodes = broker_urls(url)
+    failures: list[str] = []
+    for node in nodes:
+        try:
+            socket.getaddrinfo(node.host, node.port, type=socket.SOCK_STREAM)
+            return
+        except (socket.gaierror, UnicodeError) as exc:
+            reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+            failures.append(f"{node.host!r} ({reason})")
+    raise ConnectionFailed(
+        f"{nodes[0].redacted()}: cannot resolve the broker's host name "
+        f"{' nor '.join(failures)}: check the host in the broker URL (--url, "
+        "HOSTBUS_BROKER_URL or [broker] url), or the machine's DNS")

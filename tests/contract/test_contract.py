@@ -166,3 +166,55 @@ def test_no_two_test_files_share_a_name():
     for path in sorted((ROOT / "tests").rglob("test_*.py")):
         assert path.name not in seen, f"{path} and {seen[path.name]} share a name"
         seen[path.name] = path
+
+
+def _leaf_commands():
+    import click
+
+    from console.cli import cli
+
+    def walk(cmd, path, ctx):
+        if isinstance(cmd, click.Group):
+            for name in cmd.list_commands(ctx):
+                sub = cmd.get_command(ctx, name)
+                yield from walk(sub, [*path, name], click.Context(sub, info_name=name,
+                                                                  parent=ctx))
+        else:
+            yield " ".join(path), cmd, ctx
+
+    root = click.Context(cli, info_name="hostbus")
+    yield from walk(cli, [], root)
+
+
+def test_exit_codes_agree_in_code_docs_and_every_commands_help():
+    from console.commands.common import EXIT_MEANING, Exit
+
+    section = (ROOT / "docs" / "errors.md").read_text().split(
+        "## Exit codes of the hostbus command")[1]
+    in_docs = dict(re.findall(r"^\| (\d+) \| ([^|]+) \|", section, re.M))
+    assert {int(c): m.strip() for c, m in in_docs.items()} == \
+        {int(c): m for c, m in EXIT_MEANING.items()}
+    assert set(EXIT_MEANING) == set(Exit)
+    services = {"provisioner", "historian", "exporter"}
+    for path, cmd, ctx in _leaf_commands():
+        if path == "bench":  # the benchmarks' own command, registered by its package
+            continue
+        text = cmd.get_help(ctx).rstrip()
+        block = text.split("Exit codes:")[-1]
+        assert "Exit codes:" in text, f"hostbus {path} --help says no exit codes"
+        lines = [line.split() for line in block.strip().splitlines()]
+        assert lines and all(parts[0].isdigit() for parts in lines), \
+            f"hostbus {path} --help does not end with its exit codes"
+        if path not in services:
+            for parts in lines:
+                code = Exit(int(parts[0]))
+                assert " ".join(parts[1:]) == EXIT_MEANING[code], (path, code)
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    import click
+
+    silent = [(path, param.opts) for path, cmd, _ctx in _leaf_commands() if path != "bench"
+              for param in cmd.params
+              if isinstance(param, click.Option) and not param.hidden and not param.help]
+    assert silent == []

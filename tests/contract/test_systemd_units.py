@@ -19,6 +19,8 @@ DAEMONS = {
     "hostbus-provisioner": "hostbus provisioner --config /etc/hostbus/provisioner.toml",
     "hostbus-historian": "hostbus historian --config /etc/hostbus/historian.toml",
     "hostbus-exporter": "hostbus exporter --config /etc/hostbus/exporter.toml",
+    "hostbus-reactor": "hostbus reactor --config /etc/hostbus/reactor.toml",
+    "hostbus-manager": "hostbus manager --config /etc/hostbus/manager.toml",
 }
 
 

@@ -77,7 +77,7 @@ allow = true
         code, out, _ = cli(alice, "call", "host.reboot", "delay_s=90", "-H", host, "--yes",
                            "--json")
         error = json.loads(out)["results"][0]["error"]
-        assert code == 1 and error["code"] == "approval_required"
+        assert code == 7 and error["code"] == "approval_required"
         approval_id = error["details"]["approval_id"]
 
         code, out, err = cli(bob, "approvals", "list", "-H", host, "--json")
@@ -92,13 +92,34 @@ allow = true
         code, out, err = cli(bob, "approvals", "approve", approval_id[:6], "-H", host,
                              "--yes", "--json")
         assert code == 0, out + err
-        assert json.loads(out)["result"]["reply"]["status"] == "ok"
+        released = json.loads(out)["result"]["reply"]
+        assert released["status"] == "ok"
+        assert released["result"]["dry_run"] is True  # power_control = "dry-run" says so
         code, out, err = cli(bob, "approvals", "approve", approval_id, "-H", host, "--yes")
         assert code == 1 and "already approved" in err
         decided = online.wait_for(lambda e: e.event == "approval.decided")
         assert decided.data["by"] == bob and decided.data["outcome"] == "ok"
+
+        # --wait-approval: alice's call waits for bob's decision and prints the result
+        waiting = subprocess.Popen(
+            [str(BIN / "hostbus"), "--config", str(consoles[alice]), "call", "host.reboot",
+             "delay_s=91", "-H", host, "--yes", "--wait-approval", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            parked = online.wait_for(lambda e: e.event == "approval.pending"
+                                     and e.data["approval_id"] != approval_id)
+            code, out, err = cli(bob, "approvals", "approve", parked.data["approval_id"],
+                                 "-H", host, "--yes")
+            assert code == 0, out + err
+            out, err = waiting.communicate(timeout=60)
+        finally:
+            if waiting.poll() is None:
+                waiting.kill()
+        assert waiting.returncode == 0, out + err
+        [result] = json.loads(out)["results"]
+        assert result["status"] == "ok" and result["result"]["delay_s"] == 91
     finally:
         proc.terminate()
         proc.wait(30)
     log = proc.stderr.read()
-    assert log.count("would reboot") == 1, log
+    assert log.count("would reboot") == 2, log  # once per approved call, never more

@@ -19,13 +19,15 @@ def test_bench_quick_completes_and_writes_json_and_a_chart(rabbitmq, tmp_path):
                           env=env, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout)
-    assert {"meta", "call", "fanout", "events", "provisioning", "footprint", "tracing",
-            "targets"} <= set(results)
+    assert {"meta", "call", "fanout", "events", "placement", "provisioning", "footprint",
+            "tracing", "targets"} <= set(results)
     assert results["tracing"]["on"]["n"] == results["tracing"]["off"]["n"] == 200
     assert results["call"]["hostbus"]["n"] == 200
     assert [f["agents"] for f in results["fanout"]] == [10, 50]
     assert all(f["all_replied"] for f in results["fanout"])
     assert results["provisioning"]["requests"] == 3
+    assert results["provisioning"]["direct_defines"]["vms"] == 3
+    assert results["placement"]["hosts"] == 100 and results["placement"]["plain"]["n"] == 500
     assert {t["what"] for t in results["targets"]} >= {"call round trip p50",
                                                        "events / raw pika"}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -70,3 +72,18 @@ def test_bench_faults_reports_every_scenario_on_both_protocols():
             assert counts["sent"] > 0 and counts["delivered"] >= counts["sent"] - counts["lost"]
             assert {"lost", "duplicated", "reordered", "recovery_s"} <= set(counts)
         assert [b["workers"] for b in row["backlog"]] == [1, 4]
+
+
+@pytest.mark.timeout(600)  # a node of its own
+def test_bench_scale_enrolls_in_bulk_and_reports_the_brokers_cost():
+    """`hostbus bench --only scale --quick` on a RabbitMQ node of its own: the hosts are
+    enrolled both ways and the agents connected (the figures are the benchmark's)."""
+    done = subprocess.run([str(Path(sys.executable).parent / "hostbus"), "bench", "--quick",
+                           "--only", "scale", "--scale-hosts", "600", "--scale-agents", "5",
+                           "--json"], capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    scale = json.loads(done.stdout)["scale"]
+    assert scale["hosts"] == 600 and scale["agents"] == 5
+    assert scale["enroll"]["bulk_s"] > 0 and scale["enroll"]["one_by_one_per_host_ms"] > 0
+    assert {"erlang", "rss"} == set(scale["memory_per_connected_agent_kib"])

@@ -474,3 +474,63 @@ def test_enrolling_a_name_that_exists_elsewhere_is_refused_and_changes_nothing(r
         assert admin_user.returncode == 2 and "not a hostbus identity" in admin_user.stderr
     finally:
         rabbitmq.admin.delete_vhost(elsewhere)
+
+
+def test_hosts_enrolled_from_a_file_get_exactly_the_rights_of_one_enrolled_alone(
+        rabbitmq, enroll, tmp_path):
+    """`broker enroll --from FILE`: every host its queues and its own user in a few
+    definitions imports, with the same grant as `broker enroll HOST`; a bad file, or
+    a name taken elsewhere, is refused before anything is made."""
+    alone = name("one")
+    enroll("agent", alone)
+    hosts = [name("many") for _ in range(3)]
+    listing = tmp_path / "hosts.txt"
+    listing.write_text(f"# the fleet\n{hosts[0]}\n{hosts[1]} host,virt  # a hypervisor\n\n"
+                       f"{hosts[2]}\n")
+    try:
+        done = enroll.run("broker", "enroll", "--from", str(listing),
+                          "--config-dir", str(tmp_path / "configs"), "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["hosts"] == 3
+        admin, vhost = rabbitmq.admin, rabbitmq.vhost
+
+        def rights(user):
+            perm = admin._get(f"/api/permissions/{vhost}/{user}")
+            topics = admin._get(f"/api/topic-permissions/{vhost}/{user}")
+            text = json.dumps([{k: v for k, v in perm.items() if k not in ("user", "vhost")},
+                               [{k: v for k, v in t.items() if k not in ("user", "vhost")}
+                                for t in topics]])
+            return text.replace(user.replace("-", "\\\\-"), "NAME")
+
+        assert all(rights(h) == rights(alone) for h in hosts)
+        config = tmp_path / "configs" / f"{hosts[1]}.toml"
+        assert os.stat(config).st_mode & 0o777 == 0o600
+        agent_cfg = tomllib.loads(config.read_text())
+        assert agent_cfg["agent"]["agents"] == ["host", "virt"]
+        url = agent_cfg["broker"]["url"].replace("amqp10://", "amqp://")
+        props = pika.BasicProperties(user_id=hosts[1])
+        assert refusal(url, lambda ch: ch.basic_consume(f"hostbus.host.{hosts[1]}",
+                                                        lambda *a: None)) is None
+        assert refusal(url, lambda ch: ch.basic_publish(
+            "hostbus.event", f"host.{hosts[0]}.metrics", b"{}", props)) == 403
+        def keys(host):
+            return {b["routing_key"] for b in
+                    admin._get(f"/api/queues/{vhost}/hostbus.host.{host}/bindings")}
+
+        assert f"virt.{hosts[1]}" in keys(hosts[1]) and f"host.{hosts[1]}" in keys(hosts[1])
+        assert f"host.{hosts[0]}" in keys(hosts[0]) and f"virt.{hosts[0]}" not in keys(hosts[0])
+
+        fresh = name("new")
+        for text, says in ((f"{fresh}\n{fresh}\n", "listed already (line 1)"),
+                           (f"{fresh}\nBad.Name\n", "line 2"),
+                           (f"{fresh}\nguest\n", "not hostbus identities: guest")):
+            listing.write_text(text)
+            bad = enroll.run("broker", "enroll", "--from", str(listing),
+                             "--config-dir", str(tmp_path / "refused"))
+            assert bad.returncode == 2 and says in bad.stderr, (text, bad.stderr)
+            assert admin._get(f"/api/users/{fresh}") is None, "a user was made"
+            assert not admin._exists("GET", f"/api/queues/{vhost}/hostbus.host.{fresh}")
+            assert not list((tmp_path / "refused").glob("*.toml"))
+    finally:
+        for host in hosts:
+            rabbitmq.admin.revoke(host)

@@ -331,3 +331,64 @@ def test_ctrl_c_during_a_call_prints_what_arrived_and_exits_130(rabbitmq, daemon
     rest = call.stdout.read()
     assert "1 host: 1 ok" in rest and "interrupted: 1 host not waited for" in rest
     assert "interrupted: 1 of 2 hosts answered" in call.stderr.read()
+
+
+def test_a_call_that_loses_the_broker_ends_at_once_without_reconnect_chatter(rabbitmq):
+    from hostbus import names
+    from tests.tcp_proxy import TcpProxy
+
+    host = f"ghost-{uuid.uuid4().hex[:6]}"
+    rabbitmq.enroll(host, ["host"])  # no agent: the call waits for its timeout
+    proxy = TcpProxy.to(rabbitmq.url)
+    conn = raw_connection(rabbitmq.url)
+    arrived = []
+    conn.channel().basic_consume(names.host_queue(host),
+                                 lambda *msg: arrived.append(msg), auto_ack=True)
+    proc = subprocess.Popen(
+        [str(BIN / "hostbus"), "call", "host.identify", "-H", host, "-t", "120"],
+        env={**rabbitmq.env, "HOSTBUS_BROKER_URL": proxy.url(rabbitmq.url)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):  # the request is out: the CLI waits for its reply
+            conn.process_data_events(time_limit=0.1)
+            if arrived or proc.poll() is not None:
+                break
+        assert arrived, proc.communicate()
+        proxy.refuse()  # the broker is gone for good, for this client
+        proxy.cut()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        conn.close()
+        proxy.close()
+    assert proc.returncode == 5, err
+    assert "hostbus: the broker connection was lost" in err
+    assert "reconnecting" not in err and "next try" not in err, err
+
+
+def test_a_named_host_whose_agent_is_not_running_is_said_offline(rabbitmq):
+    host = f"off-{uuid.uuid4().hex[:6]}"
+    rabbitmq.enroll(host, ["host"])  # its queue exists; no agent consumes it
+    done = run_cli(rabbitmq, "call", "host.identify", "-H", host, "-t", "3", "--json")
+    assert done.returncode == 4, done.stderr
+    [res] = json.loads(done.stdout)["results"]
+    if rabbitmq.transport == "amqp10":  # AMQP 1.0 cannot ask a queue's consumers
+        assert "error" not in res
+    else:
+        assert f"{host} is offline: nothing consumes its queue" in res["error"]["message"]
+
+
+def test_unenroll_removes_a_host_and_requests_for_it_are_refused_at_once(rabbitmq):
+    host = f"gone-{uuid.uuid4().hex[:6]}"
+    done = run_cli(rabbitmq, "broker", "enroll", host, "--no-user")
+    assert done.returncode == 0, done.stderr
+    done = run_cli(rabbitmq, "broker", "unenroll", host, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["queues"] == [f"hostbus.host.{host}",
+                                                 f"hostbus.host.{host}.agent"]
+    again = run_cli(rabbitmq, "broker", "unenroll", host)
+    assert again.returncode == 3 and "is not enrolled" in again.stderr
+    if rabbitmq.transport != "amqp10":  # RabbitMQ 3.10 drops unroutable 1.0 messages
+        call = run_cli(rabbitmq, "call", "host.identify", "-H", host, "-t", "30")
+        assert call.returncode == 6, call.stdout + call.stderr

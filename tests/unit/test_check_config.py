@@ -34,3 +34,16 @@ def test_agent_check_config(tmp_path, capsys):
     bad.write_text('[security]\npolicy = "missing.toml"\n')
     assert agent_main(["--config", str(bad), "--check-config"]) == 1
     assert "missing.toml" in capsys.readouterr().err
+
+
+def test_agent_check_config_names_a_bad_health_check(tmp_path, capsys):
+    good = tmp_path / "good.toml"
+    good.write_text('[agent]\nagents = ["health"]\n[[health.checks]]\nname = "web"\n'
+                    'kind = "tcp"\nhost = "127.0.0.1"\nport = 80\n')
+    assert agent_main(["--config", str(good), "--check-config"]) == 0
+    assert "agent health: 1 check(s): web" in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[agent]\nagents = ["health"]\n[[health.checks]]\nname = "web"\n'
+                   'kind = "command"\nargv = ["rm -rf /"]\n')
+    assert agent_main(["--config", str(bad), "--check-config"]) == 1
+    assert "/absolute/path" in capsys.readouterr().err

@@ -98,3 +98,15 @@ def test_text_from_agents_is_printed_literally_not_as_markup():
     text = buf.getvalue()
     assert "set [security] policy [/] [red]x" in text
     assert "[bold]sneaky[/bold]" in text
+
+
+def test_a_methods_help_ends_with_the_exit_codes_of_call():
+    from click.testing import CliRunner
+
+    from console.cli import cli
+
+    done = CliRunner().invoke(cli, ["call", "host.reboot", "--help"])
+    assert done.exit_code == 0
+    last = done.output.rstrip().splitlines()
+    assert "Exit codes:" in done.output and last[-1].split()[0] == "141"
+    assert any(line.split()[:1] == ["7"] for line in last)

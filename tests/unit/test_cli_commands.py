@@ -31,7 +31,7 @@ class BrokenServices:
 
 def test_a_silent_host_exits_4_and_a_failed_one_1(fleet):
     fleet.add("web01", agent_kw={"services": BrokenServices()})
-    fleet.broker.enroll("ghost", ["host"])  # enrolled, but no agent runs there
+    fleet.add_silent("ghost")  # takes requests, never answers
     silent = fleet.run("call", "host.identify", "-H", "web01", "-H", "ghost", "-t", "0.3",
                        "--json")
     assert silent.exit_code == 4
@@ -89,3 +89,10 @@ def test_a_host_nobody_enrolled_is_said_at_once_and_does_not_pass_for_ok(fleet):
     assert done.exit_code == 6, done.stdout  # not enrolled: its own code, at once
     assert "no host 'ghost' has the agent 'host' enrolled" in done.stdout
     assert "1 not enrolled" in done.stdout
+
+
+def test_a_query_that_matches_no_object_says_so(fleet):
+    fleet.add("web01")
+    done = fleet.run("query", "host.process", "--filter", "name=nosuch*", "-H", "web01")
+    assert done.exit_code == 0, done.output
+    assert done.stdout.splitlines()[0] == "0 process objects matching name=nosuch*"

@@ -54,7 +54,7 @@ def test_the_man_page_is_made_from_every_command(fleet):
     page = done.stdout
     assert page.startswith(".TH HOSTBUS 1")
     for usage in ("hostbus call [OPTIONS] AGENT.METHOD [KEY=VALUE]...",
-                  "hostbus broker enroll [OPTIONS] HOST", "hostbus approvals approve",
+                  "hostbus broker enroll [OPTIONS] [HOST]", "hostbus approvals approve",
                   "hostbus watch [OPTIONS] [PATTERN]...", "hostbus bench"):
         assert f'.SS "{usage}'.replace("-", "\\-") in page, usage
     assert "\\fB\\-\\-where\\fR" not in page  # options carry their metavar

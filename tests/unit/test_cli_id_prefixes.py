@@ -47,3 +47,16 @@ def test_prefixes_must_be_long_enough_to_mean_something():
         resolve_prefix("6b", RIDS, "provisioning request")
     assert short.value.code == Exit.USAGE and "at least 4" in short.value.message
     assert resolve_prefix("6BA2C4", RIDS, "x") == RIDS[0]  # ids are compared lowercased
+
+
+def test_a_named_provisioner_that_is_none_or_offline_is_said_at_once(fleet):
+    fleet.add("web01")  # a host agent, no provisioner
+    done = fleet.run("provision", "list", "--provisioner", "web01", "-t", "30")
+    assert done.exit_code == 6, done.output
+    assert "no host 'web01' has the agent 'provision' enrolled" in done.stderr
+    assert "leave out --provisioner" in done.stderr
+    fleet.broker.enroll("prov01", ["provision"])  # enrolled; its service is not running
+    done = fleet.run("provision", "status", "3f0c2b1e-0000-4000-8000-000000000001",
+                     "--provisioner", "prov01", "-t", "30")
+    assert done.exit_code == 4, done.output
+    assert "prov01 is offline: nothing consumes its queue" in done.stderr

@@ -45,3 +45,14 @@ def test_a_call_target_that_refuses_discovery_is_named_not_called(fleet):
     assert done.exit_code == 0
     assert [r["host"] for r in json.loads(done.stdout)["results"]] == ["web01"]
     assert "secure01 refused discovery: bad_signature" in done.stderr
+
+
+def test_ping_says_why_a_named_host_is_silent_when_its_agent_is_not_running(fleet):
+    fleet.add("web01")
+    fleet.broker.enroll("ghost", ["host"])  # enrolled; no agent consumes its queues
+    done = fleet.run("ping", "-H", "web01", "-H", "ghost")
+    assert done.exit_code == 4, done.output
+    line = next(line for line in done.stdout.splitlines() if line.startswith("ghost"))
+    assert "no reply" in line and "is offline: nothing consumes its queue" in line
+    as_json = json.loads(fleet.run("ping", "-H", "web01", "-H", "ghost", "--json").stdout)
+    assert as_json["missing"] == ["ghost"] and as_json["offline"] == ["ghost"]

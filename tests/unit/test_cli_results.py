@@ -26,7 +26,7 @@ def test_results_are_printed_as_they_arrive_or_in_host_order_with_collect(fleet)
 def test_the_end_names_failed_and_silent_hosts_and_display_filters(fleet):
     fleet.add("web01")
     fleet.add("web02", verifier=Verifier({}))  # trusts no key: refuses the console
-    fleet.broker.enroll("ghost", ["host"])  # enrolled, but no agent runs there
+    fleet.add_silent("ghost")  # takes requests, never answers
     done = fleet.run("call", "host.identify", "-H", "web01", "-H", "web02", "-H", "ghost",
                      "-t", "0.3", "--display", "failed")
     assert done.exit_code == 4
@@ -40,7 +40,7 @@ def test_the_end_names_failed_and_silent_hosts_and_display_filters(fleet):
 
 def test_every_result_carries_its_request_id(fleet):
     fleet.add("web01")
-    fleet.broker.enroll("ghost", ["host"])  # enrolled, but no agent runs there
+    fleet.add_silent("ghost")  # takes requests, never answers
     done = fleet.run("call", "host.identify", "-H", "web01", "-H", "ghost", "-t", "0.3",
                      "--json")
     ids = {r["host"]: r["request_id"] for r in json.loads(done.stdout)["results"]}

@@ -97,3 +97,16 @@ def test_a_table_too_wide_for_its_identifiers_becomes_one_block_per_record():
     assert lines[0].split() == ["request_id", "6ba2c4e8-dd00-4d01-9f30-2f903cd8df11"]
     assert any(line.split()[:1] == ["count"] and line.split()[1] == "3" for line in lines)
     assert "web-6ba2c4e8-3@vm" in text
+
+
+def test_piped_output_fits_columns_when_it_is_set_and_stays_plain(fleet):
+    fleet.add("web01")
+    fleet.ps["web01"].procs.append(BEAM)
+    done = fleet.run("call", "host.processes", "sort=cpu", "limit=3", "-H", "web01",
+                     env={"COLUMNS": "80"})
+    assert done.exit_code == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert all(len(line) <= 80 and line == line.rstrip() for line in lines), lines
+    assert not any(ch in done.stdout for ch in "┃│━─") and "\x1b[" not in done.stdout
+    row = next(line for line in lines if "beam.smp" in line)
+    assert row.split()[:2] == ["2931175", "beam.smp"] and "rabbitmq" in row

@@ -34,3 +34,13 @@ def test_query_narrows_the_same_way(fleet):
     done = fleet.run("query", "host.disk", "-H", "web01", "-H", "vm", "--where", "role=web",
                      "--json")
     assert {o["host"] for o in json.loads(done.stdout)["objects"]} == {"web01"}
+
+
+def test_a_named_host_whose_agent_is_not_running_is_offline_at_once(fleet):
+    fleet.add("web01")
+    fleet.broker.enroll("ghost", ["host"])  # enrolled: its queue exists; no agent runs
+    done = fleet.run("call", "host.identify", "-H", "ghost", "-H", "web01", "-t", "30")
+    assert done.exit_code == 4, done.output
+    assert "ghost is offline: nothing consumes its queue hostbus.host.ghost" in done.stdout
+    assert "web01  ok" in done.stdout and "no reply: ghost" in done.stdout
+    assert not fleet.broker.queues["hostbus.host.ghost"].messages  # nothing waits there

@@ -76,3 +76,22 @@ def test_aborting_when_nothing_migrates_exits_1_and_says_so(virt_fleet):
     done = virt_fleet.run("vm", "web-1", "abort-migration")
     assert done.exit_code == 1
     assert "no migration of web-1 from this host is running" in done.stderr
+
+
+def test_a_vm_is_found_by_its_name_for_its_lifecycle(virt_fleet):
+    done = virt_fleet.run("vm", "web-1", "suspend")
+    assert done.exit_code == 0, done.output
+    assert done.stdout.startswith("kvm01  ok")
+    shown = json.loads(virt_fleet.run("vm", "web-1", "show", "--json").stdout)
+    assert shown["host"] == "kvm01" and shown["state"] == "paused"
+    assert virt_fleet.run("vm", "web-1", "resume").exit_code == 0
+    human = virt_fleet.run("vm", "web-1", "show").stdout
+    assert "web-1 on kvm01" in human and "running" in human
+    refused = virt_fleet.run("vm", "web-1", "destroy")  # no terminal: --yes needed
+    assert refused.exit_code == 2 and "virt.domain.destroy name=web-1 is dangerous" in \
+        refused.stderr
+    assert virt_fleet.run("vm", "web-1", "destroy", "--yes").exit_code == 0
+    gone = virt_fleet.run("vm", "web-1", "undefine", "--remove-storage", "--yes", "--json")
+    assert gone.exit_code == 0, gone.output
+    missing = virt_fleet.run("vm", "web-1", "show")
+    assert missing.exit_code == 3 and "no virt host has a domain web-1" in missing.stderr

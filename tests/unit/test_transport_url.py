@@ -70,3 +70,20 @@ def test_a_refused_client_certificate_reads_as_a_tls_failure_however_it_surfaces
     exc = IncompatibleProtocolError(f'StreamLostError: ("Stream connection lost: {detail}",)')
     err = translate_error(exc, "amqps://web01@broker:5671/hostbus")
     assert "the TLS handshake failed" in str(err) and "trust the CA" in str(err)
+
+
+def test_a_lone_slash_is_refused_and_no_path_is_hostbus():
+    with pytest.raises(ConfigError, match="empty vhost path"):
+        parse_url("amqp://guest:guest@broker:5672/")
+    assert parse_url("amqp://guest:guest@broker:5672").vhost == "hostbus"
+    assert parse_url("amqp://guest:guest@broker:5672/%2F").vhost == "/"
+
+
+def test_an_agent_reconnecting_to_a_name_that_does_not_resolve_is_told_so():
+    import socket
+
+    from hostbus.transport.amqp091 import translate_error
+
+    err = translate_error(socket.gaierror(-2, "Name or service not known"),
+                          "amqp://web01@nosuchhost.invalid:5672/hostbus")
+    assert "cannot resolve the broker's host name 'nosuchhost.invalid'" in str(err)

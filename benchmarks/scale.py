@@ -1,0 +1,111 @@
+"""A fleet on one RabbitMQ node: enrolling it, and what the broker holds for it.
+
+On a node of the bench's own (so nothing else's queues or connections are counted):
+1. ``--scale-hosts`` hosts enrolled with ``broker enroll --from``'s path (definitions
+   imports of 500: two queues, their bindings and a user each), against the same work
+   one host at a time through the management API (``enroll_host`` and the agent user,
+   what ``broker enroll HOST`` does) for a sample, in the same run;
+2. the node's memory before and after (the node measures it on demand), per host;
+3. ``--scale-agents`` idle agents connected, each with its own user and connection and
+   the default heartbeat (what a real fleet has; the fan-out benchmark shares a
+   connection among 500 simulated agents instead): the node's memory per connected
+   agent and its CPU over ``--idle`` seconds, per agent.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from typing import Any
+
+from benchmarks.faults import private_node
+from benchmarks.harness import progress
+from hostbus.serving.runtime import AgentRuntime
+
+CHUNK = 500
+ONE_BY_ONE = 50  # the sample enrolled one host at a time
+
+
+def _memory(node: Any) -> dict[str, int]:
+    """The node's memory now (the management API computes it when asked)."""
+    found = node.admin._call("GET", f"/api/nodes/{node.node}?memory=true")["memory"]
+    return {"erlang": int(found["total"]["erlang"]), "rss": int(found["total"]["rss"])}
+
+
+def _cpu_seconds(node: Any) -> float:
+    """User and system CPU of the node's Erlang VM so far."""
+    pid = (node.folder / "pid").read_text().strip()
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # noqa: SIM115
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(n_hosts: int, n_agents: int, idle_s: float) -> dict[str, Any]:
+    with private_node("scale") as node:
+        admin, vhost = node.admin, "hostbus"
+        prefix = f"sc{uuid.uuid4().hex[:4]}"
+        out: dict[str, Any] = {"hosts": n_hosts, "agents": n_agents, "idle_s": idle_s,
+                               "broker": admin.version()}
+
+        progress(f"scale: {ONE_BY_ONE} hosts enrolled one at a time")
+        started = time.perf_counter()
+        for i in range(ONE_BY_ONE):
+            host = f"{prefix}-one-{i:03d}"
+            admin.enroll_host(vhost, host, ["host"])
+            admin.create_identity(vhost, "agent", host, f"pw-{host}")
+        one_by_one = (time.perf_counter() - started) / ONE_BY_ONE
+
+        hosts = [(f"{prefix}-{i:05d}", ["host"]) for i in range(n_hosts)]
+        passwords = {h: f"pw-{h}" for h, _ in hosts}
+        before = _memory(node)
+        progress(f"scale: {n_hosts:,} hosts enrolled in imports of {CHUNK}")
+        started = time.perf_counter()
+        admin.enroll_many(vhost, hosts, passwords=passwords, chunk=CHUNK,
+                          progress=lambda done, total: progress(
+                              f"scale: {done:,} of {total:,} enrolled") if done % 5000 == 0
+                          else None)
+        bulk_s = time.perf_counter() - started
+        enrolled = _memory(node)
+        out["enroll"] = {
+            "bulk_s": round(bulk_s, 2), "bulk_per_host_ms": round(bulk_s / n_hosts * 1000, 3),
+            "one_by_one_per_host_ms": round(one_by_one * 1000, 2),
+            "one_by_one_extrapolated_s": round(one_by_one * n_hosts, 1),
+            "speedup": round(one_by_one * n_hosts / bulk_s, 1)}
+        out["memory_per_enrolled_host_kib"] = {
+            k: round((enrolled[k] - before[k]) / n_hosts / 1024, 2) for k in before}
+
+        progress(f"scale: {n_agents} idle agents connecting, a connection each")
+        runtimes: list[AgentRuntime] = []
+        try:
+            for host, _ in hosts[:n_agents]:
+                runtimes.append(AgentRuntime.serve(
+                    f"amqp://{host}:{passwords[host]}@127.0.0.1:{node.amqp_port}/{vhost}",
+                    host, [], heartbeat_interval=0))
+            connected = _memory(node)
+            progress(f"scale: {n_agents} agents idle for {idle_s:g} s")
+            cpu0, t0 = _cpu_seconds(node), time.perf_counter()
+            time.sleep(idle_s)  # idle by design: the node's CPU over a quiet window
+            cpu_share = (_cpu_seconds(node) - cpu0) / (time.perf_counter() - t0)
+        finally:
+            for runtime in runtimes:
+                runtime.stop("benchmark over")
+        out["memory_per_connected_agent_kib"] = {
+            k: round((connected[k] - enrolled[k]) / n_agents / 1024, 1) for k in before}
+        out["idle_cpu"] = {"node_percent_of_a_core": round(cpu_share * 100, 2),
+                           "per_agent_percent": round(cpu_share * 100 / n_agents, 4)}
+        out["memory"] = {"before": before, "enrolled": enrolled, "connected": connected}
+        return out
+
+
+def text(r: dict[str, Any]) -> list[str]:
+    e, h, a = r["enroll"], r["memory_per_enrolled_host_kib"], r["memory_per_connected_agent_kib"]
+    return [
+        f"scale (RabbitMQ {r['broker']}, a node of the bench's own):",
+        f"  enroll {r['hosts']:,} hosts in imports of {CHUNK}: {e['bulk_s']} s "
+        f"({e['bulk_per_host_ms']} ms a host); one at a time {e['one_by_one_per_host_ms']} ms "
+        f"a host ({e['one_by_one_extrapolated_s']} s for all): {e['speedup']}x",
+        f"  broker memory per enrolled host: {h['erlang']} KiB (Erlang), {h['rss']} KiB (RSS)",
+        f"  per connected idle agent: {a['erlang']} KiB (Erlang), {a['rss']} KiB (RSS); "
+        f"the node's CPU with {r['agents']} idle: {r['idle_cpu']['node_percent_of_a_core']}% "
+        f"of a core ({r['idle_cpu']['per_agent_percent']}% an agent)",
+    ]

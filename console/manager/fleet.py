@@ -1,0 +1,272 @@
+"""The manager's live model of the fleet: virt hosts and their VMs, kept in SQLite so it
+survives the manager's restart (and is what a standby instance starts from).
+
+A host is in one of these states:
+
+- ``online``: it heartbeats;
+- ``unresponsive``: its heartbeats stopped for longer than the grace, or it said
+  ``offline``; not yet known to be down (its VMs may still run);
+- ``down``: confirmed down (no answer to a ping, and the fence step, when one is
+  configured, succeeded): its VMs do not run, and HA VMs may be restarted elsewhere;
+- ``maintenance`` (a flag kept apart from liveness): no new placements, its VMs are
+  moved away;
+- ``standby``: powered down on purpose by the manager (power saving).
+
+Each change comes from one of three sources, none needing the others: events (agent
+online, heartbeat, offline; host metrics; virt lifecycle; provisioning progress),
+listings by call (``virt.node.info`` and ``virt.domain`` objects, every
+``reconcile_interval``), and the manager's own decisions (HA restarts, moves).
+
+The class is thread-safe; every change is written through at once.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from hostbus.files import open_database
+
+ONLINE, UNRESPONSIVE, DOWN, STANDBY = "online", "unresponsive", "down", "standby"
+HOST_STATES = (ONLINE, UNRESPONSIVE, DOWN, STANDBY)
+#: libvirt states in which a domain holds its host's CPUs and memory.
+RUNNING_STATES = frozenset({"running", "blocked", "paused", "shutdown", "crashed",
+                            "pmsuspended", "nostate"})
+#: Lifecycle events (schemas/agents/virt.json) and the state they leave a domain in.
+EVENT_STATES = {"started": "running", "resumed": "running", "suspended": "paused",
+                "pmsuspended": "pmsuspended", "stopped": "shutoff", "crashed": "crashed"}
+#: A VM whose host is down and that has not run anywhere since.
+LOST = "lost"
+
+
+@dataclass(frozen=True)
+class HostRecord:
+    """One virt host as the manager sees it (what placement reads)."""
+
+    host: str
+    state: str = ONLINE
+    maintenance: bool = False
+    cpus: int = 0
+    memory_bytes: int = 0
+    free_vcpus: int = 0
+    unallocated_memory_bytes: int = 0
+    vcpus_allocated: int = 0
+    cpu_percent: float | None = None  # from host.metrics, when the host agent runs
+    load1: float | None = None
+    migration_uri: str = ""
+    heartbeat_interval: float = 10.0
+    last_seen: float = 0.0  # wall-clock time of the last word from it
+    why: str = ""  # why it is in its state
+
+    @property
+    def placeable(self) -> bool:
+        """Whether a VM may be put there: online and not in maintenance."""
+        return self.state == ONLINE and not self.maintenance
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "last_seen": _rfc3339(self.last_seen)}
+
+
+@dataclass(frozen=True)
+class VmRecord:
+    """One VM: where it is, its state, its size, whether it is highly available."""
+
+    name: str
+    host: str
+    uuid: str = ""
+    state: str = "shutoff"
+    vcpus: int = 0
+    memory_bytes: int = 0
+    ha: bool = False
+    ha_priority: int = 0
+    owner: str = ""
+    xml: str = field(default="", repr=False)  # the last known domain XML (HA restarts)
+    updated: float = 0.0
+
+    @property
+    def running(self) -> bool:
+        return self.state in RUNNING_STATES
+
+    def to_dict(self, *, with_xml: bool = False) -> dict[str, Any]:
+        data = asdict(self)
+        if not with_xml:
+            del data["xml"]
+        return {**data, "updated": _rfc3339(self.updated)}
+
+
+def _rfc3339(at: float) -> str | None:
+    if not at:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+
+
+class Fleet:
+    """Hosts and VMs in memory, written through to SQLite (``path``)."""
+
+    def __init__(self, path: str | Path, *, clock: Any = time.time) -> None:
+        self.path = Path(path)
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._db = open_database(self.path, synchronous="NORMAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS hosts (host TEXT PRIMARY KEY, "
+                         "data TEXT NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS vms (name TEXT PRIMARY KEY, "
+                         "data TEXT NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS owners (request_id TEXT PRIMARY KEY, "
+                         "owner TEXT NOT NULL)")
+        self._hosts: dict[str, HostRecord] = {}
+        self._vms: dict[str, VmRecord] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the state file again: what another instance sharing it wrote while this
+        one was standby."""
+        with self._lock:
+            self._hosts = {h: HostRecord(**json.loads(d)) for h, d in
+                           self._db.execute("SELECT host, data FROM hosts").fetchall()}
+            self._vms = {n: VmRecord(**json.loads(d)) for n, d in
+                         self._db.execute("SELECT name, data FROM vms").fetchall()}
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ------------------------------------------------------------------ reading
+    def hosts(self) -> list[HostRecord]:
+        with self._lock:
+            return sorted(self._hosts.values(), key=lambda h: h.host)
+
+    def host(self, host: str) -> HostRecord | None:
+        with self._lock:
+            return self._hosts.get(host)
+
+    def vms(self, host: str | None = None) -> list[VmRecord]:
+        with self._lock:
+            return sorted((v for v in self._vms.values() if host is None or v.host == host),
+                          key=lambda v: (v.host, v.name))
+
+    def vm(self, name: str) -> VmRecord | None:
+        with self._lock:
+            return self._vms.get(name)
+
+    # ---------------------------------------------------------------- writing
+    def _put_host(self, view: HostRecord) -> HostRecord:
+        self._hosts[view.host] = view
+        self._db.execute("INSERT OR REPLACE INTO hosts (host, data) VALUES (?, ?)",
+                         (view.host, json.dumps(asdict(view))))
+        return view
+
+    def _put_vm(self, view: VmRecord) -> VmRecord:
+        self._vms[view.name] = view
+        self._db.execute("INSERT OR REPLACE INTO vms (name, data) VALUES (?, ?)",
+                         (view.name, json.dumps(asdict(view))))
+        return view
+
+    def _drop_vm(self, name: str) -> None:
+        self._vms.pop(name, None)
+        self._db.execute("DELETE FROM vms WHERE name = ?", (name,))
+
+    def update_host(self, host: str, **fields: Any) -> tuple[HostRecord | None, HostRecord]:
+        """Change a host's fields (made if new); returns (before, after)."""
+        with self._lock:
+            before = self._hosts.get(host)
+            after = replace(before or HostRecord(host=host), **fields)
+            if after != before:
+                self._put_host(after)
+            return before, after
+
+    def update_vm(self, name: str, **fields: Any) -> VmRecord | None:
+        """Change a known VM's fields; None if the manager does not know it."""
+        with self._lock:
+            before = self._vms.get(name)
+            if before is None:
+                return None
+            after = replace(before, **fields, updated=self.clock())
+            return self._put_vm(after) if after != before else before
+
+    def seen(self, host: str, *, interval: float | None = None) -> tuple[HostRecord | None,
+                                                                          HostRecord]:
+        """The host spoke (online, heartbeat, metrics, a reply): it is online, unless
+        the manager put it in standby."""
+        fields: dict[str, Any] = {"last_seen": self.clock()}
+        if interval:
+            fields["heartbeat_interval"] = float(interval)
+        with self._lock:
+            before = self._hosts.get(host)
+            if before is None or before.state != STANDBY:
+                fields.update(state=ONLINE, why="")
+            return self.update_host(host, **fields)
+
+    # ------------------------------------------------------------------ events
+    def apply_lifecycle(self, host: str, data: dict[str, Any]) -> VmRecord | None:
+        """A ``virt.HOST.domain.lifecycle`` event. A VM known elsewhere that now shows up
+        here (defined, started) has moved; ``undefined`` on its own host forgets it."""
+        name, event = str(data.get("name", "")), str(data.get("event", ""))
+        if not name:
+            return None
+        with self._lock:
+            vm = self._vms.get(name)
+            if event == "undefined":
+                if vm is not None and vm.host == host:
+                    self._drop_vm(name)
+                return None
+            if vm is None:
+                return self._put_vm(VmRecord(name=name, host=host, uuid=str(data.get("uuid", "")),
+                                           state=EVENT_STATES.get(event, "shutoff"),
+                                           updated=self.clock()))
+            if vm.host != host and event not in ("defined", "started", "resumed"):
+                return vm  # a late word from where it was: the new host speaks for it
+            state = EVENT_STATES.get(event, vm.state if vm.host == host else "shutoff")
+            return self._put_vm(replace(vm, host=host, state=state,
+                                        uuid=str(data.get("uuid", vm.uuid)),
+                                        updated=self.clock()))
+
+    def set_owner(self, request_id: str, owner: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO owners (request_id, owner) VALUES (?, ?)",
+                             (request_id, owner))
+
+    def owner_of(self, request_id: str) -> str:
+        with self._lock:
+            row = self._db.execute("SELECT owner FROM owners WHERE request_id = ?",
+                                   (request_id,)).fetchone()
+        return str(row[0]) if row else ""
+
+    # ---------------------------------------------------------------- listings
+    def reconcile(self, host: str, domains: Iterable[dict[str, Any]],
+                  node: dict[str, Any] | None = None, *,
+                  asked: float | None = None) -> tuple[list[VmRecord], list[str]]:
+        """Settle one host from a full listing of its domains (``virt.domain`` objects)
+        and its ``node.info``, asked for at time ``asked``: a VM changed since (by an
+        event, or by the manager itself) is newer than the listing and left as it is.
+        Returns (VMs added or changed, names forgotten: known on this host and no
+        longer there)."""
+        since = self.clock() if asked is None else asked
+        changed: list[VmRecord] = []
+        listed: set[str] = set()
+        with self._lock:
+            if node is not None:
+                self.update_host(host, **{k: int(node[k]) for k in (
+                    "cpus", "memory_bytes", "free_vcpus", "unallocated_memory_bytes",
+                    "vcpus_allocated") if isinstance(node.get(k), int)})
+            for dom in domains:
+                name = str(dom["name"])
+                listed.add(name)
+                vm = self._vms.get(name) or VmRecord(name=name, host=host)
+                if vm.updated > since:
+                    continue
+                new = replace(vm, host=host, uuid=str(dom.get("uuid", vm.uuid)),
+                              state=str(dom.get("state", vm.state)),
+                              vcpus=int(dom.get("vcpus", vm.vcpus)),
+                              memory_bytes=int(dom.get("memory_bytes", vm.memory_bytes)))
+                if new != vm or name not in self._vms:
+                    changed.append(self._put_vm(replace(new, updated=self.clock())))
+            gone = [v.name for v in self._vms.values()
+                    if v.host == host and v.name not in listed and v.updated <= since]
+            for name in gone:
+                self._drop_vm(name)
+        return changed, gone

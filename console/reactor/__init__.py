@@ -1,0 +1,1 @@
+"""The reactor: rules that turn events into approved actions (``hostbus reactor``)."""

@@ -1,0 +1,379 @@
+"""The manager on the in-memory broker: the fleet model from events and listings, its
+state file across a restart, a host's liveness (unresponsive, pinged, fenced, down),
+and its actions (HA restart, maintenance moves) against two real virt agents on
+libvirt's test driver."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import threading
+from typing import Any
+
+import pytest
+
+from agents import virt
+from console.client import Console
+from console.manager.actions import Actions
+from console.manager.agent import ManagerAgent
+from console.manager.fencing import Fencer
+from console.manager.fleet import DOWN, LOST, ONLINE, UNRESPONSIVE, Fleet
+from console.manager.policies import Thresholds, plan
+from console.manager.service import Manager
+from hostbus.envelope import Event
+from hostbus.errors import RemoteError
+from hostbus.serving.runtime import AgentRuntime
+from hostbus.transport.base import Delivery
+from hostbus.transport.memory import MemoryTransport
+from tests.fakes import until
+
+GIB = 1 << 30
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def heartbeat(host: str, *, free_vcpus: int = 16, free_mem: int = 8 * GIB,
+              agents: tuple[str, ...] = ("virt",), seq: int = 1) -> Event:
+    return Event(host=host, agent="agent", event="heartbeat", seq=seq, epoch="e1",
+                 data={"agents": list(agents), "version": "0", "epoch": "e1", "uptime_s": 1,
+                       "interval_s": 10, "status": {"virt": {
+                           "free_vcpus": free_vcpus, "unallocated_memory_bytes": free_mem,
+                           "domains_running": 0}}})
+
+
+def lifecycle(host: str, name: str, what: str, seq: int = 1) -> Event:
+    return Event(host=host, agent="virt", event="domain.lifecycle", seq=seq, epoch="e1",
+                 data={"name": name, "uuid": f"uuid-{name}", "event": what, "detail": "x"})
+
+
+class Emitted(list):
+    def __call__(self, event: str, data: dict[str, Any]) -> None:
+        self.append((event, data))
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        return [d for e, d in self if e == event]
+
+
+# ----------------------------------------------------------------- the model
+def test_events_build_the_fleet_and_it_survives_a_restart(tmp_path):
+    clock = Clock()
+    fleet = Fleet(tmp_path / "m.db", clock=clock)
+    manager = Manager(console=None, fleet=fleet, fencer=Fencer())  # type: ignore[arg-type]
+    manager.apply(heartbeat("kvm01", free_vcpus=12, free_mem=6 * GIB))
+    manager.apply(heartbeat("web01", agents=("host",)))  # no virt agent: not in the fleet
+    manager.apply(lifecycle("kvm01", "web-1", "defined"))
+    manager.apply(lifecycle("kvm01", "web-1", "started", seq=2))
+    manager.apply(Event(host="kvm01", agent="host", event="metrics", seq=3, epoch="e1",
+                        data={"time": "t", "cpu_percent": 42.5, "load": [1.5, 1, 1],
+                              "memory": {}, "disks": []}))
+    assert [h.host for h in fleet.hosts()] == ["kvm01"]
+    kvm01 = fleet.host("kvm01")
+    assert (kvm01.state, kvm01.free_vcpus, kvm01.unallocated_memory_bytes,
+            kvm01.cpu_percent, kvm01.load1) == (ONLINE, 12, 6 * GIB, 42.5, 1.5)
+    assert fleet.vm("web-1").state == "running" and fleet.vm("web-1").host == "kvm01"
+    fleet.update_vm("web-1", ha=True, xml="<domain/>")
+    # Owners come from the provisioner's events.
+    manager.apply(Event(host="prov", agent="provision", event="accepted", seq=1, epoch="e",
+                        data={"request_id": "r1", "owner": "alice", "template": "web",
+                              "count": 1}))
+    manager.apply(Event(host="prov", agent="provision", event="progress", seq=2, epoch="e",
+                        data={"request_id": "r1", "vm": "web-1", "host": "kvm01", "step": 1,
+                              "total": 1}))
+    fleet.close()
+
+    again = Fleet(tmp_path / "m.db", clock=clock)
+    vm = again.vm("web-1")
+    assert (vm.host, vm.state, vm.ha, vm.xml, vm.owner) == ("kvm01", "running", True,
+                                                            "<domain/>", "alice")
+    assert again.host("kvm01").free_vcpus == 12
+    # A VM moved: the new host's word counts, a late word from the old one does not.
+    m2 = Manager(console=None, fleet=again, fencer=Fencer())  # type: ignore[arg-type]
+    m2.apply(lifecycle("kvm02", "web-1", "started", seq=3))
+    m2.apply(lifecycle("kvm01", "web-1", "stopped", seq=4))
+    assert (again.vm("web-1").host, again.vm("web-1").state) == ("kvm02", "running")
+    m2.apply(lifecycle("kvm02", "web-1", "undefined", seq=5))
+    assert again.vm("web-1") is None
+
+
+def test_a_listing_settles_a_host_and_forgets_what_it_no_longer_has(tmp_path):
+    fleet = Fleet(tmp_path / "m.db")
+    fleet.seen("kvm01")
+    fleet.apply_lifecycle("kvm01", {"name": "old", "event": "started"})
+    changed, gone = fleet.reconcile("kvm01", [
+        {"name": "web-1", "uuid": "u1", "state": "running", "vcpus": 2,
+         "memory_bytes": GIB}], {"cpus": 4, "memory_bytes": 16 * GIB, "free_vcpus": 14,
+                                 "unallocated_memory_bytes": 15 * GIB, "vcpus_allocated": 2})
+    assert [v.name for v in changed] == ["web-1"] and gone == ["old"]
+    assert fleet.host("kvm01").cpus == 4 and fleet.vm("web-1").vcpus == 2
+    # A listing asked for before an event is older than it: it changes nothing the
+    # event told, and does not forget a VM the event made.
+    asked = fleet.clock() - 60
+    fleet.apply_lifecycle("kvm01", {"name": "web-1", "event": "stopped"})
+    fleet.apply_lifecycle("kvm01", {"name": "new", "event": "defined"})
+    changed, gone = fleet.reconcile("kvm01", [
+        {"name": "web-1", "uuid": "u1", "state": "running", "vcpus": 2,
+         "memory_bytes": GIB}], asked=asked)
+    assert (changed, gone) == ([], [])
+    assert fleet.vm("web-1").state == "shutoff" and fleet.vm("new") is not None
+
+
+def test_a_spoofed_event_is_dropped_and_acknowledged(tmp_path):
+    fleet = Fleet(tmp_path / "m.db")
+    manager = Manager(console=None, fleet=fleet, fencer=Fencer(),  # type: ignore[arg-type]
+                      multi_host_users=frozenset())
+    ev = heartbeat("kvm01")
+    body, props = ev.encode()
+    acked = threading.Event()
+    forged = Delivery(body, dataclasses.replace(props, user_id="kvm99"),
+                      "hostbus.event", ev.routing_key(), ack=acked.set)
+    manager._apply(forged)
+    assert acked.is_set() and fleet.hosts() == [] and manager.dropped == 1
+    acked.clear()
+    manager._apply(Delivery(b"{not json", props, "hostbus.event", ev.routing_key(),
+                            ack=acked.set))
+    assert acked.is_set() and manager.dropped == 2
+
+
+# ---------------------------------------------------------------- liveness
+class PingConsole:
+    """Answers (or not) the manager's pings."""
+
+    def __init__(self, answers: bool) -> None:
+        self.answers = answers
+        self.pinged: list[str] = []
+
+    def call(self, agent: str, method: str, args: dict[str, Any], *, host: str,
+             timeout: float) -> Any:
+        from console.client import HostResult
+        from hostbus.envelope import Reply
+
+        self.pinged.append(host)
+        reply = Reply(host=host, agent=agent, method=method, status="ok", result={},
+                      correlation_id="c") if self.answers else None
+        return HostResult(host, reply)
+
+
+@pytest.mark.parametrize("fence, answers, final", [
+    ([], False, DOWN),          # silence and no fence step: down
+    (["true"], False, DOWN),    # fenced
+    (["false"], False, UNRESPONSIVE),  # a failed fence: never down
+    ([], True, ONLINE),         # it answered the ping: its heartbeats were lost
+])
+def test_a_silent_host_is_pinged_and_fenced_before_it_counts_as_down(tmp_path, fence,
+                                                                     answers, final):
+    clock = Clock()
+    fleet = Fleet(tmp_path / "m.db", clock=clock)
+    emitted, downs = Emitted(), []
+    console = PingConsole(answers)
+    manager = Manager(console, fleet, fencer=Fencer(fence),  # type: ignore[arg-type]
+                      heartbeat_grace=5, emit=emitted, on_down=downs.append)
+    manager.apply(heartbeat("kvm01"))  # interval 10 s
+    clock.now += 14
+    manager.check_liveness()
+    assert fleet.host("kvm01").state == ONLINE and console.pinged == []
+    clock.now += 2  # 16 s > 10 + 5
+    manager.check_liveness()
+    assert fleet.host("kvm01").state == final and console.pinged == ["kvm01"]
+    assert downs == (["kvm01"] if final == DOWN else [])
+    states = [d["state"] for d in emitted.named("host.state")]
+    assert states == {DOWN: [UNRESPONSIVE, DOWN], UNRESPONSIVE: [UNRESPONSIVE],
+                      ONLINE: [UNRESPONSIVE, ONLINE]}[final]
+    if fence == ["false"]:
+        assert emitted.named("host.fence_failed")[0]["host"] == "kvm01"
+        assert "fence command false exited 1" in fleet.host("kvm01").why
+        # Fenced again only after a backoff (a fence is a power switch), told once.
+        manager.check_liveness()
+        assert console.pinged == ["kvm01"]
+        clock.now += 2.5
+        manager.check_liveness()
+        assert console.pinged == ["kvm01", "kvm01"]
+        assert len(emitted.named("host.fence_failed")) == 1
+    # A heartbeat brings a host back whatever it was.
+    manager.apply(heartbeat("kvm01", seq=2))
+    assert fleet.host("kvm01").state == ONLINE
+
+
+# ------------------------------------------------------------------ actions
+@pytest.fixture
+def hypervisors(memory_broker, tmp_path):
+    """Two virt hosts on the test driver, a console, the fleet settled from them."""
+    runtimes, agents = {}, {}
+    for host_id in ("kvm01", "kvm02"):
+        memory_broker.enroll(host_id, ["virt"])
+        t = MemoryTransport(memory_broker, user=host_id)
+        t.start()
+        agent = virt.create(copy.deepcopy(virt.CONFIG_DEFAULTS), host_id=host_id)
+        rt = AgentRuntime(t, host_id, [agent], heartbeat_interval=3600)
+        rt.start()
+        runtimes[host_id], agents[host_id] = rt, agent
+    ct = MemoryTransport(memory_broker, user="manager")
+    ct.start()
+    console = Console(ct)
+    console.open()
+    fleet = Fleet(tmp_path / "m.db")
+    emitted = Emitted()
+    manager = Manager(console, fleet, fencer=Fencer(), emit=emitted, discovery_idle=0.2,
+                      call_timeout=10)
+    actions = Actions(console, fleet, call_timeout=10, shutdown_timeout=5, emit=emitted)
+    yield {"agents": agents, "runtimes": runtimes, "console": console, "fleet": fleet,
+           "manager": manager, "actions": actions, "emitted": emitted}
+    actions.stop()
+    for host_id, rt in runtimes.items():
+        rt.stop("test over")
+        agents[host_id].conn.close()
+    ct.close()
+
+
+def define(agents: dict[str, Any], host: str, name: str, *, start: bool = True) -> None:
+    agents[host].domain_define(name, "web", None, None, None, start)
+
+
+def test_the_ha_vms_of_a_host_confirmed_down_restart_elsewhere_once(hypervisors):
+    h = hypervisors
+    define(h["agents"], "kvm01", "web-ha")
+    define(h["agents"], "kvm01", "web-plain")
+    assert h["manager"].reconcile() == 2
+    fleet, agent = h["fleet"], ManagerAgent(h["fleet"], h["actions"],
+                                            learn_xml=h["manager"].learn_xml)
+    agent.attach(lambda a, e, d: h["emitted"](e, d))
+    agent.ha("web-ha", True, 5)
+    assert "<name>web-ha</name>" in fleet.vm("web-ha").xml
+    assert agent.plan_moves("host_down", "kvm01") == {
+        "policy": "host_down", "host_down": "kvm01", "standby": [],
+        "moves": [{"vm": "web-ha", "from_host": "kvm01", "to_host": "kvm02", "ha": True,
+                   "why": "HA restart (priority 5)"}],
+        "left": [{"vm": "web-plain", "why": "not HA: stays down with its host"}]}
+    # kvm01 dies (its agent stops answering), and is confirmed down.
+    h["runtimes"]["kvm01"].stop("killed")
+    fleet.update_host("kvm01", state=DOWN)
+    h["actions"].start()
+    h["actions"].restart_ha("kvm01")
+    h["actions"].restart_ha("kvm01")  # queued twice: done once
+    assert h["actions"].idle.wait(30) and h["actions"]._jobs.empty()
+    running = {d["name"]: d["state"] for d in h["agents"]["kvm02"].domain_objects()}
+    assert running == {"web-ha": "running"}
+    assert (fleet.vm("web-ha").host, fleet.vm("web-plain").state) == ("kvm02", LOST)
+    restarts = h["emitted"].named("ha.restart")
+    assert [(r["vm"], r["status"]) for r in restarts] == [
+        ("web-ha", "started"), ("web-ha", "completed"), ("web-plain", "not_ha")]
+    # Run again (a takeover by another instance): nothing is defined twice.
+    fleet.update_vm("web-ha", host="kvm01")
+    h["actions"].restart_ha("kvm01")
+    assert h["actions"].idle.wait(30)
+    assert h["emitted"].named("ha.restart")[-1] == {
+        "vm": "web-ha", "from_host": "kvm01", "to_host": "kvm02", "status": "completed",
+        "why": "found already defined there"}
+    assert len(h["agents"]["kvm02"].domain_objects()) == 1
+
+
+def test_a_host_in_maintenance_is_emptied_by_cold_migration(hypervisors):
+    h = hypervisors
+    define(h["agents"], "kvm01", "web-1")
+    define(h["agents"], "kvm01", "web-2", start=False)
+    h["manager"].reconcile()
+    agent = ManagerAgent(h["fleet"], h["actions"])
+    agent.attach(lambda a, e, d: h["emitted"](e, d))
+    h["actions"].start()
+    assert agent.maintenance("kvm01", True)["maintenance"] is True
+    assert h["actions"].idle.wait(60)
+    on_kvm02 = {d["name"]: d["state"] for d in h["agents"]["kvm02"].domain_objects()}
+    assert on_kvm02 == {"web-1": "running", "web-2": "shutoff"}
+    assert h["agents"]["kvm01"].domain_objects() == []
+    steps = [(d["vm"], d["step"]) for d in h["emitted"].named("move")]
+    assert steps == [("web-1", "started"), ("web-1", "shut_down"),
+                     ("web-1", "started_on_target"), ("web-1", "undefined_on_source"),
+                     ("web-1", "completed"), ("web-2", "started"),
+                     ("web-2", "defined_on_target"), ("web-2", "undefined_on_source"),
+                     ("web-2", "completed")]
+    assert h["emitted"].named("maintenance")[-1] == {"host": "kvm01", "status": "evacuated",
+                                                     "moved": 2, "failed": 0}
+    # Nothing is placed on a host in maintenance: a second host's loss has nowhere to go.
+    h["fleet"].update_vm("web-1", ha=True)
+    planned = agent.plan_moves("host_down", "kvm02")
+    assert planned["moves"] == [] and planned["left"][0]["vm"] == "web-1"
+    assert "kvm01 maintenance" in planned["left"][0]["why"]
+    with pytest.raises(RemoteError, match="knows no virt host 'kvm09'"):
+        agent.maintenance("kvm09", True)
+
+
+# ------------------------------------------------------------------ policies
+def _host(fleet: Fleet, name: str, used_gib: int, *, total_gib: int = 16,
+          cpu: float | None = None) -> None:
+    fleet.update_host(name, cpus=8, memory_bytes=total_gib * GIB, free_vcpus=32,
+                      unallocated_memory_bytes=(total_gib - used_gib) * GIB, cpu_percent=cpu)
+
+
+def _vm(fleet: Fleet, name: str, host: str, gib: int) -> None:
+    fleet.apply_lifecycle(host, {"name": name, "event": "started"})
+    fleet.update_vm(name, vcpus=1, memory_bytes=gib * GIB)
+
+
+def test_even_distribution_moves_the_smallest_vms_off_a_full_host_without_thrashing(tmp_path):
+    fleet = Fleet(tmp_path / "m.db")
+    _host(fleet, "kvm01", 15)  # 94% used
+    _host(fleet, "kvm02", 4)
+    _host(fleet, "kvm03", 12)  # 75%: below the threshold, may not go above it
+    for name, gib in (("big", 8), ("mid", 4), ("small-a", 1), ("small-b", 2)):
+        _vm(fleet, name, "kvm01", gib)
+    result = plan(fleet, "even_distribution")
+    assert [(m["vm"], m["to_host"]) for m in result["moves"]] == [("small-a", "kvm02"),
+                                                                  ("small-b", "kvm02")]
+    assert "kvm01 uses 94% of its memory" in result["moves"][0]["why"]
+    # Nothing to do on a balanced fleet.
+    assert plan(fleet, "even_distribution", thresholds=Thresholds(balance_memory=0.95,
+                                                                  balance_cpu=0.95))[
+        "moves"] == []
+
+
+def test_power_saving_empties_idle_hosts_only_when_all_their_vms_fit(tmp_path):
+    fleet = Fleet(tmp_path / "m.db")
+    _host(fleet, "kvm01", 8)
+    _host(fleet, "kvm02", 1, cpu=5.0)
+    _host(fleet, "kvm03", 2, cpu=50.0)  # idle memory, busy CPU: kept
+    _vm(fleet, "a", "kvm02", 1)
+    _vm(fleet, "b", "kvm03", 2)
+    result = plan(fleet, "power_saving")
+    assert result["standby"] == ["kvm02"]
+    assert [(m["vm"], m["from_host"]) for m in result["moves"]] == [("a", "kvm02")]
+    # A host whose VMs do not all fit elsewhere is left as it is.
+    _vm(fleet, "huge", "kvm02", 3)
+    fleet.update_host("kvm01", unallocated_memory_bytes=2 * GIB)
+    fleet.update_host("kvm03", unallocated_memory_bytes=2 * GIB)
+    assert plan(fleet, "power_saving")["standby"] == []
+    assert plan(fleet, "power_saving")["moves"] == []
+
+
+def test_with_agent_keys_only_events_the_host_signed_count(tmp_path):
+    from hostbus.publisher import Publisher
+    from hostbus.security.signing import Signer, Verifier, generate
+    from hostbus.transport.memory import MemoryBroker
+
+    private, _ = generate("kvm01", tmp_path / "keys")
+    broker = MemoryBroker()
+    broker.enroll_active_queue("manager", ["agent.*.heartbeat"])
+    fleet = Fleet(tmp_path / "m.db")
+    manager = Manager(console=None, fleet=fleet, fencer=Fencer(),  # type: ignore[arg-type]
+                      agent_keys=Verifier.from_folder(tmp_path / "keys"))
+    got: list[Delivery] = []
+    reader = MemoryTransport(broker, user="manager")
+    reader.start()
+    reader.consume("hostbus.active.manager", got.append, manual_ack=True)
+    for signer, seq in ((None, 1), (Signer.load(private), 2)):
+        sender = MemoryTransport(broker, user="kvm01")
+        sender.start()
+        ev = heartbeat("kvm01", seq=seq, free_vcpus=seq)
+        body, props = ev.encode()
+        Publisher(sender, signer).publish("hostbus.event", ev.routing_key(), body, props)
+        sender.close()
+    assert until(lambda: len(got) == 2)
+    manager._apply(got[0])  # unsigned: dropped
+    assert fleet.hosts() == [] and manager.dropped == 1
+    manager._apply(got[1])
+    assert fleet.host("kvm01").free_vcpus == 2
+    reader.close()
