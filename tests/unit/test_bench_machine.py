@@ -33,3 +33,13 @@ def test_report_names_the_machine_and_its_wakeup_latency() -> None:
     assert "Test CPU 9000, 2 cores" in text
     assert "thread wake-up 41 us p50, 180 us p99" in text
     assert "thread wake-up 55 us p50, 300 us p99" in text
+
+
+def test_report_holds_a_broadcast_to_the_raw_pika_fanout_of_the_same_run() -> None:
+    row = {"agents": 1000, "replies": 1000, "all_replied": True, "last_reply_ms": 500.0,
+           "return_ms_expected_hosts": 600.0, "return_ms_idle_window": 900.0,
+           "replies_per_s": 2000.0, "raw_pika_ms": 250.0, "ratio_to_raw": 2.4}
+    results = {"meta": {"when": "now", "cpus": 2}, "fanout": [row]}
+    assert ("1,000 agents: every reply back / raw pika fan-out", "600 / 250 ms = 2.4x",
+            "<= 2x", False) in report.checks(results)
+    assert "250 ms   2.4x" in report.text(results)
