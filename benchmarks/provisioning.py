@@ -42,7 +42,7 @@ class VirtFleet:
     def __init__(self, bench: Bench, n: int) -> None:
         prefix = f"pv{uuid.uuid4().hex[:4]}"
         self.hosts = [f"{prefix}-{i:04d}" for i in range(n)]
-        bench.admin.enroll_many(bench.vhost, self.hosts, ["virt"])
+        bench.admin.enroll_many(bench.vhost, [(host, ["virt"]) for host in self.hosts])
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="virt-worker")
         self.transports: list[Transport] = []
         self.runtimes: list[AgentRuntime] = []
