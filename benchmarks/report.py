@@ -100,6 +100,7 @@ def text(results: dict[str, Any]) -> str:
         for key, label in (("raw_pika", "raw pika"),
                            ("raw_pika_hostbus_topology", "raw pika, hostbus topology"),
                            ("hostbus", "hostbus"),
+                           ("hostbus_io_thread", "hostbus, via the I/O thread"),
                            ("hostbus_signed", "hostbus, signed both ways"),
                            ("hostbus_quorum", "hostbus, quorum host queue")):
             if key not in call:
