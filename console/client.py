@@ -347,6 +347,7 @@ class Console:
         # replaced).
         self._callers: dict[int, tuple[Caller, int]] = {}
         self._generation = 0
+        self._called: set[int] = set()  # threads that made a call
         self._closed = False
         self._connected = threading.Event()
         self._connected.set()
@@ -591,10 +592,11 @@ class Console:
     # ------------------------------------------------------------------- calls
     def call(self, agent: str, method: str, args: dict[str, Any] | None = None, *,
              host: str, timeout: float = 10.0) -> HostResult:
-        """One request to one host. Where the transport offers it (AMQP 0-9-1), the
-        request goes out and its reply comes back on a connection of the calling
-        thread's own, driven by this thread: no hand-off to the I/O thread either way
-        (docs/design.md, "Threads"). Elsewhere it is a fan-out to one host."""
+        """One request to one host. From a thread's second call on, where the transport
+        offers it (AMQP 0-9-1), the request goes out and its reply comes back on a
+        connection of the calling thread's own, driven by this thread: no hand-off to the
+        I/O thread either way (docs/design.md, "Threads"). Otherwise (a thread's first
+        call, AMQP 1.0) it is a fan-out to one host."""
         caller = self._thread_caller()
         if caller is None:
             return self.fanout(agent, method, args or {}, [host], timeout=timeout).results[0]
@@ -620,6 +622,12 @@ class Console:
         with self._lock:
             entry = self._callers.get(ident)
             generation = self._generation
+            if entry is None and ident not in self._called:
+                # A thread's first call goes through the I/O thread: a one-off call (a
+                # command line's) would wait longer for a second connection to open
+                # than the hand-offs cost. A thread that calls again gets its own.
+                self._called.add(ident)
+                return None
         if entry is not None:
             caller, opened_in = entry
             if opened_in == generation and not caller.broken and self._alive(caller):

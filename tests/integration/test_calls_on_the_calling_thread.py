@@ -25,15 +25,27 @@ def test_a_call_is_answered_while_an_event_handler_holds_the_io_thread(rabbitmq,
         entered.set()
         release.wait(60)
 
+    runtime, _ = start_agent()
+    # A thread's first call goes through the I/O thread; its second opens its own.
+    for _ in range(2):
+        assert console.call("agent", "ping", host=runtime.host_id, timeout=20).status == "ok"
     console.subscribe(["agent.*.online"], slow)
     try:
-        runtime, _ = start_agent()
+        start_agent()  # its online event holds the console's I/O thread
         assert entered.wait(30), "the online event did not reach the subscriber"
         res = console.call("agent", "ping", host=runtime.host_id, timeout=20)
         assert res.status == "ok"
         assert res.reply.host == runtime.host_id
     finally:
         release.set()
+
+
+def test_a_one_off_call_opens_no_second_connection(rabbitmq, console, start_agent):
+    """A command line makes one call: it goes through the console's own connection."""
+    _only_amqp091(rabbitmq)
+    runtime, _ = start_agent()
+    assert console.call("agent", "ping", host=runtime.host_id, timeout=20).status == "ok"
+    assert console._callers == {}
 
 
 def test_calls_from_several_threads_each_get_their_own_answer(console, start_agent):
@@ -59,7 +71,8 @@ def test_a_call_after_the_broker_closed_the_callers_connection_is_answered(
     it sits between calls: the next call opens another and is answered."""
     _only_amqp091(rabbitmq)
     runtime, _ = start_agent()
-    assert console.call("agent", "ping", host=runtime.host_id, timeout=20).status == "ok"
+    for _ in range(2):  # the second opens this thread's own connection
+        assert console.call("agent", "ping", host=runtime.host_id, timeout=20).status == "ok"
     admin = rabbitmq.admin
 
     def callers() -> list[str]:
@@ -91,6 +104,7 @@ def test_a_call_to_an_agent_no_queue_takes_is_not_enrolled_at_once(rabbitmq, con
                                                                    start_agent):
     _only_amqp091(rabbitmq)
     runtime, _ = start_agent()
+    assert console.call("agent", "ping", host=runtime.host_id, timeout=20).status == "ok"
     res = console.call("virt", "node.info", host=runtime.host_id, timeout=600)
     assert res.status == "not_enrolled" and "'virt'" in res.not_enrolled
     ghost = f"it-ghost-{uuid.uuid4().hex[:6]}"
