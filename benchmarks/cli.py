@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from console.commands.common import EPILOG, CliContext, Exit, emit_json, usage
+from console.commands.common import EPILOG, CliContext, CliError, Exit, emit_json, usage
 from console.commands.options import json_option
 
 
@@ -15,9 +15,9 @@ from console.commands.options import json_option
 @click.option("--only", multiple=True,
               type=click.Choice(["call", "fanout", "events", "amqp10", "placement",
                                  "provisioning", "footprint", "soak", "faults", "history",
-                                 "tracing", "scale"]),
-              help="Run only these (repeatable). Default: all but soak, faults, history "
-                   "and scale.")
+                                 "tracing", "scale", "peers"]),
+              help="Run only these (repeatable). Default: all but soak, faults, history, "
+                   "scale and peers.")
 @click.option("--calls", type=click.IntRange(10), help="Round trips per side (2000).")
 @click.option("--agents", metavar="N,N,...",
               help="Simulated agent counts for broadcast ping (100,1000,5000).")
@@ -46,6 +46,8 @@ from console.commands.options import json_option
 @click.option("--scale-agents", type=click.IntRange(1), metavar="N",
               help="Of which --only scale connects as idle agents, a connection each (200; "
                    "--quick: 20).")
+@click.option("--peer-servers", type=click.IntRange(1), metavar="N",
+              help="Servers the --only peers broadcast reaches (100; --quick: 10).")
 @click.option("--png", type=click.Path(dir_okay=False), metavar="PATH",
               help="Write a chart (latency distribution, scaling with N) to PATH.")
 @click.option("--admin-url", envvar="HOSTBUS_CONSOLE_ADMIN_URL", metavar="URL",
@@ -58,7 +60,8 @@ def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None
           provision_requests: int | None, idle_s: float | None,
           soak_minutes: float | None, alarm_seconds: float | None,
           history_stored: int | None, history_postgres: str | None,
-          scale_hosts: int | None, scale_agents: int | None, png: str | None,
+          scale_hosts: int | None, scale_agents: int | None, peer_servers: int | None,
+          png: str | None,
           admin_url: str | None, as_json: bool) -> Exit:
     """Measure hostbus against raw pika and raw proton on this broker, in a throwaway vhost.
 
@@ -78,8 +81,12 @@ def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None
     RabbitMQ stream against the classic queue it reads. `--only scale` (a node of its
     own) enrolls --scale-hosts hosts in bulk against one at a time, and reports the
     broker's memory per enrolled host and its memory and CPU per connected idle agent.
+    `--only peers` measures the same call, broadcast and events against oslo.messaging
+    and nameko, each installed on first use into a virtual environment of its own under
+    ~/.cache/hostbus-bench/peers ($HOSTBUS_BENCH_PEERS_CACHE), never into hostbus's.
     """
     from benchmarks import report
+    from benchmarks.peers import PeerError
     from benchmarks.run import ALL, Plan, run
     from hostbus.transport.url import parse_url
 
@@ -113,10 +120,15 @@ def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None
         plan.scale_hosts = scale_hosts
     if scale_agents:
         plan.scale_agents = min(scale_agents, plan.scale_hosts)
+    if peer_servers:
+        plan.peer_servers = peer_servers
     url = parse_url(ctx.url)
     scheme = url.scheme.removesuffix("10")  # the baselines are 0-9-1; amqp10 gets its own
     amqp = f"{scheme}://{url.user}:{url.password}@{url.host}:{url.port}"
-    results = run(plan, amqp=amqp, admin_url=admin_url or ctx.cfg["console"]["admin_url"])
+    try:
+        results = run(plan, amqp=amqp, admin_url=admin_url or ctx.cfg["console"]["admin_url"])
+    except PeerError as exc:
+        raise CliError(Exit.FAILED, f"bench --only peers: {exc}") from exc
     if png:
         report.chart(results, png)
     shown = dict(results)

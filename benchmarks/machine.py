@@ -42,7 +42,9 @@ def describe() -> dict[str, Any]:
         usable = os.cpu_count() or 0
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable,
             "arch": platform.machine(), "kernel": f"{platform.system()} {platform.release()}",
-            "python": platform.python_version()}
+            "python": platform.python_version(),
+            # How busy it was as the run began: other work shares the cores.
+            "loadavg": [round(x, 2) for x in os.getloadavg()]}
 
 
 def wakeup_latency(rounds: int = 2000, warm: int = 200) -> dict[str, Any]:
@@ -86,6 +88,8 @@ def text(machine: dict[str, Any], wakeup: dict[str, Any] | None) -> str:
     """One line for a report's header."""
     line = (f"machine: {machine['cpu']}, {machine['cores']} cores "
             f"({machine['usable_cores']} usable), {machine['kernel']}")
+    if machine.get("loadavg"):
+        line += f", load {machine['loadavg'][0]:g}"
     if wakeup:
         line += (f"; thread wake-up {wakeup['p50']:.0f} us p50, {wakeup['p99']:.0f} us p99 "
                  "(each thread hand-off pays one)")

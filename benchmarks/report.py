@@ -75,6 +75,10 @@ def checks(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
                 rows.append((f"historian ingest ({store}) / events into one subscriber",
                              f"{ingest[f'{store}_per_s']} / {ingest['subscriber_per_s']}/s = "
                              f"{rate:.2f}x", ">= 1.0x (keeps up)", rate >= 1.0))
+    if results.get("peers"):
+        from benchmarks.peers.report import checks as peer_checks
+
+        rows += peer_checks(results["peers"])
     soaked = results.get("soak")
     if soaked:
         after = soaked["after_warmup"]
@@ -182,6 +186,10 @@ def text(results: dict[str, Any]) -> str:
         from benchmarks.scale import text as scale_text
 
         lines += ["", *scale_text(results["scale"])]
+    if results.get("peers"):
+        from benchmarks.peers.report import text as peers_text
+
+        lines += ["", *peers_text(results["peers"])]
     if results.get("faults"):
         from benchmarks.faults import text as faults_text
 

@@ -18,6 +18,7 @@ from benchmarks import (
     footprint,
     history,
     machine,
+    peers,
     placement,
     provisioning,
     scale,
@@ -30,8 +31,9 @@ from hostbus.envelope import now_rfc3339
 ALL = ("call", "fanout", "events", "amqp10", "placement", "provisioning", "footprint",
        "tracing")
 #: Run only when asked for (--only soak, --only faults, ...): minutes by design; faults
-#: and scale start a RabbitMQ node of their own (root, a source checkout).
-EXTRA = ("soak", "faults", "history", "scale")
+#: and scale start a RabbitMQ node of their own (root, a source checkout); peers
+#: installs oslo.messaging and nameko into virtual environments of their own.
+EXTRA = ("soak", "faults", "history", "scale", "peers")
 
 
 @dataclass
@@ -50,6 +52,10 @@ class Plan:
     history_postgres: str | None = None  # a server URL whose role may create databases
     scale_hosts: int = 10_000  # hosts enrolled by --only scale
     scale_agents: int = 200  # of which connected, a connection each
+    peer_servers: int = 100  # servers a peer broadcast reaches
+    peer_broadcasts: int = 20  # broadcasts per side
+    peer_events: int = 5000  # events per run, per side
+    peer_event_rounds: int = 3  # event runs per side
     only: tuple[str, ...] = ALL
 
     @classmethod
@@ -57,7 +63,8 @@ class Plan:
         return cls(calls=200, agents=[10, 50], events=1000, provision_requests=3,
                    provision_hosts=2, placement_hosts=100, idle_s=2.0,
                    storm_s=1.0, alarm_s=10.0, history_stored=20_000, scale_hosts=1000,
-                   scale_agents=20)
+                   scale_agents=20, peer_servers=10, peer_broadcasts=3, peer_events=300,
+                   peer_event_rounds=1)
 
 
 def _redacted(url: str | None) -> str | None:
@@ -127,6 +134,11 @@ def run(plan: Plan, *, amqp: str, admin_url: str) -> dict[str, Any]:
                                              repeat=50 if plan.history_stored > 100_000 else 5)
         if "scale" in plan.only:
             results["scale"] = scale.run(plan.scale_hosts, plan.scale_agents, plan.idle_s)
+        gc.collect()
+        if "peers" in plan.only:
+            results["peers"] = peers.run(bench, plan.calls, plan.peer_servers,
+                                         plan.peer_broadcasts, plan.peer_events,
+                                         plan.peer_event_rounds)
         if "soak" in plan.only:
             progress(f"soak: one agent under steady load for {plan.soak_minutes:g} min")
             results["soak"] = soak.run(bench, plan.soak_minutes)

@@ -9,7 +9,8 @@ On a node of the bench's own (so nothing else's queues or connections are counte
 3. ``--scale-agents`` idle agents connected, each with its own user and connection and
    the default heartbeat (what a real fleet has; the fan-out benchmark shares a
    connection among 500 simulated agents instead): the node's memory per connected
-   agent and its CPU over ``--idle`` seconds, per agent.
+   agent, and its CPU over ``--idle`` seconds with the hosts enrolled and nobody
+   connected, then with the agents connected (the difference, per agent).
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ def _cpu_seconds(node: Any) -> float:
     pid = (node.folder / "pid").read_text().strip()
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # noqa: SIM115
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _idle_cpu(node: Any, seconds: float) -> float:
+    """The node's CPU over a quiet window, as a share of one core."""
+    cpu0, t0 = _cpu_seconds(node), time.perf_counter()
+    time.sleep(seconds)  # idle by design: what the node spends with nothing to do
+    return (_cpu_seconds(node) - cpu0) / (time.perf_counter() - t0)
 
 
 def run(n_hosts: int, n_agents: int, idle_s: float) -> dict[str, Any]:
@@ -74,6 +82,8 @@ def run(n_hosts: int, n_agents: int, idle_s: float) -> dict[str, Any]:
         out["memory_per_enrolled_host_kib"] = {
             k: round((enrolled[k] - before[k]) / n_hosts / 1024, 2) for k in before}
 
+        progress(f"scale: {n_hosts:,} hosts enrolled, none connected, for {idle_s:g} s")
+        enrolled_cpu = _idle_cpu(node, idle_s)
         progress(f"scale: {n_agents} idle agents connecting, a connection each")
         runtimes: list[AgentRuntime] = []
         try:
@@ -83,29 +93,31 @@ def run(n_hosts: int, n_agents: int, idle_s: float) -> dict[str, Any]:
                     host, [], heartbeat_interval=0))
             connected = _memory(node)
             progress(f"scale: {n_agents} agents idle for {idle_s:g} s")
-            cpu0, t0 = _cpu_seconds(node), time.perf_counter()
-            time.sleep(idle_s)  # idle by design: the node's CPU over a quiet window
-            cpu_share = (_cpu_seconds(node) - cpu0) / (time.perf_counter() - t0)
+            connected_cpu = _idle_cpu(node, idle_s)
         finally:
             for runtime in runtimes:
                 runtime.stop("benchmark over")
         out["memory_per_connected_agent_kib"] = {
             k: round((connected[k] - enrolled[k]) / n_agents / 1024, 1) for k in before}
-        out["idle_cpu"] = {"node_percent_of_a_core": round(cpu_share * 100, 2),
-                           "per_agent_percent": round(cpu_share * 100 / n_agents, 4)}
+        out["idle_cpu"] = {
+            "enrolled_percent_of_a_core": round(enrolled_cpu * 100, 2),
+            "connected_percent_of_a_core": round(connected_cpu * 100, 2),
+            "per_agent_percent": round((connected_cpu - enrolled_cpu) * 100 / n_agents, 4)}
         out["memory"] = {"before": before, "enrolled": enrolled, "connected": connected}
         return out
 
 
 def text(r: dict[str, Any]) -> list[str]:
-    e, h, a = r["enroll"], r["memory_per_enrolled_host_kib"], r["memory_per_connected_agent_kib"]
+    e, h = r["enroll"], r["memory_per_enrolled_host_kib"]
+    a, c = r["memory_per_connected_agent_kib"], r["idle_cpu"]
     return [
         f"scale (RabbitMQ {r['broker']}, a node of the bench's own):",
         f"  enroll {r['hosts']:,} hosts in imports of {CHUNK}: {e['bulk_s']} s "
         f"({e['bulk_per_host_ms']} ms a host); one at a time {e['one_by_one_per_host_ms']} ms "
         f"a host ({e['one_by_one_extrapolated_s']} s for all): {e['speedup']}x",
         f"  broker memory per enrolled host: {h['erlang']} KiB (Erlang), {h['rss']} KiB (RSS)",
-        f"  per connected idle agent: {a['erlang']} KiB (Erlang), {a['rss']} KiB (RSS); "
-        f"the node's CPU with {r['agents']} idle: {r['idle_cpu']['node_percent_of_a_core']}% "
-        f"of a core ({r['idle_cpu']['per_agent_percent']}% an agent)",
+        f"  per connected idle agent: {a['erlang']} KiB (Erlang), {a['rss']} KiB (RSS)",
+        f"  the node's CPU, idle: {c['enrolled_percent_of_a_core']}% of a core with the hosts "
+        f"enrolled, {c['connected_percent_of_a_core']}% with {r['agents']} of them connected "
+        f"({c['per_agent_percent']}% a connected agent)",
     ]

@@ -15,8 +15,10 @@ import json
 import os
 import re
 import secrets
+import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -226,6 +228,12 @@ class BrokerAdmin:
                 ) from None
             raise BrokerRefused(f"{method} {path} failed: HTTP {exc.code} {detail}") from None
         except (urllib.error.URLError, OSError) as exc:
+            if isinstance(getattr(exc, "reason", None), socket.gaierror):
+                host = urllib.parse.urlsplit(self.base).hostname
+                raise ConnectionFailed(
+                    f"cannot resolve the management API's host name {host!r} "
+                    f"({exc.reason.strerror}): check the admin URL (--admin-url, "
+                    "HOSTBUS_CONSOLE_ADMIN_URL or [console] admin_url)") from None
             raise ConnectionFailed(
                 f"cannot reach the RabbitMQ management API at {self.base} ({exc}). "
                 "Enable it with `rabbitmq-plugins enable rabbitmq_management` "

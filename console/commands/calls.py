@@ -300,6 +300,10 @@ def _warn_unknown_columns(columns: tuple[str, ...], result: FanoutResult) -> Non
     seen = {key for r in result.results if r.reply and r.reply.result
             for value in r.reply.result.values() if isinstance(value, list)
             for item in value if isinstance(item, dict) for key in item}
+    if columns and not seen:
+        click.echo("hostbus: --columns chooses columns of result tables (lists of objects, "
+                   "as host.processes returns); this result has none", err=True)
+        return
     unknown = [c for c in columns if c not in seen]
     if unknown and seen:
         click.echo(f"hostbus: no result table has column {', '.join(unknown)}; columns: "
@@ -349,16 +353,27 @@ def query(ctx: CliContext, target: str, hosts: tuple[str, ...], hosts_from: str 
     hosts = (*hosts, *read_hosts(hosts_from))
     console = ctx.console()
     selected = select_hosts(ctx, hosts, not hosts, where, agent, timeout, idle, as_json)
+    named = bool(hosts) and not where and not any(is_glob(h) for h in hosts)
+    offline = {host: f"{why}; not sent" for host, why in (
+        console.offline_hosts("agent", selected) if named and len(selected) <= OFFLINE_CHECK_MAX
+        else {}).items()}
     advance, stop = progress(len(selected), f"query {target}", not as_json)
     # Agents filter by exact values and globs; the rest of --filter is applied here, so
     # they are asked for every object (their maximum) and --limit is applied here too.
     whole = flt.sent_whole(globs=True)
     try:
-        result = console.query(agent, class_name, where=flt.exact(globs=True), hosts=selected,
+        result = console.query(agent, class_name, where=flt.exact(globs=True),
+                               hosts=[h for h in selected if h not in offline],
                                limit=limit if whole else QUERY_MAX,
                                timeout=ctx.timeout(timeout), on_result=lambda r: advance())
     finally:
         stop()
+    if offline:
+        from console.client import FanoutResult, HostResult
+
+        answered = {r.host: r for r in result.results}
+        result = FanoutResult([answered.get(h) or HostResult(h, None, offline=offline[h])
+                               for h in selected], result.elapsed_ms)
     rows = [{"host": r.host, **obj} for r in result.results if r.reply and r.reply.result
             for obj in [o for o in r.reply.result["objects"] if flt.matches(o)][:limit]]
     if as_json:

@@ -7,6 +7,7 @@ import click
 from console.commands.common import (
     FANOUT,
     CliContext,
+    CliError,
     Exit,
     check_columns,
     emit_json,
@@ -126,5 +127,8 @@ def ping(ctx: CliContext, hosts: tuple[str, ...], hosts_from: str | None,
     if refused:
         return Exit.FAILED
     if not infos:
-        return Exit.NOTHING
+        asked = " ".join([*(f"-H {h}" for h in hosts), *(f"--where {w}" for w in where)])
+        raise CliError(Exit.NOTHING, f"no host matched {asked} (`hostbus agents` lists "
+                                     "those that answer)" if asked else
+                       "no agent answered (is one running? `hostbus agents`)")
     return Exit.OK

@@ -70,9 +70,11 @@ def inventory(ctx: CliContext, host: str, timeout: float | None, wide: bool,
 
         out_console = out()
         fit = layout(out_console, wide, columns)
-        out_console.print(f"[bold]{escape(host)}[/bold]  agents {escape(', '.join(info.agents))}"
-                          f"  hostbus {escape(info.version)}  started {escape(info.started)}"
-                          f"  rtt {info.rtt_ms:.1f} ms", highlight=False)
+        out_console.print(f"[bold]{escape(host)}[/bold]", highlight=False)
+        # one line each: at 80 columns a single header line wrapped mid-value
+        print_result(out_console, {"agents": ", ".join(info.agents), "hostbus": info.version,
+                                   "started": info.started, "rtt_ms": round(info.rtt_ms, 1)},
+                     fit)
         out_console.print("[bold]facts[/bold]")
         print_result(out_console, info.facts, fit)
         for title, agent, method in asked:

@@ -230,11 +230,20 @@ def _ha_reservation_batch(step: Step, names: list[str]) -> list[str]:
     return [n for n in names if n not in critical or ha_reservation(step, n) is None]
 
 
+def _anti_affinity_batch(step: Step, names: list[str]) -> list[str]:
+    groups = step.fleet.group_hosts
+    taken: set[str] = set()
+    for group in step.request.anti_affinity_groups:
+        taken.update(groups.get(group, ()))
+    return [n for n in names if n not in taken] if taken else names
+
+
 BATCHES: dict[str, Batch] = {
     "host_state": _host_state_batch,
     "memory": _memory_batch,
     "vcpus": _vcpus_batch,
     "cpu_load": _cpu_load_batch,
+    "anti_affinity": _anti_affinity_batch,
     "ha_reservation": _ha_reservation_batch,
 }
 

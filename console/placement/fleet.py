@@ -7,6 +7,7 @@ builds a throw-away one when given plain lists.
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -103,14 +104,36 @@ class Fleet:
             members[host] += sign
             if members[host] <= 0:
                 del members[host]
+                if not members:
+                    del self.group_hosts[group]
             if load.groups[group] <= 0:
                 del load.groups[group]
         if ha:
+            before = load._largest
             load.ha_sizes[(mib, vcpus)] += sign
             if load.ha_sizes[(mib, vcpus)] <= 0:
                 del load.ha_sizes[(mib, vcpus)]
             load._largest = max(load.ha_sizes) if load.ha_sizes else None
-            self._ha_needs = None
+            if load._largest != before:
+                self._need_moved(host, before, load._largest)
+
+    def _need_moved(self, host: str, before: tuple[int, int] | None,
+                    after: tuple[int, int] | None) -> None:
+        """Keep ``ha_needs`` current as one host's largest HA VM changes (a decision
+        adds and removes its VMs: rebuilding it each time cost O(hosts))."""
+        needs = self._ha_needs
+        if needs is None or host not in self.hosts:
+            return
+        if before is not None:
+            needs[before].remove(host)
+            if not needs[before]:
+                del needs[before]
+        if after is not None:
+            if after in needs:
+                bisect.insort(needs[after], host)
+            else:
+                needs[after] = [host]
+                self._ha_needs = dict(sorted(needs.items()))
 
     def ha_needs(self) -> dict[tuple[int, int], list[str]]:
         """(MiB, vCPUs) of each host's largest HA VM -> those hosts, in order; kept

@@ -8,8 +8,10 @@ the tracker) have just that host asked for ``node.info`` again, a moment later a
 once for a burst of events, so room freed or taken by anyone shows within a second.
 What the provisioner itself places is held back from each host's last report
 (``Fleet.add(unreported=True)``) until a report asked for after that VM was defined
-counts it; a report older than the one a host has is never applied. A define refused
-for lack of room all the same fails only its request, which says so.
+counts it; a report older than the one a host has is never applied. What a host was
+given in the moment before its report shows a VM someone else started is not checked
+again: the virt agent defines what it is asked (a hypervisor that cannot start it fails
+that request, which says so).
 
 Thread-safe: requests reserve and settle concurrently under one lock, and the lock is
 never held over a call to a host.
@@ -71,10 +73,11 @@ class HostBook:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        """Ask the hosts now, then every ``interval`` seconds, on a thread of its own."""
-        self._thread = threading.Thread(target=self._run, name="hostbus-host-book",
-                                        daemon=True)
+    def start(self, *, after: threading.Event | None = None) -> None:
+        """Ask the hosts now (once ``after`` is set, or ``call_timeout`` has passed),
+        then every ``interval`` seconds, on a thread of its own."""
+        self._thread = threading.Thread(target=self._run, args=(after,),
+                                        name="hostbus-host-book", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -90,7 +93,11 @@ class HostBook:
             self._changed.add(host)
         self._wake.set()
 
-    def _run(self) -> None:
+    def _run(self, after: threading.Event | None) -> None:
+        if after is not None:
+            # One discovery at a time at start: two at once on a busy machine can each
+            # end their idle window before a slow host answers.
+            after.wait(self.call_timeout)
         failures = 0
         due = time.monotonic()
         while not self._stop.is_set():
@@ -182,7 +189,10 @@ class HostBook:
                 self._settle(name, asked)
 
     def _settle(self, host: str, asked: float) -> None:
-        """Drop what a report asked for at ``asked`` already counts."""
+        """Drop what a report asked for at ``asked`` already counts: VMs whose define
+        was answered before. One answered after may be in the report too; it stays held
+        (counted twice: less room, never more) until the next report of that host, which
+        its own lifecycle events bring within a second."""
         kept = []
         for held in self._held.get(host, []):
             if held.defined_at is not None and held.defined_at < asked:

@@ -34,6 +34,8 @@ from hostbus.envelope import now_rfc3339
 from hostbus.files import open_database
 
 ACTIVE, INACTIVE, GONE = "active", "inactive", "gone"
+#: How many UUIDs of VMs it removed the ledger remembers, to ignore their late events.
+REMOVED_KEPT = 10_000
 
 #: Lifecycle events (schemas/agents/virt.json, domain.lifecycle) and the state each
 #: leaves a VM in. "defined" also reports an XML update of a VM that exists, so it only
@@ -82,6 +84,8 @@ class VmLedger:
         self._db.execute("CREATE INDEX IF NOT EXISTS vms_request ON vms (request_id)")
         (clock,) = self._db.execute("SELECT COALESCE(MAX(changed), 0) FROM vms").fetchone()
         self._clock = int(clock)
+        #: UUIDs of VMs the provisioner removed lately (oldest first).
+        self._removed: dict[str, None] = {}
 
     def close(self) -> None:
         self._db.close()
@@ -178,6 +182,12 @@ class VmLedger:
             if row is None or row[6] == GONE:
                 return set()
             self._set(row[0], state=GONE)
+            if row[3]:
+                # Its define and start events may still be on their way (they can even
+                # leave the host after the define's answer): they must not bring it back.
+                self._removed[row[3]] = None
+                while len(self._removed) > REMOVED_KEPT:
+                    self._removed.pop(next(iter(self._removed)))
             return {row[4]}
 
     def apply_event(self, host: str, data: dict[str, Any]) -> set[str]:
@@ -190,6 +200,8 @@ class VmLedger:
             if row is None:
                 return set()
             vm = self._vm(row)
+            if vm.state == GONE and vm.uuid in self._removed:
+                return set()  # a late event of a VM the provisioner removed
             state = EVENT_STATES.get(str(event), vm.state)
             if event == "defined" and vm.state == GONE:
                 state = INACTIVE

@@ -115,7 +115,7 @@ class Provisioner:
         if self.vms.is_empty():
             self._adopt_recorded_vms()
         self.tracker.start()
-        self.hosts.start()
+        self.hosts.start(after=self.tracker.settled)
 
     def on_message(self, delivery: Delivery) -> None:
         """On the transport's I/O thread: hand over, never block it."""
@@ -351,19 +351,22 @@ class Provisioner:
                                   f"a VM named {name} already exists on {host}")
             plan[name] = host
         missing = [n for n in wanted if n not in plan]
-        size = self._size(body, [n for n in wanted if n not in existing])
-        for name in plan:
-            if name not in existing:  # placed before a crash, not defined: hold its room
-                self.hosts.hold(name, plan[name], *size)
-        if missing:
-            plan.update(self._place(missing, body))
         held = [n for n in wanted if n not in existing]
+        if held and not self.hosts.refreshed.is_set():
+            self.hosts.refreshed.wait(self.call_timeout)  # the first view of the hosts
         try:
+            size = self._size(body, held)
+            for name in plan:
+                if name not in existing:  # placed before a crash, not defined: hold it
+                    self.hosts.hold(name, plan[name], *size)
+            if missing:
+                plan.update(self._place(missing, body))
             self.store.save_plan(rid, plan)  # before any VM is defined
             return self._define_all(rid, body, wanted, plan, existing)
         finally:
             for name in held:
-                self.hosts.settle(name, plan[name])
+                if name in plan:
+                    self.hosts.settle(name, plan[name])
 
     def _size(self, body: dict[str, Any], names: list[str]) -> tuple[int, int]:
         """(vCPUs, MiB) to hold for each VM: as asked, else the template's default."""
@@ -376,8 +379,6 @@ class Provisioner:
     def _place(self, names: list[str], body: dict[str, Any]) -> dict[str, str]:
         """A host for each of ``names``, its room held; asks the hosts again when the
         view kept of them has no room (it may be older than a VM's removal)."""
-        if not self.hosts.refreshed.is_set():
-            self.hosts.refreshed.wait(self.call_timeout)
         for attempt in (1, 2):
             views = self.hosts.views()
             request = request_for(names, template=body["template"], vcpus=body.get("vcpus"),

@@ -2,6 +2,7 @@
 benchmarks measure, tests check)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,57 @@ def test_bench_scale_enrolls_in_bulk_and_reports_the_brokers_cost():
     assert scale["hosts"] == 600 and scale["agents"] == 5
     assert scale["enroll"]["bulk_s"] > 0 and scale["enroll"]["one_by_one_per_host_ms"] > 0
     assert {"erlang", "rss"} == set(scale["memory_per_connected_agent_kib"])
+
+
+@pytest.mark.timeout(1200)  # the first run installs oslo.messaging and nameko
+def test_bench_peers_measures_hostbus_and_both_peers_in_one_run():
+    """`hostbus bench --only peers --quick`: call, broadcast and events for raw pika,
+    hostbus, oslo.messaging and nameko on the test broker, each peer from a virtual
+    environment of its own (installed on first use), never from hostbus's. The peers
+    speak AMQP 0-9-1 only, so this runs once, not once per transport (the bench makes
+    a vhost of its own)."""
+    import importlib.util
+
+    done = subprocess.run([str(Path(sys.executable).parent / "hostbus"), "bench", "--quick",
+                           "--only", "peers", "--json"], capture_output=True, text=True,
+                          env=_bench_env(), timeout=1200, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout)
+    peers = results["peers"]
+    sides = {"raw_pika", "hostbus", "oslo.messaging", "nameko"}
+    assert set(peers["peers"]) == {"oslo.messaging", "nameko"}
+    for side in sides:
+        assert peers["call"][side]["n"] == 200
+        assert peers["broadcast"][side]["n"] == 3
+        assert len(peers["events"][side]["per_s"]) == 1 and peers["events"][side]["per_s"][0] > 0
+    assert peers["broadcast"]["servers"] == 10
+    assert set(peers["call"]["over_hostbus"]) == sides - {"hostbus"}
+    assert {"oslo.messaging call p50 / hostbus call p50",
+            "nameko events/s / hostbus's"} <= {t["what"] for t in results["targets"]}
+    for module in ("oslo_messaging", "nameko", "eventlet"):  # never in hostbus's environment
+        assert importlib.util.find_spec(module) is None
+
+
+def _bench_env(**extra: str) -> dict[str, str]:
+    return {**os.environ,
+            "HOSTBUS_BROKER_URL": os.environ.get("HOSTBUS_TEST_AMQP",
+                                                 "amqp://guest:guest@127.0.0.1:5672"),
+            "HOSTBUS_CONSOLE_ADMIN_URL": os.environ.get("HOSTBUS_TEST_ADMIN_URL",
+                                                        "http://guest:guest@127.0.0.1:15672"),
+            **extra}
+
+
+def test_bench_peers_that_cannot_be_installed_are_named_and_leave_nothing(tmp_path):
+    """No package index: `hostbus bench --only peers` exits 1 with pip's reason and the
+    peer it could not install, and leaves no half-made venv in its cache."""
+    cache = tmp_path / "peers"
+    done = subprocess.run([str(Path(sys.executable).parent / "hostbus"), "bench", "--quick",
+                           "--only", "peers"], capture_output=True, text=True, timeout=300,
+                          env=_bench_env(HOSTBUS_BENCH_PEERS_CACHE=str(cache), PIP_NO_INDEX="1",
+                                         PIP_FIND_LINKS=str(tmp_path / "no-wheels")),
+                          check=False)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "could not pip install oslo.messaging==18.3.1" in done.stderr
+    assert "No matching distribution" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert list(cache.iterdir()) == []

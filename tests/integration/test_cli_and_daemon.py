@@ -315,7 +315,9 @@ def test_ctrl_c_during_a_call_prints_what_arrived_and_exits_130(rabbitmq, daemon
     host, _ = daemon()
     waiter.wait_for(lambda e: e.host == host and e.event == "online")
     env = {**os.environ, "HOSTBUS_BROKER_URL": rabbitmq.url}
-    rabbitmq.enroll("it-ghost", ["host"])  # enrolled, but no agent runs there
+    rabbitmq.enroll("it-ghost", ["host"])
+    hung = raw_connection(rabbitmq.url)  # a hung agent: takes requests, never answers
+    hung.channel().basic_consume("hostbus.host.it-ghost", lambda *_msg: None)
     call = subprocess.Popen([str(BIN / "hostbus"), "call", "host.identify", "-H", host,
                              "-H", "it-ghost", "-t", "60"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
@@ -328,6 +330,7 @@ def test_ctrl_c_during_a_call_prints_what_arrived_and_exits_130(rabbitmq, daemon
         if call.poll() is None:
             call.kill()
             call.wait()
+        hung.close()
     rest = call.stdout.read()
     assert "1 host: 1 ok" in rest and "interrupted: 1 host not waited for" in rest
     assert "interrupted: 1 of 2 hosts answered" in call.stderr.read()

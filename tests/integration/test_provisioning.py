@@ -192,8 +192,10 @@ def test_a_killed_provisioner_finishes_the_job_once(rabbitmq, console, virt_host
     ch.cancel()
     assert replies[0][0] == rid and replies[0][1]["status"] == "ok"
     assert [d["name"] for d in agent.domain_objects()] == [f"web-{rid.replace('-', '')[:8]}-1"]
-    # The provisioner takes one request at a time, so once a later request has been
-    # handled, this one is settled: any second reply would be in the queue by then.
+    # The queue hands messages out in order, so once a later request has been handled,
+    # this one's redelivery was taken before it; a second copy of it would run after the
+    # first under the same id (never beside it) and find it settled: any second reply
+    # would be in the queue by the time the status says completed.
     failures = EventCollector()
     console.subscribe([f"provision.{provisioner.host_id}.failed"], failures)
     barrier = f"barrier-{uuid.uuid4().hex[:6]}"

@@ -93,3 +93,11 @@ def test_a_host_that_cannot_be_one_is_a_usage_error_wherever_it_is_given(fleet, 
     done = fleet.run(*argv)
     assert done.exit_code == 2, done.output
     assert "invalid host id 'b@d'" in done.stderr and "Traceback" not in done.output
+
+
+def test_a_management_api_host_that_does_not_resolve_is_named(fleet):
+    done = fleet.run("broker", "setup", "--admin-url",
+                     "http://guest:secret@nosuchhost.invalid:15672")
+    assert done.exit_code == 5, done.output
+    assert "cannot resolve the management API's host name 'nosuchhost.invalid'" in done.stderr
+    assert "rabbitmq-plugins" not in done.stderr and "secret" not in done.stderr

@@ -1,6 +1,7 @@
 """Fleet views: one node on one screen, a fact's spread over the fleet."""
 
 import json
+import re
 
 
 def test_inventory_shows_one_host_in_one_view(fleet):
@@ -33,3 +34,14 @@ def test_facts_counts_each_value_and_names_its_hosts(fleet):
     assert {"fact": "role", "values": 2, "hosts": 3} in keys
     narrowed = json.loads(fleet.run("facts", "role", "--where", "role!=web", "--json").stdout)
     assert [r["value"] for r in narrowed["facts"]["role"]] == ["(missing)", "db"]
+
+
+def test_inventory_fits_80_columns(fleet):
+    fleet.add("web01", {"role": "web"})
+    done = fleet.run("inventory", "web01", env={"TTY_COMPATIBLE": "1", "COLUMNS": "80",
+                                                 "NO_COLOR": "1"})
+    assert done.exit_code == 0, done.stderr
+    plain = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in done.stdout.splitlines()]
+    assert plain[0] == "web01"
+    assert any(line.split()[:2] == ["agents", "host"] for line in plain)
+    assert all(len(line.rstrip()) <= 80 for line in plain), plain

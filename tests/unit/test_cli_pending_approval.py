@@ -127,3 +127,16 @@ def test_wait_approval_json_carries_the_outcome_of_a_denial(guarded):
     assert res["status"] == "error" and res["error"]["code"] == "unauthorized"
     assert "bob denied" in res["error"]["message"] and "not today" in res["error"]["message"]
     assert guarded.power["web01"].calls == []
+
+
+def test_ctrl_c_while_waiting_for_approval_leaves_it_parked_and_says_so(guarded, monkeypatch):
+    def interrupted(self, parked, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Console, "await_decisions", interrupted)
+    done = guarded.run("call", "host.reboot", "delay_s=60", "-H", "web01", "--yes",
+                       "--wait-approval")
+    assert done.exit_code == 130, done.output
+    assert "1 pending approval" in done.stdout
+    assert "stopped waiting: what is still pending stays parked" in done.stderr
+    assert guarded.power["web01"].calls == []

@@ -56,3 +56,10 @@ def test_ping_says_why_a_named_host_is_silent_when_its_agent_is_not_running(flee
     assert "no reply" in line and "is offline: nothing consumes its queue" in line
     as_json = json.loads(fleet.run("ping", "-H", "web01", "-H", "ghost", "--json").stdout)
     assert as_json["missing"] == ["ghost"] and as_json["offline"] == ["ghost"]
+
+
+def test_ping_that_matches_nobody_says_what_matched_nothing(fleet):
+    fleet.add("web01")
+    done = fleet.run("ping", "-H", "db*")
+    assert done.exit_code == 3
+    assert "no host matched -H db*" in done.stderr

@@ -110,3 +110,10 @@ def test_piped_output_fits_columns_when_it_is_set_and_stays_plain(fleet):
     assert not any(ch in done.stdout for ch in "┃│━─") and "\x1b[" not in done.stdout
     row = next(line for line in lines if "beam.smp" in line)
     assert row.split()[:2] == ["2931175", "beam.smp"] and "rabbitmq" in row
+
+
+def test_columns_on_a_result_without_tables_is_said(fleet):
+    fleet.add("web01")
+    done = fleet.run("call", "host.identify", "-H", "web01", "--columns", "pid")
+    assert done.exit_code == 0
+    assert "--columns chooses columns of result tables" in done.stderr

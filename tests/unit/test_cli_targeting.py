@@ -44,3 +44,13 @@ def test_a_named_host_whose_agent_is_not_running_is_offline_at_once(fleet):
     assert "ghost is offline: nothing consumes its queue hostbus.host.ghost" in done.stdout
     assert "web01  ok" in done.stdout and "no reply: ghost" in done.stdout
     assert not fleet.broker.queues["hostbus.host.ghost"].messages  # nothing waits there
+
+
+def test_query_says_a_named_host_is_offline_at_once(fleet):
+    fleet.add("web01")
+    fleet.broker.enroll("ghost", ["host"])
+    done = fleet.run("query", "host.disk", "-H", "web01", "-H", "ghost", "-t", "30")
+    assert done.exit_code == 4, done.output
+    assert "ghost is offline: nothing consumes its queue hostbus.host.ghost.agent" in \
+        done.stdout
+    assert "2 hosts: 1 ok, 0 failed, 1 no reply" in done.stdout

@@ -192,3 +192,23 @@ def test_each_filters_whole_list_form_keeps_exactly_the_hosts_it_passes(hosts, v
         one_by_one = [n for n in names if FILTERS[name](step, n) is None]
         assert batch(name)(Step(fleet, request), names) == one_by_one, name
     assert set(BATCHES) <= set(FILTERS)
+
+
+@settings(max_examples=200, deadline=None)
+@given(hosts_st, vms_st, st.lists(st.integers(0, 11), max_size=12))
+def test_the_fleet_kept_by_adds_and_removes_equals_one_built_afresh(hosts, vms, removed):
+    known = {h.name for h in hosts}
+    vms = [vm for vm in vms if vm.host in known]
+    fleet = Fleet(hosts)
+    fleet.ha_needs()  # kept from here on
+    for vm in vms:
+        fleet.add(vm)
+    gone = {i for i in removed if i < len(vms)}
+    for i in sorted(gone):
+        fleet.remove(vms[i])
+    left = [vm for i, vm in enumerate(vms) if i not in gone]
+    fresh = Fleet(hosts, left)
+    assert fleet.ha_needs() == fresh.ha_needs()
+    assert list(fleet.ha_needs()) == list(fresh.ha_needs())  # in the same order
+    assert fleet.room_table() == fresh.room_table()
+    assert dict(fleet.group_hosts) == {g: c for g, c in fresh.group_hosts.items()}

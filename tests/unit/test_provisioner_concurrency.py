@@ -30,7 +30,11 @@ def test_room_placed_by_requests_in_flight_is_held_until_the_hosts_report_it(fle
     """Each test host has 16 GiB; a web VM takes 1 GiB. 20 requests of 2 VMs at once,
     all placed on one view of the hosts: exactly 32 fit, and no host gets a 17th."""
     prov, agents, _, received, _ = fleet
-    prov.hosts.stop()  # no refresh in between: only the room held keeps count
+    assert prov.hosts.refreshed.wait(10)
+    # No report in between (none on a schedule, on events, or on a refusal): only the
+    # room held keeps count.
+    prov.hosts.stop()
+    prov.hosts.refresh = lambda **kw: 0
     msgs = [Settled(request(owner="big", count=2), f"room-{i:02d}") for i in range(20)]
     run_all(prov, msgs)
     per_host = Counter(h for _, h in domains(agents))
@@ -105,3 +109,21 @@ def test_a_vm_made_by_someone_else_shows_in_the_view_from_its_events(fleet):  # 
     prov.process(msg.delivery)
     assert msg.outcome == "ack"
     assert ("shop-afterout-1", "kvm02") in domains(agents)
+
+
+def test_late_events_of_a_vm_the_provisioner_removed_do_not_bring_it_back(tmp_path):
+    """A define's 'defined' and 'started' events can leave the host after its answer,
+    so after a quick release or roll back: the VM stays gone. A VM found undefined by
+    someone else and defined again still comes back."""
+    from console.provisioner.ledger import VmLedger
+
+    ledger = VmLedger(tmp_path / "l.db")
+    ledger.record(owner="alice", request_id="r", host="kvm01", name="a", uuid="u-a")
+    ledger.record(owner="alice", request_id="r", host="kvm01", name="b", uuid="u-b")
+    ledger.gone("kvm01", "a")  # released by the provisioner
+    for event in ("defined", "started", "resumed"):
+        ledger.apply_event("kvm01", {"name": "a", "uuid": "u-a", "event": event})
+    assert [vm.name for vm in ledger.owned("alice")] == ["b"]
+    ledger.apply_event("kvm01", {"name": "b", "uuid": "u-b", "event": "undefined"})
+    ledger.apply_event("kvm01", {"name": "b", "uuid": "u-b", "event": "defined"})
+    assert [vm.name for vm in ledger.owned("alice")] == ["b"]
