@@ -5,8 +5,9 @@
   exchange, manual acks, replies through a direct exchange (what hostbus asks of the
   broker, without hostbus);
 - hostbus: Console.call -> AgentRuntime (envelope, schema validation, policy hook,
-  dispatch) -> reply, for the built-in agent's `ping`; also signed both ways, and with a
-  quorum host queue.
+  dispatch) -> reply, for the built-in agent's `ping`; also signed both ways, with a
+  quorum host queue, and through the console's I/O thread (a fan-out to one host: two
+  thread hand-offs a call, as every call made before calls ran on the calling thread).
 
 All sides are open at once and take turns of ``harness.BLOCK`` calls, so the ratios
 compare calls made in the same seconds.
@@ -117,8 +118,11 @@ class HostbusSide:
     """``Console.call("agent", "ping")`` to an ``AgentRuntime`` on its own connection."""
 
     def __init__(self, bench: Bench, *, signed: bool = False, queue_type: str = "classic",
-                 url: str | None = None) -> None:
+                 url: str | None = None, io_thread: bool = False) -> None:
+        """``io_thread``: through the console's I/O thread (a fan-out to one host: the
+        way every call went before calls ran on the calling thread), for comparison."""
         url = url or bench.url
+        self._io_thread = io_thread
         self.host = f"bench{uuid.uuid4().hex[:6]}"
         bench.admin.enroll_host(bench.vhost, self.host, [], queue_type=queue_type)
         verifier = signer = agent_keys = None
@@ -147,7 +151,10 @@ class HostbusSide:
 
     def _one(self) -> float:
         started = time.perf_counter()
-        res = self._console.call("agent", "ping", {}, host=self.host, timeout=5)
+        if self._io_thread:
+            res = self._console.fanout("agent", "ping", {}, [self.host], timeout=5).results[0]
+        else:
+            res = self._console.call("agent", "ping", {}, host=self.host, timeout=5)
         elapsed = (time.perf_counter() - started) * 1000
         if res.status != "ok":
             raise RuntimeError(f"benchmark call failed: {res.to_dict()}")
@@ -163,6 +170,7 @@ def run(bench: Bench, n: int) -> dict[str, Any]:
         "raw_pika": lambda: _RawSide(bench.url),
         "raw_pika_hostbus_topology": lambda: _RawSide(bench.url, hostbus_topology=True),
         "hostbus": lambda: HostbusSide(bench),
+        "hostbus_io_thread": lambda: HostbusSide(bench, io_thread=True),
         "hostbus_signed": lambda: HostbusSide(bench, signed=True),
         "hostbus_quorum": lambda: HostbusSide(bench, queue_type="quorum"),
     }
@@ -173,6 +181,8 @@ def run(bench: Bench, n: int) -> dict[str, Any]:
     out["ratio_p99"] = round(out["hostbus"]["p99"] / out["raw_pika"]["p99"], 2)
     out["ratio_p50_vs_same_topology"] = round(
         out["hostbus"]["p50"] / out["raw_pika_hostbus_topology"]["p50"], 2)
+    out["io_thread_over_calling_thread_p50"] = round(
+        out["hostbus_io_thread"]["p50"] / out["hostbus"]["p50"], 2)
     out["signed_over_unsigned_p50"] = round(out["hostbus_signed"]["p50"] / out["hostbus"]["p50"],
                                             2)
     out["quorum_over_classic_p50"] = round(out["hostbus_quorum"]["p50"] / out["hostbus"]["p50"],

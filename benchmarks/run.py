@@ -17,6 +17,7 @@ from benchmarks import (
     faults,
     footprint,
     history,
+    machine,
     peers,
     placement,
     provisioning,
@@ -88,6 +89,10 @@ def run(plan: Plan, *, amqp: str, admin_url: str) -> dict[str, Any]:
                                             "only": list(plan.only),
                                             "history_postgres": _redacted(
                                                 plan.history_postgres)}}}
+    results["meta"]["machine"] = machine.describe()
+    # Measured first, before the benchmarks' threads and connections exist, and again at
+    # the end: a machine whose load changed during the run shows it here.
+    wakeup_before = machine.wakeup_latency()
     with bench_vhost(amqp, admin_url) as bench:
         try:
             overview = bench.admin._call("GET", "/api/overview")
@@ -143,4 +148,5 @@ def run(plan: Plan, *, amqp: str, admin_url: str) -> dict[str, Any]:
             progress(f"soak: one agent under steady load for {plan.soak_minutes:g} min")
             results["soak"] = soak.run(bench, plan.soak_minutes)
         results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
+    results["meta"]["wakeup_us"] = {"before": wakeup_before, "after": machine.wakeup_latency()}
     return results

@@ -43,6 +43,7 @@ from hostbus.errors import (
     HostbusError,
     RemoteError,
     SchemaError,
+    TransportClosed,
 )
 from hostbus.publisher import Publisher
 from hostbus.schema import (
@@ -52,7 +53,7 @@ from hostbus.schema import (
     load_agent_schema,
 )
 from hostbus.transport import connect
-from hostbus.transport.base import Delivery, Properties, Transport
+from hostbus.transport.base import Caller, Delivery, Properties, Transport
 from hostbus.transport.url import check_resolvable
 
 if TYPE_CHECKING:
@@ -341,6 +342,13 @@ class Console:
         self._reply_queue: str | None = None
         self._notices: dict[str, Callable[[str], None]] = {}  # subscription -> on_notice
         self._lost: Exception | None = None
+        # Calls' own connections, one per calling thread: thread id -> (caller, the
+        # connection generation it was opened in; one lost connection later, it is
+        # replaced).
+        self._callers: dict[int, tuple[Caller, int]] = {}
+        self._generation = 0
+        self._called: set[int] = set()  # threads that made a call
+        self._closed = False
         self._connected = threading.Event()
         self._connected.set()
 
@@ -382,6 +390,13 @@ class Console:
         self._reply_queue = self.transport.open_reply_queue(self._on_reply)
 
     def close(self) -> None:
+        """Close the calling threads' connections and the console's own. Call it once
+        no call is running."""
+        self._closed = True
+        with self._lock:
+            callers, self._callers = list(self._callers.values()), {}
+        for caller, _ in callers:
+            caller.close()
         self.transport.close()
 
     def __enter__(self) -> Console:
@@ -392,31 +407,39 @@ class Console:
 
     # ---------------------------------------------------------------- plumbing
     def _on_reply(self, delivery: Delivery) -> None:
-        try:
-            reply = parse_reply(delivery)
-        except RemoteError as err:
-            log.warning("ignored a malformed reply: %s", err.message)
-            return
-        if self._impostor(delivery, reply.host, "reply"):
-            return
-        if self.agent_keys is not None:
-            why = self._unverified(delivery, reply.host, REPLY_TYPE, "reply")
-            if why is not None:
-                log.warning("a reply claiming host %s failed verification: %s", reply.host, why)
-                reply = Reply(host=reply.host, agent=reply.agent, method=reply.method,
-                              status="error", error={"code": ErrorCode.BAD_SIGNATURE.value,
-                                                     "message": why},
-                              correlation_id=reply.correlation_id, user_id=reply.user_id,
-                              rejected=True)
-        outcome = reply if reply.rejected else earlier_reply(reply)
-        if outcome is None:  # a copy of our request, the first still running: wait for it
-            log.debug("host %s is still handling request %s", reply.host,
-                      reply.correlation_id)
+        outcome = self._judge_reply(delivery)
+        if outcome is None:
             return
         with self._lock:
             waiting = self._pending.get(outcome.correlation_id or "")
         if waiting is not None:
             waiting.put((outcome, time.perf_counter()))
+
+    def _judge_reply(self, delivery: Delivery) -> Reply | None:
+        """The reply this delivery carries, as its request should see it: None if it is
+        malformed, speaks for another host than its sender, or is a ``replayed`` answer
+        whose first copy is still running; ``rejected`` if its signature fails."""
+        try:
+            reply = parse_reply(delivery)
+        except RemoteError as err:
+            log.warning("ignored a malformed reply: %s", err.message)
+            return None
+        if self._impostor(delivery, reply.host, "reply"):
+            return None
+        if self.agent_keys is not None:
+            why = self._unverified(delivery, reply.host, REPLY_TYPE, "reply")
+            if why is not None:
+                log.warning("a reply claiming host %s failed verification: %s", reply.host, why)
+                return Reply(host=reply.host, agent=reply.agent, method=reply.method,
+                             status="error", error={"code": ErrorCode.BAD_SIGNATURE.value,
+                                                    "message": why},
+                             correlation_id=reply.correlation_id, user_id=reply.user_id,
+                             rejected=True)
+        outcome = earlier_reply(reply)
+        if outcome is None:  # a copy of our request, the first still running: wait for it
+            log.debug("host %s is still handling request %s", reply.host,
+                      reply.correlation_id)
+        return outcome
 
     def _impostor(self, delivery: Delivery, host: str, what: str,
                   routing_key: str | None = None) -> bool:
@@ -465,6 +488,7 @@ class Console:
         self._connected.clear()
         self._lost = exc
         with self._lock:
+            self._generation += 1  # each calling thread opens a new connection
             waiting = list(self._pending.values())
         for q in waiting:
             q.put(_LOST)
@@ -568,9 +592,128 @@ class Console:
     # ------------------------------------------------------------------- calls
     def call(self, agent: str, method: str, args: dict[str, Any] | None = None, *,
              host: str, timeout: float = 10.0) -> HostResult:
-        """One request to one host. (A path of its own measured no faster than a
-        fan-out to one host: benchmarks/README.md.)"""
-        return self.fanout(agent, method, args or {}, [host], timeout=timeout).results[0]
+        """One request to one host. From a thread's second call on, where the transport
+        offers it (AMQP 0-9-1), the request goes out and its reply comes back on a
+        connection of the calling thread's own, driven by this thread: no hand-off to the
+        I/O thread either way (docs/design.md, "Threads"). Otherwise (a thread's first
+        call, AMQP 1.0) it is a fan-out to one host."""
+        caller = self._thread_caller()
+        if caller is None:
+            return self.fanout(agent, method, args or {}, [host], timeout=timeout).results[0]
+        names.validate_host_id(host)
+        args = self.check_args(agent, method, args or {})
+        try:
+            return self._call_on(caller, agent, method, args, host, timeout)
+        finally:
+            if caller.broken:
+                self._drop_caller(caller)
+
+    def _thread_caller(self) -> Caller | None:
+        """This thread's caller connection (opened on its first call; replaced once the
+        console's connection was lost since it was opened), or None where the transport
+        has none."""
+        if self._closed:
+            raise TransportClosed("the console is closed")
+        if self._lost is not None:
+            raise ConnectionLost(f"the broker connection was lost: {self._lost!r}")
+        if self.transport.blocked is not None:
+            raise BrokerBlocked(blocked_message(self.transport.blocked, sent=False))
+        ident = threading.get_ident()
+        with self._lock:
+            entry = self._callers.get(ident)
+            generation = self._generation
+            if entry is None and ident not in self._called:
+                # A thread's first call goes through the I/O thread: a one-off call (a
+                # command line's) would wait longer for a second connection to open
+                # than the hand-offs cost. A thread that calls again gets its own.
+                self._called.add(ident)
+                return None
+        if entry is not None:
+            caller, opened_in = entry
+            if opened_in == generation and not caller.broken and self._alive(caller):
+                return caller
+            self._drop_caller(caller)
+        fresh = self.transport.caller()
+        if fresh is None:
+            return None
+        try:
+            fresh.open()
+        except HostbusError as err:
+            # The console's own connection is up (checked above): this one could not
+            # be made. Said as a lost connection: the caller may try again.
+            raise ConnectionLost(f"cannot open this thread's connection: {err}") from None
+        with self._lock:
+            self._callers[ident] = (fresh, generation)
+        return fresh
+
+    @staticmethod
+    def _alive(caller: Caller) -> bool:
+        """Whether a caller connection is still open. Nothing reads it between calls:
+        whatever the broker sent meanwhile (it closed the connection, an alarm ended) is
+        read first, without waiting, so it is learned before a request goes out on it."""
+        if not caller.unread():
+            return True
+        try:
+            caller.pump()
+        except HostbusError:
+            return False
+        return True
+
+    def _drop_caller(self, caller: Caller) -> None:
+        with self._lock:
+            for ident, (known, _) in list(self._callers.items()):
+                if known is caller:
+                    del self._callers[ident]
+        caller.close()
+
+    def _call_on(self, caller: Caller, agent: str, method: str, args: dict[str, Any],
+                 host: str, timeout: float) -> HostResult:
+        """Publish on ``caller`` and wait on it for the reply, on this thread."""
+        if caller.blocked is not None:
+            caller.pump()  # an alarm that ended while nobody read the connection
+            if caller.blocked is not None:
+                raise BrokerBlocked(blocked_message(caller.blocked, sent=False))
+        req = new_request(agent, method, args, host=host, filter=None, timeout=timeout,
+                          reply_to=caller.reply_to)
+        mid = req.message_id
+        body, props = req.encode()
+        caller.replies.clear()
+        caller.returned.clear()
+        publisher = Publisher(caller, self.publisher.signer, self.publisher.tracer)
+        sent_at = time.perf_counter()
+        publisher.publish(names.REQUEST_EXCHANGE, req.routing_key(), body, props,
+                          mandatory=True)
+        deadline = time.monotonic() + timeout
+        rejected: HostResult | None = None  # failed verification: used if nothing better
+
+        def arrived() -> bool:
+            return bool(caller.replies or caller.returned or caller.blocked)
+
+        while True:
+            caller.wait(deadline, arrived)
+            if caller.blocked is not None:
+                raise BrokerBlocked(blocked_message(caller.blocked, sent=True))
+            returned, caller.returned = caller.returned, []
+            for exchange, _key, returned_props in returned:
+                if exchange == names.REQUEST_EXCHANGE and returned_props.message_id == mid:
+                    return HostResult(host, None, request_id=mid, not_enrolled=(
+                        f"no host {host!r} has the agent {agent!r} enrolled"))
+            replies, caller.replies = caller.replies, []
+            for delivery, at in replies:
+                reply = self._judge_reply(delivery)
+                if reply is None or reply.correlation_id != mid:
+                    continue  # not ours: a late answer to an earlier call, say
+                if reply.host != host:  # a multi-host identity answering for another
+                    self.spoofed += 1
+                    log.warning("dropped a reply from %s to a request sent to %s",
+                                reply.host, host)
+                    continue
+                res = HostResult(host, reply, (at - sent_at) * 1000, mid)
+                if not reply.rejected:
+                    return res
+                rejected = rejected or res
+            if time.monotonic() >= deadline:
+                return rejected or HostResult(host, None, request_id=mid)
 
     def fanout(
         self, agent: str, method: str, args: dict[str, Any], hosts: list[str], *,

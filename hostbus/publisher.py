@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from hostbus import names
-from hostbus.transport.base import Confirm, Properties, Transport
+from hostbus.transport.base import Caller, Confirm, Properties, Transport
 
 if TYPE_CHECKING:
     from hostbus.envelope import Reply
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 
 class Publisher:
-    def __init__(self, transport: Transport, signer: Signer | None = None,
+    def __init__(self, transport: Transport | Caller, signer: Signer | None = None,
                  tracer: Tracer | None = None) -> None:
         self.transport = transport
         self.signer = signer

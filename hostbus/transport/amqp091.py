@@ -47,6 +47,7 @@ from hostbus.errors import (
 from hostbus.transport.base import (
     DEFAULT_HEARTBEAT,
     DEFAULT_MAX_BACKOFF,
+    Caller,
     Confirm,
     Delivery,
     Handler,
@@ -255,6 +256,7 @@ class PikaTransport(Transport):
         self._wake_scheduled = False
         self._in_drain = False
         self._in_handler = False
+        self._in_dispatch = False  # in _serve's dispatch: handlers' output flushed after it
         self._frames_pending = False  # frames queued without a flush (acks)
         self._conn: pika.BlockingConnection | None = None
         self._ch: BlockingChannel | None = None
@@ -273,6 +275,11 @@ class PikaTransport(Transport):
         self._ready = threading.Event()
         self._start_error: HostbusError | None = None
         self._thread: threading.Thread | None = None
+
+    def caller(self) -> Caller:
+        from hostbus.transport.amqp091_caller import PikaCaller  # it builds on this module
+
+        return PikaCaller(self)
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -552,7 +559,12 @@ class PikaTransport(Transport):
             if item.ack == "after_handler":
                 channel._impl.basic_ack(method.delivery_tag)
                 self._frames_pending = True
-            self._drain()
+            if not self._in_dispatch:
+                self._drain()
+            # else _serve drains once pika has dispatched the whole batch that came in
+            # one read: a burst (a broadcast to the agents of one connection, a flood of
+            # replies) goes out in one write, not one write and two epoll changes per
+            # message, each a chance for another thread to take the interpreter lock.
 
         return str(ch.basic_consume(queue, on_message, auto_ack=item.ack == "broker",
                                     exclusive=item.exclusive))
@@ -713,7 +725,11 @@ class PikaTransport(Transport):
         while not self._stopping.is_set():
             self._drain()
             # Blocks until I/O or a hand-off (close() hands one off too): no timer churn.
-            self._conn.process_data_events(time_limit=None)
+            self._in_dispatch = True
+            try:
+                self._conn.process_data_events(time_limit=None)
+            finally:
+                self._in_dispatch = False
             if self._ch is None or self._ch.is_closed:
                 # The broker closed the channel (a publish to a missing exchange, a
                 # forbidden routing key): say so and carry on with a fresh channel.

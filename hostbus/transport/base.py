@@ -16,7 +16,7 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,40 @@ Handler = Callable[[Delivery], None]
 Confirm = Callable[[bool | None], None]
 
 
+class Caller(Protocol):
+    """A connection one calling thread owns and drives itself, for request/reply with no
+    hand-off to an I/O thread (``Transport.caller``). Only that thread uses it."""
+
+    user: str
+    reply_to: str  # the binding key replies are sent to
+    blocked: str | None  # a resource alarm's reason, while it lasts
+    broken: bool  # failed: close it, open another
+    replies: list[tuple[Delivery, float]]  # (reply, arrival time), taken out by the owner
+    returned: list[tuple[str, str, Properties]]  # mandatory publishes no queue took
+
+    def open(self) -> None: ...
+
+    def publish(self, exchange: str, routing_key: str, body: bytes, properties: Properties,
+                *, persistent: bool = False, confirm: Confirm | None = None,
+                mandatory: bool = False) -> None: ...
+
+    def wait(self, until: float, done: Callable[[], bool]) -> None: ...
+
+    def pump(self) -> None: ...
+
+    def unread(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
 class Transport(abc.ABC):
     """A connection to the broker with one I/O thread."""
+
+    def caller(self) -> Caller | None:
+        """A new connection of the calling thread's own for request/reply (not yet
+        open), where this backend offers one; None where it does not (calls then go
+        through the I/O thread)."""
+        return None
 
     #: The broker user name; the broker checks it against ``user_id`` on every publish.
     user: str

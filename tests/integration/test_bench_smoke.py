@@ -26,6 +26,9 @@ def test_bench_quick_completes_and_writes_json_and_a_chart(rabbitmq, tmp_path):
     assert results["call"]["hostbus"]["n"] == 200
     assert [f["agents"] for f in results["fanout"]] == [10, 50]
     assert all(f["all_replied"] for f in results["fanout"])
+    assert all(f["raw_pika_ms"] > 0 and f["ratio_to_raw"] > 0 for f in results["fanout"])
+    assert results["meta"]["machine"]["cores"] >= 1 and results["meta"]["machine"]["cpu"]
+    assert results["meta"]["wakeup_us"]["before"]["p50"] > 0
     assert results["provisioning"]["requests"] == 3
     assert results["provisioning"]["direct_defines"]["vms"] == 3
     assert results["placement"]["hosts"] == 100 and results["placement"]["plain"]["n"] == 500
