@@ -20,8 +20,9 @@ from console.client import Console
 from console.reactor.actions import Actor
 from console.reactor.engine import Engine
 from hostbus import names
-from hostbus.envelope import EVENT_TYPE, Event, parse_event
+from hostbus.envelope import Event, parse_event
 from hostbus.errors import HostbusError, RemoteError
+from hostbus.security.provenance import why_not_from
 from hostbus.serving.active import ActiveStandby
 
 if TYPE_CHECKING:
@@ -156,37 +157,22 @@ class Reactor:
                 self.actor.submit(d.decision_id)
 
     def _trusted(self, delivery: Delivery) -> Event | None:
-        """The event, if it speaks for its sender; else None (logged)."""
+        """The event, if it speaks for its sender (hostbus.security.provenance); else
+        None (logged)."""
         try:
             event = parse_event(delivery)
         except RemoteError as err:
             log.warning("ignored a malformed event on %s: %s", delivery.routing_key,
                         err.message)
             return None
-        user = delivery.properties.user_id
-        if delivery.routing_key != event.routing_key():
-            why = f"its routing key {delivery.routing_key!r} does not match its body"
-        elif user != event.host and user not in self.multi_host_users:
-            why = f"it was sent by broker user {user!r}; a host may only speak for itself"
-        elif self.agent_keys is not None:
-            why = self._unsigned(delivery, event)
-        else:
-            why = None
+        why = why_not_from(delivery, event.host, routing_key=event.routing_key(),
+                           multi_host_users=self.multi_host_users, verifier=self.agent_keys,
+                           who="the reactor")
         if why is not None:
             log.warning("ignored event %s claiming host %r: %s", event.full_name, event.host,
                         why)
             return None
         return event
-
-    def _unsigned(self, delivery: Delivery, event: Event) -> str | None:
-        assert self.agent_keys is not None
-        try:
-            signer = self.agent_keys.verify(delivery.exchange, delivery.routing_key,
-                                            delivery.properties, delivery.body,
-                                            kind=EVENT_TYPE, what="event", who="the reactor")
-        except RemoteError as err:
-            return err.message
-        return None if signer == event.host else f"it was signed by {signer!r}"
 
     def _timer(self) -> None:
         """Rules with ``for_s`` or ``absent_s`` fire when their time has come, not on an
