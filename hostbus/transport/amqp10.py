@@ -42,8 +42,10 @@ exchange routes gets a queue declared and bound through the broker's management 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -243,6 +245,7 @@ class ProtonTransport(Transport):
         self._tasks: deque[Task] = deque()
         self._wake_lock = threading.Lock()
         self._wake_pending = False
+        self._loop_ended = False  # the I/O loop returned and closed the injector's pipe
         self._injector = EventInjector()
         self._conn: Any = None
         self._sessions: Sessions | None = None  # the connection's (amqp10_sessions)
@@ -267,7 +270,7 @@ class ProtonTransport(Transport):
     def start(self) -> None:
         self._container = Container(_Events(self))
         self._container.selectable(self._injector)
-        self._thread = threading.Thread(target=self._container.run,
+        self._thread = threading.Thread(target=self._run_loop,
                                         name="hostbus-amqp10-io", daemon=True)
         self._thread.start()
         if self._wait_first:
@@ -281,6 +284,21 @@ class ProtonTransport(Transport):
                                    "timeout (is the rabbitmq_amqp1_0 plugin enabled?)")
         if self._start_error is not None:
             raise self._start_error
+
+    def _run_loop(self) -> None:
+        """The I/O thread. When its loop ends, the injector's pipe is closed: proton
+        never closes it, so every transport left two descriptors behind (a process that
+        made and closed a thousand crossed select()'s limit of 1,024 and could not
+        connect over AMQP 1.0 again)."""
+        assert self._container is not None
+        try:
+            self._container.run()
+        finally:
+            with self._wake_lock:
+                self._loop_ended = True
+                for fd in self._injector.pipe:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
 
     def _connect(self, container: Container) -> None:
         url = self.urls[self._current]
@@ -371,11 +389,14 @@ class ProtonTransport(Transport):
         """Queue ``task`` for the I/O thread, waking it once per batch: an injector
         trigger is a pipe write and a loop turn, and a burst of publishes needs one."""
         with self._wake_lock:
+            if self._loop_ended:  # nobody reads the pipe (closed, its number reusable)
+                return
             self._tasks.append(task)
             if self._wake_pending:
                 return
             self._wake_pending = True
-        self._injector.trigger(ApplicationEvent("hostbus_task"))
+            # Under the lock: the pipe cannot be closed between the check and the write.
+            self._injector.trigger(ApplicationEvent("hostbus_task"))
 
     def _drain(self) -> None:
         with self._wake_lock:

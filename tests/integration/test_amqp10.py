@@ -339,3 +339,25 @@ def test_every_attach_is_answered_after_links_close_on_the_connection(node):
         finally:
             transport.close()
     assert unanswered == []
+
+
+def test_a_closed_transport_leaves_no_descriptor_behind(node):
+    """Proton never closes its event injector's pipe: every closed AMQP 1.0 transport
+    left two descriptors open, and a process that had made about a thousand could not
+    connect over AMQP 1.0 again (proton's loop uses select(), limited to 1,024)."""
+    import gc
+    import os
+
+    def open_descriptors():
+        gc.collect()
+        return len(os.listdir("/proc/self/fd"))
+
+    warm = connect(url10(node), reconnect=False, connect_timeout=5)
+    warm.start()
+    warm.close()
+    before = open_descriptors()
+    for _ in range(50):
+        transport = connect(url10(node), reconnect=False, connect_timeout=5)
+        transport.start()
+        transport.close()
+    assert open_descriptors() - before < 10  # 100 or more when each left its pipe
