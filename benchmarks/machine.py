@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import platform
 import queue
-import select
+import selectors
 import socket
 import threading
 import time
@@ -50,15 +50,18 @@ def describe() -> dict[str, Any]:
 def wakeup_latency(rounds: int = 2000, warm: int = 200) -> dict[str, Any]:
     """Two threads pass a token back and forth: each pass wakes a blocked thread. One
     way the woken thread waits on a ``queue.SimpleQueue`` (as a console's caller waits
-    for its reply), the other in ``select`` on a socket (as an I/O loop waits, woken by
+    for its reply), the other in ``epoll`` on a socket (as an I/O loop waits, woken by
     a byte written to it: pika's ``add_callback_threadsafe``). Returns the one-way
     wake-up (half a round trip) in microseconds: p50, p90, p99, mean."""
     ping_r, ping_w = socket.socketpair()
     pong: queue.SimpleQueue[int] = queue.SimpleQueue()
 
+    waiting = selectors.DefaultSelector()  # epoll: any descriptor number (select: < 1024)
+    waiting.register(ping_r, selectors.EVENT_READ)
+
     def echo() -> None:
         while True:
-            select.select([ping_r], [], [])
+            waiting.select()
             token = ping_r.recv(1)
             if token == b"q":
                 return
@@ -77,6 +80,7 @@ def wakeup_latency(rounds: int = 2000, warm: int = 200) -> dict[str, Any]:
     finally:
         ping_w.send(b"q")
         thread.join(5)
+        waiting.close()
         ping_r.close()
         ping_w.close()
     out: dict[str, Any] = dict(summary(samples))
