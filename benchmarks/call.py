@@ -32,8 +32,9 @@ from hostbus.serving.runtime import AgentRuntime
 from hostbus.transport.url import parse_url
 
 
-class _RawSide:
-    """A raw pika echo server thread and a raw pika client. ``hostbus_topology``: a
+class RawPikaSide:
+    """Raw pika request/reply, the floor every call is compared with (here and in the
+    peers benchmark): an echo server thread and a client. ``hostbus_topology``: a
     durable queue behind the topic exchange, manual acks, replies through a direct
     exchange (what hostbus asks of the broker); otherwise the default exchange (the
     floor)."""
@@ -167,8 +168,8 @@ class HostbusSide:
 
 def run(bench: Bench, n: int) -> dict[str, Any]:
     makers: dict[str, Callable[[], Side]] = {
-        "raw_pika": lambda: _RawSide(bench.url),
-        "raw_pika_hostbus_topology": lambda: _RawSide(bench.url, hostbus_topology=True),
+        "raw_pika": lambda: RawPikaSide(bench.url),
+        "raw_pika_hostbus_topology": lambda: RawPikaSide(bench.url, hostbus_topology=True),
         "hostbus": lambda: HostbusSide(bench),
         "hostbus_io_thread": lambda: HostbusSide(bench, io_thread=True),
         "hostbus_signed": lambda: HostbusSide(bench, signed=True),

@@ -24,7 +24,6 @@ nameko_driver.py). Raw pika is measured beside them, as everywhere in the bench.
 from __future__ import annotations
 
 import os
-import platform
 import threading
 import time
 import uuid
@@ -36,10 +35,11 @@ import pika
 
 from benchmarks import call as call_bench
 from benchmarks import events as events_bench
+from benchmarks import machine
 from benchmarks.fanout import SimulatedFleet
 from benchmarks.harness import Bench, Side, in_turns, progress, summary
 from benchmarks.peers.driver import Driver
-from benchmarks.peers.venvs import PEERS, Peer, PeerError, python_for
+from benchmarks.peers.venvs import PEERS, Peer, PeerError, clear_work, python_for
 
 __all__ = ["PeerError", "run"]
 
@@ -214,19 +214,6 @@ class _PeerEvents:
         self._client.close()
 
 
-def machine() -> dict[str, Any]:
-    """What the figures depend on: the CPU, how many, and how busy the machine was."""
-    model = None
-    try:
-        with open("/proc/cpuinfo") as info:
-            model = next((line.split(":", 1)[1].strip() for line in info
-                          if line.startswith("model name")), None)
-    except OSError:
-        pass
-    return {"cpu": model, "cpus": os.cpu_count(), "system": platform.platform(),
-            "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
-
-
 def _ratios(out: dict[str, Any], sides: list[str], key: str) -> None:
     """``out["over_hostbus"][side]``: each side's ``key`` over hostbus's."""
     out["over_hostbus"] = {side: round(out[side][key] / out["hostbus"][key], 2)
@@ -235,16 +222,19 @@ def _ratios(out: dict[str, Any], sides: list[str], key: str) -> None:
 
 def run(bench: Bench, calls: int, servers: int, broadcasts: int, n_events: int,
         event_rounds: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"machine": machine(),
+    # The machine as every benchmark names it; its load at the start ("loadavg") and,
+    # below, at the end: the peers' figures move with it.
+    out: dict[str, Any] = {"machine": machine.describe(),
                            "peers": {p.name: {"version": p.version, "pins": list(p.pins)}
                                      for p in PEERS}}
     pythons = {peer.name: python_for(peer) for peer in PEERS}
+    out["logs"] = str(clear_work())  # the drivers' logs, this run's only
     others = ["raw_pika", *pythons]
 
     progress(f"peers: call round trips, {calls} each: raw pika, hostbus, "
              f"{', '.join(pythons)}, in turns")
     makers: dict[str, Callable[[], Side]] = {
-        "raw_pika": lambda: call_bench._RawSide(bench.url),
+        "raw_pika": lambda: call_bench.RawPikaSide(bench.url),
         "hostbus": lambda: call_bench.HostbusSide(bench),
     }
     for peer in PEERS:

@@ -1,5 +1,6 @@
 """A peer's driver process, seen from the bench: started with the peer venv's python,
-spoken to a JSON line at a time (the protocol: _lines.py)."""
+spoken to a JSON line at a time (the protocol: _lines.py). It runs in the peers' work
+folder (venvs.work_folder) and its standard error, the peer's log, goes to a file there."""
 
 from __future__ import annotations
 
@@ -7,26 +8,31 @@ import contextlib
 import json
 import queue
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
-from benchmarks.peers.venvs import DRIVERS, Peer, PeerError
+from benchmarks.peers.venvs import DRIVERS, Peer, PeerError, work_folder
 
 
 class Driver:
     def __init__(self, peer: Peer, python: Path, role: str, url: str, prefix: str,
-                 **options: int) -> None:
+                 *, work: Path | None = None, **options: int) -> None:
+        """``work``: the folder the driver runs in and logs to (the peers' work folder)."""
         self.peer, self.role = peer, role
+        work = work or work_folder()
+        self.log = work / f"{peer.name}-{role}-{prefix}.log"
         argv = [str(python), "-W", "ignore", str(DRIVERS / peer.driver), role, "--url", url,
                 "--prefix", prefix]
         for key, value in options.items():
             argv += [f"--{key}", str(value)]
-        # stderr to a file: a peer that logs a lot must not fill a pipe nobody reads
-        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in close())
+        # stderr to a file: a peer that logs a lot must not fill a pipe nobody reads. The
+        # working directory too: a peer that writes a file of its own (a log named in
+        # its configuration) writes it there, not where the bench was started.
+        # Appended (O_APPEND): reading the tail moves the offset the driver shares.
+        self._stderr = self.log.open("a+")  # closed in close()
         self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=self._stderr, text=True, bufsize=1)
+                                      stderr=self._stderr, text=True, bufsize=1, cwd=work)
         self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         threading.Thread(target=self._read, daemon=True,
                          name=f"{peer.name}-{role}-stdout").start()
@@ -61,7 +67,7 @@ class Driver:
     def _log_tail(self) -> str:
         self._stderr.seek(0)
         tail = self._stderr.read()[-1500:].strip()
-        return f": {tail}" if tail else ""
+        return f": {tail} (log: {self.log})" if tail else f" (log: {self.log})"
 
     def close(self) -> None:
         if self._proc.poll() is None and self.role == "client":

@@ -11,9 +11,9 @@ LABELS = {"raw_pika": "raw pika"}
 
 def text(peers: dict[str, Any]) -> list[str]:
     m = peers["machine"]
-    lines = [f"peers (same broker, same run, sides in turns; {m['cpus']} cpus: {m['cpu']}; "
-             f"load {m['loadavg_start'][0]} at the start, {m.get('loadavg_end', ['?'])[0]} "
-             f"at the end)",
+    lines = [f"peers (same broker, same run, sides in turns; {m['cores']} cores: {m['cpu']}; "
+             f"load {m['loadavg'][0]} at the start, {m.get('loadavg_end', ['?'])[0]} "
+             f"at the end; the peers' logs: {peers.get('logs', '?')})",
              "  versions: " + ", ".join(f"{name} {p['version']}"
                                         for name, p in peers["peers"].items())]
     call = peers["call"]

@@ -6,6 +6,11 @@ The cache is ``$HOSTBUS_BENCH_PEERS_CACHE``, else ``$XDG_CACHE_HOME/hostbus-benc
 ``nameko-2.14.1/``. A folder is used only when its pins file matches the pins below, and
 is built under a temporary name and renamed when complete, so a run stopped halfway or
 two runs at once never leave a half-installed peer behind.
+
+The drivers run in the cache's ``work/`` folder (their working directory), each with its
+standard error (the peer's log: nameko's and oslo's warnings, tracebacks) written to
+``work/PEER-ROLE-PREFIX.log``: whatever a peer writes lands there, never in the folder
+the bench was started from. ``work/`` holds the latest run's logs (each run empties it).
 """
 
 from __future__ import annotations
@@ -56,6 +61,22 @@ def cache_root() -> Path:
         return Path(explicit)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "hostbus-bench" / "peers"
+
+
+def work_folder(root: Path | None = None) -> Path:
+    """Where the peers' drivers run and write their logs: ``CACHE/work``."""
+    folder = (root or cache_root()) / "work"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def clear_work(root: Path | None = None) -> Path:
+    """Empty the work folder of an earlier run's logs, at the start of a run. A log still
+    open (another run at the same time) is only unlinked: its driver writes on."""
+    folder = work_folder(root)
+    for log in folder.glob("*.log"):
+        log.unlink(missing_ok=True)
+    return folder
 
 
 def python_for(peer: Peer, root: Path | None = None) -> Path:
