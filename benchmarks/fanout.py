@@ -16,6 +16,7 @@ import statistics
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -105,10 +106,17 @@ class RawFanout:
 
 
 class SimulatedFleet:
-    def __init__(self, bench: Bench, n: int) -> None:
+    """N simulated agents, hosts ``PREFIX-00000`` ... with the fact ``fleet: PREFIX``."""
+
+    def __init__(self, bench: Bench, n: int,
+                 after_enroll: Callable[[], None] | None = None) -> None:
+        """``after_enroll``: called once the hosts are enrolled, before any agent starts
+        (the fanout10k benchmark reads the broker's memory there)."""
         self.prefix = f"sim{uuid.uuid4().hex[:4]}"
         self.hosts = [f"{self.prefix}-{i:05d}" for i in range(n)]
         bench.admin.enroll_many(bench.vhost, [(host, []) for host in self.hosts])
+        if after_enroll is not None:
+            after_enroll()
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sim-worker")
         self.transports: list[Transport] = []
         self.runtimes: list[AgentRuntime] = []

@@ -75,6 +75,11 @@ def checks(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
                 rows.append((f"historian ingest ({store}) / events into one subscriber",
                              f"{ingest[f'{store}_per_s']} / {ingest['subscriber_per_s']}/s = "
                              f"{rate:.2f}x", ">= 1.0x (keeps up)", rate >= 1.0))
+    big = results.get("fanout10k")
+    if big and "error" not in big:
+        rows.append((f"broadcast to {big['agents']:,} simulated agents: every reply back",
+                     f"{big['return_ms']:.0f} ms, {big['ratio_to_raw']}x raw pika",
+                     "all replied", big["all_replied"]))
     if results.get("peers"):
         from benchmarks.peers.report import checks as peer_checks
 
@@ -186,6 +191,10 @@ def text(results: dict[str, Any]) -> str:
         from benchmarks.scale import text as scale_text
 
         lines += ["", *scale_text(results["scale"])]
+    if results.get("fanout10k"):
+        from benchmarks.fanout10k import text as fanout10k_text
+
+        lines += ["", *fanout10k_text(results["fanout10k"])]
     if results.get("peers"):
         from benchmarks.peers.report import text as peers_text
 

@@ -14,6 +14,7 @@ from benchmarks import (
     call,
     events,
     fanout,
+    fanout10k,
     faults,
     footprint,
     history,
@@ -33,8 +34,9 @@ ALL = ("call", "fanout", "events", "amqp10", "placement", "provisioning", "footp
        "tracing")
 #: Run only when asked for (--only soak, --only faults, ...): minutes by design; faults
 #: and scale start a RabbitMQ node of their own (root, a source checkout); peers
-#: installs oslo.messaging and nameko into virtual environments of their own.
-EXTRA = ("soak", "faults", "history", "scale", "peers", "reactor")
+#: installs oslo.messaging and nameko into virtual environments of their own; fanout10k
+#: starts 10,000 simulated agents on a node of its own (about 4 minutes here).
+EXTRA = ("soak", "faults", "history", "scale", "peers", "reactor", "fanout10k")
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Plan:
     peer_event_rounds: int = 3  # event runs per side
     reactor_events: int = 10_000  # a burst into the reactor, each seen by every rule
     reactor_rules: int = 100
+    fanout10k_agents: int = 10_000  # simulated agents a broadcast reaches (--only fanout10k)
     only: tuple[str, ...] = ALL
 
     @classmethod
@@ -67,7 +70,8 @@ class Plan:
                    provision_hosts=2, placement_hosts=100, idle_s=2.0,
                    storm_s=1.0, alarm_s=10.0, history_stored=20_000, scale_hosts=1000,
                    scale_agents=20, peer_servers=10, peer_broadcasts=3, peer_events=300,
-                   peer_event_rounds=1, reactor_events=1000)
+                   peer_event_rounds=1, reactor_events=1000,
+                   fanout10k_agents=200)
 
 
 def _redacted(url: str | None) -> str | None:
@@ -142,6 +146,9 @@ def run(plan: Plan, *, amqp: str, admin_url: str) -> dict[str, Any]:
             results["peers"] = peers.run(bench, plan.calls, plan.peer_servers,
                                          plan.peer_broadcasts, plan.peer_events,
                                          plan.peer_event_rounds)
+        if "fanout10k" in plan.only:
+            results["fanout10k"] = fanout10k.run(plan.fanout10k_agents)
+        gc.collect()
         if "reactor" in plan.only:
             results["reactor"] = reactor.run(bench, plan.reactor_events, plan.reactor_rules)
         if "soak" in plan.only:

@@ -22,15 +22,18 @@ from typing import Any
 
 from benchmarks.faults import private_node
 from benchmarks.harness import progress
+from hostbus.broker_admin import BrokerAdmin
 from hostbus.serving.runtime import AgentRuntime
 
 CHUNK = 500
 ONE_BY_ONE = 50  # the sample enrolled one host at a time
 
 
-def _memory(node: Any) -> dict[str, int]:
-    """The node's memory now (the management API computes it when asked)."""
-    found = node.admin._call("GET", f"/api/nodes/{node.node}?memory=true")["memory"]
+def node_memory(admin: BrokerAdmin, node: str | None = None) -> dict[str, int]:
+    """A node's memory now, in bytes, Erlang-accounted and RSS (the management API
+    computes it when asked). ``node``: its name; the API's first node by default."""
+    node = node or admin._call("GET", "/api/nodes")[0]["name"]
+    found = admin._call("GET", f"/api/nodes/{node}?memory=true")["memory"]
     return {"erlang": int(found["total"]["erlang"]), "rss": int(found["total"]["rss"])}
 
 
@@ -65,7 +68,7 @@ def run(n_hosts: int, n_agents: int, idle_s: float) -> dict[str, Any]:
 
         hosts = [(f"{prefix}-{i:05d}", ["host"]) for i in range(n_hosts)]
         passwords = {h: f"pw-{h}" for h, _ in hosts}
-        before = _memory(node)
+        before = node_memory(node.admin, node.node)
         progress(f"scale: {n_hosts:,} hosts enrolled in imports of {CHUNK}")
         started = time.perf_counter()
         admin.enroll_many(vhost, hosts, passwords=passwords, chunk=CHUNK,
@@ -73,7 +76,7 @@ def run(n_hosts: int, n_agents: int, idle_s: float) -> dict[str, Any]:
                               f"scale: {done:,} of {total:,} enrolled") if done % 5000 == 0
                           else None)
         bulk_s = time.perf_counter() - started
-        enrolled = _memory(node)
+        enrolled = node_memory(node.admin, node.node)
         out["enroll"] = {
             "bulk_s": round(bulk_s, 2), "bulk_per_host_ms": round(bulk_s / n_hosts * 1000, 3),
             "one_by_one_per_host_ms": round(one_by_one * 1000, 2),
@@ -91,7 +94,7 @@ def run(n_hosts: int, n_agents: int, idle_s: float) -> dict[str, Any]:
                 runtimes.append(AgentRuntime.serve(
                     f"amqp://{host}:{passwords[host]}@127.0.0.1:{node.amqp_port}/{vhost}",
                     host, [], heartbeat_interval=0))
-            connected = _memory(node)
+            connected = node_memory(node.admin, node.node)
             progress(f"scale: {n_agents} agents idle for {idle_s:g} s")
             connected_cpu = _idle_cpu(node, idle_s)
         finally:

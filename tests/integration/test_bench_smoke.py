@@ -160,3 +160,23 @@ def test_bench_peers_that_cannot_be_installed_are_named_and_leave_nothing(tmp_pa
     assert "No matching distribution" in done.stderr
     assert "Traceback" not in done.stderr
     assert list(cache.iterdir()) == []
+
+
+def test_bench_fanout10k_broadcast_reports_the_consoles_and_the_brokers_memory(rabbitmq):
+    """`hostbus bench --only fanout10k`'s measurement at 20 agents in the test's vhost
+    (the benchmark itself starts a node of its own for 10,000): every reply back in each
+    round, the console's memory from a process of its own, the broker's at each step."""
+    if rabbitmq.transport != "amqp091":
+        pytest.skip("the benchmark speaks 0-9-1 whatever the test's transport: run once")
+    from benchmarks.fanout10k import measure, text
+    from benchmarks.harness import Bench
+
+    result = measure(Bench(rabbitmq.admin, rabbitmq.vhost, rabbitmq.amqp), 20, rounds=1)
+    assert result["all_replied"] and len(result["return_ms_each"]) == 1
+    assert result["raw_pika_ms"] > 0 and result["ratio_to_raw"] > 0
+    console = result["console_kib"]
+    assert 0 < console["before_import"] < console["imported"] <= console["peak"]
+    assert set(result["broker_kib"]) == {"before", "enrolled", "consuming",
+                                         "after_broadcasts"}
+    assert all(m["erlang"] > 0 and m["rss"] > 0 for m in result["broker_kib"].values())
+    assert "20 simulated agents" in text(result)[0]
