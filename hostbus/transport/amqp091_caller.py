@@ -12,6 +12,14 @@ It opens no I/O thread and sends no heartbeats (it is idle between calls, when n
 reads it): the transport it was made from watches the broker, and the owner of both
 throws a caller away once that transport has lost its connection. A broken or refused
 caller raises, and is thrown away too; the next call opens a fresh one.
+
+While it waits for a reply over a plain socket it does not run pika's loop: it polls the
+socket itself with the time left and hands what arrived to pika's transport, whose frame
+decoding calls the consumer (registered on pika's channel underneath, not on the
+blocking one) at once. pika's loop costs a timer, an event-dispatch pass and a queued
+delivery per call, which a connection with no timers, one consumer and one waiting
+thread does not need. Anything else (TLS, output a full socket left in pika's buffer,
+a connection pika is closing) goes through pika's loop as before.
 """
 
 from __future__ import annotations
@@ -64,6 +72,10 @@ class PikaCaller:
         #: Mandatory publishes no queue took: (exchange, routing key, properties).
         self.returned: list[tuple[str, str, Properties]] = []
         self.broken = False
+        #: pika's plain-socket transport and a poller on its socket, when waiting may
+        #: bypass pika's loop (``_read_direct``); None otherwise.
+        self._direct: tuple[Any, select.poll] | None = None
+        self._looping = False  # in pika's loop (``_pika_loop``): callbacks must end it
 
     def open(self) -> None:
         """Connect, declare a private reply queue bound to ``hostbus.reply`` and consume
@@ -80,18 +92,34 @@ class PikaCaller:
             key = names.new_reply_queue(self.user)  # what reply_to says: the binding key
             queue = ch.queue_declare("", exclusive=True, auto_delete=True).method.queue
             ch.queue_bind(queue, names.REPLY_EXCHANGE, routing_key=key)
-            ch.basic_consume(queue, self._delivered, auto_ack=True, exclusive=True)
+            # On pika's channel underneath: a reply is handed over as its frames are
+            # decoded, not queued for the blocking channel's dispatch.
+            consuming: list[bool] = []
+            ch._impl.basic_consume(queue, self._delivered, auto_ack=True, exclusive=True,
+                                   callback=lambda _frame: consuming.append(True))
+            ch._flush_output(lambda: bool(consuming))  # raises if the broker refuses
         except Exception as exc:
             self.close()
             raise translate_error(exc, self._params[0].host) from None
         self._ch, self.reply_to = ch._impl, key
+        self._direct = self._direct_reader(conn)
 
     # ------------------------------------------------------------- pika's callbacks
     # These run inside pika's loop on frames that dispatch nothing to a channel: each asks
     # the loop to return, so that ``wait`` sees what changed at once.
     def _wake(self) -> None:
-        if self._conn is not None:
+        # Only inside pika's loop: a request left from a direct read would end the next
+        # loop before it read anything (a pump that never sees the broker's close).
+        if self._looping and self._conn is not None:
             self._conn._request_channel_dispatch(-1)  # pika's "return from the loop"
+
+    def _pika_loop(self, time_limit: float) -> None:
+        assert self._conn is not None
+        self._looping = True
+        try:
+            self._conn.process_data_events(time_limit=time_limit)
+        finally:
+            self._looping = False
 
     def _set_blocked(self, reason: str | None) -> None:
         self.blocked = None if reason is None else f"resource alarm ({reason})"
@@ -112,6 +140,7 @@ class PikaCaller:
         self.replies.append((Delivery(body, _from_pika(props), method.exchange,
                                       method.routing_key, method.redelivered),
                              time.perf_counter()))
+        self._wake()  # when pika's loop runs (``pump``, or a wait through it)
 
     # ------------------------------------------------------------------ the API
     def publish(self, exchange: str, routing_key: str, body: bytes, properties: Properties,
@@ -160,16 +189,61 @@ class PikaCaller:
             if remaining <= 0:
                 return
             try:
-                self._conn.process_data_events(time_limit=remaining)
+                if not self._read_direct(remaining):
+                    self._pika_loop(remaining)
             except Exception as exc:
                 raise self._failed(exc) from None
         self._check()
+
+    @staticmethod
+    def _direct_reader(conn: pika.BlockingConnection) -> tuple[Any, select.poll] | None:
+        """pika's transport and a poller on its socket if pika's internals are as
+        expected and the socket is plain (TLS keeps decrypted bytes a poll cannot see)."""
+        transport = getattr(conn._impl, "_transport", None)
+        sock = getattr(transport, "_sock", None)
+        if sock is None or isinstance(sock, ssl.SSLSocket) or not all(
+                hasattr(transport, name) for name in
+                ("_on_socket_readable", "_tx_buffers", "_state", "_STATE_ACTIVE")):
+            return None
+        poller = select.poll()  # any descriptor number (select() refuses those >= 1024)
+        poller.register(sock.fileno(), select.POLLIN)
+        return transport, poller
+
+    def _closing(self) -> bool:
+        """Whether pika is closing this connection or has closed it. A close read
+        directly leaves the connection open until pika's loop runs its end; the
+        transport is inactive from the start."""
+        assert self._conn is not None
+        if not self._conn._impl.is_open:
+            return True
+        return self._direct is not None and \
+            self._direct[0]._state != self._direct[0]._STATE_ACTIVE
+
+    def _read_direct(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the socket to be readable and hand what
+        arrived to pika's transport, as pika's loop would: the frames are decoded and
+        the callbacks (``_delivered``, ``_returned``, a close) run before it returns.
+        False, having done nothing, where pika's loop must run instead: no direct
+        reader, output still buffered (a full socket), the transport no longer active,
+        or the connection closing (pika finishes the close in its loop, and raises)."""
+        assert self._conn is not None
+        if self._direct is None:
+            return False
+        transport, poller = self._direct
+        if transport._tx_buffers or self._closing():
+            return False
+        if poller.poll(max(0, int(timeout * 1000) + 1)):
+            transport._on_socket_readable()
+        return True
 
     def pump(self) -> None:
         """Read what has arrived without waiting (an alarm's end, say)."""
         assert self._conn is not None
         try:
-            self._conn.process_data_events(time_limit=0)
+            if not self._read_direct(0):
+                self._pika_loop(0)
+            if self._closing():  # the broker closed it (read just now)
+                raise ConnectionLost("the broker closed this thread's connection")
         except Exception as exc:
             raise self._failed(exc) from None
         self._check()
@@ -206,7 +280,7 @@ class PikaCaller:
         return ConnectionLost(f"the broker connection was lost: {exc!r}")
 
     def close(self) -> None:
-        conn, self._conn, self._ch = self._conn, None, None
+        conn, self._conn, self._ch, self._direct = self._conn, None, None, None
         if conn is None:
             return
         try:

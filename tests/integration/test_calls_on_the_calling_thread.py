@@ -48,6 +48,29 @@ def test_a_one_off_call_opens_no_second_connection(rabbitmq, console, start_agen
     assert console._callers == {}
 
 
+def test_a_thread_waits_for_its_replies_without_pikas_loop(rabbitmq, console, start_agent):
+    """Over a plain socket the caller polls its socket and hands what arrived to pika's
+    transport itself (no timer, no event dispatch a call): pika's loop is not run while a
+    call waits for its reply, and every reply still finds its call."""
+    _only_amqp091(rabbitmq)
+    runtime, _ = start_agent()
+    assert console.call("agent", "ping", host=runtime.host_id, timeout=20).status == "ok"
+    assert console.call("agent", "ping", host=runtime.host_id, timeout=20).status == "ok"
+    [(caller, _)] = console._callers.values()
+    loops = []
+    real = caller._conn.process_data_events
+
+    def counted(*args, **kwargs):
+        loops.append(kwargs)
+        return real(*args, **kwargs)
+
+    caller._conn.process_data_events = counted
+    for i in range(20):
+        res = console.call("host", "identify", host=runtime.host_id, timeout=20)
+        assert res.status == "ok" and res.reply.result["host_id"] == runtime.host_id, i
+    assert loops == []
+
+
 def test_calls_from_several_threads_each_get_their_own_answer(console, start_agent):
     runtime, _ = start_agent()
     results: dict[int, str] = {}
