@@ -10,7 +10,11 @@ On a node of the bench's own (so nothing else's queues or connections are counte
    the default heartbeat (what a real fleet has; the fan-out benchmark shares a
    connection among 500 simulated agents instead): the node's memory per connected
    agent, and its CPU over ``--idle`` seconds with the hosts enrolled and nobody
-   connected, then with the agents connected (the difference, per agent).
+   connected, then with the agents connected (the difference, per agent);
+4. the same CPU measurements again after the node is restarted with its statistics
+   interval raised (``collect_statistics_interval`` from RabbitMQ's default 5 s to 60 s:
+   how often every queue, channel and connection reports its figures to the management
+   plugin), so both are in one run, on the same node and hosts.
 """
 
 from __future__ import annotations
@@ -27,13 +31,18 @@ from hostbus.serving.runtime import AgentRuntime
 
 CHUNK = 500
 ONE_BY_ONE = 50  # the sample enrolled one host at a time
+RAISED_STATS_MS = 60_000  # the second phase's (a setting RabbitMQ 3.10 and 4.x both know)
+SETTLE_S = 10.0  # before each idle measurement
+MEMORY_TIMEOUT_S = 300.0  # for the node's memory report (computed when asked)
 
 
 def node_memory(admin: BrokerAdmin, node: str | None = None) -> dict[str, int]:
     """A node's memory now, in bytes, Erlang-accounted and RSS (the management API
-    computes it when asked). ``node``: its name; the API's first node by default."""
-    node = node or admin._call("GET", "/api/nodes")[0]["name"]
-    found = admin._call("GET", f"/api/nodes/{node}?memory=true")["memory"]
+    computes it when asked). ``node``: its name; the API's first node by default. A node
+    busy opening 20,000 channels took more than the API's default 10 s to answer."""
+    node = node or admin._call("GET", "/api/nodes", timeout=MEMORY_TIMEOUT_S)[0]["name"]
+    found = admin._call("GET", f"/api/nodes/{node}?memory=true",
+                        timeout=MEMORY_TIMEOUT_S)["memory"]
     return {"erlang": int(found["total"]["erlang"]), "rss": int(found["total"]["rss"])}
 
 
@@ -85,42 +94,84 @@ def run(n_hosts: int, n_agents: int, idle_s: float) -> dict[str, Any]:
         out["memory_per_enrolled_host_kib"] = {
             k: round((enrolled[k] - before[k]) / n_hosts / 1024, 2) for k in before}
 
-        progress(f"scale: {n_hosts:,} hosts enrolled, none connected, for {idle_s:g} s")
-        enrolled_cpu = _idle_cpu(node, idle_s)
-        progress(f"scale: {n_agents} idle agents connecting, a connection each")
-        runtimes: list[AgentRuntime] = []
-        try:
-            for host, _ in hosts[:n_agents]:
-                runtimes.append(AgentRuntime.serve(
-                    f"amqp://{host}:{passwords[host]}@127.0.0.1:{node.amqp_port}/{vhost}",
-                    host, [], heartbeat_interval=0))
-            connected = node_memory(node.admin, node.node)
-            progress(f"scale: {n_agents} agents idle for {idle_s:g} s")
-            connected_cpu = _idle_cpu(node, idle_s)
-        finally:
-            for runtime in runtimes:
-                runtime.stop("benchmark over")
+        phase = _idle_phase(node, vhost, hosts[:n_agents], passwords, idle_s)
+        connected = phase.pop("memory_connected")
         out["memory_per_connected_agent_kib"] = {
             k: round((connected[k] - enrolled[k]) / n_agents / 1024, 1) for k in before}
-        out["idle_cpu"] = {
-            "enrolled_percent_of_a_core": round(enrolled_cpu * 100, 2),
-            "connected_percent_of_a_core": round(connected_cpu * 100, 2),
-            "per_agent_percent": round((connected_cpu - enrolled_cpu) * 100 / n_agents, 4)}
+        out["idle_cpu"] = {"collect_statistics_interval_ms": _stats_interval_ms(node), **phase}
         out["memory"] = {"before": before, "enrolled": enrolled, "connected": connected}
+
+        # The same node, the same hosts and agents, with the statistics interval raised:
+        # the node is stopped, its config given the setting, and started again (its
+        # durable queues and users are kept), so both phases are in one run.
+        progress(f"scale: restarting the node with collect_statistics_interval = "
+                 f"{RAISED_STATS_MS} ms")
+        started = time.perf_counter()
+        node.stop()
+        node.config += f"\ncollect_statistics_interval = {RAISED_STATS_MS}\n"
+        node.start(timeout=900)  # 2 x --scale-hosts durable queues are recovered first
+        out["restart_s"] = round(time.perf_counter() - started, 1)
+        raised = _idle_phase(node, vhost, hosts[:n_agents], passwords, idle_s)
+        raised.pop("memory_connected")
+        out["idle_cpu_stats_raised"] = {"collect_statistics_interval_ms":
+                                        _stats_interval_ms(node), **raised}
         return out
+
+
+def _stats_interval_ms(node: Any) -> int | None:
+    """The statistics interval the running node uses, as it says (None: unreadable)."""
+    found = node.ctl("eval", "application:get_env(rabbit, collect_statistics_interval).")
+    digits = "".join(ch for ch in found if ch.isdigit())  # {ok,5000}
+    return int(digits) if digits else None
+
+
+def _idle_phase(node: Any, vhost: str, agents: list[tuple[str, list[str]]],
+                passwords: dict[str, str], idle_s: float) -> dict[str, Any]:
+    """The node's CPU idle with the hosts enrolled and nobody connected, then with
+    ``agents`` connected as idle agents (a connection and user each); and its memory
+    with them connected (``memory_connected``)."""
+    time.sleep(min(SETTLE_S, idle_s))  # the import's or the boot's after-work is not idle
+    progress(f"scale: hosts enrolled, none connected, for {idle_s:g} s")
+    enrolled_cpu = _idle_cpu(node, idle_s)
+    progress(f"scale: {len(agents)} idle agents connecting, a connection each")
+    runtimes: list[AgentRuntime] = []
+    try:
+        for host, _ in agents:
+            runtimes.append(AgentRuntime.serve(
+                f"amqp://{host}:{passwords[host]}@127.0.0.1:{node.amqp_port}/{vhost}",
+                host, [], heartbeat_interval=0))
+        connected = node_memory(node.admin, node.node)
+        progress(f"scale: {len(agents)} agents idle for {idle_s:g} s")
+        connected_cpu = _idle_cpu(node, idle_s)
+    finally:
+        for runtime in runtimes:
+            runtime.stop("benchmark over")
+    return {"enrolled_percent_of_a_core": round(enrolled_cpu * 100, 2),
+            "connected_percent_of_a_core": round(connected_cpu * 100, 2),
+            "per_agent_percent": round((connected_cpu - enrolled_cpu) * 100 / len(agents), 4),
+            "memory_connected": connected}
 
 
 def text(r: dict[str, Any]) -> list[str]:
     e, h = r["enroll"], r["memory_per_enrolled_host_kib"]
-    a, c = r["memory_per_connected_agent_kib"], r["idle_cpu"]
-    return [
+    a = r["memory_per_connected_agent_kib"]
+    lines = [
         f"scale (RabbitMQ {r['broker']}, a node of the bench's own):",
         f"  enroll {r['hosts']:,} hosts in imports of {CHUNK}: {e['bulk_s']} s "
         f"({e['bulk_per_host_ms']} ms a host); one at a time {e['one_by_one_per_host_ms']} ms "
         f"a host ({e['one_by_one_extrapolated_s']} s for all): {e['speedup']}x",
         f"  broker memory per enrolled host: {h['erlang']} KiB (Erlang), {h['rss']} KiB (RSS)",
         f"  per connected idle agent: {a['erlang']} KiB (Erlang), {a['rss']} KiB (RSS)",
-        f"  the node's CPU, idle: {c['enrolled_percent_of_a_core']}% of a core with the hosts "
-        f"enrolled, {c['connected_percent_of_a_core']}% with {r['agents']} of them connected "
-        f"({c['per_agent_percent']}% a connected agent)",
     ]
+    for key in ("idle_cpu", "idle_cpu_stats_raised"):
+        c = r.get(key)
+        if c:
+            lines.append(
+                f"  the node's CPU, idle, statistics every "
+                f"{c['collect_statistics_interval_ms'] / 1000:g} s: "
+                f"{c['enrolled_percent_of_a_core']}% of a core with the hosts enrolled, "
+                f"{c['connected_percent_of_a_core']}% with {r['agents']} of them connected "
+                f"({c['per_agent_percent']}% a connected agent)")
+    if "restart_s" in r:
+        lines.append(f"  (the node restarted with the raised interval in {r['restart_s']} s)")
+    return lines

@@ -106,6 +106,12 @@ def test_bench_scale_enrolls_in_bulk_and_reports_the_brokers_cost():
     assert scale["hosts"] == 600 and scale["agents"] == 5
     assert scale["enroll"]["bulk_s"] > 0 and scale["enroll"]["one_by_one_per_host_ms"] > 0
     assert {"erlang", "rss"} == set(scale["memory_per_connected_agent_kib"])
+    # both idle phases in the one run, the second on the node restarted with the
+    # statistics interval raised, as the node itself reports it
+    assert scale["idle_cpu"]["collect_statistics_interval_ms"] == 5000
+    assert scale["idle_cpu_stats_raised"]["collect_statistics_interval_ms"] == 60_000
+    for phase in (scale["idle_cpu"], scale["idle_cpu_stats_raised"]):
+        assert phase["connected_percent_of_a_core"] > 0
 
 
 @pytest.mark.timeout(1200)  # the first run installs oslo.messaging and nameko
