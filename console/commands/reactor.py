@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,8 +38,9 @@ def _config_error(exc: Exception) -> CliError:
 @click.group("reactor", invoke_without_command=True)
 @config_option
 @click.option("--check-config", is_flag=True,
-              help="Check the configuration and its rules (calls against the schemas), "
-                   "then exit (0 good, 1 not).")
+              help="Check the configuration, its keys and its rules (calls against the "
+                   "schemas), then exit (0 good, 1 not). The rules alone, each problem "
+                   "with its fix: hostbus rules check FILE.")
 @click.option("--setup", is_flag=True,
               help="Make the reactor's active queue hostbus.active.NAME, bound to what its "
                    "rules need, through the management API, as an administrator; then exit.")
@@ -63,7 +63,9 @@ def reactor(click_ctx: click.Context, config_file: str | None, check_config: boo
       hostbus reactor --config /etc/hostbus/reactor.toml
       hostbus reactor rules --config ...      what the rules are
       hostbus reactor history --config ...    what it decided, and what came of it
-      hostbus reactor test --config ... -e JSON   what the rules make of one event
+    The rules, offline (formerly --check-config and reactor test):
+      hostbus rules check reactor.toml        each problem, with its fix
+      hostbus rules test reactor.toml -e JSON what the rules make of one event
     """
     click_ctx.meta["reactor_config"] = config_file
     if click_ctx.invoked_subcommand is not None:
@@ -205,45 +207,21 @@ def history(click_ctx: click.Context, config_file: str | None, limit: int,
 @click.pass_context
 def trial(click_ctx: click.Context, config_file: str | None, event_text: str,
           as_json: bool) -> int:
-    """Which rules would act on one event, and what they would send; nothing is sent
-    and the reactor's store is not touched. Exit 0 if a rule would act, 1 if none.
+    """Moved to hostbus rules test FILE --event JSON|- (this older spelling still
+    works, with the reactor's --config as FILE). Which rules would act on one event, and
+    what they would send; nothing is sent. Exit 0 if a rule would act, 1 if none.
 
     \b
-      hostbus reactor test -c reactor.toml -e '{"host": "kvm01", "agent": "health",
+      hostbus rules test reactor.toml -e '{"host": "kvm01", "agent": "health",
           "event": "check", "data": {"state": "failing", "vm": "web-a"}}'
     """
-    import json
+    from console.commands.rules import run_test
 
-    from console.reactor.main import load_config, load_rules
-    from console.reactor.trial import event_from, explain
-    from hostbus.errors import ConfigError
-
-    text = sys.stdin.read() if event_text == "-" else event_text
-    try:
-        rules_found = load_rules(load_config(config_file or click_ctx.meta.get(
-            "reactor_config")))
-        event = event_from(json.loads(text))
-    except json.JSONDecodeError as exc:
-        raise CliError(Exit.USAGE, f"--event is not JSON: {exc}") from None
-    except (ConfigError, ValueError) as exc:
-        raise _config_error(exc) from None
-    found = explain(rules_found, event)
-    acting = [f for f in found if f.get("outcome")]
-    if as_json:
-        emit_json({"event": event.routing_key(), "rules": found})
-    else:
-        for entry in found:
-            if not entry["selects"]:
-                click.echo(f"{entry['rule']}: not this event")
-            elif not entry["holds"]:
-                click.echo(f"{entry['rule']}: its conditions do not hold")
-            elif entry["action"] is None:
-                click.echo(f"{entry['rule']}: cannot make its action: {entry['why']}")
-            else:
-                action = entry["action"]
-                click.echo(f"{entry['rule']}: {entry['outcome']}: {action['call']} on "
-                           f"{action['host']} {json.dumps(action['args'])}")
-    return Exit.OK if acting else Exit.FAILED
+    path = config_file or click_ctx.meta.get("reactor_config")
+    if path is None:
+        raise CliError(Exit.USAGE, "give the rules: hostbus rules test FILE --event JSON "
+                                   "(hostbus reactor test needs --config FILE)")
+    return run_test(path, event_text, as_json)
 
 
 @exits(*FANOUT)

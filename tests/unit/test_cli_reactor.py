@@ -101,7 +101,8 @@ def test_reactor_test_says_which_rules_act_on_an_event_and_sends_nothing(fleet, 
                               "args": {"name": "web-a"}}
     event["data"]["state"] = "passing"
     done = fleet.run("reactor", "test", "-c", str(config), "-e", "-", input=json.dumps(event))
-    assert done.exit_code == 1 and "conditions do not hold" in done.stdout
+    assert done.exit_code == 1 and "conditions (state=failing and vm=?*) do not hold" \
+        in done.stdout
     done = fleet.run("reactor", "test", "-c", str(config), "-e", '{"host": 1}')
-    assert done.exit_code == 1 and "lacks agent, event, data" in done.stderr
+    assert done.exit_code == 2 and "lacks agent, event, data" in done.stderr
     assert not (tmp_path / "state").exists()  # nothing stored
