@@ -79,7 +79,7 @@ def reactor(click_ctx: click.Context, config_file: str | None, check_config: boo
         ctx: CliContext = click_ctx.obj
         try:
             cfg = load_config(config_file)
-            wanted = patterns(load_rules(cfg))
+            wanted = patterns(load_rules(cfg), cfg["reactor"]["manager"])
         except (ConfigError, ValueError) as exc:
             raise _config_error(exc) from None
         vhost = vhost_of(ctx, None)

@@ -18,9 +18,12 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from console.reactor.handsoff import HandsOff
+from console.reactor.rules import Target
 from console.reactor.store import ReactorStore
 from hostbus.errors import HostbusError
 
@@ -34,8 +37,12 @@ _STOP = object()
 
 class Actor:
     def __init__(self, console: Console, store: ReactorStore, *, workers: int = 4,
-                 timeouts: Callable[[str], float] | None = None) -> None:
-        """``timeouts(rule)``: how long to wait for the reply to a rule's action."""
+                 timeouts: Callable[[str], float] | None = None,
+                 hands_off: HandsOff | None = None) -> None:
+        """``timeouts(rule)``: how long to wait for the reply to a rule's action;
+        ``hands_off``: asked again just before sending (the manager may have taken the
+        host or VM meanwhile)."""
+        self.hands_off = hands_off
         self.console = console
         self.store = store
         self.workers = workers
@@ -88,6 +95,14 @@ class Actor:
         if row is None or row["state"] != "queued":
             return  # decided otherwise meanwhile (another worker, or a restart's resume)
         agent, _, method = row["call"].partition(".")
+        if self.hands_off is not None:
+            held = self.hands_off.why_not(Target(row["host"], agent, method, row["args"]),
+                                          time.time())
+            if held is not None:
+                self.store.update(decision_id, "skipped", f"not sent: {held}")
+                log.warning("decision %s: %s on %s not sent: %s", decision_id[:8],
+                            row["call"], row["host"], held)
+                return
         parked = self._already_parked(row)
         if parked is not None:
             self.store.update(

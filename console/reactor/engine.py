@@ -12,7 +12,9 @@ would send) is rendered from the event; then:
   heartbeat); else it fires at once;
 - they do not: a waiting target stops waiting (the state it waited on ended).
 
-Firing is decided against what was done before: nothing while an earlier action for
+Firing is decided against what the manager handles first (``handsoff``: an action on a
+host or VM the manager is restarting, moving, fencing or has in maintenance is
+``skipped``, with why), then against what was done before: nothing while an earlier action for
 the same rule and target is in flight (sent, or waiting for approval: ``duplicate``),
 nothing within ``cooldown_s`` of the last one (``cooldown``); else ``fired`` (queued
 to be sent) or ``dry_run``. Every decision is recorded with its reasons and the ids of
@@ -26,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from console.reactor.handsoff import HandsOff
 from console.reactor.rules import Missing, Rule, Target, flatten
 from console.reactor.store import IN_FLIGHT, ReactorStore
 from hostbus.envelope import Event
@@ -49,9 +52,12 @@ class Decided:
 
 class Engine:
     def __init__(self, rules: list[Rule], store: ReactorStore, *, dry_run: bool = False,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None,
+                 hands_off: HandsOff | None = None) -> None:
+        """``hands_off``: what the manager handles (None: nothing is held back)."""
         import time
 
+        self.hands_off = hands_off
         self.rules = rules
         self.by_name = {r.name: r for r in rules}
         self.store = store
@@ -73,6 +79,8 @@ class Engine:
                 if self.store.handled(eid):
                     log.debug("event %s was handled before", eid)
                     continue
+                if self.hands_off is not None and self.hands_off.applies(event):
+                    self.hands_off.apply(event, eid, now)
                 matched: dict[str, bool] = {}
                 flat = flatten(event.data)
                 for rule in self.rules:
@@ -143,6 +151,11 @@ class Engine:
 
     def _fire(self, rule: Rule, target: Target, events: list[str], why: str,
               now: float) -> Decided:
+        held = self.hands_off.why_not(target, now) if self.hands_off is not None else None
+        if held is not None:
+            self.store.clear_matches(rule.name, target.key)  # counted again afterwards
+            return self._record(rule, target, events, "skipped",
+                                f"{why}; not sent: {held}", now)
         last = self.store.last_action(rule.name, target.key)
         if last is not None and last["state"] in IN_FLIGHT:
             return self._record(rule, target, events, "duplicate",

@@ -43,6 +43,10 @@ CREATE TABLE IF NOT EXISTS decisions (
     request_id TEXT, approval_id TEXT, approved_by TEXT, updated REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS decisions_by_target ON decisions (rule, target, at);
 CREATE INDEX IF NOT EXISTS decisions_by_approval ON decisions (approval_id);
+CREATE TABLE IF NOT EXISTS manager_holds (
+    kind TEXT NOT NULL, name TEXT NOT NULL, cause TEXT NOT NULL, reason TEXT NOT NULL,
+    since REAL NOT NULL, until REAL, event_id TEXT NOT NULL,
+    PRIMARY KEY (kind, name, cause));
 """
 
 
@@ -124,6 +128,43 @@ class ReactorStore:
         return [{"rule": r[0], "target": r[1], "since": r[2], "event_id": r[3], "host": r[4],
                  "call": r[5], "args": orjson.loads(r[6])} for r in rows]
 
+    # ----------------------------------------------------- what the manager handles
+    def hold(self, kind: str, name: str, cause: str, reason: str, since: float,
+             event_id: str) -> None:
+        """The manager handles this host or VM (``kind``) for ``cause``, from ``since``
+        until released (a repeat keeps the first ``since``)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO manager_holds VALUES (?, ?, ?, ?, ?, NULL, ?) ON CONFLICT "
+                "(kind, name, cause) DO UPDATE SET reason = excluded.reason, until = NULL, "
+                "event_id = excluded.event_id, since = CASE WHEN until IS NULL THEN since "
+                "ELSE excluded.since END", (kind, name, cause, reason, since, event_id))
+
+    def release(self, kind: str, name: str, cause: str, until: float, reason: str) -> None:
+        """The manager is done: the hold lasts until ``until`` (a settling time)."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE manager_holds SET until = ?, reason = ? WHERE kind = ? AND name = ? "
+                "AND cause = ? AND until IS NULL", (until, reason, kind, name, cause))
+
+    def holds(self, kind: str, name: str, now: float) -> list[dict[str, Any]]:
+        """The holds on this host or VM in force at ``now``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT cause, reason, since, until, event_id FROM manager_holds WHERE "
+                "kind = ? AND name = ? AND (until IS NULL OR until > ?) ORDER BY since",
+                (kind, name, now)).fetchall()
+        return [{"cause": r[0], "reason": r[1], "since": r[2], "until": r[3],
+                 "event_id": r[4]} for r in rows]
+
+    def all_holds(self, now: float) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT kind, name, cause, reason, since, until, event_id FROM manager_holds"
+                " WHERE until IS NULL OR until > ? ORDER BY since", (now,)).fetchall()
+        return [dict(zip(("kind", "name", "cause", "reason", "since", "until", "event_id"),
+                         r, strict=True)) for r in rows]
+
     # --------------------------------------------------------------- decisions
     def decide(self, *, rule: str, target: str, host: str, call: str, args: dict[str, Any],
                events: list[str], decision: str, state: str, detail: str,
@@ -142,7 +183,8 @@ class ReactorStore:
         with self._lock:
             row = self._db.execute(
                 "SELECT * FROM decisions WHERE rule = ? AND target = ? AND decision IN "
-                "('fired', 'dry_run') ORDER BY at DESC LIMIT 1", (rule, target)).fetchone()
+                "('fired', 'dry_run') AND state != 'skipped' ORDER BY at DESC LIMIT 1",
+                (rule, target)).fetchone()
         return self._row(row) if row else None
 
     def update(self, decision_id: str, state: str, detail: str | None = None, *,
@@ -195,6 +237,7 @@ class ReactorStore:
         with self._lock:
             self._db.execute("DELETE FROM handled WHERE at < ?", (before,))
             self._db.execute("DELETE FROM matches WHERE at < ?", (before,))
+            self._db.execute("DELETE FROM manager_holds WHERE until < ?", (before,))
             self._db.execute("DELETE FROM decisions WHERE updated < ? AND state NOT IN "
                              "('queued', 'sending', 'awaiting_approval')", (before,))
 
