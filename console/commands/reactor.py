@@ -88,8 +88,10 @@ def reactor(click_ctx: click.Context, config_file: str | None, check_config: boo
         click.echo(f"active queue hostbus.active.{service} in vhost {vhost} bound to "
                    f"{' '.join(keys)}")
         events = " ".join(f"--events '{p}'" for p in wanted)
+        provisions = any(r.action.kind == "provision" for r in load_rules(cfg))
         click.echo(f"enroll the reactor, if not yet: hostbus broker enroll-service {service} "
-                   f"--active {events} -o {service}.toml")
+                   f"--active {events}{' --provision' if provisions else ''} "
+                   f"-o {service}.toml")
         return Exit.OK
     if check_config:
         try:

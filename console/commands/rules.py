@@ -58,8 +58,9 @@ def check(file: str, as_json: bool) -> Exit:
     for rule in report.rules:
         bad = any(p.rule == rule["name"] for p in report.problems)
         action = rule["action"]
+        where = f" on {action['host']}" if action["host"] else ""
         click.echo(f"{'FAIL' if bad else 'ok  '}  {rule['name']}: "
-                   f"{' '.join(rule['events'])} -> {action['call']} on {action['host']}"
+                   f"{' '.join(rule['events'])} -> {action['call']}{where}"
                    + (" (dry run)" if rule["dry_run"] else ""))
     for finding in report.problems:
         click.echo(f"problem: {finding.rule + ': ' if finding.rule else ''}"
@@ -103,7 +104,8 @@ def explain_text(entry: dict[str, Any]) -> str:
     if entry["action"] is None:
         return f"{entry['rule']}: cannot make its action: {entry['why']}"
     action = entry["action"]
-    return (f"{entry['rule']}: {entry['outcome']}: {action['call']} on {action['host']} "
+    where = f" on {action['host']}" if action["host"] else ""
+    return (f"{entry['rule']}: {entry['outcome']}: {action['call']}{where} "
             f"{json.dumps(action['args'])}")
 
 

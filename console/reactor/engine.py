@@ -108,11 +108,11 @@ class Engine:
             return []
         if rule.for_s:
             self.store.start_waiting(rule.name, target.key, now, eid, target.host,
-                                     f"{target.agent}.{target.method}", target.args)
+                                     target.call, target.args)
             return []
         if rule.absent_s:  # this event is what must keep coming: the wait starts again
             self.store.restart_waiting(rule.name, target.key, now, eid, target.host,
-                                       f"{target.agent}.{target.method}", target.args)
+                                       target.call, target.args)
             return []
         events = [eid]
         if rule.count > 1:
@@ -139,8 +139,9 @@ class Engine:
                     continue
                 if now - waiting["since"] < wait:
                     continue
-                agent, _, method = waiting["call"].partition(".")
-                target = Target(waiting["host"], agent, method, waiting["args"])
+                action = rule.action
+                target = Target(waiting["host"], action.agent, action.method,
+                                waiting["args"], action.kind)
                 self.store.stop_waiting(rule.name, target.key)
                 why = (f"the condition held for {now - waiting['since']:.0f} s "
                        f"(for_s {rule.for_s:g})" if rule.for_s else
@@ -179,7 +180,7 @@ class Engine:
         decision_id = self.store.decide(
             rule=rule.name, target=target.key if target else "", host=target.host if target
             else "", call=rule.action.call, args=args, events=events, decision=decision,
-            state=state, detail=detail, now=now)
+            state=state, detail=detail, now=now, kind=rule.action.kind)
         level = logging.WARNING if decision == "fired" else logging.INFO
         log.log(level, "rule %r %s %s on %s: %s (decision %s)", rule.name, decision,
                 rule.action.call, target.host if target else "-", detail, decision_id[:8])

@@ -105,6 +105,11 @@ def check(config_path: str | None) -> list[str]:
     else:
         found.append("manager = \"\": no manager is listened to; rules may act on hosts "
                      "and VMs a manager handles")
+    if any(r.action.kind == "provision" for r in rules):
+        found.append("a rule provisions: enroll the reactor with enroll-service --provision, "
+                     "and let the provisioner's policy allow it")
+    if any(r.action.kind == "event" for r in rules):
+        found.append(f"a rule publishes events: reactor.{cfg['reactor']['host_id']}.notice")
     if cfg["reactor"]["dry_run"]:
         found.append("dry_run = true: decisions are recorded, nothing is sent")
     return found

@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from console.client import Console
-from console.reactor.actions import Actor
+from console.reactor.actions import Actor, Notices
 from console.reactor.engine import Engine
 from hostbus import names
 from hostbus.envelope import Event, parse_event
@@ -58,7 +58,8 @@ class Reactor:
         timeouts = {r.name: r.action.timeout_s for r in engine.rules}
         self.actor = Actor(self.console, engine.store, workers=workers,
                            timeouts=lambda rule: timeouts.get(rule, 30.0),
-                           hands_off=engine.hands_off)
+                           hands_off=engine.hands_off,
+                           notices=Notices(self.console.publisher, service))
         self.standby = ActiveStandby(transport, self.console.publisher, service,
                                      tick_interval=tick_interval,
                                      on_change=self._changed, on_event=self._on_delivery)

@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS decisions (
     id TEXT PRIMARY KEY, at REAL NOT NULL, rule TEXT NOT NULL, target TEXT NOT NULL,
     host TEXT NOT NULL, call TEXT NOT NULL, args TEXT NOT NULL, events TEXT NOT NULL,
     decision TEXT NOT NULL, state TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '',
-    request_id TEXT, approval_id TEXT, approved_by TEXT, updated REAL NOT NULL);
+    request_id TEXT, approval_id TEXT, approved_by TEXT, updated REAL NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'call');
 CREATE INDEX IF NOT EXISTS decisions_by_target ON decisions (rule, target, at);
 CREATE INDEX IF NOT EXISTS decisions_by_approval ON decisions (approval_id);
 CREATE TABLE IF NOT EXISTS manager_holds (
@@ -55,6 +56,10 @@ class ReactorStore:
         self.path = str(path) if path is not None else ":memory:"
         self._db = open_database(path, synchronous="FULL")
         self._db.executescript(_SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(decisions)")}
+        if "kind" not in columns:  # a store from before actions other than calls
+            self._db.execute("ALTER TABLE decisions ADD COLUMN kind TEXT NOT NULL "
+                             "DEFAULT 'call'")
         self._lock = threading.RLock()
 
     def close(self) -> None:
@@ -168,14 +173,14 @@ class ReactorStore:
     # --------------------------------------------------------------- decisions
     def decide(self, *, rule: str, target: str, host: str, call: str, args: dict[str, Any],
                events: list[str], decision: str, state: str, detail: str,
-               now: float) -> str:
+               now: float, kind: str = "call") -> str:
         decision_id = str(uuid.uuid4())
         with self._lock:
             self._db.execute(
                 "INSERT INTO decisions (id, at, rule, target, host, call, args, events, "
-                "decision, state, detail, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "decision, state, detail, updated, kind) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (decision_id, now, rule, target, host, call, orjson.dumps(args).decode(),
-                 orjson.dumps(events).decode(), decision, state, detail, now))
+                 orjson.dumps(events).decode(), decision, state, detail, now, kind))
         return decision_id
 
     def last_action(self, rule: str, target: str) -> dict[str, Any] | None:
@@ -242,7 +247,8 @@ class ReactorStore:
                              "('queued', 'sending', 'awaiting_approval')", (before,))
 
     _COLUMNS = ("id", "at", "rule", "target", "host", "call", "args", "events", "decision",
-                "state", "detail", "request_id", "approval_id", "approved_by", "updated")
+                "state", "detail", "request_id", "approval_id", "approved_by", "updated",
+                "kind")
 
     def _row(self, row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
         found = dict(zip(self._COLUMNS, row, strict=True))

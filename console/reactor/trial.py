@@ -34,7 +34,7 @@ def explain(rules: list[Rule], event: Event) -> list[dict[str, Any]]:
             entry["holds"] = rule.holds(event)
             try:
                 target = rule.target(event)
-                entry["action"] = {"call": f"{target.agent}.{target.method}",
+                entry["action"] = {"call": target.call, "kind": target.kind,
                                    "host": target.host, "args": target.args}
             except Missing as why:
                 entry["action"] = None

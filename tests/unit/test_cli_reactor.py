@@ -61,7 +61,7 @@ def test_reactor_check_config_rules_and_history(fleet, tmp_path):
     assert "1 rule(s): reboot an unhealthy VM -> virt.domain.reboot" in done.stdout
     done = fleet.run("reactor", "rules", "--config", str(config), "--json")
     [rule] = json.loads(done.stdout)["rules"]
-    assert rule["action"] == {"call": "virt.domain.reboot", "host": "{host}",
+    assert rule["action"] == {"call": "virt.domain.reboot", "kind": "call", "host": "{host}",
                               "args": {"name": "{data.vm}"}, "timeout_s": 30.0}
     done = fleet.run("reactor", "history", "--config", str(config))
     assert done.exit_code == 1 and "has not run" in done.stderr
@@ -97,7 +97,7 @@ def test_reactor_test_says_which_rules_act_on_an_event_and_sends_nothing(fleet, 
     done = fleet.run("reactor", "test", "-c", str(config), "-e", json.dumps(event), "--json")
     assert done.exit_code == 0, done.stderr
     [rule] = json.loads(done.stdout)["rules"]
-    assert rule["action"] == {"call": "virt.domain.reboot", "host": "kvm01",
+    assert rule["action"] == {"call": "virt.domain.reboot", "kind": "call", "host": "kvm01",
                               "args": {"name": "web-a"}}
     event["data"]["state"] = "passing"
     done = fleet.run("reactor", "test", "-c", str(config), "-e", "-", input=json.dumps(event))

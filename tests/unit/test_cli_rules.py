@@ -127,3 +127,37 @@ def test_the_older_spellings_still_work_and_say_where_they_moved(fleet, tmp_path
     assert "hostbus rules check FILE" in fleet.run("reactor", "--help").stdout
     done = fleet.run("reactor", "--config", path, "--check-config")
     assert done.exit_code == 0 and "1 rule(s)" in done.stdout
+
+
+def test_actions_that_provision_or_publish_are_checked_and_tried_too(fleet, tmp_path):
+    text = """
+[[rule]]
+name = "tell"
+events = ["health.*.check"]
+when = "state=failing"
+[rule.action]
+event = "vm.unhealthy"
+data = { vm = "{data.vm}", said = "{data.outptu}" }
+
+[[rule]]
+name = "more"
+events = ["health.*.check"]
+when = "state=failing"
+[rule.action]
+provision = { template = "web", owner = "reactor", name_prefix = "{data.check}" }
+"""
+    path = write(tmp_path, text)
+    done = fleet.run("rules", "check", path)
+    assert done.exit_code == 1
+    assert "FAIL  tell: health.*.check -> event vm.unhealthy\n" in done.stdout
+    assert "ok    more: health.*.check -> provision\n" in done.stdout
+    assert "action names {data.outptu}" in done.stdout and "did you mean output?" in \
+        done.stdout
+    done = fleet.run("rules", "test", write(tmp_path, text.replace("outptu", "output")),
+                     "-e", json.dumps({**FAILING, "data": {**FAILING["data"], "check": "web",
+                                                          "output": "503"}}))
+    assert done.exit_code == 0, done.stderr
+    assert 'tell: fires (unless within its cooldown or one is in flight): event ' \
+           'vm.unhealthy {"vm": "web-a", "said": "503"}' in done.stdout
+    assert 'more: fires (unless within its cooldown or one is in flight): provision ' \
+           '{"template": "web", "owner": "reactor", "name_prefix": "web"}' in done.stdout
