@@ -151,3 +151,22 @@ def test_a_rule_publishes_an_event_of_its_own_signed_with_the_reactors_key(
     assert done["detail"].startswith("published reactor.reactor.notice (epoch ")
     store.close()
     listener.close()
+
+
+def test_a_store_from_before_other_actions_is_migrated(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE decisions (id TEXT PRIMARY KEY, at REAL NOT NULL, rule TEXT NOT "
+               "NULL, target TEXT NOT NULL, host TEXT NOT NULL, call TEXT NOT NULL, args TEXT "
+               "NOT NULL, events TEXT NOT NULL, decision TEXT NOT NULL, state TEXT NOT NULL, "
+               "detail TEXT NOT NULL DEFAULT '', request_id TEXT, approval_id TEXT, "
+               "approved_by TEXT, updated REAL NOT NULL)")
+    db.execute("INSERT INTO decisions VALUES ('d1', 1, 'r', 't', 'kvm01', 'virt.domain.reboot',"
+               " '{}', '[]', 'fired', 'ok', '', NULL, NULL, NULL, 1)")
+    db.commit()
+    db.close()
+    store = ReactorStore(path)
+    assert store.get("d1")["kind"] == "call"
+    store.close()
