@@ -89,9 +89,10 @@ def reactor(click_ctx: click.Context, config_file: str | None, check_config: boo
                    f"{' '.join(keys)}")
         events = " ".join(f"--events '{p}'" for p in wanted)
         provisions = any(r.action.kind == "provision" for r in load_rules(cfg))
-        click.echo(f"enroll the reactor, if not yet: hostbus broker enroll-service {service} "
+        click.echo(f"enroll the reactor, if not yet (then copy its [broker] url into the "
+                   f"reactor's config): hostbus broker enroll-service {service} "
                    f"--active {events}{' --provision' if provisions else ''} "
-                   f"-o {service}.toml")
+                   f"-o {service}-broker.toml")
         return Exit.OK
     if check_config:
         try:
@@ -154,8 +155,9 @@ def rules(click_ctx: click.Context, config_file: str | None, as_json: bool, wide
     return Exit.OK
 
 
-@exits(Exit.FAILED, configured=False)
+@exits(Exit.FAILED, Exit.NOTHING, configured=False)
 @reactor.command("history")
+@click.argument("decision", required=False, metavar="[DECISION]")
 @config_option
 @click.option("--limit", "-n", type=click.IntRange(1), default=50, show_default=True,
               metavar="N", help="The newest N decisions.")
@@ -166,16 +168,34 @@ def rules(click_ctx: click.Context, config_file: str | None, as_json: bool, wide
 @json_option
 @table_options
 @click.pass_context
-def history(click_ctx: click.Context, config_file: str | None, limit: int,
-            rule_name: str | None, actions: bool, as_json: bool, wide: bool,
+def history(click_ctx: click.Context, decision: str | None, config_file: str | None,
+            limit: int, rule_name: str | None, actions: bool, as_json: bool, wide: bool,
             columns: tuple[str, ...]) -> int:
     """What the reactor decided, newest first: the rule, the triggering events, the call
     and its host, and what became of it (ok, awaiting_approval and its approval id,
-    denied, failed, ...) with the request id the agent's audit log knows it by. Reads
-    the reactor's store, on the reactor's machine."""
+    denied, failed, skipped and why, ...) with the request id the agent's audit log
+    knows it by. Reads the reactor's store, on the reactor's machine.
+
+    \b
+    One DECISION (its id, or its first characters), its whole chain:
+      hostbus reactor history b75ebaa4 -c reactor.toml
+      decision     b75ebaa4-4451-4324-96fc-e1332f58c812 (fired, 2026-12-01T22:14:07.887Z)
+      rule         reboot a VM whose web check fails
+      events       kvm01/health/804a85ed27c84088/3
+      action       virt.domain.reboot on kvm01 {"name": "web-a"}
+      request      90c63816-310e-4d79-a2dc-a10bbcfa558e (in kvm01's audit log)
+      approval     b150f52275f0, approved by bob
+      outcome      ok: approved by bob; the action ran: ok (2026-12-01T22:14:23.116Z)
+    """
     store = _store(click_ctx, config_file)
     try:
-        found = store.history(limit=limit, rule=rule_name, actions_only=actions)
+        if decision is not None:
+            from console.commands.common import resolve_prefix
+
+            found = [store.get(resolve_prefix(decision, store.ids_starting(decision.lower()),
+                                              "decision"))]
+        else:
+            found = store.history(limit=limit, rule=rule_name, actions_only=actions)
     finally:
         store.close()
     for row in found:
@@ -185,11 +205,15 @@ def history(click_ctx: click.Context, config_file: str | None, limit: int,
     if as_json:
         emit_json({"decisions": found})
         return Exit.OK
+    if decision is not None:
+        _chain(found[0])
+        return Exit.OK
     from console.render import objects_table
 
     rows = [{"at": r["at"], "decision_id": r["id"][:8], "rule": r["rule"],
-             "decision": r["decision"], "state": r["state"], "call": r["call"],
-             "host": r["host"], "args": r["args"], "approval_id": r["approval_id"] or "",
+             "events": " ".join(r["events"]), "decision": r["decision"], "state": r["state"],
+             "call": r["call"], "host": r["host"], "args": r["args"],
+             "approval_id": r["approval_id"] or "", "approved_by": r["approved_by"] or "",
              "request_id": r["request_id"] or "", "detail": r["detail"]} for r in found]
     console = out()
     if not rows:
@@ -197,6 +221,25 @@ def history(click_ctx: click.Context, config_file: str | None, limit: int,
         return Exit.OK
     console.print(objects_table(rows, layout(console, wide, columns), list(columns) or None))
     return Exit.OK
+
+
+def _chain(row: dict[str, Any]) -> None:
+    """One decision, from the events behind it to what came of it."""
+    import json
+
+    where = f" on {row['host']}" if row["host"] else ""
+    lines = [("decision", f"{row['id']} ({row['decision']}, {row['at']})"),
+             ("rule", row["rule"]), ("events", " ".join(row["events"]) or "-"),
+             ("action", f"{row['call']}{where} {json.dumps(row['args'])}")]
+    if row["request_id"]:
+        audit = f" (in {row['host']}'s audit log)" if row["kind"] == "call" else ""
+        lines.append(("request", f"{row['request_id']}{audit}"))
+    if row["approval_id"]:
+        lines.append(("approval", row["approval_id"] + (
+            f", approved by {row['approved_by']}" if row["approved_by"] else "")))
+    lines.append(("outcome", f"{row['state']}: {row['detail']} ({row['updated']})"))
+    for key, value in lines:
+        click.echo(f"{key:<12} {value}")
 
 
 @exits(Exit.FAILED, configured=False)

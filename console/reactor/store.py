@@ -209,6 +209,13 @@ class ReactorStore:
                                    (decision_id,)).fetchone()
         return self._row(row) if row else None
 
+    def ids_starting(self, prefix: str) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute(
+                "SELECT id FROM decisions WHERE id LIKE ? ESCAPE '\\' LIMIT 11",
+                (prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                 + "%",))]
+
     def by_approval(self, approval_id: str) -> dict[str, Any] | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM decisions WHERE approval_id = ?",
