@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -24,7 +25,7 @@ def rules() -> None:
 
     \b
       hostbus rules check /etc/hostbus/reactor.toml
-      hostbus rules test /etc/hostbus/reactor.toml --event event.json
+      hostbus rules test /etc/hostbus/reactor.toml --event - < event.json
       hostbus watch 'health.*.check' -n 1 --json | hostbus rules test reactor.toml -e -
     """
 
@@ -81,6 +82,9 @@ def read_events(text: str) -> list[Any]:
         return [json.loads(text)]
     except json.JSONDecodeError as whole:
         lines = [line for line in text.splitlines() if line.strip()]
+        if len(lines) == 1 and "{" not in text and Path(text.strip()).is_file():
+            raise usage(f"--event {text.strip()} is a file name: give the event itself, or "
+                        f"read the file from stdin: --event - < {text.strip()}") from None
         if len(lines) < 2:
             raise usage(f"--event is not JSON ({whole}); give one event such as "
                         "'{\"host\": \"kvm01\", \"agent\": \"health\", \"event\": \"check\", "

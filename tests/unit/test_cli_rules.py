@@ -116,6 +116,9 @@ def test_test_refuses_what_is_not_an_event_and_says_what_to_give(fleet, tmp_path
     assert '"agent": "health"' in done.stderr
     done = fleet.run("rules", "test", path, "-e", '{"host": 1}')
     assert done.exit_code == 2 and "lacks agent, event, data" in done.stderr
+    done = fleet.run("rules", "test", path, "-e", path)  # a file name: how to read it
+    assert done.exit_code == 2 and f"read the file from stdin: --event - < {path}" in \
+        done.stderr
 
 
 def test_the_older_spellings_still_work_and_say_where_they_moved(fleet, tmp_path):
