@@ -140,3 +140,38 @@ def test_an_action_queued_before_the_manager_took_the_host_is_not_sent(tmp_path)
     # and it does not hold back the next action once the manager is done
     e.consider(mgr.event("maintenance", host="kvm01", status="ended", moved=0, failed=0))
     assert e.consider(agent.check("failing"))[0].decision == "fired"
+
+
+def test_on_activation_the_manager_is_asked_once_which_hosts_it_handles(tmp_path):
+    """What another instance saw is not in this one's store: manager.hosts fills it in
+    (and clears what is over); a manager that does not answer leaves the store as is."""
+    from types import SimpleNamespace
+
+    clock, agent = Clock(), Agent()
+    e = engine(tmp_path, clock)
+    e.store.hold("host", "kvm03", "maintenance", "old", clock.now - 10, "x")
+    hosts = [{"host": "kvm01", "state": "down", "maintenance": False, "why": "fenced"},
+             {"host": "kvm02", "state": "online", "maintenance": True, "why": ""},
+             {"host": "kvm03", "state": "online", "maintenance": False, "why": ""}]
+    asked = []
+
+    class Console:
+        def call(self, agent_name, method, args, *, host, timeout):
+            asked.append((agent_name, method, host))
+            reply = SimpleNamespace(ok=True, result={"hosts": hosts}, error=None)
+            return SimpleNamespace(status="ok", reply=reply, not_enrolled=None)
+
+    assert e.hands_off.seed(Console(), clock.now)
+    assert asked == [("manager", "hosts", "mgr")]
+    assert "the manager has host kvm01 down (fenced)" in e.consider(
+        agent.check("failing"))[0].detail
+    assert "host kvm02 in maintenance" in e.consider(
+        Agent("kvm02").check("failing"))[0].detail
+    assert e.consider(Agent("kvm03").check("failing"))[0].decision == "fired"
+
+    class Silent:
+        def call(self, *args, **kwargs):
+            return SimpleNamespace(status="no_reply", reply=None, not_enrolled=None)
+
+    assert not e.hands_off.seed(Silent(), clock.now)  # said in the log; nothing changes
+    assert e.store.holds("host", "kvm01", clock.now)
