@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from console.commands.common import CliError, Exit, emit_json, exits, usage
+from console.commands.common import Exit, emit_json, exits, usage
 from console.commands.options import json_option
 
 file_argument = click.argument("file", metavar="FILE", type=click.Path(dir_okay=False))
@@ -45,9 +45,9 @@ def check(file: str, as_json: bool) -> Exit:
       hostbus rules check rules.toml --json | jq '.problems[].fix'
 
     \b
-    A problem reads, for instance:
-      reboot an unhealthy VM: when names stat, which the data of health.check does not
-        have
+    A problem reads, for instance (the rule, what is wrong, then the fix):
+      problem: reboot an unhealthy VM: when names stat, which the data of
+          health.check does not have
         fix: did you mean state? its fields: check, consecutive_failures, ...
     """
     from console.reactor.checking import check_file
@@ -161,6 +161,4 @@ def test(file: str, event_text: str, as_json: bool) -> Exit:
       hostbus watch 'health.*.check' -n 1 --json | hostbus rules test reactor.toml -e -
       hostbus history 'health.*.check' --since 1h --json | hostbus rules test r.toml -e -
     """
-    if not file:
-        raise CliError(Exit.USAGE, "give the rules FILE")
     return run_test(file, event_text, as_json)
