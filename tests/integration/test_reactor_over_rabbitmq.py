@@ -52,6 +52,7 @@ class Scene:
     manager: str = ""
     manager_cfg: Path | None = None
     reactors: list[subprocess.Popen] = field(default_factory=list)
+    users: list[str] = field(default_factory=list)  # revoked afterwards
 
     def cli(self, *args: str) -> tuple[int, str, str]:
         """The operator (bob)."""
@@ -77,6 +78,23 @@ class Scene:
                 env={**self.env, "HOSTBUS_REACTOR_STATE_DIR": str(self.tmp / state)})
         self.reactors.append(proc)
         return proc
+
+    def start_host(self, enroll: Any) -> str:
+        """Another virt host (no VM, no checks), under the same policy and keys."""
+        host = f"kvm-{uuid.uuid4().hex[:6]}"
+        cfg = self.tmp / f"{host}.toml"
+        done = enroll.run("broker", "enroll", host, "--agents", "virt", "-o", str(cfg))
+        assert done.returncode == 0, done.stderr
+        self.users.append(host)
+        with (self.tmp / f"{host}.log").open("w") as log:
+            proc = subprocess.Popen(
+                [str(BIN / "hostbus-agent"), "--config", str(cfg)], stderr=log, text=True,
+                env={**self.env, "HOSTBUS_SECURITY_POLICY": str(self.tmp / "policy.toml"),
+                     "HOSTBUS_SECURITY_TRUSTED_KEYS": str(self.tmp / "trusted"),
+                     "HOSTBUS_AGENT_STATE_DIR": str(self.tmp / f"{host}-state"),
+                     "HOSTBUS_SECURITY_AUDIT_LOG": str(self.tmp / f"audit-{host}.jsonl")})
+        self.reactors.append(proc)  # stopped with them
+        return host
 
     def start_manager(self) -> subprocess.Popen:
         assert self.manager_cfg is not None
@@ -240,6 +258,8 @@ args = {{ name = "{{data.vm}}" }}
         rabbitmq.admin.revoke(host)
         if mgr:
             rabbitmq.admin.revoke(mgr)
+        for user in s.users if agent is not None else []:
+            rabbitmq.admin.revoke(user)
 
 
 def test_an_unhealthy_vm_is_rebooted_once_after_a_second_persons_approval(scene):
@@ -339,21 +359,30 @@ def test_a_standby_that_takes_over_asks_no_second_approval(scene):
 
 
 @pytest.mark.parametrize("scene", [{"manager": True}], indirect=True)
-def test_the_reactor_keeps_its_hands_off_a_host_the_manager_has_in_maintenance(scene):
-    """The manager (a process, enrolled as a service) has the host in maintenance (its
-    one VM cannot be moved: there is no other host): the VM's check fails, the reactor
-    skips its reboot and says why in its history, and asks nobody's approval. The
+def test_the_reactor_keeps_its_hands_off_a_host_the_manager_has_in_maintenance(scene,
+                                                                                enroll):
+    """A small fleet: two virt hosts, the manager (a process, enrolled as a service),
+    the reactor, the operator. The manager puts the first host in maintenance and moves
+    its VM to the other (the reactor hears the move); the VM's check fails: the reactor
+    skips its reboot, says why in its history, and asks nobody's approval. The
     maintenance ends: the next failure asks for the reboot as before."""
     s = scene
+    other = s.start_host(enroll)
     s.start_manager()
-    assert until(lambda: s.host in s.cli("hosts", "--json")[1], timeout=60)
-    s.start_reactor()
+    s.start_reactor()  # side by side (what it asks the manager at once may go unanswered)
     s.events.wait_for(lambda e: e.full_name == "active.tick" and e.data["active"], timeout=30)
+    assert until(lambda: all(h in s.cli("hosts", "--json")[1] for h in (s.host, other)),
+                 timeout=60)
 
     code, out, err = s.cli("hosts", "maintenance", s.host)
     assert code == 0, out + err
-    s.events.wait_for(lambda e: e.full_name == "manager.maintenance" and
-                      e.data["status"] in ("evacuated", "incomplete"), timeout=60)
+    evacuated = s.events.wait_for(lambda e: e.full_name == "manager.maintenance" and
+                                  e.data["status"] in ("evacuated", "incomplete"),
+                                  timeout=60)
+    assert evacuated.data == {"host": s.host, "status": "evacuated", "moved": 1,
+                              "failed": 0}
+    assert until(lambda: f"hands off vm vm1: the manager is moving VM vm1 from {s.host} "
+                         f"to {other}" in s.reactor_log(), timeout=30)
     s.app.healthy = False
     failing = s.events.wait_for(lambda e: e.full_name == "health.check" and
                                 e.data["state"] == "failing", timeout=30)
