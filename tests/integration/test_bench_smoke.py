@@ -184,5 +184,5 @@ def test_bench_fanout10k_broadcast_reports_the_consoles_and_the_brokers_memory(r
     assert 0 < console["before_import"] < console["imported"] <= console["peak"]
     assert set(result["broker_kib"]) == {"before", "enrolled", "consuming",
                                          "after_broadcasts"}
-    assert all(m["erlang"] > 0 and m["rss"] > 0 for m in result["broker_kib"].values())
+    assert all(m["mem_used"] > 0 for m in result["broker_kib"].values())
     assert "20 simulated agents" in text(result)[0]
