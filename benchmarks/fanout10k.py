@@ -106,6 +106,11 @@ def measure(bench: Bench, n: int, rounds: int = ROUNDS, node: str | None = None,
 
     def node_memory_now() -> dict[str, int]:
         found = bench.admin._call("GET", f"/api/nodes/{name}", timeout=MEMORY_TIMEOUT_S)
+        for _ in range(60):  # a node just started reports it with its first statistics
+            if "mem_used" in found:
+                break
+            time.sleep(0.5)
+            found = bench.admin._call("GET", f"/api/nodes/{name}", timeout=MEMORY_TIMEOUT_S)
         memory = {"mem_used": int(found["mem_used"])}
         if pid is not None:
             memory["rss"] = proc_memory_kib(pid)["rss"] * 1024
