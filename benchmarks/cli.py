@@ -89,7 +89,7 @@ def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None
     ~/.cache/hostbus-bench/peers ($HOSTBUS_BENCH_PEERS_CACHE), never into hostbus's.
     `--only reactor` bursts 10,000 events at the reactor with 100 rules (rules
     evaluated per second, memory, none dropped) and measures a failing check to its
-    action, each against raw pika. `--only fanout10k` (a node of its own, about 4
+    action, each against raw pika. `--only fanout10k` (a node of its own, about 8
     minutes) broadcasts to 10,000 simulated agents, every reply back, against a raw pika
     fan-out, and reports the console's memory (a process of its own) and the broker's.
     """
