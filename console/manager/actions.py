@@ -26,7 +26,6 @@ from typing import Any
 
 from console.client import Console, HostResult
 from console.manager.fleet import DOWN, LOST, Fleet, VmRecord
-from console.manager.placing import place_away
 from console.placement import PlacementConfig
 
 log = logging.getLogger("hostbus.manager")
@@ -141,7 +140,7 @@ class Actions:
 
     def _choose(self, vm: VmRecord) -> tuple[str | None, str]:
         """A host for ``vm`` other than its own, or None and why not."""
-        decision = place_away(vm, self.fleet.hosts(), self.fleet.vms(), config=self.placement)
+        decision = self.fleet.place_away(vm, config=self.placement)
         if not decision.ok:
             return None, decision.explain()
         return decision.chosen[vm.name], ""

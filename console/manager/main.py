@@ -269,7 +269,7 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
     if not fencer.command:
         log.warning("fence step: %s", fencer.describe())
     folder = state_dir(cfg)
-    fleet = Fleet(folder / "manager.db")
+    fleet = Fleet(folder / "manager.db", placement=cfg["placement_config"])
     audit = AuditLog(config.resolve(m["audit_log"], config_path) if m["audit_log"]
                      else folder / f"audit-{m['host_id']}.jsonl")
     try:

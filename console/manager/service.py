@@ -349,8 +349,9 @@ class Manager:
                 self.fleet.reconcile(res.host, well_formed(objects), node_of.get(res.host),
                                      asked=asked)
                 settled += 1
+        answered = set(hosts)
         for vm in self.fleet.vms():
-            if vm.ha and vm.host in hosts:
+            if vm.ha and vm.host in answered:
                 self.learn_xml(vm.name, vm.host)
         for h in self.fleet.hosts():
             if h.state == DOWN and any(v.ha for v in self.fleet.vms(h.host)):

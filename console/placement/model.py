@@ -88,7 +88,8 @@ class PlacementRequest:
     ``ha_reservation``: refuse a host if, afterwards, some host's largest HA VM could
     no longer be restarted on any other host. ``template``: a host must offer it (when
     the host lists templates) and allow this size; ``labels``: facts a host must have,
-    equal (a list value: one of).
+    equal (a list value: one of). ``avoid_hosts``: hosts not considered at all, not even
+    to say why not (the host a VM leaves).
     """
 
     vcpus: int
@@ -103,6 +104,7 @@ class PlacementRequest:
     template: str | None = None
     labels: Mapping[str, Any] = field(default_factory=dict)
     owner: str = ""
+    avoid_hosts: tuple[str, ...] = ()
 
     def vm_names(self) -> list[str]:
         if self.names:

@@ -8,9 +8,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import threading
+import uuid
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agents import virt
 from console.client import Console
@@ -145,6 +148,88 @@ def test_a_spoofed_event_is_dropped_and_acknowledged(tmp_path):
     manager._apply(Delivery(b"{not json", props, "hostbus.event", ev.routing_key(),
                             ack=acked.set))
     assert acked.is_set() and manager.dropped == 2
+
+
+# ------------------------------------------------------- the placement index
+_HOSTS = [f"kvm{i}" for i in range(4)]
+_ops = st.lists(st.one_of(
+    st.tuples(st.just("host"), st.sampled_from(_HOSTS), st.integers(0, 16),
+              st.integers(0, 32), st.booleans(), st.sampled_from([ONLINE, UNRESPONSIVE, DOWN])),
+    st.tuples(st.just("event"), st.sampled_from(_HOSTS), st.sampled_from("abcde"),
+              st.sampled_from(["defined", "started", "stopped", "crashed", "undefined"])),
+    st.tuples(st.just("vm"), st.sampled_from("abcde"), st.integers(0, 4), st.integers(0, 8),
+              st.booleans()),
+    st.tuples(st.just("listing"), st.sampled_from(_HOSTS),
+              st.lists(st.sampled_from("abcde"), unique=True, max_size=3)),
+    st.tuples(st.just("reload"))), max_size=25)
+
+
+def _index_of(fleet: Fleet) -> dict[str, Any]:
+    index = fleet._index
+    return {"rooms": dict(index.room_table()), "ha_needs": index.ha_needs(),
+            "groups": dict(index.group_hosts), "hosts": dict(index.hosts),
+            "load": {h: (load.memory_mib, load.vcpus, dict(load.ha_sizes))
+                     for h, load in index.load.items() if h in index.hosts}}
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(_ops)
+def test_the_placement_index_kept_with_each_change_equals_one_built_afresh(tmp_path, ops):
+    """The manager decides from an index of its records changed with each of them (a
+    decision built one from every record: 17-60 ms at 10,000 VMs): whatever the
+    changes, it is the index the records would give."""
+    path = tmp_path / f"m{uuid.uuid4().hex}.db"
+    fleet = Fleet(path)
+    for op in ops:
+        if op[0] == "host":
+            _, host, free_gib, free_vcpus, maintenance, state = op
+            fleet.update_host(host, cpus=8, memory_bytes=16 * GIB, free_vcpus=free_vcpus,
+                              unallocated_memory_bytes=free_gib * GIB, maintenance=maintenance,
+                              state=state)
+        elif op[0] == "event":
+            fleet.apply_lifecycle(op[1], {"name": op[2], "event": op[3]})
+        elif op[0] == "vm":
+            fleet.update_vm(op[1], vcpus=op[2], memory_bytes=op[3] * GIB, ha=op[4])
+        elif op[0] == "listing":
+            fleet.reconcile(op[1], [{"name": n, "state": "running", "vcpus": 1,
+                                     "memory_bytes": GIB} for n in op[2]],
+                            asked=fleet.clock() + 1)
+        else:
+            fleet.reload()
+        fresh = Fleet(path)  # built from the state file: every record once
+        assert _index_of(fleet) == _index_of(fresh)
+        assert fleet.counts() == {h: n for h in _HOSTS if (n := len(fresh.vms(h)))}
+        fresh.close()
+    fleet.close()
+
+
+def test_a_decision_or_a_plan_builds_no_index_of_the_fleet(tmp_path, monkeypatch):
+    from console.placement import fleet as index_module
+
+    fleet = Fleet(tmp_path / "m.db")
+    for name, used in (("kvm01", 15), ("kvm02", 4), ("kvm03", 2)):
+        _host(fleet, name, used)
+    for name, gib in (("a", 1), ("b", 2), ("c", 4)):
+        _vm(fleet, name, "kvm01", gib)
+        fleet.update_vm(name, ha=True)
+    built = []
+    real = index_module.Fleet.__init__
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> None:
+        built.append(1)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(index_module.Fleet, "__init__", counting)
+    actions = Actions(None, fleet)  # type: ignore[arg-type]
+    assert actions._choose(fleet.vm("a")) == ("kvm03", "")
+    assert [m["vm"] for m in plan(fleet, "even_distribution")["moves"]] == ["a", "b"]
+    assert plan(fleet, "host_down", host_down="kvm01")["left"] == []
+    assert n_plus_one(fleet)["ok"] is True
+    assert built == []
+    # and the decisions left the index as the records give it
+    monkeypatch.setattr(index_module.Fleet, "__init__", real)
+    assert _index_of(fleet) == _index_of(Fleet(tmp_path / "m.db"))
 
 
 # ---------------------------------------------------------------- liveness
@@ -353,6 +438,20 @@ def test_power_saving_empties_idle_hosts_only_when_all_their_vms_fit(tmp_path):
     fleet.update_host("kvm03", unallocated_memory_bytes=2 * GIB)
     assert plan(fleet, "power_saving")["standby"] == []
     assert plan(fleet, "power_saving")["moves"] == []
+
+
+def test_power_saving_never_empties_a_host_it_just_filled(tmp_path):
+    """A host that took the VMs of one emptied before it stays: emptying it too moved
+    those VMs twice, and its room was counted as before they came."""
+    fleet = Fleet(tmp_path / "m.db")
+    _host(fleet, "kvm01", 15)  # no room
+    for host, vm, gib in (("kvm02", "a", 2), ("kvm03", "b", 3), ("kvm04", "c", 3)):
+        _host(fleet, host, gib)
+        _vm(fleet, vm, host, gib)
+    result = plan(fleet, "power_saving")
+    assert [(m["vm"], m["from_host"], m["to_host"]) for m in result["moves"]] == [
+        ("a", "kvm02", "kvm03"), ("c", "kvm04", "kvm03")]
+    assert result["standby"] == ["kvm02", "kvm04"]
 
 
 def test_with_agent_keys_only_events_the_host_signed_count(tmp_path):
