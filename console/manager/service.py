@@ -320,7 +320,8 @@ class Manager:
     # ---------------------------------------------------------------- listings
     def reconcile(self) -> int:
         """Settle every virt host that answers from its node.info and domain listing,
-        and learn the XML of HA VMs. Returns how many hosts were settled."""
+        and learn the XML of HA VMs not known or changed since. Returns how many hosts
+        were settled."""
         asked = self.fleet.clock()
         found = self.console.discover(filter={"agent": "virt"}, idle=self.discovery_idle)
         hosts = [a.host for a in found]
@@ -330,6 +331,7 @@ class Manager:
                 info.facts.get("migration_uri", "")))
             self._changed(before, after.state, "it answered discovery")
         settled = 0
+        changes: set[str] = set()
         if hosts:
             nodes = self.console.fanout("virt", "node.info", {}, hosts,
                                         timeout=self.listing_timeout)
@@ -346,12 +348,15 @@ class Manager:
                     log.warning("virt host %s has more than %d domains: not settled",
                                 res.host, len(objects))
                     continue
-                self.fleet.reconcile(res.host, well_formed(objects), node_of.get(res.host),
-                                     asked=asked)
+                changed, _ = self.fleet.reconcile(res.host, well_formed(objects),
+                                                  node_of.get(res.host), asked=asked)
+                changes.update(vm.name for vm in changed)
                 settled += 1
+        # An HA VM's XML is read when unknown or when the listing found the VM changed
+        # (reading every one at each listing took 6.5 s of 16.5 at 2,000 HA VMs).
         answered = set(hosts)
         for vm in self.fleet.vms():
-            if vm.ha and vm.host in answered:
+            if vm.ha and vm.host in answered and (not vm.xml or vm.name in changes):
                 self.learn_xml(vm.name, vm.host)
         for h in self.fleet.hosts():
             if h.state == DOWN and any(v.ha for v in self.fleet.vms(h.host)):
