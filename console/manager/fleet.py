@@ -329,6 +329,23 @@ class Fleet:
                                         uuid=str(data.get("uuid", vm.uuid)),
                                         updated=self.clock()))
 
+    def provisioned(self, name: str, host: str, *, owner: str = "", ha: bool = False,
+                    ha_priority: int = 0) -> VmRecord:
+        """A VM the provisioner defined and started on ``host``: known from here (its
+        host's events may come later), with its owner and, when ``ha``, marked highly
+        available (a flag set otherwise is never cleared here)."""
+        with self._lock:
+            vm = self._vms.get(name)
+            if vm is None:
+                vm = VmRecord(name=name, host=host, state="running", updated=self.clock())
+            fields: dict[str, Any] = {}
+            if owner:
+                fields["owner"] = owner
+            if ha:
+                fields.update(ha=True, ha_priority=ha_priority)
+            after = replace(vm, **fields)
+            return self._put_vm(after) if after != vm or name not in self._vms else vm
+
     def set_owner(self, request_id: str, owner: str) -> None:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO owners (request_id, owner) VALUES (?, ?)",

@@ -85,7 +85,10 @@ class Manager:
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
-        self._listing_wanted = threading.Event()
+        self._listing_wanted = threading.Event()  # wakes the lister
+        self._full_listing = threading.Event()  # ... for a listing of every host
+        self._xml_wanted: set[str] = set()  # ... for these HA VMs' XML
+        self._xml_lock = threading.Lock()
         self.dropped = 0  # events refused as spoofed or malformed
         self._retry: dict[str, tuple[int, float]] = {}  # host -> (failed fences, next try)
         self._capacity: dict[str, Any] | None = None  # the last n+1 finding told
@@ -133,7 +136,23 @@ class Manager:
         self._inbox.put(delivery)
 
     def reconcile_soon(self) -> None:
+        self._full_listing.set()
         self._listing_wanted.set()
+
+    def want_xml(self, name: str) -> None:
+        """Read an HA VM's XML soon, on the lister's thread (a call must not hold up
+        events)."""
+        with self._xml_lock:
+            self._xml_wanted.add(name)
+        self._listing_wanted.set()
+
+    def _learn_wanted(self) -> None:
+        with self._xml_lock:
+            names, self._xml_wanted = sorted(self._xml_wanted), set()
+        for name in names:
+            vm = self.fleet.vm(name)
+            if vm is not None and vm.ha and not vm.xml and not self._stop.is_set():
+                self.learn_xml(vm.name, vm.host)  # if not, the next listing does
 
     def _run(self) -> None:
         next_check = time.monotonic()
@@ -160,11 +179,16 @@ class Manager:
         while not self._stop.is_set():
             wait = self.reconcile_interval if failures == 0 else \
                 min(self.reconcile_interval, 2.0 ** min(failures, 6))
-            self._listing_wanted.wait(wait)
+            woke = self._listing_wanted.wait(wait)
             self._listing_wanted.clear()
             if self._stop.is_set() or not self.active.is_set():
                 continue
+            full = not woke or self._full_listing.is_set()
             try:
+                self._learn_wanted()
+                if not full:
+                    continue
+                self._full_listing.clear()
                 self.reconcile()
                 failures = 0
             except Exception as exc:
@@ -234,10 +258,19 @@ class Manager:
             self.fleet.apply_lifecycle(host, data)
         elif name == "provision.accepted" and isinstance(data.get("owner"), str):
             self.fleet.set_owner(str(data.get("request_id")), data["owner"])
-        elif name == "provision.progress" and isinstance(data.get("vm"), str):
-            owner = self.fleet.owner_of(str(data.get("request_id")))
-            if owner:
-                self.fleet.update_vm(data["vm"], owner=owner)
+        elif name == "provision.progress" and isinstance(data.get("vm"), str) and \
+                isinstance(data.get("host"), str):
+            # A VM the provisioner made: its owner (from the request's accepted event)
+            # and, when the request or its template said so, its HA flag; the VM is
+            # known from here even if its host's lifecycle events come later.
+            ha = data.get("ha") is True
+            priority = data.get("ha_priority")
+            vm = self.fleet.provisioned(
+                data["vm"], data["host"], owner=self.fleet.owner_of(str(data.get("request_id"))),
+                ha=ha, ha_priority=priority if isinstance(priority, int) and
+                not isinstance(priority, bool) else 0)
+            if ha and not vm.xml:
+                self.want_xml(vm.name)
 
     def _changed(self, before: Any, state: str, why: str) -> None:
         if before is not None and before.state != state:

@@ -24,12 +24,15 @@ IDLE_VM_STATES = frozenset({"shutoff", "inactive", "gone", "crashed"})
 
 @dataclass(frozen=True)
 class TemplateLimits:
-    """What a host's template allows a VM made from it (virt ``template.list``)."""
+    """What a host's template allows a VM made from it (virt ``template.list``), and
+    whether such a VM is highly available (and its restart priority)."""
 
     vcpus: int
     memory_mib: int
     max_vcpus: int
     max_memory_mib: int
+    ha: bool = False
+    ha_priority: int = 0
 
 
 @dataclass(frozen=True)

@@ -403,6 +403,38 @@ def test_a_restart_lists_the_hosts_once_and_a_listing_reads_only_new_xml(hypervi
                                                                          "ha-3"}
 
 
+def test_a_vm_provisioned_as_ha_is_marked_so_and_its_xml_read(hypervisors):
+    """The provisioner's progress event says the VM is HA (its request or template):
+    the manager marks it, with its priority and owner, even before its host's own
+    events, and reads its XML on the lister's thread."""
+    h, fleet, manager = hypervisors, hypervisors["fleet"], hypervisors["manager"]
+    manager.apply(Event(host="prov", agent="provision", event="accepted", seq=1, epoch="e",
+                        data={"request_id": "r1", "owner": "alice", "template": "web",
+                              "count": 2}))
+    define(h["agents"], "kvm01", "web-r1-1")
+    define(h["agents"], "kvm02", "web-r1-2")
+    for seq, (name, host, ha) in enumerate((("web-r1-1", "kvm01", True),
+                                             ("web-r1-2", "kvm02", False)), 2):
+        manager.apply(Event(host="prov", agent="provision", event="progress", seq=seq,
+                            epoch="e", data={"request_id": "r1", "vm": name, "host": host,
+                                             "step": seq - 1, "total": 2, "ha": ha,
+                                             "ha_priority": 9 if ha else 0}))
+    vm = fleet.vm("web-r1-1")
+    assert (vm.host, vm.state, vm.owner, vm.ha, vm.ha_priority) == (
+        "kvm01", "running", "alice", True, 9)
+    assert (fleet.vm("web-r1-2").ha, fleet.vm("web-r1-2").owner) == (False, "alice")
+    manager.active.set()
+    manager.start()
+    try:
+        assert until(lambda: "<name>web-r1-1</name>" in fleet.vm("web-r1-1").xml, timeout=10)
+    finally:
+        manager.stop()
+    assert not manager.reconciled.is_set()  # the XML alone: no listing of every host
+    # A later word without the flag does not clear it.
+    fleet.provisioned("web-r1-1", "kvm01", owner="alice")
+    assert fleet.vm("web-r1-1").ha is True
+
+
 def test_a_host_in_maintenance_is_emptied_by_cold_migration(hypervisors):
     h = hypervisors
     define(h["agents"], "kvm01", "web-1")
