@@ -57,6 +57,7 @@ class Actions:
         self._placing = threading.RLock()
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._queued: set[tuple[str, str]] = set()
+        self._balancing: list[dict[str, Any]] = []  # moves rebalance() handed over
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.idle = threading.Event()
@@ -89,6 +90,12 @@ class Actions:
         """Queue moving every VM off a host in maintenance."""
         self._submit("evacuate", host)
 
+    def rebalance(self, moves: list[dict[str, Any]]) -> None:
+        """Queue a balancing round's moves ({vm, from_host, to_host, why}, a plan's)."""
+        with self._lock:
+            self._balancing.extend(moves)
+        self._submit("balance", "")
+
     def _run(self) -> None:
         while True:
             job = self._jobs.get()
@@ -97,7 +104,8 @@ class Actions:
             kind, host = job
             try:
                 if self.allowed():
-                    (self._restart_host if kind == "ha" else self._evacuate)(host)
+                    {"ha": self._restart_host, "evacuate": self._evacuate,
+                     "balance": self._balance}[kind](host)
             except Exception:
                 log.exception("the %s job for host %s failed", kind, host)
             finally:
@@ -241,9 +249,24 @@ class Actions:
         self.emit("maintenance", {"host": host, "status": "evacuated" if not failed
                                   else "incomplete", "moved": moved, "failed": failed})
 
-    def _move(self, vm: VmRecord, source: str) -> bool:
+    def _balance(self, _: str) -> None:
+        """A balancing round: each planned move that still makes sense (the VM still
+        runs where the plan saw it, the target still takes VMs), one after the other."""
+        with self._lock:
+            moves, self._balancing = self._balancing, []
+        for move in moves:
+            vm, target = self.fleet.vm(move["vm"]), self.fleet.host(move["to_host"])
+            if vm is None or vm.host != move["from_host"] or not vm.running or \
+                    target is None or not target.placeable or not self.allowed():
+                continue
+            self._move(vm, vm.host, to=target.host, reason=f"balance: {move['why']}")
+
+    def _move(self, vm: VmRecord, source: str, *, to: str | None = None,
+              reason: str = "") -> bool:
+        """Move ``vm`` off ``source``: to ``to`` (a plan's choice), or where placement
+        chooses now. ``reason`` goes into the started event's ``why``."""
         with self._placing:  # one choice at a time, its room taken before the next
-            target, why = self._choose(vm)
+            target, why = (to, "") if to is not None else self._choose(vm)
             if target is not None:
                 self._took(target, vm)
         event: dict[str, Any] = {"vm": vm.name, "from_host": source, "to_host": target}
@@ -252,7 +275,8 @@ class Actions:
             return False
         src, dst = self.fleet.host(source), self.fleet.host(target)
         live = bool(src and dst and src.migration_uri and dst.migration_uri and vm.running)
-        self.emit("move", {**event, "step": "started", "how": "live" if live else "cold"})
+        self.emit("move", {**event, "step": "started", "how": "live" if live else "cold",
+                           **({"why": reason} if reason else {})})
         try:
             if live:
                 assert dst is not None

@@ -17,6 +17,7 @@ Memory is what decides in the simulation: a VM's share of its host's CPU is not 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -127,11 +128,20 @@ def _active(h: HostRecord) -> bool:
     return h.state == ONLINE and not h.maintenance
 
 
+def over_threshold(h: HostRecord, limits: Thresholds) -> bool:
+    """even_distribution: the host uses more of its memory or CPU than it should."""
+    used = memory_used(h)
+    return (used is not None and used > limits.balance_memory) or (
+        h.cpu_percent is not None and h.cpu_percent / 100 > limits.balance_cpu)
+
+
 def plan(fleet: Fleet, policy: str, *, host_down: str | None = None,
-         thresholds: Thresholds | None = None,
-         config: PlacementConfig | None = None) -> dict[str, Any]:
+         thresholds: Thresholds | None = None, config: PlacementConfig | None = None,
+         givers: Collection[str] | None = None, keep: Collection[str] = ()) -> dict[str, Any]:
     """The moves ``policy`` would make now: ``{"policy", "moves": [{vm, from_host,
-    to_host, ha, why}], "standby": [hosts], "left": [{vm, why}]}``."""
+    to_host, ha, why}], "standby": [hosts], "left": [{vm, why}]}``. even_distribution
+    only: ``givers``, the hosts that may give VMs (None: any above the threshold);
+    ``keep``, VMs not to move (moved a moment ago)."""
     limits = thresholds or Thresholds()
     sim = Simulation(fleet, config)
     left: list[dict[str, Any]] = []
@@ -151,18 +161,14 @@ def plan(fleet: Fleet, policy: str, *, host_down: str | None = None,
                 sim.move(replace(vm, state="running"), target,
                          f"HA restart (priority {vm.ha_priority})")
     elif policy == "even_distribution":
-        def over(h: HostRecord) -> bool:
-            used = memory_used(h)
-            return (used is not None and used > limits.balance_memory) or (
-                h.cpu_percent is not None and h.cpu_percent / 100 > limits.balance_cpu)
-
-        busy = sorted((h for h in sim.hosts.values() if _active(h) and over(h)),
+        busy = sorted((h for h in sim.hosts.values() if _active(h) and over_threshold(h, limits)
+                       and (givers is None or h.host in givers)),
                       key=lambda h: -(memory_used(h) or 0.0))
         for h in busy:
             for vm in sim.on(h.host):
-                if not over(sim.hosts[h.host]):
+                if not over_threshold(sim.hosts[h.host], limits):
                     break
-                if not vm.running:
+                if not vm.running or vm.name in keep:
                     continue
                 target, why = sim.target(vm)
                 if target is None:

@@ -33,6 +33,7 @@ from hostbus.security.provenance import why_not_from
 from hostbus.transport.base import Delivery
 
 if TYPE_CHECKING:
+    from console.manager.balancing import Balancer
     from console.placement import PlacementConfig
     from hostbus.security.signing import Verifier
 
@@ -59,11 +60,13 @@ class Manager:
                  placement: PlacementConfig | None = None,
                  emit: Callable[[str, dict[str, Any]], None] = lambda event, data: None,
                  on_down: Callable[[str], None] = lambda host: None,
-                 on_maintenance: Callable[[str], None] = lambda host: None) -> None:
+                 on_maintenance: Callable[[str], None] = lambda host: None,
+                 balancer: Balancer | None = None) -> None:
         """``emit(event, data)`` publishes a manager event; ``on_down(host)`` runs (on
         the loop's thread) when a host is confirmed down, and at each listing for each
         host down with HA VMs on it; ``on_maintenance(host)`` at each listing for each
-        host in maintenance with VMs on it (an evacuation an earlier instance left)."""
+        host in maintenance with VMs on it (an evacuation an earlier instance left).
+        ``balancer``: ticked after each liveness check while active (``balancing``)."""
         self.console = console
         self.fleet = fleet
         self.fencer = fencer
@@ -81,6 +84,7 @@ class Manager:
         self.emit = emit
         self.on_down = on_down
         self.on_maintenance = on_maintenance
+        self.balancer = balancer
         self.active = threading.Event()
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -173,6 +177,11 @@ class Manager:
                     self.check_liveness()
                 except HostbusError as exc:
                     log.warning("could not check the hosts' liveness: %s", exc)
+                if self.balancer is not None:
+                    try:
+                        self.balancer.tick()
+                    except Exception:
+                        log.exception("balancing failed")
 
     def _list(self) -> None:
         failures = 0

@@ -525,6 +525,83 @@ def test_power_saving_never_empties_a_host_it_just_filled(tmp_path):
     assert result["standby"] == ["kvm02", "kvm04"]
 
 
+def test_balancing_waits_out_a_window_moves_a_few_a_round_and_never_back(tmp_path):
+    from console.manager.balancing import Balancer, Balancing
+
+    clock = Clock()
+    fleet = Fleet(tmp_path / "m.db", clock=clock)
+    _host(fleet, "kvm01", 15)  # 94% used
+    _host(fleet, "kvm02", 4)
+    _host(fleet, "kvm03", 4)
+    for name, gib in (("a", 1), ("b", 1), ("c", 1), ("d", 2)):
+        _vm(fleet, name, "kvm01", gib)
+    acted: list[list[dict[str, Any]]] = []
+    busy = [False]
+    balancer = Balancer(fleet, Balancing(enabled=True, window_s=60, interval_s=300,
+                                         max_moves=2, cooldown_s=3600), Thresholds(),
+                        act=acted.append, busy=lambda: busy[0])
+
+    def move(m: dict[str, Any]) -> None:  # what the moves do to the model
+        gib = fleet.vm(m["vm"]).memory_bytes // GIB
+        fleet.update_vm(m["vm"], host=m["to_host"])
+        for host, sign in ((m["from_host"], 1), (m["to_host"], -1)):
+            h = fleet.host(host)
+            fleet.update_host(host, unallocated_memory_bytes=h.unallocated_memory_bytes
+                              + sign * gib * GIB)
+
+    assert balancer.tick() == []  # over since now: a spike moves nothing
+    clock.now += 30
+    assert balancer.tick() == []
+    _host(fleet, "kvm01", 12)  # dips below the threshold: the window starts again
+    assert balancer.tick() == []
+    _host(fleet, "kvm01", 15)
+    clock.now += 50
+    assert balancer.tick() == []
+    clock.now += 61
+    busy[0] = True  # an HA restart or an evacuation runs: the round waits
+    assert balancer.tick() == []
+    busy[0] = False
+    first = balancer.tick()
+    assert [(m["vm"], m["from_host"]) for m in first] == [("a", "kvm01"), ("b", "kvm01")]
+    assert acted == [first]
+    for m in first:
+        move(m)
+    clock.now += 10
+    assert balancer.tick() == []  # one round per interval
+    # The moved VMs are not moved on for the cooldown, though their hosts fill up and
+    # stay full past the window; the others still move.
+    _host(fleet, first[0]["to_host"], 15)
+    _host(fleet, first[1]["to_host"], 15)
+    _host(fleet, "kvm04", 1)
+    balancer.tick()
+    clock.now += 300
+    second = balancer.tick()
+    assert second and {m["vm"] for m in second} <= {"c", "d"}
+    # Off: the hosts are watched, nothing moves.
+    off = Balancer(fleet, Balancing(enabled=False, window_s=0), Thresholds(),
+                   act=acted.append)
+    assert off.tick() == [] and len(acted) == 1 + bool(second)
+
+
+def test_a_balancing_move_goes_where_the_plan_said_unless_things_changed(hypervisors):
+    h = hypervisors
+    define(h["agents"], "kvm01", "web-1")
+    define(h["agents"], "kvm01", "web-2")
+    h["manager"].reconcile()
+    h["actions"].start()
+    h["actions"].rebalance([
+        {"vm": "web-1", "from_host": "kvm01", "to_host": "kvm02", "why": "kvm01 uses 94%"},
+        {"vm": "web-2", "from_host": "kvm02", "to_host": "kvm01", "why": "stale"}])
+    assert h["actions"].idle.wait(60)
+    assert {d["name"] for d in h["agents"]["kvm02"].domain_objects()} == {"web-1"}
+    assert {d["name"] for d in h["agents"]["kvm01"].domain_objects()} == {"web-2"}
+    moves = h["emitted"].named("move")
+    assert moves[0] == {"vm": "web-1", "from_host": "kvm01", "to_host": "kvm02",
+                        "step": "started", "how": "cold", "why": "balance: kvm01 uses 94%"}
+    assert moves[-1]["step"] == "completed" and {m["vm"] for m in moves} == {"web-1"}
+    assert h["fleet"].vm("web-1").host == "kvm02"
+
+
 def test_with_agent_keys_only_events_the_host_signed_count(tmp_path):
     from hostbus.publisher import Publisher
     from hostbus.security.signing import Signer, Verifier, generate
@@ -573,3 +650,22 @@ def test_n_plus_one_names_the_ha_vms_the_largest_hosts_loss_would_strand(tmp_pat
     fleet.update_vm("db", ha=True)
     manager.check_capacity()
     assert [d["ok"] for d in emitted.named("capacity")] == [True, False]
+
+
+def test_the_balancing_settings_load_and_their_mistakes_are_named(tmp_path):
+    from console.manager.balancing import Balancing
+    from console.manager.main import load_config
+    from hostbus.errors import ConfigError
+
+    assert load_config("etc/manager.toml")["balancing"] == Balancing()
+    on = tmp_path / "on.toml"
+    on.write_text("[policies]\nbalance = true\nbalance_max_moves = 1\n")
+    assert load_config(str(on))["balancing"] == Balancing(enabled=True, max_moves=1)
+    for line, fragment in (("balance = 1", "must be true or false"),
+                           ("balance_max_moves = 0", "give at least 1"),
+                           ("balance_window_s = -1", "give 0 or more"),
+                           ("balance_memory_threshold = 2", "give a fraction")):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(f"[policies]\n{line}\n")
+        with pytest.raises(ConfigError, match=fragment):
+            load_config(str(bad))
