@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from console.client import Console
 from console.manager.actions import Actions
 from console.manager.agent import ManagerAgent
+from console.manager.balancing import Balancer, Balancing
 from console.manager.fencing import Fencer
 from console.manager.fleet import Fleet
 from console.manager.policies import Thresholds
@@ -30,6 +31,7 @@ from hostbus.errors import BrokerRefused, ConfigError, ConnectionFailed, Hostbus
 from hostbus.logs import setup_logging
 from hostbus.publisher import Publisher
 from hostbus.security.audit import AuditLog
+from hostbus.security.keys import keys_from_config
 from hostbus.security.policy import DiscoveryOnly, Policy, RulesPolicy
 from hostbus.serving.active import ActiveStandby
 from hostbus.serving.runtime import AgentRuntime
@@ -62,7 +64,9 @@ DEFAULTS: dict[str, Any] = {
         "audit_log": "",
     },
     "policies": {"balance_memory_threshold": 0.8, "balance_cpu_threshold": 0.8,
-                 "power_saving_threshold": 0.2},
+                 "power_saving_threshold": 0.2, "balance": False, "balance_window_s": 300.0,
+                 "balance_interval_s": 300.0, "balance_max_moves": 2,
+                 "balance_cooldown_s": 3600.0},
     "placement": {},
     "security": {"signing_key": "", "agent_keys": "", "multi_host_users": ["guest"]},
     "tracing": {"otlp_endpoint": ""},
@@ -84,11 +88,24 @@ def load_config(path: str | None) -> dict[str, Any]:
             raise ConfigError(f"[manager] {key} = {m[key]}: give at least {low:g} (seconds)")
     if int(m["parallel_moves"]) < 1:
         raise ConfigError(f"[manager] parallel_moves = {m['parallel_moves']}: give at least 1")
-    for key, value in cfg["policies"].items():
-        if not 0 < float(value) <= 1:
-            raise ConfigError(f"[policies] {key} = {value}: give a fraction above 0 and at "
-                              "most 1 (0.8 is 80%)")
     p = cfg["policies"]
+    for key in ("balance_memory_threshold", "balance_cpu_threshold",
+                "power_saving_threshold"):
+        if not 0 < float(p[key]) <= 1:
+            raise ConfigError(f"[policies] {key} = {p[key]}: give a fraction above 0 and at "
+                              "most 1 (0.8 is 80%)")
+    if not isinstance(p["balance"], bool):
+        raise ConfigError(f"[policies] balance = {p['balance']!r}: give true or false")
+    for key in ("balance_window_s", "balance_interval_s", "balance_cooldown_s"):
+        if float(p[key]) < 0:
+            raise ConfigError(f"[policies] {key} = {p[key]}: give 0 or more (seconds)")
+    if int(p["balance_max_moves"]) < 1:
+        raise ConfigError(f"[policies] balance_max_moves = {p['balance_max_moves']}: give "
+                          "at least 1")
+    cfg["balancing"] = Balancing(enabled=p["balance"], window_s=float(p["balance_window_s"]),
+                                 interval_s=float(p["balance_interval_s"]),
+                                 max_moves=int(p["balance_max_moves"]),
+                                 cooldown_s=float(p["balance_cooldown_s"]))
     cfg["thresholds"] = Thresholds(balance_memory=float(p["balance_memory_threshold"]),
                                    balance_cpu=float(p["balance_cpu_threshold"]),
                                    power_saving=float(p["power_saving_threshold"]))
@@ -110,22 +127,6 @@ def load_policy(cfg: dict[str, Any], config_path: str | None) -> Policy:
     return DiscoveryOnly("service", "[manager] policy", "etc/manager.toml")
 
 
-def _signer(cfg: dict[str, Any], config_path: str | None) -> Signer | None:
-    if not cfg["security"]["signing_key"]:
-        return None
-    from hostbus.security.signing import Signer
-
-    return Signer.load(config.resolve(cfg["security"]["signing_key"], config_path))
-
-
-def _agent_keys(cfg: dict[str, Any], config_path: str | None) -> Verifier | None:
-    if not cfg["security"]["agent_keys"]:
-        return None
-    from hostbus.security.signing import Verifier
-
-    return Verifier.from_folder(config.resolve(cfg["security"]["agent_keys"], config_path))
-
-
 def check(config_path: str | None) -> list[str]:
     """What ``--check-config`` reports, without connecting or writing anything. Raises
     ``ConfigError`` (or ``ValueError``)."""
@@ -138,11 +139,16 @@ def check(config_path: str | None) -> list[str]:
     found.append(f"policy: {len(policy.rules)} rules (default deny)"
                  if isinstance(policy, RulesPolicy) else
                  "policy: none, so only discovery is answered (set [manager] policy)")
-    if _signer(cfg, config_path) is not None:
+    signer, agent_keys = keys_from_config(cfg["security"], config_path)
+    if signer is not None:
         found.append("signing key: ok")
-    if _agent_keys(cfg, config_path) is not None:
+    if agent_keys is not None:
         found.append("agent keys: ok (only signed events are acted on)")
     found.append("fence step: " + Fencer(m["fence_command"]).describe())
+    b = cfg["balancing"]
+    found.append(f"balancing (even_distribution): at most {b.max_moves} moves every "
+                 f"{b.interval_s:g} s, off hosts over the threshold for {b.window_s:g} s"
+                 if b.enabled else "balancing: plans only ([policies] balance = false)")
     found.append("events it needs bound: " + " ".join(EVENT_PATTERNS))
     return found
 
@@ -184,7 +190,11 @@ class ManagerService:
             discovery_idle=float(m["discovery_idle"]),
             multi_host_users=frozenset(cfg["security"]["multi_host_users"]),
             agent_keys=agent_keys, placement=cfg["placement_config"], emit=self.emit,
-            on_down=self.actions.restart_ha, on_maintenance=self.actions.evacuate)
+            on_down=self.actions.restart_ha, on_maintenance=self.actions.evacuate,
+            balancer=Balancer(fleet, cfg.get("balancing") or Balancing(), cfg["thresholds"],
+                              act=self.actions.rebalance,
+                              busy=lambda: not self.actions.idle.is_set(),
+                              config=cfg["placement_config"]))
         self.agent = ManagerAgent(fleet, self.actions, status=self.status,
                                   learn_xml=self.manager.learn_xml,
                                   placement=cfg["placement_config"],
@@ -253,8 +263,7 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
         cfg = load_config(config_path)
         m = cfg["manager"]
         policy = load_policy(cfg, config_path)
-        signer = _signer(cfg, config_path)
-        agent_keys = _agent_keys(cfg, config_path)
+        signer, agent_keys = keys_from_config(cfg["security"], config_path)
         from hostbus.tracing import from_config
 
         tracer = from_config(cfg["tracing"], "hostbus-manager", m["host_id"])
@@ -269,7 +278,7 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
     if not fencer.command:
         log.warning("fence step: %s", fencer.describe())
     folder = state_dir(cfg)
-    fleet = Fleet(folder / "manager.db")
+    fleet = Fleet(folder / "manager.db", placement=cfg["placement_config"])
     audit = AuditLog(config.resolve(m["audit_log"], config_path) if m["audit_log"]
                      else folder / f"audit-{m['host_id']}.jsonl")
     try:
