@@ -52,6 +52,7 @@ from hostbus.schema import (
     available_agents,
     load_agent_schema,
 )
+from hostbus.security.provenance import why_not_from
 from hostbus.transport import connect
 from hostbus.transport.base import Caller, Delivery, Properties, Transport
 from hostbus.transport.url import check_resolvable
@@ -446,15 +447,13 @@ class Console:
         """Whether this reply or event speaks for a host other than its sender (or, for
         an event, than its routing key): then it is dropped, logged once per sender and
         claimed host, and counted."""
-        user = delivery.properties.user_id
-        if routing_key is not None and delivery.routing_key and \
-                delivery.routing_key != routing_key:
-            why = (f"its routing key {delivery.routing_key!r} does not match its body "
-                   f"({routing_key!r})")
-        elif user != host and user not in self.multi_host_users:
-            why = f"it was sent by broker user {user!r}, and a host may only speak for itself"
-        else:
+        # The signature (with agent keys) is checked apart: a bad one is answered, not
+        # dropped (_unverified).
+        why = why_not_from(delivery, host, routing_key=routing_key,
+                           multi_host_users=self.multi_host_users)
+        if why is None:
             return False
+        user = delivery.properties.user_id
         self.spoofed += 1
         if (user, host) not in self._spoof_logged and len(self._spoof_logged) < 1000:
             self._spoof_logged.add((user, host))

@@ -24,6 +24,7 @@ import click
 from hostbus import config
 from hostbus.errors import ConfigError, ConnectionFailed, HostbusError, RemoteError, SchemaError
 from hostbus.names import InvalidName
+from hostbus.security.keys import keys_from_config
 
 if TYPE_CHECKING:
     from rich.console import Console as RichConsole
@@ -188,16 +189,8 @@ def connect_console(ctx: CliContext, validate: bool) -> Console:
     """The console over the configured broker, with the configured keys."""
     from console.client import Console
 
-    signer = agent_keys = None
     sec = ctx.cfg["security"]
-    if sec["signing_key"] or sec["agent_keys"]:
-        from hostbus.security.signing import Signer, Verifier
-
-        if sec["signing_key"]:
-            signer = Signer.load(config.resolve(sec["signing_key"], ctx.config_path))
-        if sec["agent_keys"]:
-            agent_keys = Verifier.from_folder(config.resolve(sec["agent_keys"],
-                                                             ctx.config_path))
+    signer, agent_keys = keys_from_config(sec, ctx.config_path)
     try:
         return Console.connect(ctx.url, connect_timeout=float(ctx.cfg["broker"]["connect_timeout"]),
                                reconnect=ctx.keep_connected, validate=validate, signer=signer,

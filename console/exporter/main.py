@@ -19,6 +19,7 @@ from console.services import wait_for_stop
 from hostbus import config
 from hostbus.errors import ConfigError, ConnectionFailed, HostbusError
 from hostbus.logs import setup_logging
+from hostbus.security.keys import keys_from_config
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -118,14 +119,7 @@ def _console(cfg: dict[str, Any], config_path: str | None) -> Console:
     from console.client import Console
 
     sec = cfg["security"]
-    signer = verifier = None
-    if sec["signing_key"] or sec["agent_keys"]:
-        from hostbus.security.signing import Signer, Verifier
-
-        if sec["signing_key"]:
-            signer = Signer.load(config.resolve(sec["signing_key"], config_path))
-        if sec["agent_keys"]:
-            verifier = Verifier.from_folder(config.resolve(sec["agent_keys"], config_path))
+    signer, verifier = keys_from_config(sec, config_path)
     return Console.connect(cfg["broker"]["url"],
                            connect_timeout=float(cfg["broker"]["connect_timeout"]),
                            signer=signer, agent_keys=verifier,
@@ -138,16 +132,11 @@ def check(config_path: str | None) -> list[str]:
     found = [f"configuration {config_path or '(defaults)'}: ok",
              f"listens on {cfg['exporter']['listen']}, follows "
              f"{' '.join(cfg['exporter']['patterns'])}"]
-    sec = cfg["security"]
-    if sec["signing_key"] or sec["agent_keys"]:
-        from hostbus.security.signing import Signer, Verifier
-
-        if sec["signing_key"]:
-            Signer.load(config.resolve(sec["signing_key"], config_path))
-            found.append("signing key: ok")
-        if sec["agent_keys"]:
-            Verifier.from_folder(config.resolve(sec["agent_keys"], config_path))
-            found.append("agent keys: ok (only signed events count)")
+    signer, verifier = keys_from_config(cfg["security"], config_path)
+    if signer is not None:
+        found.append("signing key: ok")
+    if verifier is not None:
+        found.append("agent keys: ok (only signed events count)")
     try:
         import prometheus_client  # noqa: F401
     except ImportError:

@@ -20,6 +20,7 @@ from hostbus import __version__, config, names
 from hostbus.errors import BrokerRefused, ConfigError, ConnectionFailed, HostbusError
 from hostbus.logs import setup_logging
 from hostbus.security.audit import AuditLog
+from hostbus.security.keys import keys_from_config
 from hostbus.security.policy import DiscoveryOnly, Policy, RulesPolicy
 from hostbus.serving.runtime import AgentRuntime
 
@@ -102,7 +103,7 @@ def check(config_path: str | None) -> list[str]:
     found.append(f"policy: {len(policy.rules)} rules (default deny)"
                  if isinstance(policy, RulesPolicy) else
                  "policy: none, so only discovery is answered (set [historian] policy)")
-    signer, verifier = _keys(cfg, config_path)
+    signer, verifier = keys_from_config(cfg["security"], config_path)
     if signer is not None:
         found.append("signing key: ok")
     if verifier is not None:
@@ -124,19 +125,6 @@ def check(config_path: str | None) -> list[str]:
     store.close()
     found.append(f"store {where.split('@')[-1]}: {stats.events} events")
     return found
-
-
-def _keys(cfg: dict[str, Any], config_path: str | None) -> tuple[Any, Any]:
-    sec = cfg["security"]
-    signer = verifier = None
-    if sec["signing_key"] or sec["agent_keys"]:
-        from hostbus.security.signing import Signer, Verifier
-
-        if sec["signing_key"]:
-            signer = Signer.load(config.resolve(sec["signing_key"], config_path))
-        if sec["agent_keys"]:
-            verifier = Verifier.from_folder(config.resolve(sec["agent_keys"], config_path))
-    return signer, verifier
 
 
 class Historian:
@@ -190,7 +178,7 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
         cfg = load_config(config_path)
         h = cfg["historian"]
         policy = load_policy(cfg, config_path)
-        signer, verifier = _keys(cfg, config_path)
+        signer, verifier = keys_from_config(cfg["security"], config_path)
         from hostbus.tracing import from_config
 
         tracer = from_config(cfg["tracing"], "hostbus-historian", h["host_id"])

@@ -30,6 +30,7 @@ from hostbus.errors import BrokerRefused, ConfigError, ConnectionFailed, Hostbus
 from hostbus.logs import setup_logging
 from hostbus.publisher import Publisher
 from hostbus.security.audit import AuditLog
+from hostbus.security.keys import keys_from_config
 from hostbus.security.policy import DiscoveryOnly, Policy, RulesPolicy
 from hostbus.serving.active import ActiveStandby
 from hostbus.serving.runtime import AgentRuntime
@@ -110,22 +111,6 @@ def load_policy(cfg: dict[str, Any], config_path: str | None) -> Policy:
     return DiscoveryOnly("service", "[manager] policy", "etc/manager.toml")
 
 
-def _signer(cfg: dict[str, Any], config_path: str | None) -> Signer | None:
-    if not cfg["security"]["signing_key"]:
-        return None
-    from hostbus.security.signing import Signer
-
-    return Signer.load(config.resolve(cfg["security"]["signing_key"], config_path))
-
-
-def _agent_keys(cfg: dict[str, Any], config_path: str | None) -> Verifier | None:
-    if not cfg["security"]["agent_keys"]:
-        return None
-    from hostbus.security.signing import Verifier
-
-    return Verifier.from_folder(config.resolve(cfg["security"]["agent_keys"], config_path))
-
-
 def check(config_path: str | None) -> list[str]:
     """What ``--check-config`` reports, without connecting or writing anything. Raises
     ``ConfigError`` (or ``ValueError``)."""
@@ -138,9 +123,10 @@ def check(config_path: str | None) -> list[str]:
     found.append(f"policy: {len(policy.rules)} rules (default deny)"
                  if isinstance(policy, RulesPolicy) else
                  "policy: none, so only discovery is answered (set [manager] policy)")
-    if _signer(cfg, config_path) is not None:
+    signer, agent_keys = keys_from_config(cfg["security"], config_path)
+    if signer is not None:
         found.append("signing key: ok")
-    if _agent_keys(cfg, config_path) is not None:
+    if agent_keys is not None:
         found.append("agent keys: ok (only signed events are acted on)")
     found.append("fence step: " + Fencer(m["fence_command"]).describe())
     found.append("events it needs bound: " + " ".join(EVENT_PATTERNS))
@@ -253,8 +239,7 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
         cfg = load_config(config_path)
         m = cfg["manager"]
         policy = load_policy(cfg, config_path)
-        signer = _signer(cfg, config_path)
-        agent_keys = _agent_keys(cfg, config_path)
+        signer, agent_keys = keys_from_config(cfg["security"], config_path)
         from hostbus.tracing import from_config
 
         tracer = from_config(cfg["tracing"], "hostbus-manager", m["host_id"])

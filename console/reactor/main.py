@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from console.reactor.engine import Engine
 from console.reactor.rules import Rule, parse_rules
@@ -20,9 +20,7 @@ from console.services import wait_for_stop
 from hostbus import __version__, config, names
 from hostbus.errors import ConfigError, ConnectionFailed, HostbusError
 from hostbus.logs import setup_logging
-
-if TYPE_CHECKING:
-    from hostbus.security.signing import Signer, Verifier
+from hostbus.security.keys import keys_from_config
 
 log = logging.getLogger("hostbus.reactor")
 
@@ -81,7 +79,7 @@ def check(config_path: str | None) -> list[str]:
              f"{len(rules)} rule(s): " + "; ".join(
                  f"{r.name} -> {r.action.call}" + (" (dry run)" if r.dry_run else "")
                  for r in rules)]
-    signer, verifier = _keys(cfg, config_path)
+    signer, verifier = keys_from_config(cfg["security"], config_path)
     if signer is not None:
         found.append("signing key: ok (actions are signed)")
     else:
@@ -97,20 +95,6 @@ def check(config_path: str | None) -> list[str]:
     return found
 
 
-def _keys(cfg: dict[str, Any], config_path: str | None
-          ) -> tuple[Signer | None, Verifier | None]:
-    sec = cfg["security"]
-    signer = verifier = None
-    if sec["signing_key"] or sec["agent_keys"]:
-        from hostbus.security.signing import Signer, Verifier
-
-        if sec["signing_key"]:
-            signer = Signer.load(config.resolve(sec["signing_key"], config_path))
-        if sec["agent_keys"]:
-            verifier = Verifier.from_folder(config.resolve(sec["agent_keys"], config_path))
-    return signer, verifier
-
-
 def open_store(cfg: dict[str, Any]) -> ReactorStore:
     return ReactorStore(store_path(cfg))
 
@@ -119,7 +103,7 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
     try:
         cfg = load_config(config_path)
         rules = load_rules(cfg)
-        signer, verifier = _keys(cfg, config_path)
+        signer, verifier = keys_from_config(cfg["security"], config_path)
     except (ConfigError, ValueError) as exc:
         print(f"hostbus reactor: {exc}")
         return 1

@@ -2,9 +2,11 @@
 a bounded spool on disk while it is not, and from the spool in order once it is back.
 
 An event counts as sent only when the broker confirmed it (pipelined: many in flight,
-no wait per event). Until then it is held in memory; if the connection drops, whatever
-is unconfirmed goes to the spool ahead of anything newer, keeping its number, so the
-order per agent survives. While the spool holds anything, new events join it at the
+no wait per event). Until then it is held in memory; if the connection drops, or the
+channel (AMQP 1.0: the link) the events go out on (the broker ends it when it refuses an
+event), whatever is unconfirmed goes to the spool ahead of anything newer, keeping its
+number, and any copy of it still waiting for the I/O thread is withdrawn, so the order
+per agent survives. While the spool holds anything, new events join it at the
 back, and the spool drains through the same confirmed path, a window at a time; a row
 leaves the spool only when the broker has confirmed it, so events survive an agent
 restart during an outage too. A copy may reach the broker twice (sent, connection
@@ -229,6 +231,24 @@ class Spool:
         self.durability.recovered()
 
 
+class _Attempt:
+    """One publish of one event, and its confirm callback. When the outbox takes events
+    back (their channel or connection went away), it withdraws their attempts: a
+    transport drops a withdrawn publish it has not sent yet (a copy queued before the
+    loss would otherwise overtake the copies sent again in order), and the outbox
+    ignores what is reported later of a withdrawn attempt."""
+
+    __slots__ = ("_outbox", "oid", "withdrawn")
+
+    def __init__(self, outbox: EventOutbox, oid: int) -> None:
+        self.oid = oid
+        self.withdrawn = False
+        self._outbox = outbox
+
+    def __call__(self, ok: bool | None) -> None:
+        self._outbox._confirmed(self, ok)
+
+
 class EventOutbox:
     def __init__(self, publisher: Publisher, spool: Spool | None = None, *,
                  window: int = 256) -> None:
@@ -242,7 +262,10 @@ class EventOutbox:
         self._online = True
         self._inflight: dict[int, Outgoing] = {}  # fast path: sent, not yet confirmed
         self._draining: set[int] = set()  # spool rows sent, not yet confirmed
+        self._attempts: dict[int, _Attempt] = {}  # the live publish of each of those
         self._cursor = 0  # the last spool row sent in this pass
+        self._takebacks = 0  # how many times events were taken back (ends a pump)
+        self._pumping = False
         self._idle = threading.Condition(self._lock)
         transport.on_connection_lost(self._on_lost)
         transport.on_connection_restored(self._on_restored)
@@ -275,63 +298,92 @@ class EventOutbox:
 
     # ------------------------------------------------------------------ inside
     def _publish(self, rec: Outgoing) -> None:
+        attempt = self._attempts[rec.oid] = _Attempt(self, rec.oid)
         self.publisher.publish(rec.exchange, rec.routing_key, rec.body, rec.props,
-                               persistent=True,
-                               confirm=lambda ok, oid=rec.oid: self._confirmed(oid, ok))
+                               persistent=True, confirm=attempt)
 
-    def _confirmed(self, oid: int, ok: bool | None) -> None:
+    def _confirmed(self, attempt: _Attempt, ok: bool | None) -> None:
         """On the I/O thread. True: sent. False: the broker refused it (not retried,
-        counted). None: unknown, the connection or channel went away first: it goes
-        (back) to the spool under its own number and is sent again in order."""
+        counted), whichever copy it was. None: unknown, the connection or channel went
+        away first: then so did everything sent with it, and every event not confirmed
+        goes (back) to the spool under its own number, to be sent again in order."""
         with self._lock:
-            rec = self._inflight.pop(oid, None)
-            drained = oid in self._draining
-            self._draining.discard(oid)
-            if rec is None and not drained:
-                pass  # set aside already, when the connection was lost
+            oid = attempt.oid
+            current = self._attempts.get(oid) is attempt
+            if ok is False:
+                self._refused(oid)
+            elif not current:
+                pass  # a copy taken back already: its event is spooled or sent again
             elif ok:
-                if drained:
-                    self.spool.remove(oid)
-            elif ok is False:
-                self.rejected += 1
-                log.error("the broker refused event %s (%s); it is not sent again",
-                          oid, rec.routing_key if rec else "from the spool")
-                if drained:
+                del self._attempts[oid]
+                self._inflight.pop(oid, None)
+                if oid in self._draining:
+                    self._draining.discard(oid)
                     self.spool.remove(oid)
             else:
-                if rec is not None:
-                    self.spool.put(rec)
-                self._cursor = min(self._cursor, oid - 1)
+                self._take_back()
             if self._online and self.spool.count:
                 self._pump()
             if not self._inflight and not self._draining:
                 self._idle.notify_all()
 
+    def _refused(self, oid: int) -> None:
+        rec = self._inflight.pop(oid, None)
+        self.rejected += 1
+        log.error("the broker refused event %s (%s); it is not sent again",
+                  oid, rec.routing_key if rec else "from the spool")
+        attempt = self._attempts.pop(oid, None)
+        if attempt is not None:
+            attempt.withdrawn = True  # a copy sent again, not out yet: it stays here
+        self._draining.discard(oid)
+        self.spool.remove(oid)
+
+    def _take_back(self) -> None:
+        """Every event sent and not confirmed goes to the spool, its attempt withdrawn;
+        the next pump sends them again from the oldest."""
+        for oid in sorted(self._inflight):
+            self.spool.put(self._inflight[oid])
+        for attempt in self._attempts.values():
+            attempt.withdrawn = True
+        self._attempts.clear()
+        self._inflight.clear()
+        self._draining.clear()  # still in the spool
+        self._cursor = 0
+        self._takebacks += 1
+
     def _pump(self) -> None:
-        room = self.window - len(self._draining)
-        if room <= 0:
+        # Not re-entered: a publish that fails at once reports None from inside this
+        # loop, which takes everything back; the loop then stops until the next event.
+        if self._pumping:
             return
-        for rec in self.spool.after(self._cursor, room + len(self._draining)):
-            self._cursor = rec.oid
-            if rec.oid in self._draining:
-                continue  # already on its way
-            self._draining.add(rec.oid)
-            self._publish(rec)
-            room -= 1
-            if room == 0:
-                break
+        self._pumping = True
+        try:
+            takebacks = self._takebacks
+            room = self.window - len(self._draining)
+            if room <= 0:
+                return
+            for rec in self.spool.after(self._cursor, room + len(self._draining)):
+                if self._takebacks != takebacks:
+                    return
+                self._cursor = rec.oid
+                if rec.oid in self._draining:
+                    continue  # already on its way
+                self._draining.add(rec.oid)
+                self._publish(rec)
+                room -= 1
+                if room == 0:
+                    break
+        finally:
+            self._pumping = False
 
     def _on_lost(self, exc: Exception) -> None:
         with self._lock:
             self._online = False
-            for oid in sorted(self._inflight):
-                self.spool.put(self._inflight[oid])
             if self._inflight:
                 log.info("broker connection lost: %d unconfirmed events kept in the spool "
-                         "(%d waiting in all)", len(self._inflight), self.spool.count)
-            self._inflight.clear()
-            self._draining.clear()  # still in the spool: sent again after the reconnect
-            self._cursor = 0
+                         "(%d waiting in all)", len(self._inflight),
+                         self.spool.count + len(self._inflight))
+            self._take_back()  # sent again after the reconnect
             self._idle.notify_all()
 
     def retry(self) -> None:

@@ -26,7 +26,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -56,6 +56,7 @@ from hostbus.transport.base import (
     named_exchange,
     reconnect_delay,
     refused_publishes,
+    withdrawn,
 )
 from hostbus.transport.sweep import Sweeper, Swept, is_internal_error
 from hostbus.transport.url import BrokerURL, broker_urls
@@ -431,8 +432,23 @@ class PikaTransport(Transport):
         # publish opens a new channel.
         pending, self._unconfirmed = self._unconfirmed, {}
         refused = refused_publishes(words, [(ex, key) for ex, key, _ in pending.values()])
-        for (_, _, callback), was_refused in zip(pending.values(), refused, strict=True):
-            self._report(callback, False if was_refused else None)
+        with self._telling():
+            for (_, _, callback), was_refused in zip(pending.values(), refused, strict=True):
+                self._report(callback, False if was_refused else None)
+
+    @contextlib.contextmanager
+    def _telling(self) -> Iterator[None]:
+        """Outcomes told together: what their callbacks publish is queued and goes out
+        after the last one is told, so a sender hears of every publish a closed channel
+        refused before it sends anything again (else it sends a refused one again)."""
+        was = self._in_handler
+        self._in_handler = True  # _submit queues without draining
+        try:
+            yield
+        finally:
+            self._in_handler = was
+        if not was:
+            self._drain()
 
     def _on_return(self, _channel: Any, method: Any, props: pika.BasicProperties,
                    _body: bytes) -> None:
@@ -475,8 +491,9 @@ class PikaTransport(Transport):
 
     def _fail_unconfirmed(self) -> None:
         pending, self._unconfirmed = self._unconfirmed, {}
-        for _, _, callback in pending.values():
-            self._report(callback, None)
+        with self._telling():
+            for _, _, callback in pending.values():
+                self._report(callback, None)
 
     @staticmethod
     def _report(callback: Confirm, ok: bool | None) -> None:
@@ -861,6 +878,8 @@ class PikaTransport(Transport):
 
     def _publish_confirmed(self, task: _Publish) -> bool:
         assert task.confirm is not None
+        if withdrawn(task.confirm):
+            return False
         if task.generation != self._generation:
             self._report(task.confirm, None)  # meant for a connection that is gone
             return False

@@ -86,6 +86,7 @@ from hostbus.transport.base import (
     named_exchange,
     reconnect_delay,
     refused_publishes,
+    withdrawn,
 )
 from hostbus.transport.url import broker_urls
 
@@ -260,6 +261,7 @@ class ProtonTransport(Transport):
         # links: proton hands out a new wrapper object for the same delivery each time),
         # oldest first.
         self._unsettled: dict[str, _Sent] = {}
+        self._deferred: list[Task] | None = None  # publishes held while _tell runs
         #: Whether the broker says that a mandatory publish went nowhere: RabbitMQ 4.x
         #: does (released), 3.x accepts it without a word. Known once connected.
         self.reports_unroutable = False
@@ -368,6 +370,9 @@ class ProtonTransport(Transport):
         if self._stopping.is_set():
             raise TransportClosed("the transport is closed")
         if threading.current_thread() is self._thread:
+            if not wait and self._deferred is not None:
+                self._deferred.append(task)  # after the outcomes being told (_tell)
+                return None
             # Already on the I/O thread (a handler replying or settling): do it now.
             # Through the injector it would wait for another turn of the event loop,
             # a wake-up through a pipe each time (measured: a reply and an ack each).
@@ -428,6 +433,8 @@ class ProtonTransport(Transport):
         generation = self._generation
 
         def send() -> None:
+            if withdrawn(confirm):
+                return
             if not self._connected or (confirm is not None and generation != self._generation):
                 # No connection, or meant for one that is gone: not sent. A confirm says
                 # "unknown", and the outbox sends it again, in order, as over 0-9-1
@@ -694,9 +701,8 @@ class ProtonTransport(Transport):
             ours = [t for t, sent in self._unsettled.items() if sent.link == link.name]
             gone = [self._unsettled.pop(t) for t in ours]
             refused = refused_publishes(reason, [(s.exchange, s.routing_key) for s in gone])
-            for sent, was_refused in zip(gone, refused, strict=True):
-                if sent.confirm is not None:
-                    _confirm(sent.confirm, False if was_refused else None)
+            self._tell([(sent.confirm, False if was_refused else None)
+                        for sent, was_refused in zip(gone, refused, strict=True)])
             return
         for item in self._links:
             if item.name != link.name:
@@ -710,10 +716,31 @@ class ProtonTransport(Transport):
 
     def _sender_gone(self, link: Any) -> None:
         self._senders = {a: s for a, s in self._senders.items() if s.name != link.name}
-        for tag in [t for t, sent in self._unsettled.items() if sent.link == link.name]:
-            sent = self._unsettled.pop(tag)
-            if sent.confirm is not None:
-                _confirm(sent.confirm, None)
+        gone = [self._unsettled.pop(t) for t, sent in list(self._unsettled.items())
+                if sent.link == link.name]
+        self._tell([(sent.confirm, None) for sent in gone])
+
+    def _tell(self, outcomes: list[tuple[Confirm | None, bool | None]]) -> None:
+        """Outcomes told together: what their callbacks publish runs after the last one
+        is told, so a sender hears of every publish a link's end refused before it
+        sends anything again (else it sends a refused one again)."""
+        if self._deferred is not None:  # within another _tell: its caller runs them
+            for confirm, ok in outcomes:
+                if confirm is not None:
+                    _confirm(confirm, ok)
+            return
+        self._deferred = deferred = []
+        try:
+            for confirm, ok in outcomes:
+                if confirm is not None:
+                    _confirm(confirm, ok)
+        finally:
+            self._deferred = None
+        for task in deferred:
+            try:
+                task()
+            except Exception:  # a publish's own failure: the I/O thread carries on
+                log.exception("a publish sent after a link ended failed")
 
     def _consumer_ended(self, link: _Link, reason: str) -> None:
         """The broker ended a consumer (or refused attaching it again): attach it again,

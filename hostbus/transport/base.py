@@ -116,6 +116,14 @@ Handler = Callable[[Delivery], None]
 Confirm = Callable[[bool | None], None]
 
 
+def withdrawn(confirm: Confirm | None) -> bool:
+    """True for a confirmed publish its sender took back before the I/O thread sent it
+    (a callable with a true ``withdrawn`` attribute: the outbox's, once the channel its
+    events went out on was lost): the transport drops it unsent and reports nothing, so
+    a copy queued before the loss cannot overtake the copies the sender sends again."""
+    return confirm is not None and getattr(confirm, "withdrawn", False) is True
+
+
 class Caller(Protocol):
     """A connection one calling thread owns and drives itself, for request/reply with no
     hand-off to an I/O thread (``Transport.caller``). Only that thread uses it."""
