@@ -15,9 +15,9 @@ from console.commands.options import json_option
 @click.option("--only", multiple=True,
               type=click.Choice(["call", "fanout", "events", "amqp10", "placement",
                                  "provisioning", "footprint", "soak", "faults", "history",
-                                 "tracing", "scale", "peers", "reactor"]),
+                                 "tracing", "scale", "peers", "reactor", "manager"]),
               help="Run only these (repeatable). Default: all but soak, faults, history, "
-                   "scale, peers and reactor.")
+                   "scale, peers, reactor and manager.")
 @click.option("--calls", type=click.IntRange(10), help="Round trips per side (2000).")
 @click.option("--agents", metavar="N,N,...",
               help="Simulated agent counts for broadcast ping (100,1000,5000).")
@@ -48,6 +48,9 @@ from console.commands.options import json_option
                    "--quick: 20).")
 @click.option("--peer-servers", type=click.IntRange(1), metavar="N",
               help="Servers the --only peers broadcast reaches (100; --quick: 10).")
+@click.option("--manager-hosts", type=click.IntRange(2), metavar="N",
+              help="Simulated virt hosts (ten VMs each) --only manager runs its manager "
+                   "over (1,000; --quick: 20).")
 @click.option("--png", type=click.Path(dir_okay=False), metavar="PATH",
               help="Write a chart (latency distribution, scaling with N) to PATH.")
 @click.option("--admin-url", envvar="HOSTBUS_CONSOLE_ADMIN_URL", metavar="URL",
@@ -61,7 +64,7 @@ def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None
           soak_minutes: float | None, alarm_seconds: float | None,
           history_stored: int | None, history_postgres: str | None,
           scale_hosts: int | None, scale_agents: int | None, peer_servers: int | None,
-          png: str | None,
+          manager_hosts: int | None, png: str | None,
           admin_url: str | None, as_json: bool) -> Exit:
     """Measure hostbus against raw pika and raw proton on this broker, in a throwaway vhost.
 
@@ -87,6 +90,10 @@ def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None
     `--only reactor` bursts 10,000 events at the reactor with 100 rules (rules
     evaluated per second, memory, none dropped) and measures a failing check to its
     action, each against raw pika.
+    `--only manager` runs the manager over --manager-hosts simulated virt hosts in
+    process (ten VMs each): placement decisions on its kept index against one rebuilt
+    per decision, plans over the whole fleet, a host with 50 HA VMs lost until they
+    all run elsewhere, its memory, and its restart on its state file.
     """
     from benchmarks import report
     from benchmarks.peers import PeerError
@@ -125,6 +132,8 @@ def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None
         plan.scale_agents = min(scale_agents, plan.scale_hosts)
     if peer_servers:
         plan.peer_servers = peer_servers
+    if manager_hosts:
+        plan.manager_hosts = manager_hosts
     url = parse_url(ctx.url)
     scheme = url.scheme.removesuffix("10")  # the baselines are 0-9-1; amqp10 gets its own
     amqp = f"{scheme}://{url.user}:{url.password}@{url.host}:{url.port}"

@@ -51,6 +51,7 @@ COMMANDS: dict[str, str] = {
     "history": "console.commands.history:history",
     "exporter": "console.commands.exporter:exporter",
     "reactor": "console.commands.reactor:reactor",
+    "rules": "console.commands.rules:rules",
     "health": "console.commands.reactor:health",
     "manager": "console.commands.manager:manager",
     "hosts": "console.commands.manager:hosts",

@@ -75,11 +75,12 @@ def own_replies(n: str) -> str:
 
 
 def grant_for(kind: str, name: str, *, queues: tuple[str, ...] = (),
-              events: tuple[str, ...] = ()) -> Grant:
+              events: tuple[str, ...] = (), provision: bool = False) -> Grant:
     """The rights of identity ``name`` of ``kind``. For a service: ``queues``, the
     shared queues it serves besides its own host queue (hostbus.provision); ``events``,
     the event patterns it may subscribe to, exactly (the provisioner:
-    virt.*.domain.lifecycle)."""
+    virt.*.domain.lifecycle); ``provision``: it may post provisioning requests (the
+    reactor, for rules whose action provisions)."""
     n = re.escape(name)
     events_as_self = rf"^[a-z][a-z0-9_]*\.{n}\."  # <agent>.NAME.<event>
     if kind == "agent":
@@ -117,7 +118,7 @@ def grant_for(kind: str, name: str, *, queues: tuple[str, ...] = (),
         # service agents, and its built-in agent's) and the shared queues named for it;
         # calls agents with its own reply queues; reads the events of the patterns
         # given only; publishes events as itself, and replies. No provisioning requests
-        # of its own.
+        # of its own, unless given (the reactor's rules may ask for VMs).
         for queue in queues:
             if not SERVICE_QUEUE_RE.fullmatch(queue):
                 raise ValueError(f"invalid service queue {queue!r}: a shared queue "
@@ -137,8 +138,9 @@ def grant_for(kind: str, name: str, *, queues: tuple[str, ...] = (),
         # 1.0 names them hostbus.sub.NAME.*; elsewhere the broker names them amq.gen-*).
         mine = "(reply|sub)" if events else "reply"
         own = rf"(hostbus\.{mine}\.{n}\..*|{BROKER_NAMED})"
+        posts = "|provision" if provision else ""
         return Grant(configure=rf"^{own}$",
-                     write=rf"^(hostbus\.(request|event|reply)|{own})$",
+                     write=rf"^(hostbus\.(request|event|reply{posts})|{own})$",
                      read=rf"^({served}|hostbus\.reply|{own}"
                           + (r"|hostbus\.event" if events else "") + ")$",
                      topics={names.EVENT_EXCHANGE: (events_as_self,
@@ -670,12 +672,13 @@ class BrokerAdmin:
     # -- identities --
     def create_identity(self, vhost: str, kind: str, name: str,
                         password: str | None = None, *, certificate: bool = False,
-                        queues: tuple[str, ...] = (), events: tuple[str, ...] = ()) -> str:
+                        queues: tuple[str, ...] = (), events: tuple[str, ...] = (),
+                        provision: bool = False) -> str:
         """Create (or reset) the broker user ``name`` with the rights of ``kind``;
         return its password (generated unless given). With ``certificate`` the user has
         no password at all: it can only log in with a TLS client certificate whose
-        common name is ``name`` (SASL EXTERNAL); "" is returned. ``queues`` and
-        ``events``: a service's (``grant_for``).
+        common name is ``name`` (SASL EXTERNAL); "" is returned. ``queues``, ``events``
+        and ``provision``: a service's (``grant_for``).
 
         Broker users are global, so a name that is already a user with rights in
         another vhost, or a user that is not a hostbus identity (an administrator), is
@@ -683,7 +686,7 @@ class BrokerAdmin:
         if not IDENTITY_RE.fullmatch(name):
             raise ValueError(f"invalid identity name {name!r}: use 1-63 of a-z 0-9 _ -, "
                              "starting with a letter or digit (no dots)")
-        grant = grant_for(kind, name, queues=queues, events=events)
+        grant = grant_for(kind, name, queues=queues, events=events, provision=provision)
         self.check_free(vhost, name)
         if certificate:
             password = ""

@@ -347,6 +347,9 @@ def enroll_app(ctx: CliContext, name: str, config_out: str | None, force: bool,
                    "'virt.*.domain.lifecycle'); repeatable. Default: none.")
 @click.option("--queue-type", type=click.Choice(["classic", "quorum"]), default="classic",
               show_default=True, help="Of its own queue, as for `broker enroll`.")
+@click.option("--provision", "may_provision", is_flag=True,
+              help="It may post provisioning requests (the reactor, when a rule's action "
+                   "provisions); the provisioner's policy still decides.")
 @click.option("--active", is_flag=True,
               help="Several instances, one active (the manager): make its active queue "
                    "hostbus.active.NAME (quorum, single active consumer) bound to the "
@@ -360,8 +363,8 @@ def enroll_app(ctx: CliContext, name: str, config_out: str | None, force: bool,
 @json_option
 @click.pass_obj
 def enroll_service(ctx: CliContext, name: str, agents: str, queues: tuple[str, ...],
-                   events: tuple[str, ...], queue_type: str, active: bool,
-                   config_out: str | None,
+                   events: tuple[str, ...], queue_type: str, may_provision: bool,
+                   active: bool, config_out: str | None,
                    force: bool,
                    broker_url: str | None, tls_dir: str | None, admin_url: str | None,
                    vhost: str | None, as_json: bool) -> Exit:
@@ -380,8 +383,8 @@ def enroll_service(ctx: CliContext, name: str, agents: str, queues: tuple[str, .
     given) and the --queue queues; call agents (publish requests, with reply queues
     hostbus.reply.NAME.* of its own); subscribe to the --events patterns; publish
     replies, and events as NAME only. It may not read other events or another
-    identity's queues or replies, nor post provisioning requests. A ready config with
-    its password is written to --config-out (mode 0600).
+    identity's queues or replies, nor post provisioning requests (unless --provision).
+    A ready config with its password is written to --config-out (mode 0600).
     """
     agent_list = [a.strip() for a in agents.split(",") if a.strip()]
     if active and not events:
@@ -402,7 +405,7 @@ def enroll_service(ctx: CliContext, name: str, agents: str, queues: tuple[str, .
         tls = _issue_client_cert(ctx, name, tls_dir, broker_url)
         password = admin(ctx, admin_url).create_identity(
             name_vhost, "service", name, certificate=tls is not None, queues=queues,
-            events=events)
+            events=events, provision=may_provision)
     provisioner = (f'\n# For `hostbus provisioner --config THIS_FILE` (etc/provisioner.toml has '
                    f'every key):\n[provisioner]\nhost_id = "{name}"\n'
                    if "provision" in agent_list else "")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,8 +38,9 @@ def _config_error(exc: Exception) -> CliError:
 @click.group("reactor", invoke_without_command=True)
 @config_option
 @click.option("--check-config", is_flag=True,
-              help="Check the configuration and its rules (calls against the schemas), "
-                   "then exit (0 good, 1 not).")
+              help="Check the configuration, its keys and its rules (calls against the "
+                   "schemas), then exit (0 good, 1 not). The rules alone, each problem "
+                   "with its fix: hostbus rules check FILE.")
 @click.option("--setup", is_flag=True,
               help="Make the reactor's active queue hostbus.active.NAME, bound to what its "
                    "rules need, through the management API, as an administrator; then exit.")
@@ -63,7 +63,9 @@ def reactor(click_ctx: click.Context, config_file: str | None, check_config: boo
       hostbus reactor --config /etc/hostbus/reactor.toml
       hostbus reactor rules --config ...      what the rules are
       hostbus reactor history --config ...    what it decided, and what came of it
-      hostbus reactor test --config ... -e JSON   what the rules make of one event
+    The rules, offline (formerly --check-config and reactor test):
+      hostbus rules check reactor.toml        each problem, with its fix
+      hostbus rules test reactor.toml -e JSON what the rules make of one event
     """
     click_ctx.meta["reactor_config"] = config_file
     if click_ctx.invoked_subcommand is not None:
@@ -77,7 +79,7 @@ def reactor(click_ctx: click.Context, config_file: str | None, check_config: boo
         ctx: CliContext = click_ctx.obj
         try:
             cfg = load_config(config_file)
-            wanted = patterns(load_rules(cfg))
+            wanted = patterns(load_rules(cfg), cfg["reactor"]["manager"])
         except (ConfigError, ValueError) as exc:
             raise _config_error(exc) from None
         vhost = vhost_of(ctx, None)
@@ -86,8 +88,11 @@ def reactor(click_ctx: click.Context, config_file: str | None, check_config: boo
         click.echo(f"active queue hostbus.active.{service} in vhost {vhost} bound to "
                    f"{' '.join(keys)}")
         events = " ".join(f"--events '{p}'" for p in wanted)
-        click.echo(f"enroll the reactor, if not yet: hostbus broker enroll-service {service} "
-                   f"--active {events} -o {service}.toml")
+        provisions = any(r.action.kind == "provision" for r in load_rules(cfg))
+        click.echo(f"enroll the reactor, if not yet (then copy its [broker] url into the "
+                   f"reactor's config): hostbus broker enroll-service {service} "
+                   f"--active {events}{' --provision' if provisions else ''} "
+                   f"-o {service}-broker.toml")
         return Exit.OK
     if check_config:
         try:
@@ -150,8 +155,9 @@ def rules(click_ctx: click.Context, config_file: str | None, as_json: bool, wide
     return Exit.OK
 
 
-@exits(Exit.FAILED, configured=False)
+@exits(Exit.FAILED, Exit.NOTHING, configured=False)
 @reactor.command("history")
+@click.argument("decision", required=False, metavar="[DECISION]")
 @config_option
 @click.option("--limit", "-n", type=click.IntRange(1), default=50, show_default=True,
               metavar="N", help="The newest N decisions.")
@@ -162,16 +168,34 @@ def rules(click_ctx: click.Context, config_file: str | None, as_json: bool, wide
 @json_option
 @table_options
 @click.pass_context
-def history(click_ctx: click.Context, config_file: str | None, limit: int,
-            rule_name: str | None, actions: bool, as_json: bool, wide: bool,
+def history(click_ctx: click.Context, decision: str | None, config_file: str | None,
+            limit: int, rule_name: str | None, actions: bool, as_json: bool, wide: bool,
             columns: tuple[str, ...]) -> int:
     """What the reactor decided, newest first: the rule, the triggering events, the call
     and its host, and what became of it (ok, awaiting_approval and its approval id,
-    denied, failed, ...) with the request id the agent's audit log knows it by. Reads
-    the reactor's store, on the reactor's machine."""
+    denied, failed, skipped and why, ...) with the request id the agent's audit log
+    knows it by. Reads the reactor's store, on the reactor's machine.
+
+    \b
+    One DECISION (its id, or its first characters), its whole chain:
+      hostbus reactor history b75ebaa4 -c reactor.toml
+      decision     b75ebaa4-4451-4324-96fc-e1332f58c812 (fired, 2026-12-01T22:14:07.887Z)
+      rule         reboot a VM whose web check fails
+      events       kvm01/health/804a85ed27c84088/3
+      action       virt.domain.reboot on kvm01 {"name": "web-a"}
+      request      90c63816-310e-4d79-a2dc-a10bbcfa558e (in kvm01's audit log)
+      approval     b150f52275f0, approved by bob
+      outcome      ok: approved by bob; the action ran: ok (2026-12-01T22:14:23.116Z)
+    """
     store = _store(click_ctx, config_file)
     try:
-        found = store.history(limit=limit, rule=rule_name, actions_only=actions)
+        if decision is not None:
+            from console.commands.common import resolve_prefix
+
+            found = [store.get(resolve_prefix(decision, store.ids_starting(decision.lower()),
+                                              "decision"))]
+        else:
+            found = store.history(limit=limit, rule=rule_name, actions_only=actions)
     finally:
         store.close()
     for row in found:
@@ -181,11 +205,15 @@ def history(click_ctx: click.Context, config_file: str | None, limit: int,
     if as_json:
         emit_json({"decisions": found})
         return Exit.OK
+    if decision is not None:
+        _chain(found[0])
+        return Exit.OK
     from console.render import objects_table
 
     rows = [{"at": r["at"], "decision_id": r["id"][:8], "rule": r["rule"],
-             "decision": r["decision"], "state": r["state"], "call": r["call"],
-             "host": r["host"], "args": r["args"], "approval_id": r["approval_id"] or "",
+             "events": " ".join(r["events"]), "decision": r["decision"], "state": r["state"],
+             "call": r["call"], "host": r["host"], "args": r["args"],
+             "approval_id": r["approval_id"] or "", "approved_by": r["approved_by"] or "",
              "request_id": r["request_id"] or "", "detail": r["detail"]} for r in found]
     console = out()
     if not rows:
@@ -193,6 +221,25 @@ def history(click_ctx: click.Context, config_file: str | None, limit: int,
         return Exit.OK
     console.print(objects_table(rows, layout(console, wide, columns), list(columns) or None))
     return Exit.OK
+
+
+def _chain(row: dict[str, Any]) -> None:
+    """One decision, from the events behind it to what came of it."""
+    import json
+
+    where = f" on {row['host']}" if row["host"] else ""
+    lines = [("decision", f"{row['id']} ({row['decision']}, {row['at']})"),
+             ("rule", row["rule"]), ("events", " ".join(row["events"]) or "-"),
+             ("action", f"{row['call']}{where} {json.dumps(row['args'])}")]
+    if row["request_id"]:
+        audit = f" (in {row['host']}'s audit log)" if row["kind"] == "call" else ""
+        lines.append(("request", f"{row['request_id']}{audit}"))
+    if row["approval_id"]:
+        lines.append(("approval", row["approval_id"] + (
+            f", approved by {row['approved_by']}" if row["approved_by"] else "")))
+    lines.append(("outcome", f"{row['state']}: {row['detail']} ({row['updated']})"))
+    for key, value in lines:
+        click.echo(f"{key:<12} {value}")
 
 
 @exits(Exit.FAILED, configured=False)
@@ -205,45 +252,21 @@ def history(click_ctx: click.Context, config_file: str | None, limit: int,
 @click.pass_context
 def trial(click_ctx: click.Context, config_file: str | None, event_text: str,
           as_json: bool) -> int:
-    """Which rules would act on one event, and what they would send; nothing is sent
-    and the reactor's store is not touched. Exit 0 if a rule would act, 1 if none.
+    """Moved to hostbus rules test FILE --event JSON|- (this older spelling still
+    works, with the reactor's --config as FILE). Which rules would act on one event, and
+    what they would send; nothing is sent. Exit 0 if a rule would act, 1 if none.
 
     \b
-      hostbus reactor test -c reactor.toml -e '{"host": "kvm01", "agent": "health",
+      hostbus rules test reactor.toml -e '{"host": "kvm01", "agent": "health",
           "event": "check", "data": {"state": "failing", "vm": "web-a"}}'
     """
-    import json
+    from console.commands.rules import run_test
 
-    from console.reactor.main import load_config, load_rules
-    from console.reactor.trial import event_from, explain
-    from hostbus.errors import ConfigError
-
-    text = sys.stdin.read() if event_text == "-" else event_text
-    try:
-        rules_found = load_rules(load_config(config_file or click_ctx.meta.get(
-            "reactor_config")))
-        event = event_from(json.loads(text))
-    except json.JSONDecodeError as exc:
-        raise CliError(Exit.USAGE, f"--event is not JSON: {exc}") from None
-    except (ConfigError, ValueError) as exc:
-        raise _config_error(exc) from None
-    found = explain(rules_found, event)
-    acting = [f for f in found if f.get("outcome")]
-    if as_json:
-        emit_json({"event": event.routing_key(), "rules": found})
-    else:
-        for entry in found:
-            if not entry["selects"]:
-                click.echo(f"{entry['rule']}: not this event")
-            elif not entry["holds"]:
-                click.echo(f"{entry['rule']}: its conditions do not hold")
-            elif entry["action"] is None:
-                click.echo(f"{entry['rule']}: cannot make its action: {entry['why']}")
-            else:
-                action = entry["action"]
-                click.echo(f"{entry['rule']}: {entry['outcome']}: {action['call']} on "
-                           f"{action['host']} {json.dumps(action['args'])}")
-    return Exit.OK if acting else Exit.FAILED
+    path = config_file or click_ctx.meta.get("reactor_config")
+    if path is None:
+        raise CliError(Exit.USAGE, "give the rules: hostbus rules test FILE --event JSON "
+                                   "(hostbus reactor test needs --config FILE)")
+    return run_test(path, event_text, as_json)
 
 
 @exits(*FANOUT)

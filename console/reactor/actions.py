@@ -18,24 +18,74 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from console.reactor.handsoff import HandsOff
+from console.reactor.rules import NOTICE, Target
 from console.reactor.store import ReactorStore
-from hostbus.errors import HostbusError
+from hostbus import names
+from hostbus.envelope import Event
+from hostbus.errors import HostbusError, RemoteError
+
+#: The reactor's own events are ``reactor.ID.EVENT`` (schemas/agents/reactor.json).
+REACTOR_AGENT = "reactor"
 
 if TYPE_CHECKING:
     from console.client import Console, HostResult
+    from hostbus.publisher import Publisher
 
 log = logging.getLogger("hostbus.reactor")
 
 _STOP = object()
 
 
+class Notices:
+    """The reactor's own events, ``reactor.ID.notice``: numbered in one epoch per
+    process, published through the console's publisher (so signed with the reactor's
+    key, with its broker-checked user), persistent, and confirmed by the broker before
+    an action counts as done."""
+
+    def __init__(self, publisher: Publisher, service: str) -> None:
+        self.publisher = publisher
+        self.service = service
+        self._epoch = uuid.uuid4().hex[:16]
+        self._seq = 0
+        self._lock = threading.Lock()
+
+    def emit(self, data: dict[str, Any], timeout: float = 30.0) -> Event:
+        confirmed: queue.Queue[bool | None] = queue.Queue()
+        with self._lock:  # numbered and sent in one order
+            self._seq += 1
+            event = Event(host=self.service, agent=REACTOR_AGENT, event=NOTICE, data=data,
+                          seq=self._seq, epoch=self._epoch)
+            body, props = event.encode()
+            self.publisher.publish(names.EVENT_EXCHANGE, event.routing_key(), body, props,
+                                   persistent=True, confirm=confirmed.put)
+        try:
+            outcome = confirmed.get(timeout=timeout)
+        except queue.Empty:
+            outcome = None
+        if outcome is not True:
+            raise HostbusError(f"the broker did not confirm event {event.routing_key()} "
+                               f"(seq {event.seq}) within {timeout:g} s"
+                               if outcome is None else
+                               f"the broker refused event {event.routing_key()}: check the "
+                               f"reactor's topic permissions (events as {self.service})")
+        return event
+
+
 class Actor:
     def __init__(self, console: Console, store: ReactorStore, *, workers: int = 4,
-                 timeouts: Callable[[str], float] | None = None) -> None:
-        """``timeouts(rule)``: how long to wait for the reply to a rule's action."""
+                 timeouts: Callable[[str], float] | None = None,
+                 hands_off: HandsOff | None = None, notices: Notices | None = None) -> None:
+        """``timeouts(rule)``: how long to wait for the reply to a rule's action;
+        ``hands_off``: asked again just before sending (the manager may have taken the
+        host or VM meanwhile); ``notices``: where the reactor's own events leave."""
+        self.hands_off = hands_off
+        self._notices = notices
         self.console = console
         self.store = store
         self.workers = workers
@@ -88,6 +138,20 @@ class Actor:
         if row is None or row["state"] != "queued":
             return  # decided otherwise meanwhile (another worker, or a restart's resume)
         agent, _, method = row["call"].partition(".")
+        if self.hands_off is not None:
+            held = self.hands_off.why_not(Target(row["host"], agent, method, row["args"]),
+                                          time.time())
+            if held is not None:
+                self.store.update(decision_id, "skipped", f"not sent: {held}")
+                log.warning("decision %s: %s on %s not sent: %s", decision_id[:8],
+                            row["call"], row["host"], held)
+                return
+        if row.get("kind") == "provision":
+            self._provision(decision_id, row)
+            return
+        if row.get("kind") == "event":
+            self._notice(decision_id, row)
+            return
         parked = self._already_parked(row)
         if parked is not None:
             self.store.update(
@@ -113,6 +177,65 @@ class Actor:
             return
         self.sent += 1
         self._record(decision_id, row, result)
+
+    def _provision(self, decision_id: str, row: dict[str, Any]) -> None:
+        """A provisioning request whose request id is the decision's: posted again (by
+        hand, or by a later version after a crash), it never makes more VMs."""
+        self.store.update(decision_id, "sending")
+        timeout = self.timeouts(row["rule"])
+        log.info("decision %s: provisioning %s (rule %r)", decision_id[:8], row["args"],
+                 row["rule"])
+        try:
+            rid, reply = self.console.provision({"v": 1, **row["args"]},
+                                                request_id=decision_id, timeout=timeout)
+        except (HostbusError, RemoteError) as exc:
+            message = exc.message if isinstance(exc, RemoteError) else str(exc)
+            self.store.update(decision_id, "failed", f"not sent: {message}")
+            log.error("decision %s: provisioning request not sent: %s", decision_id[:8],
+                      message)
+            return
+        self.sent += 1
+        if reply is None:
+            self.store.update(decision_id, "no_reply",
+                              f"the provisioner did not answer within {timeout:g} s; "
+                              f"hostbus provision status {rid} says how it went",
+                              request_id=rid)
+        elif reply.ok:
+            result = reply.result or {}
+            vms = ", ".join(f"{v.get('name')} on {v.get('host')}"
+                            for v in result.get("vms", []) if isinstance(v, dict))
+            self.store.update(decision_id, "ok", f"provisioned ({result.get('status')}): "
+                              f"{vms or 'no VM'}"[:1000], request_id=rid)
+        else:
+            error = reply.error or {}
+            self.store.update(decision_id, "failed",
+                              f"{error.get('code')}: {error.get('message', '')}"[:1000],
+                              request_id=rid)
+        log.warning("decision %s: provisioning request %s: %s", decision_id[:8], rid,
+                    (self.store.get(decision_id) or {}).get("detail"))
+
+    @property
+    def notices(self) -> Notices:
+        if self._notices is None:
+            self._notices = Notices(self.console.publisher, self.console.transport.user)
+        return self._notices
+
+    def _notice(self, decision_id: str, row: dict[str, Any]) -> None:
+        self.store.update(decision_id, "sending")
+        _, _, name = row["call"].partition(" ")
+        data = {"name": name, "rule": row["rule"], "decision_id": decision_id,
+                "triggered_by": row["events"], "data": row["args"]}
+        try:
+            event = self.notices.emit(data, timeout=self.timeouts(row["rule"]))
+        except HostbusError as exc:
+            self.store.update(decision_id, "failed", f"not published: {exc}")
+            log.error("decision %s: event %s not published: %s", decision_id[:8], name, exc)
+            return
+        self.sent += 1
+        self.store.update(decision_id, "ok", f"published {event.routing_key()} "
+                          f"(epoch {event.epoch}, seq {event.seq})")
+        log.warning("decision %s: published %s %s", decision_id[:8], event.routing_key(),
+                    name)
 
     def _already_parked(self, row: dict[str, Any]) -> dict[str, Any] | None:
         """The same call from this identity, parked at the host for approval: asked by

@@ -12,7 +12,9 @@ would send) is rendered from the event; then:
   heartbeat); else it fires at once;
 - they do not: a waiting target stops waiting (the state it waited on ended).
 
-Firing is decided against what was done before: nothing while an earlier action for
+Firing is decided against what the manager handles first (``handsoff``: an action on a
+host or VM the manager is restarting, moving, fencing or has in maintenance is
+``skipped``, with why), then against what was done before: nothing while an earlier action for
 the same rule and target is in flight (sent, or waiting for approval: ``duplicate``),
 nothing within ``cooldown_s`` of the last one (``cooldown``); else ``fired`` (queued
 to be sent) or ``dry_run``. Every decision is recorded with its reasons and the ids of
@@ -26,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from console.reactor.handsoff import HandsOff
 from console.reactor.rules import Missing, Rule, Target, flatten
 from console.reactor.store import IN_FLIGHT, ReactorStore
 from hostbus.envelope import Event
@@ -49,9 +52,12 @@ class Decided:
 
 class Engine:
     def __init__(self, rules: list[Rule], store: ReactorStore, *, dry_run: bool = False,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None,
+                 hands_off: HandsOff | None = None) -> None:
+        """``hands_off``: what the manager handles (None: nothing is held back)."""
         import time
 
+        self.hands_off = hands_off
         self.rules = rules
         self.by_name = {r.name: r for r in rules}
         self.store = store
@@ -73,6 +79,8 @@ class Engine:
                 if self.store.handled(eid):
                     log.debug("event %s was handled before", eid)
                     continue
+                if self.hands_off is not None and self.hands_off.applies(event):
+                    self.hands_off.apply(event, eid, now)
                 matched: dict[str, bool] = {}
                 flat = flatten(event.data)
                 for rule in self.rules:
@@ -100,11 +108,11 @@ class Engine:
             return []
         if rule.for_s:
             self.store.start_waiting(rule.name, target.key, now, eid, target.host,
-                                     f"{target.agent}.{target.method}", target.args)
+                                     target.call, target.args)
             return []
         if rule.absent_s:  # this event is what must keep coming: the wait starts again
             self.store.restart_waiting(rule.name, target.key, now, eid, target.host,
-                                       f"{target.agent}.{target.method}", target.args)
+                                       target.call, target.args)
             return []
         events = [eid]
         if rule.count > 1:
@@ -131,8 +139,9 @@ class Engine:
                     continue
                 if now - waiting["since"] < wait:
                     continue
-                agent, _, method = waiting["call"].partition(".")
-                target = Target(waiting["host"], agent, method, waiting["args"])
+                action = rule.action
+                target = Target(waiting["host"], action.agent, action.method,
+                                waiting["args"], action.kind)
                 self.store.stop_waiting(rule.name, target.key)
                 why = (f"the condition held for {now - waiting['since']:.0f} s "
                        f"(for_s {rule.for_s:g})" if rule.for_s else
@@ -143,6 +152,11 @@ class Engine:
 
     def _fire(self, rule: Rule, target: Target, events: list[str], why: str,
               now: float) -> Decided:
+        held = self.hands_off.why_not(target, now) if self.hands_off is not None else None
+        if held is not None:
+            self.store.clear_matches(rule.name, target.key)  # counted again afterwards
+            return self._record(rule, target, events, "skipped",
+                                f"{why}; not sent: {held}", now)
         last = self.store.last_action(rule.name, target.key)
         if last is not None and last["state"] in IN_FLIGHT:
             return self._record(rule, target, events, "duplicate",
@@ -166,7 +180,7 @@ class Engine:
         decision_id = self.store.decide(
             rule=rule.name, target=target.key if target else "", host=target.host if target
             else "", call=rule.action.call, args=args, events=events, decision=decision,
-            state=state, detail=detail, now=now)
+            state=state, detail=detail, now=now, kind=rule.action.kind)
         level = logging.WARNING if decision == "fired" else logging.INFO
         log.log(level, "rule %r %s %s on %s: %s (decision %s)", rule.name, decision,
                 rule.action.call, target.host if target else "-", detail, decision_id[:8])

@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from console.reactor import handsoff
 from console.reactor.engine import Engine
+from console.reactor.handsoff import HandsOff
 from console.reactor.rules import Rule, parse_rules
 from console.reactor.service import Reactor, queue_patterns
 from console.reactor.store import ReactorStore
@@ -34,6 +36,8 @@ DEFAULTS: dict[str, Any] = {
         "keep_days": 30.0,
         "prefetch": 64,
         "tick_interval": 1.0,
+        "manager": "manager",
+        "manager_settle_s": 60.0,
         "log_level": "info",
     },
     "security": {"signing_key": "", "agent_keys": "", "multi_host_users": ["guest"]},
@@ -45,8 +49,10 @@ def load_config(path: str | None) -> dict[str, Any]:
     cfg = config.load(DEFAULTS, path)
     r = cfg["reactor"]
     names.validate_host_id(r["host_id"])
+    if r["manager"]:
+        names.validate_host_id(r["manager"])
     for key, low in (("workers", 1), ("keep_days", 0.01), ("prefetch", 2),
-                     ("tick_interval", 0.05)):
+                     ("tick_interval", 0.05), ("manager_settle_s", 0.0)):
         if float(r[key]) < low:
             raise ConfigError(f"[reactor] {key} = {r[key]}: give at least {low:g}")
     return cfg
@@ -66,9 +72,10 @@ def store_path(cfg: dict[str, Any]) -> Path:
         f"reactor-{cfg['reactor']['host_id']}.db"
 
 
-def patterns(rules: list[Rule]) -> list[str]:
-    """What the active queue must be bound to for these rules."""
-    return queue_patterns([p for r in rules for p in r.events])
+def patterns(rules: list[Rule], manager: str = "") -> list[str]:
+    """What the active queue must be bound to for these rules (and to learn what the
+    manager ``manager`` handles)."""
+    return queue_patterns([p for r in rules for p in r.events] + handsoff.patterns(manager))
 
 
 def check(config_path: str | None) -> list[str]:
@@ -89,7 +96,18 @@ def check(config_path: str | None) -> list[str]:
         found.append("agent keys: ok (only signed events are acted on)")
     found.append(f"store {store_path(cfg)}")
     found.append("active queue " + names.active_queue(cfg["reactor"]["host_id"])
-                 + " bound to: " + " ".join(patterns(rules)))
+                 + " bound to: " + " ".join(patterns(rules, cfg["reactor"]["manager"])))
+    if cfg["reactor"]["manager"]:
+        found.append(f"hands off what manager {cfg['reactor']['manager']} handles (its "
+                     f"events; settling {float(cfg['reactor']['manager_settle_s']):g} s)")
+    else:
+        found.append("manager = \"\": no manager is listened to; rules may act on hosts "
+                     "and VMs a manager handles")
+    if any(r.action.kind == "provision" for r in rules):
+        found.append("a rule provisions: enroll the reactor with enroll-service --provision, "
+                     "and let the provisioner's policy allow it")
+    if any(r.action.kind == "event" for r in rules):
+        found.append(f"a rule publishes events: reactor.{cfg['reactor']['host_id']}.notice")
     if cfg["reactor"]["dry_run"]:
         found.append("dry_run = true: decisions are recorded, nothing is sent")
     return found
@@ -126,7 +144,8 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
         log.error("%s", exc)
         store.close()
         return 2
-    engine = Engine(rules, store, dry_run=bool(r["dry_run"]))
+    hands_off = HandsOff(store, str(r["manager"]), settle_s=float(r["manager_settle_s"]))
+    engine = Engine(rules, store, dry_run=bool(r["dry_run"]), hands_off=hands_off)
     reactor = Reactor(transport, engine, r["host_id"], signer=signer, agent_keys=verifier,
                       multi_host_users=frozenset(cfg["security"]["multi_host_users"]),
                       workers=int(r["workers"]), tick_interval=float(r["tick_interval"]))

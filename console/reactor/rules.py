@@ -22,6 +22,11 @@ commented examples):
     args = { name = "{data.vm}" }          # values from the event: {host} {agent}
                                            #   {event} {data.FIELD} (nested: a.b)
 
+Instead of ``call``, an action may be ``provision = { template = "web", owner =
+"reactor", ... }`` (a provisioning request, schemas/envelope/provision.v1.json, its
+request id the decision's: never done twice) or ``event = "NAME"`` with ``data = {...}``
+(the reactor's own event ``reactor.ID.notice``, signed as every message it sends).
+
 Conditions use the console's filter grammar (console/filters.py): ``state=failing``,
 globs ``vm=web*``, ``vm=?*`` (present and not empty), ``!=``, regular expressions
 ``output=~timeout``, numbers ``consecutive_failures>=3``, ``and``, ``or``, ``not``,
@@ -46,7 +51,7 @@ from console.args import ArgumentError
 from console.filters import Filter, parse
 from hostbus import names
 from hostbus.envelope import Event
-from hostbus.errors import ConfigError, SchemaError
+from hostbus.errors import ConfigError, ErrorCode, RemoteError, SchemaError
 from hostbus.schema import load_agent_schema
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._:/()-]{0,99}")
@@ -55,7 +60,10 @@ _PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*(?:\.[A-Za-z0-9_-]+)*)\}")
 _PATTERN = re.compile(r"(\*|#|[a-z0-9_-]+)(\.(\*|#|[a-z0-9_-]+))*")
 _RULE_KEYS = {"name", "events", "hosts", "when", "count", "within_s", "for_s",
               "absent_s", "cooldown_s", "dry_run", "action", "description"}
-_ACTION_KEYS = {"call", "host", "args", "timeout_s"}
+_ACTION_KEYS = {"call", "host", "args", "timeout_s", "provision", "event", "data"}
+_EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31}){0,3}")
+#: The reactor's own events: ``reactor.ID.notice`` (schemas/agents/reactor.json).
+NOTICE = "notice"
 
 
 class Missing(Exception):
@@ -64,14 +72,23 @@ class Missing(Exception):
 
 @dataclass(frozen=True)
 class Action:
+    """What a rule does: ``kind`` call (``agent.method`` on ``host`` with ``args``),
+    provision (``args`` is the provisioning request's body) or event (the reactor's
+    own ``reactor.ID.notice`` named ``method``, with ``args`` as its data)."""
+
     agent: str
     method: str
     host: str = "{host}"
     args: dict[str, Any] = field(default_factory=dict)
     timeout_s: float = 30.0
+    kind: str = "call"
 
     @property
     def call(self) -> str:
+        if self.kind == "provision":
+            return "provision"
+        if self.kind == "event":
+            return f"event {self.method}"
         return f"{self.agent}.{self.method}"
 
 
@@ -83,10 +100,15 @@ class Target:
     agent: str
     method: str
     args: dict[str, Any]
+    kind: str = "call"
+
+    @property
+    def call(self) -> str:
+        return Action(self.agent, self.method, kind=self.kind).call
 
     @property
     def key(self) -> str:
-        return f"{self.host}/{self.agent}.{self.method}/" + \
+        return f"{self.host}/{self.call}/" + \
             orjson.dumps(self.args, option=orjson.OPT_SORT_KEYS).decode()
 
 
@@ -123,7 +145,13 @@ class Rule:
         return self.when.matches(flat if flat is not None else flatten(event.data))
 
     def target(self, event: Event) -> Target:
-        """The action for this event; ``Missing`` names a field the event lacks."""
+        """The action for this event; ``Missing`` names a field the event lacks (or,
+        for a provisioning request, what its body lacks)."""
+        if self.action.kind != "call":
+            args = {k: render(v, event) for k, v in self.action.args.items()}
+            if self.action.kind == "provision":
+                check_provision(args)
+            return Target("", self.action.agent, self.action.method, args, self.action.kind)
         host = render(self.action.host, event)
         if not isinstance(host, str):
             raise Missing(f"action host {self.action.host!r} is not a host id: {host!r}")
@@ -139,7 +167,8 @@ class Rule:
                 "when": self.when.text, "count": self.count, "within_s": self.within_s,
                 "for_s": self.for_s, "absent_s": self.absent_s,
                 "cooldown_s": self.cooldown_s, "dry_run": self.dry_run,
-                "action": {"call": self.action.call, "host": self.action.host,
+                "action": {"call": self.action.call, "kind": self.action.kind,
+                           "host": self.action.host if self.action.kind == "call" else "",
                            "args": self.action.args, "timeout_s": self.action.timeout_s},
                 "description": self.description}
 
@@ -256,6 +285,72 @@ def _rule(where: str, table: dict[str, Any], check_calls: bool) -> Rule:
                 description=str(table.get("description", "")))
 
 
+def check_provision(body: dict[str, Any]) -> None:
+    """A provisioning request's body (without ``v``) as the provisioner takes it;
+    ``Missing`` says what is wrong."""
+    from hostbus.schema import Validator, envelope_schema
+
+    schema = envelope_schema("provision")
+    submit = {**schema["definitions"]["submit"], "definitions": schema["definitions"]}
+    try:
+        Validator(submit, prefix="provision", code=ErrorCode.INVALID_ARGS).validate(
+            {"v": 1, **body})
+    except RemoteError as exc:
+        raise Missing(f"the provisioning request is not valid: {exc.message}") from None
+
+
+def _other_action(where: str, table: dict[str, Any]) -> Action:
+    """A provisioning request or an event of the reactor's own."""
+    timeout = table.get("timeout_s", 300.0 if "provision" in table else 30.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or \
+            not 0 < timeout <= 600:
+        raise ConfigError(f"{where}: action timeout_s must be a number of seconds up to 600")
+    if "provision" in table:
+        body = table["provision"]
+        extra = set(table) - {"provision", "timeout_s"}
+        if extra or not isinstance(body, dict):
+            raise ConfigError(f"{where}: action provision is a table of the request's "
+                              "fields (provision = { template = \"web\", owner = "
+                              "\"reactor\" }), with timeout_s beside it; not "
+                              f"{', '.join(sorted(extra)) or repr(body)}")
+        fixed = {k: v for k, v in body.items() if not _strings(v) or
+                 not any(_PLACEHOLDER.search(x) for x in _strings(v))}
+        try:
+            # the fields without placeholders now, the whole request at each firing
+            check_provision({**{k: _sample(k) for k in body if k not in fixed}, **fixed})
+        except Missing as why:
+            raise ConfigError(f"{where}: {why} (schemas/envelope/provision.v1.json)") \
+                from None
+        _check_placeholders(where, body)
+        return Action("provision", "submit", "", dict(body), float(timeout), "provision")
+    name, data = table.get("event"), table.get("data", {})
+    extra = set(table) - {"event", "data", "timeout_s"}
+    if extra:
+        raise ConfigError(f"{where}: an event action takes event, data and timeout_s, not "
+                          f"{', '.join(sorted(extra))}")
+    if not isinstance(name, str) or not _EVENT_NAME.fullmatch(name):
+        raise ConfigError(f"{where}: action event = {name!r}: give a name such as "
+                          "\"vm.unhealthy\" (lower-case words, dots between)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: action data must be a table")
+    _check_placeholders(where, data)
+    return Action("reactor", name, "", dict(data), float(timeout), "event")
+
+
+def _sample(key: str) -> Any:
+    """A stand-in for a field given by a placeholder, to check the rest of the body."""
+    return 1 if key in ("count", "vcpus", "memory_mib", "disk_gib") else "x"
+
+
+def _check_placeholders(where: str, value: Any) -> None:
+    for text in _strings(value):
+        for found in _PLACEHOLDER.finditer(text):
+            path = found[1]
+            if path not in ("host", "agent", "event") and not path.startswith("data."):
+                raise ConfigError(f"{where}: {{{path}}}: use {{host}}, {{agent}}, {{event}} "
+                                  "or {data.FIELD}")
+
+
 def _action(where: str, table: Any, check_calls: bool) -> Action:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: give an action: [rule.action] call = \"AGENT.METHOD\"")
@@ -263,10 +358,17 @@ def _action(where: str, table: Any, check_calls: bool) -> Action:
     if unknown:
         raise ConfigError(f"{where}: unknown action key(s) {', '.join(sorted(unknown))} "
                           f"(known: {', '.join(sorted(_ACTION_KEYS))})")
+    kinds = [k for k in ("call", "provision", "event") if k in table]
+    if len(kinds) > 1:
+        raise ConfigError(f"{where}: an action is one of call, provision or event, not "
+                          f"{' and '.join(kinds)}")
+    if kinds and kinds[0] != "call":
+        return _other_action(where, table)
     call = table.get("call")
     if not isinstance(call, str) or not _CALL.fullmatch(call):
         raise ConfigError(f"{where}: action call = {call!r}: give AGENT.METHOD "
-                          "(virt.domain.reboot, host.service.restart)")
+                          "(virt.domain.reboot, host.service.restart), or instead of call "
+                          "provision = {{ template = ... }} or event = \"NAME\"")
     agent, _, method = call.partition(".")
     args = table.get("args", {})
     if not isinstance(args, dict):
@@ -277,12 +379,7 @@ def _action(where: str, table: Any, check_calls: bool) -> Action:
             not isinstance(timeout, int | float) or not 0 < timeout <= 600:
         raise ConfigError(f"{where}: action host must be a string and timeout_s a number "
                           "of seconds up to 600")
-    for value in _strings(args):
-        for found in _PLACEHOLDER.finditer(value):
-            path = found[1]
-            if path not in ("host", "agent", "event") and not path.startswith("data."):
-                raise ConfigError(f"{where}: {{{path}}}: use {{host}}, {{agent}}, {{event}} "
-                                  "or {data.FIELD}")
+    _check_placeholders(where, args)
     if check_calls:
         _check_against_schema(where, agent, method, args)
     return Action(agent, method, host, args, float(timeout))

@@ -14,10 +14,11 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from console.client import Console
-from console.reactor.actions import Actor
+from console.reactor.actions import Actor, Notices
 from console.reactor.engine import Engine
 from hostbus import names
 from hostbus.envelope import Event, parse_event
@@ -56,7 +57,9 @@ class Reactor:
                                multi_host_users=multi_host_users)
         timeouts = {r.name: r.action.timeout_s for r in engine.rules}
         self.actor = Actor(self.console, engine.store, workers=workers,
-                           timeouts=lambda rule: timeouts.get(rule, 30.0))
+                           timeouts=lambda rule: timeouts.get(rule, 30.0),
+                           hands_off=engine.hands_off,
+                           notices=Notices(self.console.publisher, service))
         self.standby = ActiveStandby(transport, self.console.publisher, service,
                                      tick_interval=tick_interval,
                                      on_change=self._changed, on_event=self._on_delivery)
@@ -94,6 +97,9 @@ class Reactor:
     def _changed(self, active: bool) -> None:
         if active:
             log.info("active: handling events for %d rule(s)", len(self.engine.rules))
+            if self.engine.hands_off is not None:
+                # what the manager handles now: another instance may have seen it start
+                self.engine.hands_off.seed(self.console, time.time())
             self.actor.resume()
 
     # ------------------------------------------------------------------ events

@@ -40,9 +40,14 @@ CREATE TABLE IF NOT EXISTS decisions (
     id TEXT PRIMARY KEY, at REAL NOT NULL, rule TEXT NOT NULL, target TEXT NOT NULL,
     host TEXT NOT NULL, call TEXT NOT NULL, args TEXT NOT NULL, events TEXT NOT NULL,
     decision TEXT NOT NULL, state TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '',
-    request_id TEXT, approval_id TEXT, approved_by TEXT, updated REAL NOT NULL);
+    request_id TEXT, approval_id TEXT, approved_by TEXT, updated REAL NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'call');
 CREATE INDEX IF NOT EXISTS decisions_by_target ON decisions (rule, target, at);
 CREATE INDEX IF NOT EXISTS decisions_by_approval ON decisions (approval_id);
+CREATE TABLE IF NOT EXISTS manager_holds (
+    kind TEXT NOT NULL, name TEXT NOT NULL, cause TEXT NOT NULL, reason TEXT NOT NULL,
+    since REAL NOT NULL, until REAL, event_id TEXT NOT NULL,
+    PRIMARY KEY (kind, name, cause));
 """
 
 
@@ -51,6 +56,10 @@ class ReactorStore:
         self.path = str(path) if path is not None else ":memory:"
         self._db = open_database(path, synchronous="FULL")
         self._db.executescript(_SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(decisions)")}
+        if "kind" not in columns:  # a store from before actions other than calls
+            self._db.execute("ALTER TABLE decisions ADD COLUMN kind TEXT NOT NULL "
+                             "DEFAULT 'call'")
         self._lock = threading.RLock()
 
     def close(self) -> None:
@@ -124,17 +133,54 @@ class ReactorStore:
         return [{"rule": r[0], "target": r[1], "since": r[2], "event_id": r[3], "host": r[4],
                  "call": r[5], "args": orjson.loads(r[6])} for r in rows]
 
+    # ----------------------------------------------------- what the manager handles
+    def hold(self, kind: str, name: str, cause: str, reason: str, since: float,
+             event_id: str) -> None:
+        """The manager handles this host or VM (``kind``) for ``cause``, from ``since``
+        until released (a repeat keeps the first ``since``)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO manager_holds VALUES (?, ?, ?, ?, ?, NULL, ?) ON CONFLICT "
+                "(kind, name, cause) DO UPDATE SET reason = excluded.reason, until = NULL, "
+                "event_id = excluded.event_id, since = CASE WHEN until IS NULL THEN since "
+                "ELSE excluded.since END", (kind, name, cause, reason, since, event_id))
+
+    def release(self, kind: str, name: str, cause: str, until: float, reason: str) -> None:
+        """The manager is done: the hold lasts until ``until`` (a settling time)."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE manager_holds SET until = ?, reason = ? WHERE kind = ? AND name = ? "
+                "AND cause = ? AND until IS NULL", (until, reason, kind, name, cause))
+
+    def holds(self, kind: str, name: str, now: float) -> list[dict[str, Any]]:
+        """The holds on this host or VM in force at ``now``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT cause, reason, since, until, event_id FROM manager_holds WHERE "
+                "kind = ? AND name = ? AND (until IS NULL OR until > ?) ORDER BY since",
+                (kind, name, now)).fetchall()
+        return [{"cause": r[0], "reason": r[1], "since": r[2], "until": r[3],
+                 "event_id": r[4]} for r in rows]
+
+    def all_holds(self, now: float) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT kind, name, cause, reason, since, until, event_id FROM manager_holds"
+                " WHERE until IS NULL OR until > ? ORDER BY since", (now,)).fetchall()
+        return [dict(zip(("kind", "name", "cause", "reason", "since", "until", "event_id"),
+                         r, strict=True)) for r in rows]
+
     # --------------------------------------------------------------- decisions
     def decide(self, *, rule: str, target: str, host: str, call: str, args: dict[str, Any],
                events: list[str], decision: str, state: str, detail: str,
-               now: float) -> str:
+               now: float, kind: str = "call") -> str:
         decision_id = str(uuid.uuid4())
         with self._lock:
             self._db.execute(
                 "INSERT INTO decisions (id, at, rule, target, host, call, args, events, "
-                "decision, state, detail, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "decision, state, detail, updated, kind) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (decision_id, now, rule, target, host, call, orjson.dumps(args).decode(),
-                 orjson.dumps(events).decode(), decision, state, detail, now))
+                 orjson.dumps(events).decode(), decision, state, detail, now, kind))
         return decision_id
 
     def last_action(self, rule: str, target: str) -> dict[str, Any] | None:
@@ -142,7 +188,8 @@ class ReactorStore:
         with self._lock:
             row = self._db.execute(
                 "SELECT * FROM decisions WHERE rule = ? AND target = ? AND decision IN "
-                "('fired', 'dry_run') ORDER BY at DESC LIMIT 1", (rule, target)).fetchone()
+                "('fired', 'dry_run') AND state != 'skipped' ORDER BY at DESC LIMIT 1",
+                (rule, target)).fetchone()
         return self._row(row) if row else None
 
     def update(self, decision_id: str, state: str, detail: str | None = None, *,
@@ -161,6 +208,13 @@ class ReactorStore:
             row = self._db.execute("SELECT * FROM decisions WHERE id = ?",
                                    (decision_id,)).fetchone()
         return self._row(row) if row else None
+
+    def ids_starting(self, prefix: str) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute(
+                "SELECT id FROM decisions WHERE id LIKE ? ESCAPE '\\' LIMIT 11",
+                (prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                 + "%",))]
 
     def by_approval(self, approval_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -195,11 +249,13 @@ class ReactorStore:
         with self._lock:
             self._db.execute("DELETE FROM handled WHERE at < ?", (before,))
             self._db.execute("DELETE FROM matches WHERE at < ?", (before,))
+            self._db.execute("DELETE FROM manager_holds WHERE until < ?", (before,))
             self._db.execute("DELETE FROM decisions WHERE updated < ? AND state NOT IN "
                              "('queued', 'sending', 'awaiting_approval')", (before,))
 
     _COLUMNS = ("id", "at", "rule", "target", "host", "call", "args", "events", "decision",
-                "state", "detail", "request_id", "approval_id", "approved_by", "updated")
+                "state", "detail", "request_id", "approval_id", "approved_by", "updated",
+                "kind")
 
     def _row(self, row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
         found = dict(zip(self._COLUMNS, row, strict=True))

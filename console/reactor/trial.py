@@ -1,4 +1,5 @@
-"""``hostbus reactor test``: what the rules would make of one event, sending nothing."""
+"""``hostbus rules test`` (formerly ``hostbus reactor test``): what the rules would make
+of one event, sending nothing."""
 
 from __future__ import annotations
 
@@ -27,12 +28,13 @@ def explain(rules: list[Rule], event: Event) -> list[dict[str, Any]]:
     the action it would send (or why it cannot be made)."""
     found = []
     for rule in rules:
-        entry: dict[str, Any] = {"rule": rule.name, "selects": rule.selects(event)}
+        entry: dict[str, Any] = {"rule": rule.name, "selects": rule.selects(event),
+                                 "when": rule.when.text or "none"}
         if entry["selects"]:
             entry["holds"] = rule.holds(event)
             try:
                 target = rule.target(event)
-                entry["action"] = {"call": f"{target.agent}.{target.method}",
+                entry["action"] = {"call": target.call, "kind": target.kind,
                                    "host": target.host, "args": target.args}
             except Missing as why:
                 entry["action"] = None
@@ -41,6 +43,8 @@ def explain(rules: list[Rule], event: Event) -> list[dict[str, Any]]:
                 entry["outcome"] = (
                     f"counts toward {rule.count} events within {rule.within_s:g} s"
                     if rule.count > 1 else f"starts waiting {rule.for_s:g} s" if rule.for_s
+                    else f"starts its wait again: fires if no such event comes for "
+                         f"{rule.absent_s:g} s" if rule.absent_s
                     else "fires (unless within its cooldown or one is in flight)")
                 if rule.dry_run:
                     entry["outcome"] += "; dry run: nothing is sent"

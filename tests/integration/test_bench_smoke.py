@@ -93,6 +93,25 @@ def test_bench_reactor_handles_the_whole_burst_and_acts_on_each_failing_check(ra
     assert result["rules_evaluated_per_s"] > 0 and result["raw_events_per_s"] > 0
 
 
+def test_bench_manager_restarts_every_ha_vm_of_the_lost_host_elsewhere(rabbitmq):
+    """`hostbus bench --only manager --quick` (20 simulated virt hosts, 200 VMs): the
+    manager knows them all, decides, plans, restarts on its state file, and the 5 HA VMs
+    of the host it loses run on other hosts (the figures are the benchmark's)."""
+    if rabbitmq.transport != "amqp091":
+        pytest.skip("the benchmark speaks 0-9-1 whatever the test's transport: run once")
+    done = subprocess.run([str(Path(sys.executable).parent / "hostbus"), "bench", "--quick",
+                           "--only", "manager", "--json"], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)["manager"]
+    assert (result["hosts"], result["vms"]) == (20, 200)
+    assert result["ha_restart"]["vms"] == 5 and result["ha_restart"]["on_lost_host"] is False
+    assert result["decision_ms"]["kept_index"]["n"] == 100
+    assert result["plan"]["host_down_moves"] == 5
+    assert result["restart_s"]["listed"] >= result["restart_s"]["active"] > 0
+    assert result["rss_mb"]["with_manager"] > 0
+
+
 @pytest.mark.timeout(600)  # a node of its own
 def test_bench_scale_enrolls_in_bulk_and_reports_the_brokers_cost():
     """`hostbus bench --only scale --quick` on a RabbitMQ node of its own: the hosts are

@@ -392,6 +392,14 @@ def test_the_broker_refuses_a_service_anything_outside_its_grant(rabbitmq, enrol
         "hostbus.event", f"agent.{svc}.online", b"{}",
         pika.BasicProperties(user_id="someone-else"))) == 406
 
+    # A service enrolled with --provision (the reactor, whose rules may ask for VMs)
+    # may post provisioning requests too
+    poster = name("svc")
+    _, poster_url = enroll("service", poster, "--provision")
+    assert refusal(poster_url, lambda ch: ch.basic_publish(
+        "hostbus.provision", "provision", b"{}", pika.BasicProperties(user_id=poster))) \
+        is None
+
 
 @pytest.mark.hostbus_core  # on RabbitMQ 4.x too
 def test_the_provisioner_runs_as_its_own_service_identity(rabbitmq, enroll, console,

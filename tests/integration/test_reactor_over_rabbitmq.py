@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 import pytest
 
+from console.manager.service import EVENT_PATTERNS as MANAGER_EVENTS
 from console.reactor.store import ReactorStore
 from hostbus.security.signing import generate
 from tests.fakes import EventCollector, until
@@ -48,7 +49,10 @@ class Scene:
     audit: Path
     events: EventCollector
     env: dict[str, str]
+    manager: str = ""
+    manager_cfg: Path | None = None
     reactors: list[subprocess.Popen] = field(default_factory=list)
+    users: list[str] = field(default_factory=list)  # revoked afterwards
 
     def cli(self, *args: str) -> tuple[int, str, str]:
         """The operator (bob)."""
@@ -75,6 +79,32 @@ class Scene:
         self.reactors.append(proc)
         return proc
 
+    def start_host(self, enroll: Any) -> str:
+        """Another virt host (no VM, no checks), under the same policy and keys."""
+        host = f"kvm-{uuid.uuid4().hex[:6]}"
+        cfg = self.tmp / f"{host}.toml"
+        done = enroll.run("broker", "enroll", host, "--agents", "virt", "-o", str(cfg))
+        assert done.returncode == 0, done.stderr
+        self.users.append(host)
+        with (self.tmp / f"{host}.log").open("w") as log:
+            proc = subprocess.Popen(
+                [str(BIN / "hostbus-agent"), "--config", str(cfg)], stderr=log, text=True,
+                env={**self.env, "HOSTBUS_SECURITY_POLICY": str(self.tmp / "policy.toml"),
+                     "HOSTBUS_SECURITY_TRUSTED_KEYS": str(self.tmp / "trusted"),
+                     "HOSTBUS_AGENT_STATE_DIR": str(self.tmp / f"{host}-state"),
+                     "HOSTBUS_SECURITY_AUDIT_LOG": str(self.tmp / f"audit-{host}.jsonl")})
+        self.reactors.append(proc)  # stopped with them
+        return host
+
+    def start_manager(self) -> subprocess.Popen:
+        assert self.manager_cfg is not None
+        with (self.tmp / "manager.log").open("w") as log:
+            proc = subprocess.Popen([str(BIN / "hostbus"), "manager", "--config",
+                                     str(self.manager_cfg)], stderr=log, stdout=log,
+                                    text=True, env=self.env)
+        self.reactors.append(proc)  # stopped with them
+        return proc
+
     def reactor_log(self, state: str = "reactor-state") -> str:
         return (self.tmp / f"{state}.log").read_text()
 
@@ -91,10 +121,17 @@ class Scene:
 
 
 @pytest.fixture
-def scene(rabbitmq, enroll, console, tmp_path):
+def scene(request, rabbitmq, enroll, console, tmp_path):
     """An agent daemon (virt with a running VM vm1, health checking the VM's web server)
     whose policy makes the reactor's reboots wait for a second person (bob); the
-    reactor enrolled, its active queue made, its config written, not started."""
+    reactor enrolled, its active queue made, its config written, not started. With
+    ``{"manager": True}`` (indirect parameter), a manager too, enrolled and configured
+    (not started), that bob may ask to put the host in maintenance, and whose events
+    the reactor listens to."""
+    with_manager = getattr(request, "param", {}).get("manager", False)
+    if with_manager and rabbitmq.transport == "amqp10":
+        pytest.skip("the manager's events reach the reactor as any other's: one protocol "
+                    "is enough (the CI budget)")
     host = f"kvm-{uuid.uuid4().hex[:6]}"
     bob = f"bob-{uuid.uuid4().hex[:4]}"
     service = f"reactor-{uuid.uuid4().hex[:4]}"
@@ -107,8 +144,16 @@ def scene(rabbitmq, enroll, console, tmp_path):
     done = enroll.run("broker", "enroll-service", service, "--events", "health.*.check",
                       "--events", "agent.*.approval.decided", "-o", str(reactor_cfg))
     assert done.returncode == 0, done.stderr
+    mgr = f"mgr-{uuid.uuid4().hex[:4]}" if with_manager else ""
+    manager_cfg = None
+    if with_manager:
+        manager_cfg = tmp_path / "manager.toml"
+        events = [a for p in MANAGER_EVENTS for a in ("--events", p)]
+        done = enroll.run("broker", "enroll-service", mgr, "--agents", "manager",
+                          "--active", *events, "-o", str(manager_cfg))
+        assert done.returncode == 0, done.stderr
     trusted = tmp_path / "trusted"
-    for name in (bob, service):
+    for name in (bob, service, *([mgr] if mgr else [])):
         _, pub = generate(name, tmp_path / "keys")
         trusted.mkdir(exist_ok=True)
         (trusted / pub.name).write_text(pub.read_text())
@@ -117,9 +162,20 @@ def scene(rabbitmq, enroll, console, tmp_path):
     policy = tmp_path / "policy.toml"
     policy.write_text(f"""
 [[rule]]
-name = "bob approves and manages VMs"
+name = "bob approves and manages VMs (and hosts, through the manager)"
 callers = ["{bob}"]
+agents = ["agent", "virt", "manager"]
+allow = true
+[[rule]]
+name = "the manager manages VMs; the reactor asks it which hosts it handles"
+callers = ["{mgr or 'no-manager'}"]
 agents = ["agent", "virt"]
+allow = true
+[[rule]]
+name = "the reactor asks the manager which hosts it handles"
+callers = ["{service}"]
+agents = ["manager"]
+methods = ["hosts"]
 allow = true
 [[rule]]
 name = "the reactor sees what waits for approval"
@@ -147,6 +203,8 @@ allow = true
 [reactor]
 host_id = "{service}"
 tick_interval = 0.2
+manager = "{mgr}"
+manager_settle_s = 0
 [security]
 signing_key = "{tmp_path / 'keys' / (service + '.key')}"
 multi_host_users = []
@@ -159,11 +217,18 @@ cooldown_s = 600
 call = "virt.domain.reboot"
 args = {{ name = "{{data.vm}}" }}
 """)
+            if manager_cfg is not None:
+                with manager_cfg.open("a") as fh:  # its [manager] section is the last
+                    fh.write(f'state_dir = "{tmp_path / "manager"}"\n'
+                             f'policy = "{policy}"\ntick_interval = 0.2\n'
+                             'reconcile_interval = 3600.0\ncall_timeout = 20.0\n'
+                             f'[security]\nsigning_key = "{tmp_path / "keys" / mgr}.key"\n')
             events = EventCollector()
             console.subscribe([f"agent.{host}.#", f"health.{host}.#",
-                               f"active.{service}.tick"], events)
+                               f"active.{service}.tick",
+                               *([f"manager.{mgr}.#"] if mgr else [])], events)
             s = Scene(rabbitmq, tmp_path, app, host, bob, service, bob_cfg, reactor_cfg,
-                      tmp_path / "audit.jsonl", events, env)
+                      tmp_path / "audit.jsonl", events, env, mgr, manager_cfg)
             code, out, err = s.reactor_cli("--setup")  # as the administrator
             assert code == 0, out + err
             code, out, err = s.reactor_cli("--check-config")
@@ -191,6 +256,10 @@ args = {{ name = "{{data.vm}}" }}
                 proc.wait(60)
         rabbitmq.admin.revoke(service)
         rabbitmq.admin.revoke(host)
+        if mgr:
+            rabbitmq.admin.revoke(mgr)
+        for user in s.users if agent is not None else []:
+            rabbitmq.admin.revoke(user)
 
 
 def test_an_unhealthy_vm_is_rebooted_once_after_a_second_persons_approval(scene):
@@ -287,3 +356,57 @@ def test_a_standby_that_takes_over_asks_no_second_approval(scene):
     with contextlib.suppress(ProcessLookupError):
         standby.terminate()
     assert standby.wait(60) == 0
+
+
+@pytest.mark.parametrize("scene", [{"manager": True}], indirect=True)
+def test_the_reactor_keeps_its_hands_off_a_host_the_manager_has_in_maintenance(scene,
+                                                                                enroll):
+    """A small fleet: two virt hosts, the manager (a process, enrolled as a service),
+    the reactor, the operator. The manager puts the first host in maintenance and moves
+    its VM to the other (the reactor hears the move); the VM's check fails: the reactor
+    skips its reboot, says why in its history, and asks nobody's approval. The
+    maintenance ends: the next failure asks for the reboot as before."""
+    s = scene
+    other = s.start_host(enroll)
+    s.start_manager()
+    s.start_reactor()  # side by side (what it asks the manager at once may go unanswered)
+    s.events.wait_for(lambda e: e.full_name == "active.tick" and e.data["active"], timeout=30)
+    assert until(lambda: all(h in s.cli("hosts", "--json")[1] for h in (s.host, other)),
+                 timeout=60)
+
+    code, out, err = s.cli("hosts", "maintenance", s.host)
+    assert code == 0, out + err
+    evacuated = s.events.wait_for(lambda e: e.full_name == "manager.maintenance" and
+                                  e.data["status"] in ("evacuated", "incomplete"),
+                                  timeout=60)
+    assert evacuated.data == {"host": s.host, "status": "evacuated", "moved": 1,
+                              "failed": 0}
+    assert until(lambda: f"hands off vm vm1: the manager is moving VM vm1 from {s.host} "
+                         f"to {other}" in s.reactor_log(), timeout=30)
+    s.app.healthy = False
+    failing = s.events.wait_for(lambda e: e.full_name == "health.check" and
+                                e.data["state"] == "failing", timeout=30)
+    store = s.store()
+    assert until(lambda: any(d["decision"] == "skipped" for d in store.history()),
+                 timeout=30)
+    [skipped] = store.history()
+    store.close()
+    assert skipped["events"] == [f"{s.host}/health/{failing.epoch}/{failing.seq}"]
+    assert f"not sent: the manager has host {s.host} in maintenance" in skipped["detail"]
+    assert skipped["state"] == "not_sent"
+    code, out, err = s.reactor_cli("history")
+    assert code == 0 and "skipped" in out and "in maintenance" in out, out + err
+
+    code, out, err = s.cli("hosts", "activate", s.host)
+    assert code == 0, out + err
+    s.events.wait_for(lambda e: e.full_name == "manager.maintenance" and
+                      e.data["status"] == "ended", timeout=30)
+    s.app.healthy = True  # it flaps: the next failure is the reactor's again
+    s.events.wait_until(lambda evs: len(s.checks("passing")) == 2, timeout=30)
+    s.app.healthy = False
+    pending = s.events.wait_for(lambda e: e.full_name == "agent.approval.pending",
+                                timeout=30)
+    assert pending.data["requester"] == s.service
+    assert [e.data["state"] for e in s.checks("failing")] == ["failing", "failing"]
+    assert len([e for e, _ in s.events.events
+                if e.full_name == "agent.approval.pending"]) == 1

@@ -61,7 +61,7 @@ def test_reactor_check_config_rules_and_history(fleet, tmp_path):
     assert "1 rule(s): reboot an unhealthy VM -> virt.domain.reboot" in done.stdout
     done = fleet.run("reactor", "rules", "--config", str(config), "--json")
     [rule] = json.loads(done.stdout)["rules"]
-    assert rule["action"] == {"call": "virt.domain.reboot", "host": "{host}",
+    assert rule["action"] == {"call": "virt.domain.reboot", "kind": "call", "host": "{host}",
                               "args": {"name": "{data.vm}"}, "timeout_s": 30.0}
     done = fleet.run("reactor", "history", "--config", str(config))
     assert done.exit_code == 1 and "has not run" in done.stderr
@@ -97,11 +97,39 @@ def test_reactor_test_says_which_rules_act_on_an_event_and_sends_nothing(fleet, 
     done = fleet.run("reactor", "test", "-c", str(config), "-e", json.dumps(event), "--json")
     assert done.exit_code == 0, done.stderr
     [rule] = json.loads(done.stdout)["rules"]
-    assert rule["action"] == {"call": "virt.domain.reboot", "host": "kvm01",
+    assert rule["action"] == {"call": "virt.domain.reboot", "kind": "call", "host": "kvm01",
                               "args": {"name": "web-a"}}
     event["data"]["state"] = "passing"
     done = fleet.run("reactor", "test", "-c", str(config), "-e", "-", input=json.dumps(event))
-    assert done.exit_code == 1 and "conditions do not hold" in done.stdout
+    assert done.exit_code == 1 and "conditions (state=failing and vm=?*) do not hold" \
+        in done.stdout
     done = fleet.run("reactor", "test", "-c", str(config), "-e", '{"host": 1}')
-    assert done.exit_code == 1 and "lacks agent, event, data" in done.stderr
+    assert done.exit_code == 2 and "lacks agent, event, data" in done.stderr
     assert not (tmp_path / "state").exists()  # nothing stored
+
+
+def test_history_of_one_decision_shows_its_chain(fleet, tmp_path):
+    config = tmp_path / "reactor.toml"
+    config.write_text(REACTOR_TOML.format(state=tmp_path / "state"))
+    store = ReactorStore(tmp_path / "state" / "reactor-reactor.db")
+    [fired] = Engine(load_rules(load_config(str(config))), store).consider(Event(
+        host="kvm01", agent="health", event="check", seq=7, epoch="e",
+        data={"check": "web", "state": "failing", "vm": "web-a"}))
+    store.update(fired.decision_id, "awaiting_approval", "parked", request_id="r-1",
+                 approval_id="b150f52275f0")
+    store.update(fired.decision_id, "ok", "approved by bob; the action ran: ok",
+                 approved_by="bob")
+    store.close()
+    done = fleet.run("reactor", "history", fired.decision_id[:6], "-c", str(config))
+    assert done.exit_code == 0, done.stderr
+    lines = dict(line.split(None, 1) for line in done.stdout.splitlines())
+    assert lines["rule"] == "reboot an unhealthy VM"
+    assert lines["events"] == "kvm01/health/e/7"
+    assert lines["action"] == 'virt.domain.reboot on kvm01 {"name": "web-a"}'
+    assert lines["request"] == "r-1 (in kvm01's audit log)"
+    assert lines["approval"] == "b150f52275f0, approved by bob"
+    assert lines["outcome"].startswith("ok: approved by bob; the action ran: ok (")
+    done = fleet.run("reactor", "history", "ffffffff", "-c", str(config))
+    assert done.exit_code == 3 and "no decision ffffffff" in done.stderr
+    done = fleet.run("reactor", "history", "-c", str(config))  # the table has the chain
+    assert "kvm01/health/e/7" in done.stdout and "bob" in done.stdout
