@@ -295,17 +295,17 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
                              signer=signer, agent_keys=agent_keys, tracer=tracer)
     try:
         service.start()
-    except ConnectionFailed as exc:
-        log.error("%s", exc)
-        console.close()
-        fleet.close()
-        return 2
     except (BrokerRefused, HostbusError) as exc:
+        # Stopped either way: the start may have got as far as the loop, the actions
+        # and a transport reconnecting (a ConnectionFailed left them running before).
+        # 2 (the broker unreachable, or its connection lost while starting) is worth
+        # another try (the unit restarts it); 3 (not enrolled, no such queue) is not.
         log.error("%s", exc)
-        service.stop("refused")
+        transient = isinstance(exc, ConnectionFailed)
+        service.stop("connection lost" if transient else "refused")
         console.close()
         fleet.close()
-        return 3
+        return 2 if transient else 3
     log.info("hostbus manager %s started as %s (instance %s, state in %s); waiting to be "
              "the active instance", __version__, m["host_id"], service.standby.instance,
              fleet.path)
