@@ -15,9 +15,10 @@ from console.commands.options import json_option
 @click.option("--only", multiple=True,
               type=click.Choice(["call", "fanout", "events", "amqp10", "placement",
                                  "provisioning", "footprint", "soak", "faults", "history",
-                                 "tracing", "scale", "peers", "reactor", "fanout10k"]),
+                                 "tracing", "scale", "peers", "reactor", "manager",
+                                 "fanout10k"]),
               help="Run only these (repeatable). Default: all but soak, faults, history, "
-                   "scale, peers, reactor and fanout10k.")
+                   "scale, peers, reactor, manager and fanout10k.")
 @click.option("--calls", type=click.IntRange(10), help="Round trips per side (2000).")
 @click.option("--agents", metavar="N,N,...",
               help="Simulated agent counts for broadcast ping (100,1000,5000).")
@@ -48,6 +49,9 @@ from console.commands.options import json_option
                    "--quick: 20).")
 @click.option("--peer-servers", type=click.IntRange(1), metavar="N",
               help="Servers the --only peers broadcast reaches (100; --quick: 10).")
+@click.option("--manager-hosts", type=click.IntRange(2), metavar="N",
+              help="Simulated virt hosts (ten VMs each) --only manager runs its manager "
+                   "over (1,000; --quick: 20).")
 @click.option("--fanout10k-agents", type=click.IntRange(10), metavar="N",
               help="Simulated agents the --only fanout10k broadcast reaches, on a node of "
                    "its own (10,000; --quick: 200).")
@@ -64,7 +68,7 @@ def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None
           soak_minutes: float | None, alarm_seconds: float | None,
           history_stored: int | None, history_postgres: str | None,
           scale_hosts: int | None, scale_agents: int | None, peer_servers: int | None,
-          fanout10k_agents: int | None, png: str | None,
+          manager_hosts: int | None, fanout10k_agents: int | None, png: str | None,
           admin_url: str | None, as_json: bool) -> Exit:
     """Measure hostbus against raw pika and raw proton on this broker, in a throwaway vhost.
 
@@ -89,9 +93,14 @@ def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None
     ~/.cache/hostbus-bench/peers ($HOSTBUS_BENCH_PEERS_CACHE), never into hostbus's.
     `--only reactor` bursts 10,000 events at the reactor with 100 rules (rules
     evaluated per second, memory, none dropped) and measures a failing check to its
-    action, each against raw pika. `--only fanout10k` (a node of its own, about 8
-    minutes) broadcasts to 10,000 simulated agents, every reply back, against a raw pika
-    fan-out, and reports the console's memory (a process of its own) and the broker's.
+    action, each against raw pika.
+    `--only manager` runs the manager over --manager-hosts simulated virt hosts in
+    process (ten VMs each): placement decisions on its kept index against one rebuilt
+    per decision, plans over the whole fleet, a host with 50 HA VMs lost until they
+    all run elsewhere, its memory, and its restart on its state file.
+    `--only fanout10k` (a node of its own, about 8 minutes) broadcasts to 10,000
+    simulated agents, every reply back, against a raw pika fan-out, and reports the
+    console's memory (a process of its own) and the broker's.
     """
     from benchmarks import report
     from benchmarks.peers import PeerError
@@ -130,6 +139,8 @@ def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None
         plan.scale_agents = min(scale_agents, plan.scale_hosts)
     if peer_servers:
         plan.peer_servers = peer_servers
+    if manager_hosts:
+        plan.manager_hosts = manager_hosts
     if fanout10k_agents:
         plan.fanout10k_agents = fanout10k_agents
     url = parse_url(ctx.url)

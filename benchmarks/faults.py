@@ -157,13 +157,18 @@ class Watch:
                 conn.close()
 
     def drain(self) -> list[int]:
-        """Every event number in the queue, in the order the broker delivers them."""
+        """Every event number in the queue, in the order the broker delivers them. Called
+        once the agent has stopped, so what the queue holds is all it will: that many
+        are read, with no idle wait for more (2 s of silence stays the backstop)."""
         got: list[int] = []
         with self._channel() as ch:
+            held = ch.queue_declare(self.queue, passive=True).method.message_count
             for _m, _p, body in ch.consume(self.queue, auto_ack=True, inactivity_timeout=2):
                 if body is None:
                     break
                 got.append(int(json.loads(body)["data"]["n"]))
+                if len(got) >= held:
+                    break
             ch.cancel()
             ch.queue_delete(self.queue)
         return got

@@ -19,6 +19,7 @@ from benchmarks import (
     footprint,
     history,
     machine,
+    manager,
     peers,
     placement,
     provisioning,
@@ -36,7 +37,7 @@ ALL = ("call", "fanout", "events", "amqp10", "placement", "provisioning", "footp
 #: and scale start a RabbitMQ node of their own (root, a source checkout); peers
 #: installs oslo.messaging and nameko into virtual environments of their own; fanout10k
 #: starts 10,000 simulated agents on a node of its own (about 8 minutes here).
-EXTRA = ("soak", "faults", "history", "scale", "peers", "reactor", "fanout10k")
+EXTRA = ("soak", "faults", "history", "scale", "peers", "reactor", "manager", "fanout10k")
 
 
 @dataclass
@@ -61,6 +62,8 @@ class Plan:
     peer_event_rounds: int = 3  # event runs per side
     reactor_events: int = 10_000  # a burst into the reactor, each seen by every rule
     reactor_rules: int = 100
+    manager_hosts: int = 1000  # simulated virt hosts, ten VMs each
+    manager_ha_vms: int = 50  # on the host the manager loses
     fanout10k_agents: int = 10_000  # simulated agents a broadcast reaches (--only fanout10k)
     only: tuple[str, ...] = ALL
 
@@ -70,8 +73,8 @@ class Plan:
                    provision_hosts=2, placement_hosts=100, idle_s=2.0,
                    storm_s=1.0, alarm_s=10.0, history_stored=20_000, scale_hosts=1000,
                    scale_agents=20, peer_servers=10, peer_broadcasts=3, peer_events=300,
-                   peer_event_rounds=1, reactor_events=1000,
-                   fanout10k_agents=200)
+                   peer_event_rounds=1, reactor_events=1000, manager_hosts=20,
+                   manager_ha_vms=5, fanout10k_agents=200)
 
 
 def _redacted(url: str | None) -> str | None:
@@ -151,6 +154,11 @@ def run(plan: Plan, *, amqp: str, admin_url: str) -> dict[str, Any]:
         gc.collect()
         if "reactor" in plan.only:
             results["reactor"] = reactor.run(bench, plan.reactor_events, plan.reactor_rules)
+        gc.collect()
+        if "manager" in plan.only:
+            results["manager"] = manager.run(
+                bench, plan.manager_hosts, plan.manager_hosts * 10, plan.manager_ha_vms,
+                decisions=500 if plan.manager_hosts >= 100 else 100)
         if "soak" in plan.only:
             progress(f"soak: one agent under steady load for {plan.soak_minutes:g} min")
             results["soak"] = soak.run(bench, plan.soak_minutes)

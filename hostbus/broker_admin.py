@@ -326,8 +326,12 @@ class BrokerAdmin:
         (within a second) and binds a new one, under the new rules; a call it has in
         flight then fails at once (connection lost). A reply published in the
         milliseconds the exchange is missing is lost (its agent's channel is closed,
-        404, and it opens another). Returns what was done: nothing where the exchange
-        is already a topic exchange or does not exist yet."""
+        404, and it opens another). Who reads a queue not named after its identity (an
+        AMQP 1.0 console's amq.gen-* on RabbitMQ 3.x) is known only from the broker's
+        statistics, which may not list its consumer yet: ``_described_queues`` waits
+        for them, and raises before anything is changed where they never say. Returns
+        what was done: nothing where the exchange is already a topic exchange or does
+        not exist yet."""
         v, ex = self._q(vhost), self._q(names.REPLY_EXCHANGE)
         where = f"/api/exchanges/{v}/{ex}"
         exchange = self._get(where)
@@ -335,8 +339,9 @@ class BrokerAdmin:
             return {}
         bindings = self._call("GET", f"{where}/bindings/source")
         kinds = {u["name"]: _kind(u) for u in self._call("GET", "/api/users")}
-        queues = self._described_queues(vhost, {b["destination"] for b in bindings
-                                                if b["destination_type"] == "queue"})
+        bound = {b["destination"] for b in bindings if b["destination_type"] == "queue"}
+        queues = self._described_queues(
+            vhost, bound, {q for q in bound if _reply_key_owner(q) is None})
         keep, dropped, close = [], [], set()
         for b in bindings:
             queue, key = queues.get(b["destination"], {}), b["routing_key"]
@@ -365,18 +370,56 @@ class BrokerAdmin:
         return {"reply_exchange_migrated": True, "reply_bindings_kept": len(keep),
                 "reply_bindings_dropped": dropped, "connections_closed": len(closed)}
 
-    def _described_queues(self, vhost: str, wanted: set[str]) -> dict[str, Any]:
+    #: How long a queue whose reader only its consumers tell must show none before it is
+    #: taken for read by nobody: two of the broker's statistics intervals (5 s by
+    #: default). Its first statistics may predate its consumer (seen on RabbitMQ 3.10: an
+    #: AMQP 1.0 console's reply queue listed with 0 consumers and no consumer details
+    #: for half a second after its link opened; longer on a busy broker).
+    STATS_SETTLE_S = 10.0
+    #: How long to wait for the statistics to describe the queues at all.
+    STATS_DEADLINE_S = 15.0
+
+    def _described_queues(self, vhost: str, wanted: set[str],
+                          by_consumers: set[str] | None = None) -> dict[str, Any]:
         """The broker's facts about ``wanted`` queues, by name, once its statistics
         describe them all: who owns and who consumes a queue is known only from them,
-        up to their interval (5 s by default) after it was made. Asked again, backing
-        off, for 15 s at most."""
-        delay, deadline = 0.25, time.monotonic() + 15
+        up to their interval (5 s by default) after it was made. A queue of
+        ``by_consumers`` (its name does not say whose it is) that shows no consumer is
+        described only once it has shown none for ``STATS_SETTLE_S``: its binding would
+        be dropped for want of a reader, and a live console's replies lost with it.
+        Asked again, backing off; raises ``BrokerRefused`` (before anything is changed)
+        when the statistics still do not say who reads one of ``by_consumers`` after
+        ``STATS_DEADLINE_S``."""
+        by_consumers = by_consumers or set()
+        delay, deadline = 0.25, time.monotonic() + self.STATS_DEADLINE_S
+        unread_since: dict[str, float] = {}  # by_consumers queues: first seen with none
         while True:  # (only a single queue's answer names its owner and consumers)
             found = {name: self._get(f"/api/queues/{self._q(vhost)}/{self._q(name)}")
                      for name in sorted(wanted)}
             found = {name: q for name, q in found.items() if q is not None}
-            if all(_described(q) for q in found.values()) or time.monotonic() > deadline:
+            now = time.monotonic()
+            pending = []
+            for name, queue in found.items():
+                if not _described(queue):
+                    pending.append(name)
+                elif name in by_consumers and not queue.get("consumer_details") \
+                        and not queue.get("exclusive"):
+                    if now - unread_since.setdefault(name, now) < self.STATS_SETTLE_S:
+                        pending.append(name)
+                else:
+                    unread_since.pop(name, None)
+            if not pending:
                 return found
+            if now > deadline:
+                if not by_consumers.intersection(pending):
+                    # Named for their owner: kept or dropped by name; an exclusive one
+                    # whose owner is never named (AMQP 1.0 on RabbitMQ 4) is not kept,
+                    # and its client binds a new one when it reconnects.
+                    return found
+                raise BrokerRefused(
+                    f"the broker's statistics do not say who reads {', '.join(pending)} "
+                    f"(bound to {names.REPLY_EXCHANGE}) after {self.STATS_DEADLINE_S:.0f} s: "
+                    "nothing was changed; run `hostbus broker setup` again")
             time.sleep(delay)
             delay = min(2.0, delay * 2)
 

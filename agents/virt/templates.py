@@ -20,6 +20,8 @@ TEMPLATE_DEFAULTS: dict[str, Any] = {
     "memory_mib": 1024,
     "max_vcpus": 8,
     "max_memory_mib": 16384,
+    "ha": False,                # VMs made from it are highly available (the manager
+    "ha_priority": 0,           # restarts them elsewhere), higher priority first
 }
 
 
@@ -35,13 +37,16 @@ class Template:
     memory_mib: int
     max_vcpus: int
     max_memory_mib: int
+    ha: bool = False
+    ha_priority: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description,
                 "base_volume": self.base_volume, "pool": self.pool,
                 "network": self.network or "", "vcpus": self.vcpus,
                 "memory_mib": self.memory_mib, "max_vcpus": self.max_vcpus,
-                "max_memory_mib": self.max_memory_mib}
+                "max_memory_mib": self.max_memory_mib, "ha": self.ha,
+                "ha_priority": self.ha_priority}
 
 
 def templates_from_config(section: dict[str, Any]) -> dict[str, Template]:
@@ -62,6 +67,11 @@ def templates_from_config(section: dict[str, Any]) -> dict[str, Template]:
             raise ValueError(f"{where}: vcpus must be between 1 and max_vcpus")
         if not 64 <= cfg["memory_mib"] <= cfg["max_memory_mib"]:
             raise ValueError(f"{where}: memory_mib must be between 64 and max_memory_mib")
+        if not isinstance(cfg["ha"], bool):
+            raise ValueError(f"{where}: ha must be true or false")
+        if isinstance(cfg["ha_priority"], bool) or not isinstance(cfg["ha_priority"], int) \
+                or not 0 <= cfg["ha_priority"] <= 100:
+            raise ValueError(f"{where}: ha_priority must be a whole number from 0 to 100")
         skeleton_path = Path(cfg["skeleton"]) if cfg["skeleton"] else GENERIC_SKELETON
         try:
             skeleton = skeleton_path.read_text(encoding="utf-8")
@@ -72,5 +82,6 @@ def templates_from_config(section: dict[str, Any]) -> dict[str, Template]:
             pool=cfg["pool"], network=cfg["network"] or None, skeleton=skeleton,
             vcpus=int(cfg["vcpus"]), memory_mib=int(cfg["memory_mib"]),
             max_vcpus=int(cfg["max_vcpus"]), max_memory_mib=int(cfg["max_memory_mib"]),
+            ha=cfg["ha"], ha_priority=cfg["ha_priority"],
         )
     return catalog

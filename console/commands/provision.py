@@ -87,6 +87,11 @@ def provision() -> None:
 @click.option("--memory-mib", type=click.IntRange(64), help="Default: the template's.")
 @click.option("--owner", default=lambda: os.environ.get("USER") or "unknown",
               help="Who the VMs are for (quotas count per owner). Default: $USER.")
+@click.option("--ha/--no-ha", default=None,
+              help="Highly available: the manager restarts them elsewhere if their host "
+                   "dies. Default: the template's `ha`.")
+@click.option("--ha-priority", type=click.IntRange(0, 100), metavar="0-100",
+              help="Restart order among HA VMs, higher first. Default: the template's.")
 @click.option("-H", "--host", "hosts", multiple=True, metavar="HOST",
               help="Only place on these hosts (repeatable).")
 @click.option("--where", "-w", multiple=True, metavar="FACT=VALUE",
@@ -100,20 +105,21 @@ def provision() -> None:
 @click.pass_obj
 def provision_submit(ctx: CliContext, template: str, count: int, name: str | None,
                      prefix: str | None, vcpus: int | None, memory_mib: int | None, owner: str,
-                     hosts: tuple[str, ...], where: tuple[str, ...], request_id: str | None,
-                     wait: bool, timeout: float, as_json: bool) -> Exit:
+                     ha: bool | None, ha_priority: int | None, hosts: tuple[str, ...],
+                     where: tuple[str, ...], request_id: str | None, wait: bool,
+                     timeout: float, as_json: bool) -> Exit:
     """Ask for VMs from a template; no host needs to be named.
 
     \b
       hostbus provision submit -T web -n 2 --prefix shop --owner alice
-      hostbus provision submit -T db --name orders-db --where rack=b12
+      hostbus provision submit -T db --name orders-db --where rack=b12 --ha
     Exit codes: 0 the VMs run, 1 the request failed, 4 no reply within --timeout.
     """
     if name and count != 1:
         raise usage("--name is for one VM; use --prefix with --count")
     body: dict[str, Any] = {"v": 1, "template": template, "count": count, "owner": owner}
     for key, value in (("name", name), ("name_prefix", prefix), ("vcpus", vcpus),
-                       ("memory_mib", memory_mib)):
+                       ("memory_mib", memory_mib), ("ha", ha), ("ha_priority", ha_priority)):
         if value is not None:
             body[key] = value
     constraints: dict[str, Any] = {}

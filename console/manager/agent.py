@@ -37,8 +37,8 @@ class ManagerAgent(Agent):
 
     @method()
     def hosts(self) -> dict[str, Any]:
-        vms = self.fleet.vms()
-        return {"hosts": [{**h.to_dict(), "vms": sum(1 for v in vms if v.host == h.host)}
+        counts = self.fleet.counts()
+        return {"hosts": [{**h.to_dict(), "vms": counts.get(h.host, 0)}
                           for h in self.fleet.hosts()],
                 "n_plus_one": n_plus_one(self.fleet, config=self.placement),
                 "manager": self.status()}

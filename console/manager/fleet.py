@@ -17,7 +17,10 @@ online, heartbeat, offline; host metrics; virt lifecycle; provisioning progress)
 listings by call (``virt.node.info`` and ``virt.domain`` objects, every
 ``reconcile_interval``), and the manager's own decisions (HA restarts, moves).
 
-The class is thread-safe; every change is written through at once.
+The class is thread-safe; every change is written through at once. It keeps, beside
+the records, the placement engine's index of them (``console.placement.Fleet``), changed
+with each record, so a decision (``place_away``) costs O(hosts), not O(VMs): building
+the index again for each decision cost 17-60 ms at 10,000 VMs.
 """
 
 from __future__ import annotations
@@ -31,6 +34,17 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from console.placement import (
+    MAINTENANCE,
+    OFFLINE,
+    HostView,
+    Placement,
+    PlacementConfig,
+    PlacementRequest,
+    VmView,
+    place,
+)
+from console.placement import Fleet as PlacementIndex
 from hostbus.files import open_database
 
 log = logging.getLogger("hostbus.manager")
@@ -45,6 +59,7 @@ EVENT_STATES = {"started": "running", "resumed": "running", "suspended": "paused
                 "pmsuspended": "pmsuspended", "stopped": "shutoff", "crashed": "crashed"}
 #: A VM whose host is down and that has not run anywhere since.
 LOST = "lost"
+MIB = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -108,12 +123,45 @@ def _rfc3339(at: float) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
 
 
-class Fleet:
-    """Hosts and VMs in memory, written through to SQLite (``path``)."""
+def host_view(record: HostRecord) -> HostView:
+    """A host as the placement engine sees it: ``down`` is its ``offline``, and a host
+    in maintenance is ``maintenance`` whatever its liveness, so nothing new goes there."""
+    state = MAINTENANCE if record.maintenance else (
+        OFFLINE if record.state == DOWN else record.state)
+    return HostView(
+        name=record.host, state=state, cpus=record.cpus, memory_mib=record.memory_bytes // MIB,
+        free_memory_mib=record.unallocated_memory_bytes // MIB if record.memory_bytes else None,
+        free_vcpus=record.free_vcpus if record.cpus else None,
+        cpu_load=record.cpu_percent / 100 if record.cpu_percent is not None else None)
 
-    def __init__(self, path: str | Path, *, clock: Any = time.time) -> None:
+
+def vm_view(record: VmRecord) -> VmView:
+    return VmView(name=record.name, host=record.host, vcpus=record.vcpus,
+                  memory_mib=record.memory_bytes // MIB, state=record.state, ha=record.ha,
+                  owner=record.owner)
+
+
+def place_away(vm: VmRecord, index: PlacementIndex, *,
+               config: PlacementConfig | None = None) -> Placement:
+    """Where ``vm`` (as it is now) would go, leaving the host it is on, in ``index`` (a
+    placement index of the fleet, left as it was). Restarts and evacuations ask without
+    the HA reservation: they are what the reservation was kept for."""
+    request = PlacementRequest(vcpus=max(1, vm.vcpus), memory_mib=max(1, vm.memory_bytes // MIB),
+                               names=(vm.name,), ha=vm.ha, ha_reservation=False,
+                               owner=vm.owner, avoid_hosts=(vm.host,))
+    with index.configured(config):
+        return place(request, index)
+
+
+class Fleet:
+    """Hosts and VMs in memory, written through to SQLite (``path``). ``placement``:
+    the engine's settings its decisions use by default."""
+
+    def __init__(self, path: str | Path, *, clock: Any = time.time,
+                 placement: PlacementConfig | None = None) -> None:
         self.path = Path(path)
         self.clock = clock
+        self.placement = placement or PlacementConfig()
         self._lock = threading.RLock()
         self._db = open_database(self.path, synchronous="NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS hosts (host TEXT PRIMARY KEY, "
@@ -124,6 +172,8 @@ class Fleet:
                          "owner TEXT NOT NULL)")
         self._hosts: dict[str, HostRecord] = {}
         self._vms: dict[str, VmRecord] = {}
+        self._on: dict[str, dict[str, None]] = {}  # host -> names of its VMs
+        self._index = PlacementIndex(config=self.placement)
         self.reload()
 
     def reload(self) -> None:
@@ -134,6 +184,12 @@ class Fleet:
                            self._db.execute("SELECT host, data FROM hosts").fetchall()}
             self._vms = {n: VmRecord(**json.loads(d)) for n, d in
                          self._db.execute("SELECT name, data FROM vms").fetchall()}
+            self._on = {}
+            for vm in self._vms.values():
+                self._on.setdefault(vm.host, {})[vm.name] = None
+            self._index = PlacementIndex((host_view(h) for h in self._hosts.values()),
+                                         (vm_view(v) for v in self._vms.values()),
+                                         self.placement)
 
     def close(self) -> None:
         self._db.close()
@@ -149,8 +205,28 @@ class Fleet:
 
     def vms(self, host: str | None = None) -> list[VmRecord]:
         with self._lock:
-            return sorted((v for v in self._vms.values() if host is None or v.host == host),
-                          key=lambda v: (v.host, v.name))
+            if host is not None:
+                vms = self._vms
+                return sorted((vms[n] for n in self._on.get(host, ())), key=lambda v: v.name)
+            return sorted(self._vms.values(), key=lambda v: (v.host, v.name))
+
+    def counts(self) -> dict[str, int]:
+        """Host -> how many VMs the manager knows there."""
+        with self._lock:
+            return {host: len(names) for host, names in self._on.items() if names}
+
+    # --------------------------------------------------------------- placing
+    def place_away(self, vm: VmRecord, *, config: PlacementConfig | None = None) -> Placement:
+        """Where ``vm`` would go, leaving its host, on the fleet as it is now (see the
+        module's ``place_away``); ``config`` defaults to the fleet's ``placement``."""
+        with self._lock:
+            return place_away(vm, self._index, config=config)
+
+    def snapshot(self) -> tuple[dict[str, HostRecord], dict[str, VmRecord], PlacementIndex]:
+        """The hosts, the VMs and a copy of the placement index, at one instant (what a
+        plan simulates its moves on)."""
+        with self._lock:
+            return dict(self._hosts), dict(self._vms), self._index.copy()
 
     def vm(self, name: str) -> VmRecord | None:
         with self._lock:
@@ -158,19 +234,44 @@ class Fleet:
 
     # ---------------------------------------------------------------- writing
     def _put_host(self, view: HostRecord) -> HostRecord:
+        before = self._hosts.get(view.host)
         self._hosts[view.host] = view
+        seen = host_view(view)
+        if before is None or host_view(before) != seen:
+            self._index.set_host(seen)
         self._db.execute("INSERT OR REPLACE INTO hosts (host, data) VALUES (?, ?)",
                          (view.host, json.dumps(asdict(view))))
         return view
 
     def _put_vm(self, view: VmRecord) -> VmRecord:
+        before = self._vms.get(view.name)
         self._vms[view.name] = view
+        if before is not None:
+            if before.host != view.host:
+                self._forget_on(before)
+            old, new = vm_view(before), vm_view(view)
+            if old != new:
+                self._index.remove(old)
+                self._index.add(new)
+        else:
+            self._index.add(vm_view(view))
+        self._on.setdefault(view.host, {})[view.name] = None
         self._db.execute("INSERT OR REPLACE INTO vms (name, data) VALUES (?, ?)",
                          (view.name, json.dumps(asdict(view))))
         return view
 
+    def _forget_on(self, vm: VmRecord) -> None:
+        names = self._on.get(vm.host)
+        if names is not None:
+            names.pop(vm.name, None)
+            if not names:
+                del self._on[vm.host]
+
     def _drop_vm(self, name: str) -> None:
-        self._vms.pop(name, None)
+        before = self._vms.pop(name, None)
+        if before is not None:
+            self._forget_on(before)
+            self._index.remove(vm_view(before))
         self._db.execute("DELETE FROM vms WHERE name = ?", (name,))
 
     def update_host(self, host: str, **fields: Any) -> tuple[HostRecord | None, HostRecord]:
@@ -228,6 +329,23 @@ class Fleet:
                                         uuid=str(data.get("uuid", vm.uuid)),
                                         updated=self.clock()))
 
+    def provisioned(self, name: str, host: str, *, owner: str = "", ha: bool = False,
+                    ha_priority: int = 0) -> VmRecord:
+        """A VM the provisioner defined and started on ``host``: known from here (its
+        host's events may come later), with its owner and, when ``ha``, marked highly
+        available (a flag set otherwise is never cleared here)."""
+        with self._lock:
+            vm = self._vms.get(name)
+            if vm is None:
+                vm = VmRecord(name=name, host=host, state="running", updated=self.clock())
+            fields: dict[str, Any] = {}
+            if owner:
+                fields["owner"] = owner
+            if ha:
+                fields.update(ha=True, ha_priority=ha_priority)
+            after = replace(vm, **fields)
+            return self._put_vm(after) if after != vm or name not in self._vms else vm
+
     def set_owner(self, request_id: str, owner: str) -> None:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO owners (request_id, owner) VALUES (?, ?)",
@@ -274,8 +392,8 @@ class Fleet:
                               memory_bytes=int(dom.get("memory_bytes", vm.memory_bytes)))
                 if new != vm or name not in self._vms:
                     changed.append(self._put_vm(replace(new, updated=self.clock())))
-            gone = [v.name for v in self._vms.values()
-                    if v.host == host and v.name not in listed and v.updated <= since]
+            gone = [n for n in self._on.get(host, ()) if n not in listed
+                    and self._vms[n].updated <= since]
             for name in gone:
                 self._drop_vm(name)
         if stale:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from console.client import Console
 from console.manager.actions import Actions
 from console.manager.agent import ManagerAgent
+from console.manager.balancing import Balancer, Balancing
 from console.manager.fencing import Fencer
 from console.manager.fleet import Fleet
 from console.manager.policies import Thresholds
@@ -63,7 +64,9 @@ DEFAULTS: dict[str, Any] = {
         "audit_log": "",
     },
     "policies": {"balance_memory_threshold": 0.8, "balance_cpu_threshold": 0.8,
-                 "power_saving_threshold": 0.2},
+                 "power_saving_threshold": 0.2, "balance": False, "balance_window_s": 300.0,
+                 "balance_interval_s": 300.0, "balance_max_moves": 2,
+                 "balance_cooldown_s": 3600.0},
     "placement": {},
     "security": {"signing_key": "", "agent_keys": "", "multi_host_users": ["guest"]},
     "tracing": {"otlp_endpoint": ""},
@@ -85,11 +88,24 @@ def load_config(path: str | None) -> dict[str, Any]:
             raise ConfigError(f"[manager] {key} = {m[key]}: give at least {low:g} (seconds)")
     if int(m["parallel_moves"]) < 1:
         raise ConfigError(f"[manager] parallel_moves = {m['parallel_moves']}: give at least 1")
-    for key, value in cfg["policies"].items():
-        if not 0 < float(value) <= 1:
-            raise ConfigError(f"[policies] {key} = {value}: give a fraction above 0 and at "
-                              "most 1 (0.8 is 80%)")
     p = cfg["policies"]
+    for key in ("balance_memory_threshold", "balance_cpu_threshold",
+                "power_saving_threshold"):
+        if not 0 < float(p[key]) <= 1:
+            raise ConfigError(f"[policies] {key} = {p[key]}: give a fraction above 0 and at "
+                              "most 1 (0.8 is 80%)")
+    if not isinstance(p["balance"], bool):
+        raise ConfigError(f"[policies] balance = {p['balance']!r}: give true or false")
+    for key in ("balance_window_s", "balance_interval_s", "balance_cooldown_s"):
+        if float(p[key]) < 0:
+            raise ConfigError(f"[policies] {key} = {p[key]}: give 0 or more (seconds)")
+    if int(p["balance_max_moves"]) < 1:
+        raise ConfigError(f"[policies] balance_max_moves = {p['balance_max_moves']}: give "
+                          "at least 1")
+    cfg["balancing"] = Balancing(enabled=p["balance"], window_s=float(p["balance_window_s"]),
+                                 interval_s=float(p["balance_interval_s"]),
+                                 max_moves=int(p["balance_max_moves"]),
+                                 cooldown_s=float(p["balance_cooldown_s"]))
     cfg["thresholds"] = Thresholds(balance_memory=float(p["balance_memory_threshold"]),
                                    balance_cpu=float(p["balance_cpu_threshold"]),
                                    power_saving=float(p["power_saving_threshold"]))
@@ -129,6 +145,10 @@ def check(config_path: str | None) -> list[str]:
     if agent_keys is not None:
         found.append("agent keys: ok (only signed events are acted on)")
     found.append("fence step: " + Fencer(m["fence_command"]).describe())
+    b = cfg["balancing"]
+    found.append(f"balancing (even_distribution): at most {b.max_moves} moves every "
+                 f"{b.interval_s:g} s, off hosts over the threshold for {b.window_s:g} s"
+                 if b.enabled else "balancing: plans only ([policies] balance = false)")
     found.append("events it needs bound: " + " ".join(EVENT_PATTERNS))
     return found
 
@@ -170,7 +190,11 @@ class ManagerService:
             discovery_idle=float(m["discovery_idle"]),
             multi_host_users=frozenset(cfg["security"]["multi_host_users"]),
             agent_keys=agent_keys, placement=cfg["placement_config"], emit=self.emit,
-            on_down=self.actions.restart_ha, on_maintenance=self.actions.evacuate)
+            on_down=self.actions.restart_ha, on_maintenance=self.actions.evacuate,
+            balancer=Balancer(fleet, cfg.get("balancing") or Balancing(), cfg["thresholds"],
+                              act=self.actions.rebalance,
+                              busy=lambda: not self.actions.idle.is_set(),
+                              config=cfg["placement_config"]))
         self.agent = ManagerAgent(fleet, self.actions, status=self.status,
                                   learn_xml=self.manager.learn_xml,
                                   placement=cfg["placement_config"],
@@ -254,7 +278,7 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
     if not fencer.command:
         log.warning("fence step: %s", fencer.describe())
     folder = state_dir(cfg)
-    fleet = Fleet(folder / "manager.db")
+    fleet = Fleet(folder / "manager.db", placement=cfg["placement_config"])
     audit = AuditLog(config.resolve(m["audit_log"], config_path) if m["audit_log"]
                      else folder / f"audit-{m['host_id']}.jsonl")
     try:
@@ -271,17 +295,17 @@ def run(config_path: str | None, *, stop: threading.Event | None = None) -> int:
                              signer=signer, agent_keys=agent_keys, tracer=tracer)
     try:
         service.start()
-    except ConnectionFailed as exc:
-        log.error("%s", exc)
-        console.close()
-        fleet.close()
-        return 2
     except (BrokerRefused, HostbusError) as exc:
+        # Stopped either way: the start may have got as far as the loop, the actions
+        # and a transport reconnecting (a ConnectionFailed left them running before).
+        # 2 (the broker unreachable, or its connection lost while starting) is worth
+        # another try (the unit restarts it); 3 (not enrolled, no such queue) is not.
         log.error("%s", exc)
-        service.stop("refused")
+        transient = isinstance(exc, ConnectionFailed)
+        service.stop("connection lost" if transient else "refused")
         console.close()
         fleet.close()
-        return 3
+        return 2 if transient else 3
     log.info("hostbus manager %s started as %s (instance %s, state in %s); waiting to be "
              "the active instance", __version__, m["host_id"], service.standby.instance,
              fleet.path)

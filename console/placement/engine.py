@@ -34,6 +34,9 @@ def _place(request: PlacementRequest, fleet: Fleet, planned: list[VmView]) -> Pl
     batches = [batch(n) for n in active]
     weights = [(WEIGHTS[n], f) for n, f in cfg.weights.items() if f > 0]
     names = fleet.names()
+    if request.avoid_hosts:
+        avoid = frozenset(request.avoid_hosts)
+        names = [n for n in names if n not in avoid]
     chosen: dict[str, str] = {}
     scores: dict[str, float] = {}
     for vm_name in request.vm_names():

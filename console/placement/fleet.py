@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 
 from console.placement.config import PlacementConfig
 from console.placement.model import HostView, VmView
@@ -33,6 +34,9 @@ class HostLoad:
         """(MiB, vCPUs) of its largest HA VM (memory first), None without any."""
         return self._largest
 
+    def copy(self) -> HostLoad:
+        return replace(self, groups=Counter(self.groups), ha_sizes=Counter(self.ha_sizes))
+
 
 class Fleet:
     """Hosts by name, and what their VMs hold. Not thread-safe: its owner locks."""
@@ -54,6 +58,41 @@ class Fleet:
             self.set_host(host)
         for vm in vms:
             self.add(vm)
+
+    def copy(self) -> Fleet:
+        """An independent copy (a plan's simulation changes it move by move): O(hosts),
+        not O(VMs) as building one again would be."""
+        other = Fleet.__new__(Fleet)
+        other.config = self.config
+        other.hosts = dict(self.hosts)
+        other.load = {name: load.copy() for name, load in self.load.items()}
+        other.group_hosts = {g: Counter(c) for g, c in self.group_hosts.items()}
+        other._names = self._names  # replaced, never changed in place
+        other._rooms = dict(self._rooms)
+        other._stale = set(self._stale)
+        other._ha_needs = None if self._ha_needs is None else {
+            need: list(hosts) for need, hosts in self._ha_needs.items()}
+        return other
+
+    @contextmanager
+    def configured(self, config: PlacementConfig | None) -> Iterator[Fleet]:
+        """Decide under ``config`` for a while (a plan asking placement to consolidate),
+        then go back to the fleet's own; rooms are computed again if it counts them
+        differently."""
+        if config is None or config == self.config:
+            yield self
+            return
+        own = self.config
+        recount = _room_terms(config) != _room_terms(own)
+        self.config = config
+        if recount:
+            self._stale.update(self.hosts)
+        try:
+            yield self
+        finally:
+            self.config = own
+            if recount:
+                self._stale.update(self.hosts)
 
     def set_host(self, host: HostView) -> None:
         if host.name not in self.hosts:
@@ -193,3 +232,8 @@ class Fleet:
         if host.free_vcpus is not None:
             room = min(room, host.free_vcpus - load.unreported_vcpus)
         return room
+
+
+def _room_terms(config: PlacementConfig) -> tuple[float, float, int]:
+    """What a host's room depends on in the configuration."""
+    return config.vcpu_overcommit, config.memory_overcommit, config.host_reserved_memory_mib

@@ -24,12 +24,15 @@ IDLE_VM_STATES = frozenset({"shutoff", "inactive", "gone", "crashed"})
 
 @dataclass(frozen=True)
 class TemplateLimits:
-    """What a host's template allows a VM made from it (virt ``template.list``)."""
+    """What a host's template allows a VM made from it (virt ``template.list``), and
+    whether such a VM is highly available (and its restart priority)."""
 
     vcpus: int
     memory_mib: int
     max_vcpus: int
     max_memory_mib: int
+    ha: bool = False
+    ha_priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,8 @@ class PlacementRequest:
     ``ha_reservation``: refuse a host if, afterwards, some host's largest HA VM could
     no longer be restarted on any other host. ``template``: a host must offer it (when
     the host lists templates) and allow this size; ``labels``: facts a host must have,
-    equal (a list value: one of).
+    equal (a list value: one of). ``avoid_hosts``: hosts not considered at all, not even
+    to say why not (the host a VM leaves).
     """
 
     vcpus: int
@@ -103,6 +107,7 @@ class PlacementRequest:
     template: str | None = None
     labels: Mapping[str, Any] = field(default_factory=dict)
     owner: str = ""
+    avoid_hosts: tuple[str, ...] = ()
 
     def vm_names(self) -> list[str]:
         if self.names:

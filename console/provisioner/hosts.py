@@ -268,9 +268,10 @@ def templates_of(listed: dict[str, Any]) -> dict[str, TemplateLimits]:
     out = {}
     for tpl in listed.get("templates", []):
         try:
-            out[str(tpl["name"])] = TemplateLimits(int(tpl["vcpus"]), int(tpl["memory_mib"]),
-                                                   int(tpl["max_vcpus"]),
-                                                   int(tpl["max_memory_mib"]))
+            out[str(tpl["name"])] = TemplateLimits(
+                int(tpl["vcpus"]), int(tpl["memory_mib"]), int(tpl["max_vcpus"]),
+                int(tpl["max_memory_mib"]), ha=tpl.get("ha") is True,
+                ha_priority=int(tpl.get("ha_priority") or 0))
         except (KeyError, TypeError, ValueError):
             continue  # a template the agent describes badly is not offered
     return out

@@ -23,11 +23,27 @@ from console.placement import (
 from hostbus.errors import ErrorCode, RemoteError
 
 
+def ha_of(body: dict[str, Any], hosts: list[HostView]) -> tuple[bool, int]:
+    """(highly available, restart priority) of a request's VMs: the request's ``ha`` and
+    ``ha_priority`` when it gives them, else its template's (on the first host, by name,
+    that offers it and says; templates of one name are meant to agree)."""
+    template = body["template"]
+    offered = [h.templates[template] for h in sorted(hosts, key=lambda h: h.name)
+               if h.templates and template in h.templates]
+    ha = body["ha"] if isinstance(body.get("ha"), bool) else any(t.ha for t in offered[:1])
+    priority = body.get("ha_priority")
+    if not isinstance(priority, int):
+        priority = offered[0].ha_priority if offered else 0
+    return ha, priority if ha else 0
+
+
 def request_for(names: list[str], *, template: str, vcpus: int | None,
                 memory_mib: int | None, hosts: list[HostView],
-                constraints: dict[str, Any] | None = None, owner: str = "") -> PlacementRequest:
+                constraints: dict[str, Any] | None = None, owner: str = "",
+                ha: bool = False) -> PlacementRequest:
     """The engine's request. A size left to the template is the largest default of the
-    hosts offering it, so the room held is never less than the VM takes."""
+    hosts offering it, so the room held is never less than the VM takes. ``ha``: the VMs
+    are highly available (the HA reservation then keeps room to restart them)."""
     offered = [h.templates[template] for h in hosts if h.templates and template in h.templates]
     constraints = constraints or {}
     return PlacementRequest(
@@ -35,7 +51,7 @@ def request_for(names: list[str], *, template: str, vcpus: int | None,
         memory_mib=memory_mib or max((t.memory_mib for t in offered), default=1),
         count=len(names), names=tuple(names), template=template,
         pinned_hosts=tuple(constraints.get("hosts") or ()),
-        labels=dict(constraints.get("facts") or {}), owner=owner)
+        labels=dict(constraints.get("facts") or {}), owner=owner, ha=ha)
 
 
 def refusal(decision: Placement, request: PlacementRequest, hosts: list[HostView], *,

@@ -33,7 +33,7 @@ from console.placement import PlacementConfig
 from console.provisioner.agent import ProvisionAgent
 from console.provisioner.hosts import HostBook
 from console.provisioner.ledger import GONE, VmLedger, listed_state
-from console.provisioner.placement import refusal, request_for
+from console.provisioner.placement import ha_of, refusal, request_for
 from console.provisioner.quotas import Quotas
 from console.provisioner.store import ReleaseRecord, RequestStore
 from console.provisioner.tracker import LISTING_LIMIT, VmTracker, well_formed
@@ -374,7 +374,8 @@ class Provisioner:
             views = self.hosts.views()
             request = request_for(names, template=body["template"], vcpus=body.get("vcpus"),
                                   memory_mib=body.get("memory_mib"), hosts=views,
-                                  constraints=body.get("constraints", {}), owner=body["owner"])
+                                  constraints=body.get("constraints", {}), owner=body["owner"],
+                                  ha=ha_of(body, views)[0])
             decided = time.monotonic()
             decision = self.hosts.reserve(request)
             if decision.ok:
@@ -392,6 +393,7 @@ class Provisioner:
         created: list[tuple[str, str]] = []
         vms = []
         counted: set[str] = set()  # owners whose count changed: one quota event each
+        ha, ha_priority = ha_of(body, self.hosts.views())
         try:
             for step, name in enumerate(wanted, 1):
                 host = plan[name]
@@ -418,7 +420,8 @@ class Provisioner:
                                            state=listed_state(state))
                 vms.append({"name": name, "host": host, "state": state})
                 self.agent.emit("progress", {"request_id": rid, "vm": name, "host": host,
-                                             "step": step, "total": len(wanted)})
+                                             "step": step, "total": len(wanted), "ha": ha,
+                                             "ha_priority": ha_priority})
         except RemoteError:
             counted |= self._roll_back(rid, body["owner"], created)
             raise

@@ -45,7 +45,7 @@ from typing import Any
 
 from hostbus import names
 from hostbus.envelope import Event, now_rfc3339, parse_event
-from hostbus.errors import HostbusError, RemoteError
+from hostbus.errors import ConnectionFailed, HostbusError, RemoteError
 from hostbus.publisher import Publisher
 from hostbus.transport.base import Delivery, Transport
 
@@ -98,6 +98,8 @@ class ActiveStandby:
         the enrollment to run when the queue does not exist or may not be read."""
         try:
             exists = self.transport.queue_exists(self.queue)
+        except ConnectionFailed:
+            raise  # the connection, not the queue: the caller may try again
         except HostbusError as exc:
             exists, why = False, str(exc)
         else:

@@ -189,9 +189,13 @@ class _Link:
     ends it."""
 
     def __init__(self, source: str, handler: Handler, ack: str, credit: int,
-                 label: str, prepare: Prepare | None = None) -> None:
+                 label: str, prepare: Prepare | None = None, *, binds: bool = False) -> None:
         self.name = ""  # the receiver's, new on every attach (see _attach)
         self.source = source
+        # Its source address makes the broker bind a queue (v1 /exchange/X/P), which
+        # RabbitMQ 3.x refuses by dropping the connection; a queue consumed by name
+        # binds nothing.
+        self.binds = binds
         self.prepare = prepare  # run before every attach (each connection anew)
         self.label = label  # the name consume/subscribe/open_reply_queue returned
         self.handler = handler
@@ -512,13 +516,18 @@ class ProtonTransport(Transport):
             try:
                 link.opened.result(timeout=self._connect_timeout + 5)
             except TimeoutError:
+                if not self._connected:  # dropped under it and not back yet: transient
+                    raise ConnectionFailed(f"{link.source}: the connection was lost while "
+                                           "this consumer was attaching") from None
                 raise BrokerRefused(f"{link.source}: the broker did not answer the "
                                     "attach in time") from None
 
     def _reattach(self, link: _Link) -> None:
         """On the I/O thread: attach ``link`` again, nobody waiting on the outcome (a
-        refusal retries it with backoff, see _consumer_ended)."""
-        link.opened, link.waited = Future(), False
+        refusal retries it with backoff, see _consumer_ended). A first attach the
+        connection dropped under is still waited for: its caller hears of this one."""
+        if not (link.waited and not link.opened.done()):
+            link.opened, link.waited = Future(), False
         self._attach(link, wait=False)
 
     def _management_node(self) -> Management:
@@ -538,8 +547,8 @@ class ProtonTransport(Transport):
         exclusive to the connection (deleted with it; durable ones stay) and bound
         through the management node, then consumed."""
         if self.addresses.binds_by_attach:
-            return [_Link(self.addresses.bound(exchange, p), handler, ack, 1000, label)
-                    for p in patterns]
+            return [_Link(self.addresses.bound(exchange, p), handler, ack, 1000, label,
+                          binds=True) for p in patterns]
         mapping = self.addresses
 
         def prepare() -> tuple[str, list[tuple[str, str, Any]]]:
@@ -557,7 +566,7 @@ class ProtonTransport(Transport):
         self._links.append(link)
         try:
             self._attach(link, wait=True)
-        except BrokerRefused:
+        except (BrokerRefused, ConnectionFailed):
             if link in self._links:  # (the I/O thread may have dropped it already)
                 self._links.remove(link)
             raise
@@ -1002,13 +1011,17 @@ class _Events(MessagingHandler):  # type: ignore[misc]
             t._management.fail_all(str(err))
             t._management = None
         if lost:
-            # A consumer whose first attach is still waited for: RabbitMQ 3.x refuses a
-            # binding it may not make (a key outside the user's topic read permission)
-            # by dropping the whole connection, without a reason. Fail its attach now,
-            # and do not attach it again after the reconnect (it would take the
-            # connection down again). Consumers being attached again (``waited`` False)
-            # stay: they come back with the connection.
-            for link in [k for k in t._links if k.waited and not k.opened.done()]:
+            # A consumer whose first attach is still waited for and whose source binds:
+            # RabbitMQ 3.x refuses a binding it may not make (a key outside the user's
+            # topic read permission) by dropping the whole connection, without a
+            # reason. Fail its attach now, and do not attach it again after the
+            # reconnect (it would take the connection down again). Any other consumer
+            # stays and comes back with the connection: one consuming a queue by name
+            # binds nothing, so a connection dropped under its first attach is no
+            # refusal (it was reported as one: the manager gave up its start), and its
+            # caller's wait ends when it is attached after the reconnect.
+            for link in [k for k in t._links
+                         if k.waited and not k.opened.done() and k.binds]:
                 t._links.remove(link)
                 link.opened.set_exception(BrokerRefused(
                     f"{link.source}: the broker closed the connection while this consumer "

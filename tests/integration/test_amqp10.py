@@ -341,6 +341,50 @@ def test_every_attach_is_answered_after_links_close_on_the_connection(node):
     assert unanswered == []
 
 
+def test_a_connection_dropped_under_a_first_attach_is_no_refusal_and_close_ends_it(node):
+    """A queue consumed by name binds nothing, so a connection dropped while its consumer
+    attaches is no refused binding: the consumer is attached after the reconnect and
+    consume() returns. Seen about one manager start in ten on RabbitMQ 3.10: its active
+    queue's attach met a dropped connection and was reported as "RabbitMQ 3.x does so when
+    it refuses a binding: check the user's topic permissions", and the manager gave up.
+    Then, offline and reconnecting, close() ends the transport's I/O thread."""
+    import pika
+
+    from tests.tcp_proxy import TcpProxy
+
+    setup = pika.BlockingConnection(pika.URLParameters(url091(node)))
+    setup.channel().queue_declare("dropped.attach", durable=True)
+    proxy = TcpProxy("127.0.0.1", node.amqp_port)
+    transport = connect(proxy.url(url10(node)), connect_timeout=5)
+    lost, back = threading.Event(), threading.Event()
+    transport.on_connection_lost(lambda exc: lost.set())
+    transport.on_connection_restored(back.set)
+    transport.start()
+    try:
+        got: queue.Queue[Any] = queue.Queue()
+        proxy.blackhole()  # the attach never reaches the broker; then the connection drops
+
+        def drop() -> None:
+            proxy.wait_swallowed()
+            proxy.cut()
+
+        threading.Thread(target=drop, daemon=True).start()
+        transport.consume("dropped.attach", got.put)
+        assert lost.is_set() and back.wait(30)
+        setup.channel().basic_publish("", "dropped.attach", b"after the drop")
+        assert got.get(timeout=30).body == b"after the drop"
+
+        lost.clear()
+        proxy.refuse()
+        proxy.cut()
+        assert lost.wait(30)
+    finally:
+        transport.close()
+        proxy.close()
+        setup.close()
+    assert transport._thread is not None and not transport._thread.is_alive()
+
+
 def test_a_closed_transport_leaves_no_descriptor_behind(node):
     """Proton never closes its event injector's pipe: every closed AMQP 1.0 transport
     left two descriptors open, and a process that had made about a thousand could not

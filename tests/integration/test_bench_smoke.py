@@ -13,6 +13,17 @@ pytestmark = pytest.mark.integration
 
 
 def test_bench_quick_completes_and_writes_json_and_a_chart(rabbitmq, tmp_path):
+    """Whatever the console's URL scheme, the bench measures the same things (its
+    baselines over 0-9-1, AMQP 1.0 in a section of its own): the whole quick run once,
+    and with an amqp10:// URL only that such a URL is taken and the broker reached."""
+    if rabbitmq.transport != "amqp091":
+        done = subprocess.run([str(Path(sys.executable).parent / "hostbus"), "bench",
+                               "--quick", "--only", "call", "--calls", "10", "--json"],
+                              capture_output=True, text=True, env=rabbitmq.env, timeout=300,
+                              check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads(done.stdout)["call"]["hostbus"]["n"] == 10
+        return
     png = tmp_path / "bench.png"
     env = rabbitmq.env
     done = subprocess.run([str(Path(sys.executable).parent / "hostbus"), "bench", "--quick",
@@ -56,15 +67,17 @@ def test_bench_history_measures_both_stores_and_the_stream(rabbitmq, postgres_ur
     assert set(history["stream"]) == {"classic", "stream"}
 
 
-@pytest.mark.timeout(900)  # a node of its own, and a 10 s alarm per protocol
+@pytest.mark.timeout(900)  # a node of its own, and a 5 s alarm per protocol
 def test_bench_faults_reports_every_scenario_on_both_protocols():
     """`hostbus bench --only faults --quick` on a RabbitMQ node of its own: every
-    scenario reports its counts (what they are is the benchmark's business)."""
+    scenario reports its counts (what they are is the benchmark's business). The
+    shortest alarm the option takes: the smoke checks the scenario runs and reports,
+    --quick's 10 s measure nothing more here."""
     from hostbus.testing.pytest_plugin import fail_or_skip
 
     done = subprocess.run([str(Path(sys.executable).parent / "hostbus"), "bench", "--quick",
-                           "--only", "faults", "--json"], capture_output=True, text=True,
-                          timeout=900, check=False)
+                           "--only", "faults", "--alarm-seconds", "5", "--json"],
+                          capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     faults = json.loads(done.stdout)["faults"]
     if "error" in faults:
@@ -75,6 +88,7 @@ def test_bench_faults_reports_every_scenario_on_both_protocols():
             counts = row[scenario]
             assert counts["sent"] > 0 and counts["delivered"] >= counts["sent"] - counts["lost"]
             assert {"lost", "duplicated", "reordered", "recovery_s"} <= set(counts)
+        assert row["alarm"]["alarm_s"] == 5
         assert [b["workers"] for b in row["backlog"]] == [1, 4]
 
 
@@ -91,6 +105,25 @@ def test_bench_reactor_handles_the_whole_burst_and_acts_on_each_failing_check(ra
     assert result["dropped"] == 0 and result["events"] == 1000 and result["rules"] == 100
     assert result["actions"] == 200
     assert result["rules_evaluated_per_s"] > 0 and result["raw_events_per_s"] > 0
+
+
+def test_bench_manager_restarts_every_ha_vm_of_the_lost_host_elsewhere(rabbitmq):
+    """`hostbus bench --only manager --quick` (20 simulated virt hosts, 200 VMs): the
+    manager knows them all, decides, plans, restarts on its state file, and the 5 HA VMs
+    of the host it loses run on other hosts (the figures are the benchmark's)."""
+    if rabbitmq.transport != "amqp091":
+        pytest.skip("the benchmark speaks 0-9-1 whatever the test's transport: run once")
+    done = subprocess.run([str(Path(sys.executable).parent / "hostbus"), "bench", "--quick",
+                           "--only", "manager", "--json"], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)["manager"]
+    assert (result["hosts"], result["vms"]) == (20, 200)
+    assert result["ha_restart"]["vms"] == 5 and result["ha_restart"]["on_lost_host"] is False
+    assert result["decision_ms"]["kept_index"]["n"] == 100
+    assert result["plan"]["host_down_moves"] == 5
+    assert result["restart_s"]["listed"] >= result["restart_s"]["active"] > 0
+    assert result["rss_mb"]["with_manager"] > 0
 
 
 @pytest.mark.timeout(600)  # a node of its own

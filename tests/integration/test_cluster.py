@@ -26,6 +26,7 @@ from tests.rabbit_node import (
     rabbitmq4_root,
     start_cluster,
     started,
+    stop_all,
 )
 
 # Starting RabbitMQ nodes of their own takes 10 s or more each (counted in the timeout).
@@ -47,8 +48,7 @@ def cluster(request, tmp_path_factory):
     nodes = started(f"a {request.param} cluster", lambda: start_cluster(folder, root=root))
     nodes[0].admin.setup("hostbus")  # after clustering: quorum queues span all three
     yield nodes
-    for node in nodes:
-        node.stop()
+    stop_all(nodes)
 
 
 @pytest.mark.parametrize("scheme", ["amqp", "amqp10"], ids=["amqp091", "amqp10"])

@@ -73,6 +73,22 @@ def test_a_provisioning_request_whose_connection_is_lost_says_it_was_posted(flee
     assert "hostbus provision status 3f0c2b1e-0000-4000-8000-000000000001" in done.stderr
 
 
+def test_provision_submit_ha_puts_the_flag_in_the_request(fleet):
+    """`--ha --ha-priority N` ask for HA VMs; without them the template decides."""
+    import json
+
+    from hostbus import names
+
+    for extra, wanted in ((["--ha", "--ha-priority", "7"], {"ha": True, "ha_priority": 7}),
+                          (["--no-ha"], {"ha": False}), ([], {})):
+        done = fleet.run("provision", "submit", "-T", "web", "--owner", "ops", *extra,
+                         "--no-wait")
+        assert done.exit_code == 0, done.output
+        body = json.loads([d for ex, _, d in fleet.broker.published
+                           if ex == names.PROVISION_EXCHANGE][-1].body)
+        assert {k: v for k, v in body.items() if k.startswith("ha")} == wanted
+
+
 def test_enroll_no_user_refuses_options_it_would_ignore(fleet, tmp_path):
     out = tmp_path / "web01.toml"
     done = fleet.run("broker", "enroll", "web01", "--no-user", "-o", str(out),

@@ -158,6 +158,26 @@ def test_a_request_is_placed_spread_started_replied_and_acked(fleet):
     assert store.get("11111111-aaaa").replied
 
 
+def test_a_requests_ha_flag_or_else_its_templates_goes_out_with_each_vm(fleet):
+    """`ha` in a request, else in the template (template.list), reaches the progress
+    events the manager reads (and the request's own wins over its template's)."""
+    import dataclasses
+
+    prov, agents, events, _, _ = fleet
+    prov.process(Settled(request(count=1, ha=True, ha_priority=9), "hhhh0001-aaaa").delivery)
+    for agent in agents.values():
+        agent.templates["web"] = dataclasses.replace(agent.templates["web"], ha=True,
+                                                     ha_priority=3)
+    prov.hosts.refresh()
+    prov.process(Settled(request(count=1), "hhhh0002-aaaa").delivery)
+    prov.process(Settled(request(count=1, ha=False), "hhhh0003-aaaa").delivery)
+    events.wait_until(lambda evs: sum(e.event == "completed" for e, _ in evs) == 3)
+    flags = {e.data["request_id"]: (e.data["ha"], e.data["ha_priority"])
+             for e, _ in events.events if e.event == "progress"}
+    assert flags == {"hhhh0001-aaaa": (True, 9), "hhhh0002-aaaa": (True, 3),
+                     "hhhh0003-aaaa": (False, 0)}
+
+
 def test_the_reply_leaves_signed_with_the_provisioners_key(fleet, tmp_path):
     from hostbus.envelope import REPLY_TYPE
     from hostbus.security.signing import Signer, Verifier, generate, read_public_key

@@ -187,3 +187,15 @@ def test_template_config_mistakes_are_named():
         templates_from_config({"t": {}})
     with pytest.raises(ValueError, match="vcpus must be between"):
         templates_from_config({"t": {"base_volume": "b", "vcpus": 9, "max_vcpus": 2}})
+    with pytest.raises(ValueError, match="ha must be true or false"):
+        templates_from_config({"t": {"base_volume": "b", "ha": "yes"}})
+    with pytest.raises(ValueError, match="ha_priority must be a whole number from 0 to 100"):
+        templates_from_config({"t": {"base_volume": "b", "ha": True, "ha_priority": 101}})
+
+
+def test_a_templates_ha_flag_is_listed():
+    catalog = templates_from_config({"t": {"base_volume": "b", "ha": True, "ha_priority": 5},
+                                     "u": {"base_volume": "b"}})
+    assert [(d["ha"], d["ha_priority"]) for d in (catalog["t"].to_dict(),
+                                                  catalog["u"].to_dict())] == [(True, 5),
+                                                                              (False, 0)]
