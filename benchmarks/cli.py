@@ -98,7 +98,7 @@ def bench(ctx: CliContext, quick: bool, only: tuple[str, ...], calls: int | None
     process (ten VMs each): placement decisions on its kept index against one rebuilt
     per decision, plans over the whole fleet, a host with 50 HA VMs lost until they
     all run elsewhere, its memory, and its restart on its state file.
-    `--only fanout10k` (a node of its own, about 8 minutes) broadcasts to 10,000
+    `--only fanout10k` (a node of its own, about 10 minutes) broadcasts to 10,000
     simulated agents, every reply back, against a raw pika fan-out, and reports the
     console's memory (a process of its own) and the broker's.
     """

@@ -36,7 +36,7 @@ ALL = ("call", "fanout", "events", "amqp10", "placement", "provisioning", "footp
 #: Run only when asked for (--only soak, --only faults, ...): minutes by design; faults
 #: and scale start a RabbitMQ node of their own (root, a source checkout); peers
 #: installs oslo.messaging and nameko into virtual environments of their own; fanout10k
-#: starts 10,000 simulated agents on a node of its own (about 8 minutes here).
+#: starts 10,000 simulated agents on a node of its own (about 10 minutes here).
 EXTRA = ("soak", "faults", "history", "scale", "peers", "reactor", "manager", "fanout10k")
 
 
