@@ -51,7 +51,10 @@ def test_a_one_off_call_opens_no_second_connection(rabbitmq, console, start_agen
 def test_a_thread_waits_for_its_replies_without_pikas_loop(rabbitmq, console, start_agent):
     """Over a plain socket the caller polls its socket and hands what arrived to pika's
     transport itself (no timer, no event dispatch a call): pika's loop is not run while a
-    call waits for its reply, and every reply still finds its call."""
+    call waits for its reply, and every reply still finds its call. This also pins the
+    pika internals the direct read relies on (``_transport._sock``,
+    ``_on_socket_readable``, ``_on_socket_writable``, ``_tx_buffers``, ``_state``): if a
+    pika release changes them, the caller falls back to pika's loop and this fails."""
     _only_amqp091(rabbitmq)
     runtime, _ = start_agent()
     assert console.call("agent", "ping", host=runtime.host_id, timeout=20).status == "ok"
