@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from console.reactor.rules import strings_in
 from hostbus import names
 from hostbus.errors import ConfigError, SchemaError
 from hostbus.schema import EventSpec, available_agents, load_agent_schema
@@ -172,7 +173,7 @@ def _references(report: Report, rule: Any, events: dict[str, EventSpec]) -> None
     for key in sorted(rule.when.keys()):
         if key not in fields:
             report.problems.append(_unknown_field(rule.name, "when", key, which, fields))
-    for value in [*_strings(rule.action.args), rule.action.host]:
+    for value in [*strings_in(rule.action.args), rule.action.host]:
         for found in _DATA_FIELD.finditer(value):
             if found[1] not in fields:
                 report.problems.append(_unknown_field(rule.name, "action", found[1], which,
@@ -185,14 +186,4 @@ def _unknown_field(rule: str, where: str, key: str, which: str, fields: set[str]
     return Finding(rule, f"{where} names {what}, which the data of {which} does not have",
                    (f"did you mean {close[0]}? " if close else "") +
                    f"its fields: {', '.join(sorted(fields))}")
-
-
-def _strings(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in _strings(v)]
-    if isinstance(value, list):
-        return [s for v in value for s in _strings(v)]
-    return []
 

@@ -313,8 +313,8 @@ def _other_action(where: str, table: dict[str, Any]) -> Action:
                               "fields (provision = { template = \"web\", owner = "
                               "\"reactor\" }), with timeout_s beside it; not "
                               f"{', '.join(sorted(extra)) or repr(body)}")
-        fixed = {k: v for k, v in body.items() if not _strings(v) or
-                 not any(_PLACEHOLDER.search(x) for x in _strings(v))}
+        fixed = {k: v for k, v in body.items() if not strings_in(v) or
+                 not any(_PLACEHOLDER.search(x) for x in strings_in(v))}
         try:
             # the fields without placeholders now, the whole request at each firing
             check_provision({**{k: _sample(k) for k in body if k not in fixed}, **fixed})
@@ -343,7 +343,7 @@ def _sample(key: str) -> Any:
 
 
 def _check_placeholders(where: str, value: Any) -> None:
-    for text in _strings(value):
+    for text in strings_in(value):
         for found in _PLACEHOLDER.finditer(text):
             path = found[1]
             if path not in ("host", "agent", "event") and not path.startswith("data."):
@@ -385,13 +385,14 @@ def _action(where: str, table: Any, check_calls: bool) -> Action:
     return Action(agent, method, host, args, float(timeout))
 
 
-def _strings(value: Any) -> list[str]:
+def strings_in(value: Any) -> list[str]:
+    """Every string in a value of nested dicts and lists (where placeholders may be)."""
     if isinstance(value, str):
         return [value]
     if isinstance(value, dict):
-        return [s for v in value.values() for s in _strings(v)]
+        return [s for v in value.values() for s in strings_in(v)]
     if isinstance(value, list):
-        return [s for v in value for s in _strings(v)]
+        return [s for v in value for s in strings_in(v)]
     return []
 
 
