@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
+import string
 import subprocess
 import threading
 import uuid
@@ -249,6 +251,14 @@ def start_cluster(folder: Path, size: int = 3, *,
     tag = uuid.uuid4().hex[:4]
     home = folder / "home"
     home.mkdir(parents=True, exist_ok=True)
+    # The shared Erlang cookie, made before the nodes start together: left to them, each
+    # VM (and each rabbitmqctl) that finds none writes one, and a node that read another's
+    # refuses the CLI ("Invalid challenge reply"; a 3.10 cluster failed to start in CI).
+    cookie = home / ".erlang.cookie"
+    if not cookie.exists():
+        fd = os.open(cookie, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+        with os.fdopen(fd, "w") as out:
+            out.write("".join(secrets.choice(string.ascii_uppercase) for _ in range(20)))
     names = [f"hbc{i}-{tag}" for i in range(1, size + 1)]
     config = (data_dir("broker_config") / "cluster" / "rabbitmq-cluster.conf").read_text()
     for i, name in enumerate(names, 1):
