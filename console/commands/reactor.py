@@ -25,6 +25,7 @@ from console.commands.options import (
     json_option,
     table_options,
 )
+from console.commands.rules import event_option
 
 config_option = click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False),
                              metavar="FILE", help="Reactor config (see etc/reactor.toml).")
@@ -245,9 +246,7 @@ def _chain(row: dict[str, Any]) -> None:
 @exits(Exit.FAILED, configured=False)
 @reactor.command("test")
 @config_option
-@click.option("--event", "-e", "event_text", required=True, metavar="JSON|-",
-              help="The event: JSON as hostbus watch --json prints it (host, agent, event, "
-                   "data), or - to read it from stdin.")
+@event_option
 @json_option
 @click.pass_context
 def trial(click_ctx: click.Context, config_file: str | None, event_text: str,

@@ -139,12 +139,17 @@ def run_test(file: str, event_text: str, as_json: bool) -> Exit:
     return Exit.OK if acting else Exit.FAILED
 
 
+#: The event ``rules test`` (and the older ``reactor test``) tries the rules on.
+event_option = click.option(
+    "--event", "-e", "event_text", required=True, metavar="JSON|-",
+    help="The event: JSON as hostbus watch --json prints it (host, agent, event, data), "
+         "or - to read it (or one per line) from stdin.")
+
+
 @exits(Exit.FAILED, configured=False)
 @rules.command("test")
 @file_argument
-@click.option("--event", "-e", "event_text", required=True, metavar="JSON|-",
-              help="The event: JSON as hostbus watch --json prints it (host, agent, event, "
-                   "data), or - to read it (or one per line) from stdin.")
+@event_option
 @json_option
 def test(file: str, event_text: str, as_json: bool) -> Exit:
     """Which of FILE's rules act on an event, and what each would send (call, host,
